@@ -1,0 +1,361 @@
+//! Transmit-limited broadcast queue.
+//!
+//! Every queued event is sent a bounded number of times, fewest-sent first
+//! and newest first among equals. A newer event for the same key replaces
+//! the queued one in O(1): NetworkDB's queue scanned itself on every enqueue
+//! and burned a core under load. Events live in a slab; each transmit count
+//! has an intrusive doubly linked list through the slab, so insert, replace,
+//! take and requeue are all O(1) (plus the few list heads walked on take).
+
+use std::collections::HashMap;
+use std::hash::Hash;
+
+const NIL: u32 = u32::MAX;
+
+#[derive(Debug)]
+struct Slot<K, V> {
+    key: Option<K>,
+    item: Option<V>,
+    transmits: u32,
+    limit: u32,
+    prev: u32,
+    next: u32,
+    /// In a level list.
+    linked: bool,
+    /// Taken and not yet `sent`: such a slot is only freed by `sent`, so its
+    /// id cannot be reused under the caller.
+    in_flight: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct List {
+    head: u32,
+    tail: u32,
+}
+
+const EMPTY: List = List {
+    head: NIL,
+    tail: NIL,
+};
+
+/// What one `take` did besides handing out events.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct TakeStats {
+    /// Events larger than any packet, dropped (push/pull carries them).
+    pub oversized: usize,
+}
+
+#[derive(Debug)]
+pub struct BroadcastQueue<K, V> {
+    slots: Vec<Slot<K, V>>,
+    free: Vec<u32>,
+    index: HashMap<K, u32>,
+    levels: Vec<List>,
+    len: usize,
+    max_len: usize,
+}
+
+impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
+    pub fn new(max_len: usize) -> Self {
+        BroadcastQueue {
+            slots: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            levels: Vec::new(),
+            len: 0,
+            max_len: max_len.max(1),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Queues `item` to be sent `limit` times, replacing any queued event of
+    /// the same key. Returns how many events were dropped to stay within the
+    /// length bound (the most-sent first).
+    pub fn push(&mut self, key: K, item: V, limit: u32) -> usize {
+        if let Some(&old) = self.index.get(&key) {
+            self.unlink(old);
+            self.release(old);
+        }
+        let id = match self.free.pop() {
+            Some(id) => {
+                let s = &mut self.slots[id as usize];
+                s.key = Some(key.clone());
+                s.item = Some(item);
+                s.transmits = 0;
+                s.limit = limit.max(1);
+                id
+            }
+            None => {
+                self.slots.push(Slot {
+                    key: Some(key.clone()),
+                    item: Some(item),
+                    transmits: 0,
+                    limit: limit.max(1),
+                    prev: NIL,
+                    next: NIL,
+                    linked: false,
+                    in_flight: false,
+                });
+                (self.slots.len() - 1) as u32
+            }
+        };
+        self.index.insert(key, id);
+        self.link_front(id);
+        self.len += 1;
+        let mut dropped = 0;
+        while self.len > self.max_len {
+            match self.levels.iter().rposition(|l| l.tail != NIL) {
+                Some(level) => {
+                    let victim = self.levels[level].tail;
+                    self.unlink(victim);
+                    self.release(victim);
+                    dropped += 1;
+                }
+                None => break,
+            }
+        }
+        dropped
+    }
+
+    /// Drops the queued event of `key`, if any.
+    pub fn invalidate(&mut self, key: &K) -> bool {
+        match self.index.get(key) {
+            Some(&id) => {
+                self.unlink(id);
+                self.release(id);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Takes events for one packet: fewest-sent first, each fitting in what
+    /// is left of `budget` by `size`. The events stay owned by the queue
+    /// until `sent` or `requeue`; read them with `get`.
+    pub fn take(&mut self, budget: usize, size: impl Fn(&V) -> usize) -> (Vec<u32>, TakeStats) {
+        let mut taken = Vec::new();
+        let mut stats = TakeStats::default();
+        let mut left = budget;
+        // Bounded scan past events that do not fit, so a queue of large
+        // events cannot make a tick expensive.
+        let mut misses = 0;
+        'levels: for level in 0..self.levels.len() {
+            let mut cur = self.levels[level].head;
+            while cur != NIL {
+                let next = self.slots[cur as usize].next;
+                let Some(item) = self.slots[cur as usize].item.as_ref() else {
+                    cur = next;
+                    continue;
+                };
+                let n = size(item);
+                if n > budget {
+                    self.unlink(cur);
+                    self.release(cur);
+                    stats.oversized += 1;
+                } else if n <= left {
+                    self.unlink(cur);
+                    self.slots[cur as usize].in_flight = true;
+                    taken.push(cur);
+                    left -= n;
+                } else {
+                    misses += 1;
+                    if misses >= 32 {
+                        break 'levels;
+                    }
+                }
+                cur = next;
+            }
+        }
+        (taken, stats)
+    }
+
+    pub fn get(&self, id: u32) -> Option<&V> {
+        self.slots.get(id as usize)?.item.as_ref()
+    }
+
+    /// Counts one transmission of each taken event; events that reached their
+    /// limit leave the queue, the others go back behind fresher ones.
+    pub fn sent(&mut self, ids: &[u32]) {
+        for &id in ids {
+            let s = &mut self.slots[id as usize];
+            s.in_flight = false;
+            s.transmits += 1;
+            if s.item.is_none() {
+                self.free.push(id);
+            } else if s.transmits >= s.limit {
+                self.release(id);
+            } else {
+                self.link_front(id);
+                self.len += 1;
+            }
+        }
+    }
+
+    fn link_front(&mut self, id: u32) {
+        let level = self.slots[id as usize].transmits as usize;
+        if self.levels.len() <= level {
+            self.levels.resize(level + 1, EMPTY);
+        }
+        let head = self.levels[level].head;
+        {
+            let s = &mut self.slots[id as usize];
+            s.prev = NIL;
+            s.next = head;
+            s.linked = true;
+        }
+        if head != NIL {
+            self.slots[head as usize].prev = id;
+        } else {
+            self.levels[level].tail = id;
+        }
+        self.levels[level].head = id;
+    }
+
+    /// Removes a linked slot from its list (the slot stays allocated).
+    fn unlink(&mut self, id: u32) {
+        if !self.slots[id as usize].linked {
+            return;
+        }
+        let (prev, next, level) = {
+            let s = &self.slots[id as usize];
+            (s.prev, s.next, s.transmits as usize)
+        };
+        if prev != NIL {
+            self.slots[prev as usize].next = next;
+        } else {
+            self.levels[level].head = next;
+        }
+        if next != NIL {
+            self.slots[next as usize].prev = prev;
+        } else {
+            self.levels[level].tail = prev;
+        }
+        let s = &mut self.slots[id as usize];
+        s.prev = NIL;
+        s.next = NIL;
+        s.linked = false;
+        self.len -= 1;
+    }
+
+    /// Frees an unlinked slot.
+    fn release(&mut self, id: u32) {
+        let s = &mut self.slots[id as usize];
+        if let Some(k) = s.key.take() {
+            self.index.remove(&k);
+        }
+        s.item = None;
+        if !s.in_flight {
+            self.free.push(id);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn drain_once(q: &mut BroadcastQueue<&'static str, usize>, budget: usize) -> Vec<usize> {
+        let (ids, _) = q.take(budget, |v| *v);
+        let items = ids.iter().map(|&i| *q.get(i).unwrap()).collect();
+        q.sent(&ids);
+        items
+    }
+
+    #[test]
+    fn each_event_is_sent_exactly_its_limit() {
+        let mut q = BroadcastQueue::new(100);
+        q.push("a", 10, 3);
+        q.push("b", 20, 1);
+        let mut sends = 0;
+        while !q.is_empty() {
+            sends += drain_once(&mut q, 1000).len();
+        }
+        assert_eq!(sends, 4);
+    }
+
+    #[test]
+    fn newer_event_replaces_queued_one() {
+        let mut q = BroadcastQueue::new(100);
+        q.push("k", 1, 5);
+        q.push("other", 2, 5);
+        q.push("k", 3, 5);
+        assert_eq!(q.len(), 2);
+        let items = drain_once(&mut q, 1000);
+        assert_eq!(items, vec![3, 2], "newest first, old value of k gone");
+        assert!(q.invalidate(&"k"));
+        assert!(!q.invalidate(&"k"));
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn least_sent_first_and_budget_respected() {
+        let mut q = BroadcastQueue::new(100);
+        q.push("old", 5, 10);
+        drain_once(&mut q, 100); // "old" now sent once
+        q.push("new", 5, 10);
+        assert_eq!(drain_once(&mut q, 5), vec![5]);
+        // "new" (0 sends) went first; now both have 1 send.
+        let (ids, _) = q.take(7, |v| *v);
+        assert_eq!(ids.len(), 1, "second event does not fit in what is left");
+        q.sent(&ids);
+        assert_eq!(q.len(), 2);
+    }
+
+    #[test]
+    fn replacing_an_in_flight_event_keeps_ids_stable() {
+        let mut q = BroadcastQueue::new(100);
+        q.push("k", 1, 5);
+        let (ids, _) = q.take(100, |v| *v);
+        q.push("k", 2, 5);
+        q.push("j", 3, 5);
+        assert_eq!(q.get(ids[0]), None, "the replaced event is gone");
+        q.sent(&ids);
+        assert_eq!(q.len(), 2);
+        assert_eq!(drain_once(&mut q, 100), vec![3, 2]);
+    }
+
+    #[test]
+    fn oversized_events_are_dropped_and_counted() {
+        let mut q = BroadcastQueue::new(100);
+        q.push("huge", 5000, 3);
+        q.push("small", 10, 3);
+        let (ids, stats) = q.take(1400, |v| *v);
+        assert_eq!(stats.oversized, 1);
+        assert_eq!(ids.len(), 1);
+        q.sent(&ids);
+        assert_eq!(q.len(), 1);
+    }
+
+    #[test]
+    fn length_bound_drops_most_sent_events() {
+        let mut q = BroadcastQueue::new(2);
+        q.push("a", 1, 10);
+        drain_once(&mut q, 100);
+        q.push("b", 1, 10);
+        assert_eq!(q.push("c", 1, 10), 1);
+        assert_eq!(q.len(), 2);
+        assert!(!q.invalidate(&"a"), "a was sent most, so it went");
+        assert!(q.invalidate(&"b") && q.invalidate(&"c"));
+    }
+
+    #[test]
+    fn replace_is_constant_time_under_a_large_queue() {
+        // 200k replacements of 100k distinct keys: quadratic work would not
+        // finish in a test's time; this is O(n).
+        let mut q: BroadcastQueue<u32, u32> = BroadcastQueue::new(1_000_000);
+        for i in 0..200_000u32 {
+            q.push(i % 100_000, i, 4);
+        }
+        assert_eq!(q.len(), 100_000);
+        let (ids, _) = q.take(10, |_| 1);
+        assert_eq!(ids.len(), 10);
+        assert_eq!(*q.get(ids[0]).unwrap(), 199_999);
+    }
+}

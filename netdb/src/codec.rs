@@ -1,0 +1,411 @@
+//! Decoding and validation of everything that arrives from the network.
+//!
+//! Sizes are checked before prost sees a byte, so allocation is bounded by
+//! the configured frame limits; every field is checked after decoding, and
+//! a message that fails any check is dropped whole, before it changes any
+//! state.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use netdb_proto::wire;
+use prost::Message;
+
+use crate::config::Config;
+use crate::digest::{DIGEST_BYTES, Digest};
+use crate::stats::DropReason;
+use crate::table::Entry;
+
+pub const WIRE_VERSION: u32 = 1;
+/// Largest UDP payload; gossip packets are far smaller (`packet_budget`),
+/// but a peer may be configured with a larger budget than ours.
+pub const MAX_DATAGRAM: usize = 65_507;
+
+/// The cluster scope: node records and network attachments, sent to every
+/// member. Its name is empty so that no user network can collide with it.
+pub const CLUSTER: &str = "";
+pub const NODES_TABLE: &str = "nodes";
+pub const NETWORKS_TABLE: &str = "networks";
+
+/// Names of nodes, networks and tables: ASCII letters, digits and `-_.:@`.
+pub fn valid_name(s: &str, max: usize) -> bool {
+    !s.is_empty()
+        && s.len() <= max
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+}
+
+/// Keys: any UTF-8 without control characters.
+pub fn valid_key(s: &str, max: usize) -> bool {
+    !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+}
+
+/// The key of a node's attachment to a network in the cluster scope.
+pub fn attachment_key(network: &str, node: &str) -> String {
+    format!("{network}/{node}")
+}
+
+/// Splits an attachment key into (network, node).
+pub fn parse_attachment_key(key: &str) -> Option<(&str, &str)> {
+    key.split_once('/')
+}
+
+#[derive(Debug)]
+pub enum Body {
+    Swim(Bytes),
+    Gossip(wire::Gossip),
+}
+
+pub fn encode_datagram(body: wire::datagram::Body) -> Vec<u8> {
+    wire::Datagram {
+        version: WIRE_VERSION,
+        body: Some(body),
+    }
+    .encode_to_vec()
+}
+
+/// Bytes a `Datagram` adds around a `Gossip` of `gossip_len` bytes.
+pub fn datagram_overhead(gossip_len: usize) -> usize {
+    // version field (tag + up to 5 bytes varint) + body tag + length varint.
+    1 + varint_len(u64::from(WIRE_VERSION)) + 1 + varint_len(gossip_len as u64)
+}
+
+pub fn varint_len(v: u64) -> usize {
+    prost::encoding::encoded_len_varint(v)
+}
+
+pub fn decode_datagram(cfg: &Config, bytes: &[u8]) -> Result<Body, DropReason> {
+    if bytes.len() > MAX_DATAGRAM {
+        return Err(DropReason::TooLarge);
+    }
+    let d = wire::Datagram::decode(bytes).map_err(|_| DropReason::Malformed)?;
+    if d.version != WIRE_VERSION {
+        return Err(DropReason::BadVersion);
+    }
+    match d.body {
+        Some(wire::datagram::Body::Swim(b)) => Ok(Body::Swim(b)),
+        Some(wire::datagram::Body::Gossip(g)) => {
+            validate_network_name(cfg, &g.network)?;
+            for e in &g.entries {
+                validate_entry(cfg, &g.network, e)?;
+            }
+            Ok(Body::Gossip(g))
+        }
+        None => Err(DropReason::Malformed),
+    }
+}
+
+pub fn decode_sync(cfg: &Config, bytes: &[u8]) -> Result<wire::SyncMessage, DropReason> {
+    if bytes.len() > cfg.max_sync_frame {
+        return Err(DropReason::TooLarge);
+    }
+    let m = wire::SyncMessage::decode(bytes).map_err(|_| DropReason::Malformed)?;
+    if m.version != WIRE_VERSION {
+        return Err(DropReason::BadVersion);
+    }
+    validate_network_name(cfg, &m.network)?;
+    let entries = match &m.body {
+        Some(wire::sync_message::Body::Request(d)) => {
+            check_digest(d)?;
+            &[][..]
+        }
+        Some(wire::sync_message::Body::Reply(r)) => {
+            check_digest(r.digest.as_ref().ok_or(DropReason::Malformed)?)?;
+            &r.entries[..]
+        }
+        Some(wire::sync_message::Body::Entries(e)) => &e.entries[..],
+        Some(wire::sync_message::Body::Refused(reason)) => {
+            if reason.len() > cfg.max_key_len {
+                return Err(DropReason::BadEntry);
+            }
+            &[][..]
+        }
+        None => return Err(DropReason::Malformed),
+    };
+    for e in entries {
+        validate_entry(cfg, &m.network, e)?;
+    }
+    Ok(m)
+}
+
+pub fn parse_digest(d: &wire::Digest) -> Option<Digest> {
+    Digest::from_bytes(&d.buckets)
+}
+
+fn check_digest(d: &wire::Digest) -> Result<(), DropReason> {
+    if d.buckets.len() == DIGEST_BYTES {
+        Ok(())
+    } else {
+        Err(DropReason::Malformed)
+    }
+}
+
+fn validate_network_name(cfg: &Config, network: &str) -> Result<(), DropReason> {
+    if network == CLUSTER || valid_name(network, cfg.max_name_len) {
+        Ok(())
+    } else {
+        Err(DropReason::BadName)
+    }
+}
+
+/// Field bounds, plus the cluster scope's shape: a node writes only its own
+/// record and its own attachments.
+pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<(), DropReason> {
+    if !valid_name(&e.table, cfg.max_name_len)
+        || !valid_name(&e.owner, cfg.max_name_len)
+        || !valid_key(&e.key, cfg.max_key_len)
+    {
+        return Err(DropReason::BadName);
+    }
+    if e.value.len() > cfg.max_value_len || e.ltime == 0 {
+        return Err(DropReason::BadEntry);
+    }
+    if network == CLUSTER {
+        match e.table.as_str() {
+            NODES_TABLE => {
+                if e.key != e.owner {
+                    return Err(DropReason::ForgedOwner);
+                }
+                if !e.deleted {
+                    let r =
+                        wire::NodeRecord::decode(&e.value[..]).map_err(|_| DropReason::BadEntry)?;
+                    r.addr
+                        .parse::<std::net::SocketAddr>()
+                        .map_err(|_| DropReason::BadEntry)?;
+                }
+            }
+            NETWORKS_TABLE => match parse_attachment_key(&e.key) {
+                Some((net, node)) if valid_name(net, cfg.max_name_len) && node == e.owner => {}
+                Some(_) => return Err(DropReason::ForgedOwner),
+                None => return Err(DropReason::BadName),
+            },
+            _ => return Err(DropReason::BadName),
+        }
+    }
+    Ok(())
+}
+
+/// A validated wire entry as stored. A tombstone's lifetime counts down from
+/// the residual it arrived with, never from a fresh full lifetime.
+pub fn entry_from_wire(e: &wire::Entry, now: Duration, ttl: Duration) -> Entry {
+    let residual = Duration::from_millis(e.reap_in_ms).min(ttl);
+    Entry {
+        value: e.value.clone(),
+        owner: e.owner.clone(),
+        incarnation: e.incarnation,
+        ltime: e.ltime,
+        deleted: e.deleted,
+        reap_at: e.deleted.then(|| now + residual),
+        hidden: false,
+    }
+}
+
+pub fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) -> wire::Entry {
+    wire::Entry {
+        table: table.to_owned(),
+        key: key.to_owned(),
+        value: e.value.clone(),
+        owner: e.owner.clone(),
+        incarnation: e.incarnation,
+        ltime: e.ltime,
+        deleted: e.deleted,
+        reap_in_ms: e
+            .reap_at
+            .map(|at| at.saturating_sub(now).as_millis().min(u128::from(u64::MAX)) as u64)
+            .unwrap_or(0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(table: &str, key: &str, owner: &str) -> wire::Entry {
+        wire::Entry {
+            table: table.into(),
+            key: key.into(),
+            value: Bytes::from_static(b"v"),
+            owner: owner.into(),
+            incarnation: 1,
+            ltime: 3,
+            deleted: false,
+            reap_in_ms: 0,
+        }
+    }
+
+    fn gossip(network: &str, entries: Vec<wire::Entry>) -> Vec<u8> {
+        encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+            network: network.into(),
+            root: 7,
+            entries,
+        }))
+    }
+
+    #[test]
+    fn good_gossip_round_trips() {
+        let cfg = Config::default();
+        let bytes = gossip("net", vec![entry("t", "k", "n1")]);
+        match decode_datagram(&cfg, &bytes) {
+            Ok(Body::Gossip(g)) => {
+                assert_eq!(g.root, 7);
+                assert_eq!(g.entries[0].key, "k");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn every_truncation_of_a_valid_message_is_rejected_or_still_valid() {
+        let cfg = Config::default();
+        let bytes = gossip("net", vec![entry("t", "key", "n1"), entry("t", "k2", "n2")]);
+        for cut in 0..bytes.len() {
+            // A prefix may decode (protobuf fields are optional), but it must
+            // then pass every check, and it must never panic.
+            if let Ok(Body::Gossip(g)) = decode_datagram(&cfg, &bytes[..cut]) {
+                for e in &g.entries {
+                    assert!(validate_entry(&cfg, &g.network, e).is_ok());
+                }
+            }
+        }
+        assert_eq!(
+            decode_datagram(&cfg, &bytes[..bytes.len() - 1]).err(),
+            Some(DropReason::Malformed)
+        );
+    }
+
+    #[test]
+    fn oversized_and_bad_fields_are_rejected() {
+        let cfg = Config::default();
+        assert_eq!(
+            decode_datagram(&cfg, &vec![0u8; MAX_DATAGRAM + 1]).err(),
+            Some(DropReason::TooLarge)
+        );
+        let mut big = entry("t", "k", "n1");
+        big.value = Bytes::from(vec![0u8; cfg.max_value_len + 1]);
+        assert_eq!(
+            decode_datagram(&cfg, &gossip("net", vec![big])).err(),
+            Some(DropReason::BadEntry)
+        );
+        let mut zero = entry("t", "k", "n1");
+        zero.ltime = 0;
+        assert_eq!(
+            decode_datagram(&cfg, &gossip("net", vec![zero])).err(),
+            Some(DropReason::BadEntry)
+        );
+        assert_eq!(
+            decode_datagram(&cfg, &gossip("bad/net", vec![])).err(),
+            Some(DropReason::BadName)
+        );
+        assert_eq!(
+            decode_datagram(&cfg, &gossip("net", vec![entry("t", "", "n1")])).err(),
+            Some(DropReason::BadName)
+        );
+        assert_eq!(
+            decode_datagram(&cfg, &gossip("net", vec![entry("t", "k\n", "n1")])).err(),
+            Some(DropReason::BadName)
+        );
+        let v2 = wire::Datagram {
+            version: 2,
+            body: Some(wire::datagram::Body::Swim(Bytes::new())),
+        };
+        assert_eq!(
+            decode_datagram(&cfg, &v2.encode_to_vec()).err(),
+            Some(DropReason::BadVersion)
+        );
+        assert_eq!(
+            decode_datagram(&cfg, &[]).err(),
+            Some(DropReason::BadVersion)
+        );
+    }
+
+    #[test]
+    fn cluster_scope_entries_must_belong_to_their_owner() {
+        let cfg = Config::default();
+        let ok = entry(NETWORKS_TABLE, "net/n1", "n1");
+        assert!(validate_entry(&cfg, CLUSTER, &ok).is_ok());
+        let forged = entry(NETWORKS_TABLE, "net/n2", "n1");
+        assert_eq!(
+            validate_entry(&cfg, CLUSTER, &forged).err(),
+            Some(DropReason::ForgedOwner)
+        );
+        let mut rec = entry(NODES_TABLE, "n2", "n1");
+        assert_eq!(
+            validate_entry(&cfg, CLUSTER, &rec).err(),
+            Some(DropReason::ForgedOwner)
+        );
+        rec.key = "n1".into();
+        assert_eq!(
+            validate_entry(&cfg, CLUSTER, &rec).err(),
+            Some(DropReason::BadEntry)
+        );
+        rec.value = wire::NodeRecord {
+            addr: "127.0.0.1:7946".into(),
+            left: false,
+        }
+        .encode_to_vec()
+        .into();
+        assert!(validate_entry(&cfg, CLUSTER, &rec).is_ok());
+        assert_eq!(
+            validate_entry(&cfg, CLUSTER, &entry("other", "k", "n1")).err(),
+            Some(DropReason::BadName)
+        );
+    }
+
+    #[test]
+    fn sync_frames_are_bounded_and_checked() {
+        let cfg = Config {
+            max_sync_frame: 64,
+            ..Config::default()
+        };
+        assert_eq!(
+            decode_sync(&cfg, &[0u8; 65]).err(),
+            Some(DropReason::TooLarge)
+        );
+        let cfg = Config::default();
+        let short = wire::SyncMessage {
+            version: WIRE_VERSION,
+            sync_id: 1,
+            network: "net".into(),
+            body: Some(wire::sync_message::Body::Request(wire::Digest {
+                buckets: vec![0; 10].into(),
+            })),
+        };
+        assert_eq!(
+            decode_sync(&cfg, &short.encode_to_vec()).err(),
+            Some(DropReason::Malformed)
+        );
+    }
+
+    #[test]
+    fn random_input_never_panics() {
+        // A deterministic xorshift stream; the fuzz targets (issue 5) go
+        // further, this keeps a cheap guard in every test run.
+        let cfg = Config::default();
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        for len in 0..2000usize {
+            let buf: Vec<u8> = (0..len % 300)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x as u8
+                })
+                .collect();
+            let _ = decode_datagram(&cfg, &buf);
+            let _ = decode_sync(&cfg, &buf);
+        }
+    }
+
+    #[test]
+    fn tombstone_residual_is_capped_and_carried() {
+        let mut w = entry("t", "k", "n1");
+        w.deleted = true;
+        w.reap_in_ms = u64::MAX;
+        let ttl = Duration::from_secs(60);
+        let now = Duration::from_secs(100);
+        let e = entry_from_wire(&w, now, ttl);
+        assert_eq!(e.reap_at, Some(now + ttl));
+        let back = entry_to_wire("t", "k", &e, now + Duration::from_secs(10));
+        assert_eq!(back.reap_in_ms, 50_000);
+    }
+}

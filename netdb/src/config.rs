@@ -1,0 +1,130 @@
+//! Timers, sizes and limits of a node. Defaults follow Docker's NetworkDB
+//! where it has a number (see docs/reference.md) and say why where not.
+
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Table gossip period (NetworkDB: 200 ms).
+    pub gossip_interval: Duration,
+    /// Peers each gossip packet goes to (NetworkDB: 3).
+    pub gossip_fanout: usize,
+    /// Largest datagram after all framing (NetworkDB: 1400 B).
+    pub packet_budget: usize,
+    /// Bytes a node may put on the wire per gossip tick, fan-out included;
+    /// lets a node with a backlog send several packets per tick instead of
+    /// NetworkDB's one.
+    pub tick_byte_budget: usize,
+    /// Transmissions of an event this node wrote: `retransmit_mult ×
+    /// ceil(log10(n+1))` packets (NetworkDB: 4).
+    pub retransmit_mult: u32,
+    /// Transmissions of an event this node relays: `relay_mult ×
+    /// ceil(log10(n+1))`. Relays need fewer: every node that learns an
+    /// event relays it, and anti-entropy repairs the rest.
+    pub relay_mult: u32,
+    /// Events a broadcast queue holds before dropping the oldest (counted);
+    /// dropped events are repaired by anti-entropy.
+    pub max_queue_len: usize,
+    /// Periodic push/pull per network (NetworkDB: 30 s).
+    pub sync_interval: Duration,
+    /// A push/pull that has not finished by then counts as failed.
+    pub sync_timeout: Duration,
+    /// How long a digest mismatch with a peer must last before it starts a
+    /// push/pull (updates in flight make digests differ briefly).
+    pub mismatch_sync_after: Duration,
+    /// A node with an empty queue still sends its digest this often per
+    /// network, so a divergence is noticed in about a second.
+    pub digest_interval: Duration,
+    /// Tombstone lifetime (NetworkDB: 30 min).
+    pub tombstone_ttl: Duration,
+    /// How long a failed node's entries stay hidden but kept, waiting for
+    /// it to come back, before they are removed.
+    pub failed_grace: Duration,
+    /// First delay between join attempts; doubles up to `join_retry_max`.
+    pub join_retry: Duration,
+    pub join_retry_max: Duration,
+    /// SWIM probe period and round-trip timeout (NetworkDB: 1 s, 500 ms).
+    pub probe_period: Duration,
+    pub probe_rtt: Duration,
+    /// Suspicion lasts `suspicion_mult × max(1, log10 n) × probe_period`.
+    pub suspicion_mult: f64,
+    /// Largest push/pull frame accepted or sent.
+    pub max_sync_frame: usize,
+    /// Limits on what a table entry may hold.
+    pub max_name_len: usize,
+    pub max_key_len: usize,
+    pub max_value_len: usize,
+    /// Networks a node may join.
+    pub max_networks: usize,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            gossip_interval: Duration::from_millis(200),
+            gossip_fanout: 3,
+            packet_budget: 1400,
+            tick_byte_budget: 64 * 1024,
+            retransmit_mult: 4,
+            relay_mult: 2,
+            max_queue_len: 100_000,
+            sync_interval: Duration::from_secs(30),
+            sync_timeout: Duration::from_secs(10),
+            mismatch_sync_after: Duration::from_secs(1),
+            digest_interval: Duration::from_secs(1),
+            tombstone_ttl: Duration::from_secs(30 * 60),
+            failed_grace: Duration::from_secs(10 * 60),
+            join_retry: Duration::from_secs(1),
+            join_retry_max: Duration::from_secs(30),
+            probe_period: Duration::from_secs(1),
+            probe_rtt: Duration::from_millis(500),
+            suspicion_mult: 4.0,
+            max_sync_frame: 4 * 1024 * 1024,
+            max_name_len: 128,
+            max_key_len: 512,
+            max_value_len: 16 * 1024,
+            max_networks: 1024,
+        }
+    }
+}
+
+impl Config {
+    /// Transmissions per event for a network of `n` nodes (self included).
+    pub fn transmit_limit(&self, n: usize, relayed: bool) -> u32 {
+        let mult = if relayed {
+            self.relay_mult
+        } else {
+            self.retransmit_mult
+        };
+        mult.saturating_mul(ceil_log10(n as u64 + 1)).max(1)
+    }
+}
+
+/// Smallest d with 10^d >= v.
+fn ceil_log10(v: u64) -> u32 {
+    let (mut d, mut p) = (0u32, 1u64);
+    while p < v {
+        p = p.saturating_mul(10);
+        d += 1;
+    }
+    d
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn transmit_limit_matches_networkdb() {
+        let c = Config::default();
+        // NetworkDB: 4 for n <= 9, 8 for n <= 99, 12 for n <= 999.
+        assert_eq!(c.transmit_limit(1, false), 4);
+        assert_eq!(c.transmit_limit(9, false), 4);
+        assert_eq!(c.transmit_limit(10, false), 8);
+        assert_eq!(c.transmit_limit(99, false), 8);
+        assert_eq!(c.transmit_limit(100, false), 12);
+        assert_eq!(c.transmit_limit(999, false), 12);
+        assert_eq!(c.transmit_limit(1000, false), 16);
+        assert_eq!(c.transmit_limit(200, true), 6);
+    }
+}

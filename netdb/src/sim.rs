@@ -1,0 +1,467 @@
+//! Deterministic simulator: many `Node`s in one process on a virtual
+//! network with latency, jitter (so reordering), loss, duplication and
+//! partitions, driven by virtual time. Everything random comes from one
+//! seeded RNG, so a seed reproduces a run bit for bit; `fingerprint` makes
+//! that checkable.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use rand::rngs::StdRng;
+use rand::{RngExt, SeedableRng};
+
+use crate::config::Config;
+use crate::hash::Hasher;
+use crate::node::{Event, Node, Transmit};
+
+/// How the virtual network treats packets. Push/pull frames ride a
+/// reliable stream: never lost or duplicated, but cut by partitions.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    pub latency: Duration,
+    /// Extra random delay in [0, jitter]; packets overtake each other.
+    pub jitter: Duration,
+    /// Probability a datagram is lost.
+    pub loss: f64,
+    /// Probability a datagram is delivered twice.
+    pub duplicate: f64,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        NetConfig {
+            latency: Duration::from_millis(1),
+            jitter: Duration::from_millis(1),
+            loss: 0.0,
+            duplicate: 0.0,
+        }
+    }
+}
+
+struct Host {
+    name: String,
+    addr: SocketAddr,
+    node: Option<Node>,
+    paused: bool,
+    incarnation: u64,
+    /// The wake-up currently in the timer heap for this host.
+    scheduled: Option<Duration>,
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+enum Payload {
+    Datagram(Vec<u8>),
+    Sync(Vec<u8>),
+}
+
+#[derive(PartialEq, Eq, PartialOrd, Ord)]
+struct Flight {
+    at: Duration,
+    seq: u64,
+    from: usize,
+    to: usize,
+    payload: Payload,
+}
+
+/// Counters of the virtual network.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct NetStats {
+    pub sent: u64,
+    pub delivered: u64,
+    pub lost: u64,
+    pub duplicated: u64,
+    pub partitioned: u64,
+    /// Arrived at a crashed or paused host.
+    pub unreachable: u64,
+    pub bytes: u64,
+}
+
+pub struct Sim {
+    pub cfg: Config,
+    pub net: NetConfig,
+    seed: u64,
+    now: Duration,
+    rng: StdRng,
+    hosts: Vec<Host>,
+    by_addr: HashMap<SocketAddr, usize>,
+    flights: BinaryHeap<Reverse<Flight>>,
+    timers: BinaryHeap<Reverse<(Duration, usize)>>,
+    seq: u64,
+    groups: Option<Vec<u32>>,
+    stats: NetStats,
+    trace: Hasher,
+    /// Events of every node, if `record_events` is set.
+    pub events: Vec<(usize, Duration, Event)>,
+    pub record_events: bool,
+}
+
+impl Sim {
+    pub fn new(seed: u64, cfg: Config, net: NetConfig) -> Sim {
+        Sim {
+            cfg,
+            net,
+            seed,
+            now: Duration::ZERO,
+            rng: StdRng::seed_from_u64(seed),
+            hosts: Vec::new(),
+            by_addr: HashMap::new(),
+            flights: BinaryHeap::new(),
+            timers: BinaryHeap::new(),
+            seq: 0,
+            groups: None,
+            stats: NetStats::default(),
+            trace: Hasher::default(),
+            events: Vec::new(),
+            record_events: false,
+        }
+    }
+
+    pub fn now(&self) -> Duration {
+        self.now
+    }
+
+    pub fn len(&self) -> usize {
+        self.hosts.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.hosts.is_empty()
+    }
+
+    pub fn net_stats(&self) -> NetStats {
+        self.stats
+    }
+
+    /// Adds a node named `n<i>` at a loopback address (nothing is ever sent
+    /// on a real network; the address only names the host).
+    pub fn add_node(&mut self) -> usize {
+        let i = self.hosts.len();
+        let addr = SocketAddr::V4(SocketAddrV4::new(
+            Ipv4Addr::new(127, 1, (i / 250) as u8, (i % 250 + 1) as u8),
+            7946,
+        ));
+        self.hosts.push(Host {
+            name: format!("n{i}"),
+            addr,
+            node: None,
+            paused: false,
+            incarnation: 0,
+            scheduled: None,
+        });
+        self.by_addr.insert(addr, i);
+        self.boot(i);
+        i
+    }
+
+    /// Starts a fresh process on host `i`: a new incarnation without state.
+    fn boot(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        h.incarnation += 1;
+        let seed = Hasher::default()
+            .u64(self.seed)
+            .u64(i as u64)
+            .u64(h.incarnation)
+            .finish();
+        let node = Node::new(
+            self.cfg.clone(),
+            &h.name,
+            h.incarnation,
+            h.addr,
+            seed,
+            self.now,
+        )
+        .expect("simulated node names are valid");
+        h.node = Some(node);
+        h.paused = false;
+        h.scheduled = None;
+        self.after_input(i);
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.hosts[i].addr
+    }
+
+    pub fn name(&self, i: usize) -> &str {
+        &self.hosts[i].name
+    }
+
+    /// The running node of host `i` (None if crashed).
+    pub fn node(&self, i: usize) -> Option<&Node> {
+        self.hosts[i].node.as_ref()
+    }
+
+    /// Hosts whose process runs and is not paused.
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.hosts.len())
+            .filter(|&i| self.hosts[i].node.is_some() && !self.hosts[i].paused)
+            .collect()
+    }
+
+    /// Runs `f` on host `i`'s node at the current time and routes whatever it
+    /// produced. Panics if the host is crashed: that is a test bug.
+    pub fn with_node<R>(&mut self, i: usize, f: impl FnOnce(&mut Node, Duration) -> R) -> R {
+        let now = self.now;
+        let node = self.hosts[i].node.as_mut().expect("host is running");
+        let r = f(node, now);
+        self.after_input(i);
+        r
+    }
+
+    /// Every node joins through host `seed`.
+    pub fn join_all(&mut self, seed: usize) {
+        let seed_addr = self.addr(seed);
+        for i in 0..self.hosts.len() {
+            if i != seed && self.hosts[i].node.is_some() {
+                self.with_node(i, |n, now| n.join(now, &[seed_addr]));
+            }
+        }
+    }
+
+    /// Kills host `i`'s process: no goodbye, state lost.
+    pub fn crash(&mut self, i: usize) {
+        self.hosts[i].node = None;
+        self.hosts[i].scheduled = None;
+    }
+
+    /// Starts host `i` again without its state and joins through `seed`.
+    pub fn restart(&mut self, i: usize, seed: usize) {
+        self.boot(i);
+        let seed_addr = self.addr(seed);
+        self.with_node(i, |n, now| n.join(now, &[seed_addr]));
+    }
+
+    /// Freezes host `i` (like SIGSTOP): it receives nothing and its timers
+    /// wait.
+    pub fn pause(&mut self, i: usize) {
+        self.hosts[i].paused = true;
+    }
+
+    pub fn resume(&mut self, i: usize) {
+        self.hosts[i].paused = false;
+        self.hosts[i].scheduled = None;
+        self.reschedule(i);
+    }
+
+    /// Splits the hosts: `group[i]` is host i's side; packets between
+    /// different sides are dropped.
+    pub fn partition(&mut self, group: Vec<u32>) {
+        assert_eq!(group.len(), self.hosts.len());
+        self.groups = Some(group);
+    }
+
+    pub fn heal(&mut self) {
+        self.groups = None;
+    }
+
+    /// Runs until virtual time `until`.
+    pub fn run_until(&mut self, until: Duration) {
+        while self.step(until) {}
+        self.now = self.now.max(until);
+    }
+
+    pub fn run_for(&mut self, d: Duration) {
+        let until = self.now + d;
+        self.run_until(until);
+    }
+
+    /// Runs, checking `done` every `every` of virtual time, until it holds
+    /// or `limit` has passed; returns the virtual time it took, if it held.
+    pub fn run_until_true(
+        &mut self,
+        every: Duration,
+        limit: Duration,
+        mut done: impl FnMut(&Sim) -> bool,
+    ) -> Option<Duration> {
+        let start = self.now;
+        loop {
+            if done(self) {
+                return Some(self.now - start);
+            }
+            if self.now - start >= limit {
+                return None;
+            }
+            self.run_for(every);
+        }
+    }
+
+    /// A hash of everything that happened (deliveries in order) and of every
+    /// node's final tables: two runs with the same seed give the same value.
+    pub fn fingerprint(&self) -> u64 {
+        let mut h = self.trace.u64(self.now.as_nanos() as u64);
+        for host in &self.hosts {
+            if let Some(n) = &host.node {
+                for net in std::iter::once("").chain(n.networks()) {
+                    h = h.bytes(net.as_bytes()).u64(n.root(net).unwrap_or(0));
+                }
+            }
+        }
+        h.finish()
+    }
+
+    fn step(&mut self, until: Duration) -> bool {
+        let next_flight = self.flights.peek().map(|Reverse(f)| f.at);
+        let next_timer = self.timers.peek().map(|Reverse((at, _))| *at);
+        let at = match (next_flight, next_timer) {
+            (None, None) => return false,
+            (Some(f), None) => f,
+            (None, Some(t)) => t,
+            (Some(f), Some(t)) => f.min(t),
+        };
+        if at > until {
+            return false;
+        }
+        self.now = at;
+        if next_flight == Some(at) {
+            let Some(Reverse(f)) = self.flights.pop() else {
+                return false;
+            };
+            self.deliver(f);
+        } else {
+            let Some(Reverse((at, i))) = self.timers.pop() else {
+                return false;
+            };
+            let host = &mut self.hosts[i];
+            if host.scheduled != Some(at) {
+                return true; // superseded
+            }
+            host.scheduled = None;
+            if host.paused {
+                return true; // resumed later with `resume`
+            }
+            if let Some(node) = host.node.as_mut() {
+                node.handle_timeout(at);
+                self.after_input(i);
+            }
+        }
+        true
+    }
+
+    fn deliver(&mut self, f: Flight) {
+        let now = self.now;
+        let from = self.hosts[f.from].addr;
+        let host = &mut self.hosts[f.to];
+        let Some(node) = host.node.as_mut().filter(|_| !host.paused) else {
+            self.stats.unreachable += 1;
+            return;
+        };
+        self.stats.delivered += 1;
+        match &f.payload {
+            Payload::Datagram(p) => {
+                self.trace = self
+                    .trace
+                    .u64(now.as_nanos() as u64)
+                    .u64(f.to as u64)
+                    .u64(p.len() as u64);
+                node.handle_datagram(now, from, p);
+            }
+            Payload::Sync(p) => {
+                self.trace = self
+                    .trace
+                    .u64(now.as_nanos() as u64)
+                    .u64(f.to as u64)
+                    .u64(!(p.len() as u64));
+                node.handle_sync(now, from, p);
+            }
+        }
+        self.after_input(f.to);
+    }
+
+    /// Routes a node's outputs and re-arms its wake-up.
+    fn after_input(&mut self, i: usize) {
+        let mut out = Vec::new();
+        if let Some(node) = self.hosts[i].node.as_mut() {
+            while let Some(t) = node.poll_transmit() {
+                out.push(t);
+            }
+            while let Some(e) = node.poll_event() {
+                if self.record_events {
+                    self.events.push((i, self.now, e));
+                }
+            }
+        }
+        for t in out {
+            self.route(i, t);
+        }
+        self.reschedule(i);
+    }
+
+    fn reschedule(&mut self, i: usize) {
+        let host = &mut self.hosts[i];
+        let Some(node) = host.node.as_ref() else {
+            return;
+        };
+        let next = node.poll_timeout();
+        if next != host.scheduled {
+            host.scheduled = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at.max(self.now), i)));
+                host.scheduled = Some(at.max(self.now));
+            }
+        }
+    }
+
+    fn route(&mut self, from: usize, t: Transmit) {
+        let (to, payload, lossy) = match t {
+            Transmit::Datagram { to, payload } => (to, Payload::Datagram(payload), true),
+            Transmit::Sync { to, payload, .. } => (to, Payload::Sync(payload), false),
+        };
+        self.stats.sent += 1;
+        let Some(&to) = self.by_addr.get(&to) else {
+            self.stats.unreachable += 1;
+            return;
+        };
+        if let Some(g) = &self.groups
+            && g[from] != g[to]
+        {
+            self.stats.partitioned += 1;
+            return;
+        }
+        if lossy && self.net.loss > 0.0 && self.rng.random_bool(self.net.loss) {
+            self.stats.lost += 1;
+            return;
+        }
+        let copies =
+            if lossy && self.net.duplicate > 0.0 && self.rng.random_bool(self.net.duplicate) {
+                self.stats.duplicated += 1;
+                2
+            } else {
+                1
+            };
+        let len = match &payload {
+            Payload::Datagram(p) | Payload::Sync(p) => p.len(),
+        };
+        self.stats.bytes += len as u64;
+        let mut payload = Some(payload);
+        for c in 0..copies {
+            let jitter = self.jitter();
+            let p = if c + 1 == copies {
+                payload.take()
+            } else {
+                payload.as_ref().map(|p| match p {
+                    Payload::Datagram(b) => Payload::Datagram(b.clone()),
+                    Payload::Sync(b) => Payload::Sync(b.clone()),
+                })
+            };
+            let Some(p) = p else { break };
+            self.seq += 1;
+            self.flights.push(Reverse(Flight {
+                at: self.now + self.net.latency + jitter,
+                seq: self.seq,
+                from,
+                to,
+                payload: p,
+            }));
+        }
+    }
+
+    fn jitter(&mut self) -> Duration {
+        let max = self.net.jitter.as_micros() as u64;
+        if max == 0 {
+            Duration::ZERO
+        } else {
+            Duration::from_micros(self.rng.random_range(0..=max))
+        }
+    }
+}

@@ -1,0 +1,276 @@
+//! Versioned entries and the per-network store that holds them.
+//!
+//! The merge rule: an entry's version is (ltime, owner, incarnation); the
+//! larger version wins on every node whatever the arrival order, and equal
+//! versions are the same write (an owner never reuses a Lamport time). That
+//! total order is what NetworkDB lacks: it keeps the old value on a tie, so a
+//! tombstone with the same ltime as a live entry hid it forever on some
+//! nodes and not on others.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use bytes::Bytes;
+
+use crate::digest::{Digest, bucket_of};
+use crate::hash::Hasher;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    pub value: Bytes,
+    pub owner: String,
+    pub incarnation: u64,
+    pub ltime: u64,
+    pub deleted: bool,
+    /// When this node reaps the tombstone; `None` for live entries.
+    pub reap_at: Option<Duration>,
+    /// The owner is failed: kept for its return, but not visible, not
+    /// gossiped and not in the digest.
+    pub hidden: bool,
+}
+
+/// Orders versions; see the module comment.
+pub type Version<'a> = (u64, &'a str, u64);
+
+impl Entry {
+    pub fn version(&self) -> Version<'_> {
+        (self.ltime, &self.owner, self.incarnation)
+    }
+
+    /// True when `self` must replace `other`.
+    pub fn supersedes(&self, other: &Entry) -> bool {
+        self.version() > other.version()
+    }
+
+    /// Live and visible: what tables, DNS and the data plane show.
+    pub fn visible(&self) -> bool {
+        !self.deleted && !self.hidden
+    }
+
+    /// The entry's contribution to its bucket. The value is left out: the
+    /// version identifies the write, and the write fixes the value.
+    pub fn hash(&self, table: &str, key: &str) -> u64 {
+        Hasher::default()
+            .bytes(table.as_bytes())
+            .bytes(key.as_bytes())
+            .bytes(self.owner.as_bytes())
+            .u64(self.incarnation)
+            .u64(self.ltime)
+            .u64(u64::from(self.deleted))
+            .finish()
+    }
+}
+
+/// What a bulk rewrite does with one entry.
+pub enum Rewrite {
+    Keep,
+    Replace(Entry),
+    Remove,
+}
+
+/// One entry's change, for events.
+#[derive(Debug)]
+pub struct Change {
+    pub table: String,
+    pub key: String,
+    pub before: Option<Entry>,
+    pub after: Option<Entry>,
+}
+
+/// All tables of one network (or of the cluster scope) and their digest.
+#[derive(Debug, Default)]
+pub struct Scope {
+    tables: BTreeMap<String, BTreeMap<String, Entry>>,
+    digest: Digest,
+    len: usize,
+}
+
+impl Scope {
+    pub fn digest(&self) -> &Digest {
+        &self.digest
+    }
+
+    /// Entries held, tombstones and hidden ones included.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    pub fn get(&self, table: &str, key: &str) -> Option<&Entry> {
+        self.tables.get(table)?.get(key)
+    }
+
+    pub fn table(&self, table: &str) -> impl Iterator<Item = (&str, &Entry)> {
+        self.tables
+            .get(table)
+            .into_iter()
+            .flat_map(|t| t.iter().map(|(k, e)| (k.as_str(), e)))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
+        self.tables
+            .iter()
+            .flat_map(|(t, es)| es.iter().map(move |(k, e)| (t.as_str(), k.as_str(), e)))
+    }
+
+    fn count(&mut self, table: &str, key: &str, e: &Entry, add: bool) {
+        if e.hidden {
+            return;
+        }
+        let (b, h) = (bucket_of(table, key), e.hash(table, key));
+        if add {
+            self.digest.add(b, h)
+        } else {
+            self.digest.remove(b, h)
+        }
+    }
+
+    /// Inserts or replaces, keeping the digest; returns the replaced entry.
+    pub fn insert(&mut self, table: &str, key: &str, entry: Entry) -> Option<Entry> {
+        self.count(table, key, &entry, true);
+        let t = match self.tables.get_mut(table) {
+            Some(t) => t,
+            None => self.tables.entry(table.to_owned()).or_default(),
+        };
+        let old = match t.get_mut(key) {
+            Some(slot) => Some(std::mem::replace(slot, entry)),
+            None => {
+                t.insert(key.to_owned(), entry);
+                None
+            }
+        };
+        match &old {
+            Some(o) => self.count(table, key, o, false),
+            None => self.len += 1,
+        }
+        old
+    }
+
+    pub fn remove(&mut self, table: &str, key: &str) -> Option<Entry> {
+        let t = self.tables.get_mut(table)?;
+        let old = t.remove(key)?;
+        if t.is_empty() {
+            self.tables.remove(table);
+        }
+        self.len -= 1;
+        self.count(table, key, &old, false);
+        Some(old)
+    }
+
+    /// Applies `f` to every entry, keeping the digest, and returns what
+    /// changed. Used for the rare bulk transitions (an owner fails, returns,
+    /// leaves a network, is replaced by a new incarnation).
+    pub fn rewrite(&mut self, mut f: impl FnMut(&str, &str, &Entry) -> Rewrite) -> Vec<Change> {
+        let mut todo = Vec::new();
+        for (t, es) in &self.tables {
+            for (k, e) in es {
+                match f(t, k, e) {
+                    Rewrite::Keep => {}
+                    r => todo.push((t.clone(), k.clone(), r)),
+                }
+            }
+        }
+        let mut changes = Vec::with_capacity(todo.len());
+        for (table, key, r) in todo {
+            let (before, after) = match r {
+                Rewrite::Replace(e) => (self.insert(&table, &key, e.clone()), Some(e)),
+                Rewrite::Remove => (self.remove(&table, &key), None),
+                Rewrite::Keep => continue,
+            };
+            changes.push(Change {
+                table,
+                key,
+                before,
+                after,
+            });
+        }
+        changes
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn e(owner: &str, ltime: u64, deleted: bool) -> Entry {
+        Entry {
+            value: Bytes::from(format!("{owner}@{ltime}")),
+            owner: owner.into(),
+            incarnation: 1,
+            ltime,
+            deleted,
+            reap_at: None,
+            hidden: false,
+        }
+    }
+
+    #[test]
+    fn merge_rule_is_a_total_order_with_owner_tie_break() {
+        assert!(e("a", 2, false).supersedes(&e("b", 1, false)));
+        assert!(!e("a", 1, false).supersedes(&e("a", 2, true)));
+        // Equal ltime: the owner breaks the tie, the same way everywhere,
+        // whether the contender is live or a tombstone.
+        assert!(e("b", 5, false).supersedes(&e("a", 5, true)));
+        assert!(!e("a", 5, true).supersedes(&e("b", 5, false)));
+        assert!(
+            !e("a", 5, false).supersedes(&e("a", 5, false)),
+            "same write is not newer"
+        );
+        let mut newer_inc = e("a", 5, false);
+        newer_inc.incarnation = 2;
+        assert!(newer_inc.supersedes(&e("a", 5, false)));
+    }
+
+    #[test]
+    fn digest_tracks_inserts_replacements_removals_and_hidden_entries() {
+        let (mut s1, mut s2) = (Scope::default(), Scope::default());
+        s1.insert("t", "k1", e("a", 1, false));
+        s1.insert("t", "k1", e("a", 2, false));
+        s1.insert("t", "k2", e("b", 3, true));
+        s2.insert("t", "k2", e("b", 3, true));
+        s2.insert("t", "k1", e("a", 2, false));
+        assert_eq!(s1.digest(), s2.digest());
+        assert_eq!(s1.len(), 2);
+        let mut hidden = e("c", 4, false);
+        hidden.hidden = true;
+        s1.insert("u", "k", hidden);
+        assert_eq!(
+            s1.digest(),
+            s2.digest(),
+            "hidden entries are not in the digest"
+        );
+        assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".to_string()));
+        s1.remove("t", "k1");
+        assert_ne!(s1.digest(), s2.digest());
+        s2.remove("t", "k1");
+        assert_eq!(s1.digest(), s2.digest());
+        assert_eq!(s1.digest().root(), {
+            let mut s3 = Scope::default();
+            s3.insert("t", "k2", e("b", 3, true));
+            s3.digest().root()
+        });
+    }
+
+    #[test]
+    fn rewrite_reports_changes_and_keeps_digest() {
+        let mut s = Scope::default();
+        s.insert("t", "a", e("x", 1, false));
+        s.insert("t", "b", e("y", 2, false));
+        let changes = s.rewrite(|_, _, en| {
+            if en.owner == "x" {
+                Rewrite::Remove
+            } else {
+                Rewrite::Keep
+            }
+        });
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].key, "a");
+        let mut only_b = Scope::default();
+        only_b.insert("t", "b", e("y", 2, false));
+        assert_eq!(s.digest(), only_b.digest());
+        assert_eq!(s.len(), 1);
+    }
+}
