@@ -33,10 +33,7 @@ struct List {
     tail: u32,
 }
 
-const EMPTY: List = List {
-    head: NIL,
-    tail: NIL,
-};
+const EMPTY: List = List { head: NIL, tail: NIL };
 
 /// What one `take` did besides handing out events.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]

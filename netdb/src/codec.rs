@@ -31,8 +31,7 @@ pub const NETWORKS_TABLE: &str = "networks";
 pub fn valid_name(s: &str, max: usize) -> bool {
     !s.is_empty()
         && s.len() <= max
-        && s.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
 }
 
 /// Keys: any UTF-8 without control characters.
@@ -57,11 +56,7 @@ pub enum Body {
 }
 
 pub fn encode_datagram(body: wire::datagram::Body) -> Vec<u8> {
-    wire::Datagram {
-        version: WIRE_VERSION,
-        body: Some(body),
-    }
-    .encode_to_vec()
+    wire::Datagram { version: WIRE_VERSION, body: Some(body) }.encode_to_vec()
 }
 
 /// Bytes a `Datagram` adds around a `Gossip` of `gossip_len` bytes.
@@ -133,11 +128,7 @@ pub fn parse_digest(d: &wire::Digest) -> Option<Digest> {
 }
 
 fn check_digest(d: &wire::Digest) -> Result<(), DropReason> {
-    if d.buckets.len() == DIGEST_BYTES {
-        Ok(())
-    } else {
-        Err(DropReason::Malformed)
-    }
+    if d.buckets.len() == DIGEST_BYTES { Ok(()) } else { Err(DropReason::Malformed) }
 }
 
 fn validate_network_name(cfg: &Config, network: &str) -> Result<(), DropReason> {
@@ -169,9 +160,7 @@ pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<()
                 if !e.deleted {
                     let r =
                         wire::NodeRecord::decode(&e.value[..]).map_err(|_| DropReason::BadEntry)?;
-                    r.addr
-                        .parse::<std::net::SocketAddr>()
-                        .map_err(|_| DropReason::BadEntry)?;
+                    r.addr.parse::<std::net::SocketAddr>().map_err(|_| DropReason::BadEntry)?;
                 }
             }
             NETWORKS_TABLE => match parse_attachment_key(&e.key) {
@@ -304,18 +293,10 @@ mod tests {
             decode_datagram(&cfg, &gossip("net", vec![entry("t", "k\n", "n1")])).err(),
             Some(DropReason::BadName)
         );
-        let v2 = wire::Datagram {
-            version: 2,
-            body: Some(wire::datagram::Body::Swim(Bytes::new())),
-        };
-        assert_eq!(
-            decode_datagram(&cfg, &v2.encode_to_vec()).err(),
-            Some(DropReason::BadVersion)
-        );
-        assert_eq!(
-            decode_datagram(&cfg, &[]).err(),
-            Some(DropReason::BadVersion)
-        );
+        let v2 =
+            wire::Datagram { version: 2, body: Some(wire::datagram::Body::Swim(Bytes::new())) };
+        assert_eq!(decode_datagram(&cfg, &v2.encode_to_vec()).err(), Some(DropReason::BadVersion));
+        assert_eq!(decode_datagram(&cfg, &[]).err(), Some(DropReason::BadVersion));
     }
 
     #[test]
@@ -324,26 +305,13 @@ mod tests {
         let ok = entry(NETWORKS_TABLE, "net/n1", "n1");
         assert!(validate_entry(&cfg, CLUSTER, &ok).is_ok());
         let forged = entry(NETWORKS_TABLE, "net/n2", "n1");
-        assert_eq!(
-            validate_entry(&cfg, CLUSTER, &forged).err(),
-            Some(DropReason::ForgedOwner)
-        );
+        assert_eq!(validate_entry(&cfg, CLUSTER, &forged).err(), Some(DropReason::ForgedOwner));
         let mut rec = entry(NODES_TABLE, "n2", "n1");
-        assert_eq!(
-            validate_entry(&cfg, CLUSTER, &rec).err(),
-            Some(DropReason::ForgedOwner)
-        );
+        assert_eq!(validate_entry(&cfg, CLUSTER, &rec).err(), Some(DropReason::ForgedOwner));
         rec.key = "n1".into();
-        assert_eq!(
-            validate_entry(&cfg, CLUSTER, &rec).err(),
-            Some(DropReason::BadEntry)
-        );
-        rec.value = wire::NodeRecord {
-            addr: "127.0.0.1:7946".into(),
-            left: false,
-        }
-        .encode_to_vec()
-        .into();
+        assert_eq!(validate_entry(&cfg, CLUSTER, &rec).err(), Some(DropReason::BadEntry));
+        rec.value =
+            wire::NodeRecord { addr: "127.0.0.1:7946".into(), left: false }.encode_to_vec().into();
         assert!(validate_entry(&cfg, CLUSTER, &rec).is_ok());
         assert_eq!(
             validate_entry(&cfg, CLUSTER, &entry("other", "k", "n1")).err(),
@@ -353,14 +321,8 @@ mod tests {
 
     #[test]
     fn sync_frames_are_bounded_and_checked() {
-        let cfg = Config {
-            max_sync_frame: 64,
-            ..Config::default()
-        };
-        assert_eq!(
-            decode_sync(&cfg, &[0u8; 65]).err(),
-            Some(DropReason::TooLarge)
-        );
+        let cfg = Config { max_sync_frame: 64, ..Config::default() };
+        assert_eq!(decode_sync(&cfg, &[0u8; 65]).err(), Some(DropReason::TooLarge));
         let cfg = Config::default();
         let short = wire::SyncMessage {
             version: WIRE_VERSION,
@@ -370,10 +332,7 @@ mod tests {
                 buckets: vec![0; 10].into(),
             })),
         };
-        assert_eq!(
-            decode_sync(&cfg, &short.encode_to_vec()).err(),
-            Some(DropReason::Malformed)
-        );
+        assert_eq!(decode_sync(&cfg, &short.encode_to_vec()).err(), Some(DropReason::Malformed));
     }
 
     #[test]

@@ -43,6 +43,9 @@ pub struct Config {
     /// First delay between join attempts; doubles up to `join_retry_max`.
     pub join_retry: Duration,
     pub join_retry_max: Duration,
+    /// How often a node knocks on one failed member's door, so a healed
+    /// partition reconnects (NetworkDB: 1 s).
+    pub reconnect_interval: Duration,
     /// SWIM probe period and round-trip timeout (NetworkDB: 1 s, 500 ms).
     pub probe_period: Duration,
     pub probe_rtt: Duration,
@@ -76,6 +79,7 @@ impl Default for Config {
             failed_grace: Duration::from_secs(10 * 60),
             join_retry: Duration::from_secs(1),
             join_retry_max: Duration::from_secs(30),
+            reconnect_interval: Duration::from_secs(1),
             probe_period: Duration::from_secs(1),
             probe_rtt: Duration::from_millis(500),
             suspicion_mult: 4.0,
@@ -91,11 +95,7 @@ impl Default for Config {
 impl Config {
     /// Transmissions per event for a network of `n` nodes (self included).
     pub fn transmit_limit(&self, n: usize, relayed: bool) -> u32 {
-        let mult = if relayed {
-            self.relay_mult
-        } else {
-            self.retransmit_mult
-        };
+        let mult = if relayed { self.relay_mult } else { self.retransmit_mult };
         mult.saturating_mul(ceil_log10(n as u64 + 1)).max(1)
     }
 }

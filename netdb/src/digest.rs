@@ -14,9 +14,7 @@ pub struct Digest {
 
 impl Default for Digest {
     fn default() -> Self {
-        Digest {
-            buckets: Box::new([0; BUCKETS]),
-        }
+        Digest { buckets: Box::new([0; BUCKETS]) }
     }
 }
 
@@ -28,11 +26,7 @@ impl std::fmt::Debug for Digest {
 
 /// The bucket of a key: all versions of a key fall in the same bucket.
 pub fn bucket_of(table: &str, key: &str) -> u8 {
-    (Hasher::default()
-        .bytes(table.as_bytes())
-        .bytes(key.as_bytes())
-        .finish()
-        >> 56) as u8
+    (Hasher::default().bytes(table.as_bytes()).bytes(key.as_bytes()).finish() >> 56) as u8
 }
 
 impl Digest {
@@ -47,10 +41,7 @@ impl Digest {
     }
 
     pub fn root(&self) -> u64 {
-        self.buckets
-            .iter()
-            .fold(Hasher::default(), |h, b| h.u64(*b))
-            .finish()
+        self.buckets.iter().fold(Hasher::default(), |h, b| h.u64(*b)).finish()
     }
 
     pub fn to_bytes(&self) -> Vec<u8> {

@@ -65,9 +65,6 @@ mod tests {
             Hasher::default().bytes(b"ab").bytes(b"c").finish(),
             Hasher::default().bytes(b"a").bytes(b"bc").finish()
         );
-        assert_ne!(
-            Hasher::default().u64(1).finish(),
-            Hasher::default().u64(2).finish()
-        );
+        assert_ne!(Hasher::default().u64(1).finish(), Hasher::default().u64(2).finish());
     }
 }

@@ -26,10 +26,7 @@ impl foca::Identity for Identity {
     type Addr = SocketAddr;
 
     fn renew(&self) -> Option<Self> {
-        Some(Identity {
-            generation: self.generation.wrapping_add(1),
-            ..self.clone()
-        })
+        Some(Identity { generation: self.generation.wrapping_add(1), ..self.clone() })
     }
 
     fn addr(&self) -> SocketAddr {
@@ -45,12 +42,7 @@ impl Identity {
     /// What we know of a seed before it answers: only its address. foca
     /// accepts an announce addressed to any identity with its address.
     pub fn placeholder(addr: SocketAddr) -> Self {
-        Identity {
-            name: String::new(),
-            incarnation: 0,
-            generation: 0,
-            addr,
-        }
+        Identity { name: String::new(), incarnation: 0, generation: 0, addr }
     }
 }
 
@@ -161,22 +153,15 @@ mod tests {
         assert_eq!(renewed.addr(), id.addr());
         assert!(renewed.win_addr_conflict(&id));
         assert!(!id.win_addr_conflict(&renewed));
-        let restarted = Identity {
-            incarnation: 6,
-            ..id.clone()
-        };
-        assert!(
-            restarted.win_addr_conflict(&renewed),
-            "a new incarnation beats any generation"
-        );
+        let restarted = Identity { incarnation: 6, ..id.clone() };
+        assert!(restarted.win_addr_conflict(&renewed), "a new incarnation beats any generation");
     }
 
     #[test]
     fn peer_set_keeps_positions_consistent() {
         let mut s = PeerSet::default();
-        let a: Vec<SocketAddr> = (1..=4)
-            .map(|p| format!("127.0.0.1:{p}").parse().unwrap())
-            .collect();
+        let a: Vec<SocketAddr> =
+            (1..=4).map(|p| format!("127.0.0.1:{p}").parse().unwrap()).collect();
         for x in &a {
             s.insert(*x);
         }

@@ -39,12 +39,7 @@ pub enum Transmit {
     /// A push/pull frame. `opens` frames start an exchange (the shell opens
     /// a stream to `to`); the others answer on the stream that carried the
     /// same `sync_id` from `to`.
-    Sync {
-        to: SocketAddr,
-        sync_id: u64,
-        opens: bool,
-        payload: Vec<u8>,
-    },
+    Sync { to: SocketAddr, sync_id: u64, opens: bool, payload: Vec<u8> },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,11 +81,7 @@ pub enum Event {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Error {
     #[error("invalid {what} {value:?}: use 1-{max} of letters, digits and -_.:@")]
-    BadName {
-        what: &'static str,
-        value: String,
-        max: usize,
-    },
+    BadName { what: &'static str, value: String, max: usize },
     #[error("invalid key: use 1-{max} bytes without control characters")]
     BadKey { max: usize },
     #[error("value of {len} bytes is larger than the limit of {max}")]
@@ -143,18 +134,11 @@ struct Outgoing {
 enum Wake {
     Swim(Timer<Identity>),
     Gossip,
-    Reap {
-        scope: String,
-        table: String,
-        key: String,
-    },
-    Grace {
-        name: String,
-        incarnation: u64,
-    },
+    Reap { scope: String, table: String, key: String },
+    Grace { name: String, incarnation: u64 },
     SyncTimeout(u64),
     ServeTimeout(SocketAddr, u64),
-    JoinRetry,
+    JoinRetry(u64),
 }
 
 #[derive(Debug)]
@@ -189,6 +173,9 @@ enum Via {
     Sync,
 }
 
+/// Known nodes (besides the seeds) an announce round knocks on.
+const KNOCK_KNOWN: usize = 3;
+
 /// Bound on push/pull exchanges this node serves at once.
 const MAX_SERVING: usize = 64;
 
@@ -213,6 +200,8 @@ pub struct Node {
     serving: BTreeMap<(SocketAddr, u64), String>,
     seeds: Vec<SocketAddr>,
     join_delay: Duration,
+    /// Invalidates older announce retries when the loop restarts.
+    join_token: u64,
     active: bool,
     left: bool,
     outbox: VecDeque<Transmit>,
@@ -222,10 +211,7 @@ pub struct Node {
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Node")
-            .field("name", &self.name)
-            .field("addr", &self.addr)
-            .finish()
+        f.debug_struct("Node").field("name", &self.name).field("addr", &self.addr).finish()
     }
 }
 
@@ -249,19 +235,9 @@ impl Node {
             });
         }
         let mut rng = StdRng::seed_from_u64(seed);
-        let identity = Identity {
-            name: name.into(),
-            incarnation,
-            generation: 0,
-            addr,
-        };
+        let identity = Identity { name: name.into(), incarnation, generation: 0, addr };
         let swim_rng = StdRng::seed_from_u64(rng.random());
-        let swim = Swim::new(
-            identity,
-            swim_config(&cfg, 1),
-            swim_rng,
-            foca::PostcardCodec,
-        );
+        let swim = Swim::new(identity, swim_config(&cfg, 1), swim_rng, foca::PostcardCodec);
         let mut node = Node {
             name: name.into(),
             incarnation,
@@ -282,6 +258,7 @@ impl Node {
             serving: BTreeMap::new(),
             seeds: Vec::new(),
             join_delay: cfg.join_retry,
+            join_token: 0,
             active: false,
             left: false,
             outbox: VecDeque::new(),
@@ -291,18 +268,11 @@ impl Node {
         };
         node.owners.insert(
             node.name.clone(),
-            Owner {
-                incarnation,
-                status: Status::Alive,
-                addr: Some(addr),
-            },
+            Owner { incarnation, status: Status::Alive, addr: Some(addr) },
         );
         let cluster = node.new_scope(now);
         node.scopes.insert(CLUSTER.into(), cluster);
-        let record = wire::NodeRecord {
-            addr: addr.to_string(),
-            left: false,
-        };
+        let record = wire::NodeRecord { addr: addr.to_string(), left: false };
         node.write(
             now,
             CLUSTER,
@@ -378,10 +348,7 @@ impl Node {
         if self.left {
             return;
         }
-        let record = wire::NodeRecord {
-            addr: self.addr.to_string(),
-            left: true,
-        };
+        let record = wire::NodeRecord { addr: self.addr.to_string(), left: true };
         self.write(
             now,
             CLUSTER,
@@ -429,8 +396,7 @@ impl Node {
         };
         for (table, key, e) in st.data.iter() {
             if e.visible() {
-                self.events
-                    .push_back(entry_event(network, table, key, e, EntryEventKind::Delete));
+                self.events.push_back(entry_event(network, table, key, e, EntryEventKind::Delete));
             }
         }
         self.syncs.retain(|_, o| o.scope != network);
@@ -457,23 +423,14 @@ impl Node {
     ) -> Result<(), Error> {
         self.check_entry_args(network, table, key)?;
         if value.len() > self.cfg.max_value_len {
-            return Err(Error::ValueTooLarge {
-                len: value.len(),
-                max: self.cfg.max_value_len,
-            });
+            return Err(Error::ValueTooLarge { len: value.len(), max: self.cfg.max_value_len });
         }
-        let st = self
-            .scopes
-            .get(network)
-            .ok_or_else(|| Error::NotJoined(network.into()))?;
+        let st = self.scopes.get(network).ok_or_else(|| Error::NotJoined(network.into()))?;
         if let Some(e) = st.data.get(table, key)
             && e.visible()
             && e.owner != self.name
         {
-            return Err(Error::NotOwner {
-                key: key.into(),
-                owner: e.owner.clone(),
-            });
+            return Err(Error::NotOwner { key: key.into(), owner: e.owner.clone() });
         }
         self.write(now, network, table, key, value, false);
         Ok(())
@@ -489,23 +446,14 @@ impl Node {
         key: &str,
     ) -> Result<(), Error> {
         self.check_entry_args(network, table, key)?;
-        let st = self
-            .scopes
-            .get(network)
-            .ok_or_else(|| Error::NotJoined(network.into()))?;
+        let st = self.scopes.get(network).ok_or_else(|| Error::NotJoined(network.into()))?;
         let value = match st.data.get(table, key) {
             Some(e) if e.visible() && e.owner == self.name => e.value.clone(),
             Some(e) if e.visible() => {
-                return Err(Error::NotOwner {
-                    key: key.into(),
-                    owner: e.owner.clone(),
-                });
+                return Err(Error::NotOwner { key: key.into(), owner: e.owner.clone() });
             }
             _ => {
-                return Err(Error::NotFound {
-                    table: table.into(),
-                    key: key.into(),
-                });
+                return Err(Error::NotFound { table: table.into(), key: key.into() });
             }
         };
         self.write(now, network, table, key, value, true);
@@ -516,10 +464,7 @@ impl Node {
 
     /// A visible entry.
     pub fn get(&self, network: &str, table: &str, key: &str) -> Option<&Entry> {
-        self.user_scope(network)?
-            .data
-            .get(table, key)
-            .filter(|e| e.visible())
+        self.user_scope(network)?.data.get(table, key).filter(|e| e.visible())
     }
 
     /// Visible entries of a table, in key order.
@@ -532,19 +477,12 @@ impl Node {
 
     /// Every entry held for a network, tombstones and hidden ones included.
     pub fn raw_entries(&self, network: &str) -> Vec<(&str, &str, &Entry)> {
-        self.scopes
-            .get(network)
-            .map(|st| st.data.iter().collect())
-            .unwrap_or_default()
+        self.scopes.get(network).map(|st| st.data.iter().collect()).unwrap_or_default()
     }
 
     /// Joined networks, in name order.
     pub fn networks(&self) -> Vec<&str> {
-        self.scopes
-            .keys()
-            .filter(|n| n.as_str() != CLUSTER)
-            .map(String::as_str)
-            .collect()
+        self.scopes.keys().filter(|n| n.as_str() != CLUSTER).map(String::as_str).collect()
     }
 
     /// Names of the live nodes this node gossips `network` to.
@@ -662,11 +600,7 @@ impl Node {
                 for e in &r.entries {
                     self.apply_remote(now, &m.network, e, Via::Sync);
                 }
-                let theirs = r
-                    .digest
-                    .as_ref()
-                    .and_then(codec::parse_digest)
-                    .unwrap_or_default();
+                let theirs = r.digest.as_ref().and_then(codec::parse_digest).unwrap_or_default();
                 let differ = self.scopes[&m.network].data.digest().differing(&theirs);
                 let entries = self.bucket_entries(now, &m.network, differ);
                 let msg = wire::SyncMessage {
@@ -725,9 +659,8 @@ impl Node {
                 Wake::ServeTimeout(peer, id) => {
                     self.serving.remove(&(peer, id));
                 }
-                Wake::JoinRetry => {
-                    if !self.active && !self.left && !self.seeds.is_empty() {
-                        self.join_delay = (self.join_delay * 2).min(self.cfg.join_retry_max);
+                Wake::JoinRetry(token) => {
+                    if token == self.join_token && !self.active && !self.left {
                         self.announce(now);
                     }
                 }
@@ -760,11 +693,7 @@ impl Node {
 
     fn schedule(&mut self, at: Duration, wake: Wake) {
         self.seq += 1;
-        self.wakeups.push(Reverse(Scheduled {
-            at,
-            seq: self.seq,
-            wake,
-        }));
+        self.wakeups.push(Reverse(Scheduled { at, seq: self.seq, wake }));
     }
 
     fn check_network(&self, network: &str) -> Result<(), Error> {
@@ -791,19 +720,13 @@ impl Node {
             });
         }
         if !valid_key(key, self.cfg.max_key_len) {
-            return Err(Error::BadKey {
-                max: self.cfg.max_key_len,
-            });
+            return Err(Error::BadKey { max: self.cfg.max_key_len });
         }
         Ok(())
     }
 
     fn user_scope(&self, network: &str) -> Option<&ScopeState> {
-        if network == CLUSTER {
-            None
-        } else {
-            self.scopes.get(network)
-        }
+        if network == CLUSTER { None } else { self.scopes.get(network) }
     }
 
     fn owner_alive(&self, name: &str) -> bool {
@@ -847,11 +770,7 @@ impl Node {
         if let Some(at) = entry.reap_at {
             self.schedule(
                 at,
-                Wake::Reap {
-                    scope: scope.into(),
-                    table: table.into(),
-                    key: key.into(),
-                },
+                Wake::Reap { scope: scope.into(), table: table.into(), key: key.into() },
             );
         }
         if let Some(relayed) = relay {
@@ -887,11 +806,7 @@ impl Node {
         };
         let dropped = st.queue.push(
             (table.into(), key.into()),
-            Queued {
-                entry,
-                reap_at: e.reap_at,
-                framed_len,
-            },
+            Queued { entry, reap_at: e.reap_at, framed_len },
             limit,
         );
         self.stats.queue_overflow += dropped as u64;
@@ -949,11 +864,7 @@ impl Node {
             None => {
                 self.owners.insert(
                     w.owner.clone(),
-                    Owner {
-                        incarnation: w.incarnation,
-                        status: Status::Alive,
-                        addr: None,
-                    },
+                    Owner { incarnation: w.incarnation, status: Status::Alive, addr: None },
                 );
                 Ok(false)
             }
@@ -976,10 +887,7 @@ impl Node {
         let Some(cluster) = self.scopes.get(CLUSTER) else {
             return false;
         };
-        match cluster
-            .data
-            .get(NETWORKS_TABLE, &attachment_key(network, owner))
-        {
+        match cluster.data.get(NETWORKS_TABLE, &attachment_key(network, owner)) {
             Some(a) => a.deleted && a.incarnation == incarnation && a.ltime > ltime,
             None => false,
         }
@@ -1038,11 +946,7 @@ impl Node {
         for c in &changes {
             self.schedule(
                 now + ttl,
-                Wake::Reap {
-                    scope: network.into(),
-                    table: c.table.clone(),
-                    key: c.key.clone(),
-                },
+                Wake::Reap { scope: network.into(), table: c.table.clone(), key: c.key.clone() },
             );
         }
         self.emit_changes(network, &changes);
@@ -1084,8 +988,7 @@ impl Node {
             },
             (false, None) => return,
         };
-        self.events
-            .push_back(entry_event(scope, table, key, e, kind));
+        self.events.push_back(entry_event(scope, table, key, e, kind));
     }
 
     fn emit_changes(&mut self, scope: &str, changes: &[Change]) {
@@ -1094,27 +997,18 @@ impl Node {
         }
     }
 
-    /// Applies `f` to the entries of `owner` that match `pred`, in every
+    /// Applies `f(scope, table, entry)` to the entries of `owner` in every
     /// scope; entries that leave the gossip (removed or hidden) leave the
     /// broadcast queues too.
-    fn rewrite_owner(
-        &mut self,
-        owner: &str,
-        pred: impl Fn(&str, &str, &Entry) -> bool,
-        f: impl Fn(&Entry) -> Rewrite,
-    ) {
+    fn rewrite_owner(&mut self, owner: &str, f: impl Fn(&str, &str, &Entry) -> Rewrite) {
         let names: Vec<String> = self.scopes.keys().cloned().collect();
         for scope in names {
             let Some(st) = self.scopes.get_mut(&scope) else {
                 continue;
             };
-            let changes = st.data.rewrite(|t, k, e| {
-                if e.owner == owner && pred(t, k, e) {
-                    f(e)
-                } else {
-                    Rewrite::Keep
-                }
-            });
+            let changes = st
+                .data
+                .rewrite(|t, _, e| if e.owner == owner { f(&scope, t, e) } else { Rewrite::Keep });
             if changes.is_empty() {
                 continue;
             }
@@ -1132,11 +1026,7 @@ impl Node {
 
     fn member_event(&mut self, name: &str, state: MemberState) {
         let addr = self.owners.get(name).and_then(|o| o.addr);
-        self.events.push_back(Event::Member {
-            name: name.into(),
-            addr,
-            state,
-        });
+        self.events.push_back(Event::Member { name: name.into(), addr, state });
     }
 
     /// foca says `id` is up: a new owner, a newer incarnation, or a failed
@@ -1153,16 +1043,18 @@ impl Node {
             }
             Some((_, Status::Failed { .. })) => {
                 let inc = id.incarnation;
-                self.rewrite_owner(
-                    &id.name,
-                    |_, _, e| e.incarnation == inc && e.hidden,
-                    |e| {
-                        Rewrite::Replace(Entry {
-                            hidden: false,
-                            ..e.clone()
-                        })
-                    },
-                );
+                self.rewrite_owner(&id.name, |_, _, e| {
+                    if e.incarnation == inc && e.hidden {
+                        Rewrite::Replace(Entry { hidden: false, ..e.clone() })
+                    } else {
+                        Rewrite::Keep
+                    }
+                });
+                // What it changed while away arrives by push/pull, now
+                // rather than at the next periodic sync.
+                for st in self.scopes.values_mut() {
+                    st.needs_sync = true;
+                }
             }
             Some((_, Status::Alive)) => {}
             Some((_, Status::Gone | Status::Left)) => {
@@ -1194,22 +1086,16 @@ impl Node {
         }
         o.status = Status::Failed { since: now };
         let inc = id.incarnation;
-        self.rewrite_owner(
-            &id.name,
-            |_, _, e| e.incarnation == inc && !e.hidden,
-            |e| {
-                Rewrite::Replace(Entry {
-                    hidden: true,
-                    ..e.clone()
-                })
-            },
-        );
+        self.rewrite_owner(&id.name, |_, _, e| {
+            if e.incarnation == inc && !e.hidden {
+                Rewrite::Replace(Entry { hidden: true, ..e.clone() })
+            } else {
+                Rewrite::Keep
+            }
+        });
         self.schedule(
             now + self.cfg.failed_grace,
-            Wake::Grace {
-                name: id.name.clone(),
-                incarnation: inc,
-            },
+            Wake::Grace { name: id.name.clone(), incarnation: inc },
         );
         self.member_event(&id.name, MemberState::Failed);
     }
@@ -1224,11 +1110,9 @@ impl Node {
             return;
         }
         o.status = Status::Gone;
-        self.rewrite_owner(
-            name,
-            |_, _, e| e.incarnation == incarnation,
-            |_| Rewrite::Remove,
-        );
+        self.rewrite_owner(name, |_, _, e| {
+            if e.incarnation == incarnation { Rewrite::Remove } else { Rewrite::Keep }
+        });
     }
 
     fn owner_left(&mut self, name: &str, incarnation: u64) {
@@ -1239,13 +1123,18 @@ impl Node {
             return;
         }
         o.status = Status::Left;
-        // The record that says "left" stays, so late copies of the owner's
-        // entries are refused and the news reaches nodes through push/pull.
-        self.rewrite_owner(
-            name,
-            |t, _, e| e.incarnation == incarnation && t != NODES_TABLE,
-            |_| Rewrite::Remove,
-        );
+        // The record that says "left" stays, visible and in the digest even
+        // if it arrived while the owner looked failed, so late copies of the
+        // owner's entries are refused and the news also spreads by push/pull.
+        self.rewrite_owner(name, |scope, table, e| {
+            if e.incarnation != incarnation {
+                Rewrite::Keep
+            } else if scope == CLUSTER && table == NODES_TABLE && !e.deleted {
+                Rewrite::Replace(Entry { hidden: false, ..e.clone() })
+            } else {
+                Rewrite::Remove
+            }
+        });
         self.member_event(name, MemberState::Left);
     }
 
@@ -1262,24 +1151,55 @@ impl Node {
         if addr.is_some() {
             o.addr = addr;
         }
-        self.rewrite_owner(
-            name,
-            |_, _, e| e.incarnation < incarnation,
-            |_| Rewrite::Remove,
-        );
+        self.rewrite_owner(name, |_, _, e| {
+            if e.incarnation < incarnation { Rewrite::Remove } else { Rewrite::Keep }
+        });
     }
 
     // ----- internals: SWIM -------------------------------------------------
 
+    /// Knocks on the seeds' doors and on a few other nodes this node has
+    /// known, then retries with backoff until foca reports us active.
+    ///
+    /// Known nodes matter after a rejoin: when many nodes renew their SWIM
+    /// identity at once (a healed partition), each addresses the others'
+    /// old identities, which foca ignores; only an announce is accepted by
+    /// address alone, so it is what reconnects them.
     fn announce(&mut self, now: Duration) {
-        for seed in self.seeds.clone() {
-            let _ = self
-                .swim
-                .announce(Identity::placeholder(seed), &mut self.rt);
+        let mut targets = self.seeds.clone();
+        let mut known: Vec<SocketAddr> = self
+            .owners
+            .iter()
+            .filter(|(name, o)| *name != &self.name && o.status != Status::Left)
+            .filter_map(|(_, o)| o.addr)
+            .filter(|a| !targets.contains(a))
+            .collect();
+        for i in 0..known.len().min(KNOCK_KNOWN) {
+            let j = self.rng.random_range(i..known.len());
+            known.swap(i, j);
+            targets.push(known[i]);
+        }
+        for to in targets {
+            let _ = self.swim.announce(Identity::placeholder(to), &mut self.rt);
         }
         self.drain_swim(now);
+        self.join_token += 1;
         let delay = self.join_delay;
-        self.schedule(now + delay, Wake::JoinRetry);
+        self.join_delay = (self.join_delay * 2).min(self.cfg.join_retry_max);
+        self.schedule(now + delay, Wake::JoinRetry(self.join_token));
+    }
+
+    /// (Re)starts the announce loop after a short random delay, so nodes
+    /// that lost the cluster together do not knock in lockstep.
+    fn start_announcing(&mut self, now: Duration) {
+        if self.left {
+            return;
+        }
+        self.active = false;
+        self.join_delay = self.cfg.join_retry;
+        self.join_token += 1;
+        let at = now + self.jitter(self.cfg.gossip_interval);
+        self.schedule(at, Wake::JoinRetry(self.join_token));
     }
 
     /// Moves foca's effects out of its runtime: packets to the outbox,
@@ -1291,10 +1211,7 @@ impl Node {
                 progressed = true;
                 let payload = codec::encode_datagram(wire::datagram::Body::Swim(data));
                 self.stats.swim_out.add(payload.len());
-                self.outbox.push_back(Transmit::Datagram {
-                    to: to.addr,
-                    payload,
-                });
+                self.outbox.push_back(Transmit::Datagram { to: to.addr, payload });
             }
             while let Some((after, timer)) = self.rt.to_schedule() {
                 progressed = true;
@@ -1336,13 +1253,7 @@ impl Node {
                     st.needs_sync = true;
                 }
             }
-            OwnedNotification::Idle => {
-                self.active = false;
-                if !self.seeds.is_empty() && !self.left {
-                    self.join_delay = self.cfg.join_retry;
-                    self.schedule(now + self.join_delay, Wake::JoinRetry);
-                }
-            }
+            OwnedNotification::Idle => self.start_announcing(now),
             OwnedNotification::Rejoin(id) => {
                 tracing::info!(
                     generation = id.generation,
@@ -1351,6 +1262,7 @@ impl Node {
                 for st in self.scopes.values_mut() {
                     st.needs_sync = true;
                 }
+                self.start_announcing(now);
             }
             OwnedNotification::Defunct => {
                 tracing::warn!("declared down and could not renew identity");
@@ -1378,11 +1290,7 @@ impl Node {
         if self.net_peers.is_none() {
             self.net_peers = Some(self.compute_net_peers());
         }
-        self.net_peers
-            .as_ref()
-            .and_then(|m| m.get(scope))
-            .map(Vec::as_slice)
-            .unwrap_or(&[])
+        self.net_peers.as_ref().and_then(|m| m.get(scope)).map(Vec::as_slice).unwrap_or(&[])
     }
 
     fn compute_net_peers(&self) -> BTreeMap<String, Vec<SocketAddr>> {
@@ -1397,11 +1305,8 @@ impl Node {
             if node == self.name || !e.visible() || !self.scopes.contains_key(net) {
                 continue;
             }
-            if let Some(Owner {
-                status: Status::Alive,
-                addr: Some(a),
-                incarnation,
-            }) = self.owners.get(node)
+            if let Some(Owner { status: Status::Alive, addr: Some(a), incarnation }) =
+                self.owners.get(node)
                 && *incarnation == e.incarnation
             {
                 map.entry(net.to_string()).or_default().push(*a);
@@ -1500,12 +1405,8 @@ impl Node {
             return false;
         };
         let root = st.data.digest().root();
-        let header = wire::Gossip {
-            network: scope.into(),
-            root,
-            entries: Vec::new(),
-        }
-        .encoded_len();
+        let header =
+            wire::Gossip { network: scope.into(), root, entries: Vec::new() }.encoded_len();
         // The datagram wrapper's length prefix takes at most 3 bytes here.
         let avail = self
             .cfg
@@ -1534,18 +1435,11 @@ impl Node {
             root,
             entries,
         }));
-        debug_assert!(
-            payload.len() <= self.cfg.packet_budget,
-            "{} > budget",
-            payload.len()
-        );
+        debug_assert!(payload.len() <= self.cfg.packet_budget, "{} > budget", payload.len());
         for to in peers {
             *budget = budget.saturating_sub(payload.len());
             self.stats.gossip_out.add(payload.len());
-            self.outbox.push_back(Transmit::Datagram {
-                to,
-                payload: payload.clone(),
-            });
+            self.outbox.push_back(Transmit::Datagram { to, payload: payload.clone() });
         }
         true
     }
@@ -1595,9 +1489,7 @@ impl Node {
         let since = *st.mismatch_since.get_or_insert(now);
         let settled = now.saturating_sub(st.root_changed_at) >= delay;
         let long = now.saturating_sub(since) >= delay * 5;
-        let recent = st
-            .last_sync_at
-            .is_some_and(|t| now.saturating_sub(t) < delay);
+        let recent = st.last_sync_at.is_some_and(|t| now.saturating_sub(t) < delay);
         if busy || recent || now.saturating_sub(since) < delay || !(settled || long) {
             return;
         }
@@ -1615,21 +1507,13 @@ impl Node {
         let digest = st.data.digest().to_bytes();
         let id = self.next_sync_id;
         self.next_sync_id += 1;
-        self.syncs.insert(
-            id,
-            Outgoing {
-                scope: scope.into(),
-                peer,
-            },
-        );
+        self.syncs.insert(id, Outgoing { scope: scope.into(), peer });
         self.stats.syncs_started += 1;
         let msg = wire::SyncMessage {
             version: codec::WIRE_VERSION,
             sync_id: id,
             network: scope.into(),
-            body: Some(wire::sync_message::Body::Request(wire::Digest {
-                buckets: digest.into(),
-            })),
+            body: Some(wire::sync_message::Body::Request(wire::Digest { buckets: digest.into() })),
         };
         self.send_sync(peer, id, true, msg);
         self.schedule(now + self.cfg.sync_timeout, Wake::SyncTimeout(id));
@@ -1645,12 +1529,7 @@ impl Node {
     fn send_sync(&mut self, to: SocketAddr, sync_id: u64, opens: bool, msg: wire::SyncMessage) {
         let payload = msg.encode_to_vec();
         self.stats.sync_out.add(payload.len());
-        self.outbox.push_back(Transmit::Sync {
-            to,
-            sync_id,
-            opens,
-            payload,
-        });
+        self.outbox.push_back(Transmit::Sync { to, sync_id, opens, payload });
     }
 
     fn serve_sync(
@@ -1670,9 +1549,7 @@ impl Node {
                 self.schedule(now + self.cfg.sync_timeout, Wake::ServeTimeout(from, id));
                 self.stats.syncs_served += 1;
                 B::Reply(wire::SyncReply {
-                    digest: Some(wire::Digest {
-                        buckets: mine.to_bytes().into(),
-                    }),
+                    digest: Some(wire::Digest { buckets: mine.to_bytes().into() }),
                     entries,
                 })
             }
@@ -1744,10 +1621,14 @@ fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
     c.probe_rtt = cfg.probe_rtt;
     let scale = f64::from(cluster_size.max(1)).log10().max(1.0);
     c.suspect_to_down_after = cfg.probe_period.mul_f64(cfg.suspicion_mult * scale);
+    // NetworkDB retries failed nodes every second; foca's default (65 s)
+    // would leave a healed partition split for minutes.
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: cfg.reconnect_interval,
+        num_members: NonZeroUsize::MIN,
+    });
     // foca's packet rides inside a Datagram: leave room for its framing.
-    let room = cfg
-        .packet_budget
-        .saturating_sub(codec::datagram_overhead(cfg.packet_budget));
+    let room = cfg.packet_budget.saturating_sub(codec::datagram_overhead(cfg.packet_budget));
     c.max_packet_size = NonZeroUsize::new(room.max(256)).unwrap_or(NonZeroUsize::MIN);
     c
 }

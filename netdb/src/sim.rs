@@ -159,20 +159,9 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let h = &mut self.hosts[i];
         h.incarnation += 1;
-        let seed = Hasher::default()
-            .u64(self.seed)
-            .u64(i as u64)
-            .u64(h.incarnation)
-            .finish();
-        let node = Node::new(
-            self.cfg.clone(),
-            &h.name,
-            h.incarnation,
-            h.addr,
-            seed,
-            self.now,
-        )
-        .expect("simulated node names are valid");
+        let seed = Hasher::default().u64(self.seed).u64(i as u64).u64(h.incarnation).finish();
+        let node = Node::new(self.cfg.clone(), &h.name, h.incarnation, h.addr, seed, self.now)
+            .expect("simulated node names are valid");
         h.node = Some(node);
         h.paused = false;
         h.scheduled = None;
@@ -349,19 +338,13 @@ impl Sim {
         self.stats.delivered += 1;
         match &f.payload {
             Payload::Datagram(p) => {
-                self.trace = self
-                    .trace
-                    .u64(now.as_nanos() as u64)
-                    .u64(f.to as u64)
-                    .u64(p.len() as u64);
+                self.trace =
+                    self.trace.u64(now.as_nanos() as u64).u64(f.to as u64).u64(p.len() as u64);
                 node.handle_datagram(now, from, p);
             }
             Payload::Sync(p) => {
-                self.trace = self
-                    .trace
-                    .u64(now.as_nanos() as u64)
-                    .u64(f.to as u64)
-                    .u64(!(p.len() as u64));
+                self.trace =
+                    self.trace.u64(now.as_nanos() as u64).u64(f.to as u64).u64(!(p.len() as u64));
                 node.handle_sync(now, from, p);
             }
         }

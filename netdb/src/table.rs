@@ -104,10 +104,7 @@ impl Scope {
     }
 
     pub fn table(&self, table: &str) -> impl Iterator<Item = (&str, &Entry)> {
-        self.tables
-            .get(table)
-            .into_iter()
-            .flat_map(|t| t.iter().map(|(k, e)| (k.as_str(), e)))
+        self.tables.get(table).into_iter().flat_map(|t| t.iter().map(|(k, e)| (k.as_str(), e)))
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
@@ -121,11 +118,7 @@ impl Scope {
             return;
         }
         let (b, h) = (bucket_of(table, key), e.hash(table, key));
-        if add {
-            self.digest.add(b, h)
-        } else {
-            self.digest.remove(b, h)
-        }
+        if add { self.digest.add(b, h) } else { self.digest.remove(b, h) }
     }
 
     /// Inserts or replaces, keeping the digest; returns the replaced entry.
@@ -180,12 +173,7 @@ impl Scope {
                 Rewrite::Remove => (self.remove(&table, &key), None),
                 Rewrite::Keep => continue,
             };
-            changes.push(Change {
-                table,
-                key,
-                before,
-                after,
-            });
+            changes.push(Change { table, key, before, after });
         }
         changes
     }
@@ -215,10 +203,7 @@ mod tests {
         // whether the contender is live or a tombstone.
         assert!(e("b", 5, false).supersedes(&e("a", 5, true)));
         assert!(!e("a", 5, true).supersedes(&e("b", 5, false)));
-        assert!(
-            !e("a", 5, false).supersedes(&e("a", 5, false)),
-            "same write is not newer"
-        );
+        assert!(!e("a", 5, false).supersedes(&e("a", 5, false)), "same write is not newer");
         let mut newer_inc = e("a", 5, false);
         newer_inc.incarnation = 2;
         assert!(newer_inc.supersedes(&e("a", 5, false)));
@@ -237,11 +222,7 @@ mod tests {
         let mut hidden = e("c", 4, false);
         hidden.hidden = true;
         s1.insert("u", "k", hidden);
-        assert_eq!(
-            s1.digest(),
-            s2.digest(),
-            "hidden entries are not in the digest"
-        );
+        assert_eq!(s1.digest(), s2.digest(), "hidden entries are not in the digest");
         assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".to_string()));
         s1.remove("t", "k1");
         assert_ne!(s1.digest(), s2.digest());
@@ -259,13 +240,8 @@ mod tests {
         let mut s = Scope::default();
         s.insert("t", "a", e("x", 1, false));
         s.insert("t", "b", e("y", 2, false));
-        let changes = s.rewrite(|_, _, en| {
-            if en.owner == "x" {
-                Rewrite::Remove
-            } else {
-                Rewrite::Keep
-            }
-        });
+        let changes =
+            s.rewrite(|_, _, en| if en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].key, "a");
         let mut only_b = Scope::default();
