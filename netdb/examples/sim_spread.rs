@@ -15,7 +15,10 @@ const NET: &str = "net";
 fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![200, 1000] } else { sizes };
-    println!("{:>6} {:>5} {:>22} {:>22} {:>22} {:>9} {:>9} {:>9}", "nodes", "loss", "50% (time/rounds)", "99%", "100%", "form", "wall", "lost pkts");
+    println!(
+        "{:>6} {:>5} {:>22} {:>22} {:>22} {:>9} {:>9} {:>9}",
+        "nodes", "loss", "50% (time/rounds)", "99%", "100%", "form", "wall", "lost pkts"
+    );
     for &n in &sizes {
         for loss in [0.0, 0.2] {
             run(n, loss);
@@ -35,7 +38,9 @@ fn run(n: usize, loss: f64) {
     let formed = sim
         .run_until_true(tick, Duration::from_secs(600), |s| {
             s.running().iter().all(|&i| {
-                s.node(i).is_some_and(|x| x.members().iter().filter(|m| m.state == MemberState::Alive).count() == n)
+                s.node(i).is_some_and(|x| {
+                    x.members().iter().filter(|m| m.state == MemberState::Alive).count() == n
+                })
             })
         })
         .expect("membership formed");
@@ -47,17 +52,24 @@ fn run(n: usize, loss: f64) {
         s.running().iter().all(|&i| s.node(i).is_some_and(|x| x.network_peers(NET).len() == n - 1))
     })
     .expect("attachments spread");
-    eprintln!("n={n} loss={loss}: network attachments spread, {:.1}s wall", wall.elapsed().as_secs_f64());
+    eprintln!(
+        "n={n} loss={loss}: network attachments spread, {:.1}s wall",
+        wall.elapsed().as_secs_f64()
+    );
     // Let the bootstrap's own gossip drain so it does not share the links.
     sim.run_for(Duration::from_secs(10));
     sim.net.loss = loss;
-    sim.with_node(0, |node, now| node.put(now, NET, "t", "the-key", Bytes::from_static(b"v")).expect("put"));
+    sim.with_node(0, |node, now| {
+        node.put(now, NET, "t", "the-key", Bytes::from_static(b"v")).expect("put")
+    });
     let start = sim.now();
     let lost_before = sim.net_stats().lost;
     let mut marks: Vec<Option<Duration>> = vec![None; 3];
     let goals = [0.5, 0.99, 1.0];
     while marks[2].is_none() && sim.now() - start < Duration::from_secs(120) {
-        let holders = (0..n).filter(|&i| sim.node(i).is_some_and(|x| x.get(NET, "t", "the-key").is_some())).count();
+        let holders = (0..n)
+            .filter(|&i| sim.node(i).is_some_and(|x| x.get(NET, "t", "the-key").is_some()))
+            .count();
         for (m, g) in marks.iter_mut().zip(goals) {
             if m.is_none() && holders as f64 >= g * n as f64 {
                 *m = Some(sim.now() - start);

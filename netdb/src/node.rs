@@ -591,11 +591,13 @@ impl Node {
         match m.body {
             Some(B::Request(d)) => self.serve_sync(now, from, m.sync_id, m.network, &d),
             Some(B::Reply(r)) => {
-                let Some(out) = self.syncs.remove(&m.sync_id) else {
-                    return self.stats.drop(DropReason::UnexpectedSync);
-                };
-                if out.scope != m.network || !self.scopes.contains_key(&m.network) {
-                    return self.stats.drop(DropReason::UnexpectedSync);
+                match self.syncs.get(&m.sync_id) {
+                    Some(out) if out.peer == from && out.scope == m.network => {}
+                    _ => return self.stats.drop(DropReason::UnexpectedSync),
+                }
+                self.syncs.remove(&m.sync_id);
+                if !self.scopes.contains_key(&m.network) {
+                    return self.stats.drop(DropReason::NotMember);
                 }
                 for e in &r.entries {
                     self.apply_remote(now, &m.network, e, Via::Sync);
@@ -744,6 +746,11 @@ impl Node {
         value: Bytes,
         deleted: bool,
     ) {
+        // The write must beat whatever this key holds (a tombstone of another
+        // owner, a hidden entry), or peers would refuse it while we keep it.
+        if let Some(old) = self.scopes.get(scope).and_then(|st| st.data.get(table, key)) {
+            self.clock.witness(old.ltime);
+        }
         let entry = Entry {
             value,
             owner: self.name.clone(),
@@ -1631,4 +1638,127 @@ fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
     let room = cfg.packet_budget.saturating_sub(codec::datagram_overhead(cfg.packet_budget));
     c.max_packet_size = NonZeroUsize::new(room.max(256)).unwrap_or(NonZeroUsize::MIN);
     c
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(ttl: Duration) -> Node {
+        let cfg = Config { tombstone_ttl: ttl, ..Config::default() };
+        Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO).unwrap()
+    }
+
+    fn gossip(network: &str, entries: Vec<wire::Entry>) -> Vec<u8> {
+        codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+            network: network.into(),
+            root: 0,
+            entries,
+        }))
+    }
+
+    fn peer_entry(table: &str, key: &str, value: Bytes, ltime: u64, deleted: bool) -> wire::Entry {
+        wire::Entry {
+            table: table.into(),
+            key: key.into(),
+            value,
+            owner: "peer".into(),
+            incarnation: 1,
+            ltime,
+            deleted,
+            reap_in_ms: if deleted { 60_000 } else { 0 },
+        }
+    }
+
+    const PEER: &str = "127.0.0.2:7946";
+
+    #[test]
+    fn local_tombstone_is_reaped_after_its_lifetime() {
+        let ttl = Duration::from_secs(60);
+        let mut n = node(ttl);
+        let t0 = Duration::from_secs(1);
+        n.join_network(t0, "net").unwrap();
+        n.put(t0, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
+        n.delete(t0, "net", "t", "k").unwrap();
+        assert!(n.get("net", "t", "k").is_none());
+        assert_eq!(n.raw_entries("net").len(), 1, "tombstone kept");
+        n.handle_timeout(t0 + ttl - Duration::from_millis(1));
+        assert_eq!(n.raw_entries("net").len(), 1, "not before its time");
+        n.handle_timeout(t0 + ttl);
+        assert!(n.raw_entries("net").is_empty(), "reaped");
+        let kinds: Vec<_> = std::iter::from_fn(|| n.poll_event())
+            .filter_map(|e| match e {
+                Event::Entry { kind, .. } => Some(kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, vec![EntryEventKind::Create, EntryEventKind::Delete]);
+    }
+
+    #[test]
+    fn a_write_beats_what_the_key_holds_even_from_a_later_clock() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        n.join_network(t, "net").unwrap();
+        // A peer's tombstone far ahead of our clock arrives for the key.
+        let tomb = peer_entry("t", "k", Bytes::new(), 1_000, true);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("net", vec![tomb]));
+        assert_eq!(n.raw_entries("net").len(), 1);
+        n.put(t, "net", "t", "k", Bytes::from_static(b"mine")).unwrap();
+        let e = n.get("net", "t", "k").expect("visible");
+        assert!(e.ltime > 1_000);
+    }
+
+    #[test]
+    fn commands_validate_their_arguments() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::ZERO;
+        assert!(matches!(n.join_network(t, "bad/name"), Err(Error::BadName { .. })));
+        assert!(matches!(n.join_network(t, ""), Err(Error::BadName { .. })));
+        assert_eq!(n.put(t, "net", "t", "k", Bytes::new()), Err(Error::NotJoined("net".into())));
+        n.join_network(t, "net").unwrap();
+        assert!(matches!(n.put(t, "net", "t", "", Bytes::new()), Err(Error::BadKey { .. })));
+        let big = Bytes::from(vec![0u8; n.config().max_value_len + 1]);
+        assert!(matches!(n.put(t, "net", "t", "k", big), Err(Error::ValueTooLarge { .. })));
+        assert!(matches!(n.delete(t, "net", "t", "nope"), Err(Error::NotFound { .. })));
+        n.leave(t);
+        assert_eq!(n.put(t, "net", "t", "k", Bytes::new()), Err(Error::Left));
+    }
+
+    #[test]
+    fn gossip_packets_never_exceed_the_budget() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::ZERO;
+        n.join_network(t, "net").unwrap();
+        // A peer attached to the network, so there is someone to send to.
+        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
+        let record = wire::NodeRecord { addr: PEER.into(), left: false };
+        let rec = peer_entry(NODES_TABLE, "peer", record.encode_to_vec().into(), 2, false);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip(CLUSTER, vec![attach, rec]));
+        assert_eq!(n.network_peers("net"), vec!["peer".to_string()]);
+        // Values of every size up to the limit, some larger than a packet.
+        for i in 0..300usize {
+            let len = (i * 37) % 2000;
+            n.put(t, "net", "t", &format!("key-{i}"), Bytes::from(vec![b'x'; len])).unwrap();
+        }
+        let mut sizes = Vec::new();
+        let mut now = t;
+        for _ in 0..100 {
+            now += n.config().gossip_interval;
+            n.handle_timeout(now);
+            while let Some(tx) = n.poll_transmit() {
+                if let Transmit::Datagram { payload, .. } = tx {
+                    sizes.push(payload.len());
+                }
+            }
+        }
+        assert!(sizes.len() > 50);
+        let max = sizes.iter().copied().max().unwrap();
+        assert!(max <= 1400, "largest datagram {max} B");
+        assert!(max > 1300, "packets are filled: largest {max} B");
+        assert!(
+            n.stats().queue_oversized > 0,
+            "entries larger than a packet are left to push/pull"
+        );
+    }
 }

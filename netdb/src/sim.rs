@@ -76,6 +76,8 @@ pub struct NetStats {
     /// Arrived at a crashed or paused host.
     pub unreachable: u64,
     pub bytes: u64,
+    /// Largest datagram sent.
+    pub max_datagram: usize,
 }
 
 pub struct Sim {
@@ -416,6 +418,9 @@ impl Sim {
             Payload::Datagram(p) | Payload::Sync(p) => p.len(),
         };
         self.stats.bytes += len as u64;
+        if lossy {
+            self.stats.max_datagram = self.stats.max_datagram.max(len);
+        }
         let mut payload = Some(payload);
         for c in 0..copies {
             let jitter = self.jitter();

@@ -18,6 +18,8 @@ fn burst(seed: u64, tweak: impl FnOnce(&mut netdb::sim::Sim)) -> (netdb::sim::Si
     let want = expected(&all, PER_NODE, 1);
     assert_eq!(want.len(), N * PER_NODE);
     let took = await_converged(&mut sim, &all, &want, Duration::from_secs(120));
+    let max = sim.net_stats().max_datagram;
+    assert!(max <= 1400, "a datagram of {max} B exceeded the 1400 B budget");
     (sim, took)
 }
 
