@@ -307,6 +307,26 @@ impl Node {
         &self.stats
     }
 
+    /// Counts a drop the shell saw before the core could (a stream frame
+    /// over the size limit, a connection that sent garbage framing).
+    pub fn record_drop(&mut self, reason: DropReason) {
+        self.stats.drop(reason);
+    }
+
+    /// Events waiting in each scope's broadcast queue (the cluster scope is
+    /// the empty name).
+    pub fn queue_lengths(&self) -> Vec<(&str, usize)> {
+        self.scopes.iter().map(|(n, st)| (n.as_str(), st.queue.len())).collect()
+    }
+
+    /// The shell could not carry push/pull exchange `sync_id` (connect
+    /// failed, stream broke): fail it now instead of at its timeout.
+    pub fn abort_sync(&mut self, sync_id: u64) {
+        if let Some(out) = self.syncs.remove(&sync_id) {
+            self.sync_failed(&out.scope);
+        }
+    }
+
     /// True once some member of the cluster has heard of this node.
     pub fn is_active(&self) -> bool {
         self.active
@@ -359,9 +379,9 @@ impl Node {
         );
         let mut unpaced = usize::MAX;
         self.gossip_scope(now, CLUSTER, &mut unpaced);
+        self.left = true;
         let _ = self.swim.leave_cluster(&mut self.rt);
         self.drain_swim(now);
-        self.left = true;
     }
 
     pub fn join_network(&mut self, now: Duration, network: &str) -> Result<(), Error> {
@@ -1271,6 +1291,7 @@ impl Node {
                 }
                 self.start_announcing(now);
             }
+            OwnedNotification::Defunct if self.left => {}
             OwnedNotification::Defunct => {
                 tracing::warn!("declared down and could not renew identity");
             }

@@ -1,0 +1,308 @@
+//! `netdb agent`: one task owns the node and multiplexes its inputs (UDP,
+//! push/pull frames, API commands, the timer, signals); everything else
+//! talks to it through bounded channels.
+
+use std::hash::{BuildHasher, RandomState};
+use std::io;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, anyhow};
+use netdb::{DropReason, Event, Node, Transmit};
+use netdb_proto::api::netdb_server::NetdbServer;
+use tokio::net::{TcpListener, UdpSocket, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+
+use crate::api::{Api, Watcher};
+use crate::cli::AgentArgs;
+use crate::config::{self, Settings};
+use crate::endpoint::Endpoint;
+use crate::streams::{self, NetMsg, Streams};
+
+/// Work for the core loop, sent by the API.
+pub type Command = Box<dyn FnOnce(&mut Core) + Send>;
+
+/// What the core loop owns.
+pub struct Core {
+    pub node: Node,
+    pub watchers: Vec<Watcher>,
+    start: Instant,
+}
+
+impl Core {
+    pub fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Every counter, named for `netdb stats`.
+    pub fn counters(&self) -> Vec<(String, u64)> {
+        let s = self.node.stats();
+        let mut out = Vec::new();
+        for (kind, t) in [
+            ("swim_in", s.swim_in),
+            ("swim_out", s.swim_out),
+            ("gossip_in", s.gossip_in),
+            ("gossip_out", s.gossip_out),
+            ("sync_in", s.sync_in),
+            ("sync_out", s.sync_out),
+        ] {
+            out.push((format!("{kind}_messages"), t.messages));
+            out.push((format!("{kind}_bytes"), t.bytes));
+        }
+        for (name, v) in [
+            ("entries_from_gossip", s.entries_from_gossip),
+            ("entries_from_sync", s.entries_from_sync),
+            ("syncs_started", s.syncs_started),
+            ("syncs_completed", s.syncs_completed),
+            ("syncs_failed", s.syncs_failed),
+            ("syncs_served", s.syncs_served),
+            ("queue_overflow", s.queue_overflow),
+            ("queue_oversized", s.queue_oversized),
+            ("watchers", self.watchers.len() as u64),
+        ] {
+            out.push((name.into(), v));
+        }
+        for (scope, len) in self.node.queue_lengths() {
+            let scope = if scope.is_empty() { "(cluster)" } else { scope };
+            out.push((format!("queue_len:{scope}"), len as u64));
+        }
+        for r in DropReason::ALL {
+            out.push((format!("drops:{}", r.as_str()), s.dropped(r)));
+        }
+        out
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        if let Event::Member { name, addr, state } = &ev {
+            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(member = %name, %addr, state = state.as_str(), "membership change");
+        }
+        self.watchers.retain(|w| w.offer(&ev));
+    }
+}
+
+pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
+    let s = config::resolve(args, api)?;
+    init_logging(&s.log)?;
+    let udp = UdpSocket::bind(s.bind).await.map_err(|e| bind_error("UDP", s.bind, e))?;
+    let tcp = TcpListener::bind(s.bind).await.map_err(|e| bind_error("TCP", s.bind, e))?;
+    let incarnation =
+        SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1);
+    let seed = RandomState::new().hash_one(incarnation);
+    let node = Node::new(s.core.clone(), &s.name, incarnation, s.advertise, seed, Duration::ZERO)
+        .map_err(|e| anyhow!("{e}; choose another --name"))?;
+    let mut core = Core { node, watchers: Vec::new(), start: Instant::now() };
+
+    let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(256);
+    let (net_tx, mut net_rx) = mpsc::channel::<NetMsg>(1024);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let server = serve_api(&s.api, Api::new(cmd_tx), stop_rx).await?;
+    tokio::spawn(streams::accept_loop(
+        tcp,
+        net_tx.clone(),
+        s.core.max_sync_frame,
+        s.core.sync_timeout,
+    ));
+    let mut streams = Streams::new(net_tx, s.core.max_sync_frame, s.core.sync_timeout);
+
+    tracing::info!(name = %s.name, bind = %s.bind, advertise = %s.advertise, api = %s.api, incarnation, "agent started");
+    if !s.join.is_empty() {
+        let now = core.now();
+        core.node.join(now, &s.join);
+    }
+    let mut sigterm = signal(SignalKind::terminate())?;
+    let mut sigint = signal(SignalKind::interrupt())?;
+    let mut buf = vec![0u8; netdb::codec::MAX_DATAGRAM];
+    let mut leaving: Option<Instant> = None;
+    let mut join_log = JoinLog::new(&s);
+    loop {
+        let next = core.node.poll_timeout().map(|t| core.start + t);
+        let wake = match (next, leaving) {
+            (Some(a), Some(b)) => a.min(b),
+            (a, b) => a.or(b).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            r = udp.recv_from(&mut buf) => match r {
+                Ok((n, from)) => {
+                    let now = core.now();
+                    core.node.handle_datagram(now, from, &buf[..n]);
+                }
+                Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
+            },
+            Some(msg) = net_rx.recv() => match msg {
+                NetMsg::Frame { from, bytes } => {
+                    let now = core.now();
+                    core.node.handle_sync(now, from, &bytes);
+                }
+                NetMsg::Oversized => core.node.record_drop(DropReason::TooLarge),
+                NetMsg::Opened { key, tx } => streams.opened(key, tx),
+                NetMsg::Closed { key } => streams.closed(key),
+                NetMsg::Failed { sync_id } => core.node.abort_sync(sync_id),
+            },
+            Some(cmd) = cmd_rx.recv() => cmd(&mut core),
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = core.now();
+                core.node.handle_timeout(now);
+            }
+            _ = sigterm.recv() => leaving = leaving.or_else(|| Some(start_leaving(&mut core))),
+            _ = sigint.recv() => leaving = leaving.or_else(|| Some(start_leaving(&mut core))),
+        }
+        while let Some(t) = core.node.poll_transmit() {
+            match t {
+                Transmit::Datagram { to, payload } => {
+                    if let Err(e) = udp.send_to(&payload, to).await {
+                        tracing::debug!(peer = %to, error = %e, "UDP send failed");
+                    }
+                }
+                Transmit::Sync { to, sync_id, opens, payload } => {
+                    streams.route(to, sync_id, opens, payload)
+                }
+            }
+        }
+        while let Some(ev) = core.node.poll_event() {
+            core.dispatch(ev);
+        }
+        join_log.check(&core.node);
+        if leaving.is_some_and(|at| Instant::now() >= at) {
+            break;
+        }
+    }
+    let _ = stop_tx.send(true);
+    let _ = server.await;
+    if let Endpoint::Unix(path) = &s.api {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("left the cluster; bye");
+    Ok(())
+}
+
+/// Announces the leave; the loop keeps gossiping for two rounds so the news
+/// goes out before the process exits.
+fn start_leaving(core: &mut Core) -> Instant {
+    tracing::info!("signal received: leaving the cluster");
+    let now = core.now();
+    core.node.leave(now);
+    Instant::now() + core.node.config().gossip_interval * 2 + Duration::from_millis(100)
+}
+
+/// Says, now and then, that the seeds have not answered yet, and once that
+/// the node joined.
+struct JoinLog {
+    seeds: Vec<SocketAddr>,
+    next: Instant,
+    joined: bool,
+}
+
+impl JoinLog {
+    fn new(s: &Settings) -> Self {
+        JoinLog {
+            seeds: s.join.clone(),
+            next: Instant::now() + Duration::from_secs(3),
+            joined: s.join.is_empty(),
+        }
+    }
+
+    fn check(&mut self, node: &Node) {
+        if self.joined {
+            return;
+        }
+        if node.is_active() {
+            self.joined = true;
+            tracing::info!("joined the cluster");
+        } else if Instant::now() >= self.next {
+            self.next = Instant::now() + Duration::from_secs(10);
+            tracing::warn!(seeds = ?self.seeds, "no seed has answered yet; still trying (is the seed address right and its agent running?)");
+        }
+    }
+}
+
+fn bind_error(proto: &str, addr: SocketAddr, e: io::Error) -> anyhow::Error {
+    let hint = match e.kind() {
+        io::ErrorKind::AddrInUse => "address in use; is another agent running? use --bind",
+        io::ErrorKind::AddrNotAvailable => {
+            "no such local address; use --bind with an address of this host"
+        }
+        io::ErrorKind::PermissionDenied => {
+            "permission denied; use a port above 1023 or run as root"
+        }
+        _ => "use --bind",
+    };
+    anyhow!("cannot bind {proto} {addr}: {e}; {hint}")
+}
+
+fn init_logging(filter: &str) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .with_context(|| format!("bad --log filter {filter:?}"))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr)
+        .with_ansi(false)
+        .init();
+    Ok(())
+}
+
+/// Starts the API server (with gRPC reflection) on `ep`; it stops when
+/// `stop` turns true.
+async fn serve_api(
+    ep: &Endpoint,
+    api: Api,
+    mut stop: watch::Receiver<bool>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(netdb_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()
+        .context("building the gRPC reflection service")?;
+    let router = tonic::transport::Server::builder()
+        .add_service(NetdbServer::new(api))
+        .add_service(reflection);
+    let shutdown = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let task = match ep {
+        Endpoint::Unix(path) => {
+            let listener = bind_unix(path)?;
+            tokio::spawn(async move {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            })
+        }
+        Endpoint::Tcp(addr) => {
+            let listener =
+                TcpListener::bind(addr).await.map_err(|e| bind_error("API TCP", *addr, e))?;
+            tokio::spawn(async move {
+                if let Err(e) = router
+                    .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+                    .await
+                {
+                    tracing::error!(error = %e, "API server stopped");
+                }
+            })
+        }
+    };
+    Ok(task)
+}
+
+/// Binds the API's Unix socket, owner-only (it accepts every command).
+fn bind_unix(path: &std::path::Path) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!("another agent serves the API at {}; use --api", path.display());
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind API socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}

@@ -1,0 +1,343 @@
+//! The gRPC admin API: each call runs as a closure on the core loop, which
+//! owns the node, and answers through a oneshot channel.
+
+use std::pin::Pin;
+
+use bytes::Bytes;
+use netdb::{EntryEventKind, Event};
+use netdb_proto::api::{self, netdb_server::Netdb};
+use tokio::sync::{mpsc, oneshot};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status};
+
+use crate::agent::{Command, Core};
+
+/// Events a watcher may have queued before it counts as stuck and is cut.
+const WATCH_BACKLOG: usize = 4096;
+
+pub struct Api {
+    cmds: mpsc::Sender<Command>,
+}
+
+impl Api {
+    pub fn new(cmds: mpsc::Sender<Command>) -> Self {
+        Api { cmds }
+    }
+
+    async fn call<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Core) -> R + Send + 'static,
+    ) -> Result<R, Status> {
+        let (tx, rx) = oneshot::channel();
+        let cmd: Command = Box::new(move |core| {
+            let _ = tx.send(f(core));
+        });
+        let gone = || Status::unavailable("the agent is shutting down");
+        self.cmds.send(cmd).await.map_err(|_| gone())?;
+        rx.await.map_err(|_| gone())
+    }
+}
+
+fn status(e: netdb::Error) -> Status {
+    use netdb::Error as E;
+    let msg = e.to_string();
+    match e {
+        E::BadName { .. } | E::BadKey { .. } | E::ValueTooLarge { .. } => {
+            Status::invalid_argument(msg)
+        }
+        E::NotJoined(_) => Status::failed_precondition(msg),
+        E::NotOwner { .. } => Status::permission_denied(msg),
+        E::NotFound { .. } => Status::not_found(msg),
+        E::TooManyNetworks(_) => Status::resource_exhausted(msg),
+        E::Left => Status::unavailable(msg),
+    }
+}
+
+pub fn entry(table: &str, key: &str, e: &netdb::Entry) -> api::Entry {
+    api::Entry {
+        table: table.into(),
+        key: key.into(),
+        value: e.value.clone(),
+        owner: e.owner.clone(),
+        ltime: e.ltime,
+    }
+}
+
+/// A watcher of one network (and optionally one table).
+pub struct Watcher {
+    network: String,
+    table: Option<String>,
+    tx: mpsc::Sender<Result<api::WatchEvent, Status>>,
+}
+
+impl Watcher {
+    /// Offers an event; false if the watcher is gone or stuck and must be
+    /// dropped.
+    pub fn offer(&self, ev: &Event) -> bool {
+        let Event::Entry { network, table, key, kind, owner, value } = ev else { return true };
+        if *network != self.network || self.table.as_ref().is_some_and(|t| t != table) {
+            return !self.tx.is_closed();
+        }
+        let out = api::WatchEvent {
+            event: kind.as_str().into(),
+            network: network.clone(),
+            entry: Some(api::Entry {
+                table: table.clone(),
+                key: key.clone(),
+                value: value.clone(),
+                owner: owner.clone(),
+                ltime: 0,
+            }),
+        };
+        match self.tx.try_send(Ok(out)) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let _ = self
+                    .tx
+                    .try_send(Err(Status::resource_exhausted("watch fell behind; start it again")));
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+}
+
+type WatchStream =
+    Pin<Box<dyn tokio_stream::Stream<Item = Result<api::WatchEvent, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Netdb for Api {
+    async fn members(
+        &self,
+        _: Request<api::MembersRequest>,
+    ) -> Result<Response<api::MembersReply>, Status> {
+        let members = self
+            .call(|core| {
+                core.node
+                    .members()
+                    .into_iter()
+                    .map(|m| api::Member {
+                        name: m.name,
+                        addr: m.addr.map(|a| a.to_string()).unwrap_or_default(),
+                        state: m.state.as_str().into(),
+                        incarnation: m.incarnation,
+                        generation: m.generation,
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(api::MembersReply { members }))
+    }
+
+    async fn networks(
+        &self,
+        _: Request<api::NetworksRequest>,
+    ) -> Result<Response<api::NetworksReply>, Status> {
+        let networks = self
+            .call(|core| {
+                let node = &core.node;
+                node.networks()
+                    .into_iter()
+                    .map(|n| api::Network {
+                        name: n.into(),
+                        peers: node.network_peers(n),
+                        entries: node.raw_entries(n).iter().filter(|(_, _, e)| e.visible()).count()
+                            as u64,
+                    })
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(api::NetworksReply { networks }))
+    }
+
+    async fn join_network(
+        &self,
+        req: Request<api::NetworkRequest>,
+    ) -> Result<Response<api::NetworkReply>, Status> {
+        let net = req.into_inner().network;
+        self.call(move |core| {
+            let now = core.now();
+            core.node.join_network(now, &net)
+        })
+        .await?
+        .map_err(status)?;
+        Ok(Response::new(api::NetworkReply {}))
+    }
+
+    async fn leave_network(
+        &self,
+        req: Request<api::NetworkRequest>,
+    ) -> Result<Response<api::NetworkReply>, Status> {
+        let net = req.into_inner().network;
+        self.call(move |core| {
+            let now = core.now();
+            core.node.leave_network(now, &net)
+        })
+        .await?
+        .map_err(status)?;
+        Ok(Response::new(api::NetworkReply {}))
+    }
+
+    async fn put(&self, req: Request<api::PutRequest>) -> Result<Response<api::PutReply>, Status> {
+        let r = req.into_inner();
+        let written = self
+            .call(move |core| {
+                let now = core.now();
+                let mut written = 0u32;
+                for kv in r.entries {
+                    core.node
+                        .put(now, &r.network, &r.table, &kv.key, kv.value)
+                        .map_err(|e| (written, e))?;
+                    written += 1;
+                }
+                Ok(written)
+            })
+            .await?
+            .map_err(|(written, e)| {
+                let s = status(e);
+                Status::new(
+                    s.code(),
+                    format!("{} ({written} entries written before it)", s.message()),
+                )
+            })?;
+        Ok(Response::new(api::PutReply { written }))
+    }
+
+    async fn get(&self, req: Request<api::KeyRequest>) -> Result<Response<api::Entry>, Status> {
+        let r = req.into_inner();
+        let found = self
+            .call(move |core| {
+                core.node.get(&r.network, &r.table, &r.key).map(|e| entry(&r.table, &r.key, e))
+            })
+            .await?;
+        found.map(Response::new).ok_or_else(|| Status::not_found("no such entry"))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<api::KeyRequest>,
+    ) -> Result<Response<api::DeleteReply>, Status> {
+        let r = req.into_inner();
+        self.call(move |core| {
+            let now = core.now();
+            core.node.delete(now, &r.network, &r.table, &r.key)
+        })
+        .await?
+        .map_err(status)?;
+        Ok(Response::new(api::DeleteReply {}))
+    }
+
+    async fn dump(
+        &self,
+        req: Request<api::TableRequest>,
+    ) -> Result<Response<api::DumpReply>, Status> {
+        let r = req.into_inner();
+        let entries = self
+            .call(move |core| {
+                if !core.node.networks().contains(&r.network.as_str()) {
+                    return Err(netdb::Error::NotJoined(r.network.clone()));
+                }
+                Ok(core
+                    .node
+                    .entries(&r.network, &r.table)
+                    .into_iter()
+                    .map(|(k, e)| entry(&r.table, k, e))
+                    .collect())
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(api::DumpReply { entries }))
+    }
+
+    type WatchStream = WatchStream;
+
+    async fn watch(
+        &self,
+        req: Request<api::WatchRequest>,
+    ) -> Result<Response<Self::WatchStream>, Status> {
+        let r = req.into_inner();
+        let table = (!r.table.is_empty()).then_some(r.table);
+        let rx = self
+            .call(move |core| {
+                if !core.node.networks().contains(&r.network.as_str()) {
+                    return Err(netdb::Error::NotJoined(r.network.clone()));
+                }
+                let snapshot: Vec<_> = core
+                    .node
+                    .raw_entries(&r.network)
+                    .into_iter()
+                    .filter(|(t, _, e)| {
+                        e.visible() && table.as_deref().is_none_or(|want| want == *t)
+                    })
+                    .map(|(t, k, e)| Event::Entry {
+                        network: r.network.clone(),
+                        table: t.into(),
+                        key: k.into(),
+                        kind: EntryEventKind::Create,
+                        owner: e.owner.clone(),
+                        value: e.value.clone(),
+                    })
+                    .collect();
+                let (tx, rx) = mpsc::channel(snapshot.len() + WATCH_BACKLOG);
+                let w = Watcher { network: r.network, table, tx };
+                for ev in &snapshot {
+                    w.offer(ev);
+                }
+                core.watchers.push(w);
+                Ok(rx)
+            })
+            .await?
+            .map_err(status)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+    }
+
+    async fn stats(
+        &self,
+        _: Request<api::StatsRequest>,
+    ) -> Result<Response<api::StatsReply>, Status> {
+        let counters = self
+            .call(|core| {
+                core.counters()
+                    .into_iter()
+                    .map(|(name, value)| api::Counter { name, value })
+                    .collect()
+            })
+            .await?;
+        Ok(Response::new(api::StatsReply { counters }))
+    }
+}
+
+/// Parses "KEY VALUE" lines for bulk puts: the key is the first word, the
+/// value the rest of the line; blank lines and lines starting with # are
+/// skipped.
+pub fn parse_bulk(text: &str) -> Result<Vec<api::KeyValue>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(char::is_whitespace) else {
+            return Err(format!("line {}: expected \"KEY VALUE\"", n + 1));
+        };
+        out.push(api::KeyValue {
+            key: key.into(),
+            value: Bytes::from(value.trim_start().to_string()),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_lines_split_at_the_first_space() {
+        let kv = parse_bulk("a 1\n\n# note\nb two words\n").unwrap();
+        assert_eq!(kv.len(), 2);
+        assert_eq!(kv[1].key, "b");
+        assert_eq!(kv[1].value, Bytes::from("two words"));
+        assert!(parse_bulk("lonely").unwrap_err().contains("line 1"));
+    }
+}

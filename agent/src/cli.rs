@@ -1,0 +1,218 @@
+//! Command line: `netdb agent ...` runs an agent, every other subcommand is
+//! a client of an agent's admin API.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use serde::Deserialize;
+
+use crate::duration;
+use crate::endpoint::Endpoint;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "netdb",
+    version,
+    about = "Overlay network control plane: gossip tables without a key-value store"
+)]
+pub struct Cli {
+    /// Admin API endpoint: unix:/path or IP:PORT [default: unix:/run/netdb/netdb.sock]
+    #[arg(long, global = true, env = "NETDB_API")]
+    pub api: Option<Endpoint>,
+    /// Output format of client commands.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run an agent (one per host).
+    Agent(Box<AgentArgs>),
+    /// List cluster members.
+    Members,
+    /// List, join or leave networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Read and write table entries.
+    #[command(subcommand)]
+    Table(TableCmd),
+    /// Print a network's entries, then every change, until interrupted.
+    Watch { network: String, table: Option<String> },
+    /// Message, byte, queue, drop and sync counters.
+    Stats,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCmd {
+    /// Networks this agent joined, with their peers.
+    Ls,
+    Join {
+        network: String,
+    },
+    Leave {
+        network: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TableCmd {
+    /// Write one entry, or many from a file of "KEY VALUE" lines (- = stdin).
+    Put {
+        network: String,
+        table: String,
+        #[arg(required_unless_present = "file")]
+        key: Option<String>,
+        #[arg(required_unless_present = "file")]
+        value: Option<String>,
+        #[arg(long, conflicts_with_all = ["key", "value"])]
+        file: Option<PathBuf>,
+    },
+    Get {
+        network: String,
+        table: String,
+        key: String,
+    },
+    Delete {
+        network: String,
+        table: String,
+        key: String,
+    },
+    /// Every visible entry of a table.
+    Dump {
+        network: String,
+        table: String,
+    },
+}
+
+/// Agent settings. Each is a flag, a `NETDB_*` environment variable, or a
+/// key of the TOML file given by `--config` (same name, kebab-case), in
+/// that order of precedence.
+#[derive(Debug, Default, Args, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct AgentArgs {
+    /// TOML file with any of these settings.
+    #[arg(long, env = "NETDB_CONFIG")]
+    #[serde(skip)]
+    pub config: Option<PathBuf>,
+    /// Node name, unique in the cluster [default: host name]
+    #[arg(long, env = "NETDB_NAME")]
+    pub name: Option<String>,
+    /// UDP and TCP address for gossip [default: 0.0.0.0:7946]
+    #[arg(long, env = "NETDB_BIND")]
+    pub bind: Option<SocketAddr>,
+    /// Address peers use to reach this node [default: the bind address, or
+    /// the local address routed towards the first seed]
+    #[arg(long, env = "NETDB_ADVERTISE")]
+    pub advertise: Option<SocketAddr>,
+    /// Seed peer to join through (repeatable, or comma-separated).
+    #[arg(long, env = "NETDB_JOIN", value_delimiter = ',')]
+    #[serde(default)]
+    pub join: Vec<SocketAddr>,
+    /// Admin API endpoint to serve (the global --api; `api` in the file).
+    #[arg(skip)]
+    #[serde(default, deserialize_with = "crate::endpoint::de_opt")]
+    pub api: Option<Endpoint>,
+    /// Log filter (error, warn, info, debug, trace, or a tracing filter).
+    #[arg(long, env = "NETDB_LOG")]
+    pub log: Option<String>,
+    /// Table gossip period [default: 200ms]
+    #[arg(long, env = "NETDB_GOSSIP_INTERVAL", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub gossip_interval: Option<Duration>,
+    /// Peers each gossip packet goes to [default: 3]
+    #[arg(long, env = "NETDB_GOSSIP_FANOUT")]
+    pub gossip_fanout: Option<usize>,
+    /// Largest UDP datagram in bytes, framing included [default: 1400]
+    #[arg(long, env = "NETDB_PACKET_BUDGET")]
+    pub packet_budget: Option<usize>,
+    /// Transmissions of an own event: MULT x ceil(log10(n+1)) [default: 4]
+    #[arg(long, env = "NETDB_RETRANSMIT_MULT")]
+    pub retransmit_mult: Option<u32>,
+    /// Periodic push/pull per network [default: 30s]
+    #[arg(long, env = "NETDB_SYNC_INTERVAL", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub sync_interval: Option<Duration>,
+    /// Tombstone lifetime [default: 30m]
+    #[arg(long, env = "NETDB_TOMBSTONE_TTL", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub tombstone_ttl: Option<Duration>,
+    /// How long a failed node's entries are kept hidden for its return [default: 10m]
+    #[arg(long, env = "NETDB_FAILED_GRACE", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub failed_grace: Option<Duration>,
+    /// SWIM probe period [default: 1s]
+    #[arg(long, env = "NETDB_PROBE_PERIOD", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub probe_period: Option<Duration>,
+    /// SWIM probe round-trip timeout [default: 500ms]
+    #[arg(long, env = "NETDB_PROBE_RTT", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub probe_rtt: Option<Duration>,
+    /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 4]
+    #[arg(long, env = "NETDB_SUSPICION_MULT")]
+    pub suspicion_mult: Option<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn flags_parse() {
+        let cli = Cli::parse_from([
+            "netdb",
+            "agent",
+            "--name",
+            "n1",
+            "--bind",
+            "127.0.0.1:7946",
+            "--join",
+            "127.0.0.2:7946,127.0.0.3:7946",
+            "--gossip-interval",
+            "100ms",
+        ]);
+        let Command::Agent(a) = cli.command else { panic!() };
+        assert_eq!(a.join.len(), 2);
+        assert_eq!(a.gossip_interval, Some(Duration::from_millis(100)));
+        let cli = Cli::parse_from([
+            "netdb",
+            "--api",
+            "unix:/tmp/x.sock",
+            "-o",
+            "json",
+            "table",
+            "dump",
+            "net",
+            "t",
+        ]);
+        assert_eq!(cli.output, Output::Json);
+        assert!(matches!(cli.command, Command::Table(TableCmd::Dump { .. })));
+    }
+
+    #[test]
+    fn config_file_keys_match_flags() {
+        let a: AgentArgs = toml::from_str(
+            "name = \"n1\"\nbind = \"127.0.0.1:7946\"\njoin = [\"127.0.0.2:7946\"]\ngossip-interval = \"1s\"\n",
+        )
+        .unwrap();
+        assert_eq!(a.name.as_deref(), Some("n1"));
+        assert_eq!(a.gossip_interval, Some(Duration::from_secs(1)));
+        assert!(toml::from_str::<AgentArgs>("bogus = 1").is_err(), "unknown keys are refused");
+    }
+}

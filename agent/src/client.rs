@@ -1,0 +1,255 @@
+//! The CLI side: one call to the agent's API per command, printed as a
+//! table for people or JSON for scripts.
+
+use std::io::{Read, Write};
+
+use anyhow::{Context, anyhow};
+use netdb_proto::api::{self, netdb_client::NetdbClient};
+use serde_json::{Value, json};
+use tonic::transport::Channel;
+
+use crate::api::parse_bulk;
+use crate::cli::{Command, NetworkCmd, Output, TableCmd};
+use crate::endpoint::{self, Endpoint};
+
+pub async fn run(ep: Option<Endpoint>, out: Output, cmd: Command) -> anyhow::Result<()> {
+    let ep = match ep {
+        Some(e) => e,
+        None => endpoint::DEFAULT.parse().map_err(anyhow::Error::msg)?,
+    };
+    let mut c = NetdbClient::new(endpoint::connect(&ep).await?);
+    match cmd {
+        Command::Agent(_) => unreachable!("the agent is not a client command"),
+        Command::Members => members(&mut c, out).await,
+        Command::Network(n) => network(&mut c, out, n).await,
+        Command::Table(t) => table(&mut c, out, t).await,
+        Command::Watch { network, table } => {
+            watch(&mut c, out, network, table.unwrap_or_default()).await
+        }
+        Command::Stats => stats(&mut c, out).await,
+    }
+}
+
+/// Turns an API error into a one-line message.
+fn rpc(s: tonic::Status) -> anyhow::Error {
+    anyhow!("{}", s.message())
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// Prints rows as aligned columns under a header.
+fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
+    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, cell) in width.iter_mut().zip(r) {
+            *w = (*w).max(cell.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells.iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect();
+        println!("{}", s.join("  ").trim_end());
+    };
+    line(header.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn print_json(v: &Value) {
+    println!("{v}");
+}
+
+fn entry_json(network: &str, e: &api::Entry) -> Value {
+    json!({ "network": network, "table": e.table, "key": e.key, "value": text(&e.value), "owner": e.owner, "ltime": e.ltime })
+}
+
+async fn members(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()> {
+    let ms = c.members(api::MembersRequest {}).await.map_err(rpc)?.into_inner().members;
+    match out {
+        Output::Json => print_json(&Value::Array(
+            ms.iter()
+                .map(|m| {
+                    json!({ "name": m.name, "addr": m.addr, "state": m.state,
+                            "incarnation": m.incarnation, "generation": m.generation })
+                })
+                .collect(),
+        )),
+        Output::Table => print_table(
+            &["NAME", "ADDRESS", "STATE", "INCARNATION", "GENERATION"],
+            ms.into_iter()
+                .map(|m| {
+                    vec![
+                        m.name,
+                        m.addr,
+                        m.state,
+                        m.incarnation.to_string(),
+                        m.generation.to_string(),
+                    ]
+                })
+                .collect(),
+        ),
+    }
+    Ok(())
+}
+
+async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
+    let (network, done) = match cmd {
+        NetworkCmd::Ls => {
+            let ns = c.networks(api::NetworksRequest {}).await.map_err(rpc)?.into_inner().networks;
+            match out {
+                Output::Json => print_json(&Value::Array(
+                    ns.iter()
+                        .map(|n| json!({ "name": n.name, "peers": n.peers, "entries": n.entries }))
+                        .collect(),
+                )),
+                Output::Table => print_table(
+                    &["NETWORK", "ENTRIES", "PEERS"],
+                    ns.into_iter()
+                        .map(|n| vec![n.name, n.entries.to_string(), n.peers.join(",")])
+                        .collect(),
+                ),
+            }
+            return Ok(());
+        }
+        NetworkCmd::Join { network } => {
+            c.join_network(api::NetworkRequest { network: network.clone() }).await.map_err(rpc)?;
+            (network, "joined")
+        }
+        NetworkCmd::Leave { network } => {
+            c.leave_network(api::NetworkRequest { network: network.clone() }).await.map_err(rpc)?;
+            (network, "left")
+        }
+    };
+    match out {
+        Output::Json => print_json(&json!({ "network": network, "status": done })),
+        Output::Table => println!("{done} {network}"),
+    }
+    Ok(())
+}
+
+async fn table(c: &mut NetdbClient<Channel>, out: Output, cmd: TableCmd) -> anyhow::Result<()> {
+    match cmd {
+        TableCmd::Put { network, table, key, value, file } => {
+            let entries = match (file, key, value) {
+                (Some(path), _, _) => {
+                    let mut text = String::new();
+                    if path.as_os_str() == "-" {
+                        std::io::stdin()
+                            .read_to_string(&mut text)
+                            .context("reading entries from stdin")?;
+                    } else {
+                        text = std::fs::read_to_string(&path)
+                            .with_context(|| format!("cannot read {}", path.display()))?;
+                    }
+                    parse_bulk(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?
+                }
+                (None, Some(key), Some(value)) => {
+                    vec![api::KeyValue { key, value: value.into_bytes().into() }]
+                }
+                _ => return Err(anyhow!("give KEY VALUE or --file F")),
+            };
+            let n = c
+                .put(api::PutRequest { network, table, entries })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .written;
+            match out {
+                Output::Json => print_json(&json!({ "written": n })),
+                Output::Table => println!("wrote {n} entr{}", if n == 1 { "y" } else { "ies" }),
+            }
+        }
+        TableCmd::Get { network, table, key } => {
+            let e = c
+                .get(api::KeyRequest { network: network.clone(), table, key })
+                .await
+                .map_err(rpc)?
+                .into_inner();
+            match out {
+                Output::Json => print_json(&entry_json(&network, &e)),
+                Output::Table => print_table(
+                    &["KEY", "VALUE", "OWNER", "LTIME"],
+                    vec![vec![e.key.clone(), text(&e.value), e.owner.clone(), e.ltime.to_string()]],
+                ),
+            }
+        }
+        TableCmd::Delete { network, table, key } => {
+            c.delete(api::KeyRequest { network, table, key: key.clone() }).await.map_err(rpc)?;
+            match out {
+                Output::Json => print_json(&json!({ "deleted": key })),
+                Output::Table => println!("deleted {key}"),
+            }
+        }
+        TableCmd::Dump { network, table } => {
+            let es = c
+                .dump(api::TableRequest { network: network.clone(), table })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .entries;
+            match out {
+                Output::Json => {
+                    print_json(&Value::Array(es.iter().map(|e| entry_json(&network, e)).collect()))
+                }
+                Output::Table => print_table(
+                    &["KEY", "VALUE", "OWNER"],
+                    es.iter()
+                        .map(|e| vec![e.key.clone(), text(&e.value), e.owner.clone()])
+                        .collect(),
+                ),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn watch(
+    c: &mut NetdbClient<Channel>,
+    out: Output,
+    network: String,
+    table: String,
+) -> anyhow::Result<()> {
+    let mut stream = c.watch(api::WatchRequest { network, table }).await.map_err(rpc)?.into_inner();
+    let stdout = std::io::stdout();
+    while let Some(ev) = stream.message().await.map_err(rpc)? {
+        let e = ev.entry.unwrap_or_default();
+        let mut lock = stdout.lock();
+        match out {
+            Output::Json => {
+                let mut v = entry_json(&ev.network, &e);
+                v["event"] = Value::String(ev.event);
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("ltime");
+                }
+                writeln!(lock, "{v}")?;
+            }
+            Output::Table => writeln!(
+                lock,
+                "{:<6} {}/{} = {} (owner {})",
+                ev.event,
+                e.table,
+                e.key,
+                text(&e.value),
+                e.owner
+            )?,
+        }
+        lock.flush()?;
+    }
+    Ok(())
+}
+
+async fn stats(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()> {
+    let cs = c.stats(api::StatsRequest {}).await.map_err(rpc)?.into_inner().counters;
+    match out {
+        Output::Json => print_json(&Value::Object(
+            cs.into_iter().map(|c| (c.name, Value::from(c.value))).collect(),
+        )),
+        Output::Table => print_table(
+            &["COUNTER", "VALUE"],
+            cs.into_iter().map(|c| vec![c.name, c.value.to_string()]).collect(),
+        ),
+    }
+    Ok(())
+}

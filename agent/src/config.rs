@@ -1,0 +1,187 @@
+//! Resolves the agent's settings: flags and environment (already merged by
+//! clap), then the TOML file, then defaults.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::Path;
+
+use anyhow::{Context, bail};
+
+use crate::cli::AgentArgs;
+use crate::endpoint::{self, Endpoint};
+
+pub const DEFAULT_PORT: u16 = 7946;
+
+#[derive(Debug)]
+pub struct Settings {
+    pub name: String,
+    pub bind: SocketAddr,
+    pub advertise: SocketAddr,
+    pub join: Vec<SocketAddr>,
+    pub api: Endpoint,
+    pub log: String,
+    pub core: netdb::Config,
+}
+
+pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
+    let file = match &cli.config {
+        Some(path) => load(path)?,
+        None => AgentArgs::default(),
+    };
+    let name = match cli.name.or(file.name) {
+        Some(n) => n,
+        None => host_name()?,
+    };
+    let bind = cli
+        .bind
+        .or(file.bind)
+        .unwrap_or(SocketAddr::new(IpAddr::V4(Ipv4Addr::UNSPECIFIED), DEFAULT_PORT));
+    let join = if cli.join.is_empty() { file.join } else { cli.join };
+    let advertise = match cli.advertise.or(file.advertise) {
+        Some(a) => a,
+        None => derive_advertise(bind, &join)?,
+    };
+    if advertise.ip().is_unspecified() {
+        bail!("--advertise {advertise} is not an address peers can reach; give this node's IP");
+    }
+    let api = match global_api.or(cli.api).or(file.api) {
+        Some(a) => a,
+        None => endpoint::DEFAULT.parse().map_err(anyhow::Error::msg)?,
+    };
+    let mut core = netdb::Config::default();
+    macro_rules! set {
+        ($($field:ident),*) => {$(
+            if let Some(v) = cli.$field.or(file.$field) {
+                core.$field = v;
+            }
+        )*};
+    }
+    set!(
+        gossip_interval,
+        gossip_fanout,
+        packet_budget,
+        retransmit_mult,
+        sync_interval,
+        tombstone_ttl,
+        failed_grace,
+        probe_period,
+        probe_rtt,
+        suspicion_mult
+    );
+    check(&core)?;
+    Ok(Settings {
+        name,
+        bind,
+        advertise,
+        join,
+        api,
+        log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
+        core,
+    })
+}
+
+fn load(path: &Path) -> anyhow::Result<AgentArgs> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    toml::from_str(&text).with_context(|| format!("bad config file {}", path.display()))
+}
+
+fn check(c: &netdb::Config) -> anyhow::Result<()> {
+    if c.packet_budget < 512 || c.packet_budget > 65_000 {
+        bail!("--packet-budget {} is out of range 512..=65000", c.packet_budget);
+    }
+    if c.gossip_fanout == 0 {
+        bail!("--gossip-fanout must be at least 1");
+    }
+    if c.gossip_interval.is_zero() || c.probe_period.is_zero() || c.probe_rtt.is_zero() {
+        bail!("--gossip-interval, --probe-period and --probe-rtt must be above zero");
+    }
+    if c.probe_rtt >= c.probe_period {
+        bail!(
+            "--probe-rtt ({:?}) must be shorter than --probe-period ({:?})",
+            c.probe_rtt,
+            c.probe_period
+        );
+    }
+    if c.retransmit_mult == 0 || c.suspicion_mult.is_nan() || c.suspicion_mult <= 0.0 {
+        bail!("--retransmit-mult and --suspicion-mult must be above zero");
+    }
+    Ok(())
+}
+
+/// The host name, cut to what a node name may hold.
+fn host_name() -> anyhow::Result<String> {
+    let raw = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    let name: String =
+        raw.trim().chars().filter(|c| c.is_ascii_alphanumeric() || "-_.".contains(*c)).collect();
+    if name.is_empty() {
+        bail!("cannot tell this host's name; give one with --name");
+    }
+    Ok(name)
+}
+
+/// With a specific bind address, peers reach us there. With 0.0.0.0, ask the
+/// kernel which local address routes towards the first seed (a UDP
+/// `connect` sends nothing).
+fn derive_advertise(bind: SocketAddr, join: &[SocketAddr]) -> anyhow::Result<SocketAddr> {
+    if !bind.ip().is_unspecified() {
+        return Ok(bind);
+    }
+    let Some(seed) = join.first() else {
+        bail!("binding {bind} needs --advertise (the address peers use to reach this node)");
+    };
+    let probe = UdpSocket::bind(SocketAddr::new(bind.ip(), 0))?;
+    probe
+        .connect(seed)
+        .with_context(|| format!("no route towards seed {seed}; give --advertise"))?;
+    Ok(SocketAddr::new(probe.local_addr()?.ip(), bind.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(name: &str, bind: &str) -> AgentArgs {
+        AgentArgs {
+            name: Some(name.into()),
+            bind: Some(bind.parse().unwrap()),
+            ..AgentArgs::default()
+        }
+    }
+
+    #[test]
+    fn flags_beat_the_file_and_defaults_fill_the_rest() {
+        let dir = std::env::temp_dir().join(format!("netdb-config-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = dir.join("agent.toml");
+        std::fs::write(
+            &file,
+            "name = \"from-file\"\nsync-interval = \"5s\"\napi = \"unix:/tmp/f.sock\"\n",
+        )
+        .unwrap();
+        let mut a = args("from-flag", "127.0.0.1:7000");
+        a.config = Some(file);
+        let s = resolve(a, None).unwrap();
+        assert_eq!(s.name, "from-flag");
+        assert_eq!(s.core.sync_interval, std::time::Duration::from_secs(5));
+        assert_eq!(s.api.to_string(), "unix:/tmp/f.sock");
+        assert_eq!(s.advertise, "127.0.0.1:7000".parse().unwrap());
+        assert_eq!(s.core.gossip_interval, netdb::Config::default().gossip_interval);
+        std::fs::remove_dir_all(dir).unwrap();
+    }
+
+    #[test]
+    fn unspecified_bind_needs_a_way_to_advertise() {
+        let err = resolve(args("n", "0.0.0.0:7946"), None).unwrap_err();
+        assert!(err.to_string().contains("--advertise"), "{err}");
+        let mut a = args("n", "0.0.0.0:7946");
+        a.join = vec!["127.0.0.1:7946".parse().unwrap()];
+        assert_eq!(resolve(a, None).unwrap().advertise.ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn nonsense_settings_are_refused_with_the_flag_named() {
+        let mut a = args("n", "127.0.0.1:7000");
+        a.probe_rtt = Some(std::time::Duration::from_secs(5));
+        assert!(resolve(a, None).unwrap_err().to_string().contains("--probe-rtt"));
+    }
+}

@@ -1,0 +1,39 @@
+//! `netdb`: the agent (`netdb agent`) and its command-line client.
+
+mod agent;
+mod api;
+mod cli;
+mod client;
+mod config;
+mod duration;
+mod endpoint;
+mod streams;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    let runtime =
+        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+            Ok(r) => r,
+            Err(e) => {
+                eprintln!("netdb: cannot start the async runtime: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            cli::Command::Agent(args) => agent::run(*args, cli.api).await,
+            cmd => client::run(cli.api, cli.output, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("netdb: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
