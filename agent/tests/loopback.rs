@@ -1,0 +1,363 @@
+//! Clusters of real `netdb agent` processes on loopback addresses, driven
+//! through the CLI the way a user would.
+
+use std::io::Write;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const BIN: &str = env!("CARGO_BIN_EXE_netdb");
+
+struct Cluster {
+    dir: PathBuf,
+    subnet: u8,
+    agents: Vec<Option<Child>>,
+}
+
+impl Cluster {
+    /// `n` agents on 127.0.`subnet`.1..n, all seeded to the first. Each test
+    /// uses its own subnet so tests run in parallel.
+    fn start(subnet: u8, n: usize) -> Cluster {
+        let dir =
+            std::env::temp_dir().join(format!("netdb-loopback-{}-{subnet}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut c = Cluster { dir, subnet, agents: (0..n).map(|_| None).collect() };
+        for i in 0..n {
+            c.spawn(i);
+        }
+        c.wait("every agent sees all members alive", Duration::from_secs(30), |c| {
+            (0..n).all(|i| c.alive_members(i).len() == n)
+        });
+        c
+    }
+
+    fn addr(&self, i: usize) -> SocketAddr {
+        format!("127.0.{}.{}:7946", self.subnet, i + 1).parse().unwrap()
+    }
+
+    fn api(&self, i: usize) -> String {
+        format!("unix:{}/n{}.sock", self.dir.display(), i + 1)
+    }
+
+    fn spawn(&mut self, i: usize) {
+        let log = std::fs::File::create(self.dir.join(format!("n{}.log", i + 1))).unwrap();
+        let child = Command::new(BIN)
+            .args(["--api", &self.api(i), "agent", "--name", &format!("n{}", i + 1)])
+            .args(["--bind", &self.addr(i).to_string(), "--join", &self.addr(0).to_string()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start agent");
+        self.agents[i] = Some(child);
+    }
+
+    fn signal(&mut self, i: usize, sig: &str) -> Child {
+        let child = self.agents[i].take().expect("agent running");
+        let ok =
+            Command::new("kill").args([sig, &child.id().to_string()]).status().unwrap().success();
+        assert!(ok, "kill {sig} n{}", i + 1);
+        child
+    }
+
+    fn cli(&self, i: usize, args: &[&str]) -> Output {
+        Command::new(BIN).args(["--api", &self.api(i)]).args(args).output().expect("run netdb")
+    }
+
+    fn json(&self, i: usize, args: &[&str]) -> Value {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = self.cli(i, &full);
+        assert!(
+            out.status.success(),
+            "netdb {args:?} on n{}: {}",
+            i + 1,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice(&out.stdout).expect("JSON output")
+    }
+
+    fn try_json(&self, i: usize, args: &[&str]) -> Option<Value> {
+        let mut full = vec!["-o", "json"];
+        full.extend_from_slice(args);
+        let out = self.cli(i, &full);
+        out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
+    }
+
+    fn member_state(&self, observer: usize, name: &str) -> Option<String> {
+        let ms = self.try_json(observer, &["members"])?;
+        ms.as_array()?
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["state"].as_str().unwrap_or("").to_string())
+    }
+
+    fn alive_members(&self, i: usize) -> Vec<String> {
+        let Some(ms) = self.try_json(i, &["members"]) else { return Vec::new() };
+        ms.as_array()
+            .into_iter()
+            .flatten()
+            .filter(|m| m["state"] == "alive")
+            .map(|m| m["name"].as_str().unwrap_or("").to_string())
+            .collect()
+    }
+
+    /// Keys of NET/t on agent i, sorted.
+    fn keys(&self, i: usize) -> Vec<String> {
+        let Some(es) = self.try_json(i, &["table", "dump", "net", "t"]) else {
+            return vec!["<unreachable>".into()];
+        };
+        let mut keys: Vec<String> = es
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|e| e["key"].as_str().unwrap_or("").to_string())
+            .collect();
+        keys.sort();
+        keys
+    }
+
+    fn wait(&self, what: &str, limit: Duration, mut f: impl FnMut(&Cluster) -> bool) {
+        let start = Instant::now();
+        while !f(self) {
+            if start.elapsed() > limit {
+                let logs: String = (0..self.agents.len())
+                    .map(|i| {
+                        let log = std::fs::read_to_string(self.dir.join(format!("n{}.log", i + 1)))
+                            .unwrap_or_default();
+                        let tail: Vec<&str> = log.lines().rev().take(8).collect();
+                        format!(
+                            "--- n{} log tail:\n{}\n",
+                            i + 1,
+                            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+                        )
+                    })
+                    .collect();
+                panic!("timed out after {limit:?} waiting until {what}\n{logs}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn stat(&self, i: usize, name: &str) -> u64 {
+        self.json(i, &["stats"])[name].as_u64().unwrap_or_else(|| panic!("no counter {name}"))
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        for c in self.agents.iter_mut().flatten() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn expected(keys: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = keys.iter().map(|k| k.to_string()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn five_agents_share_entries_and_handle_kill_leave_and_restart() {
+    let mut c = Cluster::start(61, 5);
+    for i in 0..5 {
+        c.json(i, &["network", "join", "net"]);
+    }
+    c.wait("every agent sees 4 peers in net", Duration::from_secs(20), |c| {
+        (0..5).all(|i| {
+            c.json(i, &["network", "ls"])[0]["peers"].as_array().map_or(0, |p| p.len()) == 4
+        })
+    });
+    // n1 writes 20 entries in bulk from a file, the others one each.
+    let file = c.dir.join("bulk.txt");
+    let mut f = std::fs::File::create(&file).unwrap();
+    for k in 0..20 {
+        writeln!(f, "bulk-{k:02} value {k}").unwrap();
+    }
+    drop(f);
+    let put = c.json(0, &["table", "put", "net", "t", "--file", file.to_str().unwrap()]);
+    assert_eq!(put["written"], 20);
+    for i in 1..5 {
+        c.json(i, &["table", "put", "net", "t", &format!("from-n{}", i + 1), "hello"]);
+    }
+    let mut want: Vec<String> = (0..20).map(|k| format!("bulk-{k:02}")).collect();
+    want.extend((2..=5).map(|i| format!("from-n{i}")));
+    want.sort();
+    c.wait("all 24 entries are on every agent", Duration::from_secs(20), |c| {
+        (0..5).all(|i| c.keys(i) == want)
+    });
+    let e = &c.json(3, &["table", "get", "net", "t", "bulk-07"]);
+    assert_eq!((e["value"].as_str(), e["owner"].as_str()), (Some("value 7"), Some("n1")));
+
+    c.json(0, &["table", "delete", "net", "t", "bulk-00"]);
+    want.retain(|k| k != "bulk-00");
+    c.wait("the delete reached every agent", Duration::from_secs(20), |c| {
+        (0..5).all(|i| c.keys(i) == want)
+    });
+
+    // SIGKILL n5: failed, and its entry gone everywhere.
+    let mut dead = c.signal(4, "-KILL");
+    let _ = dead.wait();
+    want.retain(|k| k != "from-n5");
+    c.wait("n5 is failed and its entry gone", Duration::from_secs(30), |c| {
+        (0..4).all(|i| c.member_state(i, "n5").as_deref() == Some("failed") && c.keys(i) == want)
+    });
+
+    // SIGTERM n4: a graceful leave, exit 0.
+    let mut leaving = c.signal(3, "-TERM");
+    let status = leaving.wait().unwrap();
+    assert!(status.success(), "SIGTERM exits 0, got {status}");
+    want.retain(|k| k != "from-n4");
+    c.wait("n4 is left and its entry gone", Duration::from_secs(10), |c| {
+        (0..3).all(|i| c.member_state(i, "n4").as_deref() == Some("left") && c.keys(i) == want)
+    });
+
+    // n3 crashes and comes straight back: a new process without its state.
+    let mut crashed = c.signal(2, "-KILL");
+    let _ = crashed.wait();
+    c.spawn(2);
+    want.retain(|k| k != "from-n3");
+    c.wait("n3 rejoined", Duration::from_secs(20), |c| c.try_json(2, &["members"]).is_some());
+    c.json(2, &["network", "join", "net"]);
+    c.wait(
+        "the restarted n3 caught up and its old entry is gone everywhere",
+        Duration::from_secs(30),
+        |c| {
+            (0..3).all(|i| c.keys(i) == want && c.member_state(i, "n3").as_deref() == Some("alive"))
+        },
+    );
+    assert!(c.stat(2, "entries_from_sync") > 0, "n3 caught up by push/pull");
+    assert_eq!(
+        want,
+        expected(&[
+            "bulk-01", "bulk-02", "bulk-03", "bulk-04", "bulk-05", "bulk-06", "bulk-07", "bulk-08",
+            "bulk-09", "bulk-10", "bulk-11", "bulk-12", "bulk-13", "bulk-14", "bulk-15", "bulk-16",
+            "bulk-17", "bulk-18", "bulk-19", "from-n2",
+        ])
+    );
+}
+
+#[test]
+fn garbage_datagrams_and_streams_are_counted_and_change_nothing() {
+    let c = Cluster::start(62, 3);
+    for i in 0..3 {
+        c.json(i, &["network", "join", "net"]);
+    }
+    c.json(1, &["table", "put", "net", "t", "k1", "v1"]);
+    c.wait("k1 everywhere", Duration::from_secs(20), |c| (0..3).all(|i| c.keys(i) == ["k1"]));
+    let before = c.json(0, &["table", "dump", "net", "t"]);
+    let drops_before: u64 = ["drops:malformed", "drops:too_large", "drops:bad_version"]
+        .iter()
+        .map(|n| c.stat(0, n))
+        .sum();
+
+    let target = c.addr(0);
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut x: u32 = 12345;
+    let mut noise = |len: usize| -> Vec<u8> {
+        (0..len)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 17;
+                x ^= x << 5;
+                x as u8
+            })
+            .collect()
+    };
+    for len in [0usize, 1, 2, 7, 100, 1400, 9000] {
+        for _ in 0..20 {
+            udp.send_to(&noise(len), target).unwrap();
+        }
+    }
+    // A wire-version-2 datagram, and one truncated mid-field.
+    udp.send_to(&[0x08, 0x02, 0x12, 0x00], target).unwrap();
+    udp.send_to(&[0x08, 0x01, 0x1a, 0x7f, 0x0a], target).unwrap();
+    udp.send_to(&vec![0u8; 65_000], target).unwrap();
+
+    // Streams: random bytes; a 4 GiB length prefix; a frame cut short; a
+    // well-framed frame of garbage.
+    let streams: Vec<Vec<u8>> = vec![
+        noise(5000),
+        vec![0xff, 0xff, 0xff, 0xff, 1, 2, 3],
+        vec![0, 0, 0, 100, 1, 2, 3],
+        [vec![0, 0, 0, 16], noise(16)].concat(),
+    ];
+    for s in &streams {
+        let mut t = TcpStream::connect(target).unwrap();
+        let _ = t.write_all(s);
+    }
+    c.wait("the drops are counted", Duration::from_secs(10), |c| {
+        let now: u64 = ["drops:malformed", "drops:too_large", "drops:bad_version"]
+            .iter()
+            .map(|n| c.stat(0, n))
+            .sum();
+        now >= drops_before + 100
+    });
+    assert!(c.stat(0, "drops:too_large") >= 1, "the oversized stream frame is counted");
+    assert!(c.stat(0, "drops:bad_version") >= 1);
+    assert_eq!(c.json(0, &["table", "dump", "net", "t"]), before, "nothing it holds changed");
+    assert_eq!(c.alive_members(0).len(), 3);
+    c.json(0, &["table", "put", "net", "t", "k2", "v2"]);
+    c.wait("it still serves and gossips", Duration::from_secs(20), |c| {
+        (0..3).all(|i| c.keys(i) == ["k1", "k2"])
+    });
+}
+
+#[test]
+fn errors_say_what_to_do() {
+    let dir = std::env::temp_dir().join(format!("netdb-errors-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let sock = format!("unix:{}/none.sock", dir.display());
+    let out = Command::new(BIN).args(["--api", &sock, "members"]).output().unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("cannot reach the netdb agent") && err.contains("--api"), "{err}");
+
+    let out = Command::new(BIN).args(["agent", "--no-such-flag"]).output().unwrap();
+    assert!(!out.status.success());
+
+    // A seed nobody answers: the agent keeps trying and says so.
+    let log = dir.join("lonely.log");
+    let mut lonely = Command::new(BIN)
+        .args([
+            "--api",
+            &format!("unix:{}/lonely.sock", dir.display()),
+            "agent",
+            "--name",
+            "lonely",
+        ])
+        .args(["--bind", "127.0.63.1:7946", "--join", "127.0.63.99:7946"])
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !std::fs::read_to_string(&log).unwrap_or_default().contains("no seed has answered yet") {
+        assert!(start.elapsed() < Duration::from_secs(15), "no retry message");
+        assert!(lonely.try_wait().unwrap().is_none(), "the agent gave up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The port is taken now: a second agent on it must refuse to start.
+    let out = Command::new(BIN)
+        .args([
+            "--api",
+            &format!("unix:{}/second.sock", dir.display()),
+            "agent",
+            "--name",
+            "second",
+        ])
+        .args(["--bind", "127.0.63.1:7946"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("address in use") && err.contains("--bind"), "{err}");
+    let _ = lonely.kill();
+    let _ = lonely.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+}
