@@ -86,7 +86,7 @@ impl Core {
 pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     let s = config::resolve(args, api)?;
     init_logging(&s.log)?;
-    let udp = UdpSocket::bind(s.bind).await.map_err(|e| bind_error("UDP", s.bind, e))?;
+    let udp = bind_udp(s.bind).map_err(|e| bind_error("UDP", s.bind, e))?;
     let tcp = TcpListener::bind(s.bind).await.map_err(|e| bind_error("TCP", s.bind, e))?;
     let incarnation =
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1);
@@ -217,6 +217,25 @@ impl JoinLog {
         }
     }
 }
+
+/// The gossip socket, with buffers large enough to absorb a burst of
+/// packets from many peers (the kernel caps them at net.core.rmem_max and
+/// wmem_max; a smaller buffer only means more loss for push/pull to mend).
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+const UDP_BUFFER: usize = 4 << 20;
 
 fn bind_error(proto: &str, addr: SocketAddr, e: io::Error) -> anyhow::Error {
     let hint = match e.kind() {

@@ -150,15 +150,15 @@ pub struct AgentArgs {
     #[arg(long, env = "NETDB_FAILED_GRACE", value_parser = duration::parse)]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub failed_grace: Option<Duration>,
-    /// SWIM probe period [default: 1s]
+    /// SWIM probe period [default: 500ms]
     #[arg(long, env = "NETDB_PROBE_PERIOD", value_parser = duration::parse)]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub probe_period: Option<Duration>,
-    /// SWIM probe round-trip timeout [default: 500ms]
+    /// SWIM probe round-trip timeout [default: 200ms]
     #[arg(long, env = "NETDB_PROBE_RTT", value_parser = duration::parse)]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub probe_rtt: Option<Duration>,
-    /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 4]
+    /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 3]
     #[arg(long, env = "NETDB_SUSPICION_MULT")]
     pub suspicion_mult: Option<f64>,
 }

@@ -15,14 +15,15 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
-    let runtime =
-        match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
-            Ok(r) => r,
-            Err(e) => {
-                eprintln!("netdb: cannot start the async runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
+    // One thread: the core loop is single-threaded by design and the API is
+    // light; more workers would only add memory and wake-ups.
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("netdb: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Agent(args) => agent::run(*args, cli.api).await,

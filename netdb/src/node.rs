@@ -9,7 +9,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 use std::net::SocketAddr;
-use std::num::{NonZeroU32, NonZeroUsize};
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -194,7 +194,8 @@ pub struct Node {
     owners: BTreeMap<String, Owner>,
     cluster_peers: PeerSet,
     net_peers: Option<BTreeMap<String, Vec<SocketAddr>>>,
-    swim_size_class: u32,
+    /// foca's cluster-size dependent settings in force.
+    swim_params: (u8, Duration),
     syncs: BTreeMap<u64, Outgoing>,
     next_sync_id: u64,
     serving: BTreeMap<(SocketAddr, u64), String>,
@@ -252,7 +253,7 @@ impl Node {
             owners: BTreeMap::new(),
             cluster_peers: PeerSet::default(),
             net_peers: None,
-            swim_size_class: 1,
+            swim_params: swim_params(&cfg, 1),
             syncs: BTreeMap::new(),
             next_sync_id: 1,
             serving: BTreeMap::new(),
@@ -1302,9 +1303,9 @@ impl Node {
     /// cluster size (they grow with log10 n).
     fn resize_swim(&mut self) {
         let n = self.cluster_peers.len() as u32 + 1;
-        let class = ceil_pow10(n);
-        if class != self.swim_size_class {
-            self.swim_size_class = class;
+        let params = swim_params(&self.cfg, n);
+        if params != self.swim_params {
+            self.swim_params = params;
             let _ = self.swim.set_config(swim_config(&self.cfg, n));
         }
     }
@@ -1633,13 +1634,15 @@ fn entry_event(network: &str, table: &str, key: &str, e: &Entry, kind: EntryEven
     }
 }
 
-/// Smallest power of ten >= n.
-fn ceil_pow10(n: u32) -> u32 {
-    let mut p = 1u32;
-    while p < n {
-        p = p.saturating_mul(10);
-    }
-    p
+/// foca's retransmissions and suspicion timeout for a cluster of `n`:
+/// updates go out as often as table events (`retransmit_mult ×
+/// ceil(log10(n+1))`; foca's own default gives a single transmission to
+/// small clusters, which left some nodes unaware of a failure for many
+/// seconds), suspicion lasts `suspicion_mult × max(1, log10 n)` probes.
+fn swim_params(cfg: &Config, n: u32) -> (u8, Duration) {
+    let tx = cfg.transmit_limit(n as usize, false).clamp(1, u32::from(u8::MAX)) as u8;
+    let scale = f64::from(n.max(1)).log10().max(1.0);
+    (tx, cfg.probe_period.mul_f64(cfg.suspicion_mult * scale))
 }
 
 fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
@@ -1647,8 +1650,9 @@ fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
     let mut c = foca::Config::new_lan(n);
     c.probe_period = cfg.probe_period;
     c.probe_rtt = cfg.probe_rtt;
-    let scale = f64::from(cluster_size.max(1)).log10().max(1.0);
-    c.suspect_to_down_after = cfg.probe_period.mul_f64(cfg.suspicion_mult * scale);
+    let (tx, suspicion) = swim_params(cfg, n.get());
+    c.max_transmissions = NonZeroU8::new(tx).unwrap_or(NonZeroU8::MIN);
+    c.suspect_to_down_after = suspicion;
     // NetworkDB retries failed nodes every second; foca's default (65 s)
     // would leave a healed partition split for minutes.
     c.periodic_announce_to_down_members = Some(foca::PeriodicParams {

@@ -1,0 +1,326 @@
+//! Loopback benchmark: N agent processes on 127.0.2.x, all seeded to the
+//! first; each writes 100 entries into one table at once. Prints, as
+//! min / median / max over the nodes: time until a node holds all N×100,
+//! time until a deleted entry is gone, time until a SIGKILLed node's entries
+//! are gone, CPU during the write phase, peak RSS, idle CPU over 10 s.
+//!
+//! Run through `scripts/bench-loopback N` (it builds the release binary).
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netdb_proto::api::{self, netdb_client::NetdbClient};
+use tokio::sync::mpsc;
+use tonic::transport::{Channel, Endpoint};
+
+const NET: &str = "bench";
+const TABLE: &str = "t";
+const PER_NODE: usize = 100;
+
+#[derive(Debug)]
+struct Seen {
+    node: usize,
+    event: String,
+    key: String,
+    at: Instant,
+}
+
+#[tokio::main(flavor = "current_thread")]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let mut args = std::env::args().skip(1);
+    let bin =
+        PathBuf::from(args.next().ok_or("usage: bench_loopback NETDB_BINARY N [agent flags...]")?);
+    let n: usize = args.next().ok_or("missing N")?.parse()?;
+    let extra: Vec<String> = args.collect();
+    assert!((2..=250).contains(&n), "N must be 2..=250");
+    let dir = std::env::temp_dir().join(format!("netdb-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let mut procs = Procs { children: Vec::new(), dir: dir.clone() };
+    for i in 0..n {
+        let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
+        let child = Command::new(&bin)
+            .args(["--api", &format!("unix:{}", sock(&dir, i).display()), "agent"])
+            .args([
+                "--name",
+                &format!("n{i}"),
+                "--bind",
+                &addr(i),
+                "--join",
+                &addr(0),
+                "--log",
+                "warn",
+            ])
+            .args(&extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()?;
+        procs.children.push(Some(child));
+    }
+    let mut clients = Vec::new();
+    for i in 0..n {
+        clients.push(connect(&sock(&dir, i)).await?);
+    }
+    let t = Instant::now();
+    while !all_alive(&mut clients, n).await? {
+        check_time("membership", t, Duration::from_secs(60))?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for c in clients.iter_mut() {
+        c.join_network(api::NetworkRequest { network: NET.into() }).await?;
+    }
+    let t = Instant::now();
+    while !all_peered(&mut clients, n).await? {
+        check_time("network peers", t, Duration::from_secs(60))?;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Let the bootstrap's gossip settle before measuring.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let (tx, mut rx) = mpsc::unbounded_channel::<Seen>();
+    for (i, c) in clients.iter_mut().enumerate() {
+        let mut stream = c
+            .watch(api::WatchRequest { network: NET.into(), table: TABLE.into() })
+            .await?
+            .into_inner();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(ev)) = stream.message().await {
+                let key = ev.entry.map(|e| e.key).unwrap_or_default();
+                let _ = tx.send(Seen { node: i, event: ev.event, key, at: Instant::now() });
+            }
+        });
+    }
+    let pids: Vec<u32> = procs.children.iter().map(|c| c.as_ref().map_or(0, |c| c.id())).collect();
+
+    // Write phase: every node puts 100 entries at the same moment.
+    let cpu0: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
+    let t0 = Instant::now();
+    let mut puts = Vec::new();
+    for (i, c) in clients.iter().enumerate() {
+        let mut c = c.clone();
+        let entries = (0..PER_NODE)
+            .map(|k| api::KeyValue { key: format!("n{i}-{k:03}"), value: vec![b'v'; 40].into() })
+            .collect();
+        puts.push(tokio::spawn(async move {
+            c.put(api::PutRequest { network: NET.into(), table: TABLE.into(), entries }).await
+        }));
+    }
+    for p in puts {
+        p.await??;
+    }
+    let mut creates = vec![0usize; n];
+    let mut full = vec![None; n];
+    collect(&mut rx, Duration::from_secs(120), |s| {
+        if s.event == "create" {
+            creates[s.node] += 1;
+            if creates[s.node] == n * PER_NODE {
+                full[s.node] = Some(s.at - t0);
+            }
+        }
+        full.iter().all(Option::is_some)
+    })
+    .await;
+    let cpu_write: Vec<f64> = pids.iter().zip(&cpu0).map(|(&p, c0)| cpu_secs(p) - c0).collect();
+
+    // One delete.
+    let t1 = Instant::now();
+    clients[0]
+        .delete(api::KeyRequest { network: NET.into(), table: TABLE.into(), key: "n0-000".into() })
+        .await?;
+    let mut gone = vec![None; n];
+    collect(&mut rx, Duration::from_secs(60), |s| {
+        if s.event == "delete" && s.key == "n0-000" {
+            gone[s.node] = Some(s.at - t1);
+        }
+        gone.iter().all(Option::is_some)
+    })
+    .await;
+
+    // SIGKILL the last node; its 100 entries must vanish from the others.
+    let victim = n - 1;
+    let rss: Vec<f64> = pids.iter().map(|&p| peak_rss_mib(p)).collect();
+    let t2 = Instant::now();
+    procs.kill(victim);
+    let prefix = format!("n{victim}-");
+    let mut removed = vec![0usize; n];
+    let mut killed_gone = vec![None; n];
+    killed_gone[victim] = Some(Duration::ZERO);
+    collect(&mut rx, Duration::from_secs(120), |s| {
+        if s.event == "delete" && s.key.starts_with(&prefix) && s.node != victim {
+            removed[s.node] += 1;
+            if removed[s.node] == PER_NODE {
+                killed_gone[s.node] = Some(s.at - t2);
+            }
+        }
+        killed_gone.iter().all(Option::is_some)
+    })
+    .await;
+    killed_gone.remove(victim);
+
+    // Idle: 10 s with nothing to do.
+    let live: Vec<u32> =
+        pids.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, &p)| p).collect();
+    let idle0: Vec<f64> = live.iter().map(|&p| cpu_secs(p)).collect();
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let idle: Vec<f64> =
+        live.iter().zip(&idle0).map(|(&p, c0)| (cpu_secs(p) - c0) * 1000.0 / 10.0).collect();
+
+    println!(
+        "netdb loopback benchmark: {n} agents, {PER_NODE} entries each ({} in all)",
+        n * PER_NODE
+    );
+    println!("{:<44} {:>10} {:>10} {:>10}", "", "min", "median", "max");
+    row_secs("all N×100 entries on a node (s)", &full);
+    row_secs("a deleted entry gone from a node (s)", &gone);
+    row_secs("SIGKILLed node's entries gone from a node (s)", &killed_gone);
+    row("CPU per node during the write phase (s)", cpu_write);
+    row("peak RSS per node (MiB)", rss);
+    row("idle CPU per node (ms/s)", idle);
+    Ok(())
+}
+
+fn addr(i: usize) -> String {
+    format!("127.0.2.{}:7946", i + 1)
+}
+
+fn sock(dir: &Path, i: usize) -> PathBuf {
+    dir.join(format!("n{i}.sock"))
+}
+
+async fn connect(path: &Path) -> Result<NetdbClient<Channel>, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    while !path.exists() {
+        if start.elapsed() > Duration::from_secs(20) {
+            return Err(format!("agent socket {} never appeared", path.display()).into());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let path = path.to_path_buf();
+    let ch = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_| {
+            let path = path.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(path).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(NetdbClient::new(ch))
+}
+
+async fn all_alive(clients: &mut [NetdbClient<Channel>], n: usize) -> Result<bool, tonic::Status> {
+    for c in clients.iter_mut() {
+        let ms = c.members(api::MembersRequest {}).await?.into_inner().members;
+        if ms.iter().filter(|m| m.state == "alive").count() < n {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+async fn all_peered(clients: &mut [NetdbClient<Channel>], n: usize) -> Result<bool, tonic::Status> {
+    for c in clients.iter_mut() {
+        let ns = c.networks(api::NetworksRequest {}).await?.into_inner().networks;
+        if ns.first().map_or(0, |x| x.peers.len()) < n - 1 {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn check_time(
+    what: &str,
+    since: Instant,
+    limit: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if since.elapsed() > limit {
+        Err(format!("{what} did not converge in {limit:?}").into())
+    } else {
+        Ok(())
+    }
+}
+
+/// Feeds watch events to `done` until it returns true or `limit` passes.
+async fn collect(
+    rx: &mut mpsc::UnboundedReceiver<Seen>,
+    limit: Duration,
+    mut done: impl FnMut(Seen) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(s)) => {
+                if done(s) {
+                    return;
+                }
+            }
+            _ => {
+                eprintln!(
+                    "warning: stopped waiting after {limit:?}; missing nodes are shown as not reached"
+                );
+                return;
+            }
+        }
+    }
+}
+
+/// CPU seconds a process has run: the scheduler's nanosecond count
+/// (/proc/PID/schedstat), far finer than the 10 ms ticks of /proc/PID/stat.
+fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|ns| ns.parse::<f64>().ok()))
+        .map_or(0.0, |ns| ns / 1e9)
+}
+
+fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn row_secs(name: &str, v: &[Option<Duration>]) {
+    let reached: Vec<f64> = v.iter().flatten().map(Duration::as_secs_f64).collect();
+    if reached.len() < v.len() {
+        println!("{name:<44} {} of {} nodes not reached", v.len() - reached.len(), v.len());
+    }
+    row(name, reached);
+}
+
+fn row(name: &str, mut v: Vec<f64>) {
+    if v.is_empty() {
+        return;
+    }
+    v.sort_by(f64::total_cmp);
+    println!("{name:<44} {:>10.3} {:>10.3} {:>10.3}", v[0], v[v.len() / 2], v[v.len() - 1]);
+}
+
+/// Every process it starts, it stops.
+struct Procs {
+    children: Vec<Option<Child>>,
+    dir: PathBuf,
+}
+
+impl Procs {
+    fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

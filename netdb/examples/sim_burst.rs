@@ -1,0 +1,66 @@
+//! The loopback benchmark's workload on the simulator: N nodes each write
+//! PER entries at once; prints when each node held all N×PER (min / median
+//! / max), so protocol effects can be told apart from process effects.
+//!
+//! `cargo run --release -p netdb --example sim_burst -- 30 100`
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use netdb::sim::{NetConfig, Sim};
+use netdb::{Config, MemberState};
+
+fn main() {
+    let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
+    let n = args.next().unwrap_or(30);
+    let per = args.next().unwrap_or(100);
+    let cfg = Config::default();
+    let mut sim = Sim::new(5, cfg, NetConfig::default());
+    for _ in 0..n {
+        sim.add_node();
+    }
+    sim.join_all(0);
+    sim.run_until_true(Duration::from_millis(100), Duration::from_secs(120), |s| {
+        (0..n).all(|i| {
+            s.node(i).unwrap().members().iter().filter(|m| m.state == MemberState::Alive).count()
+                == n
+        })
+    })
+    .expect("membership");
+    for i in 0..n {
+        sim.with_node(i, |node, now| node.join_network(now, "bench").unwrap());
+    }
+    sim.run_for(Duration::from_secs(5));
+    for i in 0..n {
+        sim.with_node(i, |node, now| {
+            for k in 0..per {
+                node.put(now, "bench", "t", &format!("n{i}-{k:03}"), Bytes::from(vec![b'v'; 40]))
+                    .unwrap();
+            }
+        });
+    }
+    let start = sim.now();
+    let mut done = vec![None; n];
+    while done.iter().any(Option::is_none) && sim.now() - start < Duration::from_secs(60) {
+        sim.run_for(Duration::from_millis(20));
+        for (i, d) in done.iter_mut().enumerate() {
+            if d.is_none() && sim.node(i).unwrap().entries("bench", "t").len() == n * per {
+                *d = Some(sim.now() - start);
+            }
+        }
+    }
+    let mut t: Vec<f64> = done.iter().map(|d| d.map_or(f64::NAN, |d| d.as_secs_f64())).collect();
+    t.sort_by(f64::total_cmp);
+    let s0 = sim.node(0).unwrap().stats();
+    println!(
+        "{n} nodes x {per}: all entries on a node min {:.2}s median {:.2}s max {:.2}s; node 0: gossip out {} pkts, \
+         entries from gossip {} / sync {}, syncs {}",
+        t[0],
+        t[n / 2],
+        t[n - 1],
+        s0.gossip_out.messages,
+        s0.entries_from_gossip,
+        s0.entries_from_sync,
+        s0.syncs_started
+    );
+}
