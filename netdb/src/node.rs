@@ -203,6 +203,10 @@ pub struct Node {
     join_delay: Duration,
     /// Invalidates older announce retries when the loop restarts.
     join_token: u64,
+    /// The gossip tick in the scheduler (older ones are ignored), and when
+    /// the last one ran (ticks are at least a gossip interval apart).
+    tick_at: Option<Duration>,
+    last_tick: Option<Duration>,
     active: bool,
     left: bool,
     outbox: VecDeque<Transmit>,
@@ -260,6 +264,8 @@ impl Node {
             seeds: Vec::new(),
             join_delay: cfg.join_retry,
             join_token: 0,
+            tick_at: None,
+            last_tick: None,
             active: false,
             left: false,
             outbox: VecDeque::new(),
@@ -282,8 +288,6 @@ impl Node {
             record.encode_to_vec().into(),
             false,
         );
-        let first_tick = now + node.jitter(node.cfg.gossip_interval);
-        node.schedule(first_tick, Wake::Gossip);
         node.drain_swim(now);
         Ok(node)
     }
@@ -670,7 +674,12 @@ impl Node {
                         self.drain_swim(now);
                     }
                 }
-                Wake::Gossip => self.gossip_tick(now),
+                Wake::Gossip => {
+                    if self.tick_at == Some(s.at) {
+                        self.tick_at = None;
+                        self.gossip_tick(now);
+                    }
+                }
                 Wake::Reap { scope, table, key } => self.reap(now, &scope, &table, &key),
                 Wake::Grace { name, incarnation } => self.grace_expired(now, &name, incarnation),
                 Wake::SyncTimeout(id) => {
@@ -838,6 +847,7 @@ impl Node {
             limit,
         );
         self.stats.queue_overflow += dropped as u64;
+        self.arm_tick(now);
     }
 
     /// Merges an entry that came from a peer; returns whether it was news.
@@ -1253,6 +1263,7 @@ impl Node {
                 break;
             }
         }
+        self.arm_tick(now);
     }
 
     fn swim_notification(&mut self, now: Duration, n: OwnedNotification<Identity>) {
@@ -1356,8 +1367,46 @@ impl Node {
         peers
     }
 
+    /// Makes sure a gossip tick comes when there is something to do: within
+    /// a gossip interval of the last tick while events, SWIM updates or
+    /// pending exchanges wait (at once if the node was idle), else at the
+    /// next digest or periodic sync. An idle node thus wakes about once a
+    /// second instead of five times.
+    fn arm_tick(&mut self, now: Duration) {
+        let soonest = now.max(self.last_tick.map_or(now, |t| t + self.cfg.gossip_interval));
+        if self.tick_at.is_some_and(|t| t <= soonest) {
+            return; // nothing could make it earlier
+        }
+        let pending: Vec<String> = self
+            .scopes
+            .iter()
+            .filter(|(_, st)| !st.queue.is_empty() || st.needs_sync)
+            .map(|(name, _)| name.clone())
+            .collect();
+        // Work without a peer to do it with waits for the idle ticks.
+        let busy =
+            self.swim.updates_backlog() > 0 || pending.iter().any(|n| !self.peers_of(n).is_empty());
+        let at = if busy {
+            soonest
+        } else {
+            let idle =
+                self.scopes.values().map(|st| st.next_digest.min(st.next_periodic_sync)).min();
+            idle.unwrap_or(now + self.cfg.digest_interval).max(soonest)
+        };
+        if self.tick_at.is_none_or(|t| at < t) {
+            self.tick_at = Some(at);
+            self.schedule(at, Wake::Gossip);
+        }
+    }
+
     fn gossip_tick(&mut self, now: Duration) {
-        self.schedule(now + self.cfg.gossip_interval, Wake::Gossip);
+        self.last_tick = Some(now);
+        if self.swim.updates_backlog() > 0 && !self.left {
+            // foca's own periodic gossip is off (it woke the node five times
+            // a second for nothing); its updates ride our ticks instead.
+            let _ = self.swim.gossip(&mut self.rt);
+            self.drain_swim(now);
+        }
         let names: Vec<String> = self.scopes.keys().cloned().collect();
         for scope in &names {
             self.scope_maintenance(now, scope);
@@ -1390,6 +1439,7 @@ impl Node {
                 self.send_digest(now, scope);
             }
         }
+        self.arm_tick(now);
     }
 
     /// Sends everything queued for a scope, ignoring the tick's pacing (used
@@ -1400,9 +1450,6 @@ impl Node {
 
     /// Periodic and pending push/pull for one scope.
     fn scope_maintenance(&mut self, now: Duration, scope: &str) {
-        if self.left || self.peers_of(scope).is_empty() {
-            return;
-        }
         let busy = self.syncs.values().any(|o| o.scope == scope);
         let Some(st) = self.scopes.get_mut(scope) else {
             return;
@@ -1411,9 +1458,12 @@ impl Node {
         if due {
             st.next_periodic_sync = now + self.cfg.sync_interval;
         }
-        if busy || !(due || st.needs_sync) {
+        if self.left || busy || !(due || st.needs_sync) || self.peers_of(scope).is_empty() {
             return;
         }
+        let Some(st) = self.scopes.get_mut(scope) else {
+            return;
+        };
         st.needs_sync = false;
         if let Some(peer) = self.choose_peers(scope, 1).pop() {
             self.start_sync(now, scope, peer);
@@ -1479,16 +1529,17 @@ impl Node {
         let Some(st) = self.scopes.get(scope) else {
             return;
         };
-        if now < st.next_digest {
+        // Digests due before the next tick go now, so scopes share wake-ups.
+        if now + self.cfg.gossip_interval / 2 < st.next_digest {
             return;
         }
         let root = st.data.digest().root();
-        let Some(to) = self.choose_peers(scope, 1).pop() else {
-            return;
-        };
         if let Some(st) = self.scopes.get_mut(scope) {
             st.next_digest = now + self.cfg.digest_interval;
         }
+        let Some(to) = self.choose_peers(scope, 1).pop() else {
+            return;
+        };
         let payload = codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
             network: scope.into(),
             root,
@@ -1659,6 +1710,7 @@ fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
         frequency: cfg.reconnect_interval,
         num_members: NonZeroUsize::MIN,
     });
+    c.periodic_gossip = None;
     // foca's packet rides inside a Datagram: leave room for its framing.
     let room = cfg.packet_budget.saturating_sub(codec::datagram_overhead(cfg.packet_budget));
     c.max_packet_size = NonZeroUsize::new(room.max(256)).unwrap_or(NonZeroUsize::MIN);
