@@ -99,13 +99,9 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     let (net_tx, mut net_rx) = mpsc::channel::<NetMsg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
     let server = serve_api(&s.api, Api::new(cmd_tx), stop_rx).await?;
-    tokio::spawn(streams::accept_loop(
-        tcp,
-        net_tx.clone(),
-        s.core.max_sync_frame,
-        s.core.sync_timeout,
-    ));
-    let mut streams = Streams::new(net_tx, s.core.max_sync_frame, s.core.sync_timeout);
+    let limits = streams::Limits::new(s.core.max_sync_frame, s.core.sync_timeout);
+    tokio::spawn(streams::accept_loop(tcp, net_tx.clone(), limits.clone()));
+    let mut streams = Streams::new(net_tx, limits);
 
     tracing::info!(name = %s.name, bind = %s.bind, advertise = %s.advertise, api = %s.api, incarnation, "agent started");
     if !s.join.is_empty() {
@@ -132,9 +128,10 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
                 Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
             },
             Some(msg) = net_rx.recv() => match msg {
-                NetMsg::Frame { from, bytes } => {
+                NetMsg::Frame { from, bytes, budget } => {
                     let now = core.now();
                     core.node.handle_sync(now, from, &bytes);
+                    drop(budget);
                 }
                 NetMsg::Oversized => core.node.record_drop(DropReason::TooLarge),
                 NetMsg::Opened { key, tx } => streams.opened(key, tx),
@@ -169,8 +166,14 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
             break;
         }
     }
+    // End the watch streams and refuse queued calls, or the server's
+    // graceful shutdown would wait for them forever.
+    core.watchers.clear();
+    drop(cmd_rx);
     let _ = stop_tx.send(true);
-    let _ = server.await;
+    if tokio::time::timeout(Duration::from_secs(2), server).await.is_err() {
+        tracing::warn!("API clients did not disconnect in 2 s; exiting anyway");
+    }
     if let Endpoint::Unix(path) = &s.api {
         let _ = std::fs::remove_file(path);
     }

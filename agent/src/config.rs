@@ -102,8 +102,11 @@ fn check(c: &netdb::Config) -> anyhow::Result<()> {
             c.probe_period
         );
     }
-    if c.retransmit_mult == 0 || c.suspicion_mult.is_nan() || c.suspicion_mult <= 0.0 {
-        bail!("--retransmit-mult and --suspicion-mult must be above zero");
+    if c.retransmit_mult == 0 || c.retransmit_mult > 20 {
+        bail!("--retransmit-mult must be 1..=20");
+    }
+    if !(c.suspicion_mult.is_finite() && c.suspicion_mult > 0.0 && c.suspicion_mult <= 100.0) {
+        bail!("--suspicion-mult must be above 0 and at most 100");
     }
     Ok(())
 }

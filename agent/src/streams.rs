@@ -10,11 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 /// Streams served at once; more are closed on accept.
 const MAX_INBOUND: usize = 64;
+
+/// After the peer's reply, how long an exchange we opened waits for the
+/// core's final frame (there is none after a refusal).
+const FINAL_FRAME_WAIT: Duration = Duration::from_secs(2);
 
 /// Which stream a frame belongs to: one we accepted (the peer's address is
 /// unique per connection) or one we opened for an exchange.
@@ -27,9 +32,12 @@ pub enum Key {
 /// What stream tasks tell the core loop.
 #[derive(Debug)]
 pub enum NetMsg {
+    /// `budget` holds the frame's share of the byte budget until the core
+    /// has handled it.
     Frame {
         from: SocketAddr,
         bytes: Vec<u8>,
+        budget: OwnedSemaphorePermit,
     },
     /// A frame announced a length over the limit; the stream was closed.
     Oversized,
@@ -46,10 +54,21 @@ pub enum NetMsg {
     },
 }
 
-#[derive(Clone, Copy)]
-struct Limits {
+/// Bounds shared by every stream: frame size, exchange lifetime, and the
+/// bytes of frames read but not yet handled by the core (in KiB permits),
+/// so many streams of large frames cannot pile up memory.
+#[derive(Clone)]
+pub struct Limits {
     max_frame: usize,
     life: Duration,
+    budget: Arc<Semaphore>,
+}
+
+impl Limits {
+    pub fn new(max_frame: usize, life: Duration) -> Self {
+        let kib = (max_frame.saturating_mul(4) / 1024).max(16 * 1024);
+        Limits { max_frame, life, budget: Arc::new(Semaphore::new(kib)) }
+    }
 }
 
 pub struct Streams {
@@ -59,9 +78,8 @@ pub struct Streams {
 }
 
 impl Streams {
-    /// `life` bounds a whole exchange, connect included.
-    pub fn new(net_tx: mpsc::Sender<NetMsg>, max_frame: usize, life: Duration) -> Self {
-        Streams { conns: HashMap::new(), net_tx, limits: Limits { max_frame, life } }
+    pub fn new(net_tx: mpsc::Sender<NetMsg>, limits: Limits) -> Self {
+        Streams { conns: HashMap::new(), net_tx, limits }
     }
 
     /// Sends a frame the core produced.
@@ -70,10 +88,9 @@ impl Streams {
             let (tx, rx) = mpsc::channel(4);
             let _ = tx.try_send(payload);
             self.conns.insert(Key::Out(to, sync_id), tx);
-            tokio::spawn(outbound(to, sync_id, rx, self.net_tx.clone(), self.limits));
+            tokio::spawn(outbound(to, sync_id, rx, self.net_tx.clone(), self.limits.clone()));
         } else if let Some(tx) = self.conns.remove(&Key::Out(to, sync_id)) {
-            // Our last frame of an exchange we opened: dropping the sender
-            // closes our side after it is written.
+            // Our last frame of an exchange we opened.
             let _ = tx.try_send(payload);
         } else if let Some(tx) = self.conns.get(&Key::In(to)) {
             let _ = tx.try_send(payload);
@@ -92,13 +109,7 @@ impl Streams {
 }
 
 /// Accepts push/pull streams until the listener fails.
-pub async fn accept_loop(
-    listener: TcpListener,
-    net_tx: mpsc::Sender<NetMsg>,
-    max_frame: usize,
-    life: Duration,
-) {
-    let limits = Limits { max_frame, life };
+pub async fn accept_loop(listener: TcpListener, net_tx: mpsc::Sender<NetMsg>, limits: Limits) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND));
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -114,12 +125,14 @@ pub async fn accept_loop(
             continue;
         };
         let net_tx = net_tx.clone();
+        let limits = limits.clone();
         tokio::spawn(async move {
             let (tx, rx) = mpsc::channel(4);
             let key = Key::In(peer);
             if net_tx.send(NetMsg::Opened { key, tx }).await.is_ok() {
-                let _ = tokio::time::timeout(limits.life, serve(stream, peer, rx, &net_tx, limits))
-                    .await;
+                let _ =
+                    tokio::time::timeout(limits.life, inbound(stream, peer, rx, &net_tx, &limits))
+                        .await;
                 let _ = net_tx.send(NetMsg::Closed { key }).await;
             }
             drop(permit);
@@ -127,16 +140,35 @@ pub async fn accept_loop(
     }
 }
 
+/// An exchange we opened: our request, the peer's reply (or refusal), then
+/// at most one final frame from the core. The peer closing before it
+/// replied is a failure, so the core retries at once.
 async fn outbound(
     to: SocketAddr,
     sync_id: u64,
-    rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Vec<u8>>,
     net_tx: mpsc::Sender<NetMsg>,
     limits: Limits,
 ) {
     let run = async {
         let stream = TcpStream::connect(to).await?;
-        serve(stream, to, rx, &net_tx, limits).await
+        let (mut r, mut w) = stream.into_split();
+        if let Some(request) = rx.recv().await {
+            write_frame(&mut w, &request).await?;
+        }
+        let Some((bytes, budget)) = read_frame(&mut r, &limits, &net_tx).await? else {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "peer closed before replying",
+            ));
+        };
+        if net_tx.send(NetMsg::Frame { from: to, bytes, budget }).await.is_err() {
+            return Ok(());
+        }
+        if let Ok(Some(last)) = tokio::time::timeout(FINAL_FRAME_WAIT, rx.recv()).await {
+            write_frame(&mut w, &last).await?;
+        }
+        w.shutdown().await
     };
     let ok = matches!(tokio::time::timeout(limits.life, run).await, Ok(Ok(())));
     if !ok {
@@ -146,43 +178,27 @@ async fn outbound(
     let _ = net_tx.send(NetMsg::Closed { key: Key::Out(to, sync_id) }).await;
 }
 
-/// Reads frames to the core and writes the core's frames, until the peer
-/// closes its side.
-async fn serve(
+/// An exchange a peer opened: its frames go to the core and the core's
+/// answers go back, until the peer closes its side.
+async fn inbound(
     stream: TcpStream,
     from: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
     net_tx: &mpsc::Sender<NetMsg>,
-    limits: Limits,
+    limits: &Limits,
 ) -> io::Result<()> {
     let (mut r, mut w) = stream.into_split();
     let reader = async {
-        loop {
-            let len = match r.read_u32().await {
-                Ok(n) => n as usize,
-                Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(()),
-                Err(e) => return Err(e),
-            };
-            if len > limits.max_frame {
-                let _ = net_tx.send(NetMsg::Oversized).await;
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    "frame over the size limit",
-                ));
-            }
-            let mut bytes = vec![0u8; len];
-            r.read_exact(&mut bytes).await?;
-            if net_tx.send(NetMsg::Frame { from, bytes }).await.is_err() {
-                return Ok(());
+        while let Some((bytes, budget)) = read_frame(&mut r, limits, net_tx).await? {
+            if net_tx.send(NetMsg::Frame { from, bytes, budget }).await.is_err() {
+                break;
             }
         }
+        Ok::<_, io::Error>(())
     };
     let writer = async {
         while let Some(frame) = rx.recv().await {
-            let len =
-                u32::try_from(frame.len()).map_err(|_| io::Error::other("frame too large"))?;
-            w.write_u32(len).await?;
-            w.write_all(&frame).await?;
+            write_frame(&mut w, &frame).await?;
         }
         w.shutdown().await
     };
@@ -197,4 +213,33 @@ async fn serve(
             }
         }
     }
+}
+
+async fn write_frame(w: &mut OwnedWriteHalf, frame: &[u8]) -> io::Result<()> {
+    let len = u32::try_from(frame.len()).map_err(|_| io::Error::other("frame too large"))?;
+    w.write_u32(len).await?;
+    w.write_all(frame).await
+}
+
+/// Reads one frame, or None at a clean end of stream. Its bytes are taken
+/// from the shared budget before they are allocated.
+async fn read_frame(
+    r: &mut OwnedReadHalf,
+    limits: &Limits,
+    net_tx: &mpsc::Sender<NetMsg>,
+) -> io::Result<Option<(Vec<u8>, OwnedSemaphorePermit)>> {
+    let len = match r.read_u32().await {
+        Ok(n) => n as usize,
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if len > limits.max_frame {
+        let _ = net_tx.send(NetMsg::Oversized).await;
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "frame over the size limit"));
+    }
+    let kib = u32::try_from(len / 1024 + 1).unwrap_or(u32::MAX);
+    let budget = limits.budget.clone().acquire_many_owned(kib).await.map_err(io::Error::other)?;
+    let mut bytes = vec![0u8; len];
+    r.read_exact(&mut bytes).await?;
+    Ok(Some((bytes, budget)))
 }

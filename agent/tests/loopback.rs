@@ -209,10 +209,30 @@ fn five_agents_share_entries_and_handle_kill_leave_and_restart() {
         (0..4).all(|i| c.member_state(i, "n5").as_deref() == Some("failed") && c.keys(i) == want)
     });
 
-    // SIGTERM n4: a graceful leave, exit 0.
+    // SIGTERM n4 while a watch client is connected to it: a graceful
+    // leave, exit 0, without waiting for the client to go.
+    let mut watcher = Command::new(BIN)
+        .args(["--api", &c.api(3), "watch", "net"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
     let mut leaving = c.signal(3, "-TERM");
-    let status = leaving.wait().unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(s) = leaving.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "SIGTERMed agent still running after 5 s"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
     assert!(status.success(), "SIGTERM exits 0, got {status}");
+    let _ = watcher.kill();
+    let _ = watcher.wait();
     want.retain(|k| k != "from-n4");
     c.wait("n4 is left and its entry gone", Duration::from_secs(10), |c| {
         (0..3).all(|i| c.member_state(i, "n4").as_deref() == Some("left") && c.keys(i) == want)

@@ -648,13 +648,14 @@ impl Node {
                     self.apply_remote(now, &m.network, e, Via::Sync);
                 }
             }
-            Some(B::Refused(_)) => {
-                if let Some(out) = self.syncs.remove(&m.sync_id) {
-                    self.sync_failed(&out.scope);
-                } else {
-                    self.stats.drop(DropReason::UnexpectedSync);
+            Some(B::Refused(_)) => match self.syncs.get(&m.sync_id) {
+                Some(out) if out.peer == from => {
+                    let scope = out.scope.clone();
+                    self.syncs.remove(&m.sync_id);
+                    self.sync_failed(&scope);
                 }
-            }
+                _ => self.stats.drop(DropReason::UnexpectedSync),
+            },
             None => self.stats.drop(DropReason::Malformed),
         }
     }
@@ -852,8 +853,13 @@ impl Node {
 
     /// Merges an entry that came from a peer; returns whether it was news.
     fn apply_remote(&mut self, now: Duration, scope: &str, w: &wire::Entry, via: Via) -> bool {
-        self.clock.witness(w.ltime);
-        let hidden = match self.admit_owner(w) {
+        // A corrupt or hostile time far ahead would pin every clock at the
+        // top, where distinct writes share a version.
+        if w.ltime > self.clock.time().saturating_add(MAX_LTIME_JUMP) {
+            self.stats.drop(DropReason::BadEntry);
+            return false;
+        }
+        let hidden = match self.admit_owner(scope, w) {
             Ok(hidden) => hidden,
             Err(r) => {
                 self.stats.drop(r);
@@ -864,6 +870,7 @@ impl Node {
             self.stats.drop(DropReason::DetachedOwner);
             return false;
         }
+        self.clock.witness(w.ltime);
         let Some(st) = self.scopes.get(scope) else {
             return false;
         };
@@ -886,7 +893,7 @@ impl Node {
     /// Decides whether entries of this owner are accepted, and whether they
     /// arrive hidden (owner failed). Learning of a newer incarnation removes
     /// the older one's entries.
-    fn admit_owner(&mut self, w: &wire::Entry) -> Result<bool, DropReason> {
+    fn admit_owner(&mut self, scope: &str, w: &wire::Entry) -> Result<bool, DropReason> {
         if w.owner == self.name {
             return if w.incarnation < self.incarnation {
                 Err(DropReason::StaleIncarnation)
@@ -914,6 +921,10 @@ impl Node {
             Some(o) => match o.status {
                 Status::Alive => Ok(false),
                 Status::Failed { .. } => Ok(true),
+                // A node that saw the owner fail for good must still learn
+                // that it left, or its cluster digest differs forever from
+                // those of nodes that saw the leave.
+                Status::Gone if is_leave_record(scope, w) => Ok(false),
                 Status::Gone | Status::Left => Err(DropReason::OwnerGone),
             },
         }
@@ -1646,29 +1657,57 @@ impl Node {
     }
 
     /// This node's digest-counted entries in the given buckets, up to what
-    /// fits in one frame (a later exchange carries the rest).
-    fn bucket_entries(&self, now: Duration, scope: &str, buckets: BucketSet) -> Vec<wire::Entry> {
+    /// fits in one frame. Whole buckets are taken from a random starting
+    /// bucket, so when a difference is larger than a frame, each exchange
+    /// carries other buckets and repeated exchanges cover them all.
+    fn bucket_entries(
+        &mut self,
+        now: Duration,
+        scope: &str,
+        buckets: BucketSet,
+    ) -> Vec<wire::Entry> {
         let mut out = Vec::new();
         if buckets.is_empty() {
             return out;
         }
+        let start = self.rng.random_range(0..=u8::MAX);
+        let limit = self.cfg.max_sync_frame.saturating_sub(DIGEST_SLACK);
         let Some(st) = self.scopes.get(scope) else {
             return out;
         };
-        let mut size = 64;
+        let mut by_bucket: Vec<Vec<wire::Entry>> = vec![Vec::new(); crate::digest::BUCKETS];
         for (table, key, e) in st.data.iter() {
-            if e.hidden || !buckets.contains(bucket_of(table, key)) {
-                continue;
+            let b = bucket_of(table, key);
+            if !e.hidden && buckets.contains(b) {
+                by_bucket[usize::from(b)].push(entry_to_wire(table, key, e, now));
             }
-            let w = entry_to_wire(table, key, e, now);
-            size += w.encoded_len() + 8;
-            if size > self.cfg.max_sync_frame.saturating_sub(DIGEST_SLACK) {
-                break;
+        }
+        let mut size = 0;
+        for i in 0..crate::digest::BUCKETS {
+            let bucket =
+                std::mem::take(&mut by_bucket[(usize::from(start) + i) % crate::digest::BUCKETS]);
+            for w in bucket {
+                let len = w.encoded_len() + 8;
+                if size + len > limit {
+                    return out;
+                }
+                size += len;
+                out.push(w);
             }
-            out.push(w);
         }
         out
     }
+}
+
+/// Largest step ahead of the local clock an entry's time may take (about a
+/// trillion writes): far beyond any real cluster, far below the top.
+const MAX_LTIME_JUMP: u64 = 1 << 40;
+
+fn is_leave_record(scope: &str, w: &wire::Entry) -> bool {
+    scope == CLUSTER
+        && w.table == NODES_TABLE
+        && !w.deleted
+        && wire::NodeRecord::decode(&w.value[..]).is_ok_and(|r| r.left)
 }
 
 /// Room left in a sync frame for its header and digest.
@@ -1784,6 +1823,19 @@ mod tests {
         n.put(t, "net", "t", "k", Bytes::from_static(b"mine")).unwrap();
         let e = n.get("net", "t", "k").expect("visible");
         assert!(e.ltime > 1_000);
+    }
+
+    #[test]
+    fn a_time_far_ahead_of_the_clock_is_refused() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        n.join_network(t, "net").unwrap();
+        let before = n.clock.time();
+        let wild = peer_entry("t", "k", Bytes::new(), u64::MAX, false);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("net", vec![wild]));
+        assert_eq!(n.stats().dropped(DropReason::BadEntry), 1);
+        assert_eq!(n.clock.time(), before, "the clock did not jump");
+        assert!(n.raw_entries("net").is_empty());
     }
 
     #[test]

@@ -202,3 +202,40 @@ fn same_seed_same_run_bit_for_bit() {
     let c = chaotic_run(46);
     assert_ne!(a.0, c.0, "a different seed takes a different path");
 }
+
+#[test]
+fn a_difference_larger_than_one_sync_frame_still_converges() {
+    // 64 KiB frames against ~300 KB of entries: each exchange must carry
+    // other buckets, not the same first frame's worth again.
+    let cfg = Config { max_sync_frame: 64 * 1024, ..Config::default() };
+    let mut sim = cluster(3, 47, cfg);
+    sim.with_node(2, |n, now| n.leave_network(now, NET).unwrap());
+    sim.with_node(0, |n, now| {
+        for k in 0..3000 {
+            n.put(now, NET, TABLE, &format!("k{k:05}"), Bytes::from(vec![b'x'; 80])).unwrap();
+        }
+    });
+    sim.run_for(Duration::from_secs(20));
+    sim.with_node(2, |n, now| n.join_network(now, NET).unwrap());
+    let t = sim.run_until_true(CHECK, Duration::from_secs(300), |s| view(s, 2).len() == 3000);
+    assert!(t.is_some(), "the late joiner holds {} of 3000", view(&sim, 2).len());
+}
+
+#[test]
+fn a_node_that_saw_an_owner_fail_for_good_still_learns_it_left() {
+    let cfg = Config { failed_grace: Duration::from_secs(30), ..Config::default() };
+    let mut sim = cluster(5, 48, cfg);
+    sim.partition(vec![0, 0, 1, 1, 1]);
+    sim.run_for(Duration::from_secs(5));
+    sim.with_node(4, |n, now| n.leave(now));
+    sim.run_for(Duration::from_secs(1));
+    sim.crash(4);
+    // Past the grace period: nodes 0 and 1 removed n4 as failed (Gone),
+    // nodes 2 and 3 as left.
+    sim.run_for(Duration::from_secs(60));
+    sim.heal();
+    let live = [0, 1, 2, 3];
+    let t = sim.run_until_true(CHECK, Duration::from_secs(120), |s| roots(s, &live, "").len() == 1);
+    assert!(t.is_some(), "cluster digests stay split: {:?}", roots(&sim, &live, ""));
+    assert_eq!(member_state(&sim, 0, "n4"), Some(netdb::MemberState::Left));
+}
