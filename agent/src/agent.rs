@@ -91,8 +91,14 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     let incarnation =
         SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1);
     let seed = RandomState::new().hash_one(incarnation);
-    let node = Node::new(s.core.clone(), &s.name, incarnation, s.advertise, seed, Duration::ZERO)
-        .map_err(|e| anyhow!("{e}; choose another --name"))?;
+    let mut node =
+        Node::new(s.core.clone(), &s.name, incarnation, s.advertise, seed, Duration::ZERO)
+            .map_err(|e| anyhow!("{e}; choose another --name"))?;
+    if !s.keys.is_empty() {
+        let ring = netdb::keyring::Keyring::new(&s.keys)?;
+        tracing::info!(fingerprints = ?ring.fingerprints(), "gossip is sealed");
+        node.set_keyring(Some(ring));
+    }
     let mut core = Core { node, watchers: Vec::new(), start: Instant::now() };
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(256);

@@ -122,6 +122,11 @@ pub struct AgentArgs {
     #[arg(skip)]
     #[serde(default, deserialize_with = "crate::endpoint::de_opt")]
     pub api: Option<Endpoint>,
+    /// File of gossip keys, base64, one per line, the first one the primary
+    /// (NETDB_KEYS may give them instead, comma-separated). With keys, all
+    /// traffic is sealed with AES-256-GCM and plaintext is refused.
+    #[arg(long, env = "NETDB_KEY_FILE")]
+    pub key_file: Option<PathBuf>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "NETDB_LOG")]
     pub log: Option<String>,

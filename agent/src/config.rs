@@ -20,6 +20,8 @@ pub struct Settings {
     pub api: Endpoint,
     pub log: String,
     pub core: netdb::Config,
+    /// Gossip keys, primary first; empty for plaintext.
+    pub keys: Vec<Vec<u8>>,
 }
 
 pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
@@ -68,6 +70,17 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         suspicion_mult
     );
     check(&core)?;
+    let keys = match cli.key_file.or(file.key_file) {
+        Some(path) => {
+            let text = std::fs::read_to_string(&path)
+                .with_context(|| format!("cannot read key file {}", path.display()))?;
+            parse_keys(text.lines()).with_context(|| format!("bad key file {}", path.display()))?
+        }
+        None => match std::env::var("NETDB_KEYS") {
+            Ok(v) => parse_keys(v.split(',')).context("bad NETDB_KEYS")?,
+            Err(_) => Vec::new(),
+        },
+    };
     Ok(Settings {
         name,
         bind,
@@ -76,7 +89,33 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         api,
         log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
         core,
+        keys,
     })
+}
+
+/// Base64 keys of 32 bytes; blank lines and # comments are skipped. Errors
+/// name the key's position, never its content.
+fn parse_keys<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<Vec<u8>>> {
+    use base64::Engine;
+    let mut keys = Vec::new();
+    for item in items.map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        let n = keys.len() + 1;
+        let key = base64::engine::general_purpose::STANDARD
+            .decode(item)
+            .map_err(|_| anyhow::anyhow!("key {n} is not base64"))?;
+        if key.len() != netdb::keyring::KEY_LEN {
+            bail!(
+                "key {n} is {} bytes, not {}; make one with: head -c 32 /dev/urandom | base64",
+                key.len(),
+                netdb::keyring::KEY_LEN
+            );
+        }
+        keys.push(key);
+    }
+    if keys.is_empty() {
+        bail!("no keys found");
+    }
+    Ok(keys)
 }
 
 fn load(path: &Path) -> anyhow::Result<AgentArgs> {
@@ -179,6 +218,17 @@ mod tests {
         let mut a = args("n", "0.0.0.0:7946");
         a.join = vec!["127.0.0.1:7946".parse().unwrap()];
         assert_eq!(resolve(a, None).unwrap().advertise.ip().to_string(), "127.0.0.1");
+    }
+
+    #[test]
+    fn keys_parse_from_base64_lines_and_errors_hide_them() {
+        let k = "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=";
+        let keys = parse_keys(["# primary first", k, ""].into_iter()).unwrap();
+        assert_eq!(keys, vec![vec![1u8; 32]]);
+        let err = parse_keys(["c2hvcnQ="].into_iter()).unwrap_err().to_string();
+        assert!(err.contains("key 1 is 5 bytes") && !err.contains("c2hvcnQ"), "{err}");
+        assert!(parse_keys(["not base64!"].into_iter()).is_err());
+        assert!(parse_keys(std::iter::empty()).is_err());
     }
 
     #[test]

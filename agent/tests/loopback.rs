@@ -35,6 +35,14 @@ impl Cluster {
         c
     }
 
+    fn empty(subnet: u8, n: usize) -> Cluster {
+        let dir =
+            std::env::temp_dir().join(format!("netdb-loopback-{}-{subnet}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        Cluster { dir, subnet, agents: (0..n).map(|_| None).collect() }
+    }
+
     fn addr(&self, i: usize) -> SocketAddr {
         format!("127.0.{}.{}:7946", self.subnet, i + 1).parse().unwrap()
     }
@@ -44,10 +52,15 @@ impl Cluster {
     }
 
     fn spawn(&mut self, i: usize) {
+        self.spawn_with(i, &[]);
+    }
+
+    fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.join(format!("n{}.log", i + 1))).unwrap();
         let child = Command::new(BIN)
             .args(["--api", &self.api(i), "agent", "--name", &format!("n{}", i + 1)])
             .args(["--bind", &self.addr(i).to_string(), "--join", &self.addr(0).to_string()])
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -380,4 +393,27 @@ fn errors_say_what_to_do() {
     let _ = lonely.kill();
     let _ = lonely.wait();
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn agents_with_a_key_file_seal_traffic_and_shut_out_other_keys() {
+    let mut c = Cluster::empty(64, 3);
+    let good = c.dir.join("good.keys");
+    let other = c.dir.join("other.keys");
+    std::fs::write(&good, "AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\n").unwrap();
+    std::fs::write(&other, "AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\n").unwrap();
+    c.spawn_with(0, &["--key-file", good.to_str().unwrap()]);
+    c.spawn_with(1, &["--key-file", good.to_str().unwrap()]);
+    c.spawn_with(2, &["--key-file", other.to_str().unwrap()]);
+    c.wait("the two agents with the same key see each other", Duration::from_secs(20), |c| {
+        c.alive_members(0).len() == 2 && c.alive_members(1).len() == 2
+    });
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(c.alive_members(2), vec!["n3".to_string()], "the other key stays out");
+    assert!(c.stat(0, "drops:unknown_key") > 0, "its knocks were counted");
+    let log = std::fs::read_to_string(c.dir.join("n1.log")).unwrap();
+    assert!(
+        log.contains("gossip is sealed") && !log.contains("AQEBAQ"),
+        "fingerprints logged, never keys"
+    );
 }

@@ -11,6 +11,7 @@ pub mod codec;
 pub mod config;
 pub mod digest;
 pub mod hash;
+pub mod keyring;
 pub mod membership;
 pub mod node;
 pub mod sim;

@@ -27,6 +27,7 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::digest::{BucketSet, Digest, bucket_of};
+use crate::keyring::{Keyring, SEAL_OVERHEAD};
 use crate::membership::{Identity, MemberInfo, MemberState, Owner, PeerSet, Status, Swim};
 use crate::stats::{DropReason, Stats};
 use crate::table::{Change, Entry, Rewrite, Scope};
@@ -212,6 +213,7 @@ pub struct Node {
     outbox: VecDeque<Transmit>,
     events: VecDeque<Event>,
     stats: Stats,
+    keyring: Option<Keyring>,
 }
 
 impl std::fmt::Debug for Node {
@@ -271,6 +273,7 @@ impl Node {
             outbox: VecDeque::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
+            keyring: None,
             cfg,
         };
         node.owners.insert(
@@ -310,6 +313,16 @@ impl Node {
 
     pub fn stats(&self) -> &Stats {
         &self.stats
+    }
+
+    /// Sets (or clears) the keys that seal every datagram and push/pull
+    /// frame. With keys, plaintext and foreign messages are dropped.
+    pub fn set_keyring(&mut self, keyring: Option<Keyring>) {
+        self.keyring = keyring;
+    }
+
+    pub fn keyring(&self) -> Option<&Keyring> {
+        self.keyring.as_ref()
     }
 
     /// Counts a drop the shell saw before the core could (a stream frame
@@ -578,6 +591,11 @@ impl Node {
         if self.left {
             return;
         }
+        if bytes.len() > codec::MAX_DATAGRAM {
+            return self.stats.drop(DropReason::TooLarge);
+        }
+        let Some(plain) = self.unseal(bytes) else { return };
+        let bytes = &plain[..];
         match codec::decode_datagram(&self.cfg, bytes) {
             Err(r) => self.stats.drop(r),
             Ok(Body::Swim(data)) => {
@@ -607,7 +625,11 @@ impl Node {
         if self.left {
             return;
         }
-        let m = match codec::decode_sync(&self.cfg, bytes) {
+        if bytes.len() > self.cfg.max_sync_frame {
+            return self.stats.drop(DropReason::TooLarge);
+        }
+        let Some(plain) = self.unseal(bytes) else { return };
+        let m = match codec::decode_sync(&self.cfg, &plain) {
             Ok(m) => m,
             Err(r) => return self.stats.drop(r),
         };
@@ -1258,7 +1280,7 @@ impl Node {
             let mut progressed = false;
             while let Some((to, data)) = self.rt.to_send() {
                 progressed = true;
-                let payload = codec::encode_datagram(wire::datagram::Body::Swim(data));
+                let payload = self.seal(codec::encode_datagram(wire::datagram::Body::Swim(data)));
                 self.stats.swim_out.add(payload.len());
                 self.outbox.push_back(Transmit::Datagram { to: to.addr, payload });
             }
@@ -1498,10 +1520,9 @@ impl Node {
         let header =
             wire::Gossip { network: scope.into(), root, entries: Vec::new() }.encoded_len();
         // The datagram wrapper's length prefix takes at most 3 bytes here.
-        let avail = self
-            .cfg
-            .packet_budget
-            .saturating_sub(header + codec::datagram_overhead(self.cfg.packet_budget));
+        let avail = self.cfg.packet_budget.saturating_sub(
+            header + codec::datagram_overhead(self.cfg.packet_budget) + SEAL_OVERHEAD,
+        );
         let (ids, took) = st.queue.take(avail, |q| q.framed_len);
         self.stats.queue_oversized += took.oversized as u64;
         if ids.is_empty() {
@@ -1520,11 +1541,12 @@ impl Node {
             })
             .collect();
         st.queue.sent(&ids);
-        let payload = codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
-            network: scope.into(),
-            root,
-            entries,
-        }));
+        let payload =
+            self.seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+                network: scope.into(),
+                root,
+                entries,
+            })));
         debug_assert!(payload.len() <= self.cfg.packet_budget, "{} > budget", payload.len());
         for to in peers {
             *budget = budget.saturating_sub(payload.len());
@@ -1551,11 +1573,12 @@ impl Node {
         let Some(to) = self.choose_peers(scope, 1).pop() else {
             return;
         };
-        let payload = codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
-            network: scope.into(),
-            root,
-            entries: Vec::new(),
-        }));
+        let payload =
+            self.seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+                network: scope.into(),
+                root,
+                entries: Vec::new(),
+            })));
         self.stats.gossip_out.add(payload.len());
         self.outbox.push_back(Transmit::Datagram { to, payload });
     }
@@ -1617,8 +1640,35 @@ impl Node {
         }
     }
 
+    /// Seals an outgoing message when keys are set.
+    fn seal(&mut self, plain: Vec<u8>) -> Vec<u8> {
+        match &self.keyring {
+            Some(k) => {
+                let mut nonce = [0u8; 12];
+                self.rng.fill(&mut nonce);
+                k.seal(nonce, &plain)
+            }
+            None => plain,
+        }
+    }
+
+    /// Opens an incoming message when keys are set; counts the drop and
+    /// returns None if it is plaintext, under an unknown key, or forged.
+    fn unseal<'a>(&mut self, bytes: &'a [u8]) -> Option<std::borrow::Cow<'a, [u8]>> {
+        match &self.keyring {
+            Some(k) => match k.open(bytes) {
+                Ok(plain) => Some(std::borrow::Cow::Owned(plain)),
+                Err(r) => {
+                    self.stats.drop(r);
+                    None
+                }
+            },
+            None => Some(std::borrow::Cow::Borrowed(bytes)),
+        }
+    }
+
     fn send_sync(&mut self, to: SocketAddr, sync_id: u64, opens: bool, msg: wire::SyncMessage) {
-        let payload = msg.encode_to_vec();
+        let payload = self.seal(msg.encode_to_vec());
         self.stats.sync_out.add(payload.len());
         self.outbox.push_back(Transmit::Sync { to, sync_id, opens, payload });
     }
@@ -1751,7 +1801,9 @@ fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
     });
     c.periodic_gossip = None;
     // foca's packet rides inside a Datagram: leave room for its framing.
-    let room = cfg.packet_budget.saturating_sub(codec::datagram_overhead(cfg.packet_budget));
+    let room = cfg
+        .packet_budget
+        .saturating_sub(codec::datagram_overhead(cfg.packet_budget) + SEAL_OVERHEAD);
     c.max_packet_size = NonZeroUsize::new(room.max(256)).unwrap_or(NonZeroUsize::MIN);
     c
 }

@@ -29,10 +29,16 @@ pub enum DropReason {
     UnexpectedSync,
     #[error("message from this node's own name")]
     FromSelf,
+    #[error("plaintext message while keys are set")]
+    Plaintext,
+    #[error("sealed with a key this node does not hold")]
+    UnknownKey,
+    #[error("sealed message failed authentication")]
+    Forged,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 13] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::TooLarge,
         DropReason::Malformed,
         DropReason::BadVersion,
@@ -46,6 +52,9 @@ impl DropReason {
         DropReason::Swim,
         DropReason::UnexpectedSync,
         DropReason::FromSelf,
+        DropReason::Plaintext,
+        DropReason::UnknownKey,
+        DropReason::Forged,
     ];
 
     /// A stable, metric-friendly name.
@@ -64,6 +73,9 @@ impl DropReason {
             DropReason::Swim => "swim",
             DropReason::UnexpectedSync => "unexpected_sync",
             DropReason::FromSelf => "from_self",
+            DropReason::Plaintext => "plaintext",
+            DropReason::UnknownKey => "unknown_key",
+            DropReason::Forged => "forged",
         }
     }
 }

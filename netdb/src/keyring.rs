@@ -1,0 +1,176 @@
+//! The keys that seal every datagram and push/pull frame: AES-256-GCM
+//! (ring). A sealed message is `[1][key id: 4][nonce: 12][ciphertext+tag]`;
+//! the key id (the first 4 bytes of the key's SHA-256) picks the key
+//! directly instead of trying each. The first key is the primary, which
+//! seals; the others only open, so keys rotate without a flag day: install
+//! the new key everywhere, make it primary, remove the old one.
+
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
+
+use crate::stats::DropReason;
+
+pub const KEY_LEN: usize = 32;
+const ENVELOPE_VERSION: u8 = 1;
+const ID_LEN: usize = 4;
+const TAG_LEN: usize = 16;
+const HEADER_LEN: usize = 1 + ID_LEN + NONCE_LEN;
+/// Bytes sealing adds to a message. Packet budgets always leave room for
+/// it, so a keyed cluster sends the same packets as a plaintext one.
+pub const SEAL_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    #[error("a keyring needs at least one key")]
+    Empty,
+    #[error("key {0} is {1} bytes; keys are {KEY_LEN} bytes")]
+    BadLength(usize, usize),
+}
+
+struct Slot {
+    id: [u8; ID_LEN],
+    aead: LessSafeKey,
+}
+
+/// One primary key (seals) and older keys (open only).
+pub struct Keyring {
+    slots: Vec<Slot>,
+}
+
+impl std::fmt::Debug for Keyring {
+    // Fingerprints only: key material is never printed or logged.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Keyring").field("fingerprints", &self.fingerprints()).finish()
+    }
+}
+
+/// The short id of a key, also its public fingerprint.
+pub fn key_id(key: &[u8]) -> [u8; ID_LEN] {
+    let d = ring::digest::digest(&ring::digest::SHA256, key);
+    let mut id = [0u8; ID_LEN];
+    id.copy_from_slice(&d.as_ref()[..ID_LEN]);
+    id
+}
+
+impl Keyring {
+    /// The first key is the primary; duplicates are ignored.
+    pub fn new(keys: &[Vec<u8>]) -> Result<Keyring, KeyError> {
+        let mut slots: Vec<Slot> = Vec::new();
+        for (i, k) in keys.iter().enumerate() {
+            if k.len() != KEY_LEN {
+                return Err(KeyError::BadLength(i + 1, k.len()));
+            }
+            let id = key_id(k);
+            if slots.iter().any(|s| s.id == id) {
+                continue;
+            }
+            let unbound = UnboundKey::new(&AES_256_GCM, k)
+                .map_err(|_| KeyError::BadLength(i + 1, k.len()))?;
+            slots.push(Slot { id, aead: LessSafeKey::new(unbound) });
+        }
+        if slots.is_empty() {
+            return Err(KeyError::Empty);
+        }
+        Ok(Keyring { slots })
+    }
+
+    /// Hex fingerprints, primary first.
+    pub fn fingerprints(&self) -> Vec<String> {
+        self.slots.iter().map(|s| s.id.iter().map(|b| format!("{b:02x}")).collect()).collect()
+    }
+
+    /// Seals `plain` with the primary key. The nonce must never repeat for
+    /// a key: the node draws it from its seeded CSPRNG.
+    pub fn seal(&self, nonce: [u8; NONCE_LEN], plain: &[u8]) -> Vec<u8> {
+        let primary = &self.slots[0];
+        let mut out = Vec::with_capacity(plain.len() + SEAL_OVERHEAD);
+        out.push(ENVELOPE_VERSION);
+        out.extend_from_slice(&primary.id);
+        out.extend_from_slice(&nonce);
+        let mut body = plain.to_vec();
+        // The header is authenticated too: a changed key id or version fails.
+        let aad = Aad::from(out.clone());
+        if primary
+            .aead
+            .seal_in_place_append_tag(Nonce::assume_unique_for_key(nonce), aad, &mut body)
+            .is_err()
+        {
+            // Only for messages over ~64 GiB, which nothing here makes.
+            return Vec::new();
+        }
+        out.extend_from_slice(&body);
+        out
+    }
+
+    /// Opens a sealed message: `Plaintext` if it is not one, `UnknownKey` if
+    /// no key of ours made it, `Forged` if it fails authentication.
+    pub fn open(&self, sealed: &[u8]) -> Result<Vec<u8>, DropReason> {
+        if sealed.len() < SEAL_OVERHEAD || sealed[0] != ENVELOPE_VERSION {
+            return Err(DropReason::Plaintext);
+        }
+        let (header, body) = sealed.split_at(HEADER_LEN);
+        let slot = self
+            .slots
+            .iter()
+            .find(|s| s.id[..] == header[1..1 + ID_LEN])
+            .ok_or(DropReason::UnknownKey)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&header[1 + ID_LEN..]);
+        let mut buf = body.to_vec();
+        let plain = slot
+            .aead
+            .open_in_place(Nonce::assume_unique_for_key(nonce), Aad::from(header), &mut buf)
+            .map_err(|_| DropReason::Forged)?;
+        let n = plain.len();
+        buf.truncate(n);
+        Ok(buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn k(b: u8) -> Vec<u8> {
+        vec![b; KEY_LEN]
+    }
+
+    #[test]
+    fn seal_open_round_trip_and_overhead() {
+        let ring = Keyring::new(&[k(1)]).unwrap();
+        let sealed = ring.seal([7; NONCE_LEN], b"hello");
+        assert_eq!(sealed.len(), 5 + SEAL_OVERHEAD);
+        assert_eq!(ring.open(&sealed).unwrap(), b"hello");
+        assert_ne!(&sealed[HEADER_LEN..HEADER_LEN + 5], b"hello", "the body is encrypted");
+    }
+
+    #[test]
+    fn wrong_key_tampering_and_plaintext_are_told_apart() {
+        let a = Keyring::new(&[k(1)]).unwrap();
+        let b = Keyring::new(&[k(2)]).unwrap();
+        let sealed = a.seal([1; NONCE_LEN], b"entry");
+        assert_eq!(b.open(&sealed), Err(DropReason::UnknownKey));
+        for i in 0..sealed.len() {
+            let mut bad = sealed.clone();
+            bad[i] ^= 0x40;
+            let r = a.open(&bad);
+            assert!(r.is_err(), "flipping byte {i} must not open");
+        }
+        assert_eq!(a.open(b"plain text packet that is long enough"), Err(DropReason::Plaintext));
+        assert_eq!(a.open(&sealed[..SEAL_OVERHEAD - 1]), Err(DropReason::Plaintext));
+    }
+
+    #[test]
+    fn rotation_opens_old_and_seals_new() {
+        let old = Keyring::new(&[k(1)]).unwrap();
+        let rotated = Keyring::new(&[k(2), k(1)]).unwrap();
+        let from_old = old.seal([3; NONCE_LEN], b"x");
+        assert_eq!(rotated.open(&from_old).unwrap(), b"x", "older keys still open");
+        let from_new = rotated.seal([4; NONCE_LEN], b"y");
+        assert_eq!(old.open(&from_new), Err(DropReason::UnknownKey), "the primary seals");
+        assert_eq!(rotated.fingerprints().len(), 2);
+        assert_eq!(Keyring::new(&[k(1), k(1)]).unwrap().fingerprints().len(), 1);
+        assert_eq!(Keyring::new(&[]).unwrap_err(), KeyError::Empty);
+        assert_eq!(Keyring::new(&[vec![0; 16]]).unwrap_err(), KeyError::BadLength(1, 16));
+        assert!(!format!("{rotated:?}").contains("0101"), "no key material in Debug");
+    }
+}
