@@ -36,6 +36,21 @@ impl Api {
         self.cmds.send(cmd).await.map_err(|_| gone())?;
         rx.await.map_err(|_| gone())
     }
+
+    /// A call that runs a node command at the current time.
+    async fn command<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut netdb::Node, std::time::Duration) -> Result<R, netdb::Error>
+        + Send
+        + 'static,
+    ) -> Result<R, Status> {
+        self.call(move |core| {
+            let now = core.now();
+            f(&mut core.node, now)
+        })
+        .await?
+        .map_err(status)
+    }
 }
 
 fn status(e: netdb::Error) -> Status {
@@ -155,12 +170,7 @@ impl Netdb for Api {
         req: Request<api::NetworkRequest>,
     ) -> Result<Response<api::NetworkReply>, Status> {
         let net = req.into_inner().network;
-        self.call(move |core| {
-            let now = core.now();
-            core.node.join_network(now, &net)
-        })
-        .await?
-        .map_err(status)?;
+        self.command(move |node, now| node.join_network(now, &net)).await?;
         Ok(Response::new(api::NetworkReply {}))
     }
 
@@ -169,12 +179,7 @@ impl Netdb for Api {
         req: Request<api::NetworkRequest>,
     ) -> Result<Response<api::NetworkReply>, Status> {
         let net = req.into_inner().network;
-        self.call(move |core| {
-            let now = core.now();
-            core.node.leave_network(now, &net)
-        })
-        .await?
-        .map_err(status)?;
+        self.command(move |node, now| node.leave_network(now, &net)).await?;
         Ok(Response::new(api::NetworkReply {}))
     }
 
@@ -218,12 +223,7 @@ impl Netdb for Api {
         req: Request<api::KeyRequest>,
     ) -> Result<Response<api::DeleteReply>, Status> {
         let r = req.into_inner();
-        self.call(move |core| {
-            let now = core.now();
-            core.node.delete(now, &r.network, &r.table, &r.key)
-        })
-        .await?
-        .map_err(status)?;
+        self.command(move |node, now| node.delete(now, &r.network, &r.table, &r.key)).await?;
         Ok(Response::new(api::DeleteReply {}))
     }
 
@@ -233,19 +233,15 @@ impl Netdb for Api {
     ) -> Result<Response<api::DumpReply>, Status> {
         let r = req.into_inner();
         let entries = self
-            .call(move |core| {
-                if !core.node.networks().contains(&r.network.as_str()) {
-                    return Err(netdb::Error::NotJoined(r.network.clone()));
-                }
-                Ok(core
-                    .node
+            .command(move |node, _| {
+                node.check_joined(&r.network)?;
+                Ok(node
                     .entries(&r.network, &r.table)
                     .into_iter()
                     .map(|(k, e)| entry(&r.table, k, e))
                     .collect())
             })
-            .await?
-            .map_err(status)?;
+            .await?;
         Ok(Response::new(api::DumpReply { entries }))
     }
 
@@ -259,9 +255,7 @@ impl Netdb for Api {
         let table = (!r.table.is_empty()).then_some(r.table);
         let rx = self
             .call(move |core| {
-                if !core.node.networks().contains(&r.network.as_str()) {
-                    return Err(netdb::Error::NotJoined(r.network.clone()));
-                }
+                core.node.check_joined(&r.network)?;
                 let snapshot: Vec<_> = core
                     .node
                     .raw_entries(&r.network)

@@ -505,6 +505,11 @@ impl Node {
         self.user_scope(network)?.data.get(table, key).filter(|e| e.visible())
     }
 
+    /// `Ok` if this node joined `network`, else the error to show.
+    pub fn check_joined(&self, network: &str) -> Result<(), Error> {
+        self.user_scope(network).map(|_| ()).ok_or_else(|| Error::NotJoined(network.into()))
+    }
+
     /// Visible entries of a table, in key order.
     pub fn entries(&self, network: &str, table: &str) -> Vec<(&str, &Entry)> {
         match self.user_scope(network) {
