@@ -198,11 +198,14 @@ pub fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) -> wire::
         incarnation: e.incarnation,
         ltime: e.ltime,
         deleted: e.deleted,
-        reap_in_ms: e
-            .reap_at
-            .map(|at| at.saturating_sub(now).as_millis().min(u128::from(u64::MAX)) as u64)
-            .unwrap_or(0),
+        reap_in_ms: residual_ms(e.reap_at, now),
     }
+}
+
+/// Milliseconds a tombstone has left at `now` (0 for live entries): what
+/// goes on the wire, so receivers count down from it.
+pub fn residual_ms(reap_at: Option<Duration>, now: Duration) -> u64 {
+    reap_at.map_or(0, |at| at.saturating_sub(now).as_millis().min(u128::from(u64::MAX)) as u64)
 }
 
 #[cfg(test)]

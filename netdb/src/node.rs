@@ -530,21 +530,10 @@ impl Node {
 
     /// Names of the live nodes this node gossips `network` to.
     pub fn network_peers(&self, network: &str) -> Vec<String> {
-        let mut out = Vec::new();
-        let Some(st) = self.scopes.get(CLUSTER) else {
-            return out;
-        };
-        for (key, e) in st.data.table(NETWORKS_TABLE) {
-            if let Some((net, node)) = parse_attachment_key(key)
-                && net == network
-                && node != self.name
-                && e.visible()
-                && self.owner_alive(&e.owner)
-            {
-                out.push(node.to_string());
-            }
-        }
-        out
+        self.live_attachments()
+            .filter(|(net, _, _)| *net == network)
+            .map(|(_, node, _)| node.into())
+            .collect()
     }
 
     /// Digest root of a network as this node holds it (entries of live
@@ -787,10 +776,6 @@ impl Node {
 
     fn user_scope(&self, network: &str) -> Option<&ScopeState> {
         if network == CLUSTER { None } else { self.scopes.get(network) }
-    }
-
-    fn owner_alive(&self, name: &str) -> bool {
-        matches!(self.owners.get(name), Some(o) if o.status == Status::Alive)
     }
 
     /// A local write (create, update or tombstone) of an entry this node
@@ -1371,23 +1356,27 @@ impl Node {
         self.net_peers.as_ref().and_then(|m| m.get(scope)).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// (network, node, owner) of every other node's live attachment whose
+    /// owner is alive in the incarnation that attached.
+    fn live_attachments(&self) -> impl Iterator<Item = (&str, &str, &Owner)> {
+        self.scopes.get(CLUSTER).into_iter().flat_map(|c| c.data.table(NETWORKS_TABLE)).filter_map(
+            |(key, e)| {
+                let (net, node) = parse_attachment_key(key)?;
+                let o = self.owners.get(node)?;
+                (node != self.name
+                    && e.visible()
+                    && o.status == Status::Alive
+                    && o.incarnation == e.incarnation)
+                    .then_some((net, node, o))
+            },
+        )
+    }
+
     fn compute_net_peers(&self) -> BTreeMap<String, Vec<SocketAddr>> {
         let mut map: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
-        let Some(cluster) = self.scopes.get(CLUSTER) else {
-            return map;
-        };
-        for (key, e) in cluster.data.table(NETWORKS_TABLE) {
-            let Some((net, node)) = parse_attachment_key(key) else {
-                continue;
-            };
-            if node == self.name || !e.visible() || !self.scopes.contains_key(net) {
-                continue;
-            }
-            if let Some(Owner { status: Status::Alive, addr: Some(a), incarnation }) =
-                self.owners.get(node)
-                && *incarnation == e.incarnation
-            {
-                map.entry(net.to_string()).or_default().push(*a);
+        for (net, _, o) in self.live_attachments() {
+            if let (Some(a), true) = (o.addr, self.scopes.contains_key(net)) {
+                map.entry(net.to_string()).or_default().push(a);
             }
         }
         map
@@ -1536,13 +1525,9 @@ impl Node {
         let entries = ids
             .iter()
             .filter_map(|&id| st.queue.get(id))
-            .map(|q| {
-                let mut e = q.entry.clone();
-                if let Some(at) = q.reap_at {
-                    e.reap_in_ms =
-                        at.saturating_sub(now).as_millis().min(u128::from(u64::MAX)) as u64;
-                }
-                e
+            .map(|q| wire::Entry {
+                reap_in_ms: codec::residual_ms(q.reap_at, now),
+                ..q.entry.clone()
             })
             .collect();
         st.queue.sent(&ids);

@@ -50,7 +50,7 @@ struct Host {
     scheduled: Option<Duration>,
 }
 
-#[derive(PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Payload {
     Datagram(Vec<u8>),
     Sync(Vec<u8>),
@@ -421,25 +421,16 @@ impl Sim {
         if lossy {
             self.stats.max_datagram = self.stats.max_datagram.max(len);
         }
-        let mut payload = Some(payload);
-        for c in 0..copies {
+        // vec! clones for the duplicate and moves the original.
+        for payload in vec![payload; copies] {
             let jitter = self.jitter();
-            let p = if c + 1 == copies {
-                payload.take()
-            } else {
-                payload.as_ref().map(|p| match p {
-                    Payload::Datagram(b) => Payload::Datagram(b.clone()),
-                    Payload::Sync(b) => Payload::Sync(b.clone()),
-                })
-            };
-            let Some(p) = p else { break };
             self.seq += 1;
             self.flights.push(Reverse(Flight {
                 at: self.now + self.net.latency + jitter,
                 seq: self.seq,
                 from,
                 to,
-                payload: p,
+                payload,
             }));
         }
     }
