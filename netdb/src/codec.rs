@@ -49,6 +49,11 @@ pub fn parse_attachment_key(key: &str) -> Option<(&str, &str)> {
     key.split_once('/')
 }
 
+/// The key of a node's copy of a shared cluster object: `ID/NODE`.
+pub fn owned_key(key: &str) -> Option<(&str, &str)> {
+    key.rsplit_once('/')
+}
+
 #[derive(Debug)]
 pub enum Body {
     Swim(Bytes),
@@ -140,7 +145,7 @@ fn validate_network_name(cfg: &Config, network: &str) -> Result<(), DropReason> 
 }
 
 /// Field bounds, plus the cluster scope's shape: a node writes only its own
-/// record and its own attachments.
+/// record, its own attachments and its own copies of shared objects.
 pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<(), DropReason> {
     if !valid_name(&e.table, cfg.max_name_len)
         || !valid_name(&e.owner, cfg.max_name_len)
@@ -168,7 +173,13 @@ pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<()
                 Some(_) => return Err(DropReason::ForgedOwner),
                 None => return Err(DropReason::BadName),
             },
-            _ => return Err(DropReason::BadName),
+            // Shared cluster objects (network definitions, address block
+            // claims): every node writes its own copy, keyed `.../NODE`.
+            _ => match owned_key(&e.key) {
+                Some((_, node)) if node == e.owner => {}
+                Some(_) => return Err(DropReason::ForgedOwner),
+                None => return Err(DropReason::BadName),
+            },
         }
     }
     Ok(())

@@ -498,6 +498,65 @@ impl Node {
         Ok(())
     }
 
+    /// Writes this node's copy of a shared cluster object (key `id/NAME`
+    /// in a cluster table other than the reserved `nodes` and `networks`).
+    /// Changes of such tables come out as events of network `""`.
+    pub fn put_shared(
+        &mut self,
+        now: Duration,
+        table: &str,
+        id: &str,
+        value: Bytes,
+    ) -> Result<(), Error> {
+        let key = self.shared_key(table, id)?;
+        if value.len() > self.cfg.max_value_len {
+            return Err(Error::ValueTooLarge { len: value.len(), max: self.cfg.max_value_len });
+        }
+        self.write(now, CLUSTER, table, &key, value, false);
+        Ok(())
+    }
+
+    /// Deletes this node's copy of a shared object; the tombstone keeps the
+    /// last value, so peers can read what was removed.
+    pub fn delete_shared(&mut self, now: Duration, table: &str, id: &str) -> Result<(), Error> {
+        let key = self.shared_key(table, id)?;
+        let value = match self.scopes.get(CLUSTER).and_then(|st| st.data.get(table, &key)) {
+            Some(e) if e.visible() => e.value.clone(),
+            _ => return Err(Error::NotFound { table: table.into(), key }),
+        };
+        self.write(now, CLUSTER, table, &key, value, true);
+        Ok(())
+    }
+
+    /// Every copy of a shared cluster table, tombstones and hidden ones
+    /// included, in key order.
+    pub fn shared_entries(&self, table: &str) -> Vec<(&str, &Entry)> {
+        match self.scopes.get(CLUSTER) {
+            Some(st) if table != NODES_TABLE && table != NETWORKS_TABLE => {
+                st.data.table(table).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    fn shared_key(&self, table: &str, id: &str) -> Result<String, Error> {
+        if table == NODES_TABLE
+            || table == NETWORKS_TABLE
+            || !valid_name(table, self.cfg.max_name_len)
+        {
+            return Err(Error::BadName {
+                what: "shared table",
+                value: table.into(),
+                max: self.cfg.max_name_len,
+            });
+        }
+        let key = format!("{id}/{}", self.name);
+        if !valid_key(&key, self.cfg.max_key_len) {
+            return Err(Error::BadKey { max: self.cfg.max_key_len });
+        }
+        Ok(key)
+    }
+
     // ----- queries -------------------------------------------------------
 
     /// A visible entry.
@@ -1035,7 +1094,7 @@ impl Node {
         before: Option<&Entry>,
         after: Option<&Entry>,
     ) {
-        if scope == CLUSTER {
+        if scope == CLUSTER && (table == NODES_TABLE || table == NETWORKS_TABLE) {
             return;
         }
         let was = before.is_some_and(Entry::visible);

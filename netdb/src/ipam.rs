@@ -1,0 +1,308 @@
+//! Address allocation without a central allocator.
+//!
+//! A network's subnet is cut into equal blocks. A node hands out addresses
+//! only from blocks it claims in the cluster table `ipam` (key
+//! `NET:BLOCK/NODE`, one copy per claimer). A node claims a block nobody
+//! claims, starting its search at a position derived from its name so that
+//! nodes rarely race for the same block, and uses it only after the claim
+//! has had time to spread (the agent's settle delay). When two claims for
+//! one block exist anyway (a race, or a partition), the older claim
+//! (smaller Lamport time, then name) owns the block; the other claimer
+//! stops allocating there and, if it already handed out addresses from it,
+//! the conflict is reported.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use bytes::Bytes;
+use netdb_proto::wire;
+use prost::Message;
+
+use crate::codec::owned_key;
+use crate::hash::Hasher;
+use crate::table::Entry;
+
+pub const IPAM_TABLE: &str = "ipam";
+
+/// Smallest and largest prefix a network's subnet may have.
+pub const MIN_PREFIX: u8 = 8;
+pub const MAX_PREFIX: u8 = 30;
+
+/// An IPv4 subnet with no host bits set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Subnet {
+    base: u32,
+    prefix: u8,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SubnetError {
+    #[error("invalid subnet {0:?}: write an IPv4 CIDR such as 10.10.0.0/24")]
+    Syntax(String),
+    #[error("subnet {0}: the prefix must be /{MIN_PREFIX} to /{MAX_PREFIX}")]
+    Prefix(String),
+    #[error("subnet {given} has host bits set; did you mean {fixed}?")]
+    HostBits { given: String, fixed: Subnet },
+}
+
+impl FromStr for Subnet {
+    type Err = SubnetError;
+
+    fn from_str(s: &str) -> Result<Subnet, SubnetError> {
+        let syntax = || SubnetError::Syntax(s.into());
+        let (addr, prefix) = s.split_once('/').ok_or_else(syntax)?;
+        let addr: Ipv4Addr = addr.parse().map_err(|_| syntax())?;
+        let prefix: u8 = prefix.parse().map_err(|_| syntax())?;
+        if !(MIN_PREFIX..=MAX_PREFIX).contains(&prefix) {
+            return Err(SubnetError::Prefix(s.into()));
+        }
+        let fixed = Subnet { base: u32::from(addr) & mask(prefix), prefix };
+        if fixed.base != u32::from(addr) {
+            return Err(SubnetError::HostBits { given: s.into(), fixed });
+        }
+        Ok(fixed)
+    }
+}
+
+impl fmt::Display for Subnet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", Ipv4Addr::from(self.base), self.prefix)
+    }
+}
+
+fn mask(prefix: u8) -> u32 {
+    u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0)
+}
+
+impl Subnet {
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & mask(self.prefix) == self.base
+    }
+
+    fn size(&self) -> u32 {
+        1 << (32 - u32::from(self.prefix))
+    }
+
+    /// The gateway address, reserved like Docker does (first host address).
+    pub fn gateway(&self) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + 1)
+    }
+
+    /// True for an address endpoints may use: inside, and not the network,
+    /// gateway or broadcast address.
+    pub fn usable(&self, ip: Ipv4Addr) -> bool {
+        let v = u32::from(ip);
+        self.contains(ip)
+            && v != self.base
+            && v != self.base + 1
+            && v != self.base + self.size() - 1
+    }
+
+    /// Block prefix: at least 16 blocks per subnet, blocks of at least 64
+    /// addresses where the subnet allows.
+    fn block_prefix(&self) -> u8 {
+        (self.prefix + 4).clamp(26, 32)
+    }
+
+    pub fn blocks(&self) -> u32 {
+        1 << (self.block_prefix() - self.prefix)
+    }
+
+    fn block_len(&self) -> u32 {
+        1 << (32 - u32::from(self.block_prefix()))
+    }
+
+    /// The block an address of this subnet falls in.
+    pub fn block_of(&self, ip: Ipv4Addr) -> Option<u32> {
+        self.contains(ip).then(|| (u32::from(ip) - self.base) / self.block_len())
+    }
+
+    /// Usable addresses of a block, in order.
+    pub fn block_addrs(&self, block: u32) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        let start = self.base + block.min(self.blocks() - 1) * self.block_len();
+        (start..start + self.block_len()).map(Ipv4Addr::from).filter(|ip| self.usable(*ip))
+    }
+}
+
+/// The id of a block claim, before the claimer's `/NODE`.
+pub fn claim_id(network: &str, block: u32) -> String {
+    format!("{network}:{block}")
+}
+
+/// A claim's value: the network definition it belongs to.
+pub fn encode_claim(origin: &str, created: u64) -> Bytes {
+    wire::BlockClaim { origin: origin.into(), created }.encode_to_vec().into()
+}
+
+/// The live claims of one network (one definition of it).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Claims {
+    /// Claimers of each block, oldest claim first.
+    blocks: BTreeMap<u32, Vec<(u64, String)>>,
+}
+
+impl Claims {
+    /// Collects the live claims of `network` made for the definition
+    /// `(created, origin)` from the `ipam` table's copies. Claims of a
+    /// failed node count until it is forgotten: it may come back with
+    /// endpoints in those blocks.
+    pub fn collect<'a>(
+        network: &str,
+        def_id: (u64, &str),
+        blocks: u32,
+        copies: impl IntoIterator<Item = (&'a str, &'a Entry)>,
+    ) -> Claims {
+        let mut out = Claims::default();
+        for (key, e) in copies {
+            if e.deleted {
+                continue;
+            }
+            let Some((id, node)) = owned_key(key) else { continue };
+            let Some((net, block)) = id.rsplit_once(':') else { continue };
+            let Ok(block) = block.parse::<u32>() else { continue };
+            if net != network || block >= blocks {
+                continue;
+            }
+            let Ok(claim) = wire::BlockClaim::decode(&e.value[..]) else { continue };
+            if (claim.created, claim.origin.as_str()) != def_id {
+                continue;
+            }
+            out.blocks.entry(block).or_default().push((e.ltime, node.to_string()));
+        }
+        for v in out.blocks.values_mut() {
+            v.sort();
+        }
+        out
+    }
+
+    /// The node that owns a block: the oldest claim.
+    pub fn owner(&self, block: u32) -> Option<&str> {
+        self.blocks.get(&block).and_then(|v| v.first()).map(|(_, n)| n.as_str())
+    }
+
+    /// Blocks `node` claims, whether or not it owns them.
+    pub fn claimed_by<'a>(&'a self, node: &'a str) -> impl Iterator<Item = u32> + 'a {
+        self.blocks.iter().filter(move |(_, v)| v.iter().any(|(_, n)| n == node)).map(|(b, _)| *b)
+    }
+
+    /// Blocks `node` owns.
+    pub fn owned_by<'a>(&'a self, node: &'a str) -> impl Iterator<Item = u32> + 'a {
+        self.blocks.keys().copied().filter(move |b| self.owner(*b) == Some(node))
+    }
+
+    /// Blocks with more than one claimer, with the claimers, owner first.
+    pub fn contested(&self) -> impl Iterator<Item = (u32, Vec<&str>)> + '_ {
+        self.blocks
+            .iter()
+            .filter(|(_, v)| v.len() > 1)
+            .map(|(b, v)| (*b, v.iter().map(|(_, n)| n.as_str()).collect()))
+    }
+
+    /// A block nobody claims with at least one usable address, searched
+    /// from a position derived from `node` so that different nodes start
+    /// in different places.
+    pub fn free_block(&self, subnet: &Subnet, node: &str) -> Option<u32> {
+        let n = subnet.blocks();
+        let start = (Hasher::default().bytes(node.as_bytes()).finish() % u64::from(n)) as u32;
+        (0..n)
+            .map(|i| (start + i) % n)
+            .find(|b| !self.blocks.contains_key(b) && subnet.block_addrs(*b).next().is_some())
+    }
+}
+
+/// The lowest usable address of `blocks` not in `used`.
+pub fn allocate(
+    subnet: &Subnet,
+    blocks: impl IntoIterator<Item = u32>,
+    used: &BTreeSet<Ipv4Addr>,
+) -> Option<Ipv4Addr> {
+    blocks.into_iter().find_map(|b| subnet.block_addrs(b).find(|ip| !used.contains(ip)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claim(ltime: u64, owner: &str, origin: &str, created: u64) -> Entry {
+        Entry {
+            value: encode_claim(origin, created),
+            owner: owner.into(),
+            incarnation: 1,
+            ltime,
+            deleted: false,
+            reap_at: None,
+            hidden: false,
+        }
+    }
+
+    #[test]
+    fn subnets_parse_strictly() {
+        let s: Subnet = "10.10.0.0/24".parse().unwrap();
+        assert_eq!(s.to_string(), "10.10.0.0/24");
+        assert_eq!(s.blocks(), 16);
+        assert!(matches!("10.10.0.1/24".parse::<Subnet>(), Err(SubnetError::HostBits { .. })));
+        assert!("10.10.0.0/31".parse::<Subnet>().is_err());
+        assert!("10.10.0.0".parse::<Subnet>().is_err());
+        assert!("fd00::/64".parse::<Subnet>().is_err());
+        let big: Subnet = "10.0.0.0/16".parse().unwrap();
+        assert_eq!((big.blocks(), big.block_len()), (1024, 64));
+        let tiny: Subnet = "10.0.0.0/30".parse().unwrap();
+        assert_eq!(tiny.blocks(), 4);
+        let usable: Vec<_> = (0..4).flat_map(|b| tiny.block_addrs(b).collect::<Vec<_>>()).collect();
+        assert_eq!(usable, vec![Ipv4Addr::new(10, 0, 0, 2)]);
+    }
+
+    #[test]
+    fn reserved_addresses_are_never_allocated() {
+        let s: Subnet = "10.1.0.0/24".parse().unwrap();
+        let first = allocate(&s, [0], &BTreeSet::new()).unwrap();
+        assert_eq!(first, Ipv4Addr::new(10, 1, 0, 2));
+        let last: Vec<_> = s.block_addrs(15).collect();
+        assert_eq!(last.last(), Some(&Ipv4Addr::new(10, 1, 0, 254)));
+        let used: BTreeSet<_> = s.block_addrs(3).collect();
+        assert_eq!(allocate(&s, [3], &used), None);
+        assert_eq!(allocate(&s, [3, 4], &used), Some(Ipv4Addr::new(10, 1, 0, 64)));
+    }
+
+    #[test]
+    fn oldest_claim_owns_a_block_and_contests_are_listed() {
+        let s: Subnet = "10.1.0.0/24".parse().unwrap();
+        let copies = [
+            ("blue:3/b".to_string(), claim(7, "b", "a", 1)),
+            ("blue:3/a".to_string(), claim(9, "a", "a", 1)),
+            ("blue:4/a".to_string(), claim(2, "a", "a", 1)),
+            // Another definition of the same name, another network's block.
+            ("blue:5/c".to_string(), claim(1, "c", "z", 1)),
+            ("red:6/c".to_string(), claim(1, "c", "a", 1)),
+            ("blue:99/c".to_string(), claim(1, "c", "a", 1)),
+        ];
+        let claims = Claims::collect(
+            "blue",
+            (1, "a"),
+            s.blocks(),
+            copies.iter().map(|(k, e)| (k.as_str(), e)),
+        );
+        assert_eq!(claims.owner(3), Some("b"));
+        assert_eq!(claims.owner(5), None);
+        assert_eq!(claims.owned_by("a").collect::<Vec<_>>(), vec![4]);
+        assert_eq!(claims.claimed_by("a").collect::<Vec<_>>(), vec![3, 4]);
+        assert_eq!(claims.contested().collect::<Vec<_>>(), vec![(3, vec!["b", "a"])]);
+        let free = claims.free_block(&s, "a").unwrap();
+        assert!(free != 3 && free != 4);
+    }
+
+    #[test]
+    fn nodes_start_their_search_in_different_places() {
+        let s: Subnet = "10.0.0.0/16".parse().unwrap();
+        let starts: BTreeSet<u32> = (0..20)
+            .map(|i| Claims::default().free_block(&s, &format!("host{i}")).unwrap())
+            .collect();
+        assert!(starts.len() >= 18, "{starts:?}");
+    }
+}

@@ -1,0 +1,253 @@
+//! Network definitions as cluster objects, without a coordinator.
+//!
+//! Every node keeps its own copy of every definition it knows (cluster table
+//! `netdefs`, key `NAME/NODE`), so a network outlives the node that created
+//! it. A definition's identity is `(created, origin)`: the creator's Lamport
+//! time and name. Two definitions of one name (created concurrently, or on
+//! both sides of a partition) resolve to the smaller identity everywhere.
+//! VNIs: each definition asks for one (the lowest free from 4096 as its
+//! creator saw it); definitions are granted their VNI in identity order, and
+//! one that finds its VNI taken gets the lowest free one instead, so every
+//! node computes the same mapping from the same copies. `network rm` deletes
+//! the copy; the tombstone carries the definition, which tells every other
+//! node to delete its copy of that identity too.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use bytes::Bytes;
+use netdb_proto::wire;
+use prost::Message;
+
+use crate::codec::{owned_key, valid_name};
+use crate::ipam::Subnet;
+use crate::table::Entry;
+
+pub const NETDEFS_TABLE: &str = "netdefs";
+/// Docker's overlay driver allocates VNIs from 4096 up.
+pub const FIRST_VNI: u32 = 4096;
+pub const MAX_VNI: u32 = (1 << 24) - 1;
+/// 1500 minus the 50 bytes of VXLAN encapsulation.
+pub const DEFAULT_MTU: u32 = 1450;
+pub const MIN_MTU: u32 = 576;
+pub const MAX_MTU: u32 = 9000;
+/// Longest network name: device and key names are built from it.
+pub const MAX_NETWORK_NAME: usize = 64;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkDef {
+    pub name: String,
+    pub subnet: Subnet,
+    pub vni: u32,
+    pub mtu: u32,
+    pub origin: String,
+    pub created: u64,
+}
+
+pub type DefId<'a> = (u64, &'a str);
+
+impl NetworkDef {
+    pub fn id(&self) -> DefId<'_> {
+        (self.created, &self.origin)
+    }
+
+    pub fn encode(&self) -> Bytes {
+        wire::NetworkDef {
+            name: self.name.clone(),
+            subnet: self.subnet.to_string(),
+            vni: self.vni,
+            mtu: self.mtu,
+            origin: self.origin.clone(),
+            created: self.created,
+        }
+        .encode_to_vec()
+        .into()
+    }
+
+    /// A definition read off the network; `None` unless every field is in
+    /// bounds.
+    pub fn decode(bytes: &[u8]) -> Option<NetworkDef> {
+        let w = wire::NetworkDef::decode(bytes).ok()?;
+        let ok = valid_name(&w.name, MAX_NETWORK_NAME)
+            && (FIRST_VNI..=MAX_VNI).contains(&w.vni)
+            && (MIN_MTU..=MAX_MTU).contains(&w.mtu)
+            && !w.origin.is_empty()
+            && w.created > 0;
+        ok.then_some(())?;
+        Some(NetworkDef {
+            subnet: w.subnet.parse().ok()?,
+            name: w.name,
+            vni: w.vni,
+            mtu: w.mtu,
+            origin: w.origin,
+            created: w.created,
+        })
+    }
+}
+
+/// A definition in force and the VNI it was granted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Effective {
+    pub def: NetworkDef,
+    pub vni: u32,
+}
+
+/// What every node derives from the same copies.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Resolved {
+    pub networks: BTreeMap<String, Effective>,
+    /// Identities that were removed (`network rm`).
+    pub removed: BTreeSet<(u64, String)>,
+    /// Human-readable conflicts: names defined twice, VNIs asked twice.
+    pub conflicts: Vec<String>,
+}
+
+impl Resolved {
+    /// Resolves the `netdefs` table's copies (tombstones included).
+    pub fn from_copies<'a>(copies: impl IntoIterator<Item = (&'a str, &'a Entry)>) -> Resolved {
+        let mut out = Resolved::default();
+        let mut candidates: BTreeMap<String, BTreeMap<(u64, String), NetworkDef>> = BTreeMap::new();
+        for (key, e) in copies {
+            let Some(def) = NetworkDef::decode(&e.value) else { continue };
+            if owned_key(key).map(|(name, _)| name) != Some(def.name.as_str()) {
+                continue;
+            }
+            if e.deleted {
+                out.removed.insert((def.created, def.origin.clone()));
+            } else if !e.hidden {
+                candidates
+                    .entry(def.name.clone())
+                    .or_default()
+                    .insert((def.created, def.origin.clone()), def);
+            }
+        }
+        let mut winners: Vec<NetworkDef> = Vec::new();
+        for (name, defs) in candidates {
+            let mut live = defs.into_iter().filter(|(id, _)| !out.removed.contains(id));
+            let Some((_, winner)) = live.next() else { continue };
+            for (_, other) in live {
+                out.conflicts.push(format!(
+                    "network {name} was created twice: {} on {} (kept) and {} on {} (ignored)",
+                    winner.subnet, winner.origin, other.subnet, other.origin
+                ));
+            }
+            winners.push(winner);
+        }
+        winners.sort_by(|a, b| a.id().cmp(&b.id()));
+        let mut used: BTreeSet<u32> = BTreeSet::new();
+        for def in winners {
+            let vni = if used.contains(&def.vni) {
+                let vni = lowest_free(&used);
+                out.conflicts.push(format!(
+                    "network {} asked for VNI {}, already granted to an older network; it uses {vni}",
+                    def.name, def.vni
+                ));
+                vni
+            } else {
+                def.vni
+            };
+            used.insert(vni);
+            out.networks.insert(def.name.clone(), Effective { def, vni });
+        }
+        out
+    }
+
+    /// The VNI a new network should ask for.
+    pub fn next_vni(&self) -> u32 {
+        lowest_free(&self.networks.values().map(|e| e.vni).collect())
+    }
+
+    pub fn vni_in_use(&self, vni: u32) -> Option<&str> {
+        self.networks.values().find(|e| e.vni == vni).map(|e| e.def.name.as_str())
+    }
+}
+
+fn lowest_free(used: &BTreeSet<u32>) -> u32 {
+    (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v)).unwrap_or(MAX_VNI)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(name: &str, subnet: &str, vni: u32, origin: &str, created: u64) -> NetworkDef {
+        NetworkDef {
+            name: name.into(),
+            subnet: subnet.parse().unwrap(),
+            vni,
+            mtu: DEFAULT_MTU,
+            origin: origin.into(),
+            created,
+        }
+    }
+
+    fn copy(holder: &str, d: &NetworkDef, deleted: bool) -> (String, Entry) {
+        let e = Entry {
+            value: d.encode(),
+            owner: holder.into(),
+            incarnation: 1,
+            ltime: 1,
+            deleted,
+            reap_at: None,
+            hidden: false,
+        };
+        (format!("{}/{holder}", d.name), e)
+    }
+
+    fn resolve(copies: &[(String, Entry)]) -> Resolved {
+        Resolved::from_copies(copies.iter().map(|(k, e)| (k.as_str(), e)))
+    }
+
+    #[test]
+    fn the_older_definition_of_a_name_wins_in_any_order() {
+        let a = def("blue", "10.1.0.0/24", 4096, "a", 5);
+        let b = def("blue", "10.2.0.0/24", 4096, "b", 3);
+        let mut copies = vec![copy("a", &a, false), copy("b", &b, false), copy("c", &a, false)];
+        let r1 = resolve(&copies);
+        copies.reverse();
+        let r2 = resolve(&copies);
+        assert_eq!(r1, r2);
+        assert_eq!(r1.networks["blue"].def, b);
+        assert_eq!(r1.conflicts.len(), 1, "{:?}", r1.conflicts);
+    }
+
+    #[test]
+    fn a_vni_asked_twice_goes_to_the_older_network() {
+        let red = def("red", "10.1.0.0/24", 4096, "a", 5);
+        let green = def("green", "10.2.0.0/24", 4096, "b", 4);
+        let other = def("other", "10.3.0.0/24", 4097, "c", 9);
+        let r =
+            resolve(&[copy("a", &red, false), copy("b", &green, false), copy("c", &other, false)]);
+        assert_eq!(r.networks["green"].vni, 4096);
+        assert_eq!(r.networks["red"].vni, 4097);
+        // `other` asked for 4097 too but is younger than red.
+        assert_eq!(r.networks["other"].vni, 4098);
+        assert_eq!(r.next_vni(), 4099);
+        assert_eq!(r.conflicts.len(), 2, "{:?}", r.conflicts);
+    }
+
+    #[test]
+    fn a_removal_tombstone_removes_every_copy_of_that_identity_only() {
+        let old = def("blue", "10.1.0.0/24", 4096, "a", 5);
+        let new = def("blue", "10.9.0.0/24", 4096, "b", 8);
+        let r = resolve(&[copy("a", &old, true), copy("c", &old, false)]);
+        assert!(r.networks.is_empty());
+        assert!(r.removed.contains(&(5, "a".to_string())));
+        let r = resolve(&[copy("a", &old, true), copy("c", &old, false), copy("b", &new, false)]);
+        assert_eq!(r.networks["blue"].def, new);
+        assert!(r.conflicts.is_empty());
+    }
+
+    #[test]
+    fn malformed_copies_are_ignored() {
+        let good = def("blue", "10.1.0.0/24", 4096, "a", 5);
+        let mut bad_vni = copy("a", &def("red", "10.1.0.0/24", 7, "a", 5), false);
+        bad_vni.0 = "red/a".into();
+        let wrong_key = ("green/a".to_string(), copy("a", &good, false).1);
+        let garbage = (
+            "x/a".to_string(),
+            Entry { value: Bytes::from_static(b"\xff\xff"), ..copy("a", &good, false).1 },
+        );
+        let r = resolve(&[bad_vni, wrong_key, garbage]);
+        assert!(r.networks.is_empty());
+    }
+}
