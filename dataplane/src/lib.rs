@@ -1,0 +1,187 @@
+//! netdb's data plane: what the kernel must hold for the overlay networks
+//! a host takes part in, and the code that makes it hold exactly that.
+//!
+//! Per network (one VNI) a bridge `ndbr<VNI>` and a VXLAN device
+//! `ndvx<VNI>` (UDP 4789, learning off, ARP proxy on) enslaved to it, in the
+//! agent's network namespace. Every remote endpoint is one FDB entry on the
+//! VXLAN device (MAC → remote host) and one permanent neighbor entry (IP →
+//! MAC) from which the device answers ARP. Every local endpoint is a veth
+//! pair: one end on the bridge, the other in the container's namespace.
+//!
+//! The kernel is never trusted to still hold what was written: [`plan`]
+//! compares the desired state with a dump of the kernel and lists only the
+//! differences, and [`Linux::reconcile`] applies them, pipelined on one
+//! netlink socket. Missed deltas, hand edits and state left over from an
+//! earlier run are all repaired the same way.
+
+mod linux;
+mod netns;
+mod plan;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+pub use linux::{Linux, ReconcileReport};
+pub use plan::{Observed, ObservedNetwork, Plan, plan};
+
+/// The VXLAN UDP port (IANA), as Docker uses it.
+pub const VXLAN_PORT: u16 = 4789;
+
+/// An Ethernet address.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl Mac {
+    /// Docker's scheme: 02:42 (locally administered) and the IPv4 address.
+    pub fn from_ipv4(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
+    }
+
+    pub fn from_slice(b: &[u8]) -> Option<Mac> {
+        Some(Mac(b.try_into().ok()?))
+    }
+}
+
+impl fmt::Display for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let m = self.0;
+        write!(f, "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}", m[0], m[1], m[2], m[3], m[4], m[5])
+    }
+}
+
+impl fmt::Debug for Mac {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// An endpoint on another host, reached through the tunnel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Remote {
+    pub ip: Ipv4Addr,
+    pub mac: Mac,
+    /// The other host's tunnel (underlay) address.
+    pub host: Ipv4Addr,
+}
+
+/// An endpoint on this host: a container's namespace wired to a network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// Path of the container's network namespace, e.g. /run/netns/c1.
+    pub netns: PathBuf,
+    /// Interface name inside the container (eth0).
+    pub ifname: String,
+    /// Host-side veth name (unique on this host, at most 15 bytes).
+    pub host_ifname: String,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub mac: Mac,
+}
+
+/// One network as this host must hold it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Network {
+    pub vni: u32,
+    pub mtu: u32,
+    /// This host's tunnel address (the VXLAN source).
+    pub local: Ipv4Addr,
+    pub remotes: BTreeSet<Remote>,
+    /// Endpoints of this host on the network, by host-side veth name.
+    pub endpoints: BTreeMap<String, Endpoint>,
+}
+
+/// Everything this host's kernel must hold, by VNI.
+pub type Desired = BTreeMap<u32, Network>;
+
+pub fn bridge_name(vni: u32) -> String {
+    format!("ndbr{vni}")
+}
+
+pub fn vxlan_name(vni: u32) -> String {
+    format!("ndvx{vni}")
+}
+
+/// The VNI of a device this crate made, from its name.
+pub fn device_vni(name: &str) -> Option<(DeviceKind, u32)> {
+    let (kind, rest) = if let Some(r) = name.strip_prefix("ndbr") {
+        (DeviceKind::Bridge, r)
+    } else {
+        (DeviceKind::Vxlan, name.strip_prefix("ndvx")?)
+    };
+    if rest.is_empty() || rest.starts_with('0') || !rest.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    Some((kind, rest.parse().ok()?))
+}
+
+/// True when this process holds CAP_NET_ADMIN (bit 12 of CapEff), which
+/// everything in this crate needs.
+pub fn has_net_admin() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
+            u64::from_str_radix(&hex, 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << 12) != 0)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceKind {
+    Bridge,
+    Vxlan,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot open a netlink socket: {0}; netdb needs Linux and CAP_NET_ADMIN (run as root)")]
+    Socket(#[source] std::io::Error),
+    #[error("network namespace {path}: {source}")]
+    Netns {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: {source}")]
+    Netlink {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("interface {ifname} already exists in {netns}; pick another with --ifname")]
+    IfnameTaken { ifname: String, netns: String },
+}
+
+impl Error {
+    fn netlink(what: impl Into<String>, e: rtnetlink::Error) -> Error {
+        let source = match e {
+            rtnetlink::Error::NetlinkError(m) => m.to_io(),
+            other => std::io::Error::other(other.to_string()),
+        };
+        Error::Netlink { what: what.into(), source }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_follow_docker() {
+        let m = Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 5));
+        assert_eq!(m.to_string(), "02:42:0a:00:00:05");
+        assert_eq!(Mac::from_slice(&[1, 2, 3]), None);
+    }
+
+    #[test]
+    fn only_our_device_names_parse() {
+        assert_eq!(device_vni("ndbr4096"), Some((DeviceKind::Bridge, 4096)));
+        assert_eq!(device_vni(&vxlan_name(16777215)), Some((DeviceKind::Vxlan, 16777215)));
+        for other in ["ndbr", "ndbr04096", "ndvx12a", "eth0", "ndve1234", "ndbr99999999999"] {
+            assert_eq!(device_vni(other), None, "{other}");
+        }
+    }
+}

@@ -1,0 +1,501 @@
+//! The plan carried out over rtnetlink.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::{IpAddr, Ipv4Addr};
+use std::os::fd::AsRawFd;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use futures_util::stream::{self, StreamExt, TryStreamExt};
+use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
+};
+use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
+
+use crate::netns::{self, Connection};
+use crate::plan::{Observed, ObservedNetwork, Plan, plan};
+use crate::{
+    Desired, DeviceKind, Endpoint, Error, Mac, Network, VXLAN_PORT, bridge_name, device_vni,
+    vxlan_name,
+};
+
+/// Requests in flight at once on the socket: the kernel answers them in
+/// order, so pipelining saves a round trip per entry without reordering.
+const IN_FLIGHT: usize = 256;
+
+const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+
+/// What one reconcile changed.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ReconcileReport {
+    pub created: usize,
+    pub removed: usize,
+    pub fdb_added: usize,
+    pub fdb_removed: usize,
+    pub neigh_added: usize,
+    pub neigh_removed: usize,
+    pub endpoints_repaired: usize,
+    /// Operations that failed (logged; the next reconcile tries again).
+    pub failed: usize,
+    pub elapsed: Duration,
+}
+
+impl ReconcileReport {
+    pub fn changes(&self) -> usize {
+        self.created
+            + self.removed
+            + self.fdb_added
+            + self.fdb_removed
+            + self.neigh_added
+            + self.neigh_removed
+            + self.endpoints_repaired
+    }
+}
+
+/// The Linux kernel of this host (the agent's network namespace).
+pub struct Linux {
+    conn: Connection,
+}
+
+type Op<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+
+impl Linux {
+    /// Must be called inside a tokio runtime.
+    pub fn new() -> Result<Linux, Error> {
+        Ok(Linux { conn: netns::here()? })
+    }
+
+    fn handle(&self) -> &Handle {
+        &self.conn.handle
+    }
+
+    /// Reads our devices and their entries back from the kernel.
+    pub async fn observe(&self) -> Result<Observed, Error> {
+        let mut out = Observed::default();
+        let mut vxlans: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut links = self.handle().link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(|e| Error::netlink("list links", e))? {
+            let index = msg.header.index;
+            let (name, master) = name_and_master(&msg);
+            let Some(name) = name else { continue };
+            if let Some((kind, vni)) = device_vni(&name) {
+                let n = out.networks.entry(vni).or_default();
+                match kind {
+                    DeviceKind::Bridge => n.bridge = Some(index),
+                    DeviceKind::Vxlan => {
+                        n.vxlan = Some(index);
+                        vxlans.insert(index, vni);
+                    }
+                }
+            }
+            out.links.insert(name, master);
+        }
+        let mut fdb =
+            self.handle().neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+        while let Some(msg) = fdb.try_next().await.map_err(|e| Error::netlink("dump FDB", e))? {
+            let Some(vni) = vxlans.get(&msg.header.ifindex) else { continue };
+            if !msg.header.flags.contains(NeighbourFlags::Own) {
+                continue;
+            }
+            if let (Some(mac), Some(dst)) = (lladdr(&msg), destination(&msg)) {
+                network(&mut out, *vni).fdb.insert(mac, dst);
+            }
+        }
+        let mut neigh =
+            self.handle().neighbours().get().set_address_family(AddressFamily::Inet).execute();
+        while let Some(msg) =
+            neigh.try_next().await.map_err(|e| Error::netlink("dump neighbors", e))?
+        {
+            let Some(vni) = vxlans.get(&msg.header.ifindex) else { continue };
+            if msg.header.state != NeighbourState::Permanent {
+                continue;
+            }
+            if let (Some(mac), Some(ip)) = (lladdr(&msg), destination(&msg)) {
+                network(&mut out, *vni).neigh.insert(ip, mac);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Makes the kernel hold `desired` and none of our other devices or
+    /// entries. Failed operations are counted and logged; the rest goes on.
+    pub async fn reconcile(&self, desired: &Desired) -> Result<ReconcileReport, Error> {
+        let started = Instant::now();
+        let observed = self.observe().await?;
+        let p = plan(desired, &observed);
+        let mut report = ReconcileReport::default();
+        if p.is_empty() {
+            report.elapsed = started.elapsed();
+            return Ok(report);
+        }
+        let Plan { create, remove, fdb_add, fdb_del, neigh_add, neigh_del, reattach, enslave } = p;
+        for vni in &remove {
+            match self.remove_network(*vni).await {
+                Ok(()) => report.removed += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        let mut indices: BTreeMap<u32, (u32, u32)> = observed
+            .networks
+            .iter()
+            .filter_map(|(vni, n)| Some((*vni, (n.bridge?, n.vxlan?))))
+            .collect();
+        for vni in &create {
+            match self.ensure_network(&desired[vni]).await {
+                Ok(ix) => {
+                    indices.insert(*vni, ix);
+                    report.created += 1;
+                }
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        let vx = |vni: u32| indices.get(&vni).map(|(_, v)| *v);
+        let mut ops: Vec<(Kind, Op<'_>)> = Vec::new();
+        for (vni, mac, host) in fdb_del {
+            if let Some(ix) = vx(vni) {
+                ops.push((Kind::FdbDel, Box::pin(self.fdb_del(ix, mac, host))));
+            }
+        }
+        for (vni, ip, mac) in neigh_del {
+            if let Some(ix) = vx(vni) {
+                ops.push((Kind::NeighDel, Box::pin(self.neigh_del(ix, ip, mac))));
+            }
+        }
+        for (vni, mac, host) in fdb_add {
+            if let Some(ix) = vx(vni) {
+                ops.push((Kind::FdbAdd, Box::pin(self.fdb_add(ix, mac, host))));
+            }
+        }
+        for (vni, ip, mac) in neigh_add {
+            if let Some(ix) = vx(vni) {
+                ops.push((Kind::NeighAdd, Box::pin(self.neigh_add(ix, ip, mac))));
+            }
+        }
+        let results: Vec<(Kind, Result<(), Error>)> = stream::iter(ops)
+            .map(|(kind, op)| async move { (kind, op.await) })
+            .buffer_unordered(IN_FLIGHT)
+            .collect()
+            .await;
+        for (kind, r) in results {
+            match r {
+                Ok(()) => match kind {
+                    Kind::FdbAdd => report.fdb_added += 1,
+                    Kind::FdbDel => report.fdb_removed += 1,
+                    Kind::NeighAdd => report.neigh_added += 1,
+                    Kind::NeighDel => report.neigh_removed += 1,
+                },
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        for (vni, name) in enslave {
+            let Some((br, _)) = indices.get(&vni) else { continue };
+            let msg = LinkUnspec::new_with_name(&name).controller(*br).up().build();
+            match self.handle().link().set(msg).execute().await {
+                Ok(()) => report.endpoints_repaired += 1,
+                Err(e) => fail(&mut report, &Error::netlink(format!("enslave {name}"), e)),
+            }
+        }
+        for (vni, ep) in reattach {
+            match self.attach(&desired[&vni], &ep).await {
+                Ok(()) => report.endpoints_repaired += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+
+    /// Creates a network's bridge and VXLAN device if missing; returns their
+    /// indices.
+    pub async fn ensure_network(&self, net: &Network) -> Result<(u32, u32), Error> {
+        let br = bridge_name(net.vni);
+        let vx = vxlan_name(net.vni);
+        let bridge = LinkBridge::new(&br).mtu(net.mtu).build();
+        ignore(self.handle().link().add(bridge).execute().await, EEXIST)
+            .map_err(|e| Error::netlink(format!("create bridge {br}"), e))?;
+        let br_ix = self.index(&br).await?.ok_or_else(|| gone(&br))?;
+        let vxlan = LinkVxlan::new(&vx, net.vni)
+            .local(net.local)
+            .port(VXLAN_PORT)
+            .learning(false)
+            .proxy(true)
+            .mtu(net.mtu)
+            .controller(br_ix)
+            .up()
+            .build();
+        ignore(self.handle().link().add(vxlan).execute().await, EEXIST)
+            .map_err(|e| Error::netlink(format!("create VXLAN {vx} (VNI {})", net.vni), e))?;
+        let vx_ix = self.index(&vx).await?.ok_or_else(|| gone(&vx))?;
+        let up = LinkUnspec::new_with_index(vx_ix).controller(br_ix).up().build();
+        self.handle()
+            .link()
+            .set(up)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("set {vx} up"), e))?;
+        Ok((br_ix, vx_ix))
+    }
+
+    async fn remove_network(&self, vni: u32) -> Result<(), Error> {
+        for name in [vxlan_name(vni), bridge_name(vni)] {
+            if let Some(ix) = self.index(&name).await? {
+                ignore(self.handle().link().del(ix).execute().await, ENODEV)
+                    .map_err(|e| Error::netlink(format!("delete {name}"), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Wires a container's namespace to a network: a veth pair, one end on
+    /// the bridge, the other renamed, addressed and up in the container.
+    /// On failure nothing of the endpoint is left behind.
+    pub async fn attach(&self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
+        let file = netns::open(&ep.netns)?;
+        let inside = netns::enter(&ep.netns, &file)?;
+        if index_in(&inside.handle, &ep.ifname).await?.is_some() {
+            return Err(Error::IfnameTaken {
+                ifname: ep.ifname.clone(),
+                netns: ep.netns.display().to_string(),
+            });
+        }
+        let (br, _) = self.ensure_network(net).await?;
+        self.detach(&ep.host_ifname).await?;
+        let peer = peer_name(&ep.host_ifname);
+        self.detach(&peer).await?;
+        let veth = LinkVeth::new(&ep.host_ifname, &peer).mtu(net.mtu).build();
+        self.handle()
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("create veth {}", ep.host_ifname), e))?;
+        let wired = self.wire(net, ep, br, &peer, &file, &inside).await;
+        if wired.is_err() {
+            let _ = self.detach(&ep.host_ifname).await;
+        }
+        wired
+    }
+
+    async fn wire(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+        bridge: u32,
+        peer: &str,
+        netns_file: &std::fs::File,
+        inside: &Connection,
+    ) -> Result<(), Error> {
+        let what = |step: &str| format!("{step} for endpoint {}", ep.host_ifname);
+        let move_peer = LinkUnspec::new_with_name(peer).setns_by_fd(netns_file.as_raw_fd()).build();
+        self.handle()
+            .link()
+            .set(move_peer)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("move veth"), e))?;
+        let host_side = LinkUnspec::new_with_name(&ep.host_ifname).controller(bridge).up().build();
+        self.handle()
+            .link()
+            .set(host_side)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("enslave veth"), e))?;
+        let h = &inside.handle;
+        let ix = index_in(h, peer).await?.ok_or_else(|| gone(peer))?;
+        let setup = LinkUnspec::new_with_index(ix)
+            .name(ep.ifname.clone())
+            .address(ep.mac.0.to_vec())
+            .mtu(net.mtu)
+            .build();
+        h.link()
+            .set(setup)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("configure eth"), e))?;
+        h.address()
+            .add(ix, IpAddr::V4(ep.ip), ep.prefix)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("add address"), e))?;
+        h.link()
+            .set(LinkUnspec::new_with_index(ix).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("set up"), e))?;
+        if let Some(lo) = index_in(h, "lo").await? {
+            h.link()
+                .set(LinkUnspec::new_with_index(lo).up().build())
+                .execute()
+                .await
+                .map_err(|e| Error::netlink(what("set lo up"), e))?;
+        }
+        Ok(())
+    }
+
+    /// Removes an endpoint's veth pair; `Ok(false)` if it was already gone.
+    pub async fn detach(&self, host_ifname: &str) -> Result<bool, Error> {
+        let Some(ix) = self.index(host_ifname).await? else { return Ok(false) };
+        ignore(self.handle().link().del(ix).execute().await, ENODEV)
+            .map_err(|e| Error::netlink(format!("delete veth {host_ifname}"), e))?;
+        Ok(true)
+    }
+
+    async fn index(&self, name: &str) -> Result<Option<u32>, Error> {
+        index_in(self.handle(), name).await
+    }
+
+    fn fdb_add(
+        &self,
+        vx: u32,
+        mac: Mac,
+        host: Ipv4Addr,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let req = self
+            .handle()
+            .neighbours()
+            .add_bridge(vx, &mac.0)
+            .destination(IpAddr::V4(host))
+            .flags(NeighbourFlags::Own)
+            .replace();
+        async move {
+            req.execute().await.map_err(|e| Error::netlink(format!("add FDB {mac} → {host}"), e))
+        }
+    }
+
+    fn fdb_del(
+        &self,
+        vx: u32,
+        mac: Mac,
+        host: Ipv4Addr,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Bridge;
+        msg.header.ifindex = vx;
+        msg.header.flags = NeighbourFlags::Own;
+        msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(host)));
+        let req = self.handle().neighbours().del(msg);
+        async move {
+            ignore(req.execute().await, ENOENT)
+                .map_err(|e| Error::netlink(format!("delete FDB {mac}"), e))
+        }
+    }
+
+    fn neigh_add(
+        &self,
+        vx: u32,
+        ip: Ipv4Addr,
+        mac: Mac,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let req =
+            self.handle().neighbours().add(vx, IpAddr::V4(ip)).link_layer_address(&mac.0).replace();
+        async move {
+            req.execute().await.map_err(|e| Error::netlink(format!("add neighbor {ip} → {mac}"), e))
+        }
+    }
+
+    fn neigh_del(
+        &self,
+        vx: u32,
+        ip: Ipv4Addr,
+        _mac: Mac,
+    ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
+        let mut msg = NeighbourMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.ifindex = vx;
+        msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
+        let req = self.handle().neighbours().del(msg);
+        async move {
+            ignore(req.execute().await, ENOENT)
+                .map_err(|e| Error::netlink(format!("delete neighbor {ip}"), e))
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    FdbAdd,
+    FdbDel,
+    NeighAdd,
+    NeighDel,
+}
+
+fn fail(report: &mut ReconcileReport, e: &Error) {
+    report.failed += 1;
+    tracing::warn!(error = %e, "data plane operation failed; the next reconcile retries");
+}
+
+fn network(o: &mut Observed, vni: u32) -> &mut ObservedNetwork {
+    o.networks.entry(vni).or_default()
+}
+
+fn gone(name: &str) -> Error {
+    Error::Netlink {
+        what: format!("find {name}"),
+        source: std::io::Error::other("vanished after creation"),
+    }
+}
+
+/// The container-side name a veth has before it moves: unique on the host.
+fn peer_name(host_ifname: &str) -> String {
+    match host_ifname.strip_prefix("ndve") {
+        Some(rest) => format!("ndvp{rest}"),
+        None => format!("{}p", &host_ifname[..host_ifname.len().min(14)]),
+    }
+}
+
+async fn index_in(h: &Handle, name: &str) -> Result<Option<u32>, Error> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    match links.try_next().await {
+        Ok(msg) => Ok(msg.map(|m| m.header.index)),
+        Err(rtnetlink::Error::NetlinkError(m)) if matches!(-m.raw_code(), ENODEV | ENOENT) => {
+            Ok(None)
+        }
+        Err(e) => Err(Error::netlink(format!("look up {name}"), e)),
+    }
+}
+
+/// `Ok` also when the kernel answers `errno` (already there, already gone).
+fn ignore(r: Result<(), rtnetlink::Error>, errno: i32) -> Result<(), rtnetlink::Error> {
+    match r {
+        Err(rtnetlink::Error::NetlinkError(m)) if -m.raw_code() == errno => Ok(()),
+        other => other,
+    }
+}
+
+fn name_and_master(msg: &LinkMessage) -> (Option<String>, Option<u32>) {
+    let mut name = None;
+    let mut master = None;
+    for a in &msg.attributes {
+        match a {
+            LinkAttribute::IfName(n) => name = Some(n.clone()),
+            LinkAttribute::Controller(c) => master = Some(*c),
+            _ => {}
+        }
+    }
+    (name, master)
+}
+
+fn lladdr(msg: &NeighbourMessage) -> Option<Mac> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::LinkLayerAddress(b) => Mac::from_slice(b),
+        _ => None,
+    })
+}
+
+fn destination(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
+    msg.attributes.iter().find_map(|a| match a {
+        NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)) => Some(*ip),
+        // FDB dumps (family AF_BRIDGE) carry the VXLAN destination as raw
+        // bytes.
+        NeighbourAttribute::Destination(NeighbourAddress::Other(b)) => {
+            <[u8; 4]>::try_from(&b[..]).ok().map(Ipv4Addr::from)
+        }
+        _ => None,
+    })
+}

@@ -1,0 +1,214 @@
+//! The difference between what the kernel holds and what it must hold.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+
+use crate::{Desired, Endpoint, Mac};
+
+/// One network's devices and entries as read from the kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ObservedNetwork {
+    pub bridge: Option<u32>,
+    pub vxlan: Option<u32>,
+    /// FDB entries of the VXLAN device itself (NTF_SELF): MAC → remote host.
+    pub fdb: BTreeMap<Mac, Ipv4Addr>,
+    /// Permanent neighbor entries of the VXLAN device: IP → MAC.
+    pub neigh: BTreeMap<Ipv4Addr, Mac>,
+}
+
+/// The kernel as read: our devices by VNI, and every link's bridge (by
+/// name, `None` when it has none).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Observed {
+    pub networks: BTreeMap<u32, ObservedNetwork>,
+    pub links: BTreeMap<String, Option<u32>>,
+}
+
+/// Work to do, in the order [`crate::Linux`] does it.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Plan {
+    /// Networks whose bridge or VXLAN device is missing.
+    pub create: Vec<u32>,
+    /// Our devices of networks no longer wanted.
+    pub remove: Vec<u32>,
+    pub fdb_add: Vec<(u32, Mac, Ipv4Addr)>,
+    pub fdb_del: Vec<(u32, Mac, Ipv4Addr)>,
+    pub neigh_add: Vec<(u32, Ipv4Addr, Mac)>,
+    pub neigh_del: Vec<(u32, Ipv4Addr, Mac)>,
+    /// Local endpoints whose host-side veth is gone: wire them again.
+    pub reattach: Vec<(u32, Endpoint)>,
+    /// Local endpoints whose veth left the bridge: enslave it again.
+    pub enslave: Vec<(u32, String)>,
+}
+
+impl Plan {
+    pub fn is_empty(&self) -> bool {
+        *self == Plan::default()
+    }
+}
+
+/// What to change so that the kernel holds `desired` and nothing else of
+/// ours. Remotes sharing a MAC (an address conflict) keep the first host in
+/// order, so every reconcile picks the same one.
+pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
+    let mut p = Plan::default();
+    let empty = ObservedNetwork::default();
+    for (&vni, net) in desired {
+        let seen = observed.networks.get(&vni).unwrap_or(&empty);
+        if seen.bridge.is_none() || seen.vxlan.is_none() {
+            p.create.push(vni);
+        }
+        let mut fdb: BTreeMap<Mac, Ipv4Addr> = BTreeMap::new();
+        let mut neigh: BTreeMap<Ipv4Addr, Mac> = BTreeMap::new();
+        for r in &net.remotes {
+            fdb.entry(r.mac).or_insert(r.host);
+            neigh.entry(r.ip).or_insert(r.mac);
+        }
+        diff(vni, &fdb, &seen.fdb, &mut p.fdb_add, &mut p.fdb_del);
+        diff(vni, &neigh, &seen.neigh, &mut p.neigh_add, &mut p.neigh_del);
+        for (name, ep) in &net.endpoints {
+            match observed.links.get(name) {
+                None => p.reattach.push((vni, ep.clone())),
+                Some(master) if seen.bridge.is_some() && *master != seen.bridge => {
+                    p.enslave.push((vni, name.clone()))
+                }
+                Some(_) => {}
+            }
+        }
+    }
+    p.remove = observed.networks.keys().filter(|v| !desired.contains_key(v)).copied().collect();
+    p
+}
+
+fn diff<K: Ord + Copy, V: PartialEq + Copy>(
+    vni: u32,
+    want: &BTreeMap<K, V>,
+    have: &BTreeMap<K, V>,
+    add: &mut Vec<(u32, K, V)>,
+    del: &mut Vec<(u32, K, V)>,
+) {
+    for (k, v) in want {
+        if have.get(k) != Some(v) {
+            add.push((vni, *k, *v));
+        }
+    }
+    let wanted: BTreeSet<&K> = want.keys().collect();
+    for (k, v) in have {
+        if !wanted.contains(k) {
+            del.push((vni, *k, *v));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Network, Remote};
+
+    fn ip(last: u8) -> Ipv4Addr {
+        Ipv4Addr::new(10, 0, 0, last)
+    }
+
+    fn remote(last: u8, host: u8) -> Remote {
+        Remote {
+            ip: ip(last),
+            mac: Mac::from_ipv4(ip(last)),
+            host: Ipv4Addr::new(192, 168, 0, host),
+        }
+    }
+
+    fn network(remotes: &[Remote]) -> Network {
+        Network {
+            vni: 4096,
+            mtu: 1450,
+            local: Ipv4Addr::new(192, 168, 0, 1),
+            remotes: remotes.iter().copied().collect(),
+            endpoints: BTreeMap::new(),
+        }
+    }
+
+    fn observed_from(desired: &Desired) -> Observed {
+        let mut o = Observed::default();
+        for (vni, net) in desired {
+            let mut n = ObservedNetwork { bridge: Some(10), vxlan: Some(11), ..Default::default() };
+            for r in &net.remotes {
+                n.fdb.insert(r.mac, r.host);
+                n.neigh.insert(r.ip, r.mac);
+            }
+            o.networks.insert(*vni, n);
+        }
+        o
+    }
+
+    #[test]
+    fn an_empty_kernel_gets_everything() {
+        let desired: Desired = [(4096, network(&[remote(5, 2), remote(6, 3)]))].into();
+        let p = plan(&desired, &Observed::default());
+        assert_eq!(p.create, vec![4096]);
+        assert_eq!(p.fdb_add.len(), 2);
+        assert_eq!(p.neigh_add.len(), 2);
+        assert!(p.fdb_del.is_empty() && p.neigh_del.is_empty() && p.remove.is_empty());
+    }
+
+    #[test]
+    fn a_kernel_in_step_needs_nothing() {
+        let desired: Desired = [(4096, network(&[remote(5, 2), remote(6, 3)]))].into();
+        assert!(plan(&desired, &observed_from(&desired)).is_empty());
+    }
+
+    #[test]
+    fn drift_is_repaired_both_ways() {
+        let desired: Desired = [(4096, network(&[remote(5, 2), remote(6, 3)]))].into();
+        let mut o = observed_from(&desired);
+        let n = o.networks.get_mut(&4096).unwrap();
+        // Deleted by hand, added by hand, and moved to another host.
+        n.fdb.remove(&remote(5, 2).mac);
+        n.neigh.insert(ip(99), Mac::from_ipv4(ip(99)));
+        n.fdb.insert(remote(6, 3).mac, Ipv4Addr::new(192, 168, 0, 9));
+        o.networks.insert(5000, ObservedNetwork { bridge: Some(20), ..Default::default() });
+        let p = plan(&desired, &o);
+        assert_eq!(
+            p.fdb_add,
+            vec![
+                (4096, remote(5, 2).mac, remote(5, 2).host),
+                (4096, remote(6, 3).mac, remote(6, 3).host)
+            ]
+        );
+        assert_eq!(p.neigh_del, vec![(4096, ip(99), Mac::from_ipv4(ip(99)))]);
+        assert_eq!(p.remove, vec![5000]);
+        assert!(p.create.is_empty() && p.fdb_del.is_empty() && p.neigh_add.is_empty());
+    }
+
+    #[test]
+    fn one_mac_on_two_hosts_resolves_the_same_way_every_time() {
+        let a = remote(5, 2);
+        let b = Remote { host: Ipv4Addr::new(192, 168, 0, 7), ..a };
+        let desired: Desired = [(4096, network(&[b, a]))].into();
+        let p = plan(&desired, &Observed::default());
+        assert_eq!(p.fdb_add, vec![(4096, a.mac, a.host)]);
+    }
+
+    #[test]
+    fn lost_and_detached_veths_are_wired_again() {
+        let mut net = network(&[]);
+        for name in ["ndve1", "ndve2", "ndve3"] {
+            let ep = Endpoint {
+                netns: "/run/netns/x".into(),
+                ifname: "eth0".into(),
+                host_ifname: name.into(),
+                ip: ip(2),
+                prefix: 24,
+                mac: Mac::from_ipv4(ip(2)),
+            };
+            net.endpoints.insert(name.into(), ep);
+        }
+        let desired: Desired = [(4096, net)].into();
+        let mut o = observed_from(&desired);
+        o.links.insert("ndve1".into(), Some(10));
+        o.links.insert("ndve2".into(), None);
+        let p = plan(&desired, &o);
+        assert_eq!(p.enslave, vec![(4096, "ndve2".to_string())]);
+        assert_eq!(p.reattach.len(), 1);
+        assert_eq!(p.reattach[0].1.host_ifname, "ndve3");
+    }
+}

@@ -1,0 +1,267 @@
+//! The data plane against a real kernel, inside namespaces this test makes.
+//! Needs root (CAP_NET_ADMIN); without it the tests say so and pass, except
+//! under CI (`CI` set), where they fail.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::Command;
+
+use netdb_dataplane::{Desired, Endpoint, Linux, Mac, Network, Remote, has_net_admin};
+
+fn allowed(test: &str) -> bool {
+    if has_net_admin() {
+        return true;
+    }
+    assert!(std::env::var_os("CI").is_none(), "{test}: CI must run as root (CAP_NET_ADMIN)");
+    eprintln!("SKIP {test}: needs CAP_NET_ADMIN (run as root)");
+    false
+}
+
+fn ip(args: &[&str]) -> String {
+    let out = Command::new("ip").args(args).output().expect("run ip");
+    assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn bridge(args: &[&str]) -> String {
+    let out = Command::new("bridge").args(args).output().expect("run bridge");
+    assert!(out.status.success(), "bridge {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Named namespaces, deleted on drop.
+struct Namespaces(Vec<String>);
+
+impl Namespaces {
+    fn new(tag: &str, names: &[&str]) -> Namespaces {
+        let ns: Vec<String> =
+            names.iter().map(|n| format!("ndt{}-{tag}-{n}", std::process::id())).collect();
+        for n in &ns {
+            ip(&["netns", "add", n]);
+        }
+        Namespaces(ns)
+    }
+    fn path(&self, i: usize) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.0[i]))
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for n in &self.0 {
+            let _ = Command::new("ip").args(["netns", "del", n]).status();
+        }
+    }
+}
+
+/// Runs `f` on a thread that lives in namespace `path`, with its own
+/// runtime, so the test's netlink sockets never touch the machine's own.
+fn inside<T: Send + 'static>(
+    path: PathBuf,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+) -> T {
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).expect("open namespace");
+        nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(f())
+    })
+    .join()
+    .expect("namespace thread")
+}
+
+fn addr(last: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 77, 0, last)
+}
+
+fn remote(last: u8, host: u8) -> Remote {
+    Remote { ip: addr(last), mac: Mac::from_ipv4(addr(last)), host: Ipv4Addr::new(192, 0, 2, host) }
+}
+
+fn network(remotes: &[Remote], endpoints: &[Endpoint]) -> Network {
+    Network {
+        vni: 4242,
+        mtu: 1450,
+        local: Ipv4Addr::new(192, 0, 2, 1),
+        remotes: remotes.iter().copied().collect::<BTreeSet<_>>(),
+        endpoints: endpoints.iter().map(|e| (e.host_ifname.clone(), e.clone())).collect(),
+    }
+}
+
+fn endpoint(netns: PathBuf, host_ifname: &str, last: u8) -> Endpoint {
+    Endpoint {
+        netns,
+        ifname: "eth0".into(),
+        host_ifname: host_ifname.into(),
+        ip: addr(last),
+        prefix: 24,
+        mac: Mac::from_ipv4(addr(last)),
+    }
+}
+
+#[test]
+fn reconcile_programs_repairs_and_cleans_the_kernel() {
+    if !allowed("reconcile_programs_repairs_and_cleans_the_kernel") {
+        return;
+    }
+    let ns = Namespaces::new("rec", &["host"]);
+    let host = ns.0[0].clone();
+    // Keep the host namespace up for the whole test: its devices need it.
+    ip(&["-n", &host, "link", "set", "lo", "up"]);
+    let desired: Desired = [(4242, network(&[remote(5, 2), remote(6, 3)], &[]))].into();
+    let d = desired.clone();
+    let first = inside(ns.path(0), move || {
+        Box::pin(async move { Linux::new().unwrap().reconcile(&d).await.unwrap() })
+    });
+    assert_eq!((first.created, first.fdb_added, first.neigh_added, first.failed), (1, 2, 2, 0));
+
+    let links = ip(&["-n", &host, "-d", "link", "show", "ndvx4242"]);
+    assert!(links.contains("vxlan id 4242") && links.contains("dstport 4789"), "{links}");
+    assert!(links.contains("nolearning") && links.contains("proxy"), "{links}");
+    assert!(links.contains("master ndbr4242"), "{links}");
+    let fdb = bridge(&["-n", &host, "fdb", "show", "dev", "ndvx4242"]);
+    assert!(fdb.contains("02:42:0a:4d:00:05 dst 192.0.2.2 self permanent"), "{fdb}");
+    assert!(fdb.contains("02:42:0a:4d:00:06 dst 192.0.2.3 self permanent"), "{fdb}");
+    let neigh = ip(&["-n", &host, "neigh", "show", "dev", "ndvx4242"]);
+    assert!(neigh.contains("10.77.0.5 lladdr 02:42:0a:4d:00:05 PERMANENT"), "{neigh}");
+
+    // In step: nothing to do.
+    let d = desired.clone();
+    let again = inside(ns.path(0), move || {
+        Box::pin(async move { Linux::new().unwrap().reconcile(&d).await.unwrap() })
+    });
+    assert_eq!(again.changes(), 0, "{again:?}");
+
+    // Hand edits: one entry deleted, one stray entry added, one neighbor
+    // removed. The next reconcile undoes all three.
+    bridge(&[
+        "-n",
+        &host,
+        "fdb",
+        "del",
+        "02:42:0a:4d:00:05",
+        "dev",
+        "ndvx4242",
+        "dst",
+        "192.0.2.2",
+        "self",
+    ]);
+    bridge(&[
+        "-n",
+        &host,
+        "fdb",
+        "add",
+        "02:42:0a:4d:00:63",
+        "dev",
+        "ndvx4242",
+        "dst",
+        "192.0.2.9",
+        "self",
+        "permanent",
+    ]);
+    ip(&["-n", &host, "neigh", "del", "10.77.0.6", "dev", "ndvx4242"]);
+    let d = desired.clone();
+    let repair = inside(ns.path(0), move || {
+        Box::pin(async move { Linux::new().unwrap().reconcile(&d).await.unwrap() })
+    });
+    assert_eq!(
+        (repair.fdb_added, repair.fdb_removed, repair.neigh_added, repair.failed),
+        (1, 1, 1, 0),
+        "{repair:?}"
+    );
+    let fdb = bridge(&["-n", &host, "fdb", "show", "dev", "ndvx4242"]);
+    assert!(
+        fdb.contains("02:42:0a:4d:00:05 dst 192.0.2.2") && !fdb.contains("02:42:0a:4d:00:63"),
+        "{fdb}"
+    );
+
+    // A remote goes away; then the whole network does.
+    let smaller: Desired = [(4242, network(&[remote(6, 3)], &[]))].into();
+    let gone = inside(ns.path(0), move || {
+        Box::pin(async move { Linux::new().unwrap().reconcile(&smaller).await.unwrap() })
+    });
+    assert_eq!((gone.fdb_removed, gone.neigh_removed), (1, 1));
+    let neigh = ip(&["-n", &host, "neigh", "show", "dev", "ndvx4242"]);
+    assert!(!neigh.contains("10.77.0.5"), "{neigh}");
+    let none = inside(ns.path(0), move || {
+        Box::pin(async move { Linux::new().unwrap().reconcile(&Desired::new()).await.unwrap() })
+    });
+    assert_eq!(none.removed, 1);
+    let links = ip(&["-n", &host, "link", "show"]);
+    assert!(!links.contains("ndvx4242") && !links.contains("ndbr4242"), "{links}");
+}
+
+#[test]
+fn endpoints_are_wired_repaired_and_refused_cleanly() {
+    if !allowed("endpoints_are_wired_repaired_and_refused_cleanly") {
+        return;
+    }
+    let ns = Namespaces::new("ep", &["host", "c1", "c2"]);
+    let (host, c1, c2) = (ns.0[0].clone(), ns.0[1].clone(), ns.0[2].clone());
+    let e1 = endpoint(ns.path(1), "ndve00000001", 2);
+    let e2 = endpoint(ns.path(2), "ndve00000002", 3);
+    let net = network(&[], &[e1.clone(), e2.clone()]);
+    let (n, a, b) = (net.clone(), e1.clone(), e2.clone());
+    inside(ns.path(0), move || {
+        Box::pin(async move {
+            let linux = Linux::new().unwrap();
+            linux.attach(&n, &a).await.unwrap();
+            linux.attach(&n, &b).await.unwrap();
+        })
+    });
+    let eth = ip(&["-n", &c1, "-d", "addr", "show", "eth0"]);
+    assert!(
+        eth.contains("inet 10.77.0.2/24") && eth.contains("link/ether 02:42:0a:4d:00:02"),
+        "{eth}"
+    );
+    assert!(eth.contains("mtu 1450") && eth.contains("state UP"), "{eth}");
+    let route = ip(&["-n", &c2, "route", "show"]);
+    assert!(route.contains("10.77.0.0/24 dev eth0"), "{route}");
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &c1, "ping", "-c", "1", "-W", "2", "10.77.0.3"])
+        .output()
+        .expect("ping");
+    assert!(ping.status.success(), "same-host ping: {}", String::from_utf8_lossy(&ping.stdout));
+
+    // The veth deleted by hand (the container loses its eth0): reconcile
+    // wires it again. Another one unplugged from the bridge: enslaved again.
+    ip(&["-n", &host, "link", "del", "ndve00000001"]);
+    ip(&["-n", &host, "link", "set", "ndve00000002", "nomaster"]);
+    let desired: Desired = [(4242, net.clone())].into();
+    let r = inside(ns.path(0), move || {
+        Box::pin(async move { Linux::new().unwrap().reconcile(&desired).await.unwrap() })
+    });
+    assert_eq!((r.endpoints_repaired, r.failed), (2, 0), "{r:?}");
+    assert!(ip(&["-n", &c1, "addr", "show", "eth0"]).contains("inet 10.77.0.2/24"));
+    assert!(ip(&["-n", &host, "link", "show", "ndve00000002"]).contains("master ndbr4242"));
+
+    // Refusals leave nothing behind.
+    let (n, taken, missing) = (
+        net.clone(),
+        endpoint(ns.path(1), "ndve00000003", 4),
+        endpoint(PathBuf::from("/run/netns/ndt-no-such-namespace"), "ndve00000004", 5),
+    );
+    let not_a_netns = endpoint(PathBuf::from("/proc/self/ns/uts"), "ndve00000005", 6);
+    let errors = inside(ns.path(0), move || {
+        Box::pin(async move {
+            let linux = Linux::new().unwrap();
+            let mut out = Vec::new();
+            for ep in [taken, missing, not_a_netns] {
+                out.push(linux.attach(&n, &ep).await.unwrap_err().to_string());
+            }
+            assert!(linux.detach("ndve00000001").await.unwrap());
+            assert!(!linux.detach("ndve00000001").await.unwrap());
+            out
+        })
+    });
+    assert!(errors[0].contains("eth0 already exists"), "{errors:?}");
+    assert!(errors[1].contains("No such file"), "{errors:?}");
+    assert!(errors[2].contains("not a network namespace"), "{errors:?}");
+    let links = ip(&["-n", &host, "link", "show"]);
+    for leftover in ["ndve00000003", "ndvp00000003", "ndve00000004", "ndve00000005", "ndve00000001"]
+    {
+        assert!(!links.contains(leftover), "{leftover} left behind: {links}");
+    }
+    assert!(!ip(&["-n", &c1, "link", "show"]).contains("eth0"), "detach must remove eth0");
+}
