@@ -4,7 +4,8 @@
 
 use std::hash::{BuildHasher, RandomState};
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
@@ -15,10 +16,15 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
+use netdb_dataplane::Linux;
+
 use crate::api::{Api, Watcher};
 use crate::cli::AgentArgs;
 use crate::config::{self, Settings};
 use crate::endpoint::Endpoint;
+use crate::overlay::Overlay;
+use crate::reconcile::{self, KernelStats};
+use crate::state::Store;
 use crate::streams::{self, NetMsg, Streams};
 
 /// Work for the core loop, sent by the API.
@@ -28,6 +34,8 @@ pub type Command = Box<dyn FnOnce(&mut Core) + Send>;
 pub struct Core {
     pub node: Node,
     pub watchers: Vec<Watcher>,
+    pub overlay: Overlay,
+    pub kernel_stats: Arc<KernelStats>,
     start: Instant,
 }
 
@@ -61,6 +69,7 @@ impl Core {
             ("queue_overflow", s.queue_overflow),
             ("queue_oversized", s.queue_oversized),
             ("watchers", self.watchers.len() as u64),
+            ("conflicts_detected", self.overlay.conflicts_seen),
         ] {
             out.push((name.into(), v));
         }
@@ -71,6 +80,7 @@ impl Core {
         for r in DropReason::ALL {
             out.push((format!("drops:{}", r.as_str()), s.dropped(r)));
         }
+        out.extend(self.kernel_stats.counters());
         out
     }
 
@@ -79,6 +89,7 @@ impl Core {
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(member = %name, %addr, state = state.as_str(), "membership change");
         }
+        self.overlay.observe(&ev);
         self.watchers.retain(|w| w.offer(&ev));
     }
 }
@@ -99,12 +110,43 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
         tracing::info!(fingerprints = ?ring.fingerprints(), "gossip is sealed");
         node.set_keyring(Some(ring));
     }
-    let mut core = Core { node, watchers: Vec::new(), start: Instant::now() };
+    let kernel = start_dataplane(&s)?;
+    let tunnel = match s.advertise.ip() {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(_) => None,
+    };
+    if kernel.is_some() && tunnel.is_none() {
+        tracing::warn!("the data plane needs an IPv4 --advertise address; endpoints are refused");
+    }
+    let store = match (&kernel, &s.data_dir) {
+        (Some(_), Some(dir)) => Some(Store::open(dir)?),
+        _ => None,
+    };
+    let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle);
+    let kernel_stats = Arc::new(KernelStats::default());
+    let mut core = Core {
+        node,
+        watchers: Vec::new(),
+        overlay,
+        kernel_stats: kernel_stats.clone(),
+        start: Instant::now(),
+    };
+    core.overlay.republish(&mut core.node, Duration::ZERO);
 
     let (cmd_tx, mut cmd_rx) = mpsc::channel::<Command>(256);
+    if let Some(k) = &kernel {
+        let task = reconcile::run(
+            k.clone(),
+            cmd_tx.clone(),
+            core.overlay.kernel.clone(),
+            s.reconcile_interval,
+            kernel_stats,
+        );
+        tokio::spawn(task);
+    }
     let (net_tx, mut net_rx) = mpsc::channel::<NetMsg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = serve_api(&s.api, Api::new(cmd_tx), stop_rx).await?;
+    let server = serve_api(&s.api, Api::new(cmd_tx, kernel), stop_rx).await?;
     let limits = streams::Limits::new(s.core.max_sync_frame, s.core.sync_timeout);
     tokio::spawn(streams::accept_loop(tcp, net_tx.clone(), limits.clone()));
     let mut streams = Streams::new(net_tx, limits);
@@ -119,8 +161,12 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     let mut buf = vec![0u8; netdb::codec::MAX_DATAGRAM];
     let mut leaving: Option<Instant> = None;
     let mut join_log = JoinLog::new(&s);
+    let mut next_upkeep = Instant::now();
     loop {
-        let next = core.node.poll_timeout().map(|t| core.start + t);
+        let mut next = core.node.poll_timeout().map(|t| core.start + t);
+        if core.overlay.dirty {
+            next = Some(next.map_or(next_upkeep, |n| n.min(next_upkeep)));
+        }
         let wake = match (next, leaving) {
             (Some(a), Some(b)) => a.min(b),
             (a, b) => a.or(b).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
@@ -167,6 +213,16 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
         while let Some(ev) = core.node.poll_event() {
             core.dispatch(ev);
         }
+        // Overlay upkeep reads whole tables: at most every UPKEEP, however
+        // many events arrive.
+        if core.overlay.dirty && Instant::now() >= next_upkeep {
+            let now = core.now();
+            core.overlay.maintain(&mut core.node, now);
+            next_upkeep = Instant::now() + UPKEEP;
+            while let Some(ev) = core.node.poll_event() {
+                core.dispatch(ev);
+            }
+        }
         join_log.check(&core.node);
         if leaving.is_some_and(|at| Instant::now() >= at) {
             break;
@@ -185,6 +241,24 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     }
     tracing::info!("left the cluster; bye");
     Ok(())
+}
+
+/// Least time between two overlay upkeep passes.
+const UPKEEP: Duration = Duration::from_millis(100);
+
+/// The kernel data plane, unless it is off by flag or for lack of
+/// privilege.
+fn start_dataplane(s: &Settings) -> anyhow::Result<Option<Arc<Linux>>> {
+    if s.data_dir.is_none() {
+        return Ok(None);
+    }
+    if !netdb_dataplane::has_net_admin() {
+        tracing::warn!(
+            "no CAP_NET_ADMIN: the data plane is off and endpoint attach is refused (run as root, or pass --no-dataplane)"
+        );
+        return Ok(None);
+    }
+    Ok(Some(Arc::new(Linux::new()?)))
 }
 
 /// Announces the leave; the loop keeps gossiping for two rounds so the news

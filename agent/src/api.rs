@@ -2,6 +2,7 @@
 //! owns the node, and answers through a oneshot channel.
 
 use std::pin::Pin;
+use std::sync::Arc;
 
 use bytes::Bytes;
 use netdb::{EntryEventKind, Event};
@@ -10,31 +11,50 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
+use netdb_dataplane::Linux;
+
 use crate::agent::{Command, Core};
+use crate::overlay::Step;
 
 /// Events a watcher may have queued before it counts as stuck and is cut.
 const WATCH_BACKLOG: usize = 4096;
 
 pub struct Api {
     cmds: mpsc::Sender<Command>,
+    /// `None` when the data plane is off.
+    kernel: Option<Arc<Linux>>,
 }
 
+/// Runs `f` on the core loop and returns its result; `None` once the agent
+/// is shutting down.
+pub async fn on_core<R: Send + 'static>(
+    cmds: &mpsc::Sender<Command>,
+    f: impl FnOnce(&mut Core) -> R + Send + 'static,
+) -> Option<R> {
+    let (tx, rx) = oneshot::channel();
+    let cmd: Command = Box::new(move |core| {
+        let _ = tx.send(f(core));
+    });
+    cmds.send(cmd).await.ok()?;
+    rx.await.ok()
+}
+
+/// Settle waits an attach sits through before giving up (each is one
+/// claim of a block; losing many races in a row means heavy contention).
+const MAX_ATTACH_WAITS: usize = 8;
+
 impl Api {
-    pub fn new(cmds: mpsc::Sender<Command>) -> Self {
-        Api { cmds }
+    pub fn new(cmds: mpsc::Sender<Command>, kernel: Option<Arc<Linux>>) -> Self {
+        Api { cmds, kernel }
     }
 
     async fn call<R: Send + 'static>(
         &self,
         f: impl FnOnce(&mut Core) -> R + Send + 'static,
     ) -> Result<R, Status> {
-        let (tx, rx) = oneshot::channel();
-        let cmd: Command = Box::new(move |core| {
-            let _ = tx.send(f(core));
-        });
-        let gone = || Status::unavailable("the agent is shutting down");
-        self.cmds.send(cmd).await.map_err(|_| gone())?;
-        rx.await.map_err(|_| gone())
+        on_core(&self.cmds, f)
+            .await
+            .ok_or_else(|| Status::unavailable("the agent is shutting down"))
     }
 
     /// A call that runs a node command at the current time.
@@ -53,7 +73,7 @@ impl Api {
     }
 }
 
-fn status(e: netdb::Error) -> Status {
+pub fn status(e: netdb::Error) -> Status {
     use netdb::Error as E;
     let msg = e.to_string();
     match e {
@@ -148,21 +168,118 @@ impl Netdb for Api {
         &self,
         _: Request<api::NetworksRequest>,
     ) -> Result<Response<api::NetworksReply>, Status> {
-        let networks = self
-            .call(|core| {
-                let node = &core.node;
-                node.networks()
-                    .into_iter()
-                    .map(|n| api::Network {
-                        name: n.into(),
-                        peers: node.network_peers(n),
-                        entries: node.raw_entries(n).iter().filter(|(_, _, e)| e.visible()).count()
-                            as u64,
-                    })
-                    .collect()
-            })
-            .await?;
+        let networks = self.call(|core| core.overlay.networks(&core.node)).await?;
         Ok(Response::new(api::NetworksReply { networks }))
+    }
+
+    async fn create_network(
+        &self,
+        req: Request<api::CreateNetworkRequest>,
+    ) -> Result<Response<api::Network>, Status> {
+        let r = req.into_inner();
+        let n = self
+            .call(move |core| {
+                let now = core.now();
+                core.overlay.create(&mut core.node, now, r)
+            })
+            .await??;
+        Ok(Response::new(n))
+    }
+
+    async fn remove_network(
+        &self,
+        req: Request<api::NetworkRequest>,
+    ) -> Result<Response<api::NetworkReply>, Status> {
+        let name = req.into_inner().network;
+        self.call(move |core| {
+            let now = core.now();
+            core.overlay.remove(&mut core.node, now, &name)
+        })
+        .await??;
+        Ok(Response::new(api::NetworkReply {}))
+    }
+
+    async fn attach(
+        &self,
+        req: Request<api::AttachRequest>,
+    ) -> Result<Response<api::EndpointInfo>, Status> {
+        let r = Arc::new(req.into_inner());
+        let mut waits = 0;
+        let ready = loop {
+            let req = r.clone();
+            let step = self
+                .call(move |core| {
+                    let now = core.now();
+                    core.overlay.begin_attach(&mut core.node, now, &req)
+                })
+                .await??;
+            match step {
+                Step::Ready(ready) => break ready,
+                Step::Wait(_) if waits >= MAX_ATTACH_WAITS => {
+                    return Err(Status::unavailable(format!(
+                        "network {}: could not settle an address block claim after {waits} tries; other hosts are claiming too, try again",
+                        r.network
+                    )));
+                }
+                Step::Wait(d) => {
+                    waits += 1;
+                    tokio::time::sleep(d).await;
+                }
+            }
+        };
+        let kernel = self
+            .kernel
+            .clone()
+            .ok_or_else(|| Status::failed_precondition("the data plane is off"))?;
+        let wired = kernel.attach(&ready.network, &ready.endpoint).await;
+        let key = ready.key();
+        let ok = wired.is_ok();
+        self.call(move |core| {
+            let now = core.now();
+            core.overlay.finish_attach(&mut core.node, now, &key, ok)
+        })
+        .await??;
+        match wired {
+            Ok(()) => Ok(Response::new(ready.reply)),
+            Err(e @ netdb_dataplane::Error::IfnameTaken { .. }) => {
+                Err(Status::already_exists(e.to_string()))
+            }
+            Err(e @ netdb_dataplane::Error::Netns { .. }) => {
+                Err(Status::failed_precondition(e.to_string()))
+            }
+            Err(e) => Err(Status::internal(e.to_string())),
+        }
+    }
+
+    async fn detach(
+        &self,
+        req: Request<api::DetachRequest>,
+    ) -> Result<Response<api::DetachReply>, Status> {
+        let r = req.into_inner();
+        let (net, name) = (r.network.clone(), r.name.clone());
+        let host_ifname = self.call(move |core| core.overlay.begin_detach(&net, &name)).await??;
+        let removed = match &self.kernel {
+            Some(k) => k.detach(&host_ifname).await.map(|_| ()),
+            None => Ok(()),
+        };
+        let ok = removed.is_ok();
+        self.call(move |core| {
+            let now = core.now();
+            core.overlay.finish_detach(&mut core.node, now, &r.network, &r.name, ok)
+        })
+        .await?;
+        removed.map_err(|e| Status::internal(e.to_string()))?;
+        Ok(Response::new(api::DetachReply {}))
+    }
+
+    async fn endpoints(
+        &self,
+        req: Request<api::EndpointsRequest>,
+    ) -> Result<Response<api::EndpointsReply>, Status> {
+        let r = req.into_inner();
+        let endpoints =
+            self.call(move |core| core.overlay.endpoints(&core.node, &r.network, r.local)).await?;
+        Ok(Response::new(api::EndpointsReply { endpoints }))
     }
 
     async fn join_network(

@@ -40,9 +40,12 @@ pub enum Command {
     Agent(Box<AgentArgs>),
     /// List cluster members.
     Members,
-    /// List, join or leave networks.
+    /// Create, list and remove overlay networks; join or leave plain ones.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// Attach containers (network namespaces) to overlay networks.
+    #[command(subcommand)]
+    Endpoint(EndpointCmd),
     /// Read and write table entries.
     #[command(subcommand)]
     Table(TableCmd),
@@ -54,13 +57,61 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum NetworkCmd {
-    /// Networks this agent joined, with their peers.
+    /// Overlay networks (subnet, VNI, hosts) and plain networks this agent
+    /// joined.
     Ls,
-    Join {
-        network: String,
+    /// Define an overlay network for the whole cluster.
+    Create {
+        name: String,
+        /// IPv4 subnet, e.g. 10.10.0.0/24.
+        #[arg(long)]
+        subnet: String,
+        /// VXLAN network id [default: the lowest free one from 4096]
+        #[arg(long)]
+        vni: Option<u32>,
+        /// MTU of the endpoints and devices [default: 1450]
+        #[arg(long)]
+        mtu: Option<u32>,
     },
-    Leave {
+    /// Remove an overlay network (refused while it has endpoints).
+    Rm { name: String },
+    /// Join a plain gossip network (tables only, no data plane).
+    Join { network: String },
+    /// Leave a plain gossip network.
+    Leave { network: String },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EndpointCmd {
+    /// Wire a network namespace to an overlay network: veth, IP, MAC,
+    /// routes, and entries every host learns.
+    Attach {
         network: String,
+        name: String,
+        /// The container's network namespace, e.g. /run/netns/c1.
+        #[arg(long)]
+        netns: String,
+        /// Address in the network's subnet [default: allocated]
+        #[arg(long)]
+        ip: Option<String>,
+        /// Extra DNS names of the endpoint (repeatable).
+        #[arg(long = "alias")]
+        aliases: Vec<String>,
+        /// Service the endpoint belongs to.
+        #[arg(long)]
+        service: Option<String>,
+        /// Interface name inside the namespace [default: eth0]
+        #[arg(long)]
+        ifname: Option<String>,
+    },
+    /// Unwire an endpoint of this host.
+    Detach { network: String, name: String },
+    /// Endpoints of the networks this host takes part in.
+    Ls {
+        network: Option<String>,
+        /// Only this host's endpoints.
+        #[arg(long)]
+        local: bool,
     },
 }
 
@@ -166,6 +217,25 @@ pub struct AgentArgs {
     /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 3]
     #[arg(long, env = "NETDB_SUSPICION_MULT")]
     pub suspicion_mult: Option<f64>,
+    /// Where this host's networks and endpoints are kept across restarts
+    /// [default: /var/lib/netdb]
+    #[arg(long, env = "NETDB_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Run without the data plane (tables only: no kernel devices, no
+    /// endpoints, no data dir). One agent per network namespace otherwise.
+    #[arg(long, env = "NETDB_NO_DATAPLANE")]
+    #[serde(default)]
+    pub no_dataplane: bool,
+    /// Period of the kernel reconcile (it also runs on every change)
+    /// [default: 5s]
+    #[arg(long, env = "NETDB_RECONCILE_INTERVAL", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub reconcile_interval: Option<Duration>,
+    /// How long a new address block claim spreads before addresses are
+    /// handed out from it [default: 1s]
+    #[arg(long, env = "NETDB_CLAIM_SETTLE", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub claim_settle: Option<Duration>,
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::api::parse_bulk;
-use crate::cli::{Command, NetworkCmd, Output, TableCmd};
+use crate::cli::{Command, EndpointCmd, NetworkCmd, Output, TableCmd};
 use crate::endpoint::{self, Endpoint};
 
 pub async fn run(ep: Option<Endpoint>, out: Output, cmd: Command) -> anyhow::Result<()> {
@@ -22,6 +22,7 @@ pub async fn run(ep: Option<Endpoint>, out: Output, cmd: Command) -> anyhow::Res
         Command::Agent(_) => unreachable!("the agent is not a client command"),
         Command::Members => members(&mut c, out).await,
         Command::Network(n) => network(&mut c, out, n).await,
+        Command::Endpoint(e) => endpoint_cmd(&mut c, out, e).await,
         Command::Table(t) => table(&mut c, out, t).await,
         Command::Watch { network, table } => {
             watch(&mut c, out, network, table.unwrap_or_default()).await
@@ -94,24 +95,72 @@ async fn members(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()
     Ok(())
 }
 
+fn network_json(n: &api::Network) -> Value {
+    json!({ "name": n.name, "subnet": n.subnet, "vni": n.vni, "mtu": n.mtu, "origin": n.origin,
+            "hosts": n.hosts, "local_endpoints": n.local_endpoints, "peers": n.peers,
+            "entries": n.entries, "conflicts": n.conflicts })
+}
+
+fn dash(s: String) -> String {
+    if s.is_empty() { "-".into() } else { s }
+}
+
 async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
     let (network, done) = match cmd {
         NetworkCmd::Ls => {
             let ns = c.networks(api::NetworksRequest {}).await.map_err(rpc)?.into_inner().networks;
             match out {
-                Output::Json => print_json(&Value::Array(
-                    ns.iter()
-                        .map(|n| json!({ "name": n.name, "peers": n.peers, "entries": n.entries }))
-                        .collect(),
-                )),
-                Output::Table => print_table(
-                    &["NETWORK", "ENTRIES", "PEERS"],
-                    ns.into_iter()
-                        .map(|n| vec![n.name, n.entries.to_string(), n.peers.join(",")])
-                        .collect(),
-                ),
+                Output::Json => print_json(&Value::Array(ns.iter().map(network_json).collect())),
+                Output::Table => {
+                    let conflicts: Vec<String> =
+                        ns.iter().flat_map(|n| n.conflicts.iter().cloned()).collect();
+                    print_table(
+                        &["NETWORK", "SUBNET", "VNI", "MTU", "LOCAL", "HOSTS", "PEERS", "ENTRIES"],
+                        ns.into_iter()
+                            .map(|n| {
+                                let overlay = !n.subnet.is_empty();
+                                vec![
+                                    n.name,
+                                    dash(n.subnet),
+                                    if overlay { n.vni.to_string() } else { "-".into() },
+                                    if overlay { n.mtu.to_string() } else { "-".into() },
+                                    n.local_endpoints.to_string(),
+                                    dash(n.hosts.join(",")),
+                                    dash(n.peers.join(",")),
+                                    n.entries.to_string(),
+                                ]
+                            })
+                            .collect(),
+                    );
+                    for c in conflicts {
+                        println!("conflict: {c}");
+                    }
+                }
             }
             return Ok(());
+        }
+        NetworkCmd::Create { name, subnet, vni, mtu } => {
+            let req = api::CreateNetworkRequest {
+                name,
+                subnet,
+                vni: vni.unwrap_or(0),
+                mtu: mtu.unwrap_or(0),
+            };
+            let n = c.create_network(req).await.map_err(rpc)?.into_inner();
+            match out {
+                Output::Json => print_json(&network_json(&n)),
+                Output::Table => {
+                    println!(
+                        "created {} (subnet {}, VNI {}, MTU {})",
+                        n.name, n.subnet, n.vni, n.mtu
+                    )
+                }
+            }
+            return Ok(());
+        }
+        NetworkCmd::Rm { name } => {
+            c.remove_network(api::NetworkRequest { network: name.clone() }).await.map_err(rpc)?;
+            (name, "removed")
         }
         NetworkCmd::Join { network } => {
             c.join_network(api::NetworkRequest { network: network.clone() }).await.map_err(rpc)?;
@@ -125,6 +174,76 @@ async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> 
     match out {
         Output::Json => print_json(&json!({ "network": network, "status": done })),
         Output::Table => println!("{done} {network}"),
+    }
+    Ok(())
+}
+
+fn endpoint_json(e: &api::EndpointInfo) -> Value {
+    json!({ "network": e.network, "name": e.name, "host": e.host, "ip": e.ip, "prefix": e.prefix,
+            "mac": e.mac, "ifname": e.ifname, "netns": e.netns, "service": e.service,
+            "aliases": e.aliases, "local": e.local })
+}
+
+async fn endpoint_cmd(
+    c: &mut NetdbClient<Channel>,
+    out: Output,
+    cmd: EndpointCmd,
+) -> anyhow::Result<()> {
+    match cmd {
+        EndpointCmd::Attach { network, name, netns, ip, aliases, service, ifname } => {
+            let req = api::AttachRequest {
+                network,
+                name,
+                netns,
+                ip: ip.unwrap_or_default(),
+                aliases,
+                service: service.unwrap_or_default(),
+                ifname: ifname.unwrap_or_default(),
+            };
+            let e = c.attach(req).await.map_err(rpc)?.into_inner();
+            match out {
+                Output::Json => print_json(&endpoint_json(&e)),
+                Output::Table => println!(
+                    "attached {} to {}: {} ip {}/{} mac {}",
+                    e.name, e.network, e.ifname, e.ip, e.prefix, e.mac
+                ),
+            }
+        }
+        EndpointCmd::Detach { network, name } => {
+            c.detach(api::DetachRequest { network: network.clone(), name: name.clone() })
+                .await
+                .map_err(rpc)?;
+            match out {
+                Output::Json => {
+                    print_json(&json!({ "network": network, "name": name, "status": "detached" }))
+                }
+                Output::Table => println!("detached {name} from {network}"),
+            }
+        }
+        EndpointCmd::Ls { network, local } => {
+            let req = api::EndpointsRequest { network: network.unwrap_or_default(), local };
+            let es = c.endpoints(req).await.map_err(rpc)?.into_inner().endpoints;
+            match out {
+                Output::Json => print_json(&Value::Array(es.iter().map(endpoint_json).collect())),
+                Output::Table => print_table(
+                    &["NETWORK", "NAME", "HOST", "IP", "MAC", "SERVICE", "ALIASES", "NETNS"],
+                    es.into_iter()
+                        .map(|e| {
+                            vec![
+                                e.network,
+                                e.name,
+                                e.host,
+                                format!("{}/{}", e.ip, e.prefix),
+                                dash(e.mac),
+                                dash(e.service),
+                                dash(e.aliases.join(",")),
+                                dash(e.netns),
+                            ]
+                        })
+                        .collect(),
+                ),
+            }
+        }
     }
     Ok(())
 }

@@ -2,7 +2,8 @@
 //! clap), then the TOML file, then defaults.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
@@ -22,7 +23,13 @@ pub struct Settings {
     pub core: netdb::Config,
     /// Gossip keys, primary first; empty for plaintext.
     pub keys: Vec<Vec<u8>>,
+    /// `None` with --no-dataplane.
+    pub data_dir: Option<PathBuf>,
+    pub reconcile_interval: Duration,
+    pub claim_settle: Duration,
 }
+
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/netdb";
 
 pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
     let file = match &cli.config {
@@ -90,6 +97,14 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
         core,
         keys,
+        data_dir: (!(cli.no_dataplane || file.no_dataplane))
+            .then(|| cli.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+        reconcile_interval: cli
+            .reconcile_interval
+            .or(file.reconcile_interval)
+            .unwrap_or(Duration::from_secs(5))
+            .max(Duration::from_millis(100)),
+        claim_settle: cli.claim_settle.or(file.claim_settle).unwrap_or(Duration::from_secs(1)),
     })
 }
 

@@ -7,6 +7,9 @@ mod client;
 mod config;
 mod duration;
 mod endpoint;
+mod overlay;
+mod reconcile;
+mod state;
 mod streams;
 
 use std::process::ExitCode;

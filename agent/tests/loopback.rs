@@ -58,7 +58,7 @@ impl Cluster {
     fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.join(format!("n{}.log", i + 1))).unwrap();
         let child = Command::new(BIN)
-            .args(["--api", &self.api(i), "agent", "--name", &format!("n{}", i + 1)])
+            .args(["--api", &self.api(i), "agent", "--no-dataplane", "--name", &format!("n{}", i + 1)])
             .args(["--bind", &self.addr(i).to_string(), "--join", &self.addr(0).to_string()])
             .args(extra)
             .stdout(Stdio::null())
@@ -362,6 +362,7 @@ fn errors_say_what_to_do() {
             "--api",
             &format!("unix:{}/lonely.sock", dir.display()),
             "agent",
+            "--no-dataplane",
             "--name",
             "lonely",
         ])
@@ -381,6 +382,7 @@ fn errors_say_what_to_do() {
             "--api",
             &format!("unix:{}/second.sock", dir.display()),
             "agent",
+            "--no-dataplane",
             "--name",
             "second",
         ])

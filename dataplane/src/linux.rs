@@ -62,7 +62,11 @@ pub struct Linux {
     conn: Connection,
 }
 
-type Op<'a> = Pin<Box<dyn Future<Output = Result<(), Error>> + Send + 'a>>;
+type Op = Pin<Box<dyn Future<Output = (Kind, Result<(), Error>)> + Send + 'static>>;
+
+fn op(kind: Kind, f: impl Future<Output = Result<(), Error>> + Send + 'static) -> Op {
+    Box::pin(async move { (kind, f.await) })
+}
 
 impl Linux {
     /// Must be called inside a tokio runtime.
@@ -155,32 +159,29 @@ impl Linux {
             }
         }
         let vx = |vni: u32| indices.get(&vni).map(|(_, v)| *v);
-        let mut ops: Vec<(Kind, Op<'_>)> = Vec::new();
+        let mut ops: Vec<Op> = Vec::new();
         for (vni, mac, host) in fdb_del {
             if let Some(ix) = vx(vni) {
-                ops.push((Kind::FdbDel, Box::pin(self.fdb_del(ix, mac, host))));
+                ops.push(op(Kind::FdbDel, self.fdb_del(ix, mac, host)));
             }
         }
         for (vni, ip, mac) in neigh_del {
             if let Some(ix) = vx(vni) {
-                ops.push((Kind::NeighDel, Box::pin(self.neigh_del(ix, ip, mac))));
+                ops.push(op(Kind::NeighDel, self.neigh_del(ix, ip, mac)));
             }
         }
         for (vni, mac, host) in fdb_add {
             if let Some(ix) = vx(vni) {
-                ops.push((Kind::FdbAdd, Box::pin(self.fdb_add(ix, mac, host))));
+                ops.push(op(Kind::FdbAdd, self.fdb_add(ix, mac, host)));
             }
         }
         for (vni, ip, mac) in neigh_add {
             if let Some(ix) = vx(vni) {
-                ops.push((Kind::NeighAdd, Box::pin(self.neigh_add(ix, ip, mac))));
+                ops.push(op(Kind::NeighAdd, self.neigh_add(ix, ip, mac)));
             }
         }
-        let results: Vec<(Kind, Result<(), Error>)> = stream::iter(ops)
-            .map(|(kind, op)| async move { (kind, op.await) })
-            .buffer_unordered(IN_FLIGHT)
-            .collect()
-            .await;
+        let results: Vec<(Kind, Result<(), Error>)> =
+            stream::iter(ops).buffer_unordered(IN_FLIGHT).collect().await;
         for (kind, r) in results {
             match r {
                 Ok(()) => match kind {

@@ -303,6 +303,11 @@ impl Node {
         self.addr
     }
 
+    /// The Lamport time of this node's latest write or observation.
+    pub fn ltime(&self) -> u64 {
+        self.clock.time()
+    }
+
     pub fn incarnation(&self) -> u64 {
         self.incarnation
     }

@@ -1,0 +1,183 @@
+//! The agent's state directory: the overlay networks and endpoints of this
+//! host, so that an agent restarted after a crash republishes them and its
+//! containers keep working. One agent per directory, enforced by a lock.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+const VERSION: u32 = 1;
+/// A state file larger than this is not ours.
+const MAX_STATE_BYTES: u64 = 64 << 20;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub version: u32,
+    /// Definitions of the networks this host has endpoints on, as last
+    /// seen, and the address blocks this host claimed in them.
+    pub networks: BTreeMap<String, SavedNetwork>,
+    pub endpoints: Vec<SavedEndpoint>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedNetwork {
+    pub subnet: String,
+    pub vni: u32,
+    pub mtu: u32,
+    pub origin: String,
+    pub created: u64,
+    pub blocks: BTreeSet<u32>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SavedEndpoint {
+    pub network: String,
+    pub name: String,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub host_ifname: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub mac: String,
+    pub service: String,
+    pub aliases: Vec<String>,
+}
+
+/// The directory, locked for this agent's lifetime.
+pub struct Store {
+    dir: PathBuf,
+    _lock: nix::fcntl::Flock<File>,
+}
+
+impl Store {
+    pub fn open(dir: &Path) -> anyhow::Result<(Store, State)> {
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("cannot create data dir {}; use --data-dir", dir.display()))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot restrict data dir {}", dir.display()))?;
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .mode(0o600)
+            .open(dir.join(LOCK_FILE))
+            .with_context(|| format!("cannot open {}", dir.join(LOCK_FILE).display()))?;
+        let lock = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "data dir {} is in use by another agent; give each agent its own --data-dir",
+                    dir.display()
+                )
+            })?;
+        let path = dir.join(STATE_FILE);
+        let state = match std::fs::metadata(&path) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+            Ok(m) if m.len() > MAX_STATE_BYTES => {
+                bail!(
+                    "{} is {} bytes, larger than any state netdb writes; move it away",
+                    path.display(),
+                    m.len()
+                )
+            }
+            Ok(_) => {
+                let text = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                let state: State = serde_json::from_slice(&text).with_context(|| {
+                    format!(
+                        "{} is corrupt; move it away to start without local endpoints",
+                        path.display()
+                    )
+                })?;
+                if state.version != VERSION {
+                    bail!(
+                        "{} has version {}, this agent reads {VERSION}",
+                        path.display(),
+                        state.version
+                    );
+                }
+                state
+            }
+        };
+        Ok((Store { dir: dir.into(), _lock: lock }, state))
+    }
+
+    /// Writes the state atomically: a temporary file, synced, renamed over
+    /// the old one, and the directory synced.
+    pub fn save(&self, state: &State) -> anyhow::Result<()> {
+        let mut state = state.clone();
+        state.version = VERSION;
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let mut f = OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&tmp)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.write_all(&serde_json::to_vec_pretty(&state)?)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, self.dir.join(STATE_FILE))?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpdir(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("netdb-state-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn state_round_trips_and_the_dir_is_exclusive() {
+        let dir = tmpdir("rt");
+        let (store, state) = Store::open(&dir).unwrap();
+        assert_eq!(state, State::default());
+        let mut s = State::default();
+        s.networks.insert(
+            "blue".into(),
+            SavedNetwork {
+                subnet: "10.1.0.0/24".into(),
+                vni: 4096,
+                mtu: 1450,
+                origin: "h1".into(),
+                created: 3,
+                blocks: [2].into(),
+            },
+        );
+        store.save(&s).unwrap();
+        let mode = std::fs::metadata(dir.join(STATE_FILE)).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let err = Store::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("in use by another agent"), "{err}");
+        drop(store);
+        let (_, back) = Store::open(&dir).unwrap();
+        assert_eq!(back.networks, s.networks);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_corrupt_file_is_refused_with_advice() {
+        let dir = tmpdir("bad");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join(STATE_FILE), b"{\"version\": 1, \"networks\": 7").unwrap();
+        let err = format!("{:#}", Store::open(&dir).err().unwrap());
+        assert!(err.contains("corrupt; move it away"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
