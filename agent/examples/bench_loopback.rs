@@ -40,7 +40,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     for i in 0..n {
         let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
         let child = Command::new(&bin)
-            .args(["--api", &format!("unix:{}", sock(&dir, i).display()), "agent", "--no-dataplane"])
+            .args([
+                "--api",
+                &format!("unix:{}", sock(&dir, i).display()),
+                "agent",
+                "--no-dataplane",
+            ])
             .args([
                 "--name",
                 &format!("n{i}"),

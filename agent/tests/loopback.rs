@@ -58,7 +58,14 @@ impl Cluster {
     fn spawn_with(&mut self, i: usize, extra: &[&str]) {
         let log = std::fs::File::create(self.dir.join(format!("n{}.log", i + 1))).unwrap();
         let child = Command::new(BIN)
-            .args(["--api", &self.api(i), "agent", "--no-dataplane", "--name", &format!("n{}", i + 1)])
+            .args([
+                "--api",
+                &self.api(i),
+                "agent",
+                "--no-dataplane",
+                "--name",
+                &format!("n{}", i + 1),
+            ])
             .args(["--bind", &self.addr(i).to_string(), "--join", &self.addr(0).to_string()])
             .args(extra)
             .stdout(Stdio::null())
