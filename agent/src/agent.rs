@@ -219,6 +219,9 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
             let now = core.now();
             core.overlay.maintain(&mut core.node, now);
             next_upkeep = Instant::now() + UPKEEP;
+            for (net, text) in std::mem::take(&mut core.overlay.notices) {
+                core.watchers.retain(|w| w.notice(&net, &text));
+            }
             while let Some(ev) = core.node.poll_event() {
                 core.dispatch(ev);
             }

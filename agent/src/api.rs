@@ -137,6 +137,22 @@ impl Watcher {
     }
 }
 
+impl Watcher {
+    /// Sends a conflict notice (network "" concerns every watcher); false
+    /// if the watcher must be dropped.
+    pub fn notice(&self, network: &str, text: &str) -> bool {
+        if !network.is_empty() && network != self.network {
+            return !self.tx.is_closed();
+        }
+        let out = api::WatchEvent {
+            event: "conflict".into(),
+            network: self.network.clone(),
+            entry: Some(api::Entry { value: Bytes::from(text.to_string()), ..Default::default() }),
+        };
+        self.tx.try_send(Ok(out)).is_ok()
+    }
+}
+
 type WatchStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<api::WatchEvent, Status>> + Send>>;
 

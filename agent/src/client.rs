@@ -344,6 +344,9 @@ async fn watch(
                 }
                 writeln!(lock, "{v}")?;
             }
+            Output::Table if ev.event == "conflict" => {
+                writeln!(lock, "CONFLICT {}", text(&e.value))?
+            }
             Output::Table => writeln!(
                 lock,
                 "{:<6} {}/{} = {} (owner {})",

@@ -78,6 +78,9 @@ pub struct Overlay {
     conflicts: BTreeMap<String, Vec<String>>,
     reported: BTreeSet<String>,
     pub conflicts_seen: u64,
+    /// Conflicts found since the last drain, by network ("" for
+    /// cluster-wide): for the watch streams.
+    pub notices: Vec<(String, String)>,
     /// Definitions or claims changed: run `maintain`.
     pub dirty: bool,
     /// Wakes the kernel reconcile loop.
@@ -108,6 +111,7 @@ impl Overlay {
             conflicts: BTreeMap::new(),
             reported: BTreeSet::new(),
             conflicts_seen: 0,
+            notices: Vec::new(),
             dirty: true,
             kernel: Arc::new(Notify::new()),
         }
@@ -829,10 +833,13 @@ impl Overlay {
                 now.insert(net.to_string(), list);
             }
         }
-        for c in now.values().flatten() {
-            if self.reported.insert(c.clone()) {
-                self.conflicts_seen += 1;
-                tracing::warn!(conflict = %c, "conflict detected");
+        for (net, list) in &now {
+            for c in list {
+                if self.reported.insert(c.clone()) {
+                    self.conflicts_seen += 1;
+                    tracing::warn!(conflict = %c, "conflict detected");
+                    self.notices.push((net.clone(), c.clone()));
+                }
             }
         }
         self.conflicts = now;

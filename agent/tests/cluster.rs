@@ -421,6 +421,12 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
             .any(|m| m["name"] == "h2" && m["state"] != "alive")
     });
     ok("ip", &["netns", "add", &c.ns("y2")]);
+    let watch_log = format!("{}/watch.out", c.dir);
+    let mut watcher = Command::new(BIN)
+        .args(["--api", &format!("unix:{}/h1.sock", c.dir), "watch", "demo"])
+        .stdout(std::fs::File::create(&watch_log).unwrap())
+        .spawn()
+        .unwrap();
     c.json(
         1,
         &["endpoint", "attach", "demo", "y1", "--netns", &netns("x1"), "--ip", "10.30.0.200"],
@@ -444,4 +450,11 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
         log.contains("conflict detected") && log.contains("10.30.0.200"),
         "no conflict in the log"
     );
+    until("the conflict on h1's watch stream", Duration::from_secs(5), || {
+        std::fs::read_to_string(&watch_log)
+            .unwrap_or_default()
+            .contains("CONFLICT address 10.30.0.200")
+    });
+    let _ = watcher.kill();
+    let _ = watcher.wait();
 }
