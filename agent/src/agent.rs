@@ -5,6 +5,7 @@
 use std::hash::{BuildHasher, RandomState};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -22,6 +23,7 @@ use crate::api::{Api, Watcher};
 use crate::cli::AgentArgs;
 use crate::config::{self, Settings};
 use crate::endpoint::Endpoint;
+use crate::keys;
 use crate::overlay::Overlay;
 use crate::reconcile::{self, KernelStats};
 use crate::state::Store;
@@ -36,6 +38,7 @@ pub struct Core {
     pub watchers: Vec<Watcher>,
     pub overlay: Overlay,
     pub kernel_stats: Arc<KernelStats>,
+    key_file: Option<PathBuf>,
     start: Instant,
 }
 
@@ -84,10 +87,32 @@ impl Core {
         out
     }
 
+    /// Writes the keyring back, so a restart after a rotation holds the
+    /// current keys.
+    fn save_keyring(&self) {
+        let Some(ring) = self.node.keyring() else { return };
+        let fingerprints = ring.fingerprints();
+        match &self.key_file {
+            Some(path) => match keys::write_keyring(path, &ring.export()) {
+                Ok(()) => tracing::info!(?fingerprints, file = %path.display(), "keyring saved"),
+                Err(e) => {
+                    tracing::error!(error = %e, file = %path.display(), "cannot write the keyring back; a restart would use old keys")
+                }
+            },
+            None => tracing::warn!(
+                ?fingerprints,
+                "keyring changed, but the keys came from NETDB_KEYS: a restart uses the old ones (use --key-file)"
+            ),
+        }
+    }
+
     fn dispatch(&mut self, ev: Event) {
         if let Event::Member { name, addr, state } = &ev {
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
             tracing::info!(member = %name, %addr, state = state.as_str(), "membership change");
+        }
+        if let Event::KeyringChanged = ev {
+            return self.save_keyring();
         }
         self.overlay.observe(&ev);
         self.watchers.retain(|w| w.offer(&ev));
@@ -129,6 +154,7 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
         watchers: Vec::new(),
         overlay,
         kernel_stats: kernel_stats.clone(),
+        key_file: s.key_file.clone(),
         start: Instant::now(),
     };
     core.overlay.republish(&mut core.node, Duration::ZERO);

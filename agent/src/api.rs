@@ -13,7 +13,10 @@ use tonic::{Request, Response, Status};
 
 use netdb_dataplane::Linux;
 
+use netdb::keyops::KeyOp;
+
 use crate::agent::{Command, Core};
+use crate::keys;
 use crate::overlay::Step;
 
 /// Events a watcher may have queued before it counts as stuck and is cut.
@@ -44,6 +47,46 @@ pub async fn on_core<R: Send + 'static>(
 const MAX_ATTACH_WAITS: usize = 8;
 
 impl Api {
+    /// Runs one keyring command on every live member to its end.
+    async fn key_step(&self, op: KeyOp) -> Result<api::KeyStep, Status> {
+        let action = keys::action(&op);
+        let seq = self.command(move |node, now| node.key_command(now, op)).await?;
+        loop {
+            let report = self.call(move |core| core.node.key_report(seq)).await?;
+            match report {
+                Some(r) if r.done => return Ok(keys::step(action, r)),
+                Some(_) => tokio::time::sleep(keys::poll_interval()).await,
+                None => return Err(Status::internal("the keyring command was forgotten")),
+            }
+        }
+    }
+
+    /// New key, installed everywhere, made primary, old primary removed;
+    /// stops at the first step not confirmed by every live member.
+    async fn rotate(&self) -> Result<api::KeysReply, Status> {
+        let old = self
+            .call(|core| core.node.keyring().map(|k| k.primary()))
+            .await?
+            .ok_or_else(|| status(netdb::Error::NoKeyring))?;
+        let key = keys::generate()?;
+        let new = netdb::keyring::key_id(&key);
+        let mut steps = Vec::new();
+        for op in [KeyOp::Install(key), KeyOp::Use(new), KeyOp::Remove(old)] {
+            let step = self.key_step(op).await?;
+            let complete = step.complete;
+            steps.push(step);
+            if !complete {
+                tracing::warn!(
+                    step = steps.len(),
+                    "key rotation stopped: a member did not confirm"
+                );
+                return Ok(api::KeysReply { steps, complete: false });
+            }
+        }
+        tracing::info!(old = %netdb::keyring::fingerprint(&old), new = %netdb::keyring::fingerprint(&new), "key rotated");
+        Ok(api::KeysReply { steps, complete: true })
+    }
+
     pub fn new(cmds: mpsc::Sender<Command>, kernel: Option<Arc<Linux>>) -> Self {
         Api { cmds, kernel }
     }
@@ -85,6 +128,7 @@ pub fn status(e: netdb::Error) -> Status {
         E::NotFound { .. } => Status::not_found(msg),
         E::TooManyNetworks(_) => Status::resource_exhausted(msg),
         E::Left => Status::unavailable(msg),
+        E::NoKeyring => Status::failed_precondition(msg),
     }
 }
 
@@ -286,6 +330,28 @@ impl Netdb for Api {
         .await?;
         removed.map_err(|e| Status::internal(e.to_string()))?;
         Ok(Response::new(api::DetachReply {}))
+    }
+
+    async fn keys(
+        &self,
+        req: Request<api::KeysRequest>,
+    ) -> Result<Response<api::KeysReply>, Status> {
+        let r = req.into_inner();
+        let op = match r.op.as_str() {
+            "list" => KeyOp::List,
+            "install" => keys::parse_key(&r.key, false)?,
+            "use" => KeyOp::Use(keys::id_of(&keys::parse_key(&r.key, true)?)),
+            "remove" => KeyOp::Remove(keys::id_of(&keys::parse_key(&r.key, true)?)),
+            "rotate" => return self.rotate().await.map(Response::new),
+            other => {
+                return Err(Status::invalid_argument(format!(
+                    "unknown keys command {other:?}: list, install, use, remove or rotate"
+                )));
+            }
+        };
+        let step = self.key_step(op).await?;
+        let complete = step.complete;
+        Ok(Response::new(api::KeysReply { steps: vec![step], complete }))
     }
 
     async fn endpoints(

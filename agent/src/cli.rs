@@ -53,6 +53,24 @@ pub enum Command {
     Watch { network: String, table: Option<String> },
     /// Message, byte, queue, drop and sync counters.
     Stats,
+    /// Gossip keys of every live member (fingerprints only).
+    #[command(subcommand)]
+    Keys(KeysCmd),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Each member's key fingerprints, primary first.
+    List,
+    /// Add a key (base64) on every member; it opens but does not seal yet.
+    Install { key: String },
+    /// Make an installed key (base64 or fingerprint) the primary everywhere.
+    Use { key: String },
+    /// Remove a key (base64 or fingerprint) everywhere; refused for the primary.
+    Remove { key: String },
+    /// Generate a key, install it everywhere, make it primary, remove the
+    /// old one; stops at the first step a member does not confirm.
+    Rotate,
 }
 
 #[derive(Debug, Subcommand)]

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use tonic::transport::Channel;
 
 use crate::api::parse_bulk;
-use crate::cli::{Command, EndpointCmd, NetworkCmd, Output, TableCmd};
+use crate::cli::{Command, EndpointCmd, KeysCmd, NetworkCmd, Output, TableCmd};
 use crate::endpoint::{self, Endpoint};
 
 pub async fn run(ep: Option<Endpoint>, out: Output, cmd: Command) -> anyhow::Result<()> {
@@ -28,6 +28,7 @@ pub async fn run(ep: Option<Endpoint>, out: Output, cmd: Command) -> anyhow::Res
             watch(&mut c, out, network, table.unwrap_or_default()).await
         }
         Command::Stats => stats(&mut c, out).await,
+        Command::Keys(k) => keys(&mut c, out, k).await,
     }
 }
 
@@ -374,4 +375,53 @@ async fn stats(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()> 
         ),
     }
     Ok(())
+}
+
+async fn keys(c: &mut NetdbClient<Channel>, out: Output, cmd: KeysCmd) -> anyhow::Result<()> {
+    let (op, key) = match cmd {
+        KeysCmd::List => ("list", String::new()),
+        KeysCmd::Install { key } => ("install", key),
+        KeysCmd::Use { key } => ("use", key),
+        KeysCmd::Remove { key } => ("remove", key),
+        KeysCmd::Rotate => ("rotate", String::new()),
+    };
+    let reply = c.keys(api::KeysRequest { op: op.into(), key }).await.map_err(rpc)?.into_inner();
+    match out {
+        Output::Json => print_json(&json!({
+            "complete": reply.complete,
+            "steps": reply.steps.iter().map(|s| json!({
+                "action": s.action, "complete": s.complete, "missing": s.missing,
+                "results": s.results.iter().map(|r| json!({
+                    "node": r.node, "ok": r.ok, "error": r.error, "fingerprints": r.fingerprints,
+                })).collect::<Vec<_>>(),
+            })).collect::<Vec<_>>(),
+        })),
+        Output::Table => {
+            for s in &reply.steps {
+                println!(
+                    "== {}: {}",
+                    s.action,
+                    if s.complete { "confirmed by every live member" } else { "NOT CONFIRMED" }
+                );
+                let mut rows: Vec<Vec<String>> = s
+                    .results
+                    .iter()
+                    .map(|r| {
+                        let result =
+                            if r.ok { "ok".to_string() } else { format!("error: {}", r.error) };
+                        vec![r.node.clone(), result, r.fingerprints.join(" ")]
+                    })
+                    .collect();
+                rows.extend(
+                    s.missing.iter().map(|m| vec![m.clone(), "no answer".into(), String::new()]),
+                );
+                print_table(&["NODE", "RESULT", "KEYS (primary first)"], rows);
+            }
+        }
+    }
+    if reply.complete {
+        Ok(())
+    } else {
+        Err(anyhow!("not every live member confirmed; see the report above"))
+    }
 }

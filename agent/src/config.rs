@@ -23,6 +23,8 @@ pub struct Settings {
     pub core: netdb::Config,
     /// Gossip keys, primary first; empty for plaintext.
     pub keys: Vec<Vec<u8>>,
+    /// Where the keys came from, written back when they change.
+    pub key_file: Option<PathBuf>,
     /// `None` with --no-dataplane.
     pub data_dir: Option<PathBuf>,
     pub reconcile_interval: Duration,
@@ -77,9 +79,10 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         suspicion_mult
     );
     check(&core)?;
-    let keys = match cli.key_file.or(file.key_file) {
+    let key_file = cli.key_file.or(file.key_file);
+    let keys = match &key_file {
         Some(path) => {
-            let text = std::fs::read_to_string(&path)
+            let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read key file {}", path.display()))?;
             parse_keys(text.lines()).with_context(|| format!("bad key file {}", path.display()))?
         }
@@ -97,6 +100,7 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
         core,
         keys,
+        key_file,
         data_dir: (!(cli.no_dataplane || file.no_dataplane))
             .then(|| cli.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
         reconcile_interval: cli
@@ -110,7 +114,7 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
 
 /// Base64 keys of 32 bytes; blank lines and # comments are skipped. Errors
 /// name the key's position, never its content.
-fn parse_keys<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<Vec<u8>>> {
+pub fn parse_keys<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<Vec<u8>>> {
     use base64::Engine;
     let mut keys = Vec::new();
     for item in items.map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {

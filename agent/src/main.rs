@@ -7,6 +7,7 @@ mod client;
 mod config;
 mod duration;
 mod endpoint;
+mod keys;
 mod overlay;
 mod reconcile;
 mod state;

@@ -426,3 +426,128 @@ fn agents_with_a_key_file_seal_traffic_and_shut_out_other_keys() {
         "fingerprints logged, never keys"
     );
 }
+
+#[test]
+fn keys_rotate_under_load_loses_nothing_and_splits_nothing() {
+    let n = 5;
+    let mut c = Cluster::empty(65, n);
+    let old_key = "AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=";
+    let files: Vec<PathBuf> = (0..n).map(|i| c.dir.join(format!("n{}.keys", i + 1))).collect();
+    for f in &files {
+        std::fs::write(f, format!("{old_key}\n")).unwrap();
+    }
+    for (i, f) in files.iter().enumerate() {
+        c.spawn_with(i, &["--key-file", f.to_str().unwrap()]);
+    }
+    c.wait("5 keyed agents form a cluster", Duration::from_secs(30), |c| {
+        (0..n).all(|i| c.alive_members(i).len() == n)
+    });
+    for i in 0..n {
+        c.json(i, &["network", "join", "net"]);
+    }
+    let before = c.json(0, &["keys", "list"]);
+    let old_fp = before["steps"][0]["results"][0]["fingerprints"][0].as_str().unwrap().to_string();
+    assert_eq!(before["steps"][0]["results"].as_array().unwrap().len(), n);
+
+    // Writers on every agent and a watchdog on membership, while n1 rotates.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = std::sync::Arc::new(c);
+    let writers: Vec<_> = (0..n)
+        .map(|i| {
+            let (c, stop) = (c.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut written = 0;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let key = format!("n{}-{written}", i + 1);
+                    let out = c.cli(i, &["table", "put", "net", "t", &key, "v"]);
+                    assert!(out.status.success(), "put on n{} failed", i + 1);
+                    written += 1;
+                }
+                written
+            })
+        })
+        .collect();
+    let watchdog = {
+        let (c, stop) = (c.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let mut bad = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for i in 0..n {
+                    for m in c
+                        .try_json(i, &["members"])
+                        .and_then(|v| v.as_array().cloned())
+                        .unwrap_or_default()
+                    {
+                        if m["state"] != "alive" {
+                            bad.push(format!("n{} saw {} {}", i + 1, m["name"], m["state"]));
+                        }
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            bad
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let rotated = c.json(0, &["keys", "rotate"]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let written: Vec<usize> = writers.into_iter().map(|w| w.join().unwrap()).collect();
+    let bad = watchdog.join().unwrap();
+
+    assert_eq!(rotated["complete"], true, "{rotated}");
+    let steps = rotated["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{rotated}");
+    for s in steps {
+        assert_eq!(s["results"].as_array().unwrap().len(), n, "every member answered: {s}");
+    }
+    assert!(bad.is_empty(), "a member was marked down during the rotation: {bad:?}");
+    let total: usize = written.iter().sum();
+    eprintln!("entries written during the rotation: {written:?}");
+    assert!(written.iter().all(|w| *w > 0), "{written:?}");
+    c.wait("every written entry on every agent", Duration::from_secs(30), |c| {
+        (0..n).all(|i| c.json(i, &["table", "dump", "net", "t"]).as_array().unwrap().len() == total)
+    });
+
+    // One key everywhere, the new one, and it is what each file holds.
+    let after = c.json(0, &["keys", "list"]);
+    let new_fp = after["steps"][0]["results"][0]["fingerprints"][0].as_str().unwrap().to_string();
+    assert_ne!(new_fp, old_fp);
+    for r in after["steps"][0]["results"].as_array().unwrap() {
+        assert_eq!(r["fingerprints"], serde_json::json!([new_fp]), "{after}");
+    }
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        let keys: Vec<&str> = text.lines().filter(|l| !l.starts_with('#')).collect();
+        assert_eq!(keys.len(), 1, "{text}");
+        assert!(!text.contains(old_key));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    for i in 0..n {
+        let log = std::fs::read_to_string(c.dir.join(format!("n{}.log", i + 1))).unwrap();
+        let new_key = std::fs::read_to_string(&files[i]).unwrap();
+        let new_key = new_key.lines().find(|l| !l.starts_with('#')).unwrap();
+        assert!(!log.contains(old_key) && !log.contains(new_key), "a key in n{}'s log", i + 1);
+    }
+    let mut c = std::sync::Arc::try_unwrap(c).ok().expect("no other owner");
+
+    // An agent restarted after the rotation reads the new key and rejoins;
+    // one with the rotated-out key cannot inject anything.
+    c.signal(2, "-KILL").wait().unwrap();
+    c.spawn_with(2, &["--key-file", files[2].to_str().unwrap()]);
+    let stale = c.dir.join("stale.keys");
+    std::fs::write(&stale, format!("{old_key}\n")).unwrap();
+    c.agents.push(None);
+    c.spawn_with(n, &["--key-file", stale.to_str().unwrap()]);
+    c.wait("the restarted agent rejoins", Duration::from_secs(20), |c| {
+        c.alive_members(0).len() == n
+    });
+    c.json(n, &["network", "join", "net"]);
+    c.json(n, &["table", "put", "net", "t", "injected", "x"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(c.alive_members(0).iter().all(|m| m != "n6"), "the old key got in");
+    let dump = c.json(0, &["table", "dump", "net", "t"]);
+    assert!(dump.as_array().unwrap().iter().all(|e| e["key"] != "injected"));
+    assert!(c.stat(0, "drops:unknown_key") > 0);
+}

@@ -58,7 +58,13 @@ pub fn owned_key(key: &str) -> Option<(&str, &str)> {
 pub enum Body {
     Swim(Bytes),
     Gossip(wire::Gossip),
+    KeyQuery(wire::KeyQuery),
+    KeyAck(wire::KeyAck),
 }
+
+/// Most fingerprints and error bytes a keyring answer may carry.
+const MAX_ACK_KEYS: usize = 64;
+const MAX_ACK_ERROR: usize = 1024;
 
 pub fn encode_datagram(body: wire::datagram::Body) -> Vec<u8> {
     wire::Datagram { version: WIRE_VERSION, body: Some(body) }.encode_to_vec()
@@ -90,6 +96,24 @@ pub fn decode_datagram(cfg: &Config, bytes: &[u8]) -> Result<Body, DropReason> {
                 validate_entry(cfg, &g.network, e)?;
             }
             Ok(Body::Gossip(g))
+        }
+        Some(wire::datagram::Body::KeyQuery(q)) => {
+            if !valid_name(&q.origin, cfg.max_name_len) {
+                return Err(DropReason::BadName);
+            }
+            Ok(Body::KeyQuery(q))
+        }
+        Some(wire::datagram::Body::KeyAck(a)) => {
+            let sane = a.fingerprints.len() <= MAX_ACK_KEYS
+                && a.fingerprints.iter().all(|f| f.len() <= 16)
+                && a.error.len() <= MAX_ACK_ERROR;
+            if !valid_name(&a.origin, cfg.max_name_len) || !valid_name(&a.node, cfg.max_name_len) {
+                return Err(DropReason::BadName);
+            }
+            if !sane {
+                return Err(DropReason::BadEntry);
+            }
+            Ok(Body::KeyAck(a))
         }
         None => Err(DropReason::Malformed),
     }

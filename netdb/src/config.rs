@@ -65,6 +65,10 @@ pub struct Config {
     pub max_value_len: usize,
     /// Networks a node may join.
     pub max_networks: usize,
+    /// A keyring command is resent to members that have not answered this
+    /// often, until `key_query_timeout`, when the silent ones are reported.
+    pub key_query_retry: Duration,
+    pub key_query_timeout: Duration,
 }
 
 impl Default for Config {
@@ -94,6 +98,8 @@ impl Default for Config {
             max_key_len: 512,
             max_value_len: 16 * 1024,
             max_networks: 1024,
+            key_query_retry: Duration::from_millis(300),
+            key_query_timeout: Duration::from_secs(5),
         }
     }
 }

@@ -18,17 +18,31 @@ const HEADER_LEN: usize = 1 + ID_LEN + NONCE_LEN;
 /// it, so a keyed cluster sends the same packets as a plaintext one.
 pub const SEAL_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
+pub const ID_BYTES: usize = ID_LEN;
+pub type KeyId = [u8; ID_LEN];
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum KeyError {
     #[error("a keyring needs at least one key")]
     Empty,
     #[error("key {0} is {1} bytes; keys are {KEY_LEN} bytes")]
     BadLength(usize, usize),
+    #[error("key {0} is not installed")]
+    NotInstalled(String),
+    #[error("key {0} is the primary; make another key primary first")]
+    RemovePrimary(String),
+}
+
+/// A key id as shown to people.
+pub fn fingerprint(id: &KeyId) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 struct Slot {
     id: [u8; ID_LEN],
     aead: LessSafeKey,
+    /// Kept to write the keyring back to its file; never logged.
+    key: Vec<u8>,
 }
 
 /// One primary key (seals) and older keys (open only).
@@ -44,11 +58,19 @@ impl std::fmt::Debug for Keyring {
 }
 
 /// The short id of a key, also its public fingerprint.
-pub fn key_id(key: &[u8]) -> [u8; ID_LEN] {
+pub fn key_id(key: &[u8]) -> KeyId {
     let d = ring::digest::digest(&ring::digest::SHA256, key);
     let mut id = [0u8; ID_LEN];
     id.copy_from_slice(&d.as_ref()[..ID_LEN]);
     id
+}
+
+fn slot(key: &[u8]) -> Option<Slot> {
+    if key.len() != KEY_LEN {
+        return None;
+    }
+    let unbound = UnboundKey::new(&AES_256_GCM, key).ok()?;
+    Some(Slot { id: key_id(key), aead: LessSafeKey::new(unbound), key: key.to_vec() })
 }
 
 impl Keyring {
@@ -63,9 +85,7 @@ impl Keyring {
             if slots.iter().any(|s| s.id == id) {
                 continue;
             }
-            let unbound = UnboundKey::new(&AES_256_GCM, k)
-                .map_err(|_| KeyError::BadLength(i + 1, k.len()))?;
-            slots.push(Slot { id, aead: LessSafeKey::new(unbound) });
+            slots.push(slot(k).ok_or(KeyError::BadLength(i + 1, k.len()))?);
         }
         if slots.is_empty() {
             return Err(KeyError::Empty);
@@ -75,7 +95,56 @@ impl Keyring {
 
     /// Hex fingerprints, primary first.
     pub fn fingerprints(&self) -> Vec<String> {
-        self.slots.iter().map(|s| s.id.iter().map(|b| format!("{b:02x}")).collect()).collect()
+        self.slots.iter().map(|s| fingerprint(&s.id)).collect()
+    }
+
+    pub fn primary(&self) -> KeyId {
+        self.slots[0].id
+    }
+
+    /// The keys, primary first, for writing the keyring file.
+    pub fn export(&self) -> Vec<Vec<u8>> {
+        self.slots.iter().map(|s| s.key.clone()).collect()
+    }
+
+    /// Adds a key that opens (not the primary); `false` if it was there.
+    pub fn install(&mut self, key: &[u8]) -> Result<bool, KeyError> {
+        let s = slot(key).ok_or(KeyError::BadLength(1, key.len()))?;
+        if self.slots.iter().any(|x| x.id == s.id) {
+            return Ok(false);
+        }
+        self.slots.push(s);
+        Ok(true)
+    }
+
+    /// Makes an installed key the primary; `false` if it was already.
+    pub fn use_key(&mut self, id: &KeyId) -> Result<bool, KeyError> {
+        let i = self.position(id)?;
+        if i == 0 {
+            return Ok(false);
+        }
+        let s = self.slots.remove(i);
+        self.slots.insert(0, s);
+        Ok(true)
+    }
+
+    /// Removes a key that is not the primary; `false` if it was not there.
+    pub fn remove(&mut self, id: &KeyId) -> Result<bool, KeyError> {
+        match self.position(id) {
+            Ok(0) => Err(KeyError::RemovePrimary(fingerprint(id))),
+            Ok(i) => {
+                self.slots.remove(i);
+                Ok(true)
+            }
+            Err(_) => Ok(false),
+        }
+    }
+
+    fn position(&self, id: &KeyId) -> Result<usize, KeyError> {
+        self.slots
+            .iter()
+            .position(|s| s.id == *id)
+            .ok_or_else(|| KeyError::NotInstalled(fingerprint(id)))
     }
 
     /// Seals `plain` with the primary key. The nonce must never repeat for
@@ -172,5 +241,22 @@ mod tests {
         assert_eq!(Keyring::new(&[]).unwrap_err(), KeyError::Empty);
         assert_eq!(Keyring::new(&[vec![0; 16]]).unwrap_err(), KeyError::BadLength(1, 16));
         assert!(!format!("{rotated:?}").contains("0101"), "no key material in Debug");
+    }
+
+    #[test]
+    fn install_use_remove_follow_the_safe_order() {
+        let mut ring = Keyring::new(&[k(1)]).unwrap();
+        let (id1, id2) = (key_id(&k(1)), key_id(&k(2)));
+        assert_eq!(ring.use_key(&id2), Err(KeyError::NotInstalled(fingerprint(&id2))));
+        assert_eq!(ring.install(&k(2)), Ok(true));
+        assert_eq!(ring.install(&k(2)), Ok(false));
+        assert_eq!(ring.primary(), id1, "installing does not change the primary");
+        assert_eq!(ring.remove(&id1), Err(KeyError::RemovePrimary(fingerprint(&id1))));
+        assert_eq!(ring.use_key(&id2), Ok(true));
+        assert_eq!(ring.use_key(&id2), Ok(false));
+        assert_eq!(ring.remove(&id1), Ok(true));
+        assert_eq!(ring.remove(&id1), Ok(false));
+        assert_eq!(ring.export(), vec![k(2)]);
+        assert!(ring.install(&[0; 5]).is_err());
     }
 }

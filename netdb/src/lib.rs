@@ -12,6 +12,7 @@ pub mod config;
 pub mod digest;
 pub mod hash;
 pub mod ipam;
+pub mod keyops;
 pub mod keyring;
 pub mod membership;
 pub mod netdefs;

@@ -27,6 +27,7 @@ use crate::codec::{
 };
 use crate::config::Config;
 use crate::digest::{BucketSet, Digest, bucket_of};
+use crate::keyops::{self, KeyOp, KeyOps, KeyReport, Query, Seen};
 use crate::keyring::{Keyring, SEAL_OVERHEAD};
 use crate::membership::{Identity, MemberInfo, MemberState, Owner, PeerSet, Status, Swim};
 use crate::stats::{DropReason, Stats};
@@ -77,6 +78,9 @@ pub enum Event {
         addr: Option<SocketAddr>,
         state: MemberState,
     },
+    /// This node's keyring changed (a keyring command, local or from a
+    /// peer): the shell should write it back to its file.
+    KeyringChanged,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -97,6 +101,8 @@ pub enum Error {
     NotFound { table: String, key: String },
     #[error("this node has left the cluster")]
     Left,
+    #[error("gossip is not encrypted on this node; start every agent with keys (--key-file)")]
+    NoKeyring,
 }
 
 #[derive(Debug)]
@@ -140,6 +146,7 @@ enum Wake {
     SyncTimeout(u64),
     ServeTimeout(SocketAddr, u64),
     JoinRetry(u64),
+    KeyRetry(u64),
 }
 
 #[derive(Debug)]
@@ -214,6 +221,7 @@ pub struct Node {
     events: VecDeque<Event>,
     stats: Stats,
     keyring: Option<Keyring>,
+    keyops: KeyOps,
 }
 
 impl std::fmt::Debug for Node {
@@ -274,6 +282,7 @@ impl Node {
             events: VecDeque::new(),
             stats: Stats::default(),
             keyring: None,
+            keyops: KeyOps::default(),
             cfg,
         };
         node.owners.insert(
@@ -503,6 +512,147 @@ impl Node {
         Ok(())
     }
 
+    /// Sends a keyring command to every live member (and applies it here);
+    /// returns its id for [`Node::key_report`].
+    pub fn key_command(&mut self, now: Duration, op: KeyOp) -> Result<u64, Error> {
+        if self.left {
+            return Err(Error::Left);
+        }
+        let ring = self.keyring.as_mut().ok_or(Error::NoKeyring)?;
+        let (mine, changed) = keyops::apply(ring, &op);
+        if changed {
+            self.events.push_back(Event::KeyringChanged);
+        }
+        self.keyops.next_seq += 1;
+        let seq = self.keyops.next_seq;
+        let (kind, key, key_id) = keyops::to_wire(&op);
+        let msg = wire::KeyQuery {
+            origin: self.name.clone(),
+            incarnation: self.incarnation,
+            seq,
+            op: kind,
+            key: key.into(),
+            key_id: key_id.into(),
+        };
+        let waiting: BTreeMap<String, SocketAddr> = self
+            .owners
+            .iter()
+            .filter(|(n, o)| **n != self.name && o.status == Status::Alive)
+            .filter_map(|(n, o)| Some((n.clone(), o.addr?)))
+            .collect();
+        tracing::info!(op = ?op, members = waiting.len(), "keyring command");
+        let mut query = Query {
+            msg,
+            waiting,
+            replies: BTreeMap::new(),
+            deadline: now + self.cfg.key_query_timeout,
+            done: false,
+        };
+        query.replies.insert(self.name.clone(), mine);
+        query.done = query.waiting.is_empty();
+        self.keyops.queries.insert(seq, query);
+        while self.keyops.queries.len() > keyops::MAX_KEPT {
+            self.keyops.queries.pop_first();
+        }
+        self.send_key_query(seq);
+        self.schedule(now + self.cfg.key_query_retry, Wake::KeyRetry(seq));
+        Ok(seq)
+    }
+
+    /// Where a keyring command stands; `None` once forgotten.
+    pub fn key_report(&self, seq: u64) -> Option<KeyReport> {
+        self.keyops.queries.get(&seq).map(Query::report)
+    }
+
+    fn send_key_query(&mut self, seq: u64) {
+        let Some(q) = self.keyops.queries.get(&seq) else { return };
+        let targets: Vec<SocketAddr> = q.waiting.values().copied().collect();
+        let plain = codec::encode_datagram(wire::datagram::Body::KeyQuery(q.msg.clone()));
+        for to in targets {
+            let payload = self.seal(plain.clone());
+            self.stats.swim_out.add(payload.len());
+            self.outbox.push_back(Transmit::Datagram { to, payload });
+        }
+    }
+
+    fn key_retry(&mut self, now: Duration, seq: u64) {
+        let Some(q) = self.keyops.queries.get_mut(&seq) else { return };
+        if q.done {
+            return;
+        }
+        if now >= q.deadline {
+            q.done = true;
+            tracing::warn!(missing = ?q.waiting.keys().collect::<Vec<_>>(), "keyring command: members did not answer");
+            return;
+        }
+        self.send_key_query(seq);
+        self.schedule(now + self.cfg.key_query_retry, Wake::KeyRetry(seq));
+    }
+
+    fn handle_key_query(&mut self, from: SocketAddr, q: wire::KeyQuery) {
+        // A plaintext command is never obeyed: only key holders may send one.
+        let Some(ring) = self.keyring.as_mut() else {
+            return self.stats.drop(DropReason::Plaintext);
+        };
+        if q.origin == self.name {
+            return self.stats.drop(DropReason::FromSelf);
+        }
+        if self.owners.get(&q.origin).is_some_and(|o| o.incarnation > q.incarnation) {
+            return self.stats.drop(DropReason::StaleIncarnation);
+        }
+        let ack = match self.keyops.seen.get(&q.origin) {
+            Some(s) if s.incarnation == q.incarnation && s.seq == q.seq => s.ack.clone(),
+            Some(s) if (s.incarnation, s.seq) > (q.incarnation, q.seq) => {
+                return self.stats.drop(DropReason::Replayed);
+            }
+            _ => {
+                let Some(op) = keyops::from_wire(&q) else {
+                    return self.stats.drop(DropReason::Malformed);
+                };
+                let (reply, changed) = keyops::apply(ring, &op);
+                if changed {
+                    tracing::info!(op = ?op, origin = %q.origin, "keyring changed by a cluster command");
+                    self.events.push_back(Event::KeyringChanged);
+                }
+                let ack = wire::KeyAck {
+                    origin: q.origin.clone(),
+                    seq: q.seq,
+                    node: self.name.clone(),
+                    ok: reply.result.is_ok(),
+                    error: reply.result.err().unwrap_or_default(),
+                    fingerprints: reply.fingerprints,
+                };
+                self.keyops.seen.insert(
+                    q.origin.clone(),
+                    Seen { incarnation: q.incarnation, seq: q.seq, ack: ack.clone() },
+                );
+                ack
+            }
+        };
+        // Sealed with the primary after the command: after `use`, every
+        // member holds it already (that is what `install` made sure of).
+        let payload = self.seal(codec::encode_datagram(wire::datagram::Body::KeyAck(ack)));
+        self.stats.swim_out.add(payload.len());
+        self.outbox.push_back(Transmit::Datagram { to: from, payload });
+    }
+
+    fn handle_key_ack(&mut self, from: SocketAddr, a: wire::KeyAck) {
+        if a.origin != self.name {
+            return self.stats.drop(DropReason::Malformed);
+        }
+        let Some(q) = self.keyops.queries.get_mut(&a.seq) else {
+            return self.stats.drop(DropReason::Replayed);
+        };
+        if q.waiting.get(&a.node) != Some(&from) {
+            return self.stats.drop(DropReason::Replayed);
+        }
+        q.waiting.remove(&a.node);
+        q.replies.insert(a.node.clone(), keyops::reply_from_ack(&a));
+        if q.waiting.is_empty() {
+            q.done = true;
+        }
+    }
+
     /// Writes this node's copy of a shared cluster object (key `id/NAME`
     /// in a cluster table other than the reserved `nodes` and `networks`).
     /// Changes of such tables come out as events of network `""`.
@@ -676,6 +826,8 @@ impl Node {
                 }
                 self.compare_root(now, &g.network, g.root, from);
             }
+            Ok(Body::KeyQuery(q)) => self.handle_key_query(from, q),
+            Ok(Body::KeyAck(a)) => self.handle_key_ack(from, a),
         }
     }
 
@@ -763,6 +915,7 @@ impl Node {
                 }
                 Wake::Reap { scope, table, key } => self.reap(now, &scope, &table, &key),
                 Wake::Grace { name, incarnation } => self.grace_expired(now, &name, incarnation),
+                Wake::KeyRetry(seq) => self.key_retry(now, seq),
                 Wake::SyncTimeout(id) => {
                     if let Some(out) = self.syncs.remove(&id) {
                         tracing::debug!(peer = %out.peer, network = %out.scope, "push/pull timed out");

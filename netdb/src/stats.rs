@@ -35,10 +35,12 @@ pub enum DropReason {
     UnknownKey,
     #[error("sealed message failed authentication")]
     Forged,
+    #[error("keyring command already applied or older than one applied")]
+    Replayed,
 }
 
 impl DropReason {
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 17] = [
         DropReason::TooLarge,
         DropReason::Malformed,
         DropReason::BadVersion,
@@ -55,6 +57,7 @@ impl DropReason {
         DropReason::Plaintext,
         DropReason::UnknownKey,
         DropReason::Forged,
+        DropReason::Replayed,
     ];
 
     /// A stable, metric-friendly name.
@@ -76,6 +79,7 @@ impl DropReason {
             DropReason::Plaintext => "plaintext",
             DropReason::UnknownKey => "unknown_key",
             DropReason::Forged => "forged",
+            DropReason::Replayed => "replayed",
         }
     }
 }
