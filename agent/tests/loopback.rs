@@ -524,9 +524,9 @@ fn keys_rotate_under_load_loses_nothing_and_splits_nothing() {
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(std::fs::metadata(f).unwrap().permissions().mode() & 0o777, 0o600);
     }
-    for i in 0..n {
+    for (i, file) in files.iter().enumerate() {
         let log = std::fs::read_to_string(c.dir.join(format!("n{}.log", i + 1))).unwrap();
-        let new_key = std::fs::read_to_string(&files[i]).unwrap();
+        let new_key = std::fs::read_to_string(file).unwrap();
         let new_key = new_key.lines().find(|l| !l.starts_with('#')).unwrap();
         assert!(!log.contains(old_key) && !log.contains(new_key), "a key in n{}'s log", i + 1);
     }

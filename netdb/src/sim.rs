@@ -97,6 +97,9 @@ pub struct Sim {
     /// Events of every node, if `record_events` is set.
     pub events: Vec<(usize, Duration, Event)>,
     pub record_events: bool,
+    /// Datagrams delivered, as (from, to, bytes), while this is `Some`: an
+    /// eavesdropper's capture, for replay tests.
+    pub capture: Option<Vec<(usize, usize, Vec<u8>)>>,
 }
 
 impl Sim {
@@ -117,6 +120,7 @@ impl Sim {
             trace: Hasher::default(),
             events: Vec::new(),
             record_events: false,
+            capture: None,
         }
     }
 
@@ -343,6 +347,9 @@ impl Sim {
                 self.trace =
                     self.trace.u64(now.as_nanos() as u64).u64(f.to as u64).u64(p.len() as u64);
                 node.handle_datagram(now, from, p);
+                if let Some(c) = self.capture.as_mut() {
+                    c.push((f.from, f.to, p.clone()));
+                }
             }
             Payload::Sync(p) => {
                 self.trace =
@@ -351,6 +358,16 @@ impl Sim {
             }
         }
         self.after_input(f.to);
+    }
+
+    /// Hands node `to` a datagram as if `from` had sent it now (a replay or
+    /// a forgery: the virtual network is bypassed).
+    pub fn inject(&mut self, from: usize, to: usize, payload: &[u8]) {
+        let (now, addr) = (self.now, self.hosts[from].addr);
+        if let Some(node) = self.hosts[to].node.as_mut() {
+            node.handle_datagram(now, addr, payload);
+            self.after_input(to);
+        }
     }
 
     /// Routes a node's outputs and re-arms its wake-up.

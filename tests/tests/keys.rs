@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-use netdb::keyring::{KEY_LEN, Keyring};
+use netdb::keyops::KeyOp;
+use netdb::keyring::{KEY_LEN, Keyring, key_id};
 use netdb::sim::{NetConfig, Sim};
 use netdb::{Config, DropReason, MemberState};
 use netdb_tests::*;
@@ -63,4 +64,130 @@ fn plaintext_and_forged_messages_to_a_keyed_node_are_dropped() {
     let st = sim.node(0).unwrap().stats();
     assert_eq!(st.dropped(DropReason::Plaintext), 2);
     assert_eq!(st.dropped(DropReason::Forged), 1);
+}
+
+fn keyed_cluster(seed: u64, n: usize) -> Sim {
+    let mut sim = Sim::new(seed, Config::default(), NetConfig::default());
+    for i in 0..n {
+        sim.add_node();
+        sim.with_node(i, |node, _| node.set_keyring(Some(ring(1))));
+    }
+    sim.join_all(0);
+    let t = sim.run_until_true(CHECK, Duration::from_secs(60), |s| {
+        (0..n).all(|i| alive_members(s, i) == n)
+    });
+    assert!(t.is_some(), "the keyed nodes form a cluster");
+    for i in 0..n {
+        sim.with_node(i, |node, now| node.join_network(now, NET).unwrap());
+    }
+    sim
+}
+
+/// Runs a keyring command from node `from` and waits for its report.
+fn key_command(sim: &mut Sim, from: usize, op: KeyOp) -> netdb::keyops::KeyReport {
+    let seq = sim.with_node(from, |n, now| n.key_command(now, op)).unwrap();
+    sim.run_until_true(CHECK, Duration::from_secs(30), |s| {
+        s.node(from).unwrap().key_report(seq).is_some_and(|r| r.done)
+    })
+    .expect("the command finishes");
+    sim.node(from).unwrap().key_report(seq).unwrap()
+}
+
+fn fingerprints(sim: &Sim, i: usize) -> Vec<String> {
+    sim.node(i).unwrap().keyring().unwrap().fingerprints()
+}
+
+#[test]
+fn a_replayed_capture_changes_nothing() {
+    let n = 4;
+    let mut sim = keyed_cluster(53, n);
+    let k2 = vec![2u8; KEY_LEN];
+    // An eavesdropper records a write, an update and a keyring command.
+    sim.capture = Some(Vec::new());
+    sim.with_node(0, |node, now| node.put(now, NET, TABLE, "k", "v1".into()).unwrap());
+    sim.run_for(Duration::from_secs(2));
+    sim.with_node(0, |node, now| node.put(now, NET, TABLE, "k", "v2".into()).unwrap());
+    sim.run_for(Duration::from_secs(2));
+    assert!(key_command(&mut sim, 1, KeyOp::Install(k2.clone())).complete());
+    let captured = sim.capture.take().unwrap();
+    assert!(captured.len() > 20, "{} datagrams captured", captured.len());
+    // Then the cluster moves on: the entry is deleted and the same node
+    // removes the key again (a later command of the same origin).
+    sim.with_node(0, |node, now| node.delete(now, NET, TABLE, "k").unwrap());
+    assert!(key_command(&mut sim, 1, KeyOp::Remove(key_id(&k2))).complete());
+    sim.run_for(Duration::from_secs(5));
+    let all: Vec<usize> = (0..n).collect();
+    let before_roots = roots(&sim, &all, NET);
+    assert_eq!(before_roots.len(), 1, "converged before the replay");
+    let before_keys: Vec<_> = all.iter().map(|&i| fingerprints(&sim, i)).collect();
+    let replayed_before: u64 =
+        all.iter().map(|&i| sim.node(i).unwrap().stats().dropped(DropReason::Replayed)).sum();
+
+    for (from, to, bytes) in &captured {
+        sim.inject(*from, *to, bytes);
+    }
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(roots(&sim, &all, NET), before_roots, "the tables did not move");
+    for &i in &all {
+        assert!(
+            sim.node(i).unwrap().get(NET, TABLE, "k").is_none(),
+            "the deleted entry stayed deleted on n{i}"
+        );
+    }
+    let after_keys: Vec<_> = all.iter().map(|&i| fingerprints(&sim, i)).collect();
+    assert_eq!(after_keys, before_keys, "the removed key was not reinstalled");
+    let replayed: u64 =
+        all.iter().map(|&i| sim.node(i).unwrap().stats().dropped(DropReason::Replayed)).sum();
+    assert!(replayed > replayed_before, "the replayed command was refused and counted");
+}
+
+#[test]
+fn rotation_by_commands_then_the_old_key_injects_nothing() {
+    let n = 4;
+    let mut sim = keyed_cluster(54, n);
+    let (k1, k2) = (vec![1u8; KEY_LEN], vec![2u8; KEY_LEN]);
+    for op in [KeyOp::Install(k2.clone()), KeyOp::Use(key_id(&k2)), KeyOp::Remove(key_id(&k1))] {
+        let r = key_command(&mut sim, 0, op);
+        assert!(r.complete(), "{r:?}");
+        assert_eq!(r.replies.len(), n);
+    }
+    let all: Vec<usize> = (0..n).collect();
+    for &i in &all {
+        assert_eq!(fingerprints(&sim, i), vec![netdb::keyring::fingerprint(&key_id(&k2))]);
+    }
+    // The primary cannot be removed, and an unknown key cannot be used.
+    let r = key_command(&mut sim, 1, KeyOp::Remove(key_id(&k2)));
+    assert!(
+        !r.complete()
+            && r.replies.values().all(|x| x.result.as_ref().is_err_and(|e| e.contains("primary")))
+    );
+    let r = key_command(&mut sim, 1, KeyOp::Use(key_id(&k1)));
+    assert!(
+        r.replies.values().all(|x| x.result.as_ref().is_err_and(|e| e.contains("not installed")))
+    );
+
+    // Someone holding only the old key forges a perfectly valid entry of
+    // node 1's: refused unopened.
+    let entry = netdb_proto::wire::Entry {
+        table: TABLE.into(),
+        key: "injected".into(),
+        value: bytes::Bytes::from_static(b"x"),
+        owner: sim.name(1).into(),
+        incarnation: sim.node(1).unwrap().incarnation(),
+        ltime: sim.node(1).unwrap().ltime() + 1,
+        ..Default::default()
+    };
+    let gossip = netdb_proto::wire::Gossip { network: NET.into(), root: 0, entries: vec![entry] };
+    let plain = netdb::codec::encode_datagram(netdb_proto::wire::datagram::Body::Gossip(gossip));
+    let forged = Keyring::new(&[k1]).unwrap().seal([5; 12], &plain);
+    let unknown_before = sim.node(0).unwrap().stats().dropped(DropReason::UnknownKey);
+    sim.inject(1, 0, &forged);
+    sim.run_for(Duration::from_secs(3));
+    assert!(all.iter().all(|&i| sim.node(i).unwrap().get(NET, TABLE, "injected").is_none()));
+    assert_eq!(sim.node(0).unwrap().stats().dropped(DropReason::UnknownKey), unknown_before + 1);
+    // The same entry sealed with the current key would have been taken:
+    // the test above is not vacuous.
+    let genuine = Keyring::new(&[k2]).unwrap().seal([6; 12], &plain);
+    sim.inject(1, 0, &genuine);
+    assert!(sim.node(0).unwrap().get(NET, TABLE, "injected").is_some());
 }
