@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
 use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 
+use netdb::keyring::Keyring;
 use netdb_dataplane::Linux;
 
 use crate::api::{Api, Watcher};
@@ -135,6 +136,14 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
         tracing::info!(fingerprints = ?ring.fingerprints(), "gossip is sealed");
         node.set_keyring(Some(ring));
     }
+    let mut epoch = s.scheduled.as_ref().map(|(secret, period)| {
+        let e = current_epoch(*period);
+        let ring = Keyring::for_epoch(secret, e);
+        tracing::info!(epoch = e, period = ?period, fingerprints = ?ring.fingerprints(), "gossip is sealed with scheduled keys");
+        node.set_keyring(Some(ring));
+        node.set_scheduled_keys(true);
+        e
+    });
     let kernel = start_dataplane(&s)?;
     let tunnel = match s.advertise.ip() {
         IpAddr::V4(ip) => Some(ip),
@@ -188,6 +197,8 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     let mut leaving: Option<Instant> = None;
     let mut join_log = JoinLog::new(&s);
     let mut next_upkeep = Instant::now();
+    // The wall clock is read now and then (it may jump), not slept on.
+    let mut epoch_check = Instant::now() + EPOCH_CHECK;
     loop {
         let mut next = core.node.poll_timeout().map(|t| core.start + t);
         if core.overlay.dirty {
@@ -220,6 +231,18 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
             _ = tokio::time::sleep_until(wake.into()) => {
                 let now = core.now();
                 core.node.handle_timeout(now);
+            }
+            _ = tokio::time::sleep_until(epoch_check.into()), if s.scheduled.is_some() => {
+                epoch_check = Instant::now() + EPOCH_CHECK;
+                if let (Some((secret, period)), Some(e)) = (&s.scheduled, epoch.as_mut()) {
+                    let now_epoch = current_epoch(*period);
+                    if now_epoch != *e {
+                        *e = now_epoch;
+                        let ring = Keyring::for_epoch(secret, now_epoch);
+                        tracing::info!(epoch = now_epoch, fingerprints = ?ring.fingerprints(), "scheduled key rotation");
+                        core.node.set_keyring(Some(ring));
+                    }
+                }
             }
             _ = sigterm.recv() => leaving = leaving.or_else(|| Some(start_leaving(&mut core))),
             _ = sigint.recv() => leaving = leaving.or_else(|| Some(start_leaving(&mut core))),
@@ -270,6 +293,15 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     }
     tracing::info!("left the cluster; bye");
     Ok(())
+}
+
+/// How often the wall clock is read for the key epoch.
+const EPOCH_CHECK: Duration = Duration::from_millis(500);
+
+/// The key epoch of the wall clock now.
+fn current_epoch(period: Duration) -> u64 {
+    let unix = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    netdb::keyring::epoch_at(unix, period)
 }
 
 /// Least time between two overlay upkeep passes.

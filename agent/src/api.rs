@@ -128,7 +128,7 @@ pub fn status(e: netdb::Error) -> Status {
         E::NotFound { .. } => Status::not_found(msg),
         E::TooManyNetworks(_) => Status::resource_exhausted(msg),
         E::Left => Status::unavailable(msg),
-        E::NoKeyring => Status::failed_precondition(msg),
+        E::NoKeyring | E::ScheduledKeys => Status::failed_precondition(msg),
     }
 }
 

@@ -196,6 +196,15 @@ pub struct AgentArgs {
     /// traffic is sealed with AES-256-GCM and plaintext is refused.
     #[arg(long, env = "NETDB_KEY_FILE")]
     pub key_file: Option<PathBuf>,
+    /// Scheduled rotation instead of a key file: a file with a shared
+    /// secret (base64, at least 32 bytes); every agent derives the key of
+    /// each epoch from it (HKDF), accepting the previous and next epoch's.
+    #[arg(long, env = "NETDB_CLUSTER_SECRET_FILE", conflicts_with = "key_file")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Length of a key epoch with --cluster-secret-file [default: 12h]
+    #[arg(long, env = "NETDB_KEY_ROTATION", value_parser = duration::parse)]
+    #[serde(default, deserialize_with = "duration::de_opt")]
+    pub key_rotation: Option<Duration>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
     #[arg(long, env = "NETDB_LOG")]
     pub log: Option<String>,

@@ -25,6 +25,8 @@ pub struct Settings {
     pub keys: Vec<Vec<u8>>,
     /// Where the keys came from, written back when they change.
     pub key_file: Option<PathBuf>,
+    /// Scheduled rotation: the cluster secret and the epoch length.
+    pub scheduled: Option<(Vec<u8>, Duration)>,
     /// `None` with --no-dataplane.
     pub data_dir: Option<PathBuf>,
     pub reconcile_interval: Duration,
@@ -80,7 +82,23 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
     );
     check(&core)?;
     let key_file = cli.key_file.or(file.key_file);
+    let secret_file = cli.cluster_secret_file.or(file.cluster_secret_file);
+    let scheduled = match &secret_file {
+        Some(path) => {
+            if key_file.is_some() || std::env::var_os("NETDB_KEYS").is_some() {
+                bail!("--cluster-secret-file replaces --key-file and NETDB_KEYS; give one of them");
+            }
+            let period =
+                cli.key_rotation.or(file.key_rotation).unwrap_or(Duration::from_secs(12 * 3600));
+            if period < Duration::from_secs(1) {
+                bail!("--key-rotation must be at least 1s");
+            }
+            Some((read_secret(path)?, period))
+        }
+        None => None,
+    };
     let keys = match &key_file {
+        _ if scheduled.is_some() => Vec::new(),
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("cannot read key file {}", path.display()))?;
@@ -101,6 +119,7 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         core,
         keys,
         key_file,
+        scheduled,
         data_dir: (!(cli.no_dataplane || file.no_dataplane))
             .then(|| cli.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
         reconcile_interval: cli
@@ -110,6 +129,28 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
             .max(Duration::from_millis(100)),
         claim_settle: cli.claim_settle.or(file.claim_settle).unwrap_or(Duration::from_secs(1)),
     })
+}
+
+/// The cluster secret: base64 of at least 32 bytes.
+fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read cluster secret file {}", path.display()))?;
+    if std::fs::metadata(path)?.permissions().mode() & 0o077 != 0 {
+        tracing::warn!(file = %path.display(), "the cluster secret file is readable by others; chmod 600 it");
+    }
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|_| anyhow::anyhow!("cluster secret file {} is not base64", path.display()))?;
+    if secret.len() < netdb::keyring::KEY_LEN {
+        bail!(
+            "the cluster secret is {} bytes, at least {} are needed; make one with: head -c 32 /dev/urandom | base64",
+            secret.len(),
+            netdb::keyring::KEY_LEN
+        );
+    }
+    Ok(secret)
 }
 
 /// Base64 keys of 32 bytes; blank lines and # comments are skipped. Errors

@@ -65,6 +65,31 @@ pub fn key_id(key: &[u8]) -> KeyId {
     id
 }
 
+/// Key of one epoch of scheduled rotation: HKDF-SHA256 of the cluster
+/// secret, the epoch number as the info.
+pub fn epoch_key(secret: &[u8], epoch: u64) -> Vec<u8> {
+    struct Len;
+    impl ring::hkdf::KeyType for Len {
+        fn len(&self) -> usize {
+            KEY_LEN
+        }
+    }
+    let salt = ring::hkdf::Salt::new(ring::hkdf::HKDF_SHA256, b"netdb gossip key v1");
+    let prk = salt.extract(secret);
+    let info = epoch.to_be_bytes();
+    let mut key = vec![0u8; KEY_LEN];
+    // `expand` and `fill` fail only for outputs over 255 hash lengths.
+    if let Ok(okm) = prk.expand(&[&info[..]], Len) {
+        let _ = okm.fill(&mut key);
+    }
+    key
+}
+
+/// The epoch a clock reading falls in.
+pub fn epoch_at(unix: std::time::Duration, period: std::time::Duration) -> u64 {
+    (unix.as_secs() / period.as_secs().max(1)).max(1)
+}
+
 fn slot(key: &[u8]) -> Option<Slot> {
     if key.len() != KEY_LEN {
         return None;
@@ -91,6 +116,18 @@ impl Keyring {
             return Err(KeyError::Empty);
         }
         Ok(Keyring { slots })
+    }
+
+    /// Scheduled rotation: the epoch's key seals; the previous and the
+    /// next epoch's keys open too, so nodes whose clocks straddle a
+    /// boundary still understand each other.
+    pub fn for_epoch(secret: &[u8], epoch: u64) -> Keyring {
+        let keys: Vec<Vec<u8>> = [epoch, epoch.saturating_sub(1), epoch.saturating_add(1)]
+            .into_iter()
+            .map(|e| epoch_key(secret, e))
+            .collect();
+        // Three 32-byte keys: `new` cannot fail.
+        Keyring::new(&keys).unwrap_or_else(|_| unreachable!("derived keys have the right length"))
     }
 
     /// Hex fingerprints, primary first.
@@ -241,6 +278,24 @@ mod tests {
         assert_eq!(Keyring::new(&[]).unwrap_err(), KeyError::Empty);
         assert_eq!(Keyring::new(&[vec![0; 16]]).unwrap_err(), KeyError::BadLength(1, 16));
         assert!(!format!("{rotated:?}").contains("0101"), "no key material in Debug");
+    }
+
+    #[test]
+    fn epoch_keyrings_overlap_by_one_epoch() {
+        let secret = b"a cluster secret of some length";
+        let e5 = Keyring::for_epoch(secret, 5);
+        let e6 = Keyring::for_epoch(secret, 6);
+        let e7 = Keyring::for_epoch(secret, 7);
+        let m5 = e5.seal([1; NONCE_LEN], b"x");
+        let m6 = e6.seal([2; NONCE_LEN], b"y");
+        assert_eq!(e6.open(&m5).unwrap(), b"x", "the next epoch opens the previous one's");
+        assert_eq!(e5.open(&m6).unwrap(), b"y", "and the previous the next one's");
+        assert_eq!(e7.open(&m5), Err(DropReason::UnknownKey), "two epochs apart: refused");
+        assert_ne!(epoch_key(secret, 5), epoch_key(secret, 6));
+        assert_ne!(epoch_key(secret, 5), epoch_key(b"another secret", 5));
+        assert_eq!(epoch_key(secret, 5), epoch_key(secret, 5));
+        let hour = std::time::Duration::from_secs(3600);
+        assert_eq!(epoch_at(std::time::Duration::from_secs(7200 + 59), hour), 2);
     }
 
     #[test]

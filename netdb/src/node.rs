@@ -103,6 +103,10 @@ pub enum Error {
     Left,
     #[error("gossip is not encrypted on this node; start every agent with keys (--key-file)")]
     NoKeyring,
+    #[error(
+        "keys are derived from the cluster secret and rotate on schedule here; keyring commands do not apply"
+    )]
+    ScheduledKeys,
 }
 
 #[derive(Debug)]
@@ -222,6 +226,8 @@ pub struct Node {
     stats: Stats,
     keyring: Option<Keyring>,
     keyops: KeyOps,
+    /// Keys come from a cluster secret by epoch: keyring commands refused.
+    scheduled_keys: bool,
 }
 
 impl std::fmt::Debug for Node {
@@ -283,6 +289,7 @@ impl Node {
             stats: Stats::default(),
             keyring: None,
             keyops: KeyOps::default(),
+            scheduled_keys: false,
             cfg,
         };
         node.owners.insert(
@@ -333,6 +340,12 @@ impl Node {
     /// frame. With keys, plaintext and foreign messages are dropped.
     pub fn set_keyring(&mut self, keyring: Option<Keyring>) {
         self.keyring = keyring;
+    }
+
+    /// Marks the keyring as derived from a cluster secret (the shell
+    /// replaces it every epoch); keyring commands are then refused.
+    pub fn set_scheduled_keys(&mut self, on: bool) {
+        self.scheduled_keys = on;
     }
 
     pub fn keyring(&self) -> Option<&Keyring> {
@@ -518,6 +531,9 @@ impl Node {
         if self.left {
             return Err(Error::Left);
         }
+        if self.scheduled_keys {
+            return Err(Error::ScheduledKeys);
+        }
         let ring = self.keyring.as_mut().ok_or(Error::NoKeyring)?;
         let (mine, changed) = keyops::apply(ring, &op);
         if changed {
@@ -609,7 +625,15 @@ impl Node {
                 let Some(op) = keyops::from_wire(&q) else {
                     return self.stats.drop(DropReason::Malformed);
                 };
-                let (reply, changed) = keyops::apply(ring, &op);
+                let (reply, changed) = if self.scheduled_keys {
+                    let refused = keyops::KeyReply {
+                        result: Err(Error::ScheduledKeys.to_string()),
+                        fingerprints: ring.fingerprints(),
+                    };
+                    (refused, false)
+                } else {
+                    keyops::apply(ring, &op)
+                };
                 if changed {
                     tracing::info!(op = ?op, origin = %q.origin, "keyring changed by a cluster command");
                     self.events.push_back(Event::KeyringChanged);

@@ -191,3 +191,71 @@ fn rotation_by_commands_then_the_old_key_injects_nothing() {
     sim.inject(1, 0, &genuine);
     assert!(sim.node(0).unwrap().get(NET, TABLE, "injected").is_some());
 }
+
+#[test]
+fn scheduled_rotation_across_an_epoch_boundary_with_skewed_clocks() {
+    let n = 5;
+    let secret = b"the cluster secret shared by every node".to_vec();
+    let mut sim = Sim::new(55, Config::default(), NetConfig::default());
+    for i in 0..n {
+        sim.add_node();
+        let ring = Keyring::for_epoch(&secret, 10);
+        sim.with_node(i, |node, _| {
+            node.set_keyring(Some(ring));
+            node.set_scheduled_keys(true);
+        });
+    }
+    sim.join_all(0);
+    assert!(
+        sim.run_until_true(CHECK, Duration::from_secs(60), |s| (0..n)
+            .all(|i| alive_members(s, i) == n))
+            .is_some()
+    );
+    for i in 0..n {
+        sim.with_node(i, |node, now| node.join_network(now, NET).unwrap());
+    }
+    // Writes every 200 ms on every node for 12 s; node i's clock reaches
+    // epoch 11 at 2 s + i × 1.5 s, so for 6 s the cluster is split between
+    // two epochs.
+    let mut written = 0;
+    let mut down = Vec::new();
+    for step in 0..60u32 {
+        let t = Duration::from_millis(200) * step;
+        for i in 0..n {
+            if t == Duration::from_millis(2000 + 1500 * i as u64) {
+                let ring = Keyring::for_epoch(&secret, 11);
+                sim.with_node(i, |node, _| node.set_keyring(Some(ring)));
+            }
+            sim.with_node(i, |node, now| {
+                node.put(now, NET, TABLE, &format!("n{i}-{step}"), "v".into()).unwrap()
+            });
+            written += 1;
+        }
+        sim.run_for(Duration::from_millis(200));
+        for i in 0..n {
+            if alive_members(&sim, i) != n {
+                down.push(format!("t={t:?}: n{i} sees {} alive", alive_members(&sim, i)));
+            }
+        }
+    }
+    assert!(down.is_empty(), "the cluster split across the boundary: {down:?}");
+    let all: Vec<usize> = (0..n).collect();
+    let t = sim.run_until_true(CHECK, Duration::from_secs(60), |s| {
+        all.iter().all(|&i| s.node(i).unwrap().entries(NET, TABLE).len() == written)
+    });
+    assert!(t.is_some(), "every entry written across the boundary reached every node");
+    assert_eq!(roots(&sim, &all, NET).len(), 1);
+    // Keyring commands do not apply to derived keys.
+    let err = sim.with_node(0, |node, now| node.key_command(now, KeyOp::List)).unwrap_err();
+    assert_eq!(err, netdb::Error::ScheduledKeys);
+    // A node two epochs ahead (a badly wrong clock) is refused.
+    let far = sim.add_node();
+    let ring = Keyring::for_epoch(&secret, 13);
+    let seed = sim.addr(0);
+    sim.with_node(far, |node, now| {
+        node.set_keyring(Some(ring));
+        node.join(now, &[seed]);
+    });
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(alive_members(&sim, far), 1, "a node two epochs away stays out");
+}
