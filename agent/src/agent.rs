@@ -20,7 +20,7 @@ use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use netdb::keyring::Keyring;
 use netdb_dataplane::Linux;
 
-use crate::api::{Api, Watcher};
+use crate::api::{Api, Kernel, Watcher};
 use crate::cli::AgentArgs;
 use crate::config::{self, Settings};
 use crate::endpoint::Endpoint;
@@ -309,7 +309,7 @@ const UPKEEP: Duration = Duration::from_millis(100);
 
 /// The kernel data plane, unless it is off by flag or for lack of
 /// privilege.
-fn start_dataplane(s: &Settings) -> anyhow::Result<Option<Arc<Linux>>> {
+fn start_dataplane(s: &Settings) -> anyhow::Result<Option<Kernel>> {
     if s.data_dir.is_none() {
         return Ok(None);
     }
@@ -319,14 +319,27 @@ fn start_dataplane(s: &Settings) -> anyhow::Result<Option<Arc<Linux>>> {
         );
         return Ok(None);
     }
-    Ok(Some(Arc::new(Linux::new()?)))
+    Ok(Some(Arc::new(tokio::sync::Mutex::new(Linux::new()?))))
 }
 
 /// Announces the leave; the loop keeps gossiping for two rounds so the news
 /// goes out before the process exits.
+/// A host with endpoints does not leave: its containers keep running, and
+/// a leave would release its address blocks and withdraw its endpoints
+/// everywhere. Peers see it failed (entries hidden, blocks kept) until it
+/// restarts and republishes.
 fn start_leaving(core: &mut Core) -> Instant {
-    tracing::info!("signal received: leaving the cluster");
     let now = core.now();
+    core.overlay.save(&core.node);
+    let endpoints = core.overlay.local_endpoints();
+    if endpoints > 0 {
+        tracing::info!(
+            endpoints,
+            "signal received: stopping without leaving, to keep this host's endpoints (detach them first to leave for good)"
+        );
+        return Instant::now();
+    }
+    tracing::info!("signal received: leaving the cluster");
     core.node.leave(now);
     Instant::now() + core.node.config().gossip_interval * 2 + Duration::from_millis(100)
 }

@@ -25,8 +25,11 @@ const WATCH_BACKLOG: usize = 4096;
 pub struct Api {
     cmds: mpsc::Sender<Command>,
     /// `None` when the data plane is off.
-    kernel: Option<Arc<Linux>>,
+    kernel: Option<Kernel>,
 }
+
+/// The kernel, one writer at a time: attach, detach and reconcile.
+pub type Kernel = Arc<tokio::sync::Mutex<Linux>>;
 
 /// Runs `f` on the core loop and returns its result; `None` once the agent
 /// is shutting down.
@@ -40,6 +43,104 @@ pub async fn on_core<R: Send + 'static>(
     });
     cmds.send(cmd).await.ok()?;
     rx.await.ok()
+}
+
+async fn call_core<R: Send + 'static>(
+    cmds: &mpsc::Sender<Command>,
+    f: impl FnOnce(&mut Core) -> R + Send + 'static,
+) -> Result<R, Status> {
+    on_core(cmds, f).await.ok_or_else(|| Status::unavailable("the agent is shutting down"))
+}
+
+/// Attach: reserve on the core, wire the kernel, publish on the core. The
+/// kernel lock is held from the wiring to the publication, so a reconcile
+/// never sees a half-made endpoint.
+async fn attach(
+    cmds: mpsc::Sender<Command>,
+    kernel: Option<Kernel>,
+    r: api::AttachRequest,
+) -> Result<api::EndpointInfo, Status> {
+    let r = Arc::new(r);
+    let mut waits = 0;
+    let ready = loop {
+        let req = r.clone();
+        let step = call_core(&cmds, move |core| {
+            let now = core.now();
+            core.overlay.begin_attach(&mut core.node, now, &req)
+        })
+        .await??;
+        match step {
+            Step::Ready(ready) => break ready,
+            Step::Wait(_) if waits >= MAX_ATTACH_WAITS => {
+                let net = r.network.clone();
+                call_core(&cmds, move |core| {
+                    let now = core.now();
+                    core.overlay.abandon_attach(&mut core.node, now, &net)
+                })
+                .await?;
+                return Err(Status::unavailable(format!(
+                    "network {}: no address block settled after {waits} tries (other hosts claiming, or the cluster not synced yet); try again",
+                    r.network
+                )));
+            }
+            Step::Wait(d) => {
+                waits += 1;
+                tokio::time::sleep(d).await;
+            }
+        }
+    };
+    let kernel = kernel.ok_or_else(|| Status::failed_precondition("the data plane is off"))?;
+    let linux = kernel.lock().await;
+    let wired = linux.attach(&ready.network, &ready.endpoint).await;
+    let key = ready.key();
+    let ok = wired.is_ok();
+    let published = call_core(&cmds, move |core| {
+        let now = core.now();
+        core.overlay.finish_attach(&mut core.node, now, &key, ok)
+    })
+    .await
+    .and_then(|r| r);
+    if ok && published.is_err() {
+        let _ = linux.detach(&ready.endpoint.host_ifname).await;
+    }
+    published?;
+    match wired {
+        Ok(()) => Ok(ready.reply),
+        Err(e @ netdb_dataplane::Error::IfnameTaken { .. }) => {
+            Err(Status::already_exists(e.to_string()))
+        }
+        Err(e @ netdb_dataplane::Error::Netns { .. }) => {
+            Err(Status::failed_precondition(e.to_string()))
+        }
+        Err(e) => Err(Status::internal(e.to_string())),
+    }
+}
+
+/// Detach: out of the desired state, veth removed, entries withdrawn, all
+/// under the kernel lock.
+async fn detach(
+    cmds: mpsc::Sender<Command>,
+    kernel: Option<Kernel>,
+    r: api::DetachRequest,
+) -> Result<(), Status> {
+    let linux = match &kernel {
+        Some(k) => Some(k.lock().await),
+        None => None,
+    };
+    let (net, name) = (r.network.clone(), r.name.clone());
+    let host_ifname =
+        call_core(&cmds, move |core| core.overlay.begin_detach(&net, &name)).await??;
+    let removed = match &linux {
+        Some(l) => l.detach(&host_ifname).await.map(|_| ()),
+        None => Ok(()),
+    };
+    let ok = removed.is_ok();
+    call_core(&cmds, move |core| {
+        let now = core.now();
+        core.overlay.finish_detach(&mut core.node, now, &r.network, &r.name, ok)
+    })
+    .await?;
+    removed.map_err(|e| Status::internal(e.to_string()))
 }
 
 /// Settle waits an attach sits through before giving up (each is one
@@ -87,7 +188,7 @@ impl Api {
         Ok(api::KeysReply { steps, complete: true })
     }
 
-    pub fn new(cmds: mpsc::Sender<Command>, kernel: Option<Arc<Linux>>) -> Self {
+    pub fn new(cmds: mpsc::Sender<Command>, kernel: Option<Kernel>) -> Self {
         Api { cmds, kernel }
     }
 
@@ -263,72 +364,19 @@ impl Netdb for Api {
         &self,
         req: Request<api::AttachRequest>,
     ) -> Result<Response<api::EndpointInfo>, Status> {
-        let r = Arc::new(req.into_inner());
-        let mut waits = 0;
-        let ready = loop {
-            let req = r.clone();
-            let step = self
-                .call(move |core| {
-                    let now = core.now();
-                    core.overlay.begin_attach(&mut core.node, now, &req)
-                })
-                .await??;
-            match step {
-                Step::Ready(ready) => break ready,
-                Step::Wait(_) if waits >= MAX_ATTACH_WAITS => {
-                    return Err(Status::unavailable(format!(
-                        "network {}: could not settle an address block claim after {waits} tries; other hosts are claiming too, try again",
-                        r.network
-                    )));
-                }
-                Step::Wait(d) => {
-                    waits += 1;
-                    tokio::time::sleep(d).await;
-                }
-            }
-        };
-        let kernel = self
-            .kernel
-            .clone()
-            .ok_or_else(|| Status::failed_precondition("the data plane is off"))?;
-        let wired = kernel.attach(&ready.network, &ready.endpoint).await;
-        let key = ready.key();
-        let ok = wired.is_ok();
-        self.call(move |core| {
-            let now = core.now();
-            core.overlay.finish_attach(&mut core.node, now, &key, ok)
-        })
-        .await??;
-        match wired {
-            Ok(()) => Ok(Response::new(ready.reply)),
-            Err(e @ netdb_dataplane::Error::IfnameTaken { .. }) => {
-                Err(Status::already_exists(e.to_string()))
-            }
-            Err(e @ netdb_dataplane::Error::Netns { .. }) => {
-                Err(Status::failed_precondition(e.to_string()))
-            }
-            Err(e) => Err(Status::internal(e.to_string())),
-        }
+        // Its own task: a client that goes away mid-attach must not leave a
+        // reservation or a half-wired veth behind.
+        let task = tokio::spawn(attach(self.cmds.clone(), self.kernel.clone(), req.into_inner()));
+        let info = task.await.map_err(|_| Status::internal("the attach task failed"))??;
+        Ok(Response::new(info))
     }
 
     async fn detach(
         &self,
         req: Request<api::DetachRequest>,
     ) -> Result<Response<api::DetachReply>, Status> {
-        let r = req.into_inner();
-        let (net, name) = (r.network.clone(), r.name.clone());
-        let host_ifname = self.call(move |core| core.overlay.begin_detach(&net, &name)).await??;
-        let removed = match &self.kernel {
-            Some(k) => k.detach(&host_ifname).await.map(|_| ()),
-            None => Ok(()),
-        };
-        let ok = removed.is_ok();
-        self.call(move |core| {
-            let now = core.now();
-            core.overlay.finish_detach(&mut core.node, now, &r.network, &r.name, ok)
-        })
-        .await?;
-        removed.map_err(|e| Status::internal(e.to_string()))?;
+        let task = tokio::spawn(detach(self.cmds.clone(), self.kernel.clone(), req.into_inner()));
+        task.await.map_err(|_| Status::internal("the detach task failed"))??;
         Ok(Response::new(api::DetachReply {}))
     }
 

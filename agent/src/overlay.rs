@@ -125,6 +125,7 @@ impl Overlay {
     /// again under this incarnation (the old one's entries are purged
     /// everywhere as soon as peers see the new incarnation).
     pub fn republish(&mut self, node: &mut Node, now: Duration) {
+        node.witness_clock(self.state.ltime);
         let saved: Vec<(String, SavedNetwork)> = self.state.networks.clone().into_iter().collect();
         for (name, n) in saved {
             let Some(def) = saved_def(&name, &n) else {
@@ -250,7 +251,7 @@ impl Overlay {
         let Some(eff) = resolved.networks.get(name) else {
             return Err(Status::not_found(format!("no network {name}; see `netdb network ls`")));
         };
-        let mut hosts = node.network_peers(name);
+        let mut hosts = node.network_hosts(name);
         if self.local_count(name) > 0 || self.pending.keys().any(|(n, _)| n == name) {
             hosts.insert(0, self.me.clone());
         }
@@ -315,6 +316,10 @@ impl Overlay {
             conflicts,
             origin: e.def.origin.clone(),
         }
+    }
+
+    pub fn local_endpoints(&self) -> usize {
+        self.state.endpoints.len()
     }
 
     fn local_count(&self, network: &str) -> usize {
@@ -390,14 +395,9 @@ impl Overlay {
                 other.network
             )));
         }
-        node.join_network(now, &r.network).map_err(node_status)?;
         let subnet = eff.def.subnet;
-        let used = self.used_addresses(node, &r.network);
-        let ip = if r.ip.is_empty() {
-            match self.allocate(node, now, &eff, &used)? {
-                Some(ip) => ip,
-                None => return Ok(Step::Wait(self.settle)),
-            }
+        let explicit = if r.ip.is_empty() {
+            None
         } else {
             let ip: Ipv4Addr = r.ip.parse().map_err(|_| {
                 Status::invalid_argument(format!("invalid IPv4 address {:?}", r.ip))
@@ -413,10 +413,28 @@ impl Overlay {
                     "{ip} is reserved in {subnet} (network, gateway or broadcast address)"
                 )));
             }
-            if let Some(who) = used.get(&ip) {
-                return Err(Status::already_exists(format!("{ip} is already used by {who}")));
+            Some(ip)
+        };
+        // Joined only now that the request is valid; whatever fails below
+        // leaves the network again if nothing else holds it.
+        node.join_network(now, &r.network).map_err(node_status)?;
+        let picked = match explicit {
+            Some(ip) => match self.used_addresses(node, &r.network).get(&ip) {
+                Some(who) => Err(Status::already_exists(format!("{ip} is already used by {who}"))),
+                None => Ok(Some(ip)),
+            },
+            None => {
+                let used = self.used_addresses(node, &r.network);
+                self.allocate(node, now, &eff, &used)
             }
-            ip
+        };
+        let ip = match picked {
+            Ok(Some(ip)) => ip,
+            Ok(None) => return Ok(Step::Wait(self.settle)),
+            Err(e) => {
+                self.leave_if_unused(node, now, &r.network);
+                return Err(e);
+            }
         };
         let mac = dp::Mac::from_ipv4(ip);
         let saved = SavedEndpoint {
@@ -439,6 +457,11 @@ impl Overlay {
         Ok(Step::Ready(Box::new(Ready { network, endpoint, reply, key })))
     }
 
+    /// An attach that gave up waiting for an address: undo its join.
+    pub fn abandon_attach(&mut self, node: &mut Node, now: Duration, network: &str) {
+        self.leave_if_unused(node, now, network);
+    }
+
     /// Second half: publish (the kernel work succeeded) or forget.
     pub fn finish_attach(
         &mut self,
@@ -452,10 +475,13 @@ impl Overlay {
             self.leave_if_unused(node, now, &key.0);
             return Ok(());
         }
-        self.publish(node, now, &p.saved).map_err(node_status)?;
+        if let Err(e) = self.publish(node, now, &p.saved) {
+            self.leave_if_unused(node, now, &key.0);
+            return Err(node_status(e));
+        }
         tracing::info!(network = %key.0, endpoint = %key.1, ip = %p.ip, "endpoint attached");
         self.state.endpoints.push(p.saved);
-        self.save();
+        self.save(node);
         self.kernel.notify_one();
         Ok(())
     }
@@ -497,7 +523,7 @@ impl Overlay {
         self.state.endpoints.retain(|e| !(e.network == network && e.name == name));
         self.leave_if_unused(node, now, network);
         tracing::info!(%network, endpoint = %name, "endpoint detached");
-        self.save();
+        self.save(node);
         self.kernel.notify_one();
     }
 
@@ -512,7 +538,7 @@ impl Overlay {
             }
             self.claimed_at.retain(|(n, _), _| n != network);
         }
-        self.save();
+        self.save(node);
     }
 
     pub fn endpoints(
@@ -664,7 +690,9 @@ impl Overlay {
         let unsettled = self.claimed_at.iter().any(|((n, b), at)| {
             *n == def.name && now < *at + self.settle && claims.owner(*b) == Some(&self.me)
         });
-        if unsettled {
+        // A claim needs the cluster's claims first, or it could take a
+        // block another node holds.
+        if unsettled || !node.cluster_synced() {
             return Ok(None);
         }
         let Some(block) = claims.free_block(&subnet, &self.me) else {
@@ -687,7 +715,7 @@ impl Overlay {
             .or_insert_with(|| saved_network(def))
             .blocks
             .insert(block);
-        self.save();
+        self.save(node);
         tracing::info!(network = %def.name, block, "claimed an address block");
         Ok(None)
     }
@@ -730,6 +758,7 @@ impl Overlay {
                     .then(|| (name.to_string(), (e.deleted, NetworkDef::decode(&e.value))))
             })
             .collect();
+        let mut resave = false;
         for (name, eff) in &resolved.networks {
             let in_step = matches!(mine.get(name), Some((false, Some(d))) if d == &eff.def);
             if !in_step {
@@ -740,12 +769,16 @@ impl Overlay {
                 && saved.vni != eff.vni
             {
                 saved.vni = eff.vni;
+                resave = true;
             }
         }
+        if resave {
+            self.save(node);
+        }
         for (name, (deleted, def)) in &mine {
-            let gone = def
-                .as_ref()
-                .is_some_and(|d| resolved.removed.contains(&(d.created, d.origin.clone())));
+            let gone = def.as_ref().is_some_and(|d| {
+                resolved.removed.contains(&(d.name.clone(), d.created, d.origin.clone()))
+            });
             if !deleted && gone && !resolved.networks.contains_key(name) {
                 let _ = node.delete_shared(now, NETDEFS_TABLE, name);
             }
@@ -842,6 +875,10 @@ impl Overlay {
                 }
             }
         }
+        // Forget conflicts that are over, so the set stays as small as
+        // the conflicts in force.
+        let current: BTreeSet<&String> = now.values().flatten().collect();
+        self.reported.retain(|c| current.contains(c));
         self.conflicts = now;
     }
 
@@ -878,7 +915,7 @@ impl Overlay {
             .into_iter()
             .filter(|(_, e)| e.owner != self.me)
             .filter_map(|(_, e)| decode_route(&e.value))
-            .filter(|r| r.host != tunnel)
+            .filter(|r| r.host != tunnel && eff.def.subnet.contains(r.ip))
             .collect();
         let endpoints = self
             .state
@@ -900,7 +937,9 @@ impl Overlay {
         dp::Network { vni: eff.vni, mtu: eff.def.mtu, local: tunnel, remotes, endpoints }
     }
 
-    fn save(&self) {
+    /// Writes the state file, with the clock to resume from.
+    pub fn save(&mut self, node: &Node) {
+        self.state.ltime = node.ltime();
         if let Some(store) = &self.store
             && let Err(e) = store.save(&self.state)
         {
@@ -978,6 +1017,11 @@ fn decode_route(value: &[u8]) -> Option<dp::Remote> {
     let ip: Ipv4Addr = r.ip.split_once('/').map_or(r.ip.as_str(), |(ip, _)| ip).parse().ok()?;
     let host: Ipv4Addr = r.host.parse().ok()?;
     let mac = dp::Mac::from_slice(&r.mac)?;
+    // A zero MAC would become the VXLAN default (flood) entry, a multicast
+    // one is no endpoint: both refused.
+    if mac.0 == [0; 6] || mac.0[0] & 1 == 1 {
+        return None;
+    }
     (!host.is_unspecified() && !host.is_multicast() && !host.is_broadcast()).then_some(dp::Remote {
         ip,
         mac,
@@ -1016,6 +1060,8 @@ mod tests {
             wire::Route { host: "255.255.255.255".into(), ..good.clone() },
             wire::Route { ip: "10.0.0.500/24".into(), ..good.clone() },
             wire::Route { host: "::1".into(), ..good.clone() },
+            wire::Route { mac: vec![0; 6].into(), ..good.clone() },
+            wire::Route { mac: vec![1, 0, 0x5e, 0, 0, 1].into(), ..good.clone() },
         ] {
             assert!(decode_route(&bad.encode_to_vec()).is_none(), "{bad:?}");
         }

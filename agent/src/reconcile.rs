@@ -5,11 +5,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use netdb_dataplane::Linux;
 use tokio::sync::{Notify, mpsc};
 
 use crate::agent::Command;
-use crate::api::on_core;
+use crate::api::{Kernel, on_core};
 
 /// Changes arriving within this window share one reconcile.
 const COALESCE: Duration = Duration::from_millis(20);
@@ -37,7 +36,7 @@ impl KernelStats {
 }
 
 pub async fn run(
-    kernel: Arc<Linux>,
+    kernel: Kernel,
     cmds: mpsc::Sender<Command>,
     wake: Arc<Notify>,
     period: Duration,
@@ -48,11 +47,14 @@ pub async fn run(
             _ = wake.notified() => tokio::time::sleep(COALESCE).await,
             _ = tokio::time::sleep(period) => {}
         }
+        // Held from the snapshot to the last netlink call: an attach or
+        // detach in between would make the snapshot stale.
+        let linux = kernel.lock().await;
         let Some(desired) = on_core(&cmds, |core| core.overlay.desired(&core.node)).await else {
             return;
         };
         stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        match kernel.reconcile(&desired).await {
+        match linux.reconcile(&desired).await {
             Ok(r) => {
                 stats.last_us.store(r.elapsed.as_micros() as u64, Ordering::Relaxed);
                 stats.changes.fetch_add(r.changes() as u64, Ordering::Relaxed);

@@ -25,6 +25,10 @@ pub struct State {
     /// seen, and the address blocks this host claimed in them.
     pub networks: BTreeMap<String, SavedNetwork>,
     pub endpoints: Vec<SavedEndpoint>,
+    /// The Lamport time when last saved: a restarted agent resumes from
+    /// it, so its claims and definitions never look older than they are.
+    #[serde(default)]
+    pub ltime: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,10 +65,13 @@ pub struct Store {
 
 impl Store {
     pub fn open(dir: &Path) -> anyhow::Result<(Store, State)> {
-        std::fs::create_dir_all(dir)
-            .with_context(|| format!("cannot create data dir {}; use --data-dir", dir.display()))?;
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
-            .with_context(|| format!("cannot restrict data dir {}", dir.display()))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).with_context(|| {
+                format!("cannot create data dir {}; use --data-dir", dir.display())
+            })?;
+            std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))
+                .with_context(|| format!("cannot restrict data dir {}", dir.display()))?;
+        }
         let lock = OpenOptions::new()
             .create(true)
             .truncate(false)

@@ -55,7 +55,8 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let empty = ObservedNetwork::default();
     for (&vni, net) in desired {
         let seen = observed.networks.get(&vni).unwrap_or(&empty);
-        if seen.bridge.is_none() || seen.vxlan.is_none() {
+        let creating = seen.bridge.is_none() || seen.vxlan.is_none();
+        if creating {
             p.create.push(vni);
         }
         let mut fdb: BTreeMap<Mac, Ipv4Addr> = BTreeMap::new();
@@ -69,9 +70,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         for (name, ep) in &net.endpoints {
             match observed.links.get(name) {
                 None => p.reattach.push((vni, ep.clone())),
-                Some(master) if seen.bridge.is_some() && *master != seen.bridge => {
-                    p.enslave.push((vni, name.clone()))
-                }
+                // A new bridge (deleted by hand, or the VNI changed) gets
+                // every veth of the network back.
+                Some(_) if creating => p.enslave.push((vni, name.clone())),
+                Some(master) if *master != seen.bridge => p.enslave.push((vni, name.clone())),
                 Some(_) => {}
             }
         }
@@ -210,5 +212,10 @@ mod tests {
         assert_eq!(p.enslave, vec![(4096, "ndve2".to_string())]);
         assert_eq!(p.reattach.len(), 1);
         assert_eq!(p.reattach[0].1.host_ifname, "ndve3");
+        // The bridge itself gone: created again, and both veths return.
+        o.networks.get_mut(&4096).unwrap().bridge = None;
+        let p = plan(&desired, &o);
+        assert_eq!(p.create, vec![4096]);
+        assert_eq!(p.enslave.len(), 2);
     }
 }

@@ -199,11 +199,13 @@ pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<()
             },
             // Shared cluster objects (network definitions, address block
             // claims): every node writes its own copy, keyed `.../NODE`.
-            _ => match owned_key(&e.key) {
+            // No other table: the cluster scope reaches every node.
+            crate::netdefs::NETDEFS_TABLE | crate::ipam::IPAM_TABLE => match owned_key(&e.key) {
                 Some((_, node)) if node == e.owner => {}
                 Some(_) => return Err(DropReason::ForgedOwner),
                 None => return Err(DropReason::BadName),
             },
+            _ => return Err(DropReason::BadName),
         }
     }
     Ok(())

@@ -45,6 +45,8 @@ pub enum SubnetError {
     Prefix(String),
     #[error("subnet {given} has host bits set; did you mean {fixed}?")]
     HostBits { given: String, fixed: Subnet },
+    #[error("subnet {0} is in a reserved range (0/8, 127/8, multicast or above)")]
+    Reserved(String),
 }
 
 impl FromStr for Subnet {
@@ -61,6 +63,10 @@ impl FromStr for Subnet {
         let fixed = Subnet { base: u32::from(addr) & mask(prefix), prefix };
         if fixed.base != u32::from(addr) {
             return Err(SubnetError::HostBits { given: s.into(), fixed });
+        }
+        let first = addr.octets()[0];
+        if first == 0 || first == 127 || first >= 224 {
+            return Err(SubnetError::Reserved(s.into()));
         }
         Ok(fixed)
     }
@@ -85,8 +91,8 @@ impl Subnet {
         u32::from(ip) & mask(self.prefix) == self.base
     }
 
-    fn size(&self) -> u32 {
-        1 << (32 - u32::from(self.prefix))
+    fn broadcast(&self) -> u32 {
+        self.base | !mask(self.prefix)
     }
 
     /// The gateway address, reserved like Docker does (first host address).
@@ -98,10 +104,7 @@ impl Subnet {
     /// gateway or broadcast address.
     pub fn usable(&self, ip: Ipv4Addr) -> bool {
         let v = u32::from(ip);
-        self.contains(ip)
-            && v != self.base
-            && v != self.base + 1
-            && v != self.base + self.size() - 1
+        self.contains(ip) && v != self.base && v != self.base + 1 && v != self.broadcast()
     }
 
     /// Block prefix: at least 16 blocks per subnet, blocks of at least 64
@@ -125,8 +128,10 @@ impl Subnet {
 
     /// Usable addresses of a block, in order.
     pub fn block_addrs(&self, block: u32) -> impl Iterator<Item = Ipv4Addr> + '_ {
-        let start = self.base + block.min(self.blocks() - 1) * self.block_len();
-        (start..start + self.block_len()).map(Ipv4Addr::from).filter(|ip| self.usable(*ip))
+        // u64: the last block of a subnet may end at 255.255.255.255.
+        let len = u64::from(self.block_len());
+        let start = u64::from(self.base) + u64::from(block.min(self.blocks() - 1)) * len;
+        (start..start + len).map(|v| Ipv4Addr::from(v as u32)).filter(|ip| self.usable(*ip))
     }
 }
 
@@ -250,6 +255,16 @@ mod tests {
         assert!("10.10.0.0/31".parse::<Subnet>().is_err());
         assert!("10.10.0.0".parse::<Subnet>().is_err());
         assert!("fd00::/64".parse::<Subnet>().is_err());
+        for reserved in ["127.0.0.0/8", "0.0.0.0/8", "224.0.0.0/24", "255.255.255.0/24"] {
+            assert!(
+                matches!(reserved.parse::<Subnet>(), Err(SubnetError::Reserved(_))),
+                "{reserved}"
+            );
+        }
+        // The top of the unicast space: no overflow at the last block.
+        let top: Subnet = "223.255.255.0/24".parse().unwrap();
+        let last: Vec<_> = top.block_addrs(top.blocks() - 1).collect();
+        assert_eq!(last.last(), Some(&Ipv4Addr::new(223, 255, 255, 254)));
         let big: Subnet = "10.0.0.0/16".parse().unwrap();
         assert_eq!((big.blocks(), big.block_len()), (1024, 64));
         let tiny: Subnet = "10.0.0.0/30".parse().unwrap();

@@ -95,8 +95,9 @@ pub struct Effective {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Resolved {
     pub networks: BTreeMap<String, Effective>,
-    /// Identities that were removed (`network rm`).
-    pub removed: BTreeSet<(u64, String)>,
+    /// Definitions that were removed (`network rm`), as (name, created,
+    /// origin).
+    pub removed: BTreeSet<(String, u64, String)>,
     /// Human-readable conflicts: names defined twice, VNIs asked twice.
     pub conflicts: Vec<String>,
 }
@@ -112,7 +113,7 @@ impl Resolved {
                 continue;
             }
             if e.deleted {
-                out.removed.insert((def.created, def.origin.clone()));
+                out.removed.insert((def.name.clone(), def.created, def.origin.clone()));
             } else if !e.hidden {
                 candidates
                     .entry(def.name.clone())
@@ -122,7 +123,9 @@ impl Resolved {
         }
         let mut winners: Vec<NetworkDef> = Vec::new();
         for (name, defs) in candidates {
-            let mut live = defs.into_iter().filter(|(id, _)| !out.removed.contains(id));
+            let mut live = defs
+                .into_iter()
+                .filter(|((c, o), _)| !out.removed.contains(&(name.clone(), *c, o.clone())));
             let Some((_, winner)) = live.next() else { continue };
             for (_, other) in live {
                 out.conflicts.push(format!(
@@ -231,7 +234,7 @@ mod tests {
         let new = def("blue", "10.9.0.0/24", 4096, "b", 8);
         let r = resolve(&[copy("a", &old, true), copy("c", &old, false)]);
         assert!(r.networks.is_empty());
-        assert!(r.removed.contains(&(5, "a".to_string())));
+        assert!(r.removed.contains(&("blue".to_string(), 5, "a".to_string())));
         let r = resolve(&[copy("a", &old, true), copy("c", &old, false), copy("b", &new, false)]);
         assert_eq!(r.networks["blue"].def, new);
         assert!(r.conflicts.is_empty());

@@ -133,6 +133,8 @@ struct ScopeState {
     /// Sync with the next peer that appears (joined, rejoined, or a sync
     /// failed).
     needs_sync: bool,
+    /// A push/pull with some peer completed at least once.
+    synced: bool,
 }
 
 #[derive(Debug)]
@@ -322,6 +324,21 @@ impl Node {
     /// The Lamport time of this node's latest write or observation.
     pub fn ltime(&self) -> u64 {
         self.clock.time()
+    }
+
+    /// Moves the clock forward to at least `t`: a restarted node resumes
+    /// from the time it saved, so its new writes never look older than
+    /// those of its previous life.
+    pub fn witness_clock(&mut self, t: u64) {
+        self.clock.witness(t);
+    }
+
+    /// True once this node has completed a push/pull of the cluster scope
+    /// with a peer, or knows no live peer: what it holds of the cluster
+    /// objects is then as good as the cluster's.
+    pub fn cluster_synced(&self) -> bool {
+        self.scopes.get(CLUSTER).is_some_and(|st| st.synced)
+            || !self.owners.iter().any(|(n, o)| *n != self.name && o.status == Status::Alive)
     }
 
     pub fn incarnation(&self) -> u64 {
@@ -678,7 +695,7 @@ impl Node {
     }
 
     /// Writes this node's copy of a shared cluster object (key `id/NAME`
-    /// in a cluster table other than the reserved `nodes` and `networks`).
+    /// in the cluster table `netdefs` or `ipam`).
     /// Changes of such tables come out as events of network `""`.
     pub fn put_shared(
         &mut self,
@@ -719,10 +736,7 @@ impl Node {
     }
 
     fn shared_key(&self, table: &str, id: &str) -> Result<String, Error> {
-        if table == NODES_TABLE
-            || table == NETWORKS_TABLE
-            || !valid_name(table, self.cfg.max_name_len)
-        {
+        if table != crate::netdefs::NETDEFS_TABLE && table != crate::ipam::IPAM_TABLE {
             return Err(Error::BadName {
                 what: "shared table",
                 value: table.into(),
@@ -771,6 +785,25 @@ impl Node {
         self.live_attachments()
             .filter(|(net, _, _)| *net == network)
             .map(|(_, node, _)| node.into())
+            .collect()
+    }
+
+    /// Other nodes attached to a network that are alive or failed (a failed
+    /// one may come back with its endpoints).
+    pub fn network_hosts(&self, network: &str) -> Vec<String> {
+        let Some(c) = self.scopes.get(CLUSTER) else { return Vec::new() };
+        c.data
+            .table(NETWORKS_TABLE)
+            .filter_map(|(key, e)| {
+                let (net, node) = parse_attachment_key(key)?;
+                let o = self.owners.get(node)?;
+                let here = net == network
+                    && node != self.name
+                    && !e.deleted
+                    && o.incarnation == e.incarnation
+                    && matches!(o.status, Status::Alive | Status::Failed { .. });
+                here.then(|| node.to_string())
+            })
             .collect()
     }
 
@@ -883,6 +916,9 @@ impl Node {
                 for e in &r.entries {
                     self.apply_remote(now, &m.network, e, Via::Sync);
                 }
+                if let Some(st) = self.scopes.get_mut(&m.network) {
+                    st.synced = true;
+                }
                 let theirs = r.digest.as_ref().and_then(codec::parse_digest).unwrap_or_default();
                 let differ = self.scopes[&m.network].data.digest().differing(&theirs);
                 let entries = self.bucket_entries(now, &m.network, differ);
@@ -902,6 +938,9 @@ impl Node {
                 }
                 for e in &es.entries {
                     self.apply_remote(now, &m.network, e, Via::Sync);
+                }
+                if let Some(st) = self.scopes.get_mut(&m.network) {
+                    st.synced = true;
                 }
             }
             Some(B::Refused(_)) => match self.syncs.get(&m.sync_id) {
@@ -968,6 +1007,7 @@ impl Node {
             root_changed_at: now,
             mismatch_since: None,
             last_sync_at: None,
+            synced: false,
             next_periodic_sync: now
                 + self.cfg.sync_interval
                 + self.jitter(self.cfg.sync_interval / 4),
