@@ -181,7 +181,7 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     }
     let (net_tx, mut net_rx) = mpsc::channel::<NetMsg>(1024);
     let (stop_tx, stop_rx) = watch::channel(false);
-    let server = serve_api(&s.api, Api::new(cmd_tx, kernel), stop_rx).await?;
+    let server = serve_api(&s, Api::new(cmd_tx, kernel), stop_rx).await?;
     let limits = streams::Limits::new(s.core.max_sync_frame, s.core.sync_timeout);
     tokio::spawn(streams::accept_loop(tcp, net_tx.clone(), limits.clone()));
     let mut streams = Streams::new(net_tx, limits);
@@ -422,17 +422,20 @@ fn init_logging(filter: &str) -> anyhow::Result<()> {
 /// Starts the API server (with gRPC reflection) on `ep`; it stops when
 /// `stop` turns true.
 async fn serve_api(
-    ep: &Endpoint,
+    s: &Settings,
     api: Api,
     mut stop: watch::Receiver<bool>,
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    let ep = &s.api;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(netdb_proto::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the gRPC reflection service")?;
-    let router = tonic::transport::Server::builder()
-        .add_service(NetdbServer::new(api))
-        .add_service(reflection);
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &s.api_tls {
+        builder = builder.tls_config(tls.config()?).context("TLS for the API")?;
+    }
+    let router = builder.add_service(NetdbServer::new(api)).add_service(reflection);
     let shutdown = async move {
         let _ = stop.wait_for(|s| *s).await;
     };

@@ -24,8 +24,38 @@ pub struct Cli {
     /// Output format of client commands.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
     pub output: Output,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// TLS for a client talking to an agent's TCP API.
+#[derive(Debug, Args)]
+pub struct ClientTlsArgs {
+    /// CA that signed the agent's certificate (PEM).
+    #[arg(long, global = true, env = "NETDB_TLS_CA")]
+    pub tls_ca: Option<PathBuf>,
+    /// This client's certificate (PEM), signed by the agent's client CA.
+    #[arg(long, global = true, env = "NETDB_TLS_CERT")]
+    pub tls_cert: Option<PathBuf>,
+    /// This client's private key (PEM).
+    #[arg(long, global = true, env = "NETDB_TLS_KEY")]
+    pub tls_key: Option<PathBuf>,
+    /// Name to expect in the agent's certificate [default: the API address]
+    #[arg(long, global = true, env = "NETDB_TLS_SERVER_NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl ClientTlsArgs {
+    pub fn files(&self) -> crate::tls::ClientFiles {
+        crate::tls::ClientFiles {
+            ca: self.tls_ca.clone(),
+            cert: self.tls_cert.clone(),
+            key: self.tls_key.clone(),
+            server_name: self.tls_server_name.clone(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -191,6 +221,20 @@ pub struct AgentArgs {
     #[arg(skip)]
     #[serde(default, deserialize_with = "crate::endpoint::de_opt")]
     pub api: Option<Endpoint>,
+    /// Certificate (PEM) of a TCP API; a TCP API requires TLS with client
+    /// certificates.
+    #[arg(long, env = "NETDB_API_TLS_CERT")]
+    pub api_tls_cert: Option<PathBuf>,
+    /// Private key (PEM) of the TCP API's certificate.
+    #[arg(long, env = "NETDB_API_TLS_KEY")]
+    pub api_tls_key: Option<PathBuf>,
+    /// CA (PEM) whose client certificates the TCP API accepts.
+    #[arg(long, env = "NETDB_API_TLS_CLIENT_CA")]
+    pub api_tls_client_ca: Option<PathBuf>,
+    /// Serve a TCP API without TLS; allowed on loopback addresses only.
+    #[arg(long, env = "NETDB_API_INSECURE")]
+    #[serde(default)]
+    pub api_insecure: bool,
     /// File of gossip keys, base64, one per line, the first one the primary
     /// (NETDB_KEYS may give them instead, comma-separated). With keys, all
     /// traffic is sealed with AES-256-GCM and plaintext is refused.

@@ -11,13 +11,19 @@ use tonic::transport::Channel;
 use crate::api::parse_bulk;
 use crate::cli::{Command, EndpointCmd, KeysCmd, NetworkCmd, Output, TableCmd};
 use crate::endpoint::{self, Endpoint};
+use crate::tls::ClientFiles;
 
-pub async fn run(ep: Option<Endpoint>, out: Output, cmd: Command) -> anyhow::Result<()> {
+pub async fn run(
+    ep: Option<Endpoint>,
+    out: Output,
+    tls: ClientFiles,
+    cmd: Command,
+) -> anyhow::Result<()> {
     let ep = match ep {
         Some(e) => e,
         None => endpoint::DEFAULT.parse().map_err(anyhow::Error::msg)?,
     };
-    let mut c = NetdbClient::new(endpoint::connect(&ep).await?);
+    let mut c = NetdbClient::new(endpoint::connect(&ep, &tls).await?);
     match cmd {
         Command::Agent(_) => unreachable!("the agent is not a client command"),
         Command::Members => members(&mut c, out).await,

@@ -19,6 +19,8 @@ pub struct Settings {
     pub advertise: SocketAddr,
     pub join: Vec<SocketAddr>,
     pub api: Endpoint,
+    /// TLS of a TCP API (`None`: Unix socket, or --api-insecure on loopback).
+    pub api_tls: Option<crate::tls::ServerFiles>,
     pub log: String,
     pub core: netdb::Config,
     /// Gossip keys, primary first; empty for plaintext.
@@ -40,6 +42,11 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         Some(path) => load(path)?,
         None => AgentArgs::default(),
     };
+    let api = match global_api.or(cli.api.clone()).or(file.api.clone()) {
+        Some(a) => a,
+        None => endpoint::DEFAULT.parse().map_err(anyhow::Error::msg)?,
+    };
+    let api_tls = api_tls(&api, &cli, &file)?;
     let name = match cli.name.or(file.name) {
         Some(n) => n,
         None => host_name()?,
@@ -56,10 +63,6 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
     if advertise.ip().is_unspecified() {
         bail!("--advertise {advertise} is not an address peers can reach; give this node's IP");
     }
-    let api = match global_api.or(cli.api).or(file.api) {
-        Some(a) => a,
-        None => endpoint::DEFAULT.parse().map_err(anyhow::Error::msg)?,
-    };
     let mut core = netdb::Config::default();
     macro_rules! set {
         ($($field:ident),*) => {$(
@@ -115,6 +118,7 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
         advertise,
         join,
         api,
+        api_tls,
         log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
         core,
         keys,
@@ -129,6 +133,41 @@ pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<S
             .max(Duration::from_millis(100)),
         claim_settle: cli.claim_settle.or(file.claim_settle).unwrap_or(Duration::from_secs(1)),
     })
+}
+
+/// A TCP API must use TLS with client certificates, unless it is on a
+/// loopback address and --api-insecure says so.
+fn api_tls(
+    api: &Endpoint,
+    cli: &AgentArgs,
+    file: &AgentArgs,
+) -> anyhow::Result<Option<crate::tls::ServerFiles>> {
+    let cert = cli.api_tls_cert.clone().or(file.api_tls_cert.clone());
+    let key = cli.api_tls_key.clone().or(file.api_tls_key.clone());
+    let ca = cli.api_tls_client_ca.clone().or(file.api_tls_client_ca.clone());
+    let insecure = cli.api_insecure || file.api_insecure;
+    let Endpoint::Tcp(addr) = api else {
+        if cert.is_some() || insecure {
+            bail!(
+                "--api-tls-* and --api-insecure are for a TCP --api; the Unix socket is owner-only already"
+            );
+        }
+        return Ok(None);
+    };
+    match (cert, key, ca) {
+        (Some(cert), Some(key), Some(client_ca)) if !insecure => {
+            Ok(Some(crate::tls::ServerFiles { cert, key, client_ca }))
+        }
+        (None, None, None) if insecure && addr.ip().is_loopback() => Ok(None),
+        (None, None, None) if insecure => bail!(
+            "--api-insecure is allowed on loopback addresses only, not {addr}; use TLS (--api-tls-cert, --api-tls-key, --api-tls-client-ca)"
+        ),
+        (None, None, None) => bail!(
+            "a TCP API ({addr}) needs TLS with client certificates: give --api-tls-cert, --api-tls-key and --api-tls-client-ca (or --api-insecure on a loopback address)"
+        ),
+        _ if insecure => bail!("--api-insecure and --api-tls-* exclude each other"),
+        _ => bail!("TLS needs all of --api-tls-cert, --api-tls-key and --api-tls-client-ca"),
+    }
 }
 
 /// The cluster secret: base64 of at least 32 bytes.

@@ -8,6 +8,8 @@ use anyhow::{Context, bail};
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
+use crate::tls::ClientFiles;
+
 pub const DEFAULT: &str = "unix:/run/netdb/netdb.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,11 +50,23 @@ pub fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Endpoint>
 }
 
 /// Connects the CLI to an agent, with an error that says what to do.
-pub async fn connect(ep: &Endpoint) -> anyhow::Result<Channel> {
+pub async fn connect(ep: &Endpoint, tls: &ClientFiles) -> anyhow::Result<Channel> {
     let hint = || {
         format!("cannot reach the netdb agent at {ep}; is `netdb agent` running there? (use --api)")
     };
     match ep {
+        Endpoint::Tcp(addr) if tls.is_set() => {
+            TonicEndpoint::from_shared(format!("https://{addr}"))?
+                .tls_config(tls.config(&addr.ip().to_string())?)?
+                .connect()
+                .await
+                .with_context(|| {
+                    format!(
+                        "{}; or the TLS handshake failed (check --tls-ca, --tls-cert, --tls-key)",
+                        hint()
+                    )
+                })
+        }
         Endpoint::Tcp(addr) => {
             TonicEndpoint::from_shared(format!("http://{addr}"))?.connect().await.with_context(hint)
         }

@@ -12,6 +12,7 @@ mod overlay;
 mod reconcile;
 mod state;
 mod streams;
+mod tls;
 
 use std::process::ExitCode;
 
@@ -31,7 +32,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Agent(args) => agent::run(*args, cli.api).await,
-            cmd => client::run(cli.api, cli.output, cmd).await,
+            cmd => client::run(cli.api, cli.output, cli.tls.files(), cmd).await,
         }
     });
     match result {

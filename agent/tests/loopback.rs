@@ -551,3 +551,207 @@ fn keys_rotate_under_load_loses_nothing_and_splits_nothing() {
     assert!(dump.as_array().unwrap().iter().all(|e| e["key"] != "injected"));
     assert!(c.stat(0, "drops:unknown_key") > 0);
 }
+
+/// Runs openssl (a test tool here, like ping for the namespace tests).
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = Command::new("openssl").current_dir(dir).args(args).output().expect("run openssl");
+    assert!(out.status.success(), "openssl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn a_tcp_api_requires_tls_with_client_certificates() {
+    let c = Cluster::empty(66, 1);
+    let d = c.dir.clone();
+    let ca = |name: &str| {
+        openssl(
+            &d,
+            &["req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
+                .iter()
+                .copied()
+                .chain([
+                    "-keyout",
+                    &format!("{name}.key"),
+                    "-out",
+                    &format!("{name}.pem"),
+                    "-days",
+                    "2",
+                    "-subj",
+                    &format!("/CN={name}"),
+                ])
+                .collect::<Vec<_>>(),
+        );
+    };
+    let leaf = |ca: &str, name: &str, san: &str| {
+        openssl(
+            &d,
+            &[
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/CN={name}"),
+            ],
+        );
+        std::fs::write(d.join(format!("{name}.ext")), format!("subjectAltName={san}\n")).unwrap();
+        openssl(
+            &d,
+            &[
+                "x509",
+                "-req",
+                "-in",
+                &format!("{name}.csr"),
+                "-CA",
+                &format!("{ca}.pem"),
+                "-CAkey",
+                &format!("{ca}.key"),
+                "-CAcreateserial",
+                "-out",
+                &format!("{name}.pem"),
+                "-days",
+                "2",
+                "-extfile",
+                &format!("{name}.ext"),
+            ],
+        );
+    };
+    ca("ca");
+    ca("rogue-ca");
+    leaf("ca", "agent", "IP:127.0.66.1");
+    leaf("ca", "admin", "DNS:admin");
+    leaf("rogue-ca", "intruder", "DNS:intruder");
+    let p = |f: &str| d.join(f).to_str().unwrap().to_string();
+    let api = "127.0.66.1:7999";
+
+    // Refusals at start: plaintext TCP, insecure on a routable address.
+    let start = |extra: &[&str]| {
+        Command::new(BIN)
+            .args([
+                "--api",
+                api,
+                "agent",
+                "--no-dataplane",
+                "--name",
+                "t1",
+                "--bind",
+                "127.0.66.1:7946",
+            ])
+            .args(extra)
+            .output()
+            .unwrap()
+    };
+    let out = start(&[]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("needs TLS with client certificates"), "{err}");
+    let out = Command::new(BIN)
+        .args([
+            "--api",
+            "0.0.0.0:7999",
+            "agent",
+            "--no-dataplane",
+            "--name",
+            "t1",
+            "--bind",
+            "127.0.66.1:7946",
+            "--api-insecure",
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("loopback addresses only"), "{err}");
+
+    let log = std::fs::File::create(d.join("tls.log")).unwrap();
+    let mut agent = Command::new(BIN)
+        .args([
+            "--api",
+            api,
+            "agent",
+            "--no-dataplane",
+            "--name",
+            "t1",
+            "--bind",
+            "127.0.66.1:7946",
+        ])
+        .args([
+            "--api-tls-cert",
+            &p("agent.pem"),
+            "--api-tls-key",
+            &p("agent.key"),
+            "--api-tls-client-ca",
+            &p("ca.pem"),
+        ])
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let client = |cert: &str| {
+        Command::new(BIN)
+            .args([
+                "--api",
+                api,
+                "--tls-ca",
+                &p("ca.pem"),
+                "--tls-cert",
+                &p(&format!("{cert}.pem")),
+                "--tls-key",
+                &p(&format!("{cert}.key")),
+                "members",
+            ])
+            .output()
+            .unwrap()
+    };
+    let start_at = Instant::now();
+    let mut ok = client("admin");
+    while !ok.status.success() && start_at.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        ok = client("admin");
+    }
+    assert!(
+        ok.status.success(),
+        "the admin certificate is accepted: {}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert!(String::from_utf8_lossy(&ok.stdout).contains("t1"));
+    let rogue = client("intruder");
+    assert!(!rogue.status.success(), "a certificate from another CA is refused");
+    let plain = Command::new(BIN).args(["--api", api, "members"]).output().unwrap();
+    assert!(!plain.status.success(), "plaintext gRPC is refused");
+    let no_cert = Command::new(BIN)
+        .args(["--api", api, "--tls-ca", &p("ca.pem"), "members"])
+        .output()
+        .unwrap();
+    assert!(!no_cert.status.success(), "TLS without a client certificate is refused");
+    let _ = agent.kill();
+    let _ = agent.wait();
+
+    // --api-insecure on loopback: allowed, for local tooling.
+    let mut insecure = Command::new(BIN)
+        .args([
+            "--api",
+            api,
+            "agent",
+            "--no-dataplane",
+            "--name",
+            "t1",
+            "--bind",
+            "127.0.66.1:7946",
+            "--api-insecure",
+        ])
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start_at = Instant::now();
+    let mut plain = Command::new(BIN).args(["--api", api, "members"]).output().unwrap();
+    while !plain.status.success() && start_at.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(100));
+        plain = Command::new(BIN).args(["--api", api, "members"]).output().unwrap();
+    }
+    assert!(plain.status.success());
+    let _ = insecure.kill();
+    let _ = insecure.wait();
+}
