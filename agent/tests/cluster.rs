@@ -410,6 +410,39 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
         })
     });
 
+    // Two networks created at once on two hosts: every host ends with the
+    // same VNI for each, and no VNI twice.
+    let creates: Vec<_> = [(1, "red", "10.50.0.0/24"), (2, "green", "10.51.0.0/24")]
+        .into_iter()
+        .map(|(h, name, subnet)| {
+            let api = format!("unix:{}/h{h}.sock", c.dir);
+            Command::new(BIN)
+                .args(["--api", &api, "network", "create", name, "--subnet", subnet])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    for mut p in creates {
+        assert!(p.wait().unwrap().success());
+    }
+    let vnis = |h: usize| -> Vec<(String, u64)> {
+        let mut v: Vec<(String, u64)> = c
+            .json(h, &["network", "ls"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["name"].as_str().unwrap().to_string(), n["vni"].as_u64().unwrap()))
+            .collect();
+        v.sort();
+        v
+    };
+    until("both hosts agree on red's and green's VNIs", Duration::from_secs(10), || {
+        let v = vnis(1);
+        v.len() == 3 && v == vnis(2)
+    });
+    let v: BTreeSet<u64> = vnis(1).into_iter().map(|(_, vni)| vni).collect();
+    assert_eq!(v.len(), 3, "a VNI granted twice: {:?}", vnis(1));
+
     // A partition: both sides hand out the same address. At heal, the
     // conflict is reported on both hosts (log, counter, network ls).
     ok("ip", &["-n", &c.ns("h2"), "link", "set", "eth0", "down"]);
