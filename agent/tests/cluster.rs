@@ -444,7 +444,9 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
     assert_eq!(v.len(), 3, "a VNI granted twice: {:?}", vnis(1));
 
     // A partition: both sides hand out the same address. At heal, the
-    // conflict is reported on both hosts (log, counter, network ls).
+    // conflict is reported on both hosts (log, counter, network ls, watch).
+    let conflicts = |h: usize| c.json(h, &["stats"])["conflicts_detected"].as_u64().unwrap();
+    let conflicts_before = [conflicts(1), conflicts(2)];
     ok("ip", &["-n", &c.ns("h2"), "link", "set", "eth0", "down"]);
     until("h1 to see h2 failed", Duration::from_secs(20), || {
         c.json(1, &["members"])
@@ -469,15 +471,17 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
         &["endpoint", "attach", "demo", "y2", "--netns", &netns("y2"), "--ip", "10.30.0.200"],
     );
     ok("ip", &["-n", &c.ns("h2"), "link", "set", "eth0", "up"]);
-    let conflicts = |h: usize| c.json(h, &["stats"])["conflicts_detected"].as_u64().unwrap();
-    until("the address conflict reported on both hosts", Duration::from_secs(30), || {
-        conflicts(1) >= 1 && conflicts(2) >= 1
+    let listed = |h: usize| {
+        let nets = c.json(h, &["network", "ls"]);
+        nets.as_array().unwrap().iter().find(|n| n["name"] == "demo").unwrap()["conflicts"]
+            .to_string()
+    };
+    until("the address conflict listed on both hosts", Duration::from_secs(30), || {
+        listed(1).contains("10.30.0.200") && listed(2).contains("10.30.0.200")
     });
-    let demo = c.json(1, &["network", "ls"]);
-    let listed =
-        demo.as_array().unwrap().iter().find(|n| n["name"] == "demo").unwrap()["conflicts"]
-            .to_string();
-    assert!(listed.contains("10.30.0.200"), "{listed}");
+    for h in [1, 2] {
+        assert!(conflicts(h) > conflicts_before[h - 1], "h{h}'s conflicts_detected did not grow");
+    }
     let log = std::fs::read_to_string(format!("{}/h2.log", c.dir)).unwrap();
     assert!(
         log.contains("conflict detected") && log.contains("10.30.0.200"),

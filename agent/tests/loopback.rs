@@ -629,55 +629,23 @@ fn a_tcp_api_requires_tls_with_client_certificates() {
     let p = |f: &str| d.join(f).to_str().unwrap().to_string();
     let api = "127.0.66.1:7999";
 
-    // Refusals at start: plaintext TCP, insecure on a routable address.
-    let start = |extra: &[&str]| {
-        Command::new(BIN)
-            .args([
-                "--api",
-                api,
-                "agent",
-                "--no-dataplane",
-                "--name",
-                "t1",
-                "--bind",
-                "127.0.66.1:7946",
-            ])
-            .args(extra)
-            .output()
-            .unwrap()
+    // An agent serving its API on `api`.
+    let agent_at = |api: &str| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["--api", api, "agent", "--no-dataplane", "--name", "t1"]);
+        cmd.args(["--bind", "127.0.66.1:7946"]);
+        cmd
     };
-    let out = start(&[]);
+    // Refusals at start: plaintext TCP, insecure on a routable address.
+    let out = agent_at(api).output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("needs TLS with client certificates"), "{err}");
-    let out = Command::new(BIN)
-        .args([
-            "--api",
-            "0.0.0.0:7999",
-            "agent",
-            "--no-dataplane",
-            "--name",
-            "t1",
-            "--bind",
-            "127.0.66.1:7946",
-            "--api-insecure",
-        ])
-        .output()
-        .unwrap();
+    let out = agent_at("0.0.0.0:7999").arg("--api-insecure").output().unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("loopback addresses only"), "{err}");
 
     let log = std::fs::File::create(d.join("tls.log")).unwrap();
-    let mut agent = Command::new(BIN)
-        .args([
-            "--api",
-            api,
-            "agent",
-            "--no-dataplane",
-            "--name",
-            "t1",
-            "--bind",
-            "127.0.66.1:7946",
-        ])
+    let mut agent = agent_at(api)
         .args([
             "--api-tls-cert",
             &p("agent.pem"),
@@ -730,21 +698,7 @@ fn a_tcp_api_requires_tls_with_client_certificates() {
     let _ = agent.wait();
 
     // --api-insecure on loopback: allowed, for local tooling.
-    let mut insecure = Command::new(BIN)
-        .args([
-            "--api",
-            api,
-            "agent",
-            "--no-dataplane",
-            "--name",
-            "t1",
-            "--bind",
-            "127.0.66.1:7946",
-            "--api-insecure",
-        ])
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut insecure = agent_at(api).arg("--api-insecure").stderr(Stdio::null()).spawn().unwrap();
     let start_at = Instant::now();
     let mut plain = Command::new(BIN).args(["--api", api, "members"]).output().unwrap();
     while !plain.status.success() && start_at.elapsed() < Duration::from_secs(10) {
