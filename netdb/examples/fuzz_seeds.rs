@@ -7,8 +7,10 @@ use std::path::Path;
 use std::time::Duration;
 
 use bytes::Bytes;
+use netdb::codec::encode_datagram;
 use netdb::keyring::{KEY_LEN, Keyring};
 use netdb::{Config, Node, Transmit};
+use netdb_proto::wire;
 
 fn main() -> std::io::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
@@ -40,6 +42,28 @@ fn main() -> std::io::Result<()> {
     }
     datagrams.sort();
     datagrams.dedup();
+    // Keyring commands and answers (never seen between plaintext nodes).
+    let query = wire::KeyQuery {
+        origin: "a".into(),
+        incarnation: 1,
+        seq: 1,
+        op: wire::KeyOp::KeyInstall as i32,
+        key: vec![9u8; KEY_LEN].into(),
+        key_id: Vec::new().into(),
+    };
+    let ack = wire::KeyAck {
+        origin: "a".into(),
+        seq: 1,
+        node: "b".into(),
+        ok: true,
+        error: String::new(),
+        fingerprints: vec!["0a0b0c0d".into()],
+    };
+    let keyed = [
+        encode_datagram(wire::datagram::Body::KeyQuery(query)),
+        encode_datagram(wire::datagram::Body::KeyAck(ack)),
+    ];
+    datagrams.splice(0..0, keyed);
     frames.sort();
     frames.dedup();
     let ring = Keyring::new(&[vec![7u8; KEY_LEN]]).expect("key");
@@ -54,7 +78,9 @@ fn main() -> std::io::Result<()> {
     let sealed: Vec<Vec<u8>> = datagrams.iter().take(20).map(|d| ring.seal([1; 12], d)).collect();
     let node_inputs: Vec<Vec<u8>> = datagrams
         .iter()
-        .map(|d| [&[0u8][..], d].concat())
+        .take(2)
+        .map(|d| [&[2u8][..], d].concat())
+        .chain(datagrams.iter().map(|d| [&[0u8][..], d].concat()))
         .chain(frames.iter().map(|f| [&[1u8][..], f].concat()))
         .collect();
     println!("decode_datagram: {} seeds", write("decode_datagram", &datagrams)?);
