@@ -131,6 +131,8 @@ pub async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
     let mut node =
         Node::new(s.core.clone(), &s.name, incarnation, s.advertise, seed, Duration::ZERO)
             .map_err(|e| anyhow!("{e}; choose another --name"))?;
+    // The incarnation is the wall clock at time zero.
+    node.set_wall_clock(incarnation);
     if !s.keys.is_empty() {
         let ring = netdb::keyring::Keyring::new(&s.keys)?;
         tracing::info!(fingerprints = ?ring.fingerprints(), "gossip is sealed");

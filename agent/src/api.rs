@@ -172,8 +172,18 @@ impl Api {
         let key = keys::generate()?;
         let new = netdb::keyring::key_id(&key);
         let mut steps = Vec::new();
+        let (new_fp, old_fp) =
+            (netdb::keyring::fingerprint(&new), netdb::keyring::fingerprint(&old));
         for op in [KeyOp::Install(key), KeyOp::Use(new), KeyOp::Remove(old)] {
-            let step = self.key_step(op).await?;
+            let mut step = self.key_step(op.clone()).await?;
+            // Confirmed means each member's keyring now reads as it should,
+            // not only that it answered.
+            let holds = |r: &api::KeyNodeResult| match &op {
+                KeyOp::Install(_) => r.fingerprints.contains(&new_fp),
+                KeyOp::Use(_) => r.fingerprints.first() == Some(&new_fp),
+                _ => !r.fingerprints.contains(&old_fp),
+            };
+            step.complete &= step.results.iter().all(holds);
             let complete = step.complete;
             steps.push(step);
             if !complete {

@@ -92,8 +92,14 @@ pub enum Command {
 pub enum KeysCmd {
     /// Each member's key fingerprints, primary first.
     List,
-    /// Add a key (base64) on every member; it opens but does not seal yet.
-    Install { key: String },
+    /// Add a key on every member; it opens but does not seal yet. The key
+    /// (base64) is read from standard input or --from, never from the
+    /// command line, where other users could read it.
+    Install {
+        /// File holding the key (first line); - or absent: standard input.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
     /// Make an installed key (base64 or fingerprint) the primary everywhere.
     Use { key: String },
     /// Remove a key (base64 or fingerprint) everywhere; refused for the primary.

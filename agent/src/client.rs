@@ -383,10 +383,32 @@ async fn stats(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The first non-comment line of a key file or of standard input.
+fn read_key(from: Option<std::path::PathBuf>) -> anyhow::Result<String> {
+    let text = match from {
+        Some(p) if p.as_os_str() != "-" => std::fs::read_to_string(&p)
+            .with_context(|| format!("cannot read key from {}", p.display()))?,
+        _ => {
+            let mut s = String::new();
+            std::io::stdin().read_to_string(&mut s).context("cannot read the key from stdin")?;
+            s
+        }
+    };
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(str::to_string)
+        .ok_or_else(|| {
+            anyhow!(
+                "no key given: pipe one in (head -c 32 /dev/urandom | base64 | netdb keys install)"
+            )
+        })
+}
+
 async fn keys(c: &mut NetdbClient<Channel>, out: Output, cmd: KeysCmd) -> anyhow::Result<()> {
     let (op, key) = match cmd {
         KeysCmd::List => ("list", String::new()),
-        KeysCmd::Install { key } => ("install", key),
+        KeysCmd::Install { from } => ("install", read_key(from)?),
         KeysCmd::Use { key } => ("use", key),
         KeysCmd::Remove { key } => ("remove", key),
         KeysCmd::Rotate => ("rotate", String::new()),

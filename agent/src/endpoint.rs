@@ -67,6 +67,9 @@ pub async fn connect(ep: &Endpoint, tls: &ClientFiles) -> anyhow::Result<Channel
                     )
                 })
         }
+        Endpoint::Tcp(addr) if !addr.ip().is_loopback() => bail!(
+            "the API at {addr} is not on loopback: give --tls-ca, --tls-cert and --tls-key (agents serve TCP APIs over TLS only)"
+        ),
         Endpoint::Tcp(addr) => {
             TonicEndpoint::from_shared(format!("http://{addr}"))?.connect().await.with_context(hint)
         }

@@ -532,6 +532,30 @@ fn keys_rotate_under_load_loses_nothing_and_splits_nothing() {
     }
     let mut c = std::sync::Arc::try_unwrap(c).ok().expect("no other owner");
 
+    // install takes the key on stdin (never argv); remove takes its
+    // fingerprint; both reach every member.
+    let extra = "BAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=";
+    let mut install = Command::new(BIN)
+        .args(["--api", &c.api(1), "-o", "json", "keys", "install"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    install.stdin.take().unwrap().write_all(format!("{extra}\n").as_bytes()).unwrap();
+    let out = install.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let listed = c.json(3, &["keys", "list"]);
+    for r in listed["steps"][0]["results"].as_array().unwrap() {
+        assert_eq!(r["fingerprints"].as_array().unwrap().len(), 2, "{listed}");
+        assert_eq!(r["fingerprints"][0], new_fp.as_str(), "install does not change the primary");
+    }
+    let extra_fp =
+        listed["steps"][0]["results"][0]["fingerprints"][1].as_str().unwrap().to_string();
+    let refused = c.cli(0, &["keys", "remove", &new_fp]);
+    assert!(!refused.status.success(), "removing the primary is refused");
+    assert!(String::from_utf8_lossy(&refused.stdout).contains("is the primary"));
+    c.json(0, &["keys", "remove", &extra_fp]);
+
     // An agent restarted after the rotation reads the new key and rejoins;
     // one with the rotated-out key cannot inject anything.
     c.signal(2, "-KILL").wait().unwrap();
@@ -689,6 +713,10 @@ fn a_tcp_api_requires_tls_with_client_certificates() {
     assert!(!rogue.status.success(), "a certificate from another CA is refused");
     let plain = Command::new(BIN).args(["--api", api, "members"]).output().unwrap();
     assert!(!plain.status.success(), "plaintext gRPC is refused");
+    let routable =
+        Command::new(BIN).args(["--api", "10.255.255.1:7999", "members"]).output().unwrap();
+    let err = String::from_utf8_lossy(&routable.stderr);
+    assert!(err.contains("not on loopback"), "the CLI never speaks plaintext off loopback: {err}");
     let no_cert = Command::new(BIN)
         .args(["--api", api, "--tls-ca", &p("ca.pem"), "members"])
         .output()

@@ -50,6 +50,7 @@ fn main() -> std::io::Result<()> {
         op: wire::KeyOp::KeyInstall as i32,
         key: vec![9u8; KEY_LEN].into(),
         key_id: Vec::new().into(),
+        sent_ms: 10,
     };
     let ack = wire::KeyAck {
         origin: "a".into(),
@@ -58,6 +59,7 @@ fn main() -> std::io::Result<()> {
         ok: true,
         error: String::new(),
         fingerprints: vec!["0a0b0c0d".into()],
+        incarnation: 1,
     };
     let keyed = [
         encode_datagram(wire::datagram::Body::KeyQuery(query)),

@@ -69,6 +69,9 @@ pub struct Config {
     /// often, until `key_query_timeout`, when the silent ones are reported.
     pub key_query_retry: Duration,
     pub key_query_timeout: Duration,
+    /// A keyring command whose sender's clock differs from the receiver's
+    /// by more than this is refused (clock skew plus retries must fit).
+    pub key_query_max_age: Duration,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             max_networks: 1024,
             key_query_retry: Duration::from_millis(300),
             key_query_timeout: Duration::from_secs(5),
+            key_query_max_age: Duration::from_secs(60),
         }
     }
 }

@@ -66,6 +66,9 @@ impl KeyReport {
 pub(crate) struct Query {
     pub msg: wire::KeyQuery,
     pub waiting: BTreeMap<String, SocketAddr>,
+    /// Members failed when the command went out: not waited for, but
+    /// reported missing (they would come back with the old keyring).
+    pub unreachable: Vec<String>,
     pub replies: BTreeMap<String, KeyReply>,
     pub deadline: Duration,
     pub done: bool,
@@ -75,7 +78,7 @@ impl Query {
     pub fn report(&self) -> KeyReport {
         KeyReport {
             replies: self.replies.clone(),
-            missing: self.waiting.keys().cloned().collect(),
+            missing: self.waiting.keys().chain(&self.unreachable).cloned().collect(),
             done: self.done,
         }
     }

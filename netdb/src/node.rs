@@ -230,6 +230,9 @@ pub struct Node {
     keyops: KeyOps,
     /// Keys come from a cluster secret by epoch: keyring commands refused.
     scheduled_keys: bool,
+    /// Wall-clock Unix ms at this node's time zero (0 in the simulator,
+    /// where every node shares one virtual clock).
+    wall_origin_ms: u64,
 }
 
 impl std::fmt::Debug for Node {
@@ -292,6 +295,7 @@ impl Node {
             keyring: None,
             keyops: KeyOps::default(),
             scheduled_keys: false,
+            wall_origin_ms: 0,
             cfg,
         };
         node.owners.insert(
@@ -357,6 +361,17 @@ impl Node {
     /// frame. With keys, plaintext and foreign messages are dropped.
     pub fn set_keyring(&mut self, keyring: Option<Keyring>) {
         self.keyring = keyring;
+    }
+
+    /// The wall clock (Unix ms) at this node's time zero; keyring commands
+    /// carry their wall-clock send time, so a receiver can refuse stale
+    /// ones.
+    pub fn set_wall_clock(&mut self, unix_ms_at_zero: u64) {
+        self.wall_origin_ms = unix_ms_at_zero;
+    }
+
+    fn wall_ms(&self, now: Duration) -> u64 {
+        self.wall_origin_ms + now.as_millis() as u64
     }
 
     /// Marks the keyring as derived from a cluster secret (the shell
@@ -566,7 +581,14 @@ impl Node {
             op: kind,
             key: key.into(),
             key_id: key_id.into(),
+            sent_ms: self.wall_ms(now),
         };
+        let unreachable: Vec<String> = self
+            .owners
+            .iter()
+            .filter(|(n, o)| **n != self.name && matches!(o.status, Status::Failed { .. }))
+            .map(|(n, _)| n.clone())
+            .collect();
         let waiting: BTreeMap<String, SocketAddr> = self
             .owners
             .iter()
@@ -577,6 +599,7 @@ impl Node {
         let mut query = Query {
             msg,
             waiting,
+            unreachable,
             replies: BTreeMap::new(),
             deadline: now + self.cfg.key_query_timeout,
             done: false,
@@ -622,7 +645,11 @@ impl Node {
         self.schedule(now + self.cfg.key_query_retry, Wake::KeyRetry(seq));
     }
 
-    fn handle_key_query(&mut self, from: SocketAddr, q: wire::KeyQuery) {
+    fn handle_key_query(&mut self, now: Duration, from: SocketAddr, q: wire::KeyQuery) {
+        let skew = self.wall_ms(now).abs_diff(q.sent_ms);
+        if skew > self.cfg.key_query_max_age.as_millis() as u64 {
+            return self.stats.drop(DropReason::Replayed);
+        }
         // A plaintext command is never obeyed: only key holders may send one.
         let Some(ring) = self.keyring.as_mut() else {
             return self.stats.drop(DropReason::Plaintext);
@@ -630,8 +657,10 @@ impl Node {
         if q.origin == self.name {
             return self.stats.drop(DropReason::FromSelf);
         }
-        if self.owners.get(&q.origin).is_some_and(|o| o.incarnation > q.incarnation) {
-            return self.stats.drop(DropReason::StaleIncarnation);
+        // Only a member alive in exactly this incarnation may command.
+        match self.owners.get(&q.origin) {
+            Some(o) if o.incarnation == q.incarnation && o.status == Status::Alive => {}
+            _ => return self.stats.drop(DropReason::StaleIncarnation),
         }
         let ack = match self.keyops.seen.get(&q.origin) {
             Some(s) if s.incarnation == q.incarnation && s.seq == q.seq => s.ack.clone(),
@@ -657,6 +686,7 @@ impl Node {
                 }
                 let ack = wire::KeyAck {
                     origin: q.origin.clone(),
+                    incarnation: q.incarnation,
                     seq: q.seq,
                     node: self.name.clone(),
                     ok: reply.result.is_ok(),
@@ -678,7 +708,7 @@ impl Node {
     }
 
     fn handle_key_ack(&mut self, from: SocketAddr, a: wire::KeyAck) {
-        if a.origin != self.name {
+        if a.origin != self.name || a.incarnation != self.incarnation {
             return self.stats.drop(DropReason::Malformed);
         }
         let Some(q) = self.keyops.queries.get_mut(&a.seq) else {
@@ -883,7 +913,7 @@ impl Node {
                 }
                 self.compare_root(now, &g.network, g.root, from);
             }
-            Ok(Body::KeyQuery(q)) => self.handle_key_query(from, q),
+            Ok(Body::KeyQuery(q)) => self.handle_key_query(now, from, q),
             Ok(Body::KeyAck(a)) => self.handle_key_ack(from, a),
         }
     }

@@ -139,6 +139,22 @@ fn a_replayed_capture_changes_nothing() {
     let replayed: u64 =
         all.iter().map(|&i| sim.node(i).unwrap().stats().dropped(DropReason::Replayed)).sum();
     assert!(replayed > replayed_before, "the replayed command was refused and counted");
+
+    // A node that restarts forgets which commands it applied; by the time
+    // it is back, the capture is older than any command may be.
+    sim.crash(3);
+    sim.restart(3, 0);
+    sim.with_node(3, |node, _| node.set_keyring(Some(ring(1))));
+    let back = sim.run_until_true(CHECK, Duration::from_secs(60), |s| alive_members(s, 3) == n);
+    assert!(back.is_some(), "the restarted node rejoins");
+    sim.run_for(Duration::from_secs(61));
+    for (from, to, bytes) in &captured {
+        if *to == 3 {
+            sim.inject(*from, 3, bytes);
+        }
+    }
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(fingerprints(&sim, 3), before_keys[3], "the restarted node took the stale command");
 }
 
 #[test]
