@@ -144,7 +144,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // SIGKILL the last node; its 100 entries must vanish from the others.
     let victim = n - 1;
-    let rss: Vec<f64> = pids.iter().map(|&p| peak_rss_mib(p)).collect();
+    let rss: Vec<f64> = pids.iter().map(|&p| status_mib(p, "VmHWM:")).collect();
+    let anon: Vec<f64> = pids.iter().map(|&p| status_mib(p, "RssAnon:")).collect();
     let t2 = Instant::now();
     procs.kill(victim);
     let prefix = format!("n{victim}-");
@@ -181,6 +182,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     row_secs("SIGKILLed node's entries gone from a node (s)", &killed_gone);
     row("CPU per node during the write phase (s)", cpu_write);
     row("peak RSS per node (MiB)", rss);
+    row("  of it private (anonymous) after writes (MiB)", anon);
     row("idle CPU per node (ms/s)", idle);
     Ok(())
 }
@@ -280,11 +282,12 @@ fn cpu_secs(pid: u32) -> f64 {
         .map_or(0.0, |ns| ns / 1e9)
 }
 
-fn peak_rss_mib(pid: u32) -> f64 {
+/// A memory figure of /proc/PID/status, in MiB.
+fn status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
     status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next())
         .and_then(|kb| kb.parse::<f64>().ok())
         .map_or(0.0, |kb| kb / 1024.0)
