@@ -150,13 +150,13 @@ const MAX_ATTACH_WAITS: usize = 8;
 impl Api {
     /// Runs one keyring command on every live member to its end.
     async fn key_step(&self, op: KeyOp) -> Result<api::KeyStep, Status> {
-        let action = keys::action(&op);
+        let action = op.to_string();
         let seq = self.command(move |node, now| node.key_command(now, op)).await?;
         loop {
             let report = self.call(move |core| core.node.key_report(seq)).await?;
             match report {
                 Some(r) if r.done => return Ok(keys::step(action, r)),
-                Some(_) => tokio::time::sleep(keys::poll_interval()).await,
+                Some(_) => tokio::time::sleep(keys::POLL).await,
                 None => return Err(Status::internal("the keyring command was forgotten")),
             }
         }
@@ -194,7 +194,7 @@ impl Api {
                 return Ok(api::KeysReply { steps, complete: false });
             }
         }
-        tracing::info!(old = %netdb::keyring::fingerprint(&old), new = %netdb::keyring::fingerprint(&new), "key rotated");
+        tracing::info!(old = %old_fp, new = %new_fp, "key rotated");
         Ok(api::KeysReply { steps, complete: true })
     }
 
@@ -206,9 +206,7 @@ impl Api {
         &self,
         f: impl FnOnce(&mut Core) -> R + Send + 'static,
     ) -> Result<R, Status> {
-        on_core(&self.cmds, f)
-            .await
-            .ok_or_else(|| Status::unavailable("the agent is shutting down"))
+        call_core(&self.cmds, f).await
     }
 
     /// A call that runs a node command at the current time.
@@ -290,9 +288,7 @@ impl Watcher {
             Err(mpsc::error::TrySendError::Closed(_)) => false,
         }
     }
-}
 
-impl Watcher {
     /// Sends a conflict notice (network "" concerns every watcher); false
     /// if the watcher must be dropped.
     pub fn notice(&self, network: &str, text: &str) -> bool {
@@ -397,9 +393,9 @@ impl Netdb for Api {
         let r = req.into_inner();
         let op = match r.op.as_str() {
             "list" => KeyOp::List,
-            "install" => keys::parse_key(&r.key, false)?,
-            "use" => KeyOp::Use(keys::id_of(&keys::parse_key(&r.key, true)?)),
-            "remove" => KeyOp::Remove(keys::id_of(&keys::parse_key(&r.key, true)?)),
+            "install" => KeyOp::Install(keys::parse_key(&r.key)?),
+            "use" => KeyOp::Use(keys::parse_id(&r.key)?),
+            "remove" => KeyOp::Remove(keys::parse_id(&r.key)?),
             "rotate" => return self.rotate().await.map(Response::new),
             other => {
                 return Err(Status::invalid_argument(format!(

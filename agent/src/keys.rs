@@ -8,54 +8,40 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use netdb::keyops::{KeyOp, KeyReport};
-use netdb::keyring::{ID_BYTES, KEY_LEN, KeyId, fingerprint, key_id};
+use netdb::keyops::KeyReport;
+use netdb::keyring::{ID_BYTES, KEY_LEN, KeyId, key_id};
 use netdb_proto::api;
 use tonic::Status;
 
 /// How often a running command's report is read.
-const POLL: Duration = Duration::from_millis(50);
+pub const POLL: Duration = Duration::from_millis(50);
 
-/// A key given on the command line: the key itself, or (for use and
-/// remove) its fingerprint.
-pub fn parse_key(s: &str, id_allowed: bool) -> Result<KeyOp, Status> {
+/// A key (base64) given for `install`.
+pub fn parse_key(s: &str) -> Result<Vec<u8>, Status> {
+    let key = base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|_| bad_key())?;
+    if key.len() != KEY_LEN {
+        return Err(bad_key());
+    }
+    Ok(key)
+}
+
+/// The key `use` and `remove` name: its 8-digit fingerprint, or the key.
+pub fn parse_id(s: &str) -> Result<KeyId, Status> {
     let s = s.trim();
-    if id_allowed && s.len() == 2 * ID_BYTES && s.bytes().all(|b| b.is_ascii_hexdigit()) {
+    if s.len() == 2 * ID_BYTES && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let mut id: KeyId = [0; ID_BYTES];
         for (i, b) in id.iter_mut().enumerate() {
             *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad_key())?;
         }
-        return Ok(KeyOp::Use(id));
+        return Ok(id);
     }
-    let key = base64::engine::general_purpose::STANDARD.decode(s).map_err(|_| bad_key())?;
-    if key.len() != KEY_LEN {
-        return Err(bad_key());
-    }
-    Ok(KeyOp::Install(key))
+    parse_key(s).map(|k| key_id(&k))
 }
 
 fn bad_key() -> Status {
     Status::invalid_argument(format!(
         "a key is {KEY_LEN} bytes in base64 (make one with: head -c 32 /dev/urandom | base64); use and remove also take its 8-digit fingerprint"
     ))
-}
-
-/// The id a use/remove argument names.
-pub fn id_of(op: &KeyOp) -> KeyId {
-    match op {
-        KeyOp::Install(k) => key_id(k),
-        KeyOp::Use(id) | KeyOp::Remove(id) => *id,
-        KeyOp::List => [0; ID_BYTES],
-    }
-}
-
-pub fn action(op: &KeyOp) -> String {
-    match op {
-        KeyOp::List => "list".into(),
-        KeyOp::Install(k) => format!("install {}", fingerprint(&key_id(k))),
-        KeyOp::Use(id) => format!("use {}", fingerprint(id)),
-        KeyOp::Remove(id) => format!("remove {}", fingerprint(id)),
-    }
 }
 
 /// A finished report as the API shows it.
@@ -76,10 +62,6 @@ pub fn step(action: String, r: KeyReport) -> api::KeyStep {
         missing: r.missing,
         complete,
     }
-}
-
-pub fn poll_interval() -> Duration {
-    POLL
 }
 
 /// A fresh random key.
@@ -118,16 +100,18 @@ pub fn write_keyring(path: &Path, keys: &[Vec<u8>]) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use netdb::keyring::fingerprint;
 
     #[test]
     fn keys_and_fingerprints_parse() {
         let key = base64::engine::general_purpose::STANDARD.encode([7u8; 32]);
-        assert_eq!(parse_key(&key, false).unwrap(), KeyOp::Install(vec![7; 32]));
+        assert_eq!(parse_key(&key).unwrap(), vec![7; 32]);
         let fp = fingerprint(&key_id(&[7u8; 32]));
-        assert_eq!(parse_key(&fp, true).unwrap(), KeyOp::Use(key_id(&[7u8; 32])));
-        assert!(parse_key(&fp, false).is_err(), "install needs the key");
-        assert!(parse_key("c2hvcnQ=", true).is_err());
-        assert!(parse_key("not base64!", true).is_err());
+        assert_eq!(parse_id(&fp).unwrap(), key_id(&[7u8; 32]));
+        assert_eq!(parse_id(&key).unwrap(), key_id(&[7u8; 32]), "or the key itself");
+        assert!(parse_key(&fp).is_err(), "install needs the key");
+        assert!(parse_id("c2hvcnQ=").is_err());
+        assert!(parse_id("not base64!").is_err());
     }
 
     #[test]

@@ -26,8 +26,9 @@ pub enum KeyOp {
     Remove(KeyId),
 }
 
-impl std::fmt::Debug for KeyOp {
-    // The key itself is never printed.
+/// As people see it, e.g. `install 3f2a9c01`: the key itself is never
+/// printed, only its fingerprint.
+impl std::fmt::Display for KeyOp {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             KeyOp::List => write!(f, "list"),
@@ -35,6 +36,12 @@ impl std::fmt::Debug for KeyOp {
             KeyOp::Use(id) => write!(f, "use {}", fingerprint(id)),
             KeyOp::Remove(id) => write!(f, "remove {}", fingerprint(id)),
         }
+    }
+}
+
+impl std::fmt::Debug for KeyOp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
     }
 }
 
