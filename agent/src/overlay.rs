@@ -790,27 +790,28 @@ impl Overlay {
 
     fn drop_stale_claims(&mut self, node: &mut Node, now: Duration, resolved: &Resolved) {
         let mut drop: Vec<(String, u32)> = Vec::new();
+        // Each network's claims, read once however many of ours it holds.
+        let mut claims_of: BTreeMap<&str, Claims> = BTreeMap::new();
         for (key, e) in node.shared_entries(IPAM_TABLE) {
             let Some((id, owner)) = owned_key(key) else { continue };
             if owner != self.me || e.deleted {
                 continue;
             }
-            let Some((net, block)) =
-                id.rsplit_once(':').and_then(|(n, b)| Some((n, b.parse::<u32>().ok()?)))
-            else {
-                continue;
-            };
+            let Some((net, block)) = ipam::parse_claim_id(id) else { continue };
             let current = resolved.networks.get(net).is_some_and(|eff| {
                 wire::BlockClaim::decode(&e.value[..])
                     .is_ok_and(|c| (c.created, c.origin.as_str()) == eff.def.id())
             });
             let lost = resolved.networks.get(net).is_some_and(|eff| {
-                let claims = Claims::collect(
-                    net,
-                    eff.def.id(),
-                    eff.def.subnet.blocks(),
-                    node.shared_entries(IPAM_TABLE),
-                );
+                let claims = claims_of.entry(net).or_insert_with(|| {
+                    let def = &eff.def;
+                    Claims::collect(
+                        net,
+                        def.id(),
+                        def.subnet.blocks(),
+                        node.shared_entries(IPAM_TABLE),
+                    )
+                });
                 claims.owner(block).is_some_and(|o| o != self.me)
                     && !self.state.endpoints.iter().any(|ep| {
                         ep.network == net && eff.def.subnet.block_of(ep.ip) == Some(block)

@@ -140,6 +140,12 @@ pub fn claim_id(network: &str, block: u32) -> String {
     format!("{network}:{block}")
 }
 
+/// Splits a claim id into (network, block).
+pub fn parse_claim_id(id: &str) -> Option<(&str, u32)> {
+    let (net, block) = id.rsplit_once(':')?;
+    Some((net, block.parse().ok()?))
+}
+
 /// A claim's value: the network definition it belongs to.
 pub fn encode_claim(origin: &str, created: u64) -> Bytes {
     wire::BlockClaim { origin: origin.into(), created }.encode_to_vec().into()
@@ -169,8 +175,7 @@ impl Claims {
                 continue;
             }
             let Some((id, node)) = owned_key(key) else { continue };
-            let Some((net, block)) = id.rsplit_once(':') else { continue };
-            let Ok(block) = block.parse::<u32>() else { continue };
+            let Some((net, block)) = parse_claim_id(id) else { continue };
             if net != network || block >= blocks {
                 continue;
             }

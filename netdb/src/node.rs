@@ -623,11 +623,9 @@ impl Node {
     fn send_key_query(&mut self, seq: u64) {
         let Some(q) = self.keyops.queries.get(&seq) else { return };
         let targets: Vec<SocketAddr> = q.waiting.values().copied().collect();
-        let plain = codec::encode_datagram(wire::datagram::Body::KeyQuery(q.msg.clone()));
+        let msg = q.msg.clone();
         for to in targets {
-            let payload = self.seal(plain.clone());
-            self.stats.swim_out.add(payload.len());
-            self.outbox.push_back(Transmit::Datagram { to, payload });
+            self.send_control(to, wire::datagram::Body::KeyQuery(msg.clone()));
         }
     }
 
@@ -702,9 +700,7 @@ impl Node {
         };
         // Sealed with the primary after the command: after `use`, every
         // member holds it already (that is what `install` made sure of).
-        let payload = self.seal(codec::encode_datagram(wire::datagram::Body::KeyAck(ack)));
-        self.stats.swim_out.add(payload.len());
-        self.outbox.push_back(Transmit::Datagram { to: from, payload });
+        self.send_control(from, wire::datagram::Body::KeyAck(ack));
     }
 
     fn handle_key_ack(&mut self, from: SocketAddr, a: wire::KeyAck) {
@@ -1581,9 +1577,7 @@ impl Node {
             let mut progressed = false;
             while let Some((to, data)) = self.rt.to_send() {
                 progressed = true;
-                let payload = self.seal(codec::encode_datagram(wire::datagram::Body::Swim(data)));
-                self.stats.swim_out.add(payload.len());
-                self.outbox.push_back(Transmit::Datagram { to: to.addr, payload });
+                self.send_control(to.addr, wire::datagram::Body::Swim(data));
             }
             while let Some((after, timer)) = self.rt.to_schedule() {
                 progressed = true;
@@ -1966,6 +1960,13 @@ impl Node {
             },
             None => Some(std::borrow::Cow::Borrowed(bytes)),
         }
+    }
+
+    /// A membership or keyring datagram (counted with SWIM's traffic).
+    fn send_control(&mut self, to: SocketAddr, body: wire::datagram::Body) {
+        let payload = self.seal(codec::encode_datagram(body));
+        self.stats.swim_out.add(payload.len());
+        self.outbox.push_back(Transmit::Datagram { to, payload });
     }
 
     fn send_sync(&mut self, to: SocketAddr, sync_id: u64, opens: bool, msg: wire::SyncMessage) {
