@@ -289,10 +289,10 @@ impl Watcher {
         }
     }
 
-    /// Sends a conflict notice (network "" concerns every watcher); false
-    /// if the watcher must be dropped.
+    /// Sends a conflict notice about `network`; false if the watcher must
+    /// be dropped.
     pub fn notice(&self, network: &str, text: &str) -> bool {
-        if !network.is_empty() && network != self.network {
+        if network != self.network {
             return !self.tx.is_closed();
         }
         let out = api::WatchEvent {

@@ -74,12 +74,12 @@ pub struct Overlay {
     /// This host's block claims not yet settled: when each was made.
     claimed_at: BTreeMap<(String, u32), Duration>,
     settle: Duration,
-    /// Conflicts in force, by network ("" for cluster-wide ones).
+    /// Conflicts in force, by network.
     conflicts: BTreeMap<String, Vec<String>>,
     reported: BTreeSet<String>,
     pub conflicts_seen: u64,
-    /// Conflicts found since the last drain, by network ("" for
-    /// cluster-wide): for the watch streams.
+    /// Conflicts found since the last drain, by network: for the watch
+    /// streams.
     pub notices: Vec<(String, String)>,
     /// Definitions or claims changed: run `maintain`.
     pub dirty: bool,
@@ -295,15 +295,7 @@ impl Overlay {
         if local > 0 {
             hosts.insert(self.me.clone());
         }
-        let mut conflicts = self.conflicts.get(name).cloned().unwrap_or_default();
-        conflicts.extend(
-            self.conflicts
-                .get("")
-                .into_iter()
-                .flatten()
-                .filter(|c| c.contains(&format!("network {name} ")))
-                .cloned(),
-        );
+        let conflicts = self.conflicts.get(name).cloned().unwrap_or_default();
         api::Network {
             name: name.clone(),
             peers: node.network_peers(name),
@@ -833,8 +825,8 @@ impl Overlay {
 
     fn find_conflicts(&mut self, node: &Node, resolved: &Resolved) {
         let mut now: BTreeMap<String, Vec<String>> = BTreeMap::new();
-        if !resolved.conflicts.is_empty() {
-            now.insert(String::new(), resolved.conflicts.clone());
+        for (net, text) in &resolved.conflicts {
+            now.entry(net.clone()).or_default().push(text.clone());
         }
         for net in node.networks() {
             let Some(eff) = resolved.networks.get(net) else { continue };
@@ -864,7 +856,7 @@ impl Overlay {
                 ));
             }
             if !list.is_empty() {
-                now.insert(net.to_string(), list);
+                now.entry(net.to_string()).or_default().extend(list);
             }
         }
         for (net, list) in &now {

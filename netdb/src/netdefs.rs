@@ -98,8 +98,9 @@ pub struct Resolved {
     /// Definitions that were removed (`network rm`), as (name, created,
     /// origin).
     pub removed: BTreeSet<(String, u64, String)>,
-    /// Human-readable conflicts: names defined twice, VNIs asked twice.
-    pub conflicts: Vec<String>,
+    /// Human-readable conflicts by network: names defined twice, VNIs
+    /// asked twice.
+    pub conflicts: Vec<(String, String)>,
 }
 
 impl Resolved {
@@ -128,9 +129,12 @@ impl Resolved {
                 .filter(|((c, o), _)| !out.removed.contains(&(name.clone(), *c, o.clone())));
             let Some((_, winner)) = live.next() else { continue };
             for (_, other) in live {
-                out.conflicts.push(format!(
-                    "network {name} was created twice: {} on {} (kept) and {} on {} (ignored)",
-                    winner.subnet, winner.origin, other.subnet, other.origin
+                out.conflicts.push((
+                    name.clone(),
+                    format!(
+                        "network {name} was created twice: {} on {} (kept) and {} on {} (ignored)",
+                        winner.subnet, winner.origin, other.subnet, other.origin
+                    ),
                 ));
             }
             winners.push(winner);
@@ -140,9 +144,12 @@ impl Resolved {
         for def in winners {
             let vni = if used.contains(&def.vni) {
                 let vni = lowest_free(&used);
-                out.conflicts.push(format!(
-                    "network {} asked for VNI {}, already granted to an older network; it uses {vni}",
-                    def.name, def.vni
+                out.conflicts.push((
+                    def.name.clone(),
+                    format!(
+                        "network {} asked for VNI {}, already granted to an older network; it uses {vni}",
+                        def.name, def.vni
+                    ),
                 ));
                 vni
             } else {
