@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use netdb_proto::api::{self, netdb_client::NetdbClient};
+use netdb_api::{self as api, netdb_client::NetdbClient};
 use tokio::sync::mpsc;
 use tonic::transport::{Channel, Endpoint};
 

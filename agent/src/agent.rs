@@ -11,7 +11,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, anyhow};
 use netdb::{DropReason, Event, Node, Transmit};
-use netdb_proto::api::netdb_server::NetdbServer;
+use netdb_api::netdb_server::NetdbServer;
 use tokio::net::{TcpListener, UdpSocket, UnixListener};
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::{mpsc, watch};
@@ -430,7 +430,7 @@ async fn serve_api(
 ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
     let ep = &s.api;
     let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(netdb_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(netdb_api::FILE_DESCRIPTOR_SET)
         .build_v1()
         .context("building the gRPC reflection service")?;
     let mut builder = tonic::transport::Server::builder();

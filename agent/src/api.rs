@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use netdb::{EntryEventKind, Event};
-use netdb_proto::api::{self, netdb_server::Netdb};
+use netdb_api::{self as api, netdb_server::Netdb};
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 
 use anyhow::{Context, anyhow};
-use netdb_proto::api::{self, netdb_client::NetdbClient};
+use netdb_api::{self as api, netdb_client::NetdbClient};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 

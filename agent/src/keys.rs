@@ -10,7 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use netdb::keyops::KeyReport;
 use netdb::keyring::{ID_BYTES, KEY_LEN, KeyId, key_id};
-use netdb_proto::api;
+use netdb_api as api;
 use tonic::Status;
 
 /// How often a running command's report is read.

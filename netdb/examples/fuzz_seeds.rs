@@ -10,7 +10,7 @@ use bytes::Bytes;
 use netdb::codec::encode_datagram;
 use netdb::keyring::{KEY_LEN, Keyring};
 use netdb::{Config, Node, Transmit};
-use netdb_proto::wire;
+use netdb_wire as wire;
 
 fn main() -> std::io::Result<()> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use netdb_proto::wire;
+use netdb_wire as wire;
 use prost::Message;
 
 use crate::config::Config;

@@ -17,7 +17,7 @@ use std::net::Ipv4Addr;
 use std::str::FromStr;
 
 use bytes::Bytes;
-use netdb_proto::wire;
+use netdb_wire as wire;
 use prost::Message;
 
 use crate::codec::owned_key;

@@ -13,7 +13,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use netdb_proto::wire;
+use netdb_wire as wire;
 
 use crate::keyring::{ID_BYTES, KEY_LEN, KeyId, Keyring, fingerprint};
 

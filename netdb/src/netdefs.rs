@@ -15,7 +15,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use bytes::Bytes;
-use netdb_proto::wire;
+use netdb_wire as wire;
 use prost::Message;
 
 use crate::codec::{owned_key, valid_name};

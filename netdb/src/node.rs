@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use foca::{AccumulatingRuntime, OwnedNotification, Timer};
-use netdb_proto::wire;
+use netdb_wire as wire;
 use prost::Message;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -52,7 +52,7 @@ fn plaintext_and_forged_messages_to_a_keyed_node_are_dropped() {
     sim.with_node(0, |n, _| n.set_keyring(Some(ring(1))));
     let from = "127.9.9.9:7946".parse().unwrap();
     let plain =
-        netdb::codec::encode_datagram(netdb_proto::wire::datagram::Body::Swim(bytes::Bytes::new()));
+        netdb::codec::encode_datagram(netdb_wire::datagram::Body::Swim(bytes::Bytes::new()));
     let mut forged = ring(1).seal([9; 12], &plain);
     let last = forged.len() - 1;
     forged[last] ^= 1;
@@ -184,7 +184,7 @@ fn rotation_by_commands_then_the_old_key_injects_nothing() {
 
     // Someone holding only the old key forges a perfectly valid entry of
     // node 1's: refused unopened.
-    let entry = netdb_proto::wire::Entry {
+    let entry = netdb_wire::Entry {
         table: TABLE.into(),
         key: "injected".into(),
         value: bytes::Bytes::from_static(b"x"),
@@ -193,8 +193,8 @@ fn rotation_by_commands_then_the_old_key_injects_nothing() {
         ltime: sim.node(1).unwrap().ltime() + 1,
         ..Default::default()
     };
-    let gossip = netdb_proto::wire::Gossip { network: NET.into(), root: 0, entries: vec![entry] };
-    let plain = netdb::codec::encode_datagram(netdb_proto::wire::datagram::Body::Gossip(gossip));
+    let gossip = netdb_wire::Gossip { network: NET.into(), root: 0, entries: vec![entry] };
+    let plain = netdb::codec::encode_datagram(netdb_wire::datagram::Body::Gossip(gossip));
     let forged = Keyring::new(&[k1]).unwrap().seal([5; 12], &plain);
     let unknown_before = sim.node(0).unwrap().stats().dropped(DropReason::UnknownKey);
     sim.inject(1, 0, &forged);

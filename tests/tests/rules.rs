@@ -7,7 +7,7 @@ use bytes::Bytes;
 use netdb::codec::{self, WIRE_VERSION};
 use netdb::sim::{NetConfig, Sim};
 use netdb::{Config, DropReason};
-use netdb_proto::wire;
+use netdb_wire as wire;
 use netdb_tests::*;
 use prost::Message;
 

@@ -1,15 +1,14 @@
-// Compiles the protobuf schemas with protox (pure Rust), so a fresh machine
-// needs no system `protoc`, and keeps the descriptor set for gRPC server
-// reflection.
+//! Compiles the API schema with protox (pure Rust), so a fresh machine needs
+//! no system `protoc`, and keeps the descriptor set for gRPC server
+//! reflection.
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    println!("cargo:rerun-if-changed=wire.proto");
     println!("cargo:rerun-if-changed=api.proto");
     let out = PathBuf::from(std::env::var("OUT_DIR")?);
     let mut compiler = protox::Compiler::new(["."])?;
     compiler.include_source_info(true).include_imports(true);
-    compiler.open_files(["wire.proto", "api.proto"])?;
+    compiler.open_files(["api.proto"])?;
     std::fs::write(out.join("netdb_descriptor.bin"), compiler.encode_file_descriptor_set())?;
     tonic_prost_build::configure()
         .bytes(".")
