@@ -72,13 +72,13 @@ impl Core {
             ("syncs_served", s.syncs_served),
             ("queue_overflow", s.queue_overflow),
             ("queue_oversized", s.queue_oversized),
+            ("swim_errors", s.swim_errors),
             ("watchers", self.watchers.len() as u64),
             ("conflicts_detected", self.overlay.conflicts_seen),
         ] {
             out.push((name.into(), v));
         }
         for (scope, len) in self.node.queue_lengths() {
-            let scope = if scope.is_empty() { "(cluster)" } else { scope };
             out.push((format!("queue_len:{scope}"), len as u64));
         }
         for r in DropReason::ALL {

@@ -13,7 +13,7 @@ use tonic::{Request, Response, Status};
 
 use netdb_dataplane::Linux;
 
-use netdb::keyops::KeyOp;
+use netdb::KeyOp;
 
 use crate::agent::{Command, Core};
 use crate::keys;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
-use netdb::keyops::KeyReport;
+use netdb::KeyReport;
 use netdb::keyring::{ID_BYTES, KEY_LEN, KeyId, key_id};
 use netdb_api as api;
 use tonic::Status;

@@ -14,13 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use netdb::codec::{owned_key, valid_name};
-use netdb::hash::Hasher;
-use netdb::ipam::{self, Claims, IPAM_TABLE, Subnet};
-use netdb::netdefs::{self, DEFAULT_MTU, Effective, NETDEFS_TABLE, NetworkDef, Resolved};
-use netdb::{Event, Node};
-use netdb_dataplane as dp;
+use netdb::Hasher;
+use netdb::ipam::{self, Claims, Subnet};
+use netdb::names::{owned_key, valid_name};
+use netdb::netdefs::{self, DEFAULT_MTU, Effective, NetworkDef, Resolved};
+use netdb::{Event, Node, SharedTable};
 use netdb_api as api;
+use netdb_dataplane as dp;
 use netdb_wire as wire;
 use prost::Message;
 use tokio::sync::Notify;
@@ -133,11 +133,11 @@ impl Overlay {
                 tracing::warn!(network = %name, "saved definition is invalid; dropped");
                 continue;
             };
-            let _ = node.put_shared(now, NETDEFS_TABLE, &name, def.encode());
+            let _ = node.put_shared(now, SharedTable::NetDefs, &name, def.encode());
             for b in &n.blocks {
                 let _ = node.put_shared(
                     now,
-                    IPAM_TABLE,
+                    SharedTable::Ipam,
                     &ipam::claim_id(&name, *b),
                     ipam::encode_claim(&def.origin, def.created),
                 );
@@ -162,17 +162,19 @@ impl Overlay {
 
     /// Notes which events concern the overlay.
     pub fn observe(&mut self, ev: &Event) {
-        if let Event::Entry { network, table, .. } = ev {
-            let shared = network.is_empty() && (table == NETDEFS_TABLE || table == IPAM_TABLE);
-            if shared || table == ROUTES_TABLE {
-                self.dirty = true;
-                self.kernel.notify_one();
-            }
+        let relevant = match ev {
+            Event::Shared { .. } => true,
+            Event::Entry { table, .. } => table == ROUTES_TABLE,
+            _ => false,
+        };
+        if relevant {
+            self.dirty = true;
+            self.kernel.notify_one();
         }
     }
 
     fn resolved(node: &Node) -> Resolved {
-        Resolved::from_copies(node.shared_entries(NETDEFS_TABLE))
+        Resolved::from_copies(node.shared_entries(SharedTable::NetDefs))
     }
 
     // ----- networks ------------------------------------------------------
@@ -241,7 +243,7 @@ impl Overlay {
             origin: self.me.clone(),
             created: node.ltime() + 1,
         };
-        node.put_shared(now, NETDEFS_TABLE, &r.name, def.encode()).map_err(node_status)?;
+        node.put_shared(now, SharedTable::NetDefs, &r.name, def.encode()).map_err(node_status)?;
         tracing::info!(network = %r.name, %subnet, vni, mtu, "network created");
         self.dirty = true;
         Ok(self.network_info(node, &Effective { def, vni }))
@@ -263,8 +265,8 @@ impl Overlay {
             )));
         }
         // Ours may not exist yet (a definition learned a moment ago).
-        node.put_shared(now, NETDEFS_TABLE, name, eff.def.encode()).map_err(node_status)?;
-        node.delete_shared(now, NETDEFS_TABLE, name).map_err(node_status)?;
+        node.put_shared(now, SharedTable::NetDefs, name, eff.def.encode()).map_err(node_status)?;
+        node.delete_shared(now, SharedTable::NetDefs, name).map_err(node_status)?;
         tracing::info!(network = %name, "network removed");
         self.dirty = true;
         Ok(())
@@ -527,7 +529,7 @@ impl Overlay {
         let _ = node.leave_network(now, network);
         if let Some(saved) = self.state.networks.remove(network) {
             for b in saved.blocks {
-                let _ = node.delete_shared(now, IPAM_TABLE, &ipam::claim_id(network, b));
+                let _ = node.delete_shared(now, SharedTable::Ipam, &ipam::claim_id(network, b));
             }
             self.claimed_at.retain(|(n, _), _| n != network);
         }
@@ -666,8 +668,12 @@ impl Overlay {
     ) -> Result<Option<Ipv4Addr>, Status> {
         let def = &eff.def;
         let subnet = def.subnet;
-        let claims =
-            Claims::collect(&def.name, def.id(), subnet.blocks(), node.shared_entries(IPAM_TABLE));
+        let claims = Claims::collect(
+            &def.name,
+            def.id(),
+            subnet.blocks(),
+            node.shared_entries(SharedTable::Ipam),
+        );
         let settled: Vec<u32> = claims
             .owned_by(&self.me)
             .filter(|b| {
@@ -696,7 +702,7 @@ impl Overlay {
         };
         node.put_shared(
             now,
-            IPAM_TABLE,
+            SharedTable::Ipam,
             &ipam::claim_id(&def.name, block),
             ipam::encode_claim(&def.origin, def.created),
         )
@@ -743,7 +749,7 @@ impl Overlay {
         self.dirty = false;
         let resolved = Self::resolved(node);
         let mine: BTreeMap<String, (bool, Option<NetworkDef>)> = node
-            .shared_entries(NETDEFS_TABLE)
+            .shared_entries(SharedTable::NetDefs)
             .into_iter()
             .filter_map(|(k, e)| {
                 let (name, owner) = owned_key(k)?;
@@ -755,7 +761,7 @@ impl Overlay {
         for (name, eff) in &resolved.networks {
             let in_step = matches!(mine.get(name), Some((false, Some(d))) if d == &eff.def);
             if !in_step {
-                let _ = node.put_shared(now, NETDEFS_TABLE, name, eff.def.encode());
+                let _ = node.put_shared(now, SharedTable::NetDefs, name, eff.def.encode());
             }
             if let Some(saved) = self.state.networks.get_mut(name)
                 && (saved.created, saved.origin.as_str()) == eff.def.id()
@@ -773,7 +779,7 @@ impl Overlay {
                 resolved.removed.contains(&(d.name.clone(), d.created, d.origin.clone()))
             });
             if !deleted && gone && !resolved.networks.contains_key(name) {
-                let _ = node.delete_shared(now, NETDEFS_TABLE, name);
+                let _ = node.delete_shared(now, SharedTable::NetDefs, name);
             }
         }
         self.drop_stale_claims(node, now, &resolved);
@@ -785,7 +791,7 @@ impl Overlay {
         let mut drop: Vec<(String, u32)> = Vec::new();
         // Each network's claims, read once however many of ours it holds.
         let mut claims_of: BTreeMap<&str, Claims> = BTreeMap::new();
-        for (key, e) in node.shared_entries(IPAM_TABLE) {
+        for (key, e) in node.shared_entries(SharedTable::Ipam) {
             let Some((id, owner)) = owned_key(key) else { continue };
             if owner != self.me || e.deleted {
                 continue;
@@ -802,7 +808,7 @@ impl Overlay {
                         net,
                         def.id(),
                         def.subnet.blocks(),
-                        node.shared_entries(IPAM_TABLE),
+                        node.shared_entries(SharedTable::Ipam),
                     )
                 });
                 claims.owner(block).is_some_and(|o| o != self.me)
@@ -815,7 +821,7 @@ impl Overlay {
             }
         }
         for (net, block) in drop {
-            let _ = node.delete_shared(now, IPAM_TABLE, &ipam::claim_id(&net, block));
+            let _ = node.delete_shared(now, SharedTable::Ipam, &ipam::claim_id(&net, block));
             self.claimed_at.remove(&(net.clone(), block));
             if let Some(saved) = self.state.networks.get_mut(&net) {
                 saved.blocks.remove(&block);
@@ -836,7 +842,7 @@ impl Overlay {
                 net,
                 eff.def.id(),
                 eff.def.subnet.blocks(),
-                node.shared_entries(IPAM_TABLE),
+                node.shared_entries(SharedTable::Ipam),
             );
             for (block, claimers) in claims.contested() {
                 list.push(format!(

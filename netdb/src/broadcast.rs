@@ -37,13 +37,13 @@ const EMPTY: List = List { head: NIL, tail: NIL };
 
 /// What one `take` did besides handing out events.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct TakeStats {
+pub(crate) struct TakeStats {
     /// Events larger than any packet, dropped (push/pull carries them).
     pub oversized: usize,
 }
 
 #[derive(Debug)]
-pub struct BroadcastQueue<K, V> {
+pub(crate) struct BroadcastQueue<K, V> {
     slots: Vec<Slot<K, V>>,
     free: Vec<u32>,
     index: HashMap<K, u32>,
@@ -53,7 +53,7 @@ pub struct BroadcastQueue<K, V> {
 }
 
 impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
-    pub fn new(max_len: usize) -> Self {
+    pub(crate) fn new(max_len: usize) -> Self {
         BroadcastQueue {
             slots: Vec::new(),
             free: Vec::new(),
@@ -64,18 +64,18 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
         }
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.len
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.len == 0
     }
 
     /// Queues `item` to be sent `limit` times, replacing any queued event of
     /// the same key. Returns how many events were dropped to stay within the
     /// length bound (the most-sent first).
-    pub fn push(&mut self, key: K, item: V, limit: u32) -> usize {
+    pub(crate) fn push(&mut self, key: K, item: V, limit: u32) -> usize {
         if let Some(&old) = self.index.get(&key) {
             self.unlink(old);
             self.release(old);
@@ -122,7 +122,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     }
 
     /// Drops the queued event of `key`, if any.
-    pub fn invalidate(&mut self, key: &K) -> bool {
+    pub(crate) fn invalidate(&mut self, key: &K) -> bool {
         match self.index.get(key) {
             Some(&id) => {
                 self.unlink(id);
@@ -136,7 +136,11 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     /// Takes events for one packet: fewest-sent first, each fitting in what
     /// is left of `budget` by `size`. The events stay owned by the queue
     /// until `sent` or `requeue`; read them with `get`.
-    pub fn take(&mut self, budget: usize, size: impl Fn(&V) -> usize) -> (Vec<u32>, TakeStats) {
+    pub(crate) fn take(
+        &mut self,
+        budget: usize,
+        size: impl Fn(&V) -> usize,
+    ) -> (Vec<u32>, TakeStats) {
         let mut taken = Vec::new();
         let mut stats = TakeStats::default();
         let mut left = budget;
@@ -173,13 +177,13 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
         (taken, stats)
     }
 
-    pub fn get(&self, id: u32) -> Option<&V> {
+    pub(crate) fn get(&self, id: u32) -> Option<&V> {
         self.slots.get(id as usize)?.item.as_ref()
     }
 
     /// Counts one transmission of each taken event; events that reached their
     /// limit leave the queue, the others go back behind fresher ones.
-    pub fn sent(&mut self, ids: &[u32]) {
+    pub(crate) fn sent(&mut self, ids: &[u32]) {
         for &id in ids {
             let s = &mut self.slots[id as usize];
             s.in_flight = false;

@@ -1,28 +1,24 @@
 //! Lamport clock: one per node, for every table it writes.
 
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct LamportClock {
+pub(crate) struct LamportClock {
     time: u64,
 }
 
 impl LamportClock {
-    pub fn new(start: u64) -> Self {
-        LamportClock { time: start }
-    }
-
-    pub fn time(&self) -> u64 {
+    pub(crate) fn time(&self) -> u64 {
         self.time
     }
 
     /// Advances the clock for a local write and returns the write's time.
-    pub fn tick(&mut self) -> u64 {
+    pub(crate) fn tick(&mut self) -> u64 {
         self.time = self.time.saturating_add(1);
         self.time
     }
 
     /// Records a time seen on a received message, so the next local write
     /// orders after everything this node has seen.
-    pub fn witness(&mut self, seen: u64) {
+    pub(crate) fn witness(&mut self, seen: u64) {
         if seen > self.time {
             self.time = seen;
         }
@@ -41,7 +37,7 @@ mod tests {
         assert_eq!(c.tick(), 42);
         c.witness(7);
         assert_eq!(c.tick(), 43, "an older time never moves the clock back");
-        let mut top = LamportClock::new(u64::MAX);
+        let mut top = LamportClock { time: u64::MAX };
         assert_eq!(top.tick(), u64::MAX, "saturates instead of wrapping");
     }
 }

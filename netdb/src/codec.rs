@@ -13,52 +13,26 @@ use prost::Message;
 
 use crate::config::Config;
 use crate::digest::{DIGEST_BYTES, Digest};
+use crate::names::{ClusterTable, Scope, valid_key, valid_name};
 use crate::stats::DropReason;
 use crate::table::Entry;
 
+/// Version of the gossip wire format; messages of another are dropped.
 pub const WIRE_VERSION: u32 = 1;
 /// Largest UDP payload; gossip packets are far smaller (`packet_budget`),
 /// but a peer may be configured with a larger budget than ours.
 pub const MAX_DATAGRAM: usize = 65_507;
 
-/// The cluster scope: node records and network attachments, sent to every
-/// member. Its name is empty so that no user network can collide with it.
-pub const CLUSTER: &str = "";
-pub const NODES_TABLE: &str = "nodes";
-pub const NETWORKS_TABLE: &str = "networks";
-
-/// Names of nodes, networks and tables: ASCII letters, digits and `-_.:@`.
-pub fn valid_name(s: &str, max: usize) -> bool {
-    !s.is_empty()
-        && s.len() <= max
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:@".contains(&b))
-}
-
-/// Keys: any UTF-8 without control characters.
-pub fn valid_key(s: &str, max: usize) -> bool {
-    !s.is_empty() && s.len() <= max && !s.chars().any(char::is_control)
-}
-
-/// The key of a node's attachment to a network in the cluster scope.
-pub fn attachment_key(network: &str, node: &str) -> String {
-    format!("{network}/{node}")
-}
-
-/// Splits an attachment key into (network, node).
-pub fn parse_attachment_key(key: &str) -> Option<(&str, &str)> {
-    key.split_once('/')
-}
-
-/// The key of a node's copy of a shared cluster object: `ID/NODE`.
-pub fn owned_key(key: &str) -> Option<(&str, &str)> {
-    key.rsplit_once('/')
-}
-
 #[derive(Debug)]
+/// A decoded, validated datagram.
 pub enum Body {
+    /// SWIM (foca) payload.
     Swim(Bytes),
+    /// Table gossip for one scope.
     Gossip(wire::Gossip),
+    /// A keyring command from a peer.
     KeyQuery(wire::KeyQuery),
+    /// A peer's answer to a keyring command.
     KeyAck(wire::KeyAck),
 }
 
@@ -66,20 +40,23 @@ pub enum Body {
 const MAX_ACK_KEYS: usize = 64;
 const MAX_ACK_ERROR: usize = 1024;
 
+/// Frames a datagram body (unsealed).
 pub fn encode_datagram(body: wire::datagram::Body) -> Vec<u8> {
     wire::Datagram { version: WIRE_VERSION, body: Some(body) }.encode_to_vec()
 }
 
 /// Bytes a `Datagram` adds around a `Gossip` of `gossip_len` bytes.
-pub fn datagram_overhead(gossip_len: usize) -> usize {
+pub(crate) fn datagram_overhead(gossip_len: usize) -> usize {
     // version field (tag + up to 5 bytes varint) + body tag + length varint.
     1 + varint_len(u64::from(WIRE_VERSION)) + 1 + varint_len(gossip_len as u64)
 }
 
-pub fn varint_len(v: u64) -> usize {
+pub(crate) fn varint_len(v: u64) -> usize {
     prost::encoding::encoded_len_varint(v)
 }
 
+/// Decodes and validates a datagram (already unsealed); any violation drops
+/// it whole, with the reason to count.
 pub fn decode_datagram(cfg: &Config, bytes: &[u8]) -> Result<Body, DropReason> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(DropReason::TooLarge);
@@ -119,6 +96,7 @@ pub fn decode_datagram(cfg: &Config, bytes: &[u8]) -> Result<Body, DropReason> {
     }
 }
 
+/// Decodes and validates a push/pull frame (already unsealed), likewise.
 pub fn decode_sync(cfg: &Config, bytes: &[u8]) -> Result<wire::SyncMessage, DropReason> {
     if bytes.len() > cfg.max_sync_frame {
         return Err(DropReason::TooLarge);
@@ -152,7 +130,7 @@ pub fn decode_sync(cfg: &Config, bytes: &[u8]) -> Result<wire::SyncMessage, Drop
     Ok(m)
 }
 
-pub fn parse_digest(d: &wire::Digest) -> Option<Digest> {
+pub(crate) fn parse_digest(d: &wire::Digest) -> Option<Digest> {
     Digest::from_bytes(&d.buckets)
 }
 
@@ -161,16 +139,21 @@ fn check_digest(d: &wire::Digest) -> Result<(), DropReason> {
 }
 
 fn validate_network_name(cfg: &Config, network: &str) -> Result<(), DropReason> {
-    if network == CLUSTER || valid_name(network, cfg.max_name_len) {
-        Ok(())
-    } else {
-        Err(DropReason::BadName)
+    match Scope::from_wire(network) {
+        Scope::Cluster => Ok(()),
+        Scope::Network(n) if valid_name(n, cfg.max_name_len) => Ok(()),
+        Scope::Network(_) => Err(DropReason::BadName),
     }
 }
 
 /// Field bounds, plus the cluster scope's shape: a node writes only its own
-/// record, its own attachments and its own copies of shared objects.
-pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<(), DropReason> {
+/// record, its own attachments and its own copies of shared objects, and
+/// no other table (the cluster scope reaches every node).
+pub(crate) fn validate_entry(
+    cfg: &Config,
+    network: &str,
+    e: &wire::Entry,
+) -> Result<(), DropReason> {
     if !valid_name(&e.table, cfg.max_name_len)
         || !valid_name(&e.owner, cfg.max_name_len)
         || !valid_key(&e.key, cfg.max_key_len)
@@ -180,32 +163,16 @@ pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<()
     if e.value.len() > cfg.max_value_len || e.ltime == 0 {
         return Err(DropReason::BadEntry);
     }
-    if network == CLUSTER {
-        match e.table.as_str() {
-            NODES_TABLE => {
-                if e.key != e.owner {
-                    return Err(DropReason::ForgedOwner);
-                }
-                if !e.deleted {
-                    let r =
-                        wire::NodeRecord::decode(&e.value[..]).map_err(|_| DropReason::BadEntry)?;
-                    r.addr.parse::<std::net::SocketAddr>().map_err(|_| DropReason::BadEntry)?;
-                }
-            }
-            NETWORKS_TABLE => match parse_attachment_key(&e.key) {
-                Some((net, node)) if valid_name(net, cfg.max_name_len) && node == e.owner => {}
-                Some(_) => return Err(DropReason::ForgedOwner),
-                None => return Err(DropReason::BadName),
-            },
-            // Shared cluster objects (network definitions, address block
-            // claims): every node writes its own copy, keyed `.../NODE`.
-            // No other table: the cluster scope reaches every node.
-            crate::netdefs::NETDEFS_TABLE | crate::ipam::IPAM_TABLE => match owned_key(&e.key) {
-                Some((_, node)) if node == e.owner => {}
-                Some(_) => return Err(DropReason::ForgedOwner),
-                None => return Err(DropReason::BadName),
-            },
-            _ => return Err(DropReason::BadName),
+    if Scope::from_wire(network) == Scope::Cluster {
+        let table = ClusterTable::from_name(&e.table).ok_or(DropReason::BadName)?;
+        match table.key_owner(&e.key, cfg.max_name_len) {
+            Some(owner) if owner == e.owner => {}
+            Some(_) => return Err(DropReason::ForgedOwner),
+            None => return Err(DropReason::BadName),
+        }
+        if table == ClusterTable::Nodes && !e.deleted {
+            let r = wire::NodeRecord::decode(&e.value[..]).map_err(|_| DropReason::BadEntry)?;
+            r.addr.parse::<std::net::SocketAddr>().map_err(|_| DropReason::BadEntry)?;
         }
     }
     Ok(())
@@ -213,7 +180,7 @@ pub fn validate_entry(cfg: &Config, network: &str, e: &wire::Entry) -> Result<()
 
 /// A validated wire entry as stored. A tombstone's lifetime counts down from
 /// the residual it arrived with, never from a fresh full lifetime.
-pub fn entry_from_wire(e: &wire::Entry, now: Duration, ttl: Duration) -> Entry {
+pub(crate) fn entry_from_wire(e: &wire::Entry, now: Duration, ttl: Duration) -> Entry {
     let residual = Duration::from_millis(e.reap_in_ms).min(ttl);
     Entry {
         value: e.value.clone(),
@@ -226,7 +193,7 @@ pub fn entry_from_wire(e: &wire::Entry, now: Duration, ttl: Duration) -> Entry {
     }
 }
 
-pub fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) -> wire::Entry {
+pub(crate) fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) -> wire::Entry {
     wire::Entry {
         table: table.to_owned(),
         key: key.to_owned(),
@@ -241,13 +208,16 @@ pub fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) -> wire::
 
 /// Milliseconds a tombstone has left at `now` (0 for live entries): what
 /// goes on the wire, so receivers count down from it.
-pub fn residual_ms(reap_at: Option<Duration>, now: Duration) -> u64 {
+pub(crate) fn residual_ms(reap_at: Option<Duration>, now: Duration) -> u64 {
     reap_at.map_or(0, |at| at.saturating_sub(now).as_millis().min(u128::from(u64::MAX)) as u64)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::names::{NETWORKS_TABLE, NODES_TABLE};
+
+    const CLUSTER_WIRE: &str = "";
 
     fn entry(table: &str, key: &str, owner: &str) -> wire::Entry {
         wire::Entry {
@@ -343,18 +313,21 @@ mod tests {
     fn cluster_scope_entries_must_belong_to_their_owner() {
         let cfg = Config::default();
         let ok = entry(NETWORKS_TABLE, "net/n1", "n1");
-        assert!(validate_entry(&cfg, CLUSTER, &ok).is_ok());
+        assert!(validate_entry(&cfg, CLUSTER_WIRE, &ok).is_ok());
         let forged = entry(NETWORKS_TABLE, "net/n2", "n1");
-        assert_eq!(validate_entry(&cfg, CLUSTER, &forged).err(), Some(DropReason::ForgedOwner));
+        assert_eq!(
+            validate_entry(&cfg, CLUSTER_WIRE, &forged).err(),
+            Some(DropReason::ForgedOwner)
+        );
         let mut rec = entry(NODES_TABLE, "n2", "n1");
-        assert_eq!(validate_entry(&cfg, CLUSTER, &rec).err(), Some(DropReason::ForgedOwner));
+        assert_eq!(validate_entry(&cfg, CLUSTER_WIRE, &rec).err(), Some(DropReason::ForgedOwner));
         rec.key = "n1".into();
-        assert_eq!(validate_entry(&cfg, CLUSTER, &rec).err(), Some(DropReason::BadEntry));
+        assert_eq!(validate_entry(&cfg, CLUSTER_WIRE, &rec).err(), Some(DropReason::BadEntry));
         rec.value =
             wire::NodeRecord { addr: "127.0.0.1:7946".into(), left: false }.encode_to_vec().into();
-        assert!(validate_entry(&cfg, CLUSTER, &rec).is_ok());
+        assert!(validate_entry(&cfg, CLUSTER_WIRE, &rec).is_ok());
         assert_eq!(
-            validate_entry(&cfg, CLUSTER, &entry("other", "k", "n1")).err(),
+            validate_entry(&cfg, CLUSTER_WIRE, &entry("other", "k", "n1")).err(),
             Some(DropReason::BadName)
         );
     }

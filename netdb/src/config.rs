@@ -4,6 +4,8 @@
 use std::time::Duration;
 
 #[derive(Debug, Clone)]
+/// Timers, limits and fan-out of a node. `Default` gives the tuned values;
+/// tests and the agent override what they need.
 pub struct Config {
     /// Table gossip period (NetworkDB: 200 ms).
     pub gossip_interval: Duration,
@@ -44,6 +46,7 @@ pub struct Config {
     pub failed_grace: Duration,
     /// First delay between join attempts; doubles up to `join_retry_max`.
     pub join_retry: Duration,
+    /// Longest delay between join attempts.
     pub join_retry_max: Duration,
     /// How often a node knocks on one failed member's door, so a healed
     /// partition reconnects (NetworkDB: 1 s).
@@ -53,21 +56,25 @@ pub struct Config {
     /// and a false suspicion costs little, since a node's entries are
     /// hidden while it is failed and restored unchanged when it returns.
     pub probe_period: Duration,
+    /// Time a probe waits for its ack before asking others to probe.
     pub probe_rtt: Duration,
     /// Suspicion lasts `suspicion_mult × max(1, log10 n) × probe_period`
     /// (NetworkDB: 4 × 1 s, stretched up to 6× by Lifeguard).
     pub suspicion_mult: f64,
     /// Largest push/pull frame accepted or sent.
     pub max_sync_frame: usize,
-    /// Limits on what a table entry may hold.
+    /// Longest node, network or table name.
     pub max_name_len: usize,
+    /// Longest entry key, in bytes.
     pub max_key_len: usize,
+    /// Largest entry value, in bytes.
     pub max_value_len: usize,
     /// Networks a node may join.
     pub max_networks: usize,
     /// A keyring command is resent to members that have not answered this
     /// often, until `key_query_timeout`, when the silent ones are reported.
     pub key_query_retry: Duration,
+    /// When a keyring command stops waiting for answers.
     pub key_query_timeout: Duration,
     /// A keyring command whose sender's clock differs from the receiver's
     /// by more than this is refused (clock skew plus retries must fit).

@@ -4,11 +4,11 @@
 
 use crate::hash::Hasher;
 
-pub const BUCKETS: usize = 256;
-pub const DIGEST_BYTES: usize = BUCKETS * 8;
+pub(crate) const BUCKETS: usize = 256;
+pub(crate) const DIGEST_BYTES: usize = BUCKETS * 8;
 
 #[derive(Clone, PartialEq, Eq)]
-pub struct Digest {
+pub(crate) struct Digest {
     buckets: Box<[u64; BUCKETS]>,
 }
 
@@ -25,31 +25,31 @@ impl std::fmt::Debug for Digest {
 }
 
 /// The bucket of a key: all versions of a key fall in the same bucket.
-pub fn bucket_of(table: &str, key: &str) -> u8 {
+pub(crate) fn bucket_of(table: &str, key: &str) -> u8 {
     (Hasher::default().bytes(table.as_bytes()).bytes(key.as_bytes()).finish() >> 56) as u8
 }
 
 impl Digest {
-    pub fn add(&mut self, bucket: u8, hash: u64) {
+    pub(crate) fn add(&mut self, bucket: u8, hash: u64) {
         let b = &mut self.buckets[bucket as usize];
         *b = b.wrapping_add(hash);
     }
 
-    pub fn remove(&mut self, bucket: u8, hash: u64) {
+    pub(crate) fn remove(&mut self, bucket: u8, hash: u64) {
         let b = &mut self.buckets[bucket as usize];
         *b = b.wrapping_sub(hash);
     }
 
-    pub fn root(&self) -> u64 {
+    pub(crate) fn root(&self) -> u64 {
         self.buckets.iter().fold(Hasher::default(), |h, b| h.u64(*b)).finish()
     }
 
-    pub fn to_bytes(&self) -> Vec<u8> {
+    pub(crate) fn to_bytes(&self) -> Vec<u8> {
         self.buckets.iter().flat_map(|b| b.to_le_bytes()).collect()
     }
 
     /// Parses `DIGEST_BYTES` bytes; anything else is malformed.
-    pub fn from_bytes(bytes: &[u8]) -> Option<Digest> {
+    pub(crate) fn from_bytes(bytes: &[u8]) -> Option<Digest> {
         if bytes.len() != DIGEST_BYTES {
             return None;
         }
@@ -63,7 +63,7 @@ impl Digest {
     }
 
     /// A 256-bit set of the buckets where the two digests differ.
-    pub fn differing(&self, other: &Digest) -> BucketSet {
+    pub(crate) fn differing(&self, other: &Digest) -> BucketSet {
         let mut set = BucketSet::default();
         for i in 0..BUCKETS {
             if self.buckets[i] != other.buckets[i] {
@@ -75,22 +75,23 @@ impl Digest {
 }
 
 #[derive(Clone, Copy, Default, PartialEq, Eq, Debug)]
-pub struct BucketSet([u64; 4]);
+pub(crate) struct BucketSet([u64; 4]);
 
 impl BucketSet {
-    pub fn insert(&mut self, b: u8) {
+    pub(crate) fn insert(&mut self, b: u8) {
         self.0[(b >> 6) as usize] |= 1 << (b & 63);
     }
 
-    pub fn contains(&self, b: u8) -> bool {
+    pub(crate) fn contains(&self, b: u8) -> bool {
         self.0[(b >> 6) as usize] & (1 << (b & 63)) != 0
     }
 
-    pub fn is_empty(&self) -> bool {
+    pub(crate) fn is_empty(&self) -> bool {
         self.0 == [0; 4]
     }
 
-    pub fn len(&self) -> u32 {
+    #[cfg(test)]
+    fn len(&self) -> u32 {
         self.0.iter().map(|w| w.count_ones()).sum()
     }
 }

@@ -19,6 +19,7 @@ impl Default for Hasher {
 }
 
 impl Hasher {
+    /// Adds a byte string (its length first).
     pub fn bytes(mut self, data: &[u8]) -> Self {
         // Length first, so ("ab","c") and ("a","bc") differ.
         self = self.u64(data.len() as u64);
@@ -29,6 +30,7 @@ impl Hasher {
         self
     }
 
+    /// Adds a number.
     pub fn u64(mut self, v: u64) -> Self {
         for b in v.to_le_bytes() {
             self.0 ^= u64::from(b);
@@ -37,13 +39,14 @@ impl Hasher {
         self
     }
 
+    /// The hash of everything added.
     pub fn finish(self) -> u64 {
         mix(self.0)
     }
 }
 
 /// SplitMix64's finaliser.
-pub fn mix(mut z: u64) -> u64 {
+pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)

@@ -20,14 +20,13 @@ use bytes::Bytes;
 use netdb_wire as wire;
 use prost::Message;
 
-use crate::codec::owned_key;
 use crate::hash::Hasher;
+use crate::names::owned_key;
 use crate::table::Entry;
 
-pub const IPAM_TABLE: &str = "ipam";
-
-/// Smallest and largest prefix a network's subnet may have.
+/// Smallest prefix a network's subnet may have.
 pub const MIN_PREFIX: u8 = 8;
+/// Largest prefix a network's subnet may have.
 pub const MAX_PREFIX: u8 = 30;
 
 /// An IPv4 subnet with no host bits set.
@@ -37,14 +36,24 @@ pub struct Subnet {
     prefix: u8,
 }
 
+/// Why a subnet was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SubnetError {
+    /// Not an IPv4 CIDR.
     #[error("invalid subnet {0:?}: write an IPv4 CIDR such as 10.10.0.0/24")]
     Syntax(String),
+    /// Prefix outside [`MIN_PREFIX`]..=[`MAX_PREFIX`].
     #[error("subnet {0}: the prefix must be /{MIN_PREFIX} to /{MAX_PREFIX}")]
     Prefix(String),
+    /// Host bits set; `fixed` is the subnet meant.
     #[error("subnet {given} has host bits set; did you mean {fixed}?")]
-    HostBits { given: String, fixed: Subnet },
+    HostBits {
+        /// The subnet as written.
+        given: String,
+        /// The subnet with the host bits cleared.
+        fixed: Subnet,
+    },
+    /// In 0/8, 127/8, multicast or above.
     #[error("subnet {0} is in a reserved range (0/8, 127/8, multicast or above)")]
     Reserved(String),
 }
@@ -83,10 +92,12 @@ fn mask(prefix: u8) -> u32 {
 }
 
 impl Subnet {
+    /// The prefix length.
     pub fn prefix(&self) -> u8 {
         self.prefix
     }
 
+    /// True if `ip` is inside.
     pub fn contains(&self, ip: Ipv4Addr) -> bool {
         u32::from(ip) & mask(self.prefix) == self.base
     }
@@ -113,6 +124,7 @@ impl Subnet {
         (self.prefix + 4).clamp(26, 32)
     }
 
+    /// Address blocks the subnet is cut into.
     pub fn blocks(&self) -> u32 {
         1 << (self.block_prefix() - self.prefix)
     }

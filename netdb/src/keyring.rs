@@ -9,6 +9,7 @@ use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 
 use crate::stats::DropReason;
 
+/// Bytes of an AES-256-GCM key.
 pub const KEY_LEN: usize = 32;
 const ENVELOPE_VERSION: u8 = 1;
 const ID_LEN: usize = 4;
@@ -18,17 +19,25 @@ const HEADER_LEN: usize = 1 + ID_LEN + NONCE_LEN;
 /// it, so a keyed cluster sends the same packets as a plaintext one.
 pub const SEAL_OVERHEAD: usize = HEADER_LEN + TAG_LEN;
 
+/// Bytes of a key id.
 pub const ID_BYTES: usize = ID_LEN;
+/// A key's id: the first bytes of its SHA-256; names the key in sealed
+/// headers and commands without revealing it.
 pub type KeyId = [u8; ID_LEN];
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// Why a keyring change was refused.
 pub enum KeyError {
+    /// No key given.
     #[error("a keyring needs at least one key")]
     Empty,
+    /// Key number .0 has .1 bytes, not [`KEY_LEN`].
     #[error("key {0} is {1} bytes; keys are {KEY_LEN} bytes")]
     BadLength(usize, usize),
+    /// No installed key has that fingerprint.
     #[error("key {0} is not installed")]
     NotInstalled(String),
+    /// The primary key cannot be removed.
     #[error("key {0} is the primary; make another key primary first")]
     RemovePrimary(String),
 }
@@ -135,6 +144,7 @@ impl Keyring {
         self.slots.iter().map(|s| fingerprint(&s.id)).collect()
     }
 
+    /// The id of the key that seals outgoing messages.
     pub fn primary(&self) -> KeyId {
         self.slots[0].id
     }

@@ -1,28 +1,41 @@
 //! netdb's core: a sans-IO, deterministic state machine for Docker-style
 //! overlay network control: SWIM membership (foca), per-network versioned
-//! gossip tables, push/pull anti-entropy, and a simulator to prove it.
+//! gossip tables, push/pull anti-entropy, cluster-wide keyring commands,
+//! and the shared objects (network definitions, address claims) that the
+//! agent's overlay resolves without a coordinator.
 //!
 //! The agent (`netdb agent`) wraps a [`Node`] with sockets and timers; the
-//! simulator ([`sim`]) wraps hundreds of them with a virtual network.
+//! simulator (`sim`, behind the `sim` feature) wraps hundreds of them with
+//! a virtual network. Nothing in this crate does I/O or reads a clock.
 
-pub mod broadcast;
-pub mod clock;
+mod broadcast;
+mod clock;
+mod config;
+mod digest;
+mod error;
+mod event;
+mod hash;
+mod keyops;
+mod membership;
+mod node;
+mod stats;
+mod table;
+
 pub mod codec;
-pub mod config;
-pub mod digest;
-pub mod hash;
 pub mod ipam;
-pub mod keyops;
 pub mod keyring;
-pub mod membership;
+pub mod names;
 pub mod netdefs;
-pub mod node;
+#[cfg(feature = "sim")]
 pub mod sim;
-pub mod stats;
-pub mod table;
 
 pub use config::Config;
+pub use error::Error;
+pub use event::{EntryEventKind, Event, Transmit};
+pub use hash::Hasher;
+pub use keyops::{KeyOp, KeyReply, KeyReport};
 pub use membership::{MemberInfo, MemberState};
-pub use node::{EntryEventKind, Error, Event, Node, Transmit};
-pub use stats::{DropReason, Stats};
+pub use names::{Scope, SharedTable};
+pub use node::Node;
+pub use stats::{DropReason, Stats, Traffic};
 pub use table::Entry;

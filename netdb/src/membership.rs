@@ -15,7 +15,7 @@ use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
+pub(crate) struct Identity {
     pub name: String,
     pub incarnation: u64,
     pub generation: u32,
@@ -41,16 +41,16 @@ impl foca::Identity for Identity {
 impl Identity {
     /// What we know of a seed before it answers: only its address. foca
     /// accepts an announce addressed to any identity with its address.
-    pub fn placeholder(addr: SocketAddr) -> Self {
+    pub(crate) fn placeholder(addr: SocketAddr) -> Self {
         Identity { name: String::new(), incarnation: 0, generation: 0, addr }
     }
 }
 
-pub type Swim = Foca<Identity, PostcardCodec, StdRng, NoCustomBroadcast>;
+pub(crate) type Swim = Foca<Identity, PostcardCodec, StdRng, NoCustomBroadcast>;
 
 /// How this node sees an owner.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Alive,
     /// Declared down: entries hidden but kept until `since + failed_grace`.
     Failed {
@@ -63,7 +63,7 @@ pub enum Status {
 }
 
 #[derive(Debug, Clone)]
-pub struct Owner {
+pub(crate) struct Owner {
     pub incarnation: u64,
     pub status: Status,
     pub addr: Option<SocketAddr>,
@@ -72,13 +72,19 @@ pub struct Owner {
 /// Member state as users see it (`netdb members`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum MemberState {
+    /// Reachable.
     Alive,
+    /// Suspected by SWIM; not yet declared failed.
     Suspect,
+    /// Declared failed: its entries are hidden until it returns or the grace
+    /// period ends.
     Failed,
+    /// Left gracefully: its entries are gone.
     Left,
 }
 
 impl MemberState {
+    /// The name people see.
     pub fn as_str(self) -> &'static str {
         match self {
             MemberState::Alive => "alive",
@@ -90,31 +96,38 @@ impl MemberState {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// A member as `netdb members` shows it.
 pub struct MemberInfo {
+    /// Its unique name.
     pub name: String,
+    /// Where it is reachable, if known.
     pub addr: Option<SocketAddr>,
+    /// The process lifetime it runs in.
     pub incarnation: u64,
+    /// SWIM's renewal count within the incarnation (after being declared
+    /// down).
     pub generation: u32,
+    /// What this node thinks of it.
     pub state: MemberState,
 }
 
 /// A set of addresses with O(1) insert, remove and uniform random choice;
 /// iteration order is insertion history, so it is deterministic.
 #[derive(Debug, Default, Clone)]
-pub struct PeerSet {
+pub(crate) struct PeerSet {
     list: Vec<SocketAddr>,
     pos: HashMap<SocketAddr, usize>,
 }
 
 impl PeerSet {
-    pub fn insert(&mut self, a: SocketAddr) {
+    pub(crate) fn insert(&mut self, a: SocketAddr) {
         if !self.pos.contains_key(&a) {
             self.pos.insert(a, self.list.len());
             self.list.push(a);
         }
     }
 
-    pub fn remove(&mut self, a: &SocketAddr) {
+    pub(crate) fn remove(&mut self, a: &SocketAddr) {
         if let Some(i) = self.pos.remove(a) {
             self.list.swap_remove(i);
             if let Some(moved) = self.list.get(i) {
@@ -123,16 +136,12 @@ impl PeerSet {
         }
     }
 
-    pub fn as_slice(&self) -> &[SocketAddr] {
+    pub(crate) fn as_slice(&self) -> &[SocketAddr] {
         &self.list
     }
 
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.list.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.list.is_empty()
     }
 }
 
@@ -176,6 +185,6 @@ mod tests {
         for x in &left {
             s.remove(x);
         }
-        assert!(s.is_empty());
+        assert!(s.as_slice().is_empty());
     }
 }

@@ -18,38 +18,50 @@ use bytes::Bytes;
 use netdb_wire as wire;
 use prost::Message;
 
-use crate::codec::{owned_key, valid_name};
 use crate::ipam::Subnet;
+use crate::names::{owned_key, valid_name};
 use crate::table::Entry;
 
-pub const NETDEFS_TABLE: &str = "netdefs";
 /// Docker's overlay driver allocates VNIs from 4096 up.
 pub const FIRST_VNI: u32 = 4096;
+/// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
 /// 1500 minus the 50 bytes of VXLAN encapsulation.
 pub const DEFAULT_MTU: u32 = 1450;
+/// Smallest MTU an overlay network may have.
 pub const MIN_MTU: u32 = 576;
+/// Largest MTU an overlay network may have.
 pub const MAX_MTU: u32 = 9000;
 /// Longest network name: device and key names are built from it.
 pub const MAX_NETWORK_NAME: usize = 64;
 
+/// An overlay network's definition, as each node keeps its copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NetworkDef {
+    /// The network's name, unique in the cluster.
     pub name: String,
+    /// Its subnet.
     pub subnet: Subnet,
+    /// The VNI it asked for (the one granted may differ: see [`Effective`]).
     pub vni: u32,
+    /// The MTU of its devices.
     pub mtu: u32,
+    /// The node that created it.
     pub origin: String,
+    /// The creator's Lamport time at creation: with `origin`, its identity.
     pub created: u64,
 }
 
+/// A definition's identity: (created, origin); the older one wins a name.
 pub type DefId<'a> = (u64, &'a str);
 
 impl NetworkDef {
+    /// This definition's identity.
     pub fn id(&self) -> DefId<'_> {
         (self.created, &self.origin)
     }
 
+    /// The definition as stored in the cluster table.
     pub fn encode(&self) -> Bytes {
         wire::NetworkDef {
             name: self.name.clone(),
@@ -87,13 +99,17 @@ impl NetworkDef {
 /// A definition in force and the VNI it was granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Effective {
+    /// The definition.
     pub def: NetworkDef,
+    /// The VNI granted: its own, or the lowest free one if taken by an older
+    /// definition.
     pub vni: u32,
 }
 
 /// What every node derives from the same copies.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Resolved {
+    /// Networks in force, by name.
     pub networks: BTreeMap<String, Effective>,
     /// Definitions that were removed (`network rm`), as (name, created,
     /// origin).
@@ -166,6 +182,7 @@ impl Resolved {
         lowest_free(&self.networks.values().map(|e| e.vni).collect())
     }
 
+    /// The network that holds `vni`, if any.
     pub fn vni_in_use(&self, vni: u32) -> Option<&str> {
         self.networks.values().find(|e| e.vni == vni).map(|e| e.def.name.as_str())
     }

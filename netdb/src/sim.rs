@@ -13,13 +13,16 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::config::Config;
+use crate::event::{Event, Transmit};
 use crate::hash::Hasher;
-use crate::node::{Event, Node, Transmit};
+use crate::names::Scope;
+use crate::node::Node;
 
 /// How the virtual network treats packets. Push/pull frames ride a
 /// reliable stream: never lost or duplicated, but cut by partitions.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
+    /// One-way delay of every packet.
     pub latency: Duration,
     /// Extra random delay in [0, jitter]; packets overtake each other.
     pub jitter: Duration,
@@ -68,20 +71,30 @@ struct Flight {
 /// Counters of the virtual network.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct NetStats {
+    /// Datagrams and frames sent.
     pub sent: u64,
+    /// Delivered.
     pub delivered: u64,
+    /// Lost to the configured loss rate.
     pub lost: u64,
+    /// Delivered twice.
     pub duplicated: u64,
+    /// Dropped by a partition.
     pub partitioned: u64,
     /// Arrived at a crashed or paused host.
     pub unreachable: u64,
+    /// Bytes sent.
     pub bytes: u64,
     /// Largest datagram sent.
     pub max_datagram: usize,
 }
 
+/// A virtual network of hosts, each running a [`Node`], driven by one
+/// virtual clock and one seed: the same seed gives the same run.
 pub struct Sim {
+    /// The settings every node starts with.
     pub cfg: Config,
+    /// How the network treats packets.
     pub net: NetConfig,
     seed: u64,
     now: Duration,
@@ -96,6 +109,7 @@ pub struct Sim {
     trace: Hasher,
     /// Events of every node, if `record_events` is set.
     pub events: Vec<(usize, Duration, Event)>,
+    /// Whether to record every node's events in `events`.
     pub record_events: bool,
     /// Datagrams delivered, as (from, to, bytes), while this is `Some`: an
     /// eavesdropper's capture, for replay tests.
@@ -103,6 +117,7 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// An empty network; add hosts with `add_node`.
     pub fn new(seed: u64, cfg: Config, net: NetConfig) -> Sim {
         Sim {
             cfg,
@@ -124,18 +139,22 @@ impl Sim {
         }
     }
 
+    /// The virtual time.
     pub fn now(&self) -> Duration {
         self.now
     }
 
+    /// Hosts, crashed ones included.
     pub fn len(&self) -> usize {
         self.hosts.len()
     }
 
+    /// True with no host.
     pub fn is_empty(&self) -> bool {
         self.hosts.is_empty()
     }
 
+    /// The virtual network's counters.
     pub fn net_stats(&self) -> NetStats {
         self.stats
     }
@@ -174,10 +193,12 @@ impl Sim {
         self.after_input(i);
     }
 
+    /// Host `i`'s address.
     pub fn addr(&self, i: usize) -> SocketAddr {
         self.hosts[i].addr
     }
 
+    /// Host `i`'s node name.
     pub fn name(&self, i: usize) -> &str {
         &self.hosts[i].name
     }
@@ -233,6 +254,7 @@ impl Sim {
         self.hosts[i].paused = true;
     }
 
+    /// Thaws host `i`; its overdue timers fire at once.
     pub fn resume(&mut self, i: usize) {
         self.hosts[i].paused = false;
         self.hosts[i].scheduled = None;
@@ -246,6 +268,7 @@ impl Sim {
         self.groups = Some(group);
     }
 
+    /// Ends a partition.
     pub fn heal(&mut self) {
         self.groups = None;
     }
@@ -256,6 +279,7 @@ impl Sim {
         self.now = self.now.max(until);
     }
 
+    /// Runs for `d` of virtual time.
     pub fn run_for(&mut self, d: Duration) {
         let until = self.now + d;
         self.run_until(until);
@@ -287,8 +311,10 @@ impl Sim {
         let mut h = self.trace.u64(self.now.as_nanos() as u64);
         for host in &self.hosts {
             if let Some(n) = &host.node {
-                for net in std::iter::once("").chain(n.networks()) {
-                    h = h.bytes(net.as_bytes()).u64(n.root(net).unwrap_or(0));
+                // The cluster scope hashes as the empty name, as it always did.
+                h = h.bytes(b"").u64(n.root(Scope::Cluster).unwrap_or(0));
+                for net in n.networks() {
+                    h = h.bytes(net.as_bytes()).u64(n.root(Scope::Network(net)).unwrap_or(0));
                 }
             }
         }

@@ -3,43 +3,61 @@
 /// Why an input was dropped. Each drop is counted and changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
 pub enum DropReason {
+    /// Larger than the configured limit.
     #[error("message larger than the configured limit")]
     TooLarge,
+    /// Does not decode.
     #[error("message does not decode")]
     Malformed,
+    /// Another wire version.
     #[error("unsupported wire version")]
     BadVersion,
+    /// A name or key breaks the rules.
     #[error("name or key is empty, too long or has forbidden characters")]
     BadName,
+    /// A field is out of bounds.
     #[error("entry field out of bounds")]
     BadEntry,
+    /// Claims an owner it cannot have.
     #[error("entry claims an owner it cannot have")]
     ForgedOwner,
+    /// For a network this node did not join.
     #[error("network not joined")]
     NotMember,
+    /// From an owner's superseded incarnation.
     #[error("owner's incarnation was superseded")]
     StaleIncarnation,
+    /// From an owner that left or was removed.
     #[error("owner left or was removed")]
     OwnerGone,
+    /// Written before its owner left the network.
     #[error("owner had left the network at that time")]
     DetachedOwner,
+    /// SWIM (foca) refused it.
     #[error("SWIM layer rejected the message")]
     Swim,
+    /// A push/pull frame of no open exchange.
     #[error("push/pull frame for no open exchange")]
     UnexpectedSync,
+    /// From this node's own name.
     #[error("message from this node's own name")]
     FromSelf,
+    /// Plaintext while keys are set.
     #[error("plaintext message while keys are set")]
     Plaintext,
+    /// Sealed with a key this node does not hold.
     #[error("sealed with a key this node does not hold")]
     UnknownKey,
+    /// Failed authentication.
     #[error("sealed message failed authentication")]
     Forged,
+    /// A keyring command applied already, older than one applied, or stale.
     #[error("keyring command already applied or older than one applied")]
     Replayed,
 }
 
 impl DropReason {
+    /// Every reason, in counter order.
     pub const ALL: [DropReason; 17] = [
         DropReason::TooLarge,
         DropReason::Malformed,
@@ -84,50 +102,74 @@ impl DropReason {
     }
 }
 
+/// Messages and bytes of one kind in one direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
+    /// Messages.
     pub messages: u64,
+    /// Bytes, sealing included.
     pub bytes: u64,
 }
 
 impl Traffic {
+    /// Counts one message of `bytes` bytes.
     pub fn add(&mut self, bytes: usize) {
         self.messages += 1;
         self.bytes += bytes as u64;
     }
 }
 
+/// Counters a node keeps about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
+    /// SWIM and keyring datagrams received.
     pub swim_in: Traffic,
+    /// SWIM and keyring datagrams sent.
     pub swim_out: Traffic,
+    /// Gossip datagrams received.
     pub gossip_in: Traffic,
+    /// Gossip datagrams sent (one per peer).
     pub gossip_out: Traffic,
+    /// Push/pull frames received.
     pub sync_in: Traffic,
+    /// Push/pull frames sent.
     pub sync_out: Traffic,
-    /// Entries that were news to this node, by how they arrived.
+    /// Entries that were news to this node and arrived by gossip.
     pub entries_from_gossip: u64,
+    /// Entries that were news to this node and arrived by push/pull.
     pub entries_from_sync: u64,
+    /// Push/pull exchanges this node opened.
     pub syncs_started: u64,
+    /// Opened exchanges that completed.
     pub syncs_completed: u64,
+    /// Opened exchanges that failed (refused, broken, timed out).
     pub syncs_failed: u64,
+    /// Exchanges this node served.
     pub syncs_served: u64,
     /// Events the broadcast queues dropped: over the length bound, or larger
     /// than a packet (both repaired by push/pull).
     pub queue_overflow: u64,
+    /// Events larger than a packet, left to push/pull.
     pub queue_oversized: u64,
+    /// Calls foca refused (a timer, an announce, a settings change, ...);
+    /// each changed nothing.
+    pub swim_errors: u64,
+    /// Drops by [`DropReason`], indexed by the reason's number.
     pub drops: [u64; DropReason::ALL.len()],
 }
 
 impl Stats {
+    /// Counts a drop.
     pub fn drop(&mut self, reason: DropReason) {
         self.drops[reason as usize] += 1;
     }
 
+    /// Drops of one reason.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
     }
 
+    /// Drops of every reason.
     pub fn total_drops(&self) -> u64 {
         self.drops.iter().sum()
     }

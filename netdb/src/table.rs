@@ -16,11 +16,18 @@ use crate::digest::{Digest, bucket_of};
 use crate::hash::Hasher;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// An entry as a node stores it: the value and the version of the write
+/// that made it.
 pub struct Entry {
+    /// The value (the last one, for a tombstone).
     pub value: Bytes,
+    /// The node that wrote it.
     pub owner: String,
+    /// The owner's incarnation at the write.
     pub incarnation: u64,
+    /// The write's Lamport time.
     pub ltime: u64,
+    /// A tombstone: deleted, kept a while so the delete spreads.
     pub deleted: bool,
     /// When this node reaps the tombstone; `None` for live entries.
     pub reap_at: Option<Duration>,
@@ -30,10 +37,10 @@ pub struct Entry {
 }
 
 /// Orders versions; see the module comment.
-pub type Version<'a> = (u64, &'a str, u64);
+pub(crate) type Version<'a> = (u64, &'a str, u64);
 
 impl Entry {
-    pub fn version(&self) -> Version<'_> {
+    pub(crate) fn version(&self) -> Version<'_> {
         (self.ltime, &self.owner, self.incarnation)
     }
 
@@ -62,7 +69,7 @@ impl Entry {
 }
 
 /// What a bulk rewrite does with one entry.
-pub enum Rewrite {
+pub(crate) enum Rewrite {
     Keep,
     Replace(Entry),
     Remove,
@@ -70,7 +77,7 @@ pub enum Rewrite {
 
 /// One entry's change, for events.
 #[derive(Debug)]
-pub struct Change {
+pub(crate) struct Change {
     pub table: String,
     pub key: String,
     pub before: Option<Entry>,
@@ -79,35 +86,31 @@ pub struct Change {
 
 /// All tables of one network (or of the cluster scope) and their digest.
 #[derive(Debug, Default)]
-pub struct Scope {
+pub(crate) struct Tables {
     tables: BTreeMap<String, BTreeMap<String, Entry>>,
     digest: Digest,
-    len: usize,
 }
 
-impl Scope {
-    pub fn digest(&self) -> &Digest {
+impl Tables {
+    pub(crate) fn digest(&self) -> &Digest {
         &self.digest
     }
 
     /// Entries held, tombstones and hidden ones included.
-    pub fn len(&self) -> usize {
-        self.len
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.tables.values().map(BTreeMap::len).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    pub fn get(&self, table: &str, key: &str) -> Option<&Entry> {
+    pub(crate) fn get(&self, table: &str, key: &str) -> Option<&Entry> {
         self.tables.get(table)?.get(key)
     }
 
-    pub fn table(&self, table: &str) -> impl Iterator<Item = (&str, &Entry)> {
+    pub(crate) fn table(&self, table: &str) -> impl Iterator<Item = (&str, &Entry)> {
         self.tables.get(table).into_iter().flat_map(|t| t.iter().map(|(k, e)| (k.as_str(), e)))
     }
 
-    pub fn iter(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
         self.tables
             .iter()
             .flat_map(|(t, es)| es.iter().map(move |(k, e)| (t.as_str(), k.as_str(), e)))
@@ -122,7 +125,7 @@ impl Scope {
     }
 
     /// Inserts or replaces, keeping the digest; returns the replaced entry.
-    pub fn insert(&mut self, table: &str, key: &str, entry: Entry) -> Option<Entry> {
+    pub(crate) fn insert(&mut self, table: &str, key: &str, entry: Entry) -> Option<Entry> {
         self.count(table, key, &entry, true);
         let t = match self.tables.get_mut(table) {
             Some(t) => t,
@@ -135,20 +138,18 @@ impl Scope {
                 None
             }
         };
-        match &old {
-            Some(o) => self.count(table, key, o, false),
-            None => self.len += 1,
+        if let Some(o) = &old {
+            self.count(table, key, o, false);
         }
         old
     }
 
-    pub fn remove(&mut self, table: &str, key: &str) -> Option<Entry> {
+    pub(crate) fn remove(&mut self, table: &str, key: &str) -> Option<Entry> {
         let t = self.tables.get_mut(table)?;
         let old = t.remove(key)?;
         if t.is_empty() {
             self.tables.remove(table);
         }
-        self.len -= 1;
         self.count(table, key, &old, false);
         Some(old)
     }
@@ -156,7 +157,10 @@ impl Scope {
     /// Applies `f` to every entry, keeping the digest, and returns what
     /// changed. Used for the rare bulk transitions (an owner fails, returns,
     /// leaves a network, is replaced by a new incarnation).
-    pub fn rewrite(&mut self, mut f: impl FnMut(&str, &str, &Entry) -> Rewrite) -> Vec<Change> {
+    pub(crate) fn rewrite(
+        &mut self,
+        mut f: impl FnMut(&str, &str, &Entry) -> Rewrite,
+    ) -> Vec<Change> {
         let mut todo = Vec::new();
         for (t, es) in &self.tables {
             for (k, e) in es {
@@ -211,7 +215,7 @@ mod tests {
 
     #[test]
     fn digest_tracks_inserts_replacements_removals_and_hidden_entries() {
-        let (mut s1, mut s2) = (Scope::default(), Scope::default());
+        let (mut s1, mut s2) = (Tables::default(), Tables::default());
         s1.insert("t", "k1", e("a", 1, false));
         s1.insert("t", "k1", e("a", 2, false));
         s1.insert("t", "k2", e("b", 3, true));
@@ -229,7 +233,7 @@ mod tests {
         s2.remove("t", "k1");
         assert_eq!(s1.digest(), s2.digest());
         assert_eq!(s1.digest().root(), {
-            let mut s3 = Scope::default();
+            let mut s3 = Tables::default();
             s3.insert("t", "k2", e("b", 3, true));
             s3.digest().root()
         });
@@ -237,14 +241,14 @@ mod tests {
 
     #[test]
     fn rewrite_reports_changes_and_keeps_digest() {
-        let mut s = Scope::default();
+        let mut s = Tables::default();
         s.insert("t", "a", e("x", 1, false));
         s.insert("t", "b", e("y", 2, false));
         let changes =
             s.rewrite(|_, _, en| if en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].key, "a");
-        let mut only_b = Scope::default();
+        let mut only_b = Tables::default();
         only_b.insert("t", "b", e("y", 2, false));
         assert_eq!(s.digest(), only_b.digest());
         assert_eq!(s.len(), 1);

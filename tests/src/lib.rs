@@ -6,9 +6,11 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb::sim::{NetConfig, Sim};
-use netdb::{Config, MemberState};
+use netdb::{Config, MemberState, Scope};
 
+/// The network every test cluster joins.
 pub const NET: &str = "net";
+/// The table tests write to.
 pub const TABLE: &str = "t";
 /// How often convergence conditions are checked.
 pub const CHECK: Duration = Duration::from_millis(200);
@@ -35,10 +37,12 @@ pub fn cluster(n: usize, seed: u64, cfg: Config) -> Sim {
     sim
 }
 
+/// Members node `i` sees alive, itself included.
 pub fn alive_members(sim: &Sim, i: usize) -> usize {
     sim.node(i).map_or(0, |n| n.members().iter().filter(|m| m.state == MemberState::Alive).count())
 }
 
+/// What `observer` thinks of member `name`.
 pub fn member_state(sim: &Sim, observer: usize, name: &str) -> Option<MemberState> {
     sim.node(observer)?.members().into_iter().find(|m| m.name == name).map(|m| m.state)
 }
@@ -48,6 +52,7 @@ pub fn key(i: usize, k: usize) -> String {
     format!("n{i}-k{k}")
 }
 
+/// Value of the k-th entry node i writes in a round.
 pub fn value(i: usize, k: usize, round: u32) -> Bytes {
     Bytes::from(format!("value of n{i}-k{k} round {round}"))
 }
@@ -76,17 +81,17 @@ pub fn view(sim: &Sim, i: usize) -> BTreeMap<String, Bytes> {
         .unwrap_or_default()
 }
 
-/// Distinct digest roots of `network` over the given nodes.
-pub fn roots(sim: &Sim, nodes: &[usize], network: &str) -> BTreeSet<Option<u64>> {
-    nodes.iter().map(|&i| sim.node(i).and_then(|n| n.root(network))).collect()
+/// Distinct digest roots of a scope over the given nodes.
+pub fn roots(sim: &Sim, nodes: &[usize], scope: Scope<'_>) -> BTreeSet<Option<u64>> {
+    nodes.iter().map(|&i| sim.node(i).and_then(|n| n.root(scope))).collect()
 }
 
 /// True when every given node shows exactly `expected` and all of them have
 /// the same digest of NET and of the cluster scope.
 pub fn converged_to(sim: &Sim, nodes: &[usize], expected: &BTreeMap<String, Bytes>) -> bool {
     nodes.iter().all(|&i| &view(sim, i) == expected)
-        && roots(sim, nodes, NET).len() == 1
-        && roots(sim, nodes, "").len() == 1
+        && roots(sim, nodes, Scope::Network(NET)).len() == 1
+        && roots(sim, nodes, Scope::Cluster).len() == 1
 }
 
 /// Waits (virtual time) for `converged_to`; panics with a summary if it
@@ -110,7 +115,7 @@ pub fn await_converged(
                 "no convergence in {limit:?}: expected {} entries; nodes differing (node, entries held): {wrong:?}; \
                  distinct NET roots {}",
                 expected.len(),
-                roots(sim, nodes, NET).len()
+                roots(sim, nodes, Scope::Network(NET)).len()
             );
         }
     }

@@ -3,10 +3,10 @@
 
 use std::time::Duration;
 
-use netdb::keyops::KeyOp;
+use netdb::KeyOp;
 use netdb::keyring::{KEY_LEN, Keyring, key_id};
 use netdb::sim::{NetConfig, Sim};
-use netdb::{Config, DropReason, MemberState};
+use netdb::{Config, DropReason, MemberState, Scope};
 use netdb_tests::*;
 
 fn ring(byte: u8) -> Keyring {
@@ -84,7 +84,7 @@ fn keyed_cluster(seed: u64, n: usize) -> Sim {
 }
 
 /// Runs a keyring command from node `from` and waits for its report.
-fn key_command(sim: &mut Sim, from: usize, op: KeyOp) -> netdb::keyops::KeyReport {
+fn key_command(sim: &mut Sim, from: usize, op: KeyOp) -> netdb::KeyReport {
     let seq = sim.with_node(from, |n, now| n.key_command(now, op)).unwrap();
     sim.run_until_true(CHECK, Duration::from_secs(30), |s| {
         s.node(from).unwrap().key_report(seq).is_some_and(|r| r.done)
@@ -117,7 +117,7 @@ fn a_replayed_capture_changes_nothing() {
     assert!(key_command(&mut sim, 1, KeyOp::Remove(key_id(&k2))).complete());
     sim.run_for(Duration::from_secs(5));
     let all: Vec<usize> = (0..n).collect();
-    let before_roots = roots(&sim, &all, NET);
+    let before_roots = roots(&sim, &all, Scope::Network(NET));
     assert_eq!(before_roots.len(), 1, "converged before the replay");
     let before_keys: Vec<_> = all.iter().map(|&i| fingerprints(&sim, i)).collect();
     let replayed_before: u64 =
@@ -127,7 +127,7 @@ fn a_replayed_capture_changes_nothing() {
         sim.inject(*from, *to, bytes);
     }
     sim.run_for(Duration::from_secs(5));
-    assert_eq!(roots(&sim, &all, NET), before_roots, "the tables did not move");
+    assert_eq!(roots(&sim, &all, Scope::Network(NET)), before_roots, "the tables did not move");
     for &i in &all {
         assert!(
             sim.node(i).unwrap().get(NET, TABLE, "k").is_none(),
@@ -260,7 +260,7 @@ fn scheduled_rotation_across_an_epoch_boundary_with_skewed_clocks() {
         all.iter().all(|&i| s.node(i).unwrap().entries(NET, TABLE).len() == written)
     });
     assert!(t.is_some(), "every entry written across the boundary reached every node");
-    assert_eq!(roots(&sim, &all, NET).len(), 1);
+    assert_eq!(roots(&sim, &all, Scope::Network(NET)).len(), 1);
     // Keyring commands do not apply to derived keys.
     let err = sim.with_node(0, |node, now| node.key_command(now, KeyOp::List)).unwrap_err();
     assert_eq!(err, netdb::Error::ScheduledKeys);

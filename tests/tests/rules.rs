@@ -6,9 +6,9 @@ use std::time::Duration;
 use bytes::Bytes;
 use netdb::codec::{self, WIRE_VERSION};
 use netdb::sim::{NetConfig, Sim};
-use netdb::{Config, DropReason};
-use netdb_wire as wire;
+use netdb::{Config, DropReason, Scope};
 use netdb_tests::*;
+use netdb_wire as wire;
 use prost::Message;
 
 fn gossip(network: &str, entries: Vec<wire::Entry>) -> Vec<u8> {
@@ -59,7 +59,7 @@ fn equal_ltime_writes_by_two_owners_end_the_same_on_every_node() {
     let all: Vec<usize> = (0..6).collect();
     let t = sim.run_until_true(CHECK, Duration::from_secs(60), |s| {
         all.iter().all(|&i| view(s, i).get("shared") == Some(&Bytes::from("from n2")))
-            && roots(s, &all, NET).len() == 1
+            && roots(s, &all, Scope::Network(NET)).len() == 1
     });
     assert!(t.is_some());
 }
@@ -82,7 +82,7 @@ fn concurrent_writes_of_one_key_converge() {
         let v0 = view(s, 0).get("shared").cloned();
         v0.is_some()
             && all.iter().all(|&i| view(s, i).get("shared") == v0.as_ref())
-            && roots(s, &all, NET).len() == 1
+            && roots(s, &all, Scope::Network(NET)).len() == 1
     });
     assert!(t.is_some(), "one value of the shared key everywhere");
 }
@@ -126,7 +126,7 @@ fn hostile_input_is_dropped_counted_and_changes_nothing() {
     let mut sim = cluster(4, 44, Config::default());
     write_entries(&mut sim, &[1, 2], 3, 1);
     sim.run_for(Duration::from_secs(5));
-    let before_root = sim.node(0).unwrap().root(NET);
+    let before_root = sim.node(0).unwrap().root(Scope::Network(NET));
     let before_view = view(&sim, 0);
     let from = sim.addr(3);
     let mut forged = entry("n1", 99, "x");
@@ -163,7 +163,7 @@ fn hostile_input_is_dropped_counted_and_changes_nothing() {
     };
     sim.with_node(0, |n, now| n.handle_sync(now, from, &unsolicited.encode_to_vec()));
     assert!(sim.node(0).unwrap().stats().dropped(DropReason::UnexpectedSync) >= 1);
-    assert_eq!(sim.node(0).unwrap().root(NET), before_root);
+    assert_eq!(sim.node(0).unwrap().root(Scope::Network(NET)), before_root);
     assert_eq!(view(&sim, 0), before_view);
     // Still serving: a new write spreads.
     sim.with_node(0, |n, now| n.put(now, NET, TABLE, "after", Bytes::from_static(b"ok")).unwrap());
@@ -235,7 +235,9 @@ fn a_node_that_saw_an_owner_fail_for_good_still_learns_it_left() {
     sim.run_for(Duration::from_secs(60));
     sim.heal();
     let live = [0, 1, 2, 3];
-    let t = sim.run_until_true(CHECK, Duration::from_secs(120), |s| roots(s, &live, "").len() == 1);
-    assert!(t.is_some(), "cluster digests stay split: {:?}", roots(&sim, &live, ""));
+    let t = sim.run_until_true(CHECK, Duration::from_secs(120), |s| {
+        roots(s, &live, Scope::Cluster).len() == 1
+    });
+    assert!(t.is_some(), "cluster digests stay split: {:?}", roots(&sim, &live, Scope::Cluster));
     assert_eq!(member_state(&sim, 0, "n4"), Some(netdb::MemberState::Left));
 }

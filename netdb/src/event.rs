@@ -1,0 +1,129 @@
+//! What a node hands its shell: packets to send and events to act on.
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use crate::membership::MemberState;
+use crate::names::{Scope, SharedTable};
+use crate::table::Entry;
+
+/// A packet or frame for the shell to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transmit {
+    /// A UDP datagram.
+    Datagram {
+        /// Where to send it.
+        to: SocketAddr,
+        /// The datagram, sealed when keys are set.
+        payload: Vec<u8>,
+    },
+    /// A push/pull frame. `opens` frames start an exchange (the shell opens
+    /// a stream to `to`); the others answer on the stream that carried the
+    /// same `sync_id` from `to`.
+    Sync {
+        /// The peer of the exchange.
+        to: SocketAddr,
+        /// The exchange, as chosen by the node that opened it.
+        sync_id: u64,
+        /// This frame starts the exchange.
+        opens: bool,
+        /// The frame, sealed when keys are set.
+        payload: Vec<u8>,
+    },
+}
+
+/// How a visible entry changed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryEventKind {
+    /// It appeared (written, or its owner came back).
+    Create,
+    /// Its value changed.
+    Update,
+    /// It went away (deleted, or its owner failed, left or was replaced).
+    Delete,
+}
+
+impl EntryEventKind {
+    /// The name watchers see: `create`, `update` or `delete`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EntryEventKind::Create => "create",
+            EntryEventKind::Update => "update",
+            EntryEventKind::Delete => "delete",
+        }
+    }
+}
+
+/// Something the shell may act on; drained with `Node::poll_event`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A visible entry of a joined network appeared, changed or went away
+    /// (deleted, or its owner failed, left or was replaced).
+    Entry {
+        /// The network.
+        network: String,
+        /// The table.
+        table: String,
+        /// The entry's key.
+        key: String,
+        /// What happened.
+        kind: EntryEventKind,
+        /// The node that owns the entry.
+        owner: String,
+        /// The value (the last one, for a delete).
+        value: Bytes,
+    },
+    /// A copy of a shared cluster object appeared, changed or went away.
+    Shared {
+        /// Which objects.
+        table: SharedTable,
+        /// The copy's key, `ID/NODE`.
+        key: String,
+        /// What happened.
+        kind: EntryEventKind,
+        /// The node whose copy it is.
+        owner: String,
+        /// The value (the last one, for a delete).
+        value: Bytes,
+    },
+    /// A member's state changed.
+    Member {
+        /// The member's name.
+        name: String,
+        /// Where it is reachable, if known.
+        addr: Option<SocketAddr>,
+        /// Its new state.
+        state: MemberState,
+    },
+    /// This node's keyring changed (a keyring command, local or from a
+    /// peer): the shell should write it back to its file.
+    KeyringChanged,
+}
+
+impl Event {
+    /// The event for an entry of a network or a shared table; `None` for
+    /// the cluster scope's own bookkeeping (node records, attachments).
+    pub(crate) fn entry(
+        scope: Scope<'_>,
+        table: &str,
+        key: &str,
+        e: &Entry,
+        kind: EntryEventKind,
+    ) -> Option<Event> {
+        let (key, owner, value) = (key.to_string(), e.owner.clone(), e.value.clone());
+        Some(match scope {
+            Scope::Network(network) => Event::Entry {
+                network: network.into(),
+                table: table.into(),
+                key,
+                kind,
+                owner,
+                value,
+            },
+            Scope::Cluster => {
+                Event::Shared { table: SharedTable::from_name(table)?, key, kind, owner, value }
+            }
+        })
+    }
+}

@@ -1,0 +1,309 @@
+//! Dissemination: gossip ticks that come only when there is work, fan-out
+//! of queued events to random peers within a byte budget per tick, digests
+//! when idle, and a push/pull when a peer's digest stays different.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use netdb_wire as wire;
+use prost::Message;
+use rand::RngExt;
+
+use super::Node;
+use super::timers::Wake;
+use crate::codec;
+use crate::event::Transmit;
+use crate::keyring::SEAL_OVERHEAD;
+use crate::names::{Scope, ScopeId};
+
+impl Node {
+    /// Where a scope's gossip goes: every live member for the cluster
+    /// scope, the live attached peers for a network.
+    pub(super) fn peers_of(&mut self, scope: Scope<'_>) -> &[SocketAddr] {
+        let Scope::Network(network) = scope else {
+            return self.cluster_peers.as_slice();
+        };
+        if self.net_peers.is_none() {
+            self.net_peers = Some(self.compute_net_peers());
+        }
+        self.net_peers.as_ref().and_then(|m| m.get(network)).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    pub(super) fn choose_peers(&mut self, scope: Scope<'_>, k: usize) -> Vec<SocketAddr> {
+        let mut peers = self.peers_of(scope).to_vec();
+        let k = k.min(peers.len());
+        // Partial Fisher-Yates: the first k are a uniform sample.
+        for i in 0..k {
+            let j = self.rng.random_range(i..peers.len());
+            peers.swap(i, j);
+        }
+        peers.truncate(k);
+        peers
+    }
+
+    /// Makes sure a gossip tick comes when there is something to do: within
+    /// a gossip interval of the last tick while events, SWIM updates or
+    /// pending exchanges wait (at once if the node was idle), else at the
+    /// next digest or periodic sync. An idle node thus wakes about once a
+    /// second instead of five times.
+    pub(super) fn arm_tick(&mut self, now: Duration) {
+        let soonest = now.max(self.last_tick.map_or(now, |t| t + self.cfg.gossip_interval));
+        if self.tick_at.is_some_and(|t| t <= soonest) {
+            return; // nothing could make it earlier
+        }
+        let pending: Vec<ScopeId> = self
+            .scopes()
+            .filter(|(_, st)| !st.queue.is_empty() || st.needs_sync)
+            .map(|(s, _)| s.to_id())
+            .collect();
+        // Work without a peer to do it with waits for the idle ticks.
+        let busy = self.swim.updates_backlog() > 0
+            || pending.iter().any(|s| !self.peers_of(s.as_scope()).is_empty());
+        let at = if busy {
+            soonest
+        } else {
+            let idle = self.scopes().map(|(_, st)| st.next_digest.min(st.next_periodic_sync)).min();
+            idle.unwrap_or(now + self.cfg.digest_interval).max(soonest)
+        };
+        if self.tick_at.is_none_or(|t| at < t) {
+            self.tick_at = Some(at);
+            self.schedule(at, Wake::Gossip);
+        }
+    }
+
+    pub(super) fn gossip_tick(&mut self, now: Duration) {
+        self.last_tick = Some(now);
+        if self.swim.updates_backlog() > 0 && !self.left {
+            // foca's own periodic gossip is off (it woke the node five times
+            // a second for nothing); its updates ride our ticks instead.
+            let r = self.swim.gossip(&mut self.rt);
+            self.count_swim_error(r);
+            self.drain_swim(now);
+        }
+        let ids = self.scope_ids();
+        for id in &ids {
+            self.scope_maintenance(now, id.as_scope());
+        }
+        // Round-robin one packet per scope until the tick's byte budget or
+        // every queue is spent, so no network starves another.
+        let mut budget = self.cfg.tick_byte_budget;
+        let mut sent_any = vec![false; ids.len()];
+        loop {
+            let mut progressed = false;
+            for (i, id) in ids.iter().enumerate() {
+                if budget == 0 {
+                    break;
+                }
+                if self.send_packet(now, id.as_scope(), &mut budget) {
+                    progressed = true;
+                    sent_any[i] = true;
+                }
+            }
+            if !progressed || budget == 0 {
+                break;
+            }
+        }
+        for (id, sent) in ids.iter().zip(sent_any) {
+            if sent {
+                let next = now + self.cfg.digest_interval;
+                if let Some(st) = self.scope_mut(id.as_scope()) {
+                    st.next_digest = next;
+                }
+            } else {
+                self.send_digest(now, id.as_scope());
+            }
+        }
+        self.arm_tick(now);
+    }
+
+    /// Sends everything queued for a scope, ignoring the tick's pacing (used
+    /// when leaving).
+    pub(super) fn gossip_scope(&mut self, now: Duration, scope: Scope<'_>, budget: &mut usize) {
+        while self.send_packet(now, scope, budget) {}
+    }
+
+    /// Periodic and pending push/pull for one scope.
+    fn scope_maintenance(&mut self, now: Duration, scope: Scope<'_>) {
+        let busy = self.syncs.values().any(|o| o.scope.as_scope() == scope);
+        let sync_interval = self.cfg.sync_interval;
+        let Some(st) = self.scope_mut(scope) else {
+            return;
+        };
+        let due = now >= st.next_periodic_sync;
+        if due {
+            st.next_periodic_sync = now + sync_interval;
+        }
+        let wanted = due || st.needs_sync;
+        if self.left || busy || !wanted || self.peers_of(scope).is_empty() {
+            return;
+        }
+        let Some(st) = self.scope_mut(scope) else {
+            return;
+        };
+        st.needs_sync = false;
+        if let Some(peer) = self.choose_peers(scope, 1).pop() {
+            self.start_sync(now, scope, peer);
+        }
+    }
+
+    /// Builds and sends one packet of queued events; false if nothing left
+    /// to send or no peer to send to.
+    fn send_packet(&mut self, now: Duration, scope: Scope<'_>, budget: &mut usize) -> bool {
+        if self.scope(scope).is_none_or(|st| st.queue.is_empty()) {
+            return false;
+        }
+        let peers = self.choose_peers(scope, self.cfg.gossip_fanout);
+        if peers.is_empty() {
+            return false;
+        }
+        let budget_bytes = self.cfg.packet_budget;
+        let Some(st) = self.scope_mut(scope) else {
+            return false;
+        };
+        let root = st.data.digest().root();
+        let network = scope.wire_name();
+        let header =
+            wire::Gossip { network: network.into(), root, entries: Vec::new() }.encoded_len();
+        // The datagram wrapper's length prefix takes at most 3 bytes here.
+        let avail = budget_bytes
+            .saturating_sub(header + codec::datagram_overhead(budget_bytes) + SEAL_OVERHEAD);
+        let (ids, took) = st.queue.take(avail, |q| q.framed_len);
+        let entries: Vec<wire::Entry> = ids
+            .iter()
+            .filter_map(|&id| st.queue.get(id))
+            .map(|q| wire::Entry {
+                reap_in_ms: codec::residual_ms(q.reap_at, now),
+                ..q.entry.clone()
+            })
+            .collect();
+        st.queue.sent(&ids);
+        self.stats.queue_oversized += took.oversized as u64;
+        if entries.is_empty() {
+            return false;
+        }
+        let payload =
+            self.seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+                network: network.into(),
+                root,
+                entries,
+            })));
+        debug_assert!(payload.len() <= self.cfg.packet_budget, "{} > budget", payload.len());
+        for to in peers {
+            *budget = budget.saturating_sub(payload.len());
+            self.stats.gossip_out.add(payload.len());
+            self.outbox.push_back(Transmit::Datagram { to, payload: payload.clone() });
+        }
+        true
+    }
+
+    /// With nothing queued, a scope still tells one random peer its digest
+    /// every `digest_interval`, so divergence is noticed within seconds.
+    fn send_digest(&mut self, now: Duration, scope: Scope<'_>) {
+        let Some(st) = self.scope(scope) else {
+            return;
+        };
+        // Digests due before the next tick go now, so scopes share wake-ups.
+        if now + self.cfg.gossip_interval / 2 < st.next_digest {
+            return;
+        }
+        let root = st.data.digest().root();
+        let next = now + self.cfg.digest_interval;
+        if let Some(st) = self.scope_mut(scope) {
+            st.next_digest = next;
+        }
+        let Some(to) = self.choose_peers(scope, 1).pop() else {
+            return;
+        };
+        let payload =
+            self.seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+                network: scope.wire_name().into(),
+                root,
+                entries: Vec::new(),
+            })));
+        self.stats.gossip_out.add(payload.len());
+        self.outbox.push_back(Transmit::Datagram { to, payload });
+    }
+
+    /// A peer's digest differs from ours: once the difference has outlived
+    /// the updates in flight, push/pull with that peer.
+    pub(super) fn compare_root(
+        &mut self,
+        now: Duration,
+        scope: Scope<'_>,
+        theirs: u64,
+        from: SocketAddr,
+    ) {
+        let delay = self.cfg.mismatch_sync_after;
+        let busy = self.syncs.values().any(|o| o.scope.as_scope() == scope);
+        let Some(st) = self.scope_mut(scope) else {
+            return;
+        };
+        let mine = st.data.digest().root();
+        if mine != st.last_root {
+            st.last_root = mine;
+            st.root_changed_at = now;
+        }
+        if mine == theirs {
+            st.mismatch_since = None;
+            return;
+        }
+        let since = *st.mismatch_since.get_or_insert(now);
+        let settled = now.saturating_sub(st.root_changed_at) >= delay;
+        let long = now.saturating_sub(since) >= delay * 5;
+        let recent = st.last_sync_at.is_some_and(|t| now.saturating_sub(t) < delay);
+        if busy || recent || now.saturating_sub(since) < delay || !(settled || long) {
+            return;
+        }
+        self.start_sync(now, scope, from);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use netdb_wire as wire;
+    use prost::Message;
+
+    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use crate::event::Transmit;
+    use crate::names::{NETWORKS_TABLE, NODES_TABLE};
+
+    #[test]
+    fn gossip_packets_never_exceed_the_budget() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::ZERO;
+        n.join_network(t, "net").unwrap();
+        // A peer attached to the network, so there is someone to send to.
+        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
+        let record = wire::NodeRecord { addr: PEER.into(), left: false };
+        let rec = peer_entry(NODES_TABLE, "peer", record.encode_to_vec().into(), 2, false);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("", vec![attach, rec]));
+        assert_eq!(n.network_peers("net"), vec!["peer".to_string()]);
+        // Values of every size up to the limit, some larger than a packet.
+        for i in 0..300usize {
+            let len = (i * 37) % 2000;
+            n.put(t, "net", "t", &format!("key-{i}"), Bytes::from(vec![b'x'; len])).unwrap();
+        }
+        let mut sizes = Vec::new();
+        let mut now = t;
+        for _ in 0..100 {
+            now += n.config().gossip_interval;
+            n.handle_timeout(now);
+            while let Some(tx) = n.poll_transmit() {
+                if let Transmit::Datagram { payload, .. } = tx {
+                    sizes.push(payload.len());
+                }
+            }
+        }
+        assert!(sizes.len() > 50);
+        let max = sizes.iter().copied().max().unwrap();
+        assert!(max <= 1400, "largest datagram {max} B");
+        assert!(max > 1300, "packets are filled: largest {max} B");
+        assert!(
+            n.stats().queue_oversized > 0,
+            "entries larger than a packet are left to push/pull"
+        );
+    }
+}

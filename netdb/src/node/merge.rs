@@ -1,0 +1,337 @@
+//! Writes and merges: a local write stamped with the next Lamport time, a
+//! remote entry admitted by its owner's state and merged by version, the
+//! store that queues news for gossip and emits events, and tombstone reaps.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use netdb_wire as wire;
+use prost::Message;
+
+use super::Node;
+use super::cluster::is_leave_record;
+use super::scope::Queued;
+use super::timers::Wake;
+use crate::codec::{self, entry_from_wire, entry_to_wire};
+use crate::event::{EntryEventKind, Event};
+use crate::membership::{Owner, Status};
+use crate::names::Scope;
+use crate::stats::DropReason;
+use crate::table::{Change, Entry, Rewrite};
+
+/// How an entry reached this node; gossip news is relayed, sync news is not
+/// (the digest comparison spreads repairs without flooding the queues).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Via {
+    Gossip,
+    Sync,
+}
+
+/// Largest step ahead of the local clock an entry's time may take (about a
+/// trillion writes): far beyond any real cluster, far below the top.
+const MAX_LTIME_JUMP: u64 = 1 << 40;
+
+impl Node {
+    /// A local write (create, update or tombstone) of an entry this node
+    /// owns, stamped with the next Lamport time.
+    pub(super) fn write(
+        &mut self,
+        now: Duration,
+        scope: Scope<'_>,
+        table: &str,
+        key: &str,
+        value: Bytes,
+        deleted: bool,
+    ) {
+        // The write must beat whatever this key holds (a tombstone of another
+        // owner, a hidden entry), or peers would refuse it while we keep it.
+        if let Some(old) = self.scope(scope).and_then(|st| st.data.get(table, key)) {
+            self.clock.witness(old.ltime);
+        }
+        let entry = Entry {
+            value,
+            owner: self.name.clone(),
+            incarnation: self.incarnation,
+            ltime: self.clock.tick(),
+            deleted,
+            reap_at: deleted.then(|| now + self.cfg.tombstone_ttl),
+            hidden: false,
+        };
+        self.store(now, scope, table, key, entry, Some(false));
+    }
+
+    /// Stores an entry that won the merge; `relay` queues it for gossip
+    /// (`Some(relayed)`).
+    fn store(
+        &mut self,
+        now: Duration,
+        scope: Scope<'_>,
+        table: &str,
+        key: &str,
+        entry: Entry,
+        relay: Option<bool>,
+    ) {
+        if let Some(at) = entry.reap_at {
+            let wake = Wake::Reap { scope: scope.to_id(), table: table.into(), key: key.into() };
+            self.schedule(at, wake);
+        }
+        if let Some(relayed) = relay {
+            self.enqueue(now, scope, table, key, &entry, relayed);
+        }
+        let Some(st) = self.scope_mut(scope) else {
+            return;
+        };
+        let after = entry.clone();
+        let before = st.data.insert(table, key, entry);
+        self.emit_change(scope, table, key, before.as_ref(), Some(&after));
+        if scope == Scope::Cluster {
+            self.cluster_entry_changed(now, table, key, &after);
+        }
+    }
+
+    fn enqueue(
+        &mut self,
+        now: Duration,
+        scope: Scope<'_>,
+        table: &str,
+        key: &str,
+        e: &Entry,
+        relayed: bool,
+    ) {
+        let n = self.peers_of(scope).len() + 1;
+        let limit = self.cfg.transmit_limit(n, relayed);
+        let entry = entry_to_wire(table, key, e, now);
+        let len = entry.encoded_len();
+        let framed_len = 1 + codec::varint_len(len as u64) + len;
+        let Some(st) = self.scope_mut(scope) else {
+            return;
+        };
+        let dropped = st.queue.push(
+            (table.into(), key.into()),
+            Queued { entry, reap_at: e.reap_at, framed_len },
+            limit,
+        );
+        self.stats.queue_overflow += dropped as u64;
+        self.arm_tick(now);
+    }
+
+    /// Merges an entry that came from a peer; returns whether it was news.
+    pub(super) fn apply_remote(
+        &mut self,
+        now: Duration,
+        scope: Scope<'_>,
+        w: &wire::Entry,
+        via: Via,
+    ) -> bool {
+        // A corrupt or hostile time far ahead would pin every clock at the
+        // top, where distinct writes share a version.
+        if w.ltime > self.clock.time().saturating_add(MAX_LTIME_JUMP) {
+            self.stats.drop(DropReason::BadEntry);
+            return false;
+        }
+        let hidden = match self.admit_owner(scope, w) {
+            Ok(hidden) => hidden,
+            Err(r) => {
+                self.stats.drop(r);
+                return false;
+            }
+        };
+        if let Scope::Network(net) = scope
+            && self.detached_before(net, &w.owner, w.incarnation, w.ltime)
+        {
+            self.stats.drop(DropReason::DetachedOwner);
+            return false;
+        }
+        self.clock.witness(w.ltime);
+        let Some(st) = self.scope(scope) else {
+            return false;
+        };
+        let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
+        entry.hidden = hidden;
+        if let Some(old) = st.data.get(&w.table, &w.key)
+            && !entry.supersedes(old)
+        {
+            return false;
+        }
+        match via {
+            Via::Gossip => self.stats.entries_from_gossip += 1,
+            Via::Sync => self.stats.entries_from_sync += 1,
+        }
+        let relay = (via == Via::Gossip && !hidden).then_some(true);
+        self.store(now, scope, &w.table, &w.key, entry, relay);
+        true
+    }
+
+    /// Decides whether entries of this owner are accepted, and whether they
+    /// arrive hidden (owner failed). Learning of a newer incarnation removes
+    /// the older one's entries.
+    fn admit_owner(&mut self, scope: Scope<'_>, w: &wire::Entry) -> Result<bool, DropReason> {
+        if w.owner == self.name {
+            return if w.incarnation < self.incarnation {
+                Err(DropReason::StaleIncarnation)
+            } else if w.incarnation > self.incarnation {
+                // Another process claims our name with a later start.
+                tracing::warn!(name = %self.name, "entry from a newer incarnation of this node's own name");
+                Err(DropReason::ForgedOwner)
+            } else {
+                Ok(false)
+            };
+        }
+        match self.owners.get(&w.owner) {
+            None => {
+                self.owners.insert(
+                    w.owner.clone(),
+                    Owner { incarnation: w.incarnation, status: Status::Alive, addr: None },
+                );
+                Ok(false)
+            }
+            Some(o) if w.incarnation < o.incarnation => Err(DropReason::StaleIncarnation),
+            Some(o) if w.incarnation > o.incarnation => {
+                self.new_incarnation(&w.owner.clone(), w.incarnation, None);
+                Ok(false)
+            }
+            Some(o) => match o.status {
+                Status::Alive => Ok(false),
+                Status::Failed { .. } => Ok(true),
+                // A node that saw the owner fail for good must still learn
+                // that it left, or its cluster digest differs forever from
+                // those of nodes that saw the leave.
+                Status::Gone if is_leave_record(scope, w) => Ok(false),
+                Status::Gone | Status::Left => Err(DropReason::OwnerGone),
+            },
+        }
+    }
+
+    /// Removes a tombstone whose lifetime is over.
+    pub(super) fn reap(&mut self, now: Duration, scope: Scope<'_>, table: &str, key: &str) {
+        let Some(st) = self.scope_mut(scope) else {
+            return;
+        };
+        let due = matches!(st.data.get(table, key), Some(e) if e.deleted && e.reap_at.is_some_and(|at| at <= now));
+        if due {
+            st.data.remove(table, key);
+            st.queue.invalidate(&(table.to_string(), key.to_string()));
+            if scope == Scope::Cluster {
+                self.cluster_entry_removed(table);
+            }
+        }
+    }
+
+    fn emit_change(
+        &mut self,
+        scope: Scope<'_>,
+        table: &str,
+        key: &str,
+        before: Option<&Entry>,
+        after: Option<&Entry>,
+    ) {
+        let was = before.is_some_and(Entry::visible);
+        let (kind, e) = match (was, after.filter(|e| e.visible())) {
+            (false, Some(e)) => (EntryEventKind::Create, e),
+            (true, Some(e)) => (EntryEventKind::Update, e),
+            (true, None) => match (after, before) {
+                (Some(a), _) => (EntryEventKind::Delete, a),
+                (None, Some(b)) => (EntryEventKind::Delete, b),
+                (None, None) => return,
+            },
+            (false, None) => return,
+        };
+        self.events.extend(Event::entry(scope, table, key, e, kind));
+    }
+
+    pub(super) fn emit_changes(&mut self, scope: Scope<'_>, changes: &[Change]) {
+        for c in changes {
+            self.emit_change(scope, &c.table, &c.key, c.before.as_ref(), c.after.as_ref());
+        }
+    }
+
+    /// Applies `f(scope, table, entry)` to the entries of `owner` in every
+    /// scope; entries that leave the gossip (removed or hidden) leave the
+    /// broadcast queues too.
+    pub(super) fn rewrite_owner(
+        &mut self,
+        owner: &str,
+        f: impl Fn(Scope<'_>, &str, &Entry) -> Rewrite,
+    ) {
+        for id in self.scope_ids() {
+            let scope = id.as_scope();
+            let Some(st) = self.scope_mut(scope) else {
+                continue;
+            };
+            let changes = st
+                .data
+                .rewrite(|t, _, e| if e.owner == owner { f(scope, t, e) } else { Rewrite::Keep });
+            if changes.is_empty() {
+                continue;
+            }
+            for c in &changes {
+                if c.after.as_ref().is_none_or(|e| e.hidden) {
+                    st.queue.invalidate(&(c.table.clone(), c.key.clone()));
+                }
+            }
+            self.emit_changes(scope, &changes);
+        }
+        self.net_peers = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use crate::event::{EntryEventKind, Event};
+    use crate::stats::DropReason;
+
+    #[test]
+    fn local_tombstone_is_reaped_after_its_lifetime() {
+        let ttl = Duration::from_secs(60);
+        let mut n = node(ttl);
+        let t0 = Duration::from_secs(1);
+        n.join_network(t0, "net").unwrap();
+        n.put(t0, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
+        n.delete(t0, "net", "t", "k").unwrap();
+        assert!(n.get("net", "t", "k").is_none());
+        assert_eq!(n.raw_entries("net").len(), 1, "tombstone kept");
+        n.handle_timeout(t0 + ttl - Duration::from_millis(1));
+        assert_eq!(n.raw_entries("net").len(), 1, "not before its time");
+        n.handle_timeout(t0 + ttl);
+        assert!(n.raw_entries("net").is_empty(), "reaped");
+        let kinds: Vec<_> = std::iter::from_fn(|| n.poll_event())
+            .filter_map(|e| match e {
+                Event::Entry { kind, .. } => Some(kind),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(kinds, vec![EntryEventKind::Create, EntryEventKind::Delete]);
+    }
+
+    #[test]
+    fn a_write_beats_what_the_key_holds_even_from_a_later_clock() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        n.join_network(t, "net").unwrap();
+        // A peer's tombstone far ahead of our clock arrives for the key.
+        let tomb = peer_entry("t", "k", Bytes::new(), 1_000, true);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("net", vec![tomb]));
+        assert_eq!(n.raw_entries("net").len(), 1);
+        n.put(t, "net", "t", "k", Bytes::from_static(b"mine")).unwrap();
+        let e = n.get("net", "t", "k").expect("visible");
+        assert!(e.ltime > 1_000);
+    }
+
+    #[test]
+    fn a_time_far_ahead_of_the_clock_is_refused() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        n.join_network(t, "net").unwrap();
+        let before = n.clock.time();
+        let wild = peer_entry("t", "k", Bytes::new(), u64::MAX, false);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("net", vec![wild]));
+        assert_eq!(n.stats().dropped(DropReason::BadEntry), 1);
+        assert_eq!(n.clock.time(), before, "the clock did not jump");
+        assert!(n.raw_entries("net").is_empty());
+    }
+}

@@ -1,0 +1,148 @@
+//! Each owner's life as this node sees it: up, failed (entries hidden but
+//! kept), gone after the grace period or left (entries removed), replaced
+//! by a newer incarnation (the older one's entries removed for good).
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use super::Node;
+use super::timers::Wake;
+use crate::event::Event;
+use crate::membership::{Identity, MemberState, Owner, Status};
+use crate::names::{NODES_TABLE, Scope, valid_name};
+use crate::table::{Entry, Rewrite};
+
+impl Node {
+    fn member_event(&mut self, name: &str, state: MemberState) {
+        let addr = self.owners.get(name).and_then(|o| o.addr);
+        self.events.push_back(Event::Member { name: name.into(), addr, state });
+    }
+
+    /// foca says `id` is up: a new owner, a newer incarnation, or a failed
+    /// owner back (its hidden entries become visible again, unchanged).
+    pub(super) fn owner_up(&mut self, id: &Identity) {
+        if id.name == self.name || !valid_name(&id.name, self.cfg.max_name_len) {
+            return;
+        }
+        let known = self.owners.get(&id.name).map(|o| (o.incarnation, o.status));
+        match known {
+            Some((inc, _)) if id.incarnation < inc => return,
+            Some((inc, _)) if id.incarnation > inc => {
+                self.new_incarnation(&id.name, id.incarnation, Some(id.addr));
+            }
+            Some((_, Status::Failed { .. })) => {
+                let inc = id.incarnation;
+                self.rewrite_owner(&id.name, |_, _, e| {
+                    if e.incarnation == inc && e.hidden {
+                        Rewrite::Replace(Entry { hidden: false, ..e.clone() })
+                    } else {
+                        Rewrite::Keep
+                    }
+                });
+                // What it changed while away arrives by push/pull, now
+                // rather than at the next periodic sync.
+                for st in self.scopes_mut() {
+                    st.needs_sync = true;
+                }
+            }
+            Some((_, Status::Alive)) => {}
+            Some((_, Status::Gone | Status::Left)) => {
+                // Its entries were removed; push/pull brings back what it
+                // still holds.
+                self.cluster.needs_sync = true;
+            }
+            None => {}
+        }
+        let o = self.owners.entry(id.name.clone()).or_insert(Owner {
+            incarnation: id.incarnation,
+            status: Status::Alive,
+            addr: None,
+        });
+        o.status = Status::Alive;
+        o.addr = Some(id.addr);
+        self.net_peers = None;
+        self.member_event(&id.name, MemberState::Alive);
+    }
+
+    pub(super) fn owner_down(&mut self, now: Duration, id: &Identity) {
+        let Some(o) = self.owners.get_mut(&id.name) else {
+            return;
+        };
+        if o.incarnation != id.incarnation || o.status != Status::Alive {
+            return;
+        }
+        o.status = Status::Failed { since: now };
+        let inc = id.incarnation;
+        self.rewrite_owner(&id.name, |_, _, e| {
+            if e.incarnation == inc && !e.hidden {
+                Rewrite::Replace(Entry { hidden: true, ..e.clone() })
+            } else {
+                Rewrite::Keep
+            }
+        });
+        let wake = Wake::Grace { name: id.name.clone(), incarnation: inc };
+        self.schedule(now + self.cfg.failed_grace, wake);
+        self.member_event(&id.name, MemberState::Failed);
+    }
+
+    pub(super) fn grace_expired(&mut self, now: Duration, name: &str, incarnation: u64) {
+        let Some(o) = self.owners.get_mut(name) else {
+            return;
+        };
+        let expired =
+            matches!(o.status, Status::Failed { since } if since + self.cfg.failed_grace <= now);
+        if o.incarnation != incarnation || !expired {
+            return;
+        }
+        o.status = Status::Gone;
+        self.rewrite_owner(name, |_, _, e| {
+            if e.incarnation == incarnation { Rewrite::Remove } else { Rewrite::Keep }
+        });
+    }
+
+    pub(super) fn owner_left(&mut self, name: &str, incarnation: u64) {
+        let Some(o) = self.owners.get_mut(name) else {
+            return;
+        };
+        if o.incarnation != incarnation || o.status == Status::Left {
+            return;
+        }
+        o.status = Status::Left;
+        // The record that says "left" stays, visible and in the digest even
+        // if it arrived while the owner looked failed, so late copies of the
+        // owner's entries are refused and the news also spreads by push/pull.
+        self.rewrite_owner(name, |scope, table, e| {
+            if e.incarnation != incarnation {
+                Rewrite::Keep
+            } else if scope == Scope::Cluster && table == NODES_TABLE && !e.deleted {
+                Rewrite::Replace(Entry { hidden: false, ..e.clone() })
+            } else {
+                Rewrite::Remove
+            }
+        });
+        self.member_event(name, MemberState::Left);
+    }
+
+    /// A newer incarnation of `name` exists: everything the older ones wrote
+    /// is gone for good.
+    pub(super) fn new_incarnation(
+        &mut self,
+        name: &str,
+        incarnation: u64,
+        addr: Option<SocketAddr>,
+    ) {
+        let o = self.owners.entry(name.into()).or_insert(Owner {
+            incarnation,
+            status: Status::Alive,
+            addr,
+        });
+        o.incarnation = incarnation;
+        o.status = Status::Alive;
+        if addr.is_some() {
+            o.addr = addr;
+        }
+        self.rewrite_owner(name, |_, _, e| {
+            if e.incarnation < incarnation { Rewrite::Remove } else { Rewrite::Keep }
+        });
+    }
+}

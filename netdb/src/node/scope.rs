@@ -1,0 +1,68 @@
+//! What a node keeps per scope besides the tables: the broadcast queue and
+//! the bookkeeping that decides when to send a digest or start a push/pull.
+
+use std::time::Duration;
+
+use netdb_wire as wire;
+use rand::RngExt;
+use rand::rngs::StdRng;
+
+use crate::broadcast::BroadcastQueue;
+use crate::config::Config;
+use crate::digest::Digest;
+use crate::table::Tables;
+
+/// An entry waiting in a broadcast queue.
+#[derive(Debug)]
+pub(super) struct Queued {
+    pub(super) entry: wire::Entry,
+    pub(super) reap_at: Option<Duration>,
+    /// Bytes it adds to a packet (field tag and length included); an upper
+    /// bound, since the residual reap time only shrinks.
+    pub(super) framed_len: usize,
+}
+
+/// (table, key): a newer event of the same entry replaces the queued one.
+pub(super) type QueueKey = (String, String);
+
+#[derive(Debug)]
+pub(super) struct ScopeState {
+    pub(super) data: Tables,
+    pub(super) queue: BroadcastQueue<QueueKey, Queued>,
+    pub(super) last_root: u64,
+    pub(super) root_changed_at: Duration,
+    pub(super) mismatch_since: Option<Duration>,
+    pub(super) last_sync_at: Option<Duration>,
+    pub(super) next_periodic_sync: Duration,
+    pub(super) next_digest: Duration,
+    /// Sync with the next peer that appears (joined, rejoined, or a sync
+    /// failed).
+    pub(super) needs_sync: bool,
+    /// A push/pull with some peer completed at least once.
+    pub(super) synced: bool,
+}
+
+impl ScopeState {
+    /// A scope joined at `now`: it syncs with the first peer it finds, and
+    /// its periodic syncs are jittered so scopes and nodes do not align.
+    pub(super) fn new(cfg: &Config, now: Duration, rng: &mut StdRng) -> ScopeState {
+        ScopeState {
+            data: Tables::default(),
+            queue: BroadcastQueue::new(cfg.max_queue_len),
+            last_root: Digest::default().root(),
+            root_changed_at: now,
+            mismatch_since: None,
+            last_sync_at: None,
+            synced: false,
+            next_periodic_sync: now + cfg.sync_interval + jitter(rng, cfg.sync_interval / 4),
+            next_digest: now,
+            needs_sync: true,
+        }
+    }
+}
+
+/// A uniform random delay in `0..=max`, at millisecond grain.
+pub(super) fn jitter(rng: &mut StdRng, max: Duration) -> Duration {
+    let ms = max.as_millis().min(u128::from(u64::MAX)) as u64;
+    Duration::from_millis(rng.random_range(0..=ms))
+}

@@ -1,0 +1,189 @@
+//! Glue to foca, the SWIM implementation: announcing to seeds and known
+//! nodes, moving foca's effects (packets, timers, notifications) into the
+//! node, and keeping foca's settings in step with the cluster size.
+
+use std::net::SocketAddr;
+use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
+use std::time::Duration;
+
+use foca::OwnedNotification;
+use netdb_wire as wire;
+use rand::RngExt;
+
+use super::Node;
+use super::timers::Wake;
+use crate::codec;
+use crate::config::Config;
+use crate::keyring::SEAL_OVERHEAD;
+use crate::membership::{Identity, Status};
+
+/// Known nodes (besides the seeds) an announce round knocks on.
+const KNOCK_KNOWN: usize = 3;
+
+impl Node {
+    /// Knocks on the seeds' doors and on a few other nodes this node has
+    /// known, then retries with backoff until foca reports us active.
+    ///
+    /// Known nodes matter after a rejoin: when many nodes renew their SWIM
+    /// identity at once (a healed partition), each addresses the others'
+    /// old identities, which foca ignores; only an announce is accepted by
+    /// address alone, so it is what reconnects them.
+    pub(super) fn announce(&mut self, now: Duration) {
+        let mut targets = self.seeds.clone();
+        let mut known: Vec<SocketAddr> = self
+            .owners
+            .iter()
+            .filter(|(name, o)| *name != &self.name && o.status != Status::Left)
+            .filter_map(|(_, o)| o.addr)
+            .filter(|a| !targets.contains(a))
+            .collect();
+        for i in 0..known.len().min(KNOCK_KNOWN) {
+            let j = self.rng.random_range(i..known.len());
+            known.swap(i, j);
+            targets.push(known[i]);
+        }
+        for to in targets {
+            let r = self.swim.announce(Identity::placeholder(to), &mut self.rt);
+            self.count_swim_error(r);
+        }
+        self.drain_swim(now);
+        self.join_token += 1;
+        let delay = self.join_delay;
+        self.join_delay = (self.join_delay * 2).min(self.cfg.join_retry_max);
+        self.schedule(now + delay, Wake::JoinRetry(self.join_token));
+    }
+
+    /// (Re)starts the announce loop after a short random delay, so nodes
+    /// that lost the cluster together do not knock in lockstep.
+    fn start_announcing(&mut self, now: Duration) {
+        if self.left {
+            return;
+        }
+        self.active = false;
+        self.join_delay = self.cfg.join_retry;
+        self.join_token += 1;
+        let at = now + self.jitter(self.cfg.gossip_interval);
+        self.schedule(at, Wake::JoinRetry(self.join_token));
+    }
+
+    /// Moves foca's effects out of its runtime: packets to the outbox,
+    /// timers to the scheduler, notifications into the owner life cycle.
+    pub(super) fn drain_swim(&mut self, now: Duration) {
+        loop {
+            let mut progressed = false;
+            while let Some((to, data)) = self.rt.to_send() {
+                progressed = true;
+                self.send_control(to.addr, wire::datagram::Body::Swim(data));
+            }
+            while let Some((after, timer)) = self.rt.to_schedule() {
+                progressed = true;
+                self.schedule(now + after, Wake::Swim(timer));
+            }
+            while let Some(n) = self.rt.to_notify() {
+                progressed = true;
+                self.swim_notification(now, n);
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.arm_tick(now);
+    }
+
+    fn swim_notification(&mut self, now: Duration, n: OwnedNotification<Identity>) {
+        match n {
+            OwnedNotification::MemberUp(id) => {
+                self.cluster_peers.insert(id.addr);
+                self.owner_up(&id);
+                self.resize_swim();
+            }
+            OwnedNotification::MemberDown(id) => {
+                self.cluster_peers.remove(&id.addr);
+                self.owner_down(now, &id);
+                self.resize_swim();
+            }
+            OwnedNotification::Rename(old, new) => {
+                if old.name != new.name {
+                    self.owner_down(now, &old);
+                }
+                if new.incarnation > old.incarnation || old.name != new.name {
+                    self.owner_up(&new);
+                }
+            }
+            OwnedNotification::Active => {
+                self.active = true;
+                self.cluster.needs_sync = true;
+            }
+            OwnedNotification::Idle => self.start_announcing(now),
+            OwnedNotification::Rejoin(id) => {
+                tracing::info!(
+                    generation = id.generation,
+                    "declared down by the cluster; rejoined"
+                );
+                for st in self.scopes_mut() {
+                    st.needs_sync = true;
+                }
+                self.start_announcing(now);
+            }
+            OwnedNotification::Defunct if self.left => {}
+            OwnedNotification::Defunct => {
+                tracing::warn!("declared down and could not renew identity");
+            }
+        }
+    }
+
+    /// Keeps foca's retransmissions and suspicion timeout in step with the
+    /// cluster size (they grow with log10 n).
+    fn resize_swim(&mut self) {
+        let n = self.cluster_peers.len() as u32 + 1;
+        let params = swim_params(&self.cfg, n);
+        if params != self.swim_params {
+            self.swim_params = params;
+            let r = self.swim.set_config(swim_config(&self.cfg, n));
+            self.count_swim_error(r);
+        }
+    }
+
+    /// foca refused a call: counted, since the call changed nothing and a
+    /// steady count means membership is not being kept.
+    pub(super) fn count_swim_error(&mut self, r: Result<(), foca::Error>) {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "foca refused a call");
+            self.stats.swim_errors += 1;
+        }
+    }
+}
+
+/// foca's retransmissions and suspicion timeout for a cluster of `n`:
+/// updates go out as often as table events (`retransmit_mult ×
+/// ceil(log10(n+1))`; foca's own default gives a single transmission to
+/// small clusters, which left some nodes unaware of a failure for many
+/// seconds), suspicion lasts `suspicion_mult × max(1, log10 n)` probes.
+pub(super) fn swim_params(cfg: &Config, n: u32) -> (u8, Duration) {
+    let tx = cfg.transmit_limit(n as usize, false).clamp(1, u32::from(u8::MAX)) as u8;
+    let scale = f64::from(n.max(1)).log10().max(1.0);
+    (tx, cfg.probe_period.mul_f64(cfg.suspicion_mult * scale))
+}
+
+pub(super) fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
+    let n = NonZeroU32::new(cluster_size.max(1)).unwrap_or(NonZeroU32::MIN);
+    let mut c = foca::Config::new_lan(n);
+    c.probe_period = cfg.probe_period;
+    c.probe_rtt = cfg.probe_rtt;
+    let (tx, suspicion) = swim_params(cfg, n.get());
+    c.max_transmissions = NonZeroU8::new(tx).unwrap_or(NonZeroU8::MIN);
+    c.suspect_to_down_after = suspicion;
+    // NetworkDB retries failed nodes every second; foca's default (65 s)
+    // would leave a healed partition split for minutes.
+    c.periodic_announce_to_down_members = Some(foca::PeriodicParams {
+        frequency: cfg.reconnect_interval,
+        num_members: NonZeroUsize::MIN,
+    });
+    c.periodic_gossip = None;
+    // foca's packet rides inside a Datagram: leave room for its framing.
+    let room = cfg
+        .packet_budget
+        .saturating_sub(codec::datagram_overhead(cfg.packet_budget) + SEAL_OVERHEAD);
+    c.max_packet_size = NonZeroUsize::new(room.max(256)).unwrap_or(NonZeroUsize::MIN);
+    c
+}

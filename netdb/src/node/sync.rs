@@ -1,0 +1,193 @@
+//! Push/pull anti-entropy. The opener sends its digest; the server answers
+//! with its digest and its entries in the buckets that differ; the opener
+//! merges them and sends back its own entries in those buckets. Exchanges
+//! are bounded (frames, concurrent serves) and time out.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use netdb_wire as wire;
+use netdb_wire::sync_message::Body as B;
+use prost::Message;
+use rand::RngExt;
+
+use super::Node;
+use super::merge::Via;
+use super::timers::Wake;
+use crate::codec::{self, entry_to_wire};
+use crate::digest::{BUCKETS, BucketSet, DIGEST_BYTES, bucket_of};
+use crate::names::{Scope, ScopeId};
+use crate::stats::DropReason;
+
+/// Bound on push/pull exchanges this node serves at once.
+const MAX_SERVING: usize = 64;
+
+/// Room left in a sync frame for its header and digest.
+const DIGEST_SLACK: usize = DIGEST_BYTES + 256;
+
+/// An exchange this node opened.
+#[derive(Debug)]
+pub(super) struct Outgoing {
+    pub(super) scope: ScopeId,
+    pub(super) peer: SocketAddr,
+}
+
+impl Node {
+    /// A validated push/pull message from `from`.
+    pub(super) fn sync_message(&mut self, now: Duration, from: SocketAddr, m: wire::SyncMessage) {
+        let scope = Scope::from_wire(&m.network);
+        match m.body {
+            Some(B::Request(d)) => self.serve_sync(now, from, m.sync_id, scope, &d),
+            Some(B::Reply(r)) => {
+                match self.syncs.get(&m.sync_id) {
+                    Some(out) if out.peer == from && out.scope.as_scope() == scope => {}
+                    _ => return self.stats.drop(DropReason::UnexpectedSync),
+                }
+                self.syncs.remove(&m.sync_id);
+                if self.scope(scope).is_none() {
+                    return self.stats.drop(DropReason::NotMember);
+                }
+                for e in &r.entries {
+                    self.apply_remote(now, scope, e, Via::Sync);
+                }
+                let theirs = r.digest.as_ref().and_then(codec::parse_digest).unwrap_or_default();
+                let Some(st) = self.scope_mut(scope) else { return };
+                st.synced = true;
+                let differ = st.data.digest().differing(&theirs);
+                let entries = self.bucket_entries(now, scope, differ);
+                let msg = wire::SyncMessage {
+                    version: codec::WIRE_VERSION,
+                    sync_id: m.sync_id,
+                    network: m.network.clone(),
+                    body: Some(B::Entries(wire::SyncEntries { entries })),
+                };
+                self.send_sync(from, m.sync_id, false, msg);
+                self.stats.syncs_completed += 1;
+            }
+            Some(B::Entries(es)) => {
+                match self.serving.remove(&(from, m.sync_id)) {
+                    Some(s) if s.as_scope() == scope && self.scope(scope).is_some() => {}
+                    _ => return self.stats.drop(DropReason::UnexpectedSync),
+                }
+                for e in &es.entries {
+                    self.apply_remote(now, scope, e, Via::Sync);
+                }
+                if let Some(st) = self.scope_mut(scope) {
+                    st.synced = true;
+                }
+            }
+            Some(B::Refused(_)) => match self.syncs.get(&m.sync_id) {
+                Some(out) if out.peer == from => {
+                    if let Some(out) = self.syncs.remove(&m.sync_id) {
+                        self.sync_failed(out.scope.as_scope());
+                    }
+                }
+                _ => self.stats.drop(DropReason::UnexpectedSync),
+            },
+            None => self.stats.drop(DropReason::Malformed),
+        }
+    }
+
+    /// Opens an exchange of a scope with `peer`.
+    pub(super) fn start_sync(&mut self, now: Duration, scope: Scope<'_>, peer: SocketAddr) {
+        let Some(st) = self.scope_mut(scope) else {
+            return;
+        };
+        st.last_sync_at = Some(now);
+        st.mismatch_since = None;
+        let digest = st.data.digest().to_bytes();
+        let id = self.next_sync_id;
+        self.next_sync_id += 1;
+        self.syncs.insert(id, Outgoing { scope: scope.to_id(), peer });
+        self.stats.syncs_started += 1;
+        let msg = wire::SyncMessage {
+            version: codec::WIRE_VERSION,
+            sync_id: id,
+            network: scope.wire_name().into(),
+            body: Some(B::Request(wire::Digest { buckets: digest.into() })),
+        };
+        self.send_sync(peer, id, true, msg);
+        self.schedule(now + self.cfg.sync_timeout, Wake::SyncTimeout(id));
+    }
+
+    /// An exchange failed: the scope syncs again with the next chance.
+    pub(super) fn sync_failed(&mut self, scope: Scope<'_>) {
+        self.stats.syncs_failed += 1;
+        if let Some(st) = self.scope_mut(scope) {
+            st.needs_sync = true;
+        }
+    }
+
+    fn serve_sync(
+        &mut self,
+        now: Duration,
+        from: SocketAddr,
+        id: u64,
+        scope: Scope<'_>,
+        d: &wire::Digest,
+    ) {
+        let body = match (self.scope(scope), codec::parse_digest(d)) {
+            (Some(st), Some(theirs)) if self.serving.len() < MAX_SERVING => {
+                let mine = st.data.digest().clone();
+                let entries = self.bucket_entries(now, scope, mine.differing(&theirs));
+                self.serving.insert((from, id), scope.to_id());
+                self.schedule(now + self.cfg.sync_timeout, Wake::ServeTimeout(from, id));
+                self.stats.syncs_served += 1;
+                B::Reply(wire::SyncReply {
+                    digest: Some(wire::Digest { buckets: mine.to_bytes().into() }),
+                    entries,
+                })
+            }
+            (Some(_), Some(_)) => B::Refused("busy".into()),
+            _ => B::Refused("network not joined".into()),
+        };
+        let msg = wire::SyncMessage {
+            version: codec::WIRE_VERSION,
+            sync_id: id,
+            network: scope.wire_name().into(),
+            body: Some(body),
+        };
+        self.send_sync(from, id, false, msg);
+    }
+
+    /// This node's digest-counted entries in the given buckets, up to what
+    /// fits in one frame. Whole buckets are taken from a random starting
+    /// bucket, so when a difference is larger than a frame, each exchange
+    /// carries other buckets and repeated exchanges cover them all.
+    fn bucket_entries(
+        &mut self,
+        now: Duration,
+        scope: Scope<'_>,
+        buckets: BucketSet,
+    ) -> Vec<wire::Entry> {
+        let mut out = Vec::new();
+        if buckets.is_empty() {
+            return out;
+        }
+        let start = self.rng.random_range(0..=u8::MAX);
+        let limit = self.cfg.max_sync_frame.saturating_sub(DIGEST_SLACK);
+        let Some(st) = self.scope(scope) else {
+            return out;
+        };
+        let mut by_bucket: Vec<Vec<wire::Entry>> = vec![Vec::new(); BUCKETS];
+        for (table, key, e) in st.data.iter() {
+            let b = bucket_of(table, key);
+            if !e.hidden && buckets.contains(b) {
+                by_bucket[usize::from(b)].push(entry_to_wire(table, key, e, now));
+            }
+        }
+        let mut size = 0;
+        for i in 0..BUCKETS {
+            let bucket = std::mem::take(&mut by_bucket[(usize::from(start) + i) % BUCKETS]);
+            for w in bucket {
+                let len = w.encoded_len() + 8;
+                if size + len > limit {
+                    return out;
+                }
+                size += len;
+                out.push(w);
+            }
+        }
+        out
+    }
+}

@@ -1,0 +1,48 @@
+//! Helpers the node's unit tests share.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use netdb_wire as wire;
+
+use super::Node;
+use crate::codec;
+use crate::config::Config;
+
+/// A peer's address, for datagrams the tests inject.
+pub(super) const PEER: &str = "127.0.0.2:7946";
+
+/// A lone node whose tombstones live `ttl`.
+pub(super) fn node(ttl: Duration) -> Node {
+    let cfg = Config { tombstone_ttl: ttl, ..Config::default() };
+    Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO).unwrap()
+}
+
+/// A plaintext gossip datagram for `network` ("" is the cluster scope).
+pub(super) fn gossip(network: &str, entries: Vec<wire::Entry>) -> Vec<u8> {
+    codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+        network: network.into(),
+        root: 0,
+        entries,
+    }))
+}
+
+/// An entry written by the node "peer" in its incarnation 1.
+pub(super) fn peer_entry(
+    table: &str,
+    key: &str,
+    value: Bytes,
+    ltime: u64,
+    deleted: bool,
+) -> wire::Entry {
+    wire::Entry {
+        table: table.into(),
+        key: key.into(),
+        value,
+        owner: "peer".into(),
+        incarnation: 1,
+        ltime,
+        deleted,
+        reap_in_ms: if deleted { 60_000 } else { 0 },
+    }
+}
