@@ -16,7 +16,8 @@ use super::timers::Wake;
 use crate::error::Error;
 use crate::membership::{Owner, Status};
 use crate::names::{
-    ClusterTable, NETWORKS_TABLE, Scope, SharedTable, parse_attachment_key, shared_key, valid_key,
+    ClusterTable, NETWORKS_TABLE, Scope, SharedTable, attachment_key, parse_attachment_key,
+    shared_key, valid_key,
 };
 use crate::table::{Entry, Rewrite};
 
@@ -139,7 +140,7 @@ impl Node {
         incarnation: u64,
         ltime: u64,
     ) -> bool {
-        let key = crate::names::attachment_key(network, owner);
+        let key = attachment_key(network, owner);
         match self.cluster.data.get(NETWORKS_TABLE, &key) {
             Some(a) => a.deleted && a.incarnation == incarnation && a.ltime > ltime,
             None => false,
@@ -227,4 +228,84 @@ pub(super) fn is_leave_record(scope: Scope<'_>, w: &wire::Entry) -> bool {
         && ClusterTable::from_name(&w.table) == Some(ClusterTable::Nodes)
         && !w.deleted
         && wire::NodeRecord::decode(&w.value[..]).is_ok_and(|r| r.left)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use crate::error::Error;
+    use crate::event::{EntryEventKind, Event};
+    use crate::names::{NETWORKS_TABLE, SharedTable};
+    use crate::stats::DropReason;
+
+    #[test]
+    fn a_detach_tombstones_the_owners_older_entries_and_refuses_their_copies() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
+        n.handle_datagram(t, from, &gossip("", vec![attach]));
+        let old = peer_entry("t", "a", Bytes::from_static(b"1"), 2, false);
+        n.handle_datagram(t, from, &gossip("net", vec![old.clone()]));
+        assert!(n.get("net", "t", "a").is_some());
+        assert_eq!(n.network_hosts("net"), vec!["peer".to_string()]);
+        let detach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 5, true);
+        n.handle_datagram(t, from, &gossip("", vec![detach]));
+        assert!(n.get("net", "t", "a").is_none(), "tombstoned by the detach");
+        let raw = n.raw_entries("net");
+        assert_eq!(raw.len(), 1);
+        assert!(raw[0].2.deleted && raw[0].2.ltime == 5, "the detach's version");
+        assert!(n.network_hosts("net").is_empty());
+        // A late copy written before the detach is refused.
+        let late = peer_entry("t", "b", Bytes::from_static(b"2"), 3, false);
+        n.handle_datagram(t, from, &gossip("net", vec![late]));
+        assert_eq!(n.stats().dropped(DropReason::DetachedOwner), 1);
+        assert!(n.get("net", "t", "b").is_none());
+    }
+
+    #[test]
+    fn shared_objects_are_typed_owned_and_reported() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let def = Bytes::from_static(b"def");
+        n.put_shared(t, SharedTable::NetDefs, "web", def.clone()).unwrap();
+        let copies = n.shared_entries(SharedTable::NetDefs);
+        assert_eq!(copies.len(), 1);
+        assert_eq!(copies[0].0, "web/solo", "each node writes its own copy");
+        assert!(n.shared_entries(SharedTable::Ipam).is_empty());
+        let shared: Vec<_> = std::iter::from_fn(|| n.poll_event())
+            .filter_map(|e| match e {
+                Event::Shared { table, key, kind, .. } => Some((table, key, kind)),
+                _ => None,
+            })
+            .collect();
+        let web = "web/solo".to_string();
+        assert_eq!(shared, vec![(SharedTable::NetDefs, web.clone(), EntryEventKind::Create)]);
+        n.delete_shared(t, SharedTable::NetDefs, "web").unwrap();
+        let e = n.shared_entries(SharedTable::NetDefs)[0].1.clone();
+        assert!(e.deleted && e.value == def, "the tombstone keeps the value");
+        let again = n.delete_shared(t, SharedTable::NetDefs, "web");
+        assert!(matches!(again, Err(Error::NotFound { .. })));
+        let long = "x".repeat(n.config().max_key_len);
+        let refused = n.put_shared(t, SharedTable::Ipam, &long, Bytes::new());
+        assert!(matches!(refused, Err(Error::BadKey { .. })));
+    }
+
+    #[test]
+    fn a_peer_cannot_write_another_nodes_shared_copy() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let forged = peer_entry("netdefs", "web/solo", Bytes::from_static(b"x"), 9, false);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("", vec![forged]));
+        assert_eq!(n.stats().dropped(DropReason::ForgedOwner), 1);
+        let unknown = peer_entry("other", "k/peer", Bytes::new(), 9, false);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("", vec![unknown]));
+        assert_eq!(n.stats().dropped(DropReason::BadName), 1, "no other cluster table");
+        assert!(n.shared_entries(SharedTable::NetDefs).is_empty());
+    }
 }

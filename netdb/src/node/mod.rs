@@ -48,6 +48,7 @@ use prost::Message;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use crate::clock::LamportClock;
 use crate::codec::{self, Body};
 use crate::config::Config;
 use crate::error::Error;
@@ -70,7 +71,7 @@ pub struct Node {
     name: String,
     incarnation: u64,
     addr: SocketAddr,
-    clock: crate::clock::LamportClock,
+    clock: LamportClock,
     rng: StdRng,
     swim: Swim,
     rt: AccumulatingRuntime<Identity>,
@@ -143,7 +144,7 @@ impl Node {
             name: name.into(),
             incarnation,
             addr,
-            clock: Default::default(),
+            clock: LamportClock::default(),
             rng,
             swim,
             rt: AccumulatingRuntime::new(),

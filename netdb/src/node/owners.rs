@@ -146,3 +146,42 @@ impl Node {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+
+    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use crate::stats::DropReason;
+
+    #[test]
+    fn a_newer_incarnation_removes_what_the_older_wrote() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        let first = peer_entry("t", "a", Bytes::from_static(b"1"), 2, false);
+        n.handle_datagram(t, from, &gossip("net", vec![first.clone()]));
+        assert!(n.get("net", "t", "a").is_some());
+        let reborn = wire_entry_of_incarnation(2, "b");
+        n.handle_datagram(t, from, &gossip("net", vec![reborn]));
+        assert!(n.get("net", "t", "a").is_none(), "the older life's entry is gone");
+        assert!(n.get("net", "t", "b").is_some());
+        // A late copy from the older life is refused.
+        n.handle_datagram(t, from, &gossip("net", vec![first]));
+        assert_eq!(n.stats().dropped(DropReason::StaleIncarnation), 1);
+        assert!(n.get("net", "t", "a").is_none());
+        let members = n.members();
+        let peer = members.iter().find(|m| m.name == "peer").expect("known");
+        assert_eq!(peer.incarnation, 2);
+    }
+
+    fn wire_entry_of_incarnation(incarnation: u64, key: &str) -> netdb_wire::Entry {
+        netdb_wire::Entry {
+            incarnation,
+            ..peer_entry("t", key, Bytes::from_static(b"2"), 3, false)
+        }
+    }
+}

@@ -187,3 +187,39 @@ pub(super) fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
     c.max_packet_size = NonZeroUsize::new(room.max(256)).unwrap_or(NonZeroUsize::MIN);
     c
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn foca_settings_follow_the_cluster_size() {
+        let cfg = Config::default();
+        let (tx1, s1) = swim_params(&cfg, 1);
+        let (tx100, s100) = swim_params(&cfg, 100);
+        assert_eq!(u32::from(tx1), cfg.transmit_limit(1, false));
+        assert_eq!(u32::from(tx100), cfg.transmit_limit(100, false));
+        assert_eq!(s1, cfg.probe_period.mul_f64(cfg.suspicion_mult), "at least one probe scale");
+        assert_eq!(s100, s1 * 2, "log10(100) = 2");
+        // A huge multiplier cannot overflow foca's u8.
+        let wild = Config { retransmit_mult: 1_000, ..Config::default() };
+        assert_eq!(swim_params(&wild, 10).0, u8::MAX);
+    }
+
+    #[test]
+    fn foca_packets_leave_room_for_framing_and_seal() {
+        let cfg = Config::default();
+        let c = swim_config(&cfg, 30);
+        let room = c.max_packet_size.get();
+        assert!(
+            room + codec::datagram_overhead(cfg.packet_budget) + SEAL_OVERHEAD <= cfg.packet_budget
+        );
+        assert!(c.periodic_gossip.is_none(), "updates ride the node's own ticks");
+        assert_eq!(c.probe_period, cfg.probe_period);
+        let tiny = Config { packet_budget: 10, ..Config::default() };
+        assert_eq!(swim_config(&tiny, 1).max_packet_size.get(), 256, "a floor foca can work with");
+        assert!(swim_params(&cfg, 30).1 > Duration::ZERO);
+    }
+}

@@ -191,3 +191,83 @@ impl Node {
         out
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use netdb_wire as wire;
+    use netdb_wire::sync_message::Body as B;
+    use prost::Message;
+
+    use super::super::test_support::{PEER, node};
+    use crate::codec;
+    use crate::digest::DIGEST_BYTES;
+    use crate::event::Transmit;
+    use crate::stats::DropReason;
+
+    fn frame(network: &str, sync_id: u64, body: B) -> Vec<u8> {
+        let msg = wire::SyncMessage {
+            version: codec::WIRE_VERSION,
+            sync_id,
+            network: network.into(),
+            body: Some(body),
+        };
+        msg.encode_to_vec()
+    }
+
+    fn empty_digest() -> wire::Digest {
+        wire::Digest { buckets: vec![0u8; DIGEST_BYTES].into() }
+    }
+
+    fn replies(n: &mut crate::node::Node) -> Vec<wire::SyncMessage> {
+        std::iter::from_fn(|| n.poll_transmit())
+            .filter_map(|t| match t {
+                Transmit::Sync { payload, opens: false, .. } => {
+                    wire::SyncMessage::decode(&payload[..]).ok()
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_request_is_answered_with_the_differing_entries() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from: SocketAddr = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        for k in 0..20 {
+            n.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v")).unwrap();
+        }
+        n.handle_sync(t, from, &frame("net", 7, B::Request(empty_digest())));
+        let out = replies(&mut n);
+        assert_eq!(out.len(), 1);
+        let Some(B::Reply(r)) = &out[0].body else { panic!("not a reply: {:?}", out[0]) };
+        assert_eq!((out[0].sync_id, out[0].network.as_str()), (7, "net"));
+        assert_eq!(r.entries.len(), 20, "everything differs from an empty digest");
+        assert_eq!(n.stats().syncs_served, 1);
+        // The same peer's entries then close the exchange, once.
+        let entries = frame("net", 7, B::Entries(wire::SyncEntries { entries: Vec::new() }));
+        n.handle_sync(t, from, &entries);
+        assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 0);
+        n.handle_sync(t, from, &entries);
+        assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 1);
+    }
+
+    #[test]
+    fn requests_for_unjoined_networks_are_refused_and_stray_replies_dropped() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from: SocketAddr = PEER.parse().unwrap();
+        n.handle_sync(t, from, &frame("other", 3, B::Request(empty_digest())));
+        let out = replies(&mut n);
+        assert!(matches!(&out[0].body, Some(B::Refused(why)) if why == "network not joined"));
+        let reply = wire::SyncReply { digest: Some(empty_digest()), entries: Vec::new() };
+        n.handle_sync(t, from, &frame("", 99, B::Reply(reply)));
+        assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 1, "no such exchange");
+        assert_eq!(n.stats().syncs_completed, 0);
+    }
+}
