@@ -13,8 +13,13 @@
 //! differences, and [`Linux::reconcile`] applies them, pipelined on one
 //! netlink socket. Missed deltas, hand edits and state left over from an
 //! earlier run are all repaired the same way.
+//!
+//! What the agent needs of a kernel is the [`Kernel`] trait: [`Linux`] is
+//! the real one, [`memory::Memory`] a model for tests without privilege.
 
+mod kernel;
 mod linux;
+pub mod memory;
 mod netns;
 mod plan;
 
@@ -23,7 +28,8 @@ use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-pub use linux::{Linux, ReconcileReport};
+pub use kernel::{Kernel, ReconcileReport};
+pub use linux::Linux;
 pub use plan::{Observed, ObservedNetwork, Plan, plan};
 
 /// The VXLAN UDP port (IANA), as Docker uses it.
