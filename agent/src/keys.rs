@@ -1,10 +1,6 @@
-//! Keyring commands on the agent's side: argument parsing, running one
-//! cluster-wide step to completion, the rotation sequence, and writing the
-//! keyring back to its file.
+//! Keyring commands on the API's side: argument parsing, reports as the API
+//! shows them, fresh keys.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -74,29 +70,6 @@ pub fn generate() -> Result<Vec<u8>, Status> {
     Ok(key)
 }
 
-/// Writes the keyring file (base64, primary first) atomically, mode 0600.
-pub fn write_keyring(path: &Path, keys: &[Vec<u8>]) -> std::io::Result<()> {
-    let mut text = String::from("# netdb gossip keys, primary first; written by the agent\n");
-    for k in keys {
-        text.push_str(&base64::engine::general_purpose::STANDARD.encode(k));
-        text.push('\n');
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,19 +85,5 @@ mod tests {
         assert!(parse_key(&fp).is_err(), "install needs the key");
         assert!(parse_id("c2hvcnQ=").is_err());
         assert!(parse_id("not base64!").is_err());
-    }
-
-    #[test]
-    fn the_keyring_file_is_private_and_reads_back() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("netdb-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys");
-        write_keyring(&path, &[vec![1; 32], vec![2; 32]]).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let keys = crate::config::parse_keys(text.lines()).unwrap();
-        assert_eq!(keys, vec![vec![1; 32], vec![2; 32]]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -5,14 +5,18 @@ mod api;
 mod cli;
 mod client;
 mod config;
+mod core;
 mod duration;
 mod endpoint;
+mod keyfile;
 mod keys;
 mod overlay;
 mod reconcile;
+mod server;
 mod state;
 mod streams;
 mod tls;
+mod watch;
 
 use std::process::ExitCode;
 
