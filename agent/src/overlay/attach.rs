@@ -370,3 +370,119 @@ fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
         Err(Error::BadName { what, value: s.into() })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use netdb::ipam::IPAM_TABLE;
+    use netdb_proto::wire;
+    use prost::Message;
+
+    use super::super::testing::{SETTLE, Temp, TestHost, attach_req};
+    use super::super::{ENDPOINTS_TABLE, Error, Kind, ROUTES_TABLE};
+
+    #[test]
+    fn attach_takes_an_address_from_a_settled_claim_wires_and_publishes() {
+        let (dir, ns) = (Temp::dir("attach"), Temp::netns("attach-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.create("blue", "10.1.0.0/24").unwrap();
+
+        let info = h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        // The first pass claimed a block and waited for it to settle.
+        assert_eq!(h.now(), SETTLE);
+        let ip: std::net::Ipv4Addr = info.ip.parse().unwrap();
+        assert!(ip.octets()[..3] == [10, 1, 0] && ip.octets()[3] > 1, "{ip}");
+        assert_eq!((info.prefix, info.local, info.host.as_str()), (24, true, "h1"));
+
+        let p = h.parts();
+        let claims: Vec<_> = p.node.shared_entries(IPAM_TABLE);
+        assert_eq!(claims.len(), 1);
+        assert!(claims[0].0.starts_with("blue:") && claims[0].1.owner == "h1");
+
+        let route = p.node.get("blue", ROUTES_TABLE, "h1/web").expect("route published");
+        let route = wire::Route::decode(&route.value[..]).unwrap();
+        assert_eq!((route.ip, route.host), (format!("{ip}/24"), "192.0.2.1".to_string()));
+        let rec = p.node.get("blue", ENDPOINTS_TABLE, "h1/web").expect("record published");
+        assert_eq!(wire::ServiceRecord::decode(&rec.value[..]).unwrap().ip, ip.to_string());
+        drop(p);
+
+        let kernel = h.kernel.try_lock().unwrap();
+        let wired: Vec<_> = kernel.endpoints().into_values().collect();
+        assert_eq!(wired.len(), 1);
+        assert_eq!((wired[0].ip, wired[0].ifname.as_str()), (ip, "eth0"));
+        assert_eq!(kernel.vxlan(4096), Some((1450, "192.0.2.1".parse().unwrap())));
+        assert!(kernel.links_in(&ns.0).contains("eth0"));
+    }
+
+    #[test]
+    fn a_second_attach_reuses_the_settled_block_and_refuses_taken_names() {
+        let dir = Temp::dir("second");
+        let (ns1, ns2, ns3) =
+            (Temp::netns("second-a"), Temp::netns("second-b"), Temp::netns("second-c"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.create("blue", "10.1.0.0/24").unwrap();
+        let a = h.attach(attach_req("blue", "web", &ns1.0)).unwrap();
+        let b = h.attach(attach_req("blue", "db", &ns2.0)).unwrap();
+        assert_eq!(h.now(), SETTLE, "no second claim, no second wait");
+        assert_ne!(a.ip, b.ip);
+
+        let again = h.attach(attach_req("blue", "web", &ns2.0)).unwrap_err();
+        assert!(matches!(again, Error::EndpointExists { .. }), "{again}");
+        let same_if = h.attach(attach_req("blue", "cache", &ns1.0)).unwrap_err();
+        assert_eq!(same_if.kind(), Kind::Exists);
+        assert!(
+            same_if.to_string().ends_with("is already endpoint web of network blue; use --ifname")
+        );
+        let taken = h
+            .attach(super::Attach { ip: Some(a.ip.clone()), ..attach_req("blue", "x", &ns3.0) })
+            .unwrap_err();
+        assert_eq!(
+            taken.to_string(),
+            format!("{} is already used by endpoint web on this host", a.ip)
+        );
+        let unknown = h.attach(attach_req("green", "x", &ns3.0)).unwrap_err();
+        assert_eq!(unknown.kind(), Kind::NotFound);
+    }
+
+    #[test]
+    fn a_refused_wiring_leaves_nothing_behind() {
+        let (dir, ns) = (Temp::dir("refused"), Temp::netns("refused-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.create("blue", "10.1.0.0/24").unwrap();
+        // The container has an eth0 of its own: the kernel refuses ours.
+        h.kernel.try_lock().unwrap().add_link_in(&ns.0, "eth0");
+
+        let e = h.attach(attach_req("blue", "web", &ns.0)).unwrap_err();
+        assert!(matches!(e, Error::Kernel(netdb_dataplane::Error::IfnameTaken { .. })), "{e}");
+        assert_eq!(e.kind(), Kind::Exists);
+        let p = h.parts();
+        assert_eq!(p.overlay.local_endpoints(), 0);
+        assert!(p.overlay.pending.is_empty());
+        assert!(!p.node.networks().contains(&"blue"), "the join is undone");
+        assert!(p.node.get("blue", ROUTES_TABLE, "h1/web").is_none());
+        drop(p);
+        assert!(h.kernel.try_lock().unwrap().endpoints().is_empty());
+    }
+
+    #[test]
+    fn detach_unwires_withdraws_and_releases_the_claims() {
+        let (dir, ns) = (Temp::dir("detach"), Temp::netns("detach-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.create("blue", "10.1.0.0/24").unwrap();
+        h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+
+        h.detach("blue", "web").unwrap();
+        assert!(h.kernel.try_lock().unwrap().endpoints().is_empty());
+        assert!(h.kernel.try_lock().unwrap().links_in(&ns.0).is_empty());
+        let p = h.parts();
+        assert_eq!(p.overlay.local_endpoints(), 0);
+        assert!(!p.node.networks().contains(&"blue"), "left with the last endpoint");
+        let live_claims =
+            p.node.shared_entries(IPAM_TABLE).iter().filter(|(_, e)| !e.deleted).count();
+        assert_eq!(live_claims, 0);
+        drop(p);
+
+        let e = h.detach("blue", "web").unwrap_err();
+        assert_eq!(e.kind(), Kind::NotFound);
+        assert!(e.to_string().contains("see `netdb endpoint ls`"), "{e}");
+    }
+}

@@ -20,6 +20,8 @@ mod attach;
 mod desired;
 mod error;
 mod networks;
+#[cfg(test)]
+mod testing;
 mod upkeep;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -335,4 +337,43 @@ fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
         created: n.created,
     };
     NetworkDef::decode(&def.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Temp, TestHost, attach_req};
+    use super::*;
+
+    #[test]
+    fn a_restarted_overlay_republishes_its_endpoints_from_the_state_dir() {
+        let (dir, ns) = (Temp::dir("restart"), Temp::netns("restart-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.create("blue", "10.1.0.0/24").unwrap();
+        let before = h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        let ltime = h.parts().node.ltime();
+        drop(h.into_parts());
+
+        // A new process: new incarnation, empty tables, a kernel that lost
+        // the veth; only the data dir is left.
+        let h = TestHost::new("h1", 1, 2, &dir.0);
+        let p = h.parts();
+        assert!(p.node.ltime() >= ltime, "the clock resumes from the state file");
+        assert_eq!(p.overlay.endpoints(&p.node, "", true), std::slice::from_ref(&before));
+        let route = p.node.get("blue", ROUTES_TABLE, "h1/web").expect("route republished");
+        assert_eq!(route.incarnation, 2);
+        let route = wire::Route::decode(&route.value[..]).unwrap();
+        assert_eq!(route.ip, format!("{}/24", before.ip));
+        let nets = p.overlay.networks(&p.node);
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].overlay.as_ref().map(|o| o.vni), Some(4096));
+        let claims = p.node.shared_entries(IPAM_TABLE);
+        assert!(claims.iter().any(|(k, e)| k.starts_with("blue:") && !e.deleted));
+        drop(p);
+
+        let r = h.reconcile();
+        assert_eq!((r.created, r.endpoints_repaired, r.failed), (1, 1, 0), "{r:?}");
+        let wired = h.kernel.try_lock().unwrap().endpoints();
+        assert_eq!(wired.values().map(|e| e.ip.to_string()).collect::<Vec<_>>(), [before.ip]);
+        assert_eq!(h.reconcile().changes(), 0);
+    }
 }

@@ -176,3 +176,67 @@ impl Overlay {
 fn visible_entries(node: &Node, network: &str) -> u64 {
     node.raw_entries(network).iter().filter(|(_, _, e)| e.visible()).count() as u64
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Temp, TestHost, attach_req};
+    use super::*;
+    use crate::overlay::Kind;
+
+    #[test]
+    fn create_defines_a_network_and_refuses_bad_or_taken_ones() {
+        let dir = Temp::dir("create");
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        let n = h.create("blue", "10.1.0.0/24").unwrap();
+        let o = n.overlay.unwrap();
+        assert_eq!((o.vni, o.mtu, o.origin.as_str()), (4096, DEFAULT_MTU, "h1"));
+        assert_eq!(o.subnet.to_string(), "10.1.0.0/24");
+        assert_eq!(h.create("red", "10.2.0.0/24").unwrap().overlay.unwrap().vni, 4097);
+
+        let dup = h.create("blue", "10.3.0.0/24").unwrap_err();
+        assert_eq!(dup.kind(), Kind::Exists);
+        assert_eq!(
+            dup.to_string(),
+            "network blue already exists (subnet 10.1.0.0/24, VNI 4096, created on h1)"
+        );
+        assert_eq!(h.create("bad name", "10.3.0.0/24").unwrap_err().kind(), Kind::Invalid);
+        let bad = h.create("green", "10.3.0.1/24").unwrap_err();
+        assert!(bad.to_string().contains("did you mean 10.3.0.0/24"), "{bad}");
+
+        let p = &mut *h.parts();
+        let req = |vni, mtu| CreateNetwork {
+            name: "green".into(),
+            subnet: "10.3.0.0/24".into(),
+            vni,
+            mtu,
+        };
+        let e = p.overlay.create(&mut p.node, p.now, req(Some(4096), None)).unwrap_err();
+        assert_eq!(e.to_string(), "VNI 4096 is used by network blue");
+        let e = p.overlay.create(&mut p.node, p.now, req(Some(7), None)).unwrap_err();
+        assert_eq!(e.kind(), Kind::Invalid);
+        let e = p.overlay.create(&mut p.node, p.now, req(None, Some(100))).unwrap_err();
+        assert_eq!(e.kind(), Kind::Invalid);
+        let names: Vec<_> = p.overlay.networks(&p.node).into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["blue", "red"]);
+    }
+
+    #[test]
+    fn remove_is_refused_while_endpoints_exist_then_done() {
+        let (dir, ns) = (Temp::dir("remove"), Temp::netns("remove-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.create("blue", "10.1.0.0/24").unwrap();
+        h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        {
+            let p = &mut *h.parts();
+            let e = p.overlay.remove(&mut p.node, p.now, "blue").unwrap_err();
+            assert_eq!(e.kind(), Kind::Precondition);
+            assert_eq!(e.to_string(), "network blue still has endpoints on h1; detach them first");
+        }
+        h.detach("blue", "web").unwrap();
+        let p = &mut *h.parts();
+        p.overlay.remove(&mut p.node, p.now, "blue").unwrap();
+        assert!(p.overlay.networks(&p.node).is_empty());
+        let e = p.overlay.remove(&mut p.node, p.now, "blue").unwrap_err();
+        assert_eq!(e.to_string(), "no network blue; see `netdb network ls`");
+    }
+}

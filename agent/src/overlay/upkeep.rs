@@ -157,3 +157,68 @@ impl Overlay {
         self.conflicts = now;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use netdb_dataplane::Mac;
+
+    use super::super::testing::{Temp, TestHost, attach_req, exchange};
+    use super::*;
+
+    #[test]
+    fn a_name_defined_twice_is_reported_once() {
+        let (da, db) = (Temp::dir("twice-a"), Temp::dir("twice-b"));
+        let (a, b) = (TestHost::new("h1", 1, 1, &da.0), TestHost::new("h2", 2, 1, &db.0));
+        // Defined on both sides before they meet (a race, a partition).
+        a.create("blue", "10.1.0.0/24").unwrap();
+        b.create("blue", "10.2.0.0/24").unwrap();
+        let (mut a, mut b) = (a.into_parts(), b.into_parts());
+        b.node.join(b.now, &[a.node.addr()]);
+        exchange(&mut a, &mut b, Duration::from_secs(5));
+
+        assert!(a.overlay.upkeep_due());
+        a.overlay.maintain(&mut a.node, a.now);
+        let notices = a.overlay.take_notices();
+        let text = "network blue was created twice: 10.1.0.0/24 on h1 (kept) and 10.2.0.0/24 on h2 (ignored)";
+        assert!(notices.contains(&("blue".to_string(), text.to_string())), "{notices:?}");
+        let seen = a.overlay.conflicts_seen();
+        let listed = a.overlay.networks(&a.node);
+        assert_eq!(listed[0].overlay.as_ref().unwrap().conflicts, [text]);
+
+        a.overlay.maintain(&mut a.node, a.now);
+        assert!(a.overlay.take_notices().is_empty(), "reported once");
+        assert_eq!(a.overlay.conflicts_seen(), seen);
+    }
+
+    #[test]
+    fn two_hosts_publishing_one_address_are_reported() {
+        let (da, db, ns) = (Temp::dir("addr-a"), Temp::dir("addr-b"), Temp::netns("addr-ns"));
+        let a = TestHost::new("h1", 1, 1, &da.0);
+        a.create("blue", "10.1.0.0/24").unwrap();
+        let web = a.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        let (mut a, mut b) = (a.into_parts(), TestHost::new("h2", 2, 1, &db.0).into_parts());
+        // Another host publishes the same address (a bug, or a block both
+        // claimed while apart).
+        let ip: Ipv4Addr = web.ip.parse().unwrap();
+        let route = wire::Route {
+            ip: format!("{ip}/24"),
+            mac: Mac::from_ipv4(ip).0.to_vec().into(),
+            host: "192.0.2.2".into(),
+        };
+        b.node.join_network(b.now, "blue").unwrap();
+        b.node
+            .put(b.now, "blue", ROUTES_TABLE, "h2/imposter", Bytes::from(route.encode_to_vec()))
+            .unwrap();
+        b.node.join(b.now, &[a.node.addr()]);
+        exchange(&mut a, &mut b, Duration::from_secs(10));
+        assert!(a.node.get("blue", ROUTES_TABLE, "h2/imposter").is_some(), "gossip arrived");
+
+        a.overlay.maintain(&mut a.node, a.now);
+        let text = format!("address {ip} of network blue is used by h1/web and h2/imposter");
+        assert_eq!(a.overlay.take_notices(), [("blue".to_string(), text)]);
+        assert_eq!(a.overlay.conflicts_seen(), 1);
+    }
+}
