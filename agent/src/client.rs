@@ -13,7 +13,7 @@ use crate::cli::{Command, EndpointCmd, KeysCmd, NetworkCmd, Output, TableCmd};
 use crate::endpoint::{self, Endpoint};
 use crate::tls::ClientFiles;
 
-pub async fn run(
+pub(crate) async fn run(
     ep: Option<Endpoint>,
     out: Output,
     tls: ClientFiles,

@@ -10,10 +10,10 @@ use netdb_proto::api;
 use tonic::Status;
 
 /// How often a running command's report is read.
-pub const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 
 /// A key (base64) given for `install`.
-pub fn parse_key(s: &str) -> Result<Vec<u8>, Status> {
+pub(crate) fn parse_key(s: &str) -> Result<Vec<u8>, Status> {
     let key = base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|_| bad_key())?;
     if key.len() != KEY_LEN {
         return Err(bad_key());
@@ -22,12 +22,13 @@ pub fn parse_key(s: &str) -> Result<Vec<u8>, Status> {
 }
 
 /// The key `use` and `remove` name: its 8-digit fingerprint, or the key.
-pub fn parse_id(s: &str) -> Result<KeyId, Status> {
+pub(crate) fn parse_id(s: &str) -> Result<KeyId, Status> {
     let s = s.trim();
     if s.len() == 2 * ID_BYTES && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let mut id: KeyId = [0; ID_BYTES];
-        for (i, b) in id.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad_key())?;
+        for (b, pair) in id.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            let hex = std::str::from_utf8(pair).map_err(|_| bad_key())?;
+            *b = u8::from_str_radix(hex, 16).map_err(|_| bad_key())?;
         }
         return Ok(id);
     }
@@ -41,7 +42,7 @@ fn bad_key() -> Status {
 }
 
 /// A finished report as the API shows it.
-pub fn step(action: String, r: KeyReport) -> api::KeyStep {
+pub(crate) fn step(action: String, r: KeyReport) -> api::KeyStep {
     let complete = r.complete();
     api::KeyStep {
         action,
@@ -61,7 +62,7 @@ pub fn step(action: String, r: KeyReport) -> api::KeyStep {
 }
 
 /// A fresh random key.
-pub fn generate() -> Result<Vec<u8>, Status> {
+pub(crate) fn generate() -> Result<Vec<u8>, Status> {
     use ring::rand::SecureRandom;
     let mut key = vec![0u8; KEY_LEN];
     ring::rand::SystemRandom::new()

@@ -419,7 +419,14 @@ fn gone(name: &str) -> Error {
 fn peer_name(host_ifname: &str) -> String {
     match host_ifname.strip_prefix("ndve") {
         Some(rest) => format!("ndvp{rest}"),
-        None => format!("{}p", &host_ifname[..host_ifname.len().min(14)]),
+        None => {
+            // At most 14 bytes, cut on a character, so the `p` still fits.
+            let mut end = host_ifname.len().min(14);
+            while !host_ifname.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}p", host_ifname.split_at(end).0)
+        }
     }
 }
 

@@ -8,7 +8,9 @@ use crate::{Desired, Endpoint, Mac};
 /// One network's devices and entries as read from the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ObservedNetwork {
+    /// The bridge's interface index, if it exists.
     pub bridge: Option<u32>,
+    /// The VXLAN device's interface index, if it exists.
     pub vxlan: Option<u32>,
     /// FDB entries of the VXLAN device itself (NTF_SELF): MAC → remote host.
     pub fdb: BTreeMap<Mac, Ipv4Addr>,
@@ -20,7 +22,9 @@ pub struct ObservedNetwork {
 /// name, `None` when it has none).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Observed {
+    /// Our devices and their entries, by VNI.
     pub networks: BTreeMap<u32, ObservedNetwork>,
+    /// Every link by name, with its bridge's index.
     pub links: BTreeMap<String, Option<u32>>,
 }
 
@@ -31,9 +35,13 @@ pub struct Plan {
     pub create: Vec<u32>,
     /// Our devices of networks no longer wanted.
     pub remove: Vec<u32>,
+    /// FDB entries to add or replace: (VNI, MAC, remote host).
     pub fdb_add: Vec<(u32, Mac, Ipv4Addr)>,
+    /// FDB entries to remove: (VNI, MAC, remote host).
     pub fdb_del: Vec<(u32, Mac, Ipv4Addr)>,
+    /// Neighbor entries to add or replace: (VNI, IP, MAC).
     pub neigh_add: Vec<(u32, Ipv4Addr, Mac)>,
+    /// Neighbor entries to remove: (VNI, IP, MAC).
     pub neigh_del: Vec<(u32, Ipv4Addr, Mac)>,
     /// Local endpoints whose host-side veth is gone: wire them again.
     pub reattach: Vec<(u32, Endpoint)>,
@@ -42,6 +50,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// True when the kernel already holds what it must.
     pub fn is_empty(&self) -> bool {
         *self == Plan::default()
     }
