@@ -22,6 +22,8 @@ mod linux;
 pub mod memory;
 mod netns;
 mod plan;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;

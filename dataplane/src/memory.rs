@@ -277,7 +277,7 @@ impl Kernel for Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::Remote;
+    use crate::testing::{network, remote};
 
     fn run<T>(f: impl Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
@@ -297,16 +297,6 @@ mod tests {
     impl Drop for Netns {
         fn drop(&mut self) {
             let _ = std::fs::remove_file(&self.0);
-        }
-    }
-
-    fn network(remotes: &[Remote]) -> Network {
-        Network {
-            vni: 4096,
-            mtu: 1450,
-            local: Ipv4Addr::new(192, 168, 0, 1),
-            remotes: remotes.iter().copied().collect(),
-            endpoints: BTreeMap::new(),
         }
     }
 
@@ -352,11 +342,7 @@ mod tests {
     fn reconcile_installs_entries_repairs_endpoints_and_removes_the_rest() {
         let ns = Netns::new("reconcile");
         let k = Memory::new();
-        let far = Remote {
-            ip: Ipv4Addr::new(10, 0, 0, 9),
-            mac: Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 9)),
-            host: Ipv4Addr::new(192, 168, 0, 2),
-        };
+        let far = remote(9, 2);
         let mut net = network(&[far]);
         let ep = endpoint(&ns.0, "ndve1", 2);
         net.endpoints.insert(ep.host_ifname.clone(), ep.clone());

@@ -114,29 +114,8 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Network, Remote};
-
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, last)
-    }
-
-    fn remote(last: u8, host: u8) -> Remote {
-        Remote {
-            ip: ip(last),
-            mac: Mac::from_ipv4(ip(last)),
-            host: Ipv4Addr::new(192, 168, 0, host),
-        }
-    }
-
-    fn network(remotes: &[Remote]) -> Network {
-        Network {
-            vni: 4096,
-            mtu: 1450,
-            local: Ipv4Addr::new(192, 168, 0, 1),
-            remotes: remotes.iter().copied().collect(),
-            endpoints: BTreeMap::new(),
-        }
-    }
+    use crate::Remote;
+    use crate::testing::{ip, network, remote};
 
     fn observed_from(desired: &Desired) -> Observed {
         let mut o = Observed::default();

@@ -377,14 +377,12 @@ mod tests {
     use netdb_proto::wire;
     use prost::Message;
 
-    use super::super::testing::{SETTLE, Temp, TestHost, attach_req};
+    use super::super::testing::{SETTLE, Temp, attach_req, blue};
     use super::super::{ENDPOINTS_TABLE, Error, Kind, ROUTES_TABLE};
 
     #[test]
     fn attach_takes_an_address_from_a_settled_claim_wires_and_publishes() {
-        let (dir, ns) = (Temp::dir("attach"), Temp::netns("attach-ns"));
-        let h = TestHost::new("h1", 1, 1, &dir.0);
-        h.create("blue", "10.1.0.0/24").unwrap();
+        let ((_dir, h), ns) = (blue("attach"), Temp::netns("attach-ns"));
 
         let info = h.attach(attach_req("blue", "web", &ns.0)).unwrap();
         // The first pass claimed a block and waited for it to settle.
@@ -415,11 +413,9 @@ mod tests {
 
     #[test]
     fn a_second_attach_reuses_the_settled_block_and_refuses_taken_names() {
-        let dir = Temp::dir("second");
+        let (_dir, h) = blue("second");
         let (ns1, ns2, ns3) =
             (Temp::netns("second-a"), Temp::netns("second-b"), Temp::netns("second-c"));
-        let h = TestHost::new("h1", 1, 1, &dir.0);
-        h.create("blue", "10.1.0.0/24").unwrap();
         let a = h.attach(attach_req("blue", "web", &ns1.0)).unwrap();
         let b = h.attach(attach_req("blue", "db", &ns2.0)).unwrap();
         assert_eq!(h.now(), SETTLE, "no second claim, no second wait");
@@ -445,9 +441,7 @@ mod tests {
 
     #[test]
     fn a_refused_wiring_leaves_nothing_behind() {
-        let (dir, ns) = (Temp::dir("refused"), Temp::netns("refused-ns"));
-        let h = TestHost::new("h1", 1, 1, &dir.0);
-        h.create("blue", "10.1.0.0/24").unwrap();
+        let ((_dir, h), ns) = (blue("refused"), Temp::netns("refused-ns"));
         // The container has an eth0 of its own: the kernel refuses ours.
         h.kernel.try_lock().unwrap().add_link_in(&ns.0, "eth0");
 
@@ -465,9 +459,7 @@ mod tests {
 
     #[test]
     fn detach_unwires_withdraws_and_releases_the_claims() {
-        let (dir, ns) = (Temp::dir("detach"), Temp::netns("detach-ns"));
-        let h = TestHost::new("h1", 1, 1, &dir.0);
-        h.create("blue", "10.1.0.0/24").unwrap();
+        let ((_dir, h), ns) = (blue("detach"), Temp::netns("detach-ns"));
         h.attach(attach_req("blue", "web", &ns.0)).unwrap();
 
         h.detach("blue", "web").unwrap();

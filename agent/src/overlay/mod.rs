@@ -341,14 +341,12 @@ fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{Temp, TestHost, attach_req};
+    use super::testing::{Temp, TestHost, attach_req, blue};
     use super::*;
 
     #[test]
     fn a_restarted_overlay_republishes_its_endpoints_from_the_state_dir() {
-        let (dir, ns) = (Temp::dir("restart"), Temp::netns("restart-ns"));
-        let h = TestHost::new("h1", 1, 1, &dir.0);
-        h.create("blue", "10.1.0.0/24").unwrap();
+        let ((dir, h), ns) = (blue("restart"), Temp::netns("restart-ns"));
         let before = h.attach(attach_req("blue", "web", &ns.0)).unwrap();
         let ltime = h.parts().node.ltime();
         drop(h.into_parts());

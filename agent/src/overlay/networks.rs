@@ -179,7 +179,7 @@ fn visible_entries(node: &Node, network: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Temp, TestHost, attach_req};
+    use super::super::testing::{Temp, TestHost, attach_req, blue};
     use super::*;
     use crate::overlay::Kind;
 
@@ -222,9 +222,7 @@ mod tests {
 
     #[test]
     fn remove_is_refused_while_endpoints_exist_then_done() {
-        let (dir, ns) = (Temp::dir("remove"), Temp::netns("remove-ns"));
-        let h = TestHost::new("h1", 1, 1, &dir.0);
-        h.create("blue", "10.1.0.0/24").unwrap();
+        let ((_dir, h), ns) = (blue("remove"), Temp::netns("remove-ns"));
         h.attach(attach_req("blue", "web", &ns.0)).unwrap();
         {
             let p = &mut *h.parts();

@@ -140,6 +140,14 @@ impl Host for TestHost {
     }
 }
 
+/// Host h1 (its state in a fresh dir) with network blue, 10.1.0.0/24.
+pub(super) fn blue(tag: &str) -> (Temp, TestHost) {
+    let dir = Temp::dir(tag);
+    let h = TestHost::new("h1", 1, 1, &dir.0);
+    h.create("blue", "10.1.0.0/24").unwrap();
+    (dir, h)
+}
+
 /// An attach of `name` on `network` in the namespace `netns`, address
 /// allocated.
 pub(super) fn attach_req(network: &str, name: &str, netns: &Path) -> Attach {

@@ -165,7 +165,7 @@ mod tests {
     use bytes::Bytes;
     use netdb_dataplane::Mac;
 
-    use super::super::testing::{Temp, TestHost, attach_req, exchange};
+    use super::super::testing::{Temp, TestHost, attach_req, blue, exchange};
     use super::*;
 
     #[test]
@@ -195,9 +195,7 @@ mod tests {
 
     #[test]
     fn two_hosts_publishing_one_address_are_reported() {
-        let (da, db, ns) = (Temp::dir("addr-a"), Temp::dir("addr-b"), Temp::netns("addr-ns"));
-        let a = TestHost::new("h1", 1, 1, &da.0);
-        a.create("blue", "10.1.0.0/24").unwrap();
+        let ((_da, a), db, ns) = (blue("addr-a"), Temp::dir("addr-b"), Temp::netns("addr-ns"));
         let web = a.attach(attach_req("blue", "web", &ns.0)).unwrap();
         let (mut a, mut b) = (a.into_parts(), TestHost::new("h2", 2, 1, &db.0).into_parts());
         // Another host publishes the same address (a bug, or a block both
