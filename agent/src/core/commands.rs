@@ -2,13 +2,11 @@
 //! loop at the core's current time.
 
 use bytes::Bytes;
-use netdb::keyops::{KeyOp, KeyReport};
-use netdb::keyring::KeyId;
 use netdb::{Entry, EntryEventKind, Event, MemberInfo};
 use netdb_dataplane::Desired;
 use tokio::sync::mpsc;
 
-use super::{Core, Error};
+use super::{Core, Error, KeyId, KeyOp, KeyReport};
 use crate::overlay::{CreateNetwork, EndpointInfo, NetworkInfo};
 use crate::watch::{Watched, Watcher};
 

@@ -9,13 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use netdb::keyops::{KeyOp, KeyReport};
-use netdb::keyring::KeyId;
 use netdb::{Entry, MemberInfo, Node};
 use netdb_dataplane::{Desired, Kernel, Linux};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::Core;
+use super::{Core, KeyId, KeyOp, KeyReport};
 use crate::overlay::{self, Attach, CreateNetwork, EndpointInfo, Host, NetworkInfo, Overlay};
 use crate::watch::Watched;
 

@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use netdb::keyring::Keyring;
+use netdb::keyops::{KeyOp, KeyReport};
+use netdb::keyring::{KeyId, Keyring};
 use netdb::{DropReason, Event, Node, Transmit};
 
 use crate::keyfile;

@@ -6,12 +6,11 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use netdb::Node;
-use netdb::hash::Hasher;
 use netdb::ipam::{self, Claims, IPAM_TABLE};
 use netdb::netdefs::Effective;
 
 use super::desired::decode_route;
-use super::{Error, Overlay, ROUTES_TABLE, saved_network};
+use super::{Error, Hasher, Overlay, ROUTES_TABLE, saved_network};
 
 impl Overlay {
     /// Addresses taken on a network, with who holds them.

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb::Node;
-use netdb::codec::valid_name;
 use netdb::ipam::{self, IPAM_TABLE};
 use netdb_dataplane::{self as dp, Kernel};
 use netdb_proto::wire;
@@ -22,7 +21,7 @@ use tokio::sync::Mutex;
 use super::desired::{kernel_endpoint, parse_mac};
 use super::{
     ENDPOINTS_TABLE, EndpointInfo, Error, MAX_ALIASES, MAX_ENDPOINT_NAME, Overlay, Pending,
-    ROUTES_TABLE, endpoint_key, saved_network,
+    ROUTES_TABLE, endpoint_key, saved_network, valid_name,
 };
 use crate::state::SavedEndpoint;
 

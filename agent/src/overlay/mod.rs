@@ -29,6 +29,10 @@ use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
+// The netdb internals the overlay's files use beside ipam and netdefs,
+// imported once here.
+use netdb::codec::{owned_key, valid_name};
+use netdb::hash::Hasher;
 use netdb::ipam::{self, IPAM_TABLE};
 use netdb::netdefs::{NETDEFS_TABLE, NetworkDef, Resolved};
 use netdb::{Event, Node};

@@ -4,11 +4,10 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use netdb::Node;
-use netdb::codec::valid_name;
 use netdb::ipam::Subnet;
 use netdb::netdefs::{self, DEFAULT_MTU, Effective, NETDEFS_TABLE, NetworkDef};
 
-use super::{Error, Overlay, ROUTES_TABLE};
+use super::{Error, Overlay, ROUTES_TABLE, valid_name};
 
 /// `netdb network create`.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,14 +7,13 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use netdb::Node;
-use netdb::codec::owned_key;
 use netdb::ipam::{self, Claims, IPAM_TABLE};
 use netdb::netdefs::{NETDEFS_TABLE, NetworkDef, Resolved};
 use netdb_proto::wire;
 use prost::Message;
 
 use super::desired::decode_route;
-use super::{Overlay, ROUTES_TABLE};
+use super::{Overlay, ROUTES_TABLE, owned_key};
 
 impl Overlay {
     /// Keeps this host's copies of the definitions in step, follows
