@@ -1,160 +1,38 @@
-//! The gRPC admin API: each call runs as a closure on the core loop, which
-//! owns the node, and answers through a oneshot channel.
+//! The gRPC admin API: each call translates its request into a call on the
+//! core (`engine::Handle`) and the answer, or the refusal, back into gRPC.
+//! Nothing here touches the node or the overlay directly.
 
 use std::pin::Pin;
-use std::sync::Arc;
 
-use bytes::Bytes;
-use netdb::{EntryEventKind, Event};
+use netdb::KeyOp;
+use netdb::{Event, MemberInfo};
 use netdb_api::{self as api, netdb_server::Netdb};
-use tokio::sync::{mpsc, oneshot};
+use netdb_dataplane::{Kernel, Linux};
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
-use netdb_dataplane::Linux;
-
-use netdb::KeyOp;
-
-use crate::agent::{Command, Core};
+use crate::engine::{self, Handle};
 use crate::keys;
-use crate::overlay::Step;
+use crate::overlay::{self, Attach, CreateNetwork, EndpointInfo, Kind, NetworkInfo};
+use crate::watch::Watched;
 
-/// Events a watcher may have queued before it counts as stuck and is cut.
-const WATCH_BACKLOG: usize = 4096;
-
-pub struct Api {
-    cmds: mpsc::Sender<Command>,
-    /// `None` when the data plane is off.
-    kernel: Option<Kernel>,
+/// The API service.
+pub(crate) struct Api<K = Linux> {
+    core: Handle<K>,
 }
 
-/// The kernel, one writer at a time: attach, detach and reconcile.
-pub type Kernel = Arc<tokio::sync::Mutex<Linux>>;
-
-/// Runs `f` on the core loop and returns its result; `None` once the agent
-/// is shutting down.
-pub async fn on_core<R: Send + 'static>(
-    cmds: &mpsc::Sender<Command>,
-    f: impl FnOnce(&mut Core) -> R + Send + 'static,
-) -> Option<R> {
-    let (tx, rx) = oneshot::channel();
-    let cmd: Command = Box::new(move |core| {
-        let _ = tx.send(f(core));
-    });
-    cmds.send(cmd).await.ok()?;
-    rx.await.ok()
-}
-
-async fn call_core<R: Send + 'static>(
-    cmds: &mpsc::Sender<Command>,
-    f: impl FnOnce(&mut Core) -> R + Send + 'static,
-) -> Result<R, Status> {
-    on_core(cmds, f).await.ok_or_else(|| Status::unavailable("the agent is shutting down"))
-}
-
-/// Attach: reserve on the core, wire the kernel, publish on the core. The
-/// kernel lock is held from the wiring to the publication, so a reconcile
-/// never sees a half-made endpoint.
-async fn attach(
-    cmds: mpsc::Sender<Command>,
-    kernel: Option<Kernel>,
-    r: api::AttachRequest,
-) -> Result<api::EndpointInfo, Status> {
-    let r = Arc::new(r);
-    let mut waits = 0;
-    let ready = loop {
-        let req = r.clone();
-        let step = call_core(&cmds, move |core| {
-            let now = core.now();
-            core.overlay.begin_attach(&mut core.node, now, &req)
-        })
-        .await??;
-        match step {
-            Step::Ready(ready) => break ready,
-            Step::Wait(_) if waits >= MAX_ATTACH_WAITS => {
-                let net = r.network.clone();
-                call_core(&cmds, move |core| {
-                    let now = core.now();
-                    core.overlay.abandon_attach(&mut core.node, now, &net)
-                })
-                .await?;
-                return Err(Status::unavailable(format!(
-                    "network {}: no address block settled after {waits} tries (other hosts claiming, or the cluster not synced yet); try again",
-                    r.network
-                )));
-            }
-            Step::Wait(d) => {
-                waits += 1;
-                tokio::time::sleep(d).await;
-            }
-        }
-    };
-    let kernel = kernel.ok_or_else(|| Status::failed_precondition("the data plane is off"))?;
-    let linux = kernel.lock().await;
-    let wired = linux.attach(&ready.network, &ready.endpoint).await;
-    let key = ready.key();
-    let ok = wired.is_ok();
-    let published = call_core(&cmds, move |core| {
-        let now = core.now();
-        core.overlay.finish_attach(&mut core.node, now, &key, ok)
-    })
-    .await
-    .and_then(|r| r);
-    if ok && published.is_err() {
-        let _ = linux.detach(&ready.endpoint.host_ifname).await;
+impl<K: Kernel> Api<K> {
+    pub(crate) fn new(core: Handle<K>) -> Self {
+        Api { core }
     }
-    published?;
-    match wired {
-        Ok(()) => Ok(ready.reply),
-        Err(e @ netdb_dataplane::Error::IfnameTaken { .. }) => {
-            Err(Status::already_exists(e.to_string()))
-        }
-        Err(e @ netdb_dataplane::Error::Netns { .. }) => {
-            Err(Status::failed_precondition(e.to_string()))
-        }
-        Err(e) => Err(Status::internal(e.to_string())),
-    }
-}
 
-/// Detach: out of the desired state, veth removed, entries withdrawn, all
-/// under the kernel lock.
-async fn detach(
-    cmds: mpsc::Sender<Command>,
-    kernel: Option<Kernel>,
-    r: api::DetachRequest,
-) -> Result<(), Status> {
-    let linux = match &kernel {
-        Some(k) => Some(k.lock().await),
-        None => None,
-    };
-    let (net, name) = (r.network.clone(), r.name.clone());
-    let host_ifname =
-        call_core(&cmds, move |core| core.overlay.begin_detach(&net, &name)).await??;
-    let removed = match &linux {
-        Some(l) => l.detach(&host_ifname).await.map(|_| ()),
-        None => Ok(()),
-    };
-    let ok = removed.is_ok();
-    call_core(&cmds, move |core| {
-        let now = core.now();
-        core.overlay.finish_detach(&mut core.node, now, &r.network, &r.name, ok)
-    })
-    .await?;
-    removed.map_err(|e| Status::internal(e.to_string()))
-}
-
-/// Settle waits an attach sits through before giving up (each is one
-/// claim of a block; losing many races in a row means heavy contention).
-const MAX_ATTACH_WAITS: usize = 8;
-
-impl Api {
     /// Runs one keyring command on every live member to its end.
     async fn key_step(&self, op: KeyOp) -> Result<api::KeyStep, Status> {
         let action = op.to_string();
-        let seq = self.command(move |node, now| node.key_command(now, op)).await?;
+        let seq = self.core.key_command(op).await.map_err(core_status)?;
         loop {
-            let report = self.call(move |core| core.node.key_report(seq)).await?;
-            match report {
+            match self.core.key_report(seq).await.map_err(core_status)? {
                 Some(r) if r.done => return Ok(keys::step(action, r)),
                 Some(_) => tokio::time::sleep(keys::POLL).await,
                 None => return Err(Status::internal("the keyring command was forgotten")),
@@ -166,8 +44,10 @@ impl Api {
     /// stops at the first step not confirmed by every live member.
     async fn rotate(&self) -> Result<api::KeysReply, Status> {
         let old = self
-            .call(|core| core.node.keyring().map(|k| k.primary()))
-            .await?
+            .core
+            .primary_key()
+            .await
+            .map_err(core_status)?
             .ok_or_else(|| status(netdb::Error::NoKeyring))?;
         let key = keys::generate()?;
         let new = netdb::keyring::key_id(&key);
@@ -197,35 +77,10 @@ impl Api {
         tracing::info!(old = %old_fp, new = %new_fp, "key rotated");
         Ok(api::KeysReply { steps, complete: true })
     }
-
-    pub fn new(cmds: mpsc::Sender<Command>, kernel: Option<Kernel>) -> Self {
-        Api { cmds, kernel }
-    }
-
-    async fn call<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Core) -> R + Send + 'static,
-    ) -> Result<R, Status> {
-        call_core(&self.cmds, f).await
-    }
-
-    /// A call that runs a node command at the current time.
-    async fn command<R: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut netdb::Node, std::time::Duration) -> Result<R, netdb::Error>
-        + Send
-        + 'static,
-    ) -> Result<R, Status> {
-        self.call(move |core| {
-            let now = core.now();
-            f(&mut core.node, now)
-        })
-        .await?
-        .map_err(status)
-    }
 }
 
-pub fn status(e: netdb::Error) -> Status {
+/// A node refusal as gRPC.
+pub(crate) fn status(e: netdb::Error) -> Status {
     use netdb::Error as E;
     let msg = e.to_string();
     match e {
@@ -241,7 +96,38 @@ pub fn status(e: netdb::Error) -> Status {
     }
 }
 
-pub fn entry(table: &str, key: &str, e: &netdb::Entry) -> api::Entry {
+/// An overlay refusal as gRPC.
+fn overlay_status(e: overlay::Error) -> Status {
+    let msg = e.to_string();
+    match e {
+        overlay::Error::Node(e) => status(e),
+        e => match e.kind() {
+            Kind::Invalid => Status::invalid_argument(msg),
+            Kind::NotFound => Status::not_found(msg),
+            Kind::Exists => Status::already_exists(msg),
+            Kind::Precondition => Status::failed_precondition(msg),
+            Kind::Exhausted => Status::resource_exhausted(msg),
+            Kind::Unavailable => Status::unavailable(msg),
+            Kind::Busy => Status::aborted(msg),
+            Kind::Internal => Status::internal(msg),
+        },
+    }
+}
+
+/// A failed core call as gRPC.
+fn core_status(e: engine::Error) -> Status {
+    match e {
+        engine::Error::ShuttingDown => Status::unavailable(e.to_string()),
+        engine::Error::TaskFailed(_) => Status::internal(e.to_string()),
+        engine::Error::Node(e) => status(e),
+        engine::Error::Overlay(e) => overlay_status(e),
+        engine::Error::PutStopped { ref source, .. } => {
+            Status::new(status(source.clone()).code(), e.to_string())
+        }
+    }
+}
+
+fn entry(table: &str, key: &str, e: &netdb::Entry) -> api::Entry {
     api::Entry {
         table: table.into(),
         key: key.into(),
@@ -251,92 +137,92 @@ pub fn entry(table: &str, key: &str, e: &netdb::Entry) -> api::Entry {
     }
 }
 
-/// A watcher of one network (and optionally one table).
-pub struct Watcher {
-    network: String,
-    table: Option<String>,
-    tx: mpsc::Sender<Result<api::WatchEvent, Status>>,
+fn member(m: MemberInfo) -> api::Member {
+    api::Member {
+        name: m.name,
+        addr: m.addr.map(|a| a.to_string()).unwrap_or_default(),
+        state: m.state.as_str().into(),
+        incarnation: m.incarnation,
+        generation: m.generation,
+    }
 }
 
-impl Watcher {
-    /// Offers an event; false if the watcher is gone or stuck and must be
-    /// dropped.
-    pub fn offer(&self, ev: &Event) -> bool {
-        let Event::Entry { network, table, key, kind, owner, value } = ev else { return true };
-        if *network != self.network || self.table.as_ref().is_some_and(|t| t != table) {
-            return !self.tx.is_closed();
-        }
-        let out = api::WatchEvent {
-            event: kind.as_str().into(),
-            network: network.clone(),
-            entry: Some(api::Entry {
-                table: table.clone(),
-                key: key.clone(),
-                value: value.clone(),
-                owner: owner.clone(),
-                ltime: 0,
-            }),
-        };
-        match self.tx.try_send(Ok(out)) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let _ = self
-                    .tx
-                    .try_send(Err(Status::resource_exhausted("watch fell behind; start it again")));
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
-        }
+fn network(n: NetworkInfo) -> api::Network {
+    let mut out =
+        api::Network { name: n.name, peers: n.peers, entries: n.entries, ..Default::default() };
+    if let Some(o) = n.overlay {
+        out.subnet = o.subnet.to_string();
+        out.vni = o.vni;
+        out.mtu = o.mtu;
+        out.local_endpoints = o.local_endpoints;
+        out.hosts = o.hosts;
+        out.conflicts = o.conflicts;
+        out.origin = o.origin;
     }
+    out
+}
 
-    /// Sends a conflict notice about `network`; false if the watcher must
-    /// be dropped.
-    pub fn notice(&self, network: &str, text: &str) -> bool {
-        if network != self.network {
-            return !self.tx.is_closed();
-        }
-        let out = api::WatchEvent {
-            event: "conflict".into(),
-            network: self.network.clone(),
-            entry: Some(api::Entry { value: Bytes::from(text.to_string()), ..Default::default() }),
-        };
-        self.tx.try_send(Ok(out)).is_ok()
+fn endpoint(e: EndpointInfo) -> api::EndpointInfo {
+    api::EndpointInfo {
+        network: e.network,
+        name: e.name,
+        host: e.host,
+        ip: e.ip,
+        prefix: e.prefix,
+        mac: e.mac,
+        ifname: e.ifname,
+        netns: e.netns,
+        service: e.service,
+        aliases: e.aliases,
+        local: e.local,
     }
+}
+
+fn watched(w: Watched) -> Result<api::WatchEvent, Status> {
+    match w {
+        Watched::Entry(Event::Entry { network, table, key, kind, owner, value }) => {
+            Ok(api::WatchEvent {
+                event: kind.as_str().into(),
+                network,
+                entry: Some(api::Entry { table, key, value, owner, ltime: 0 }),
+            })
+        }
+        Watched::Entry(_) => Err(Status::internal("a watch stream got a non-entry event")),
+        Watched::Conflict { network, text } => Ok(api::WatchEvent {
+            event: "conflict".into(),
+            network,
+            entry: Some(api::Entry { value: text.into(), ..Default::default() }),
+        }),
+        Watched::FellBehind => Err(Status::resource_exhausted("watch fell behind; start it again")),
+    }
+}
+
+/// "Not given" in proto3 is the zero value.
+fn given<T: Default + PartialEq>(v: T) -> Option<T> {
+    (v != T::default()).then_some(v)
 }
 
 type WatchStream =
     Pin<Box<dyn tokio_stream::Stream<Item = Result<api::WatchEvent, Status>> + Send>>;
 
 #[tonic::async_trait]
-impl Netdb for Api {
+impl<K: Kernel> Netdb for Api<K> {
     async fn members(
         &self,
         _: Request<api::MembersRequest>,
     ) -> Result<Response<api::MembersReply>, Status> {
-        let members = self
-            .call(|core| {
-                core.node
-                    .members()
-                    .into_iter()
-                    .map(|m| api::Member {
-                        name: m.name,
-                        addr: m.addr.map(|a| a.to_string()).unwrap_or_default(),
-                        state: m.state.as_str().into(),
-                        incarnation: m.incarnation,
-                        generation: m.generation,
-                    })
-                    .collect()
-            })
-            .await?;
-        Ok(Response::new(api::MembersReply { members }))
+        let members = self.core.members().await.map_err(core_status)?;
+        Ok(Response::new(api::MembersReply { members: members.into_iter().map(member).collect() }))
     }
 
     async fn networks(
         &self,
         _: Request<api::NetworksRequest>,
     ) -> Result<Response<api::NetworksReply>, Status> {
-        let networks = self.call(|core| core.overlay.networks(&core.node)).await?;
-        Ok(Response::new(api::NetworksReply { networks }))
+        let networks = self.core.networks().await.map_err(core_status)?;
+        Ok(Response::new(api::NetworksReply {
+            networks: networks.into_iter().map(network).collect(),
+        }))
     }
 
     async fn create_network(
@@ -344,13 +230,10 @@ impl Netdb for Api {
         req: Request<api::CreateNetworkRequest>,
     ) -> Result<Response<api::Network>, Status> {
         let r = req.into_inner();
-        let n = self
-            .call(move |core| {
-                let now = core.now();
-                core.overlay.create(&mut core.node, now, r)
-            })
-            .await??;
-        Ok(Response::new(n))
+        let create =
+            CreateNetwork { name: r.name, subnet: r.subnet, vni: given(r.vni), mtu: given(r.mtu) };
+        let n = self.core.create_network(create).await.map_err(core_status)?;
+        Ok(Response::new(network(n)))
     }
 
     async fn remove_network(
@@ -358,11 +241,7 @@ impl Netdb for Api {
         req: Request<api::NetworkRequest>,
     ) -> Result<Response<api::NetworkReply>, Status> {
         let name = req.into_inner().network;
-        self.call(move |core| {
-            let now = core.now();
-            core.overlay.remove(&mut core.node, now, &name)
-        })
-        .await??;
+        self.core.remove_network(name).await.map_err(core_status)?;
         Ok(Response::new(api::NetworkReply {}))
     }
 
@@ -370,19 +249,26 @@ impl Netdb for Api {
         &self,
         req: Request<api::AttachRequest>,
     ) -> Result<Response<api::EndpointInfo>, Status> {
-        // Its own task: a client that goes away mid-attach must not leave a
-        // reservation or a half-wired veth behind.
-        let task = tokio::spawn(attach(self.cmds.clone(), self.kernel.clone(), req.into_inner()));
-        let info = task.await.map_err(|_| Status::internal("the attach task failed"))??;
-        Ok(Response::new(info))
+        let r = req.into_inner();
+        let attach = Attach {
+            network: r.network,
+            name: r.name,
+            netns: r.netns.into(),
+            ip: given(r.ip),
+            service: r.service,
+            aliases: r.aliases,
+            ifname: given(r.ifname),
+        };
+        let info = self.core.attach(attach).await.map_err(core_status)?;
+        Ok(Response::new(endpoint(info)))
     }
 
     async fn detach(
         &self,
         req: Request<api::DetachRequest>,
     ) -> Result<Response<api::DetachReply>, Status> {
-        let task = tokio::spawn(detach(self.cmds.clone(), self.kernel.clone(), req.into_inner()));
-        task.await.map_err(|_| Status::internal("the detach task failed"))??;
+        let r = req.into_inner();
+        self.core.detach(r.network, r.name).await.map_err(core_status)?;
         Ok(Response::new(api::DetachReply {}))
     }
 
@@ -413,9 +299,10 @@ impl Netdb for Api {
         req: Request<api::EndpointsRequest>,
     ) -> Result<Response<api::EndpointsReply>, Status> {
         let r = req.into_inner();
-        let endpoints =
-            self.call(move |core| core.overlay.endpoints(&core.node, &r.network, r.local)).await?;
-        Ok(Response::new(api::EndpointsReply { endpoints }))
+        let endpoints = self.core.endpoints(r.network, r.local).await.map_err(core_status)?;
+        Ok(Response::new(api::EndpointsReply {
+            endpoints: endpoints.into_iter().map(endpoint).collect(),
+        }))
     }
 
     async fn join_network(
@@ -423,7 +310,7 @@ impl Netdb for Api {
         req: Request<api::NetworkRequest>,
     ) -> Result<Response<api::NetworkReply>, Status> {
         let net = req.into_inner().network;
-        self.command(move |node, now| node.join_network(now, &net)).await?;
+        self.core.join_network(net).await.map_err(core_status)?;
         Ok(Response::new(api::NetworkReply {}))
     }
 
@@ -432,43 +319,24 @@ impl Netdb for Api {
         req: Request<api::NetworkRequest>,
     ) -> Result<Response<api::NetworkReply>, Status> {
         let net = req.into_inner().network;
-        self.command(move |node, now| node.leave_network(now, &net)).await?;
+        self.core.leave_network(net).await.map_err(core_status)?;
         Ok(Response::new(api::NetworkReply {}))
     }
 
     async fn put(&self, req: Request<api::PutRequest>) -> Result<Response<api::PutReply>, Status> {
         let r = req.into_inner();
-        let written = self
-            .call(move |core| {
-                let now = core.now();
-                let mut written = 0u32;
-                for kv in r.entries {
-                    core.node
-                        .put(now, &r.network, &r.table, &kv.key, kv.value)
-                        .map_err(|e| (written, e))?;
-                    written += 1;
-                }
-                Ok(written)
-            })
-            .await?
-            .map_err(|(written, e)| {
-                let s = status(e);
-                Status::new(
-                    s.code(),
-                    format!("{} ({written} entries written before it)", s.message()),
-                )
-            })?;
+        let entries = r.entries.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        let written = self.core.put(r.network, r.table, entries).await.map_err(core_status)?;
         Ok(Response::new(api::PutReply { written }))
     }
 
     async fn get(&self, req: Request<api::KeyRequest>) -> Result<Response<api::Entry>, Status> {
         let r = req.into_inner();
-        let found = self
-            .call(move |core| {
-                core.node.get(&r.network, &r.table, &r.key).map(|e| entry(&r.table, &r.key, e))
-            })
-            .await?;
-        found.map(Response::new).ok_or_else(|| Status::not_found("no such entry"))
+        let found =
+            self.core.get(r.network, r.table.clone(), r.key.clone()).await.map_err(core_status)?;
+        found
+            .map(|e| Response::new(entry(&r.table, &r.key, &e)))
+            .ok_or_else(|| Status::not_found("no such entry"))
     }
 
     async fn delete(
@@ -476,7 +344,7 @@ impl Netdb for Api {
         req: Request<api::KeyRequest>,
     ) -> Result<Response<api::DeleteReply>, Status> {
         let r = req.into_inner();
-        self.command(move |node, now| node.delete(now, &r.network, &r.table, &r.key)).await?;
+        self.core.delete(r.network, r.table, r.key).await.map_err(core_status)?;
         Ok(Response::new(api::DeleteReply {}))
     }
 
@@ -485,17 +353,10 @@ impl Netdb for Api {
         req: Request<api::TableRequest>,
     ) -> Result<Response<api::DumpReply>, Status> {
         let r = req.into_inner();
-        let entries = self
-            .command(move |node, _| {
-                node.check_joined(&r.network)?;
-                Ok(node
-                    .entries(&r.network, &r.table)
-                    .into_iter()
-                    .map(|(k, e)| entry(&r.table, k, e))
-                    .collect())
-            })
-            .await?;
-        Ok(Response::new(api::DumpReply { entries }))
+        let entries = self.core.dump(r.network, r.table.clone()).await.map_err(core_status)?;
+        Ok(Response::new(api::DumpReply {
+            entries: entries.iter().map(|(k, e)| entry(&r.table, k, e)).collect(),
+        }))
     }
 
     type WatchStream = WatchStream;
@@ -505,86 +366,20 @@ impl Netdb for Api {
         req: Request<api::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let r = req.into_inner();
-        let table = (!r.table.is_empty()).then_some(r.table);
-        let rx = self
-            .call(move |core| {
-                core.node.check_joined(&r.network)?;
-                let snapshot: Vec<_> = core
-                    .node
-                    .raw_entries(&r.network)
-                    .into_iter()
-                    .filter(|(t, _, e)| {
-                        e.visible() && table.as_deref().is_none_or(|want| want == *t)
-                    })
-                    .map(|(t, k, e)| Event::Entry {
-                        network: r.network.clone(),
-                        table: t.into(),
-                        key: k.into(),
-                        kind: EntryEventKind::Create,
-                        owner: e.owner.clone(),
-                        value: e.value.clone(),
-                    })
-                    .collect();
-                let (tx, rx) = mpsc::channel(snapshot.len() + WATCH_BACKLOG);
-                let w = Watcher { network: r.network, table, tx };
-                for ev in &snapshot {
-                    w.offer(ev);
-                }
-                core.watchers.push(w);
-                Ok(rx)
-            })
-            .await?
-            .map_err(status)?;
-        Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
+        let rx = self.core.watch(r.network, given(r.table)).await.map_err(core_status)?;
+        Ok(Response::new(Box::pin(ReceiverStream::new(rx).map(watched))))
     }
 
     async fn stats(
         &self,
         _: Request<api::StatsRequest>,
     ) -> Result<Response<api::StatsReply>, Status> {
-        let counters = self
-            .call(|core| {
-                core.counters()
-                    .into_iter()
-                    .map(|(name, value)| api::Counter { name, value })
-                    .collect()
-            })
-            .await?;
-        Ok(Response::new(api::StatsReply { counters }))
-    }
-}
-
-/// Parses "KEY VALUE" lines for bulk puts: the key is the first word, the
-/// value the rest of the line; blank lines and lines starting with # are
-/// skipped.
-pub fn parse_bulk(text: &str) -> Result<Vec<api::KeyValue>, String> {
-    let mut out = Vec::new();
-    for (n, line) in text.lines().enumerate() {
-        let line = line.trim();
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let Some((key, value)) = line.split_once(char::is_whitespace) else {
-            return Err(format!("line {}: expected \"KEY VALUE\"", n + 1));
-        };
-        out.push(api::KeyValue {
-            key: key.into(),
-            value: Bytes::from(value.trim_start().to_string()),
-        });
-    }
-    Ok(out)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn bulk_lines_split_at_the_first_space() {
-        let kv = parse_bulk("a 1\n\n# note\nb two words\n").unwrap();
-        assert_eq!(kv.len(), 2);
-        assert_eq!(kv[1].key, "b");
-        assert_eq!(kv[1].value, Bytes::from("two words"));
-        assert!(parse_bulk("lonely").unwrap_err().contains("line 1"));
+        let counters = self.core.counters().await.map_err(core_status)?;
+        Ok(Response::new(api::StatsReply {
+            counters: counters
+                .into_iter()
+                .map(|(name, value)| api::Counter { name, value })
+                .collect(),
+        }))
     }
 }

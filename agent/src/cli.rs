@@ -17,7 +17,7 @@ use crate::endpoint::Endpoint;
     version,
     about = "Overlay network control plane: gossip tables without a key-value store"
 )]
-pub struct Cli {
+pub(crate) struct Cli {
     /// Admin API endpoint: unix:/path or IP:PORT [default: unix:/run/netdb/netdb.sock]
     #[arg(long, global = true, env = "NETDB_API")]
     pub api: Option<Endpoint>,
@@ -32,7 +32,7 @@ pub struct Cli {
 
 /// TLS for a client talking to an agent's TCP API.
 #[derive(Debug, Args)]
-pub struct ClientTlsArgs {
+pub(crate) struct ClientTlsArgs {
     /// CA that signed the agent's certificate (PEM).
     #[arg(long, global = true, env = "NETDB_TLS_CA")]
     pub tls_ca: Option<PathBuf>,
@@ -48,7 +48,7 @@ pub struct ClientTlsArgs {
 }
 
 impl ClientTlsArgs {
-    pub fn files(&self) -> crate::tls::ClientFiles {
+    pub(crate) fn files(&self) -> crate::tls::ClientFiles {
         crate::tls::ClientFiles {
             ca: self.tls_ca.clone(),
             cert: self.tls_cert.clone(),
@@ -59,13 +59,13 @@ impl ClientTlsArgs {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Output {
+pub(crate) enum Output {
     Table,
     Json,
 }
 
 #[derive(Debug, Subcommand)]
-pub enum Command {
+pub(crate) enum Command {
     /// Run an agent (one per host).
     Agent(Box<AgentArgs>),
     /// List cluster members.
@@ -89,7 +89,7 @@ pub enum Command {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum KeysCmd {
+pub(crate) enum KeysCmd {
     /// Each member's key fingerprints, primary first.
     List,
     /// Add a key on every member; it opens but does not seal yet. The key
@@ -110,7 +110,7 @@ pub enum KeysCmd {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum NetworkCmd {
+pub(crate) enum NetworkCmd {
     /// Overlay networks (subnet, VNI, hosts) and plain networks this agent
     /// joined.
     Ls,
@@ -136,7 +136,7 @@ pub enum NetworkCmd {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum EndpointCmd {
+pub(crate) enum EndpointCmd {
     /// Wire a network namespace to an overlay network: veth, IP, MAC,
     /// routes, and entries every host learns.
     Attach {
@@ -170,7 +170,7 @@ pub enum EndpointCmd {
 }
 
 #[derive(Debug, Subcommand)]
-pub enum TableCmd {
+pub(crate) enum TableCmd {
     /// Write one entry, or many from a file of "KEY VALUE" lines (- = stdin).
     Put {
         network: String,
@@ -204,7 +204,7 @@ pub enum TableCmd {
 /// that order of precedence.
 #[derive(Debug, Default, Args, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
-pub struct AgentArgs {
+pub(crate) struct AgentArgs {
     /// TOML file with any of these settings.
     #[arg(long, env = "NETDB_CONFIG")]
     #[serde(skip)]

@@ -4,16 +4,16 @@
 use std::io::{Read, Write};
 
 use anyhow::{Context, anyhow};
+use bytes::Bytes;
 use netdb_api::{self as api, netdb_client::NetdbClient};
 use serde_json::{Value, json};
 use tonic::transport::Channel;
 
-use crate::api::parse_bulk;
 use crate::cli::{Command, EndpointCmd, KeysCmd, NetworkCmd, Output, TableCmd};
 use crate::endpoint::{self, Endpoint};
 use crate::tls::ClientFiles;
 
-pub async fn run(
+pub(crate) async fn run(
     ep: Option<Endpoint>,
     out: Output,
     tls: ClientFiles,
@@ -451,5 +451,40 @@ async fn keys(c: &mut NetdbClient<Channel>, out: Output, cmd: KeysCmd) -> anyhow
         Ok(())
     } else {
         Err(anyhow!("not every live member confirmed; see the report above"))
+    }
+}
+
+/// Parses "KEY VALUE" lines for bulk puts: the key is the first word, the
+/// value the rest of the line; blank lines and lines starting with # are
+/// skipped.
+fn parse_bulk(text: &str) -> Result<Vec<api::KeyValue>, String> {
+    let mut out = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let Some((key, value)) = line.split_once(char::is_whitespace) else {
+            return Err(format!("line {}: expected \"KEY VALUE\"", n + 1));
+        };
+        out.push(api::KeyValue {
+            key: key.into(),
+            value: Bytes::from(value.trim_start().to_string()),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bulk_lines_split_at_the_first_space() {
+        let kv = parse_bulk("a 1\n\n# note\nb two words\n").unwrap();
+        assert_eq!(kv.len(), 2);
+        assert_eq!(kv[1].key, "b");
+        assert_eq!(kv[1].value, Bytes::from("two words"));
+        assert!(parse_bulk("lonely").unwrap_err().contains("line 1"));
     }
 }

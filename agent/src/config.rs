@@ -10,10 +10,10 @@ use anyhow::{Context, bail};
 use crate::cli::AgentArgs;
 use crate::endpoint::{self, Endpoint};
 
-pub const DEFAULT_PORT: u16 = 7946;
+pub(crate) const DEFAULT_PORT: u16 = 7946;
 
 #[derive(Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub name: String,
     pub bind: SocketAddr,
     pub advertise: SocketAddr,
@@ -35,9 +35,9 @@ pub struct Settings {
     pub claim_settle: Duration,
 }
 
-pub const DEFAULT_DATA_DIR: &str = "/var/lib/netdb";
+pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/netdb";
 
-pub fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
+pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
     let file = match &cli.config {
         Some(path) => load(path)?,
         None => AgentArgs::default(),
@@ -194,7 +194,7 @@ fn read_secret(path: &Path) -> anyhow::Result<Vec<u8>> {
 
 /// Base64 keys of 32 bytes; blank lines and # comments are skipped. Errors
 /// name the key's position, never its content.
-pub fn parse_keys<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<Vec<u8>>> {
+pub(crate) fn parse_keys<'a>(items: impl Iterator<Item = &'a str>) -> anyhow::Result<Vec<Vec<u8>>> {
     use base64::Engine;
     let mut keys = Vec::new();
     for item in items.map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
@@ -303,7 +303,7 @@ mod tests {
         a.config = Some(file);
         let s = resolve(a, None).unwrap();
         assert_eq!(s.name, "from-flag");
-        assert_eq!(s.core.sync_interval, std::time::Duration::from_secs(5));
+        assert_eq!(s.core.sync_interval, Duration::from_secs(5));
         assert_eq!(s.api.to_string(), "unix:/tmp/f.sock");
         assert_eq!(s.advertise, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(s.core.gossip_interval, netdb::Config::default().gossip_interval);
@@ -333,7 +333,7 @@ mod tests {
     #[test]
     fn nonsense_settings_are_refused_with_the_flag_named() {
         let mut a = args("n", "127.0.0.1:7000");
-        a.probe_rtt = Some(std::time::Duration::from_secs(5));
+        a.probe_rtt = Some(Duration::from_secs(5));
         assert!(resolve(a, None).unwrap_err().to_string().contains("--probe-rtt"));
     }
 }

@@ -3,7 +3,8 @@
 
 use std::time::Duration;
 
-pub fn parse(s: &str) -> Result<Duration, String> {
+/// A duration such as `200ms`, `1m30s`; the error says what to write.
+pub(crate) fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration; write e.g. 200ms, 30s, 10m".into());
@@ -17,12 +18,12 @@ pub fn parse(s: &str) -> Result<Duration, String> {
                 "bad duration {s:?}: expected a number; write e.g. 200ms, 30s, 10m"
             ));
         }
-        let n: u64 =
-            rest[..digits].parse().map_err(|_| format!("bad duration {s:?}: number too large"))?;
-        rest = &rest[digits..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit()).unwrap_or(rest.len());
-        let unit = &rest[..unit_len];
-        rest = &rest[unit_len..];
+        // `find` stops at a character, so both splits are on boundaries.
+        let (number, after) = rest.split_at(digits);
+        let n: u64 = number.parse().map_err(|_| format!("bad duration {s:?}: number too large"))?;
+        let unit_len = after.find(|c: char| c.is_ascii_digit()).unwrap_or(after.len());
+        let (unit, after) = after.split_at(unit_len);
+        rest = after;
         let part = match unit {
             "ms" => Duration::from_millis(n),
             "s" => Duration::from_secs(n),
@@ -38,7 +39,7 @@ pub fn parse(s: &str) -> Result<Duration, String> {
 }
 
 /// serde helper for optional durations in the TOML config.
-pub fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+pub(crate) fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
     let s: Option<String> = serde::Deserialize::deserialize(d)?;
     s.map(|s| parse(&s).map_err(serde::de::Error::custom)).transpose()
 }

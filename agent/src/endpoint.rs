@@ -10,10 +10,10 @@ use tonic::transport::{Channel, Endpoint as TonicEndpoint};
 
 use crate::tls::ClientFiles;
 
-pub const DEFAULT: &str = "unix:/run/netdb/netdb.sock";
+pub(crate) const DEFAULT: &str = "unix:/run/netdb/netdb.sock";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
+pub(crate) enum Endpoint {
     Unix(PathBuf),
     Tcp(SocketAddr),
 }
@@ -44,13 +44,13 @@ impl std::str::FromStr for Endpoint {
 }
 
 /// serde helper for the `api` key of the TOML config.
-pub fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Endpoint>, D::Error> {
+pub(crate) fn de_opt<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Endpoint>, D::Error> {
     let s: Option<String> = serde::Deserialize::deserialize(d)?;
     s.map(|s| s.parse().map_err(serde::de::Error::custom)).transpose()
 }
 
 /// Connects the CLI to an agent, with an error that says what to do.
-pub async fn connect(ep: &Endpoint, tls: &ClientFiles) -> anyhow::Result<Channel> {
+pub(crate) async fn connect(ep: &Endpoint, tls: &ClientFiles) -> anyhow::Result<Channel> {
     let hint = || {
         format!("cannot reach the netdb agent at {ep}; is `netdb agent` running there? (use --api)")
     };

@@ -1,10 +1,6 @@
-//! Keyring commands on the agent's side: argument parsing, running one
-//! cluster-wide step to completion, the rotation sequence, and writing the
-//! keyring back to its file.
+//! Keyring commands on the API's side: argument parsing, reports as the API
+//! shows them, fresh keys.
 
-use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::Path;
 use std::time::Duration;
 
 use base64::Engine;
@@ -14,10 +10,10 @@ use netdb_api as api;
 use tonic::Status;
 
 /// How often a running command's report is read.
-pub const POLL: Duration = Duration::from_millis(50);
+pub(crate) const POLL: Duration = Duration::from_millis(50);
 
 /// A key (base64) given for `install`.
-pub fn parse_key(s: &str) -> Result<Vec<u8>, Status> {
+pub(crate) fn parse_key(s: &str) -> Result<Vec<u8>, Status> {
     let key = base64::engine::general_purpose::STANDARD.decode(s.trim()).map_err(|_| bad_key())?;
     if key.len() != KEY_LEN {
         return Err(bad_key());
@@ -26,12 +22,13 @@ pub fn parse_key(s: &str) -> Result<Vec<u8>, Status> {
 }
 
 /// The key `use` and `remove` name: its 8-digit fingerprint, or the key.
-pub fn parse_id(s: &str) -> Result<KeyId, Status> {
+pub(crate) fn parse_id(s: &str) -> Result<KeyId, Status> {
     let s = s.trim();
     if s.len() == 2 * ID_BYTES && s.bytes().all(|b| b.is_ascii_hexdigit()) {
         let mut id: KeyId = [0; ID_BYTES];
-        for (i, b) in id.iter_mut().enumerate() {
-            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).map_err(|_| bad_key())?;
+        for (b, pair) in id.iter_mut().zip(s.as_bytes().chunks_exact(2)) {
+            let hex = std::str::from_utf8(pair).map_err(|_| bad_key())?;
+            *b = u8::from_str_radix(hex, 16).map_err(|_| bad_key())?;
         }
         return Ok(id);
     }
@@ -45,7 +42,7 @@ fn bad_key() -> Status {
 }
 
 /// A finished report as the API shows it.
-pub fn step(action: String, r: KeyReport) -> api::KeyStep {
+pub(crate) fn step(action: String, r: KeyReport) -> api::KeyStep {
     let complete = r.complete();
     api::KeyStep {
         action,
@@ -65,36 +62,13 @@ pub fn step(action: String, r: KeyReport) -> api::KeyStep {
 }
 
 /// A fresh random key.
-pub fn generate() -> Result<Vec<u8>, Status> {
+pub(crate) fn generate() -> Result<Vec<u8>, Status> {
     use ring::rand::SecureRandom;
     let mut key = vec![0u8; KEY_LEN];
     ring::rand::SystemRandom::new()
         .fill(&mut key)
         .map_err(|_| Status::internal("the system random generator failed"))?;
     Ok(key)
-}
-
-/// Writes the keyring file (base64, primary first) atomically, mode 0600.
-pub fn write_keyring(path: &Path, keys: &[Vec<u8>]) -> std::io::Result<()> {
-    let mut text = String::from("# netdb gossip keys, primary first; written by the agent\n");
-    for k in keys {
-        text.push_str(&base64::engine::general_purpose::STANDARD.encode(k));
-        text.push('\n');
-    }
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(true)
-        .write(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -112,19 +86,5 @@ mod tests {
         assert!(parse_key(&fp).is_err(), "install needs the key");
         assert!(parse_id("c2hvcnQ=").is_err());
         assert!(parse_id("not base64!").is_err());
-    }
-
-    #[test]
-    fn the_keyring_file_is_private_and_reads_back() {
-        use std::os::unix::fs::PermissionsExt;
-        let dir = std::env::temp_dir().join(format!("netdb-keys-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("keys");
-        write_keyring(&path, &[vec![1; 32], vec![2; 32]]).unwrap();
-        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        let text = std::fs::read_to_string(&path).unwrap();
-        let keys = crate::config::parse_keys(text.lines()).unwrap();
-        assert_eq!(keys, vec![vec![1; 32], vec![2; 32]]);
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -7,12 +7,16 @@ mod client;
 mod config;
 mod duration;
 mod endpoint;
+mod engine;
+mod keyfile;
 mod keys;
 mod overlay;
 mod reconcile;
+mod server;
 mod state;
 mod streams;
 mod tls;
+mod watch;
 
 use std::process::ExitCode;
 

@@ -2,63 +2,36 @@
 //! desired state is taken from the core and the kernel is made to match.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{Notify, mpsc};
+use netdb_dataplane::Kernel;
+use tokio::sync::Notify;
 
-use crate::agent::Command;
-use crate::api::{Kernel, on_core};
+use crate::engine::{Handle, KernelStats};
 
 /// Changes arriving within this window share one reconcile.
 const COALESCE: Duration = Duration::from_millis(20);
 
-#[derive(Debug, Default)]
-pub struct KernelStats {
-    reconciles: AtomicU64,
-    changes: AtomicU64,
-    failures: AtomicU64,
-    last_us: AtomicU64,
-}
-
-impl KernelStats {
-    pub fn counters(&self) -> Vec<(String, u64)> {
-        [
-            ("kernel_reconciles", &self.reconciles),
-            ("kernel_changes", &self.changes),
-            ("kernel_failures", &self.failures),
-            ("kernel_last_reconcile_us", &self.last_us),
-        ]
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v.load(Ordering::Relaxed)))
-        .collect()
-    }
-}
-
-pub async fn run(
-    kernel: Kernel,
-    cmds: mpsc::Sender<Command>,
+/// Runs until the core is gone. Without a kernel there is nothing to do.
+pub(crate) async fn run<K: Kernel>(
+    core: Handle<K>,
     wake: Arc<Notify>,
     period: Duration,
     stats: Arc<KernelStats>,
 ) {
+    let Some(kernel) = core.kernel().cloned() else { return };
     loop {
         tokio::select! {
             _ = wake.notified() => tokio::time::sleep(COALESCE).await,
             _ = tokio::time::sleep(period) => {}
         }
-        // Held from the snapshot to the last netlink call: an attach or
+        // Held from the snapshot to the last kernel call: an attach or
         // detach in between would make the snapshot stale.
-        let linux = kernel.lock().await;
-        let Some(desired) = on_core(&cmds, |core| core.overlay.desired(&core.node)).await else {
-            return;
-        };
-        stats.reconciles.fetch_add(1, Ordering::Relaxed);
-        match linux.reconcile(&desired).await {
+        let kernel = kernel.lock().await;
+        let Some(desired) = core.desired().await else { return };
+        match kernel.reconcile(&desired).await {
             Ok(r) => {
-                stats.last_us.store(r.elapsed.as_micros() as u64, Ordering::Relaxed);
-                stats.changes.fetch_add(r.changes() as u64, Ordering::Relaxed);
-                stats.failures.fetch_add(r.failed as u64, Ordering::Relaxed);
+                stats.reconciled(&r);
                 if r.changes() > 0 || r.failed > 0 {
                     tracing::info!(
                         created = r.created,
@@ -75,7 +48,7 @@ pub async fn run(
                 }
             }
             Err(e) => {
-                stats.failures.fetch_add(1, Ordering::Relaxed);
+                stats.failed();
                 tracing::warn!(error = %e, "cannot read the kernel state; retrying next period");
             }
         }

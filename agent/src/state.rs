@@ -19,7 +19,7 @@ const MAX_STATE_BYTES: u64 = 64 << 20;
 
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct State {
+pub(crate) struct State {
     pub version: u32,
     /// Definitions of the networks this host has endpoints on, as last
     /// seen, and the address blocks this host claimed in them.
@@ -33,7 +33,7 @@ pub struct State {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SavedNetwork {
+pub(crate) struct SavedNetwork {
     pub subnet: String,
     pub vni: u32,
     pub mtu: u32,
@@ -44,7 +44,7 @@ pub struct SavedNetwork {
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SavedEndpoint {
+pub(crate) struct SavedEndpoint {
     pub network: String,
     pub name: String,
     pub netns: PathBuf,
@@ -58,13 +58,13 @@ pub struct SavedEndpoint {
 }
 
 /// The directory, locked for this agent's lifetime.
-pub struct Store {
+pub(crate) struct Store {
     dir: PathBuf,
     _lock: nix::fcntl::Flock<File>,
 }
 
 impl Store {
-    pub fn open(dir: &Path) -> anyhow::Result<(Store, State)> {
+    pub(crate) fn open(dir: &Path) -> anyhow::Result<(Store, State)> {
         if !dir.exists() {
             std::fs::create_dir_all(dir).with_context(|| {
                 format!("cannot create data dir {}; use --data-dir", dir.display())
@@ -121,7 +121,7 @@ impl Store {
 
     /// Writes the state atomically: a temporary file, synced, renamed over
     /// the old one, and the directory synced.
-    pub fn save(&self, state: &State) -> anyhow::Result<()> {
+    pub(crate) fn save(&self, state: &State) -> anyhow::Result<()> {
         let mut state = state.clone();
         state.version = VERSION;
         let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));

@@ -24,14 +24,14 @@ const FINAL_FRAME_WAIT: Duration = Duration::from_secs(2);
 /// Which stream a frame belongs to: one we accepted (the peer's address is
 /// unique per connection) or one we opened for an exchange.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Key {
+pub(crate) enum Key {
     In(SocketAddr),
     Out(SocketAddr, u64),
 }
 
 /// What stream tasks tell the core loop.
 #[derive(Debug)]
-pub enum NetMsg {
+pub(crate) enum NetMsg {
     /// `budget` holds the frame's share of the byte budget until the core
     /// has handled it.
     Frame {
@@ -58,32 +58,32 @@ pub enum NetMsg {
 /// bytes of frames read but not yet handled by the core (in KiB permits),
 /// so many streams of large frames cannot pile up memory.
 #[derive(Clone)]
-pub struct Limits {
+pub(crate) struct Limits {
     max_frame: usize,
     life: Duration,
     budget: Arc<Semaphore>,
 }
 
 impl Limits {
-    pub fn new(max_frame: usize, life: Duration) -> Self {
+    pub(crate) fn new(max_frame: usize, life: Duration) -> Self {
         let kib = (max_frame.saturating_mul(4) / 1024).max(16 * 1024);
         Limits { max_frame, life, budget: Arc::new(Semaphore::new(kib)) }
     }
 }
 
-pub struct Streams {
+pub(crate) struct Streams {
     conns: HashMap<Key, mpsc::Sender<Vec<u8>>>,
     net_tx: mpsc::Sender<NetMsg>,
     limits: Limits,
 }
 
 impl Streams {
-    pub fn new(net_tx: mpsc::Sender<NetMsg>, limits: Limits) -> Self {
+    pub(crate) fn new(net_tx: mpsc::Sender<NetMsg>, limits: Limits) -> Self {
         Streams { conns: HashMap::new(), net_tx, limits }
     }
 
     /// Sends a frame the core produced.
-    pub fn route(&mut self, to: SocketAddr, sync_id: u64, opens: bool, payload: Vec<u8>) {
+    pub(crate) fn route(&mut self, to: SocketAddr, sync_id: u64, opens: bool, payload: Vec<u8>) {
         if opens {
             let (tx, rx) = mpsc::channel(4);
             let _ = tx.try_send(payload);
@@ -99,17 +99,21 @@ impl Streams {
         }
     }
 
-    pub fn opened(&mut self, key: Key, tx: mpsc::Sender<Vec<u8>>) {
+    pub(crate) fn opened(&mut self, key: Key, tx: mpsc::Sender<Vec<u8>>) {
         self.conns.insert(key, tx);
     }
 
-    pub fn closed(&mut self, key: Key) {
+    pub(crate) fn closed(&mut self, key: Key) {
         self.conns.remove(&key);
     }
 }
 
 /// Accepts push/pull streams until the listener fails.
-pub async fn accept_loop(listener: TcpListener, net_tx: mpsc::Sender<NetMsg>, limits: Limits) {
+pub(crate) async fn accept_loop(
+    listener: TcpListener,
+    net_tx: mpsc::Sender<NetMsg>,
+    limits: Limits,
+) {
     let slots = Arc::new(Semaphore::new(MAX_INBOUND));
     loop {
         let (stream, peer) = match listener.accept().await {

@@ -19,14 +19,14 @@ fn read(what: &str, path: &Path) -> anyhow::Result<Vec<u8>> {
 /// The agent's side: its certificate and key, and the CA that signs
 /// client certificates.
 #[derive(Debug, Clone)]
-pub struct ServerFiles {
+pub(crate) struct ServerFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
 }
 
 impl ServerFiles {
-    pub fn config(&self) -> anyhow::Result<ServerTlsConfig> {
+    pub(crate) fn config(&self) -> anyhow::Result<ServerTlsConfig> {
         let identity =
             Identity::from_pem(read("certificate", &self.cert)?, read("private key", &self.key)?);
         Ok(ServerTlsConfig::new()
@@ -38,7 +38,7 @@ impl ServerFiles {
 
 /// The CLI's side.
 #[derive(Debug, Clone, Default)]
-pub struct ClientFiles {
+pub(crate) struct ClientFiles {
     pub ca: Option<PathBuf>,
     pub cert: Option<PathBuf>,
     pub key: Option<PathBuf>,
@@ -46,11 +46,11 @@ pub struct ClientFiles {
 }
 
 impl ClientFiles {
-    pub fn is_set(&self) -> bool {
+    pub(crate) fn is_set(&self) -> bool {
         self.ca.is_some() || self.cert.is_some() || self.key.is_some()
     }
 
-    pub fn config(&self, host: &str) -> anyhow::Result<ClientTlsConfig> {
+    pub(crate) fn config(&self, host: &str) -> anyhow::Result<ClientTlsConfig> {
         let (Some(ca), Some(cert), Some(key)) = (&self.ca, &self.cert, &self.key) else {
             bail!("TLS to the agent needs --tls-ca, --tls-cert and --tls-key together");
         };

@@ -124,7 +124,10 @@ impl Cluster {
     }
 
     fn underlay_ip(&self, host: &str) -> String {
-        format!("{}.{}", self.underlay, &host[1..])
+        // "h3" → 3: the host's number after its one-letter prefix.
+        let mut number = host.chars();
+        number.next();
+        format!("{}.{}", self.underlay, number.as_str())
     }
 
     /// FDB entries of our VXLAN device in host `h`: (MAC, destination).

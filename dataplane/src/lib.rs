@@ -13,17 +13,25 @@
 //! differences, and [`Linux::reconcile`] applies them, pipelined on one
 //! netlink socket. Missed deltas, hand edits and state left over from an
 //! earlier run are all repaired the same way.
+//!
+//! What the agent needs of a kernel is the [`Kernel`] trait: [`Linux`] is
+//! the real one, [`memory::Memory`] a model for tests without privilege.
 
+mod kernel;
 mod linux;
+pub mod memory;
 mod netns;
 mod plan;
+#[cfg(test)]
+mod testing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-pub use linux::{Linux, ReconcileReport};
+pub use kernel::{Kernel, ReconcileReport};
+pub use linux::Linux;
 pub use plan::{Observed, ObservedNetwork, Plan, plan};
 
 /// The VXLAN UDP port (IANA), as Docker uses it.
@@ -40,6 +48,7 @@ impl Mac {
         Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
     }
 
+    /// The address in `b`; `None` unless it is exactly 6 bytes.
     pub fn from_slice(b: &[u8]) -> Option<Mac> {
         Some(Mac(b.try_into().ok()?))
     }
@@ -61,7 +70,10 @@ impl fmt::Debug for Mac {
 /// An endpoint on another host, reached through the tunnel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Remote {
+    /// The endpoint's address on the overlay network.
     pub ip: Ipv4Addr,
+    /// The endpoint's MAC: the FDB entry's key and the neighbor entry's
+    /// answer.
     pub mac: Mac,
     /// The other host's tunnel (underlay) address.
     pub host: Ipv4Addr,
@@ -76,18 +88,24 @@ pub struct Endpoint {
     pub ifname: String,
     /// Host-side veth name (unique on this host, at most 15 bytes).
     pub host_ifname: String,
+    /// The container's address on the network.
     pub ip: Ipv4Addr,
+    /// The network's prefix length (the subnet route in the container).
     pub prefix: u8,
+    /// The container interface's MAC.
     pub mac: Mac,
 }
 
 /// One network as this host must hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Network {
+    /// The VXLAN network identifier; names the devices too.
     pub vni: u32,
+    /// MTU of the devices and the container interfaces.
     pub mtu: u32,
     /// This host's tunnel address (the VXLAN source).
     pub local: Ipv4Addr,
+    /// Endpoints on other hosts: one FDB and one neighbor entry each.
     pub remotes: BTreeSet<Remote>,
     /// Endpoints of this host on the network, by host-side veth name.
     pub endpoints: BTreeMap<String, Endpoint>,
@@ -96,10 +114,12 @@ pub struct Network {
 /// Everything this host's kernel must hold, by VNI.
 pub type Desired = BTreeMap<u32, Network>;
 
+/// The bridge of network `vni`.
 pub fn bridge_name(vni: u32) -> String {
     format!("ndbr{vni}")
 }
 
+/// The VXLAN device of network `vni`.
 pub fn vxlan_name(vni: u32) -> String {
     format!("ndvx{vni}")
 }
@@ -129,30 +149,47 @@ pub fn has_net_admin() -> bool {
         .is_some_and(|caps| caps & (1 << 12) != 0)
 }
 
+/// The two devices of a network.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
+    /// `ndbr<VNI>`: the local endpoints' veths and the VXLAN device.
     Bridge,
+    /// `ndvx<VNI>`: the tunnel to the other hosts.
     Vxlan,
 }
 
+/// Why the kernel could not be read or changed.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
+    /// No netlink socket: not Linux, or no privilege.
     #[error("cannot open a netlink socket: {0}; netdb needs Linux and CAP_NET_ADMIN (run as root)")]
     Socket(#[source] std::io::Error),
+    /// A container's namespace could not be opened or entered.
     #[error("network namespace {path}: {source}")]
     Netns {
+        /// The namespace file.
         path: String,
+        /// Why it failed.
         #[source]
         source: std::io::Error,
     },
+    /// The kernel refused a request.
     #[error("{what}: {source}")]
     Netlink {
+        /// The step that failed, naming the device or entry.
         what: String,
+        /// The kernel's answer.
         #[source]
         source: std::io::Error,
     },
+    /// The container already has an interface of that name.
     #[error("interface {ifname} already exists in {netns}; pick another with --ifname")]
-    IfnameTaken { ifname: String, netns: String },
+    IfnameTaken {
+        /// The interface name asked for.
+        ifname: String,
+        /// The container's namespace.
+        netns: String,
+    },
 }
 
 impl Error {

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
@@ -18,8 +18,8 @@ use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
 use crate::netns::{self, Connection};
 use crate::plan::{Observed, ObservedNetwork, Plan, plan};
 use crate::{
-    Desired, DeviceKind, Endpoint, Error, Mac, Network, VXLAN_PORT, bridge_name, device_vni,
-    vxlan_name,
+    Desired, DeviceKind, Endpoint, Error, Kernel, Mac, Network, ReconcileReport, VXLAN_PORT,
+    bridge_name, device_vni, vxlan_name,
 };
 
 /// Requests in flight at once on the socket: the kernel answers them in
@@ -29,33 +29,6 @@ const IN_FLIGHT: usize = 256;
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
-
-/// What one reconcile changed.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct ReconcileReport {
-    pub created: usize,
-    pub removed: usize,
-    pub fdb_added: usize,
-    pub fdb_removed: usize,
-    pub neigh_added: usize,
-    pub neigh_removed: usize,
-    pub endpoints_repaired: usize,
-    /// Operations that failed (logged; the next reconcile tries again).
-    pub failed: usize,
-    pub elapsed: Duration,
-}
-
-impl ReconcileReport {
-    pub fn changes(&self) -> usize {
-        self.created
-            + self.removed
-            + self.fdb_added
-            + self.fdb_removed
-            + self.neigh_added
-            + self.neigh_removed
-            + self.endpoints_repaired
-    }
-}
 
 /// The Linux kernel of this host (the agent's network namespace).
 pub struct Linux {
@@ -446,7 +419,14 @@ fn gone(name: &str) -> Error {
 fn peer_name(host_ifname: &str) -> String {
     match host_ifname.strip_prefix("ndve") {
         Some(rest) => format!("ndvp{rest}"),
-        None => format!("{}p", &host_ifname[..host_ifname.len().min(14)]),
+        None => {
+            // At most 14 bytes, cut on a character, so the `p` still fits.
+            let mut end = host_ifname.len().min(14);
+            while !host_ifname.is_char_boundary(end) {
+                end -= 1;
+            }
+            format!("{}p", host_ifname.split_at(end).0)
+        }
     }
 }
 
@@ -499,4 +479,25 @@ fn destination(msg: &NeighbourMessage) -> Option<Ipv4Addr> {
         }
         _ => None,
     })
+}
+
+impl Kernel for Linux {
+    fn attach(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+    ) -> impl Future<Output = Result<(), Error>> + Send {
+        Linux::attach(self, net, ep)
+    }
+
+    fn detach(&self, host_ifname: &str) -> impl Future<Output = Result<bool, Error>> + Send {
+        Linux::detach(self, host_ifname)
+    }
+
+    fn reconcile(
+        &self,
+        desired: &Desired,
+    ) -> impl Future<Output = Result<ReconcileReport, Error>> + Send {
+        Linux::reconcile(self, desired)
+    }
 }

@@ -8,7 +8,9 @@ use crate::{Desired, Endpoint, Mac};
 /// One network's devices and entries as read from the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ObservedNetwork {
+    /// The bridge's interface index, if it exists.
     pub bridge: Option<u32>,
+    /// The VXLAN device's interface index, if it exists.
     pub vxlan: Option<u32>,
     /// FDB entries of the VXLAN device itself (NTF_SELF): MAC → remote host.
     pub fdb: BTreeMap<Mac, Ipv4Addr>,
@@ -20,7 +22,9 @@ pub struct ObservedNetwork {
 /// name, `None` when it has none).
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Observed {
+    /// Our devices and their entries, by VNI.
     pub networks: BTreeMap<u32, ObservedNetwork>,
+    /// Every link by name, with its bridge's index.
     pub links: BTreeMap<String, Option<u32>>,
 }
 
@@ -31,9 +35,13 @@ pub struct Plan {
     pub create: Vec<u32>,
     /// Our devices of networks no longer wanted.
     pub remove: Vec<u32>,
+    /// FDB entries to add or replace: (VNI, MAC, remote host).
     pub fdb_add: Vec<(u32, Mac, Ipv4Addr)>,
+    /// FDB entries to remove: (VNI, MAC, remote host).
     pub fdb_del: Vec<(u32, Mac, Ipv4Addr)>,
+    /// Neighbor entries to add or replace: (VNI, IP, MAC).
     pub neigh_add: Vec<(u32, Ipv4Addr, Mac)>,
+    /// Neighbor entries to remove: (VNI, IP, MAC).
     pub neigh_del: Vec<(u32, Ipv4Addr, Mac)>,
     /// Local endpoints whose host-side veth is gone: wire them again.
     pub reattach: Vec<(u32, Endpoint)>,
@@ -42,6 +50,7 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// True when the kernel already holds what it must.
     pub fn is_empty(&self) -> bool {
         *self == Plan::default()
     }
@@ -105,29 +114,8 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{Network, Remote};
-
-    fn ip(last: u8) -> Ipv4Addr {
-        Ipv4Addr::new(10, 0, 0, last)
-    }
-
-    fn remote(last: u8, host: u8) -> Remote {
-        Remote {
-            ip: ip(last),
-            mac: Mac::from_ipv4(ip(last)),
-            host: Ipv4Addr::new(192, 168, 0, host),
-        }
-    }
-
-    fn network(remotes: &[Remote]) -> Network {
-        Network {
-            vni: 4096,
-            mtu: 1450,
-            local: Ipv4Addr::new(192, 168, 0, 1),
-            remotes: remotes.iter().copied().collect(),
-            endpoints: BTreeMap::new(),
-        }
-    }
+    use crate::Remote;
+    use crate::testing::{ip, network, remote};
 
     fn observed_from(desired: &Desired) -> Observed {
         let mut o = Observed::default();

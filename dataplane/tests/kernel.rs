@@ -59,7 +59,7 @@ impl Drop for Namespaces {
 /// runtime, so the test's netlink sockets never touch the machine's own.
 fn inside<T: Send + 'static>(
     path: PathBuf,
-    f: impl FnOnce() -> std::pin::Pin<Box<dyn std::future::Future<Output = T>>> + Send + 'static,
+    f: impl FnOnce() -> std::pin::Pin<Box<dyn Future<Output = T>>> + Send + 'static,
 ) -> T {
     std::thread::spawn(move || {
         let file = std::fs::File::open(&path).expect("open namespace");

@@ -1,0 +1,205 @@
+//! The core: the state the agent's loop owns (the node, the overlay, the
+//! watch streams) and everything done to it, as named methods. The loop
+//! (`crate::agent`) feeds it network input and time; the API and the
+//! reconcile task reach it through a [`Handle`]. Nothing here knows the
+//! loop, the API or gRPC.
+//!
+//! - `commands`: what the API asks of the core, one method per request.
+//! - `handle`: the channel to the core, its named async calls, and attach
+//!   and detach run beside the loop.
+//! - `stats`: counters.
+
+mod commands;
+mod handle;
+mod stats;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use netdb::keyring::{KeyId, Keyring};
+use netdb::{DropReason, Event, Node, Transmit};
+use netdb::{KeyOp, KeyReport};
+
+use crate::keyfile;
+use crate::overlay::Overlay;
+use crate::watch::Watcher;
+
+pub(crate) use handle::{Commands, Error, Handle, channel};
+pub(crate) use stats::KernelStats;
+
+/// What the core loop owns.
+pub(crate) struct Core {
+    node: Node,
+    overlay: Overlay,
+    watchers: Vec<Watcher>,
+    kernel_stats: Arc<KernelStats>,
+    /// Where the keyring is written back after it changes; `None` when the
+    /// keys came from the environment.
+    key_file: Option<PathBuf>,
+    start: Instant,
+}
+
+impl Core {
+    /// The core at time zero; the overlay's saved state (a restart) goes
+    /// out again at once.
+    pub(crate) fn new(
+        node: Node,
+        overlay: Overlay,
+        kernel_stats: Arc<KernelStats>,
+        key_file: Option<PathBuf>,
+    ) -> Core {
+        let mut core = Core {
+            node,
+            overlay,
+            watchers: Vec::new(),
+            kernel_stats,
+            key_file,
+            start: Instant::now(),
+        };
+        core.overlay.republish(&mut core.node, Duration::ZERO);
+        core
+    }
+
+    /// Time since the core started: the node's clock.
+    pub(crate) fn now(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Read-only view of the node, for the loop's bookkeeping.
+    pub(crate) fn node(&self) -> &Node {
+        &self.node
+    }
+
+    /// Wakes the kernel reconcile loop whenever the overlay changed.
+    pub(crate) fn kernel_changes(&self) -> Arc<tokio::sync::Notify> {
+        self.overlay.kernel_changes()
+    }
+
+    /// When the loop must wake next: the node's timer, and the next upkeep
+    /// pass (`upkeep_at`) if one is due.
+    pub(crate) fn next_wake(&self, upkeep_at: Instant) -> Option<Instant> {
+        let next = self.node.poll_timeout().map(|t| self.start + t);
+        if self.overlay.upkeep_due() {
+            return Some(next.map_or(upkeep_at, |n| n.min(upkeep_at)));
+        }
+        next
+    }
+
+    pub(crate) fn join(&mut self, seeds: &[SocketAddr]) {
+        let now = self.now();
+        self.node.join(now, seeds);
+    }
+
+    pub(crate) fn handle_datagram(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now();
+        self.node.handle_datagram(now, from, bytes);
+    }
+
+    pub(crate) fn handle_sync(&mut self, from: SocketAddr, bytes: &[u8]) {
+        let now = self.now();
+        self.node.handle_sync(now, from, bytes);
+    }
+
+    pub(crate) fn handle_timeout(&mut self) {
+        let now = self.now();
+        self.node.handle_timeout(now);
+    }
+
+    pub(crate) fn record_drop(&mut self, reason: DropReason) {
+        self.node.record_drop(reason);
+    }
+
+    pub(crate) fn abort_sync(&mut self, sync_id: u64) {
+        self.node.abort_sync(sync_id);
+    }
+
+    /// A new scheduled key epoch began.
+    pub(crate) fn set_keyring(&mut self, ring: Keyring) {
+        self.node.set_keyring(Some(ring));
+    }
+
+    pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.node.poll_transmit()
+    }
+
+    /// Hands the node's events to the overlay and the watch streams.
+    pub(crate) fn dispatch_events(&mut self) {
+        while let Some(ev) = self.node.poll_event() {
+            self.dispatch(ev);
+        }
+    }
+
+    /// True when the overlay needs an upkeep pass.
+    pub(crate) fn upkeep_due(&self) -> bool {
+        self.overlay.upkeep_due()
+    }
+
+    /// One overlay upkeep pass; its conflict notices go to the watchers.
+    pub(crate) fn upkeep(&mut self) {
+        let now = self.now();
+        self.overlay.maintain(&mut self.node, now);
+        for (net, text) in self.overlay.take_notices() {
+            self.watchers.retain(|w| w.notice(&net, &text));
+        }
+        self.dispatch_events();
+    }
+
+    /// Saves the overlay and announces the leave, unless this host has
+    /// endpoints: its containers keep running, and a leave would release
+    /// its address blocks and withdraw its endpoints everywhere. Peers see
+    /// it failed (entries hidden, blocks kept) until it restarts and
+    /// republishes. Returns how long to keep gossiping before exiting.
+    pub(crate) fn start_leaving(&mut self) -> Duration {
+        let now = self.now();
+        self.overlay.save(&self.node);
+        let endpoints = self.overlay.local_endpoints();
+        if endpoints > 0 {
+            tracing::info!(
+                endpoints,
+                "signal received: stopping without leaving, to keep this host's endpoints (detach them first to leave for good)"
+            );
+            return Duration::ZERO;
+        }
+        tracing::info!("signal received: leaving the cluster");
+        self.node.leave(now);
+        self.node.config().gossip_interval * 2 + Duration::from_millis(100)
+    }
+
+    /// Ends every watch stream (at shutdown).
+    pub(crate) fn close_watchers(&mut self) {
+        self.watchers.clear();
+    }
+
+    fn dispatch(&mut self, ev: Event) {
+        if let Event::Member { name, addr, state } = &ev {
+            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            tracing::info!(member = %name, %addr, state = state.as_str(), "membership change");
+        }
+        if let Event::KeyringChanged = ev {
+            return self.save_keyring();
+        }
+        self.overlay.observe(&ev);
+        self.watchers.retain(|w| w.offer(&ev));
+    }
+
+    /// Writes the keyring back, so a restart after a rotation holds the
+    /// current keys.
+    fn save_keyring(&self) {
+        let Some(ring) = self.node.keyring() else { return };
+        let fingerprints = ring.fingerprints();
+        match &self.key_file {
+            Some(path) => match keyfile::write_keyring(path, &ring.export()) {
+                Ok(()) => tracing::info!(?fingerprints, file = %path.display(), "keyring saved"),
+                Err(e) => {
+                    tracing::error!(error = %e, file = %path.display(), "cannot write the keyring back; a restart would use old keys")
+                }
+            },
+            None => tracing::warn!(
+                ?fingerprints,
+                "keyring changed, but the keys came from NETDB_KEYS: a restart uses the old ones (use --key-file)"
+            ),
+        }
+    }
+}

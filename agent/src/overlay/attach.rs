@@ -1,0 +1,479 @@
+//! Attach and detach, each in two halves around the kernel work: the first
+//! half reserves (or takes out of the desired state) on the core, the
+//! kernel is changed, the second half publishes or forgets. The sequence
+//! itself ([`attach`], [`detach`]) runs wherever the caller is, reaching
+//! the overlay through a [`Host`].
+
+use std::future::Future;
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use netdb::ipam;
+use netdb::{Node, SharedTable};
+use netdb_dataplane::{self as dp, Kernel};
+use netdb_wire as wire;
+use prost::Message;
+use tokio::sync::Mutex;
+
+use super::desired::{kernel_endpoint, parse_mac};
+use super::{
+    ENDPOINTS_TABLE, EndpointInfo, Error, MAX_ALIASES, MAX_ENDPOINT_NAME, Overlay, Pending,
+    ROUTES_TABLE, endpoint_key, saved_network, valid_name,
+};
+use crate::state::SavedEndpoint;
+
+/// Longest interface name Linux takes.
+const MAX_IFNAME: usize = 15;
+
+/// Settle waits an attach sits through before giving up (each is one
+/// claim of a block; losing many races in a row means heavy contention).
+const MAX_ATTACH_WAITS: usize = 8;
+
+/// `netdb endpoint attach`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Attach {
+    pub(crate) network: String,
+    pub(crate) name: String,
+    /// The container's network namespace (absolute path).
+    pub(crate) netns: PathBuf,
+    /// `None`: an address from this host's blocks.
+    pub(crate) ip: Option<String>,
+    /// Empty: no service.
+    pub(crate) service: String,
+    pub(crate) aliases: Vec<String>,
+    /// `None`: eth0.
+    pub(crate) ifname: Option<String>,
+}
+
+/// Where the overlay lives and how time passes there: the agent's core
+/// loop (reached by message, real time) or a test (direct, virtual time).
+pub(crate) trait Host: Sync {
+    /// Runs `f` on the overlay and its node at the host's current time;
+    /// `None` once the host is shutting down.
+    fn with<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Overlay, &mut Node, Duration) -> R + Send + 'static,
+    ) -> impl Future<Output = Option<R>> + Send;
+
+    /// Lets `d` pass (a block claim settling).
+    fn wait(&self, d: Duration) -> impl Future<Output = ()> + Send;
+}
+
+async fn on<H: Host, R: Send + 'static>(
+    host: &H,
+    f: impl FnOnce(&mut Overlay, &mut Node, Duration) -> R + Send + 'static,
+) -> Result<R, Error> {
+    host.with(f).await.ok_or(Error::Stopped)
+}
+
+/// Attaches an endpoint: reserve on the host, wire the kernel, publish on
+/// the host. The kernel lock is held from the wiring to the publication,
+/// so a reconcile never sees a half-made endpoint; on any failure nothing
+/// of the endpoint is left (reservation, veth, joined network).
+pub(crate) async fn attach<H: Host, K: Kernel>(
+    host: &H,
+    kernel: Option<&Mutex<K>>,
+    a: Attach,
+) -> Result<EndpointInfo, Error> {
+    let a = Arc::new(a);
+    let mut waits = 0;
+    let ready = loop {
+        let req = a.clone();
+        match on(host, move |o, node, now| o.begin_attach(node, now, &req)).await?? {
+            Step::Ready(ready) => break ready,
+            Step::Wait(_) if waits >= MAX_ATTACH_WAITS => {
+                let net = a.network.clone();
+                on(host, move |o, node, now| o.abandon_attach(node, now, &net)).await?;
+                return Err(Error::Unsettled { network: a.network.clone(), tries: waits });
+            }
+            Step::Wait(d) => {
+                waits += 1;
+                host.wait(d).await;
+            }
+        }
+    };
+    let kernel = kernel.ok_or(Error::DataplaneOff)?.lock().await;
+    let wired = kernel.attach(&ready.network, &ready.endpoint).await;
+    let key = ready.key.clone();
+    let ok = wired.is_ok();
+    let published =
+        on(host, move |o, node, now| o.finish_attach(node, now, &key, ok)).await.and_then(|r| r);
+    if ok && published.is_err() {
+        let _ = kernel.detach(&ready.endpoint.host_ifname).await;
+    }
+    published?;
+    wired?;
+    Ok(ready.reply)
+}
+
+/// Detaches an endpoint: out of the desired state, veth removed, entries
+/// withdrawn, all under the kernel lock. Without a kernel (data plane off)
+/// only the entries go.
+pub(crate) async fn detach<H: Host, K: Kernel>(
+    host: &H,
+    kernel: Option<&Mutex<K>>,
+    network: String,
+    name: String,
+) -> Result<(), Error> {
+    let kernel = match kernel {
+        Some(k) => Some(k.lock().await),
+        None => None,
+    };
+    let (net, ep) = (network.clone(), name.clone());
+    let host_ifname = on(host, move |o, _, _| o.begin_detach(&net, &ep)).await??;
+    let removed = match &kernel {
+        Some(k) => k.detach(&host_ifname).await.map(|_| ()),
+        None => Ok(()),
+    };
+    let ok = removed.is_ok();
+    on(host, move |o, node, now| o.finish_detach(node, now, &network, &name, ok)).await?;
+    Ok(removed?)
+}
+
+/// An attach that may go ahead: the kernel work to do.
+struct Ready {
+    network: dp::Network,
+    endpoint: dp::Endpoint,
+    reply: EndpointInfo,
+    key: (String, String),
+}
+
+/// What the first half of an attach decided.
+enum Step {
+    /// Come back after this long (a block claim is settling).
+    Wait(Duration),
+    Ready(Box<Ready>),
+}
+
+impl Overlay {
+    /// First half of an attach: checks, address, reservation.
+    fn begin_attach(&mut self, node: &mut Node, now: Duration, r: &Attach) -> Result<Step, Error> {
+        let Some(tunnel) = self.tunnel.filter(|_| self.store.is_some()) else {
+            return Err(Error::DataplaneOff);
+        };
+        let resolved = Self::resolved(node);
+        let Some(eff) = resolved.networks.get(&r.network).cloned() else {
+            return Err(Error::AttachToUnknown(r.network.clone()));
+        };
+        check_name("endpoint name", &r.name)?;
+        if !r.service.is_empty() {
+            check_name("service name", &r.service)?;
+        }
+        if r.aliases.len() > MAX_ALIASES {
+            return Err(Error::TooManyAliases);
+        }
+        for a in &r.aliases {
+            check_name("alias", a)?;
+        }
+        let ifname = r.ifname.clone().unwrap_or_else(|| "eth0".to_string());
+        if ifname.len() > MAX_IFNAME
+            || !ifname.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Error::BadIfname(ifname));
+        }
+        let netns = r.netns.clone();
+        if !netns.is_absolute() {
+            return Err(Error::NetnsNotAbsolute);
+        }
+        if !netns.exists() {
+            return Err(Error::NoNetns(netns));
+        }
+        let key = (r.network.clone(), r.name.clone());
+        if self.pending.contains_key(&key) || self.find(&r.network, &r.name).is_some() {
+            return Err(Error::EndpointExists { network: r.network.clone(), name: r.name.clone() });
+        }
+        if let Some(other) =
+            self.state.endpoints.iter().find(|e| e.netns == netns && e.ifname == ifname)
+        {
+            return Err(Error::IfnameInUse {
+                ifname,
+                netns,
+                endpoint: other.name.clone(),
+                network: other.network.clone(),
+            });
+        }
+        let subnet = eff.def.subnet;
+        let explicit = match &r.ip {
+            None => None,
+            Some(text) => {
+                let ip: Ipv4Addr = text.parse().map_err(|_| Error::BadAddress(text.clone()))?;
+                if !subnet.contains(ip) {
+                    return Err(Error::OutsideSubnet { ip, network: r.network.clone(), subnet });
+                }
+                if !subnet.usable(ip) {
+                    return Err(Error::ReservedAddress { ip, subnet });
+                }
+                Some(ip)
+            }
+        };
+        // Joined only now that the request is valid; whatever fails below
+        // leaves the network again if nothing else holds it.
+        node.join_network(now, &r.network)?;
+        let picked = match explicit {
+            Some(ip) => match self.used_addresses(node, &r.network).remove(&ip) {
+                Some(holder) => Err(Error::AddressTaken { ip, holder }),
+                None => Ok(Some(ip)),
+            },
+            None => {
+                let used = self.used_addresses(node, &r.network);
+                self.allocate(node, now, &eff, &used)
+            }
+        };
+        let ip = match picked {
+            Ok(Some(ip)) => ip,
+            Ok(None) => return Ok(Step::Wait(self.settle)),
+            Err(e) => {
+                self.leave_if_unused(node, now, &r.network);
+                return Err(e);
+            }
+        };
+        let mac = dp::Mac::from_ipv4(ip);
+        let saved = SavedEndpoint {
+            network: r.network.clone(),
+            name: r.name.clone(),
+            netns,
+            ifname,
+            host_ifname: self.host_ifname(&r.network, &r.name),
+            ip,
+            prefix: subnet.prefix(),
+            mac: mac.to_string(),
+            service: r.service.clone(),
+            aliases: r.aliases.clone(),
+        };
+        self.state.networks.entry(r.network.clone()).or_insert_with(|| saved_network(&eff.def));
+        let network = self.kernel_network(node, &r.network, &eff, tunnel);
+        let endpoint = kernel_endpoint(&saved, mac);
+        let reply = self.info(&saved);
+        self.pending.insert(key.clone(), Pending { ip, saved });
+        Ok(Step::Ready(Box::new(Ready { network, endpoint, reply, key })))
+    }
+
+    /// An attach that gave up waiting for an address: undo its join.
+    fn abandon_attach(&mut self, node: &mut Node, now: Duration, network: &str) {
+        self.leave_if_unused(node, now, network);
+    }
+
+    /// Second half: publish (the kernel work succeeded) or forget.
+    fn finish_attach(
+        &mut self,
+        node: &mut Node,
+        now: Duration,
+        key: &(String, String),
+        wired: bool,
+    ) -> Result<(), Error> {
+        let Some(p) = self.pending.remove(key) else { return Ok(()) };
+        if !wired {
+            self.leave_if_unused(node, now, &key.0);
+            return Ok(());
+        }
+        if let Err(e) = self.publish(node, now, &p.saved) {
+            self.leave_if_unused(node, now, &key.0);
+            return Err(e.into());
+        }
+        tracing::info!(network = %key.0, endpoint = %key.1, ip = %p.ip, "endpoint attached");
+        self.state.endpoints.push(p.saved);
+        self.save(node);
+        self.kernel_changed();
+        Ok(())
+    }
+
+    /// First half of a detach: the endpoint leaves the desired state; its
+    /// host-side veth, to remove.
+    fn begin_detach(&mut self, network: &str, name: &str) -> Result<String, Error> {
+        let key = (network.to_string(), name.to_string());
+        if self.detaching.contains(&key) {
+            return Err(Error::DetachInProgress(name.into()));
+        }
+        let ep = self
+            .find(network, name)
+            .ok_or_else(|| Error::NoEndpoint { network: network.into(), name: name.into() })?;
+        let host_ifname = ep.host_ifname.clone();
+        self.detaching.insert(key);
+        Ok(host_ifname)
+    }
+
+    /// Second half: withdraw the entries (the veth is gone) or keep it.
+    fn finish_detach(
+        &mut self,
+        node: &mut Node,
+        now: Duration,
+        network: &str,
+        name: &str,
+        removed: bool,
+    ) {
+        let key = (network.to_string(), name.to_string());
+        self.detaching.remove(&key);
+        if !removed {
+            return;
+        }
+        let id = endpoint_key(&self.me, name);
+        for table in [ROUTES_TABLE, ENDPOINTS_TABLE] {
+            let _ = node.delete(now, network, table, &id);
+        }
+        self.state.endpoints.retain(|e| !(e.network == network && e.name == name));
+        self.leave_if_unused(node, now, network);
+        tracing::info!(%network, endpoint = %name, "endpoint detached");
+        self.save(node);
+        self.kernel_changed();
+    }
+
+    fn leave_if_unused(&mut self, node: &mut Node, now: Duration, network: &str) {
+        if self.local_count(network) > 0 || self.pending.keys().any(|(n, _)| n == network) {
+            return;
+        }
+        let _ = node.leave_network(now, network);
+        if let Some(saved) = self.state.networks.remove(network) {
+            for b in saved.blocks {
+                let _ = node.delete_shared(now, SharedTable::Ipam, &ipam::claim_id(network, b));
+            }
+            self.claimed_at.retain(|(n, _), _| n != network);
+        }
+        self.save(node);
+    }
+
+    /// Writes an endpoint's routing and service entries.
+    pub(super) fn publish(
+        &mut self,
+        node: &mut Node,
+        now: Duration,
+        ep: &SavedEndpoint,
+    ) -> Result<(), netdb::Error> {
+        let tunnel = self.tunnel.map(|t| t.to_string()).unwrap_or_default();
+        let mac = parse_mac(&ep.mac).unwrap_or_else(|| dp::Mac::from_ipv4(ep.ip));
+        let route = wire::Route {
+            ip: format!("{}/{}", ep.ip, ep.prefix),
+            mac: mac.0.to_vec().into(),
+            host: tunnel,
+        };
+        let record = wire::ServiceRecord {
+            name: ep.name.clone(),
+            service: ep.service.clone(),
+            aliases: ep.aliases.clone(),
+            ip: ep.ip.to_string(),
+        };
+        let id = endpoint_key(&self.me, &ep.name);
+        node.join_network(now, &ep.network)?;
+        node.put(now, &ep.network, ROUTES_TABLE, &id, Bytes::from(route.encode_to_vec()))?;
+        node.put(now, &ep.network, ENDPOINTS_TABLE, &id, Bytes::from(record.encode_to_vec()))?;
+        Ok(())
+    }
+}
+
+fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
+    if valid_name(s, MAX_ENDPOINT_NAME) {
+        Ok(())
+    } else {
+        Err(Error::BadName { what, value: s.into() })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netdb::SharedTable;
+    use netdb_wire as wire;
+    use prost::Message;
+
+    use super::super::testing::{SETTLE, Temp, attach_req, blue};
+    use super::super::{ENDPOINTS_TABLE, Error, Kind, ROUTES_TABLE};
+
+    #[test]
+    fn attach_takes_an_address_from_a_settled_claim_wires_and_publishes() {
+        let ((_dir, h), ns) = (blue("attach"), Temp::netns("attach-ns"));
+
+        let info = h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        // The first pass claimed a block and waited for it to settle.
+        assert_eq!(h.now(), SETTLE);
+        let ip: std::net::Ipv4Addr = info.ip.parse().unwrap();
+        assert!(ip.octets()[..3] == [10, 1, 0] && ip.octets()[3] > 1, "{ip}");
+        assert_eq!((info.prefix, info.local, info.host.as_str()), (24, true, "h1"));
+
+        let p = h.parts();
+        let claims: Vec<_> = p.node.shared_entries(SharedTable::Ipam);
+        assert_eq!(claims.len(), 1);
+        assert!(claims[0].0.starts_with("blue:") && claims[0].1.owner == "h1");
+
+        let route = p.node.get("blue", ROUTES_TABLE, "h1/web").expect("route published");
+        let route = wire::Route::decode(&route.value[..]).unwrap();
+        assert_eq!((route.ip, route.host), (format!("{ip}/24"), "192.0.2.1".to_string()));
+        let rec = p.node.get("blue", ENDPOINTS_TABLE, "h1/web").expect("record published");
+        assert_eq!(wire::ServiceRecord::decode(&rec.value[..]).unwrap().ip, ip.to_string());
+        drop(p);
+
+        let kernel = h.kernel.try_lock().unwrap();
+        let wired: Vec<_> = kernel.endpoints().into_values().collect();
+        assert_eq!(wired.len(), 1);
+        assert_eq!((wired[0].ip, wired[0].ifname.as_str()), (ip, "eth0"));
+        assert_eq!(kernel.vxlan(4096), Some((1450, "192.0.2.1".parse().unwrap())));
+        assert!(kernel.links_in(&ns.0).contains("eth0"));
+    }
+
+    #[test]
+    fn a_second_attach_reuses_the_settled_block_and_refuses_taken_names() {
+        let (_dir, h) = blue("second");
+        let (ns1, ns2, ns3) =
+            (Temp::netns("second-a"), Temp::netns("second-b"), Temp::netns("second-c"));
+        let a = h.attach(attach_req("blue", "web", &ns1.0)).unwrap();
+        let b = h.attach(attach_req("blue", "db", &ns2.0)).unwrap();
+        assert_eq!(h.now(), SETTLE, "no second claim, no second wait");
+        assert_ne!(a.ip, b.ip);
+
+        let again = h.attach(attach_req("blue", "web", &ns2.0)).unwrap_err();
+        assert!(matches!(again, Error::EndpointExists { .. }), "{again}");
+        let same_if = h.attach(attach_req("blue", "cache", &ns1.0)).unwrap_err();
+        assert_eq!(same_if.kind(), Kind::Exists);
+        assert!(
+            same_if.to_string().ends_with("is already endpoint web of network blue; use --ifname")
+        );
+        let taken = h
+            .attach(super::Attach { ip: Some(a.ip.clone()), ..attach_req("blue", "x", &ns3.0) })
+            .unwrap_err();
+        assert_eq!(
+            taken.to_string(),
+            format!("{} is already used by endpoint web on this host", a.ip)
+        );
+        let unknown = h.attach(attach_req("green", "x", &ns3.0)).unwrap_err();
+        assert_eq!(unknown.kind(), Kind::NotFound);
+    }
+
+    #[test]
+    fn a_refused_wiring_leaves_nothing_behind() {
+        let ((_dir, h), ns) = (blue("refused"), Temp::netns("refused-ns"));
+        // The container has an eth0 of its own: the kernel refuses ours.
+        h.kernel.try_lock().unwrap().add_link_in(&ns.0, "eth0");
+
+        let e = h.attach(attach_req("blue", "web", &ns.0)).unwrap_err();
+        assert!(matches!(e, Error::Kernel(netdb_dataplane::Error::IfnameTaken { .. })), "{e}");
+        assert_eq!(e.kind(), Kind::Exists);
+        let p = h.parts();
+        assert_eq!(p.overlay.local_endpoints(), 0);
+        assert!(p.overlay.pending.is_empty());
+        assert!(!p.node.networks().contains(&"blue"), "the join is undone");
+        assert!(p.node.get("blue", ROUTES_TABLE, "h1/web").is_none());
+        drop(p);
+        assert!(h.kernel.try_lock().unwrap().endpoints().is_empty());
+    }
+
+    #[test]
+    fn detach_unwires_withdraws_and_releases_the_claims() {
+        let ((_dir, h), ns) = (blue("detach"), Temp::netns("detach-ns"));
+        h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+
+        h.detach("blue", "web").unwrap();
+        assert!(h.kernel.try_lock().unwrap().endpoints().is_empty());
+        assert!(h.kernel.try_lock().unwrap().links_in(&ns.0).is_empty());
+        let p = h.parts();
+        assert_eq!(p.overlay.local_endpoints(), 0);
+        assert!(!p.node.networks().contains(&"blue"), "left with the last endpoint");
+        let live_claims =
+            p.node.shared_entries(SharedTable::Ipam).iter().filter(|(_, e)| !e.deleted).count();
+        assert_eq!(live_claims, 0);
+        drop(p);
+
+        let e = h.detach("blue", "web").unwrap_err();
+        assert_eq!(e.kind(), Kind::NotFound);
+        assert!(e.to_string().contains("see `netdb endpoint ls`"), "{e}");
+    }
+}

@@ -1,0 +1,146 @@
+//! What the kernel must hold: a pure function of the tables and this
+//! host's endpoints. Routing entries from peers are checked here, so a
+//! malformed or hostile one never reaches the kernel.
+
+use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
+
+use netdb::Node;
+use netdb::netdefs::Effective;
+use netdb_dataplane as dp;
+use netdb_wire as wire;
+use prost::Message;
+
+use super::{Overlay, ROUTES_TABLE, saved_def};
+use crate::state::SavedEndpoint;
+
+impl Overlay {
+    /// What the kernel must hold now.
+    pub(crate) fn desired(&self, node: &Node) -> dp::Desired {
+        let mut out = dp::Desired::new();
+        let Some(tunnel) = self.tunnel.filter(|_| self.enabled()) else { return out };
+        let resolved = Self::resolved(node);
+        let networks: BTreeSet<&str> =
+            self.state.endpoints.iter().map(|e| e.network.as_str()).collect();
+        for name in networks {
+            let eff = match resolved.networks.get(name) {
+                Some(e) => e.clone(),
+                None => match self.state.networks.get(name).and_then(|n| saved_def(name, n)) {
+                    Some(def) => Effective { vni: def.vni, def },
+                    None => continue,
+                },
+            };
+            let net = self.kernel_network(node, name, &eff, tunnel);
+            out.insert(net.vni, net);
+        }
+        out
+    }
+
+    pub(super) fn kernel_network(
+        &self,
+        node: &Node,
+        name: &str,
+        eff: &Effective,
+        tunnel: Ipv4Addr,
+    ) -> dp::Network {
+        let remotes = node
+            .entries(name, ROUTES_TABLE)
+            .into_iter()
+            .filter(|(_, e)| e.owner != self.me)
+            .filter_map(|(_, e)| decode_route(&e.value))
+            .filter(|r| r.host != tunnel && eff.def.subnet.contains(r.ip))
+            .collect();
+        let endpoints = self
+            .state
+            .endpoints
+            .iter()
+            .filter(|e| {
+                e.network == name && !self.detaching.contains(&(e.network.clone(), e.name.clone()))
+            })
+            .map(|e| {
+                (
+                    e.host_ifname.clone(),
+                    kernel_endpoint(
+                        e,
+                        parse_mac(&e.mac).unwrap_or_else(|| dp::Mac::from_ipv4(e.ip)),
+                    ),
+                )
+            })
+            .collect();
+        dp::Network { vni: eff.vni, mtu: eff.def.mtu, local: tunnel, remotes, endpoints }
+    }
+}
+
+pub(super) fn kernel_endpoint(e: &SavedEndpoint, mac: dp::Mac) -> dp::Endpoint {
+    dp::Endpoint {
+        netns: e.netns.clone(),
+        ifname: e.ifname.clone(),
+        host_ifname: e.host_ifname.clone(),
+        ip: e.ip,
+        prefix: e.prefix,
+        mac,
+    }
+}
+
+pub(super) fn parse_mac(s: &str) -> Option<dp::Mac> {
+    let mut out = [0u8; 6];
+    let mut parts = s.split(':');
+    for b in &mut out {
+        *b = u8::from_str_radix(parts.next()?, 16).ok()?;
+    }
+    parts.next().is_none().then_some(dp::Mac(out))
+}
+
+/// A routing entry from the table; `None` if malformed (a peer's bug or
+/// hostile input: it never reaches the kernel).
+pub(super) fn decode_route(value: &[u8]) -> Option<dp::Remote> {
+    let r = wire::Route::decode(value).ok()?;
+    let ip: Ipv4Addr = r.ip.split_once('/').map_or(r.ip.as_str(), |(ip, _)| ip).parse().ok()?;
+    let host: Ipv4Addr = r.host.parse().ok()?;
+    let mac = dp::Mac::from_slice(&r.mac)?;
+    // A zero MAC would become the VXLAN default (flood) entry, a multicast
+    // one is no endpoint: both refused.
+    if mac.0 == [0; 6] || mac.0[0] & 1 == 1 {
+        return None;
+    }
+    (!host.is_unspecified() && !host.is_multicast() && !host.is_broadcast()).then_some(dp::Remote {
+        ip,
+        mac,
+        host,
+    })
+}
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn macs_round_trip_through_text() {
+        let m = dp::Mac::from_ipv4(Ipv4Addr::new(10, 0, 0, 7));
+        assert_eq!(parse_mac(&m.to_string()), Some(m));
+        for bad in ["", "02:42", "02:42:0a:00:00:07:01", "zz:42:0a:00:00:07"] {
+            assert_eq!(parse_mac(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn hostile_routes_never_reach_the_kernel() {
+        let good = wire::Route {
+            ip: "10.0.0.5/24".into(),
+            mac: vec![2, 0x42, 10, 0, 0, 5].into(),
+            host: "192.0.2.1".into(),
+        };
+        assert!(decode_route(&good.encode_to_vec()).is_some());
+        for bad in [
+            wire::Route { mac: vec![1, 2].into(), ..good.clone() },
+            wire::Route { host: "0.0.0.0".into(), ..good.clone() },
+            wire::Route { host: "255.255.255.255".into(), ..good.clone() },
+            wire::Route { ip: "10.0.0.500/24".into(), ..good.clone() },
+            wire::Route { host: "::1".into(), ..good.clone() },
+            wire::Route { mac: vec![0; 6].into(), ..good.clone() },
+            wire::Route { mac: vec![1, 0, 0x5e, 0, 0, 1].into(), ..good.clone() },
+        ] {
+            assert!(decode_route(&bad.encode_to_vec()).is_none(), "{bad:?}");
+        }
+        assert!(decode_route(b"\xff\xff\xff").is_none());
+    }
+}

@@ -1,0 +1,148 @@
+//! Why an overlay request was refused, in words a user can act on. The API
+//! layer maps each kind to a gRPC code; nothing here knows about gRPC.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use netdb::ipam::{Subnet, SubnetError};
+use netdb::netdefs;
+
+use super::{MAX_ALIASES, MAX_ENDPOINT_NAME};
+
+/// An overlay request refused, or failed half-way and undone.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Error {
+    #[error(
+        "invalid network name {0:?}: use 1-{max} of letters, digits and -_.:@",
+        max = netdefs::MAX_NETWORK_NAME
+    )]
+    BadNetworkName(String),
+    #[error(transparent)]
+    BadSubnet(#[from] SubnetError),
+    #[error("network {name} already exists (subnet {subnet}, VNI {vni}, created on {origin})")]
+    NetworkExists { name: String, subnet: Subnet, vni: u32, origin: String },
+    #[error("{0} is a plain gossip network this agent joined; pick another name")]
+    GossipNetwork(String),
+    #[error("VNI {0} is outside {first}-{max}", first = netdefs::FIRST_VNI, max = netdefs::MAX_VNI)]
+    VniOutOfRange(u32),
+    #[error("VNI {vni} is used by network {network}")]
+    VniTaken { vni: u32, network: String },
+    #[error("MTU {0} is outside {min}-{max}", min = netdefs::MIN_MTU, max = netdefs::MAX_MTU)]
+    MtuOutOfRange(u32),
+    #[error("no network {0}; see `netdb network ls`")]
+    NoNetwork(String),
+    #[error("network {network} still has endpoints on {}; detach them first", hosts.join(", "))]
+    NetworkInUse { network: String, hosts: Vec<String> },
+
+    #[error(
+        "the data plane is off on this agent (--no-dataplane, no CAP_NET_ADMIN, or an IPv6 --advertise)"
+    )]
+    DataplaneOff,
+    #[error("no network {0}; create it with `netdb network create {0} --subnet CIDR`")]
+    AttachToUnknown(String),
+    #[error("invalid {what} {value:?}: use 1-{MAX_ENDPOINT_NAME} of letters, digits and -_.:@")]
+    BadName { what: &'static str, value: String },
+    #[error("at most {MAX_ALIASES} aliases")]
+    TooManyAliases,
+    #[error("invalid interface name {0:?}: 1-15 of letters, digits and -_.")]
+    BadIfname(String),
+    #[error("--netns needs the absolute path of a network namespace (e.g. /run/netns/c1)")]
+    NetnsNotAbsolute,
+    #[error("network namespace {} does not exist", .0.display())]
+    NoNetns(PathBuf),
+    #[error("endpoint {name} already exists on network {network} on this host")]
+    EndpointExists { network: String, name: String },
+    #[error("{ifname} in {} is already endpoint {endpoint} of network {network}; use --ifname", netns.display())]
+    IfnameInUse { ifname: String, netns: PathBuf, endpoint: String, network: String },
+    #[error("invalid IPv4 address {0:?}")]
+    BadAddress(String),
+    #[error("{ip} is outside network {network}'s subnet {subnet}")]
+    OutsideSubnet { ip: Ipv4Addr, network: String, subnet: Subnet },
+    #[error("{ip} is reserved in {subnet} (network, gateway or broadcast address)")]
+    ReservedAddress { ip: Ipv4Addr, subnet: Subnet },
+    #[error("{ip} is already used by {holder}")]
+    AddressTaken { ip: Ipv4Addr, holder: String },
+    #[error(
+        "network {network}: no free address in {subnet} (every block is claimed and this host's are full)"
+    )]
+    SubnetFull { network: String, subnet: Subnet },
+    #[error(
+        "network {network}: no address block settled after {tries} tries (other hosts claiming, or the cluster not synced yet); try again"
+    )]
+    Unsettled { network: String, tries: usize },
+    #[error("endpoint {0} is being detached already")]
+    DetachInProgress(String),
+    #[error("no endpoint {name} on network {network} on this host; see `netdb endpoint ls`")]
+    NoEndpoint { network: String, name: String },
+    /// The host of the overlay (the agent's core loop) is going away.
+    #[error("the agent is shutting down")]
+    Stopped,
+
+    /// The kernel refused or failed the wiring (the endpoint was undone).
+    #[error(transparent)]
+    Kernel(#[from] netdb_dataplane::Error),
+    /// The node refused a write.
+    #[error(transparent)]
+    Node(#[from] netdb::Error),
+}
+
+/// What kind of refusal an [`Error`] is, for callers that answer in a
+/// protocol of their own (the API maps each to a gRPC code).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// The request itself is wrong; fix the arguments.
+    Invalid,
+    /// Something it names does not exist.
+    NotFound,
+    /// Something it would create exists already.
+    Exists,
+    /// The agent or network is not in a state that allows it now.
+    Precondition,
+    /// No room left (addresses).
+    Exhausted,
+    /// Try again later.
+    Unavailable,
+    /// Another request on the same thing is under way.
+    Busy,
+    /// The kernel failed in a way the request cannot fix.
+    Internal,
+}
+
+impl Error {
+    /// What kind of refusal this is. Node errors have kinds of their own
+    /// (see the API's mapping of [`netdb::Error`]), so they are not asked.
+    pub(crate) fn kind(&self) -> Kind {
+        use netdb_dataplane::Error as Dp;
+        match self {
+            Error::BadNetworkName(_)
+            | Error::BadSubnet(_)
+            | Error::VniOutOfRange(_)
+            | Error::MtuOutOfRange(_)
+            | Error::BadName { .. }
+            | Error::TooManyAliases
+            | Error::BadIfname(_)
+            | Error::NetnsNotAbsolute
+            | Error::BadAddress(_)
+            | Error::OutsideSubnet { .. }
+            | Error::ReservedAddress { .. } => Kind::Invalid,
+            Error::NoNetwork(_)
+            | Error::AttachToUnknown(_)
+            | Error::NoNetns(_)
+            | Error::NoEndpoint { .. } => Kind::NotFound,
+            Error::NetworkExists { .. }
+            | Error::GossipNetwork(_)
+            | Error::VniTaken { .. }
+            | Error::EndpointExists { .. }
+            | Error::IfnameInUse { .. }
+            | Error::AddressTaken { .. }
+            | Error::Kernel(Dp::IfnameTaken { .. }) => Kind::Exists,
+            Error::NetworkInUse { .. } | Error::DataplaneOff | Error::Kernel(Dp::Netns { .. }) => {
+                Kind::Precondition
+            }
+            Error::SubnetFull { .. } => Kind::Exhausted,
+            Error::Unsettled { .. } | Error::Stopped => Kind::Unavailable,
+            Error::DetachInProgress(_) => Kind::Busy,
+            Error::Kernel(_) | Error::Node(_) => Kind::Internal,
+        }
+    }
+}

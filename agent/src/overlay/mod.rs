@@ -1,0 +1,384 @@
+//! Overlay networks on this host: definitions kept as cluster objects,
+//! endpoints attached and detached, addresses drawn from claimed blocks,
+//! and the desired kernel state derived from the tables.
+//!
+//! Everything here runs on the core loop (it needs the node) and is
+//! synchronous; the slow parts of an attach (waiting for a block claim to
+//! settle, the kernel work) happen in the caller between calls, with the
+//! endpoint's name and address reserved in `pending` meanwhile. Requests
+//! come in as this module's own argument types and are refused with its
+//! own [`Error`]; no protocol is known here.
+//!
+//! - `networks`: create, remove, list.
+//! - `attach`: attach and detach, in two halves around the kernel work.
+//! - `addresses`: which addresses are taken, block claims, veth names.
+//! - `upkeep`: definitions kept in step, stale claims released, conflicts.
+//! - `desired`: what the kernel must hold, from the tables.
+
+mod addresses;
+mod attach;
+mod desired;
+mod error;
+mod networks;
+#[cfg(test)]
+mod testing;
+mod upkeep;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::sync::Arc;
+use std::time::Duration;
+
+// The netdb internals the overlay's files use beside ipam and netdefs,
+// imported once here.
+use netdb::Hasher;
+use netdb::SharedTable;
+use netdb::ipam;
+use netdb::names::{owned_key, valid_name};
+use netdb::netdefs::{NetworkDef, Resolved};
+use netdb::{Event, Node};
+use netdb_dataplane as dp;
+use netdb_wire as wire;
+use prost::Message;
+use tokio::sync::Notify;
+
+use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
+
+pub(crate) use attach::{Attach, Host, attach, detach};
+pub(crate) use error::{Error, Kind};
+pub(crate) use networks::{CreateNetwork, NetworkInfo};
+
+/// Network table of routing entries (Docker: overlay_peer_table).
+pub(crate) const ROUTES_TABLE: &str = "routes";
+/// Network table of service-discovery entries (Docker: endpoint_table).
+pub(crate) const ENDPOINTS_TABLE: &str = "endpoints";
+
+/// Longest endpoint, service and alias names.
+const MAX_ENDPOINT_NAME: usize = 64;
+const MAX_ALIASES: usize = 16;
+
+/// An endpoint as `netdb endpoint ls` shows it: one of this host's, or one
+/// another host published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EndpointInfo {
+    pub(crate) network: String,
+    pub(crate) name: String,
+    pub(crate) host: String,
+    /// As published: a peer's text is shown, not trusted.
+    pub(crate) ip: String,
+    pub(crate) prefix: u32,
+    pub(crate) mac: String,
+    /// Empty for other hosts' endpoints.
+    pub(crate) ifname: String,
+    /// Empty for other hosts' endpoints.
+    pub(crate) netns: String,
+    pub(crate) service: String,
+    pub(crate) aliases: Vec<String>,
+    pub(crate) local: bool,
+}
+
+/// An endpoint being attached: its name and address are taken.
+struct Pending {
+    ip: Ipv4Addr,
+    saved: SavedEndpoint,
+}
+
+/// This host's overlay networks and endpoints; owned by the core loop.
+pub(crate) struct Overlay {
+    me: String,
+    tunnel: Option<Ipv4Addr>,
+    store: Option<Store>,
+    state: State,
+    pending: BTreeMap<(String, String), Pending>,
+    detaching: BTreeSet<(String, String)>,
+    /// This host's block claims not yet settled: when each was made.
+    claimed_at: BTreeMap<(String, u32), Duration>,
+    settle: Duration,
+    /// Conflicts in force, by network.
+    conflicts: BTreeMap<String, Vec<String>>,
+    reported: BTreeSet<String>,
+    conflicts_seen: u64,
+    /// Conflicts found since the last drain, by network: for the watch
+    /// streams.
+    notices: Vec<(String, String)>,
+    /// Definitions or claims changed: `maintain` is due.
+    dirty: bool,
+    /// Wakes the kernel reconcile loop.
+    kernel: Arc<Notify>,
+}
+
+impl Overlay {
+    /// `store` is `None` when the data plane is off.
+    pub(crate) fn new(
+        me: &str,
+        tunnel: Option<Ipv4Addr>,
+        store: Option<(Store, State)>,
+        settle: Duration,
+    ) -> Overlay {
+        let (store, state) = match store {
+            Some((s, st)) => (Some(s), st),
+            None => (None, State::default()),
+        };
+        Overlay {
+            me: me.into(),
+            tunnel,
+            store,
+            state,
+            pending: BTreeMap::new(),
+            detaching: BTreeSet::new(),
+            claimed_at: BTreeMap::new(),
+            settle,
+            conflicts: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            conflicts_seen: 0,
+            notices: Vec::new(),
+            dirty: true,
+            kernel: Arc::new(Notify::new()),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.store.is_some() && self.tunnel.is_some()
+    }
+
+    /// True when definitions or claims changed since the last `maintain`.
+    pub(crate) fn upkeep_due(&self) -> bool {
+        self.dirty
+    }
+
+    /// Conflicts found since the last call, as (network, text).
+    pub(crate) fn take_notices(&mut self) -> Vec<(String, String)> {
+        std::mem::take(&mut self.notices)
+    }
+
+    /// Conflicts detected since the start.
+    pub(crate) fn conflicts_seen(&self) -> u64 {
+        self.conflicts_seen
+    }
+
+    /// Notified whenever the kernel may need a reconcile.
+    pub(crate) fn kernel_changes(&self) -> Arc<Notify> {
+        self.kernel.clone()
+    }
+
+    fn kernel_changed(&self) {
+        self.kernel.notify_one();
+    }
+
+    /// After a restart: the saved definitions, claims and endpoints go out
+    /// again under this incarnation (the old one's entries are purged
+    /// everywhere as soon as peers see the new incarnation).
+    pub(crate) fn republish(&mut self, node: &mut Node, now: Duration) {
+        node.witness_clock(self.state.ltime);
+        let saved: Vec<(String, SavedNetwork)> = self.state.networks.clone().into_iter().collect();
+        for (name, n) in saved {
+            let Some(def) = saved_def(&name, &n) else {
+                tracing::warn!(network = %name, "saved definition is invalid; dropped");
+                continue;
+            };
+            let _ = node.put_shared(now, SharedTable::NetDefs, &name, def.encode());
+            for b in &n.blocks {
+                let _ = node.put_shared(
+                    now,
+                    SharedTable::Ipam,
+                    &ipam::claim_id(&name, *b),
+                    ipam::encode_claim(&def.origin, def.created),
+                );
+            }
+        }
+        let endpoints = self.state.endpoints.clone();
+        for ep in &endpoints {
+            if let Err(e) = self.publish(node, now, ep) {
+                tracing::warn!(network = %ep.network, endpoint = %ep.name, error = %e, "cannot republish endpoint");
+            }
+        }
+        if !endpoints.is_empty() {
+            tracing::info!(
+                endpoints = endpoints.len(),
+                networks = self.state.networks.len(),
+                "republished saved endpoints"
+            );
+        }
+        self.dirty = true;
+        self.kernel_changed();
+    }
+
+    /// Notes which events concern the overlay.
+    pub(crate) fn observe(&mut self, ev: &Event) {
+        let relevant = match ev {
+            Event::Shared { .. } => true,
+            Event::Entry { table, .. } => table == ROUTES_TABLE,
+            _ => false,
+        };
+        if relevant {
+            self.dirty = true;
+            self.kernel_changed();
+        }
+    }
+
+    fn resolved(node: &Node) -> Resolved {
+        Resolved::from_copies(node.shared_entries(SharedTable::NetDefs))
+    }
+
+    /// This host's endpoints (attached, not being attached).
+    pub(crate) fn local_endpoints(&self) -> usize {
+        self.state.endpoints.len()
+    }
+
+    fn local_count(&self, network: &str) -> usize {
+        self.state.endpoints.iter().filter(|e| e.network == network).count()
+    }
+
+    fn find(&self, network: &str, name: &str) -> Option<&SavedEndpoint> {
+        self.state.endpoints.iter().find(|e| e.network == network && e.name == name)
+    }
+
+    /// Endpoints of `network` (every network if empty): this host's, and
+    /// unless `local_only` those other hosts published.
+    pub(crate) fn endpoints(
+        &self,
+        node: &Node,
+        network: &str,
+        local_only: bool,
+    ) -> Vec<EndpointInfo> {
+        let mut out = Vec::new();
+        for ep in self.state.endpoints.iter().filter(|e| network.is_empty() || e.network == network)
+        {
+            out.push(self.info(ep));
+        }
+        if !local_only {
+            for net in node.networks() {
+                if !network.is_empty() && net != network {
+                    continue;
+                }
+                for (key, e) in node.entries(net, ENDPOINTS_TABLE) {
+                    if e.owner == self.me {
+                        continue;
+                    }
+                    let Ok(rec) = wire::ServiceRecord::decode(&e.value[..]) else { continue };
+                    let route = node
+                        .get(net, ROUTES_TABLE, key)
+                        .and_then(|r| wire::Route::decode(&r.value[..]).ok());
+                    let (prefix, mac) = route
+                        .map(|r| {
+                            let prefix =
+                                r.ip.split_once('/').and_then(|(_, p)| p.parse().ok()).unwrap_or(0);
+                            (
+                                prefix,
+                                dp::Mac::from_slice(&r.mac)
+                                    .map(|m| m.to_string())
+                                    .unwrap_or_default(),
+                            )
+                        })
+                        .unwrap_or_default();
+                    out.push(EndpointInfo {
+                        network: net.into(),
+                        name: rec.name,
+                        host: e.owner.clone(),
+                        ip: rec.ip,
+                        prefix,
+                        mac,
+                        ifname: String::new(),
+                        netns: String::new(),
+                        service: rec.service,
+                        aliases: rec.aliases,
+                        local: false,
+                    });
+                }
+            }
+        }
+        out.sort_by(|a, b| (&a.network, &a.name, &a.host).cmp(&(&b.network, &b.name, &b.host)));
+        out
+    }
+
+    fn info(&self, ep: &SavedEndpoint) -> EndpointInfo {
+        EndpointInfo {
+            network: ep.network.clone(),
+            name: ep.name.clone(),
+            host: self.me.clone(),
+            ip: ep.ip.to_string(),
+            prefix: u32::from(ep.prefix),
+            mac: ep.mac.clone(),
+            ifname: ep.ifname.clone(),
+            netns: ep.netns.display().to_string(),
+            service: ep.service.clone(),
+            aliases: ep.aliases.clone(),
+            local: true,
+        }
+    }
+
+    /// Writes the state file, with the clock to resume from.
+    pub(crate) fn save(&mut self, node: &Node) {
+        self.state.ltime = node.ltime();
+        if let Some(store) = &self.store
+            && let Err(e) = store.save(&self.state)
+        {
+            tracing::error!(error = %format!("{e:#}"), "cannot write the state file; a restart would lose endpoints");
+        }
+    }
+}
+
+/// The key of an endpoint's entries: unique per host.
+fn endpoint_key(host: &str, name: &str) -> String {
+    format!("{host}/{name}")
+}
+
+fn saved_network(def: &NetworkDef) -> SavedNetwork {
+    SavedNetwork {
+        subnet: def.subnet.to_string(),
+        vni: def.vni,
+        mtu: def.mtu,
+        origin: def.origin.clone(),
+        created: def.created,
+        blocks: BTreeSet::new(),
+    }
+}
+
+fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
+    let def = NetworkDef {
+        name: name.into(),
+        subnet: n.subnet.parse().ok()?,
+        vni: n.vni,
+        mtu: n.mtu,
+        origin: n.origin.clone(),
+        created: n.created,
+    };
+    NetworkDef::decode(&def.encode())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Temp, TestHost, attach_req, blue};
+    use super::*;
+
+    #[test]
+    fn a_restarted_overlay_republishes_its_endpoints_from_the_state_dir() {
+        let ((dir, h), ns) = (blue("restart"), Temp::netns("restart-ns"));
+        let before = h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        let ltime = h.parts().node.ltime();
+        drop(h.into_parts());
+
+        // A new process: new incarnation, empty tables, a kernel that lost
+        // the veth; only the data dir is left.
+        let h = TestHost::new("h1", 1, 2, &dir.0);
+        let p = h.parts();
+        assert!(p.node.ltime() >= ltime, "the clock resumes from the state file");
+        assert_eq!(p.overlay.endpoints(&p.node, "", true), std::slice::from_ref(&before));
+        let route = p.node.get("blue", ROUTES_TABLE, "h1/web").expect("route republished");
+        assert_eq!(route.incarnation, 2);
+        let route = wire::Route::decode(&route.value[..]).unwrap();
+        assert_eq!(route.ip, format!("{}/24", before.ip));
+        let nets = p.overlay.networks(&p.node);
+        assert_eq!(nets.len(), 1);
+        assert_eq!(nets[0].overlay.as_ref().map(|o| o.vni), Some(4096));
+        let claims = p.node.shared_entries(SharedTable::Ipam);
+        assert!(claims.iter().any(|(k, e)| k.starts_with("blue:") && !e.deleted));
+        drop(p);
+
+        let r = h.reconcile();
+        assert_eq!((r.created, r.endpoints_repaired, r.failed), (1, 1, 0), "{r:?}");
+        let wired = h.kernel.try_lock().unwrap().endpoints();
+        assert_eq!(wired.values().map(|e| e.ip.to_string()).collect::<Vec<_>>(), [before.ip]);
+        assert_eq!(h.reconcile().changes(), 0);
+    }
+}

@@ -1,0 +1,240 @@
+//! Network definitions: create, remove, list.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use netdb::Node;
+use netdb::SharedTable;
+use netdb::ipam::Subnet;
+use netdb::netdefs::{self, DEFAULT_MTU, Effective, NetworkDef};
+
+use super::{Error, Overlay, ROUTES_TABLE, valid_name};
+
+/// `netdb network create`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CreateNetwork {
+    pub(crate) name: String,
+    /// CIDR text, checked here so every caller gets the same advice.
+    pub(crate) subnet: String,
+    /// `None`: the lowest free VNI.
+    pub(crate) vni: Option<u32>,
+    /// `None`: the default MTU.
+    pub(crate) mtu: Option<u32>,
+}
+
+/// A network as `netdb network ls` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NetworkInfo {
+    pub(crate) name: String,
+    pub(crate) peers: Vec<String>,
+    /// Visible entries of the network's tables on this node.
+    pub(crate) entries: u64,
+    /// `None` for a plain gossip network (no definition).
+    pub(crate) overlay: Option<OverlayInfo>,
+}
+
+/// What an overlay network adds to a gossip network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct OverlayInfo {
+    pub(crate) subnet: Subnet,
+    pub(crate) vni: u32,
+    pub(crate) mtu: u32,
+    pub(crate) local_endpoints: u32,
+    /// Hosts with endpoints on it.
+    pub(crate) hosts: Vec<String>,
+    pub(crate) conflicts: Vec<String>,
+    /// The node that created the definition in force.
+    pub(crate) origin: String,
+}
+
+impl Overlay {
+    /// Defines a network cluster-wide (this node's copy of the definition).
+    pub(crate) fn create(
+        &mut self,
+        node: &mut Node,
+        now: Duration,
+        r: CreateNetwork,
+    ) -> Result<NetworkInfo, Error> {
+        if !valid_name(&r.name, netdefs::MAX_NETWORK_NAME) {
+            return Err(Error::BadNetworkName(r.name));
+        }
+        let subnet: Subnet = r.subnet.parse()?;
+        let resolved = Self::resolved(node);
+        if let Some(e) = resolved.networks.get(&r.name) {
+            return Err(Error::NetworkExists {
+                name: r.name,
+                subnet: e.def.subnet,
+                vni: e.vni,
+                origin: e.def.origin.clone(),
+            });
+        }
+        if node.networks().contains(&r.name.as_str()) {
+            return Err(Error::GossipNetwork(r.name));
+        }
+        let vni = match r.vni {
+            None => resolved.next_vni(),
+            Some(v) if !(netdefs::FIRST_VNI..=netdefs::MAX_VNI).contains(&v) => {
+                return Err(Error::VniOutOfRange(v));
+            }
+            Some(v) => {
+                if let Some(other) = resolved.vni_in_use(v) {
+                    return Err(Error::VniTaken { vni: v, network: other.into() });
+                }
+                v
+            }
+        };
+        let mtu = r.mtu.unwrap_or(DEFAULT_MTU);
+        if !(netdefs::MIN_MTU..=netdefs::MAX_MTU).contains(&mtu) {
+            return Err(Error::MtuOutOfRange(mtu));
+        }
+        let def = NetworkDef {
+            name: r.name.clone(),
+            subnet,
+            vni,
+            mtu,
+            origin: self.me.clone(),
+            created: node.ltime() + 1,
+        };
+        node.put_shared(now, SharedTable::NetDefs, &r.name, def.encode())?;
+        tracing::info!(network = %r.name, %subnet, vni, mtu, "network created");
+        self.dirty = true;
+        Ok(self.network_info(node, &Effective { def, vni }))
+    }
+
+    /// Removes a network cluster-wide; refused while any host (this one
+    /// included, attaches under way too) has endpoints on it.
+    pub(crate) fn remove(
+        &mut self,
+        node: &mut Node,
+        now: Duration,
+        name: &str,
+    ) -> Result<(), Error> {
+        let resolved = Self::resolved(node);
+        let Some(eff) = resolved.networks.get(name) else {
+            return Err(Error::NoNetwork(name.into()));
+        };
+        let mut hosts = node.network_hosts(name);
+        if self.local_count(name) > 0 || self.pending.keys().any(|(n, _)| n == name) {
+            hosts.insert(0, self.me.clone());
+        }
+        if !hosts.is_empty() {
+            return Err(Error::NetworkInUse { network: name.into(), hosts });
+        }
+        // Ours may not exist yet (a definition learned a moment ago).
+        node.put_shared(now, SharedTable::NetDefs, name, eff.def.encode())?;
+        node.delete_shared(now, SharedTable::NetDefs, name)?;
+        tracing::info!(network = %name, "network removed");
+        self.dirty = true;
+        Ok(())
+    }
+
+    /// Every overlay network in force and every gossip network joined, by
+    /// name.
+    pub(crate) fn networks(&self, node: &Node) -> Vec<NetworkInfo> {
+        let resolved = Self::resolved(node);
+        let mut out: Vec<NetworkInfo> =
+            resolved.networks.values().map(|e| self.network_info(node, e)).collect();
+        for name in node.networks() {
+            if !resolved.networks.contains_key(name) {
+                out.push(NetworkInfo {
+                    name: name.into(),
+                    peers: node.network_peers(name),
+                    entries: visible_entries(node, name),
+                    overlay: None,
+                });
+            }
+        }
+        out.sort_by(|a, b| a.name.cmp(&b.name));
+        out
+    }
+
+    fn network_info(&self, node: &Node, e: &Effective) -> NetworkInfo {
+        let name = &e.def.name;
+        let local = self.local_count(name);
+        let mut hosts: BTreeSet<String> =
+            node.entries(name, ROUTES_TABLE).iter().map(|(_, en)| en.owner.clone()).collect();
+        if local > 0 {
+            hosts.insert(self.me.clone());
+        }
+        NetworkInfo {
+            name: name.clone(),
+            peers: node.network_peers(name),
+            entries: visible_entries(node, name),
+            overlay: Some(OverlayInfo {
+                subnet: e.def.subnet,
+                vni: e.vni,
+                mtu: e.def.mtu,
+                local_endpoints: local as u32,
+                hosts: hosts.into_iter().collect(),
+                conflicts: self.conflicts.get(name).cloned().unwrap_or_default(),
+                origin: e.def.origin.clone(),
+            }),
+        }
+    }
+}
+
+fn visible_entries(node: &Node, network: &str) -> u64 {
+    node.raw_entries(network).iter().filter(|(_, _, e)| e.visible()).count() as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testing::{Temp, TestHost, attach_req, blue};
+    use super::*;
+    use crate::overlay::Kind;
+
+    #[test]
+    fn create_defines_a_network_and_refuses_bad_or_taken_ones() {
+        let dir = Temp::dir("create");
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        let n = h.create("blue", "10.1.0.0/24").unwrap();
+        let o = n.overlay.unwrap();
+        assert_eq!((o.vni, o.mtu, o.origin.as_str()), (4096, DEFAULT_MTU, "h1"));
+        assert_eq!(o.subnet.to_string(), "10.1.0.0/24");
+        assert_eq!(h.create("red", "10.2.0.0/24").unwrap().overlay.unwrap().vni, 4097);
+
+        let dup = h.create("blue", "10.3.0.0/24").unwrap_err();
+        assert_eq!(dup.kind(), Kind::Exists);
+        assert_eq!(
+            dup.to_string(),
+            "network blue already exists (subnet 10.1.0.0/24, VNI 4096, created on h1)"
+        );
+        assert_eq!(h.create("bad name", "10.3.0.0/24").unwrap_err().kind(), Kind::Invalid);
+        let bad = h.create("green", "10.3.0.1/24").unwrap_err();
+        assert!(bad.to_string().contains("did you mean 10.3.0.0/24"), "{bad}");
+
+        let p = &mut *h.parts();
+        let req = |vni, mtu| CreateNetwork {
+            name: "green".into(),
+            subnet: "10.3.0.0/24".into(),
+            vni,
+            mtu,
+        };
+        let e = p.overlay.create(&mut p.node, p.now, req(Some(4096), None)).unwrap_err();
+        assert_eq!(e.to_string(), "VNI 4096 is used by network blue");
+        let e = p.overlay.create(&mut p.node, p.now, req(Some(7), None)).unwrap_err();
+        assert_eq!(e.kind(), Kind::Invalid);
+        let e = p.overlay.create(&mut p.node, p.now, req(None, Some(100))).unwrap_err();
+        assert_eq!(e.kind(), Kind::Invalid);
+        let names: Vec<_> = p.overlay.networks(&p.node).into_iter().map(|n| n.name).collect();
+        assert_eq!(names, ["blue", "red"]);
+    }
+
+    #[test]
+    fn remove_is_refused_while_endpoints_exist_then_done() {
+        let ((_dir, h), ns) = (blue("remove"), Temp::netns("remove-ns"));
+        h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        {
+            let p = &mut *h.parts();
+            let e = p.overlay.remove(&mut p.node, p.now, "blue").unwrap_err();
+            assert_eq!(e.kind(), Kind::Precondition);
+            assert_eq!(e.to_string(), "network blue still has endpoints on h1; detach them first");
+        }
+        h.detach("blue", "web").unwrap();
+        let p = &mut *h.parts();
+        p.overlay.remove(&mut p.node, p.now, "blue").unwrap();
+        assert!(p.overlay.networks(&p.node).is_empty());
+        let e = p.overlay.remove(&mut p.node, p.now, "blue").unwrap_err();
+        assert_eq!(e.to_string(), "no network blue; see `netdb network ls`");
+    }
+}

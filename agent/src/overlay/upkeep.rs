@@ -1,0 +1,222 @@
+//! Upkeep after definitions or claims change: this host's copies of the
+//! definitions kept in step, removals followed, claims that lost or belong
+//! to a removed network released, conflicts found and reported once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use netdb::Node;
+use netdb::SharedTable;
+use netdb::ipam::{self, Claims};
+use netdb::netdefs::{NetworkDef, Resolved};
+use netdb_wire as wire;
+use prost::Message;
+
+use super::desired::decode_route;
+use super::{Overlay, ROUTES_TABLE, owned_key};
+
+impl Overlay {
+    /// Keeps this host's copies of the definitions in step, follows
+    /// removals, drops claims that lost or belong to a removed network, and
+    /// reports conflicts.
+    pub(crate) fn maintain(&mut self, node: &mut Node, now: Duration) {
+        self.dirty = false;
+        let resolved = Self::resolved(node);
+        let mine: BTreeMap<String, (bool, Option<NetworkDef>)> = node
+            .shared_entries(SharedTable::NetDefs)
+            .into_iter()
+            .filter_map(|(k, e)| {
+                let (name, owner) = owned_key(k)?;
+                (owner == self.me)
+                    .then(|| (name.to_string(), (e.deleted, NetworkDef::decode(&e.value))))
+            })
+            .collect();
+        let mut resave = false;
+        for (name, eff) in &resolved.networks {
+            let in_step = matches!(mine.get(name), Some((false, Some(d))) if d == &eff.def);
+            if !in_step {
+                let _ = node.put_shared(now, SharedTable::NetDefs, name, eff.def.encode());
+            }
+            if let Some(saved) = self.state.networks.get_mut(name)
+                && (saved.created, saved.origin.as_str()) == eff.def.id()
+                && saved.vni != eff.vni
+            {
+                saved.vni = eff.vni;
+                resave = true;
+            }
+        }
+        if resave {
+            self.save(node);
+        }
+        for (name, (deleted, def)) in &mine {
+            let gone = def.as_ref().is_some_and(|d| {
+                resolved.removed.contains(&(d.name.clone(), d.created, d.origin.clone()))
+            });
+            if !deleted && gone && !resolved.networks.contains_key(name) {
+                let _ = node.delete_shared(now, SharedTable::NetDefs, name);
+            }
+        }
+        self.drop_stale_claims(node, now, &resolved);
+        self.find_conflicts(node, &resolved);
+        self.kernel_changed();
+    }
+
+    fn drop_stale_claims(&mut self, node: &mut Node, now: Duration, resolved: &Resolved) {
+        let mut drop: Vec<(String, u32)> = Vec::new();
+        // Each network's claims, read once however many of ours it holds.
+        let mut claims_of: BTreeMap<&str, Claims> = BTreeMap::new();
+        for (key, e) in node.shared_entries(SharedTable::Ipam) {
+            let Some((id, owner)) = owned_key(key) else { continue };
+            if owner != self.me || e.deleted {
+                continue;
+            }
+            let Some((net, block)) = ipam::parse_claim_id(id) else { continue };
+            let current = resolved.networks.get(net).is_some_and(|eff| {
+                wire::BlockClaim::decode(&e.value[..])
+                    .is_ok_and(|c| (c.created, c.origin.as_str()) == eff.def.id())
+            });
+            let lost = resolved.networks.get(net).is_some_and(|eff| {
+                let claims = claims_of.entry(net).or_insert_with(|| {
+                    let def = &eff.def;
+                    Claims::collect(
+                        net,
+                        def.id(),
+                        def.subnet.blocks(),
+                        node.shared_entries(SharedTable::Ipam),
+                    )
+                });
+                claims.owner(block).is_some_and(|o| o != self.me)
+                    && !self.state.endpoints.iter().any(|ep| {
+                        ep.network == net && eff.def.subnet.block_of(ep.ip) == Some(block)
+                    })
+            });
+            if !current || lost {
+                drop.push((net.to_string(), block));
+            }
+        }
+        for (net, block) in drop {
+            let _ = node.delete_shared(now, SharedTable::Ipam, &ipam::claim_id(&net, block));
+            self.claimed_at.remove(&(net.clone(), block));
+            if let Some(saved) = self.state.networks.get_mut(&net) {
+                saved.blocks.remove(&block);
+            }
+            tracing::info!(network = %net, block, "released an address block claim");
+        }
+    }
+
+    fn find_conflicts(&mut self, node: &Node, resolved: &Resolved) {
+        let mut now: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for (net, text) in &resolved.conflicts {
+            now.entry(net.clone()).or_default().push(text.clone());
+        }
+        for net in node.networks() {
+            let Some(eff) = resolved.networks.get(net) else { continue };
+            let mut list = Vec::new();
+            let claims = Claims::collect(
+                net,
+                eff.def.id(),
+                eff.def.subnet.blocks(),
+                node.shared_entries(SharedTable::Ipam),
+            );
+            for (block, claimers) in claims.contested() {
+                list.push(format!(
+                    "address block {block} of network {net} is claimed by {}",
+                    claimers.join(" and ")
+                ));
+            }
+            let mut by_ip: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
+            for (key, e) in node.entries(net, ROUTES_TABLE) {
+                if let Some(r) = decode_route(&e.value) {
+                    by_ip.entry(r.ip).or_default().push(key.to_string());
+                }
+            }
+            for (ip, keys) in by_ip.into_iter().filter(|(_, k)| k.len() > 1) {
+                list.push(format!(
+                    "address {ip} of network {net} is used by {}",
+                    keys.join(" and ")
+                ));
+            }
+            if !list.is_empty() {
+                now.entry(net.to_string()).or_default().extend(list);
+            }
+        }
+        for (net, list) in &now {
+            for c in list {
+                if self.reported.insert(c.clone()) {
+                    self.conflicts_seen += 1;
+                    tracing::warn!(conflict = %c, "conflict detected");
+                    self.notices.push((net.clone(), c.clone()));
+                }
+            }
+        }
+        // Forget conflicts that are over, so the set stays as small as
+        // the conflicts in force.
+        let current: BTreeSet<&String> = now.values().flatten().collect();
+        self.reported.retain(|c| current.contains(c));
+        self.conflicts = now;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use bytes::Bytes;
+    use netdb_dataplane::Mac;
+
+    use super::super::testing::{Temp, TestHost, attach_req, blue, exchange};
+    use super::*;
+
+    #[test]
+    fn a_name_defined_twice_is_reported_once() {
+        let (da, db) = (Temp::dir("twice-a"), Temp::dir("twice-b"));
+        let (a, b) = (TestHost::new("h1", 1, 1, &da.0), TestHost::new("h2", 2, 1, &db.0));
+        // Defined on both sides before they meet (a race, a partition).
+        a.create("blue", "10.1.0.0/24").unwrap();
+        b.create("blue", "10.2.0.0/24").unwrap();
+        let (mut a, mut b) = (a.into_parts(), b.into_parts());
+        b.node.join(b.now, &[a.node.addr()]);
+        exchange(&mut a, &mut b, Duration::from_secs(5));
+
+        assert!(a.overlay.upkeep_due());
+        a.overlay.maintain(&mut a.node, a.now);
+        let notices = a.overlay.take_notices();
+        let text = "network blue was created twice: 10.1.0.0/24 on h1 (kept) and 10.2.0.0/24 on h2 (ignored)";
+        assert!(notices.contains(&("blue".to_string(), text.to_string())), "{notices:?}");
+        let seen = a.overlay.conflicts_seen();
+        let listed = a.overlay.networks(&a.node);
+        assert_eq!(listed[0].overlay.as_ref().unwrap().conflicts, [text]);
+
+        a.overlay.maintain(&mut a.node, a.now);
+        assert!(a.overlay.take_notices().is_empty(), "reported once");
+        assert_eq!(a.overlay.conflicts_seen(), seen);
+    }
+
+    #[test]
+    fn two_hosts_publishing_one_address_are_reported() {
+        let ((_da, a), db, ns) = (blue("addr-a"), Temp::dir("addr-b"), Temp::netns("addr-ns"));
+        let web = a.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        let (mut a, mut b) = (a.into_parts(), TestHost::new("h2", 2, 1, &db.0).into_parts());
+        // Another host publishes the same address (a bug, or a block both
+        // claimed while apart).
+        let ip: Ipv4Addr = web.ip.parse().unwrap();
+        let route = wire::Route {
+            ip: format!("{ip}/24"),
+            mac: Mac::from_ipv4(ip).0.to_vec().into(),
+            host: "192.0.2.2".into(),
+        };
+        b.node.join_network(b.now, "blue").unwrap();
+        b.node
+            .put(b.now, "blue", ROUTES_TABLE, "h2/imposter", Bytes::from(route.encode_to_vec()))
+            .unwrap();
+        b.node.join(b.now, &[a.node.addr()]);
+        exchange(&mut a, &mut b, Duration::from_secs(10));
+        assert!(a.node.get("blue", ROUTES_TABLE, "h2/imposter").is_some(), "gossip arrived");
+
+        a.overlay.maintain(&mut a.node, a.now);
+        let text = format!("address {ip} of network blue is used by h1/web and h2/imposter");
+        assert_eq!(a.overlay.take_notices(), [("blue".to_string(), text)]);
+        assert_eq!(a.overlay.conflicts_seen(), 1);
+    }
+}

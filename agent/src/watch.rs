@@ -1,0 +1,71 @@
+//! Watch streams as the core feeds them: entry events of one network (and
+//! optionally one table) and conflict notices, through a bounded channel. A
+//! watcher that falls behind is cut rather than growing memory.
+
+use netdb::Event;
+use tokio::sync::mpsc;
+
+/// Events a watcher may have queued before it counts as stuck and is cut.
+const WATCH_BACKLOG: usize = 4096;
+
+/// What a watch stream receives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Watched {
+    /// An entry event of the watched network (always `Event::Entry`).
+    Entry(Event),
+    /// A conflict found on the watched network.
+    Conflict { network: String, text: String },
+    /// The watcher fell behind and was cut; the stream ends.
+    FellBehind,
+}
+
+/// A watcher of one network (and optionally one table).
+pub(crate) struct Watcher {
+    network: String,
+    table: Option<String>,
+    tx: mpsc::Sender<Watched>,
+}
+
+impl Watcher {
+    /// A watcher that first receives `snapshot` (the current entries, as
+    /// create events); room is made for all of it plus the backlog.
+    pub(crate) fn new(
+        network: String,
+        table: Option<String>,
+        snapshot: Vec<Event>,
+    ) -> (Watcher, mpsc::Receiver<Watched>) {
+        let (tx, rx) = mpsc::channel(snapshot.len() + WATCH_BACKLOG);
+        let w = Watcher { network, table, tx };
+        for ev in &snapshot {
+            w.offer(ev);
+        }
+        (w, rx)
+    }
+
+    /// Offers an event; false if the watcher is gone or stuck and must be
+    /// dropped.
+    pub(crate) fn offer(&self, ev: &Event) -> bool {
+        let Event::Entry { network, table, .. } = ev else { return true };
+        if *network != self.network || self.table.as_ref().is_some_and(|t| t != table) {
+            return !self.tx.is_closed();
+        }
+        match self.tx.try_send(Watched::Entry(ev.clone())) {
+            Ok(()) => true,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                let _ = self.tx.try_send(Watched::FellBehind);
+                false
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        }
+    }
+
+    /// Sends a conflict notice about `network`; false if the watcher must
+    /// be dropped.
+    pub(crate) fn notice(&self, network: &str, text: &str) -> bool {
+        if network != self.network {
+            return !self.tx.is_closed();
+        }
+        let out = Watched::Conflict { network: self.network.clone(), text: text.into() };
+        self.tx.try_send(out).is_ok()
+    }
+}

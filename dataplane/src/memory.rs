@@ -1,0 +1,368 @@
+//! A kernel in memory, for tests of the code above the data plane that
+//! cannot (or should not) need root: it keeps devices, endpoints and
+//! entries as the kernel would, refuses what the kernel would refuse (a
+//! missing namespace, an interface name taken in the container, a name too
+//! long for Linux), and is reconciled by the same [`plan`] as [`Linux`], so
+//! what a test sees here is what the agent would make the kernel hold.
+//!
+//! [`Linux`]: crate::Linux
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Instant;
+
+use crate::plan::{Observed, ObservedNetwork, Plan, plan};
+use crate::{
+    Desired, Endpoint, Error, Kernel, Mac, Network, ReconcileReport, bridge_name, vxlan_name,
+};
+
+/// Longest interface name Linux takes (IFNAMSIZ - 1).
+const MAX_IFNAME: usize = 15;
+
+/// The in-memory kernel. Cheap to make; every method takes `&self`, like
+/// [`crate::Linux`], so it can be shared the same way.
+#[derive(Debug, Default)]
+pub struct Memory {
+    state: Mutex<State>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    next_index: u32,
+    /// Links of the agent's namespace by name: index and bridge (master).
+    links: BTreeMap<String, Link>,
+    /// Our bridge and VXLAN device of each network, and the VXLAN's entries.
+    networks: BTreeMap<u32, Devices>,
+    /// Interface names inside each container namespace.
+    inside: BTreeMap<PathBuf, BTreeSet<String>>,
+    /// Wired endpoints by host-side veth name.
+    wired: BTreeMap<String, Endpoint>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    index: u32,
+    master: Option<u32>,
+}
+
+#[derive(Debug, Default)]
+struct Devices {
+    bridge: Option<u32>,
+    vxlan: Option<u32>,
+    /// The VXLAN device's MTU and source address, as created.
+    mtu: u32,
+    local: Option<Ipv4Addr>,
+    fdb: BTreeMap<Mac, Ipv4Addr>,
+    neigh: BTreeMap<Ipv4Addr, Mac>,
+}
+
+impl Memory {
+    /// An empty kernel: no devices, no endpoints.
+    pub fn new() -> Memory {
+        Memory::default()
+    }
+
+    /// Our devices and their entries, as [`crate::Linux::observe`] reads
+    /// them from a real kernel.
+    pub fn observe(&self) -> Observed {
+        self.lock().observe()
+    }
+
+    /// Wired endpoints, by host-side veth name.
+    pub fn endpoints(&self) -> BTreeMap<String, Endpoint> {
+        self.lock().wired.clone()
+    }
+
+    /// Interface names inside a container namespace.
+    pub fn links_in(&self, netns: &Path) -> BTreeSet<String> {
+        self.lock().inside.get(netns).cloned().unwrap_or_default()
+    }
+
+    /// The MTU and tunnel source a network's VXLAN device was made with.
+    pub fn vxlan(&self, vni: u32) -> Option<(u32, Ipv4Addr)> {
+        let st = self.lock();
+        let d = st.networks.get(&vni).filter(|d| d.vxlan.is_some())?;
+        Some((d.mtu, d.local?))
+    }
+
+    /// An interface the container has of its own (not ours), as a runtime
+    /// would have made it.
+    pub fn add_link_in(&self, netns: &Path, ifname: &str) {
+        self.lock().inside.entry(netns.to_path_buf()).or_default().insert(ifname.into());
+    }
+
+    /// Deletes a link of the agent's namespace by hand, as an operator
+    /// could; `false` if there was none.
+    pub fn delete_link(&self, name: &str) -> bool {
+        self.lock().delete_link(name)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A test that panicked while holding the lock leaves a state still
+        // worth reading.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl State {
+    fn index(&mut self) -> u32 {
+        self.next_index += 1;
+        self.next_index
+    }
+
+    fn observe(&self) -> Observed {
+        let mut out = Observed::default();
+        for (vni, d) in &self.networks {
+            out.networks.insert(
+                *vni,
+                ObservedNetwork {
+                    bridge: d.bridge,
+                    vxlan: d.vxlan,
+                    fdb: d.fdb.clone(),
+                    neigh: d.neigh.clone(),
+                },
+            );
+        }
+        out.links = self.links.iter().map(|(name, l)| (name.clone(), l.master)).collect();
+        out
+    }
+
+    /// The network's devices, made if missing; the bridge's index.
+    fn ensure_network(&mut self, net: &Network) -> u32 {
+        let bridge = match self.networks.get(&net.vni).and_then(|d| d.bridge) {
+            Some(ix) => ix,
+            None => {
+                let ix = self.index();
+                self.links.insert(bridge_name(net.vni), Link { index: ix, master: None });
+                ix
+            }
+        };
+        if self.networks.get(&net.vni).and_then(|d| d.vxlan).is_none() {
+            let ix = self.index();
+            self.links.insert(vxlan_name(net.vni), Link { index: ix, master: Some(bridge) });
+            let d = self.networks.entry(net.vni).or_default();
+            d.vxlan = Some(ix);
+            d.mtu = net.mtu;
+            d.local = Some(net.local);
+        }
+        self.networks.entry(net.vni).or_default().bridge = Some(bridge);
+        bridge
+    }
+
+    fn attach(&mut self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
+        std::fs::metadata(&ep.netns)
+            .map_err(|source| Error::Netns { path: ep.netns.display().to_string(), source })?;
+        for name in [&ep.ifname, &ep.host_ifname] {
+            if name.is_empty() || name.len() > MAX_IFNAME {
+                return Err(Error::Netlink {
+                    what: format!("create veth {} for {}", ep.host_ifname, ep.ifname),
+                    source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+                });
+            }
+        }
+        if self.inside.get(&ep.netns).is_some_and(|names| names.contains(&ep.ifname)) {
+            return Err(Error::IfnameTaken {
+                ifname: ep.ifname.clone(),
+                netns: ep.netns.display().to_string(),
+            });
+        }
+        let bridge = self.ensure_network(net);
+        self.delete_link(&ep.host_ifname);
+        let index = self.index();
+        self.links.insert(ep.host_ifname.clone(), Link { index, master: Some(bridge) });
+        self.inside.entry(ep.netns.clone()).or_default().insert(ep.ifname.clone());
+        self.wired.insert(ep.host_ifname.clone(), ep.clone());
+        Ok(())
+    }
+
+    fn delete_link(&mut self, name: &str) -> bool {
+        let Some(link) = self.links.remove(name) else { return false };
+        // A veth pair dies whole: the container's end goes too.
+        if let Some(ep) = self.wired.remove(name)
+            && let Some(names) = self.inside.get_mut(&ep.netns)
+        {
+            names.remove(&ep.ifname);
+        }
+        // Ports of a deleted bridge are released, as the kernel does.
+        for l in self.links.values_mut() {
+            if l.master == Some(link.index) {
+                l.master = None;
+            }
+        }
+        for d in self.networks.values_mut() {
+            if d.bridge == Some(link.index) {
+                d.bridge = None;
+            }
+            if d.vxlan == Some(link.index) {
+                d.vxlan = None;
+                d.fdb.clear();
+                d.neigh.clear();
+            }
+        }
+        self.networks.retain(|_, d| d.bridge.is_some() || d.vxlan.is_some());
+        true
+    }
+
+    fn reconcile(&mut self, desired: &Desired) -> ReconcileReport {
+        let Plan { create, remove, fdb_add, fdb_del, neigh_add, neigh_del, reattach, enslave } =
+            plan(desired, &self.observe());
+        let mut report = ReconcileReport::default();
+        for vni in remove {
+            self.delete_link(&vxlan_name(vni));
+            self.delete_link(&bridge_name(vni));
+            report.removed += 1;
+        }
+        for vni in create {
+            self.ensure_network(&desired[&vni]);
+            report.created += 1;
+        }
+        for (vni, mac, _) in fdb_del {
+            if self.networks.get_mut(&vni).and_then(|d| d.fdb.remove(&mac)).is_some() {
+                report.fdb_removed += 1;
+            }
+        }
+        for (vni, ip, _) in neigh_del {
+            if self.networks.get_mut(&vni).and_then(|d| d.neigh.remove(&ip)).is_some() {
+                report.neigh_removed += 1;
+            }
+        }
+        for (vni, mac, host) in fdb_add {
+            if let Some(d) = self.networks.get_mut(&vni).filter(|d| d.vxlan.is_some()) {
+                d.fdb.insert(mac, host);
+                report.fdb_added += 1;
+            }
+        }
+        for (vni, ip, mac) in neigh_add {
+            if let Some(d) = self.networks.get_mut(&vni).filter(|d| d.vxlan.is_some()) {
+                d.neigh.insert(ip, mac);
+                report.neigh_added += 1;
+            }
+        }
+        for (vni, name) in enslave {
+            let bridge = self.networks.get(&vni).and_then(|d| d.bridge);
+            if let (Some(br), Some(link)) = (bridge, self.links.get_mut(&name)) {
+                link.master = Some(br);
+                report.endpoints_repaired += 1;
+            }
+        }
+        for (vni, ep) in reattach {
+            match self.attach(&desired[&vni], &ep) {
+                Ok(()) => report.endpoints_repaired += 1,
+                Err(_) => report.failed += 1,
+            }
+        }
+        report
+    }
+}
+
+impl Kernel for Memory {
+    async fn attach(&self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
+        self.lock().attach(net, ep)
+    }
+
+    async fn detach(&self, host_ifname: &str) -> Result<bool, Error> {
+        Ok(self.lock().delete_link(host_ifname))
+    }
+
+    async fn reconcile(&self, desired: &Desired) -> Result<ReconcileReport, Error> {
+        let started = Instant::now();
+        let mut report = self.lock().reconcile(desired);
+        report.elapsed = started.elapsed();
+        Ok(report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testing::{network, remote};
+
+    fn run<T>(f: impl Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+    }
+
+    /// A file standing in for a namespace: only its existence matters here.
+    struct Netns(PathBuf);
+
+    impl Netns {
+        fn new(tag: &str) -> Netns {
+            let p = std::env::temp_dir().join(format!("netdb-mem-{tag}-{}", std::process::id()));
+            std::fs::write(&p, b"").unwrap();
+            Netns(p)
+        }
+    }
+
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn endpoint(netns: &Path, host_ifname: &str, last: u8) -> Endpoint {
+        let ip = Ipv4Addr::new(10, 0, 0, last);
+        Endpoint {
+            netns: netns.into(),
+            ifname: "eth0".into(),
+            host_ifname: host_ifname.into(),
+            ip,
+            prefix: 24,
+            mac: Mac::from_ipv4(ip),
+        }
+    }
+
+    #[test]
+    fn attach_makes_the_devices_and_refuses_what_linux_refuses() {
+        let ns = Netns::new("attach");
+        let k = Memory::new();
+        let net = network(&[]);
+        run(k.attach(&net, &endpoint(&ns.0, "ndve1", 2))).unwrap();
+        let seen = k.observe();
+        let devices = &seen.networks[&4096];
+        assert!(devices.bridge.is_some() && devices.vxlan.is_some());
+        assert_eq!(seen.links["ndve1"], devices.bridge);
+        assert_eq!(k.vxlan(4096), Some((1450, Ipv4Addr::new(192, 168, 0, 1))));
+        assert_eq!(k.links_in(&ns.0), BTreeSet::from(["eth0".to_string()]));
+
+        let again = run(k.attach(&net, &endpoint(&ns.0, "ndve2", 3)));
+        assert!(matches!(again, Err(Error::IfnameTaken { .. })), "{again:?}");
+        let missing = endpoint(Path::new("/nonexistent/netns"), "ndve3", 4);
+        assert!(matches!(run(k.attach(&net, &missing)), Err(Error::Netns { .. })));
+        let long = endpoint(&ns.0, "ndve-far-too-long", 5);
+        assert!(matches!(run(k.attach(&net, &long)), Err(Error::Netlink { .. })));
+        assert_eq!(k.endpoints().keys().collect::<Vec<_>>(), ["ndve1"]);
+
+        assert!(run(k.detach("ndve1")).unwrap());
+        assert!(!run(k.detach("ndve1")).unwrap());
+        assert!(k.links_in(&ns.0).is_empty(), "the container's end goes with the veth");
+    }
+
+    #[test]
+    fn reconcile_installs_entries_repairs_endpoints_and_removes_the_rest() {
+        let ns = Netns::new("reconcile");
+        let k = Memory::new();
+        let far = remote(9, 2);
+        let mut net = network(&[far]);
+        let ep = endpoint(&ns.0, "ndve1", 2);
+        net.endpoints.insert(ep.host_ifname.clone(), ep.clone());
+        let desired = Desired::from([(4096, net)]);
+
+        let r = run(k.reconcile(&desired)).unwrap();
+        assert_eq!((r.created, r.fdb_added, r.neigh_added, r.endpoints_repaired), (1, 1, 1, 1));
+        let seen = &k.observe().networks[&4096];
+        assert_eq!(seen.fdb[&far.mac], far.host);
+        assert_eq!(seen.neigh[&far.ip], far.mac);
+        assert_eq!(run(k.reconcile(&desired)).unwrap().changes(), 0, "nothing left to do");
+
+        assert!(k.delete_link("ndve1"));
+        assert!(k.delete_link(&bridge_name(4096)));
+        let r = run(k.reconcile(&desired)).unwrap();
+        assert_eq!((r.created, r.endpoints_repaired), (1, 1), "{r:?}");
+        assert_eq!(k.observe().links["ndve1"], k.observe().networks[&4096].bridge);
+
+        let r = run(k.reconcile(&Desired::new())).unwrap();
+        assert_eq!(r.removed, 1);
+        assert!(k.observe().networks.is_empty());
+    }
+}
