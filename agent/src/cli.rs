@@ -18,20 +18,34 @@ use crate::endpoint::Endpoint;
     about = "Overlay network control plane: gossip tables without a key-value store"
 )]
 pub(crate) struct Cli {
-    /// Admin API endpoint: unix:/path or IP:PORT [default: unix:/run/netdb/netdb.sock]
+    /// Admin API endpoint (the agent serves it, the other verbs call it):
+    /// unix:/path or IP:PORT [default: unix:/run/netdb/netdb.sock]
     #[arg(long, global = true, env = "NETDB_API")]
     pub api: Option<Endpoint>,
-    /// Output format of client commands.
-    #[arg(short = 'o', long, global = true, value_enum, default_value_t = Output::Table)]
-    pub output: Output,
-    #[command(flatten)]
-    pub tls: ClientTlsArgs,
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// Options of every client verb (they talk to an agent's API).
+#[derive(Debug, Args)]
+pub(crate) struct ClientOpts {
+    /// Output format.
+    #[arg(
+        short = 'o',
+        long,
+        global = true,
+        value_enum,
+        default_value_t = Output::Table,
+        help_heading = "Client options"
+    )]
+    pub output: Output,
+    #[command(flatten)]
+    pub tls: ClientTlsArgs,
+}
+
 /// TLS for a client talking to an agent's TCP API.
 #[derive(Debug, Args)]
+#[command(next_help_heading = "Client TLS (TCP API)")]
 pub(crate) struct ClientTlsArgs {
     /// CA that signed the agent's certificate (PEM).
     #[arg(long, global = true, env = "NETDB_TLS_CA")]
@@ -69,23 +83,67 @@ pub(crate) enum Command {
     /// Run an agent (one per host).
     Agent(Box<AgentArgs>),
     /// List cluster members.
-    Members,
-    /// Create, list and remove overlay networks; join or leave plain ones.
-    #[command(subcommand)]
-    Network(NetworkCmd),
+    Members {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Create, list, inspect and remove overlay networks; join or leave
+    /// plain ones.
+    Network {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        cmd: NetworkCmd,
+    },
     /// Attach containers (network namespaces) to overlay networks.
-    #[command(subcommand)]
-    Endpoint(EndpointCmd),
+    Endpoint {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        cmd: EndpointCmd,
+    },
     /// Read and write table entries.
-    #[command(subcommand)]
-    Table(TableCmd),
+    Table {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        cmd: TableCmd,
+    },
     /// Print a network's entries, then every change, until interrupted.
-    Watch { network: String, table: Option<String> },
+    Watch {
+        network: String,
+        table: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Message, byte, queue, drop and sync counters.
-    Stats,
+    Stats {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Gossip keys of every live member (fingerprints only).
-    #[command(subcommand)]
-    Keys(KeysCmd),
+    Keys {
+        #[command(flatten)]
+        client: ClientOpts,
+        #[command(subcommand)]
+        cmd: KeysCmd,
+    },
+}
+
+impl Command {
+    /// The client options of a client verb; `None` for the agent.
+    pub(crate) fn client(&self) -> Option<&ClientOpts> {
+        match self {
+            Command::Agent(_) => None,
+            Command::Members { client }
+            | Command::Network { client, .. }
+            | Command::Endpoint { client, .. }
+            | Command::Table { client, .. }
+            | Command::Watch { client, .. }
+            | Command::Stats { client }
+            | Command::Keys { client, .. } => Some(client),
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -210,17 +268,17 @@ pub(crate) struct AgentArgs {
     #[serde(skip)]
     pub config: Option<PathBuf>,
     /// Node name, unique in the cluster [default: host name]
-    #[arg(long, env = "NETDB_NAME")]
+    #[arg(long, env = "NETDB_NAME", help_heading = "Identity and peers")]
     pub name: Option<String>,
     /// UDP and TCP address for gossip [default: 0.0.0.0:7946]
-    #[arg(long, env = "NETDB_BIND")]
+    #[arg(long, env = "NETDB_BIND", help_heading = "Identity and peers")]
     pub bind: Option<SocketAddr>,
     /// Address peers use to reach this node [default: the bind address, or
     /// the local address routed towards the first seed]
-    #[arg(long, env = "NETDB_ADVERTISE")]
+    #[arg(long, env = "NETDB_ADVERTISE", help_heading = "Identity and peers")]
     pub advertise: Option<SocketAddr>,
     /// Seed peer to join through (repeatable, or comma-separated).
-    #[arg(long, env = "NETDB_JOIN", value_delimiter = ',')]
+    #[arg(long, env = "NETDB_JOIN", value_delimiter = ',', help_heading = "Identity and peers")]
     #[serde(default)]
     pub join: Vec<SocketAddr>,
     /// Admin API endpoint to serve (the global --api; `api` in the file).
@@ -229,88 +287,93 @@ pub(crate) struct AgentArgs {
     pub api: Option<Endpoint>,
     /// Certificate (PEM) of a TCP API; a TCP API requires TLS with client
     /// certificates.
-    #[arg(long, env = "NETDB_API_TLS_CERT")]
+    #[arg(long, env = "NETDB_API_TLS_CERT", help_heading = "Admin API")]
     pub api_tls_cert: Option<PathBuf>,
     /// Private key (PEM) of the TCP API's certificate.
-    #[arg(long, env = "NETDB_API_TLS_KEY")]
+    #[arg(long, env = "NETDB_API_TLS_KEY", help_heading = "Admin API")]
     pub api_tls_key: Option<PathBuf>,
     /// CA (PEM) whose client certificates the TCP API accepts.
-    #[arg(long, env = "NETDB_API_TLS_CLIENT_CA")]
+    #[arg(long, env = "NETDB_API_TLS_CLIENT_CA", help_heading = "Admin API")]
     pub api_tls_client_ca: Option<PathBuf>,
     /// Serve a TCP API without TLS; allowed on loopback addresses only.
-    #[arg(long, env = "NETDB_API_INSECURE")]
+    #[arg(long, env = "NETDB_API_INSECURE", help_heading = "Admin API")]
     #[serde(default)]
     pub api_insecure: bool,
     /// File of gossip keys, base64, one per line, the first one the primary
     /// (NETDB_KEYS may give them instead, comma-separated). With keys, all
     /// traffic is sealed with AES-256-GCM and plaintext is refused.
-    #[arg(long, env = "NETDB_KEY_FILE")]
+    #[arg(long, env = "NETDB_KEY_FILE", help_heading = "Gossip keys")]
     pub key_file: Option<PathBuf>,
     /// Scheduled rotation instead of a key file: a file with a shared
     /// secret (base64, at least 32 bytes); every agent derives the key of
     /// each epoch from it (HKDF), accepting the previous and next epoch's.
-    #[arg(long, env = "NETDB_CLUSTER_SECRET_FILE", conflicts_with = "key_file")]
+    #[arg(
+        long,
+        env = "NETDB_CLUSTER_SECRET_FILE",
+        conflicts_with = "key_file",
+        help_heading = "Gossip keys"
+    )]
     pub cluster_secret_file: Option<PathBuf>,
     /// Length of a key epoch with --cluster-secret-file [default: 12h]
-    #[arg(long, env = "NETDB_KEY_ROTATION", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_KEY_ROTATION", value_parser = duration::parse, help_heading = "Gossip keys")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub key_rotation: Option<Duration>,
     /// Log filter (error, warn, info, debug, trace, or a tracing filter).
-    #[arg(long, env = "NETDB_LOG")]
+    #[arg(long, env = "NETDB_LOG", help_heading = "Observability")]
     pub log: Option<String>,
     /// Table gossip period [default: 200ms]
-    #[arg(long, env = "NETDB_GOSSIP_INTERVAL", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_GOSSIP_INTERVAL", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub gossip_interval: Option<Duration>,
     /// Peers each gossip packet goes to [default: 3]
-    #[arg(long, env = "NETDB_GOSSIP_FANOUT")]
+    #[arg(long, env = "NETDB_GOSSIP_FANOUT", help_heading = "Gossip tuning")]
     pub gossip_fanout: Option<usize>,
     /// Largest UDP datagram in bytes, framing included [default: 1400]
-    #[arg(long, env = "NETDB_PACKET_BUDGET")]
+    #[arg(long, env = "NETDB_PACKET_BUDGET", help_heading = "Gossip tuning")]
     pub packet_budget: Option<usize>,
     /// Transmissions of an own event: MULT x ceil(log10(n+1)) [default: 4]
-    #[arg(long, env = "NETDB_RETRANSMIT_MULT")]
+    #[arg(long, env = "NETDB_RETRANSMIT_MULT", help_heading = "Gossip tuning")]
     pub retransmit_mult: Option<u32>,
     /// Periodic push/pull per network [default: 30s]
-    #[arg(long, env = "NETDB_SYNC_INTERVAL", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_SYNC_INTERVAL", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub sync_interval: Option<Duration>,
     /// Tombstone lifetime [default: 30m]
-    #[arg(long, env = "NETDB_TOMBSTONE_TTL", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_TOMBSTONE_TTL", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub tombstone_ttl: Option<Duration>,
     /// How long a failed node's entries are kept hidden for its return [default: 10m]
-    #[arg(long, env = "NETDB_FAILED_GRACE", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_FAILED_GRACE", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub failed_grace: Option<Duration>,
     /// SWIM probe period [default: 500ms]
-    #[arg(long, env = "NETDB_PROBE_PERIOD", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_PROBE_PERIOD", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub probe_period: Option<Duration>,
     /// SWIM probe round-trip timeout [default: 200ms]
-    #[arg(long, env = "NETDB_PROBE_RTT", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_PROBE_RTT", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub probe_rtt: Option<Duration>,
     /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 3]
-    #[arg(long, env = "NETDB_SUSPICION_MULT")]
+    #[arg(long, env = "NETDB_SUSPICION_MULT", help_heading = "Gossip tuning")]
     pub suspicion_mult: Option<f64>,
     /// Where this host's networks and endpoints are kept across restarts
     /// [default: /var/lib/netdb]
-    #[arg(long, env = "NETDB_DATA_DIR")]
+    #[arg(long, env = "NETDB_DATA_DIR", help_heading = "Data plane")]
     pub data_dir: Option<PathBuf>,
     /// Run without the data plane (tables only: no kernel devices, no
     /// endpoints, no data dir). One agent per network namespace otherwise.
-    #[arg(long, env = "NETDB_NO_DATAPLANE")]
+    #[arg(long, env = "NETDB_NO_DATAPLANE", help_heading = "Data plane")]
     #[serde(default)]
     pub no_dataplane: bool,
     /// Period of the kernel reconcile (it also runs on every change)
     /// [default: 5s]
-    #[arg(long, env = "NETDB_RECONCILE_INTERVAL", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_RECONCILE_INTERVAL", value_parser = duration::parse, help_heading = "Data plane")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub reconcile_interval: Option<Duration>,
     /// How long a new address block claim spreads before addresses are
     /// handed out from it [default: 1s]
-    #[arg(long, env = "NETDB_CLAIM_SETTLE", value_parser = duration::parse)]
+    #[arg(long, env = "NETDB_CLAIM_SETTLE", value_parser = duration::parse, help_heading = "Data plane")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub claim_settle: Option<Duration>,
 }
@@ -346,15 +409,24 @@ mod tests {
             "netdb",
             "--api",
             "unix:/tmp/x.sock",
-            "-o",
-            "json",
             "table",
             "dump",
             "net",
             "t",
+            "-o",
+            "json",
         ]);
-        assert_eq!(cli.output, Output::Json);
-        assert!(matches!(cli.command, Command::Table(TableCmd::Dump { .. })));
+        assert_eq!(cli.command.client().map(|c| c.output), Some(Output::Json));
+        assert!(matches!(cli.command, Command::Table { cmd: TableCmd::Dump { .. }, .. }));
+        // Client options sit with the client verbs, at any depth.
+        let cli = Cli::parse_from(["netdb", "network", "-o", "json", "ls"]);
+        assert_eq!(cli.command.client().map(|c| c.output), Some(Output::Json));
+        let cli = Cli::parse_from(["netdb", "members", "--tls-ca", "/ca.pem"]);
+        let tls = cli.command.client().map(|c| c.tls.files().ca);
+        assert_eq!(tls, Some(Some(PathBuf::from("/ca.pem"))));
+        // ... and not with the agent.
+        assert!(Cli::try_parse_from(["netdb", "agent", "-o", "json"]).is_err());
+        assert!(Cli::try_parse_from(["netdb", "agent", "--tls-ca", "/ca.pem"]).is_err());
     }
 
     #[test]

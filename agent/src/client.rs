@@ -11,30 +11,29 @@ use tonic::transport::Channel;
 
 use crate::cli::{Command, EndpointCmd, KeysCmd, NetworkCmd, Output, TableCmd};
 use crate::endpoint::{self, Endpoint};
-use crate::tls::ClientFiles;
 
-pub(crate) async fn run(
-    ep: Option<Endpoint>,
-    out: Output,
-    tls: ClientFiles,
-    cmd: Command,
-) -> anyhow::Result<()> {
+/// Runs a client verb against the agent at `ep`.
+pub(crate) async fn run(ep: Option<Endpoint>, cmd: Command) -> anyhow::Result<()> {
     let ep = match ep {
         Some(e) => e,
         None => endpoint::DEFAULT.parse().map_err(anyhow::Error::msg)?,
     };
-    let mut c = NetdbClient::new(endpoint::connect(&ep, &tls).await?);
+    let Some(opts) = cmd.client() else {
+        return Err(anyhow!("`netdb agent` runs an agent; it is not a client command"));
+    };
+    let out = opts.output;
+    let mut c = NetdbClient::new(endpoint::connect(&ep, &opts.tls.files()).await?);
     match cmd {
-        Command::Agent(_) => unreachable!("the agent is not a client command"),
-        Command::Members => members(&mut c, out).await,
-        Command::Network(n) => network(&mut c, out, n).await,
-        Command::Endpoint(e) => endpoint_cmd(&mut c, out, e).await,
-        Command::Table(t) => table(&mut c, out, t).await,
-        Command::Watch { network, table } => {
+        Command::Agent(_) => Ok(()),
+        Command::Members { .. } => members(&mut c, out).await,
+        Command::Network { cmd, .. } => network(&mut c, out, cmd).await,
+        Command::Endpoint { cmd, .. } => endpoint_cmd(&mut c, out, cmd).await,
+        Command::Table { cmd, .. } => table(&mut c, out, cmd).await,
+        Command::Watch { network, table, .. } => {
             watch(&mut c, out, network, table.unwrap_or_default()).await
         }
-        Command::Stats => stats(&mut c, out).await,
-        Command::Keys(k) => keys(&mut c, out, k).await,
+        Command::Stats { .. } => stats(&mut c, out).await,
+        Command::Keys { cmd, .. } => keys(&mut c, out, cmd).await,
     }
 }
 

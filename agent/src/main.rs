@@ -36,7 +36,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Agent(args) => agent::run(*args, cli.api).await,
-            cmd => client::run(cli.api, cli.output, cli.tls.files(), cmd).await,
+            cmd => client::run(cli.api, cmd).await,
         }
     });
     match result {

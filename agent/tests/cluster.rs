@@ -88,7 +88,7 @@ impl Cluster {
     }
 
     fn json(&self, h: usize, args: &[&str]) -> Value {
-        let o = self.cli(h, &[&["-o", "json"], args].concat());
+        let o = self.cli(h, &[args, &["-o", "json"]].concat());
         assert!(o.status.success(), "netdb {args:?} on h{h}: {}", text(&o));
         serde_json::from_slice(&o.stdout).expect("JSON output")
     }
@@ -235,8 +235,8 @@ fn three_hosts_ping_across_vxlan_and_the_kernel_follows_the_tables() {
             let netns = format!("/run/netns/{}", c.ns(&name));
             Command::new(BIN)
                 .args([
-                    "--api", &api, "-o", "json", "endpoint", "attach", "demo", &name, "--netns",
-                    &netns,
+                    "--api", &api, "endpoint", "attach", "demo", &name, "--netns", &netns, "-o",
+                    "json",
                 ])
                 .args(["--alias", &format!("{name}.svc"), "--service", "web"])
                 .output()

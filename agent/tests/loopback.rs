@@ -88,8 +88,8 @@ impl Cluster {
     }
 
     fn json(&self, i: usize, args: &[&str]) -> Value {
-        let mut full = vec!["-o", "json"];
-        full.extend_from_slice(args);
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["-o", "json"]);
         let out = self.cli(i, &full);
         assert!(
             out.status.success(),
@@ -101,8 +101,8 @@ impl Cluster {
     }
 
     fn try_json(&self, i: usize, args: &[&str]) -> Option<Value> {
-        let mut full = vec!["-o", "json"];
-        full.extend_from_slice(args);
+        let mut full = args.to_vec();
+        full.extend_from_slice(&["-o", "json"]);
         let out = self.cli(i, &full);
         out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
     }
@@ -536,7 +536,7 @@ fn keys_rotate_under_load_loses_nothing_and_splits_nothing() {
     // fingerprint; both reach every member.
     let extra = "BAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=";
     let mut install = Command::new(BIN)
-        .args(["--api", &c.api(1), "-o", "json", "keys", "install"])
+        .args(["--api", &c.api(1), "keys", "install", "-o", "json"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .spawn()
@@ -686,13 +686,13 @@ fn a_tcp_api_requires_tls_with_client_certificates() {
             .args([
                 "--api",
                 api,
+                "members",
                 "--tls-ca",
                 &p("ca.pem"),
                 "--tls-cert",
                 &p(&format!("{cert}.pem")),
                 "--tls-key",
                 &p(&format!("{cert}.key")),
-                "members",
             ])
             .output()
             .unwrap()
@@ -718,7 +718,7 @@ fn a_tcp_api_requires_tls_with_client_certificates() {
     let err = String::from_utf8_lossy(&routable.stderr);
     assert!(err.contains("not on loopback"), "the CLI never speaks plaintext off loopback: {err}");
     let no_cert = Command::new(BIN)
-        .args(["--api", api, "--tls-ca", &p("ca.pem"), "members"])
+        .args(["--api", api, "members", "--tls-ca", &p("ca.pem")])
         .output()
         .unwrap();
     assert!(!no_cert.status.success(), "TLS without a client certificate is refused");
