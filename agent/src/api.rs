@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{self, Handle};
 use crate::keys;
-use crate::overlay::{self, Attach, CreateNetwork, EndpointInfo, Kind, NetworkInfo};
+use crate::overlay::{self, Attach, CreateNetwork, EndpointInfo, Kind, NetworkDetail, NetworkInfo};
 use crate::watch::Watched;
 
 /// The API service.
@@ -144,6 +144,7 @@ fn member(m: MemberInfo) -> api::Member {
         state: m.state.as_str().into(),
         incarnation: m.incarnation,
         generation: m.generation,
+        version: m.version,
     }
 }
 
@@ -158,6 +159,39 @@ fn network(n: NetworkInfo) -> api::Network {
         out.hosts = o.hosts;
         out.conflicts = o.conflicts;
         out.origin = o.origin;
+    }
+    out
+}
+
+fn network_detail(d: NetworkDetail) -> api::NetworkDetail {
+    let mut hosts: Vec<api::HostEndpoints> = Vec::new();
+    for e in d.endpoints {
+        match hosts.last_mut() {
+            Some(h) if h.host == e.host => h.endpoints.push(endpoint(e)),
+            _ => hosts
+                .push(api::HostEndpoints { host: e.host.clone(), endpoints: vec![endpoint(e)] }),
+        }
+    }
+    let mut out = api::NetworkDetail {
+        network: Some(network(d.info)),
+        gateway: d.gateway.map(|g| g.to_string()).unwrap_or_default(),
+        created: d.created,
+        hosts,
+        ..Default::default()
+    };
+    if let Some(s) = d.scope {
+        out.tables = s
+            .tables
+            .into_iter()
+            .map(|(table, n)| api::TableCount { table, entries: n as u64 })
+            .collect();
+        out.kept = s.kept as u64;
+        out.queue_len = s.queue_len as u64;
+        out.root = s.root;
+        out.synced = s.synced;
+        out.syncs_started = s.syncs.started;
+        out.syncs_completed = s.syncs.completed;
+        out.syncs_failed = s.syncs.failed;
     }
     out
 }
@@ -222,6 +256,32 @@ impl<K: Kernel> Netdb for Api<K> {
         let networks = self.core.networks().await.map_err(core_status)?;
         Ok(Response::new(api::NetworksReply {
             networks: networks.into_iter().map(network).collect(),
+        }))
+    }
+
+    async fn inspect_network(
+        &self,
+        req: Request<api::NetworkRequest>,
+    ) -> Result<Response<api::NetworkDetail>, Status> {
+        let d = self.core.inspect_network(req.into_inner().network).await.map_err(core_status)?;
+        Ok(Response::new(network_detail(d)))
+    }
+
+    async fn health(
+        &self,
+        _: Request<api::HealthRequest>,
+    ) -> Result<Response<api::HealthReply>, Status> {
+        let h = self.core.health().await.map_err(core_status)?;
+        Ok(Response::new(api::HealthReply {
+            ready: h.ready(),
+            name: h.name,
+            version: h.version.into(),
+            uptime_ms: h.uptime.as_millis() as u64,
+            checks: h
+                .checks
+                .into_iter()
+                .map(|c| api::HealthCheck { name: c.name.into(), ok: c.ok, detail: c.detail })
+                .collect(),
         }))
     }
 

@@ -128,6 +128,25 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
+    /// Is the agent alive and ready (joined, cluster state synced, kernel
+    /// reconciled)? Exits 0 when ready, 1 otherwise.
+    Health {
+        /// Only check that the agent answers (liveness), not readiness.
+        #[arg(long)]
+        live: bool,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// This program's version and, when reachable, the agent's.
+    Version {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Print a shell completion script (bash, zsh, fish, elvish,
+    /// powershell), e.g. `netdb completions bash > /etc/bash_completion.d/netdb`.
+    Completions { shell: clap_complete::Shell },
+    /// Print the man page (roff), e.g. `netdb man | man -l -`.
+    Man,
 }
 
 impl Command {
@@ -141,7 +160,10 @@ impl Command {
             | Command::Table { client, .. }
             | Command::Watch { client, .. }
             | Command::Stats { client }
-            | Command::Keys { client, .. } => Some(client),
+            | Command::Keys { client, .. }
+            | Command::Health { client, .. }
+            | Command::Version { client } => Some(client),
+            Command::Completions { .. } | Command::Man => None,
         }
     }
 }
@@ -185,6 +207,9 @@ pub(crate) enum NetworkCmd {
         #[arg(long)]
         mtu: Option<u32>,
     },
+    /// One network in depth: definition, gateway, peers, endpoints by
+    /// host, tables, queue and push/pull counters.
+    Inspect { name: String },
     /// Remove an overlay network (refused while it has endpoints).
     Rm { name: String },
     /// Join a plain gossip network (tables only, no data plane).

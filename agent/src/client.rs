@@ -11,6 +11,8 @@ use tonic::transport::Channel;
 
 use crate::cli::{Command, EndpointCmd, KeysCmd, NetworkCmd, Output, TableCmd};
 use crate::endpoint::{self, Endpoint};
+use crate::output::{dash, endpoint_json, network_json, print_json, print_table, rpc};
+use crate::status;
 
 /// Runs a client verb against the agent at `ep`.
 pub(crate) async fn run(ep: Option<Endpoint>, cmd: Command) -> anyhow::Result<()> {
@@ -22,9 +24,18 @@ pub(crate) async fn run(ep: Option<Endpoint>, cmd: Command) -> anyhow::Result<()
         return Err(anyhow!("`netdb agent` runs an agent; it is not a client command"));
     };
     let out = opts.output;
-    let mut c = NetdbClient::new(endpoint::connect(&ep, &opts.tls.files()).await?);
+    let channel = endpoint::connect(&ep, &opts.tls.files()).await;
+    if let Command::Version { .. } = cmd {
+        // The client's own version needs no agent.
+        return status::version(channel.ok().map(NetdbClient::new), &ep, out).await;
+    }
+    let mut c = NetdbClient::new(channel?);
     match cmd {
-        Command::Agent(_) => Ok(()),
+        Command::Agent(_)
+        | Command::Version { .. }
+        | Command::Completions { .. }
+        | Command::Man => Ok(()),
+        Command::Health { live, .. } => status::health(&mut c, out, live).await,
         Command::Members { .. } => members(&mut c, out).await,
         Command::Network { cmd, .. } => network(&mut c, out, cmd).await,
         Command::Endpoint { cmd, .. } => endpoint_cmd(&mut c, out, cmd).await,
@@ -37,35 +48,8 @@ pub(crate) async fn run(ep: Option<Endpoint>, cmd: Command) -> anyhow::Result<()
     }
 }
 
-/// Turns an API error into a one-line message.
-fn rpc(s: tonic::Status) -> anyhow::Error {
-    anyhow!("{}", s.message())
-}
-
 fn text(v: &[u8]) -> String {
     String::from_utf8_lossy(v).into_owned()
-}
-
-/// Prints rows as aligned columns under a header.
-fn print_table(header: &[&str], rows: Vec<Vec<String>>) {
-    let mut width: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in &rows {
-        for (w, cell) in width.iter_mut().zip(r) {
-            *w = (*w).max(cell.len());
-        }
-    }
-    let line = |cells: Vec<String>| {
-        let s: Vec<String> = cells.iter().zip(&width).map(|(c, w)| format!("{c:<w$}")).collect();
-        println!("{}", s.join("  ").trim_end());
-    };
-    line(header.iter().map(|h| h.to_string()).collect());
-    for r in rows {
-        line(r);
-    }
-}
-
-fn print_json(v: &Value) {
-    println!("{v}");
 }
 
 fn entry_json(network: &str, e: &api::Entry) -> Value {
@@ -79,18 +63,20 @@ async fn members(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()
             ms.iter()
                 .map(|m| {
                     json!({ "name": m.name, "addr": m.addr, "state": m.state,
-                            "incarnation": m.incarnation, "generation": m.generation })
+                            "incarnation": m.incarnation, "generation": m.generation,
+                            "version": m.version })
                 })
                 .collect(),
         )),
         Output::Table => print_table(
-            &["NAME", "ADDRESS", "STATE", "INCARNATION", "GENERATION"],
+            &["NAME", "ADDRESS", "STATE", "VERSION", "INCARNATION", "GENERATION"],
             ms.into_iter()
                 .map(|m| {
                     vec![
                         m.name,
                         m.addr,
                         m.state,
+                        dash(m.version),
                         m.incarnation.to_string(),
                         m.generation.to_string(),
                     ]
@@ -99,16 +85,6 @@ async fn members(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()
         ),
     }
     Ok(())
-}
-
-fn network_json(n: &api::Network) -> Value {
-    json!({ "name": n.name, "subnet": n.subnet, "vni": n.vni, "mtu": n.mtu, "origin": n.origin,
-            "hosts": n.hosts, "local_endpoints": n.local_endpoints, "peers": n.peers,
-            "entries": n.entries, "conflicts": n.conflicts })
-}
-
-fn dash(s: String) -> String {
-    if s.is_empty() { "-".into() } else { s }
 }
 
 async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> anyhow::Result<()> {
@@ -164,6 +140,7 @@ async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> 
             }
             return Ok(());
         }
+        NetworkCmd::Inspect { name } => return status::inspect(c, out, name).await,
         NetworkCmd::Rm { name } => {
             c.remove_network(api::NetworkRequest { network: name.clone() }).await.map_err(rpc)?;
             (name, "removed")
@@ -182,12 +159,6 @@ async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> 
         Output::Table => println!("{done} {network}"),
     }
     Ok(())
-}
-
-fn endpoint_json(e: &api::EndpointInfo) -> Value {
-    json!({ "network": e.network, "name": e.name, "host": e.host, "ip": e.ip, "prefix": e.prefix,
-            "mac": e.mac, "ifname": e.ifname, "netns": e.netns, "service": e.service,
-            "aliases": e.aliases, "local": e.local })
 }
 
 async fn endpoint_cmd(

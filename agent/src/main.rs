@@ -10,10 +10,12 @@ mod endpoint;
 mod engine;
 mod keyfile;
 mod keys;
+mod output;
 mod overlay;
 mod reconcile;
 mod server;
 mod state;
+mod status;
 mod streams;
 mod tls;
 mod watch;
@@ -24,6 +26,32 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let cli = cli::Cli::parse();
+    // Generated from the CLI definition itself, so they never go stale.
+    let generated = match cli.command {
+        cli::Command::Completions { shell } => {
+            let mut cmd = <cli::Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "netdb", &mut out);
+            Some(Ok(out))
+        }
+        cli::Command::Man => {
+            let cmd = <cli::Cli as clap::CommandFactory>::command();
+            let mut out = Vec::new();
+            Some(clap_mangen::Man::new(cmd).render(&mut out).map(|()| out))
+        }
+        _ => None,
+    };
+    if let Some(text) = generated {
+        // A reader that stops early (`| head`) is not an error.
+        return match text.and_then(|t| std::io::Write::write_all(&mut std::io::stdout(), &t)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("netdb: cannot write: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // One thread: the core loop is single-threaded by design and the API is
     // light; more workers would only add memory and wake-ups.
     let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

@@ -737,3 +737,96 @@ fn a_tcp_api_requires_tls_with_client_certificates() {
     let _ = insecure.kill();
     let _ = insecure.wait();
 }
+
+#[test]
+fn health_version_members_and_inspect_report_what_the_cluster_holds() {
+    let c = Cluster::start(67, 3);
+    let version = env!("CARGO_PKG_VERSION");
+    // Every member gossips its release in its node record.
+    c.wait("every member's version is known", Duration::from_secs(10), |c| {
+        let ms = c.json(2, &["members"]);
+        ms.as_array().is_some_and(|a| a.len() == 3 && a.iter().all(|m| m["version"] == version))
+    });
+    let h = c.json(1, &["health"]);
+    assert_eq!((h["ready"].as_bool(), h["live"].as_bool()), (Some(true), Some(true)), "{h}");
+    assert_eq!(h["name"], "n2");
+    assert_eq!(h["version"], version);
+    let names: Vec<&str> =
+        h["checks"].as_array().unwrap().iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["joined", "cluster-synced"], "no kernel check without a data plane");
+    let v = c.json(0, &["version"]);
+    assert_eq!(
+        (v["client"].as_str(), v["agent"]["version"].as_str()),
+        (Some(version), Some(version))
+    );
+
+    for i in 0..2 {
+        assert!(c.cli(i, &["network", "join", "demo"]).status.success());
+    }
+    assert!(c.cli(0, &["table", "put", "demo", "svc", "web", "10.0.0.2"]).status.success());
+    assert!(c.cli(1, &["table", "put", "demo", "routes", "r1", "x"]).status.success());
+    c.wait("both holders show both tables", Duration::from_secs(10), |c| {
+        (0..2).all(|i| {
+            let d = c.json(i, &["network", "inspect", "demo"]);
+            d["tables"] == serde_json::json!([{"table": "routes", "entries": 1}, {"table": "svc", "entries": 1}])
+        })
+    });
+    let d0 = c.json(0, &["network", "inspect", "demo"]);
+    let d1 = c.json(1, &["network", "inspect", "demo"]);
+    assert_eq!(d0["root"], d1["root"], "equal tables, equal digests");
+    assert_eq!(d0["network"]["peers"], serde_json::json!(["n2"]));
+    // Joining makes one side or both pull the other's tables.
+    let count =
+        |what: &str| -> u64 { [&d0, &d1].iter().filter_map(|d| d["syncs"][what].as_u64()).sum() };
+    assert!(count("started") >= 1 && count("completed") >= 1, "{d0}\n{d1}");
+    assert_eq!(count("failed"), 0);
+    // A network the agent neither defined nor joined is refused, with advice.
+    let out = c.cli(2, &["network", "inspect", "demo"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("netdb network ls"));
+}
+
+#[test]
+fn health_fails_while_the_seeds_do_not_answer_and_version_needs_no_agent() {
+    let mut c = Cluster::empty(68, 2);
+    // Seeded to n1, which never starts.
+    c.spawn(1);
+    c.wait("n2 answers", Duration::from_secs(10), |c| {
+        c.try_json(1, &["health", "--live"]).is_some()
+    });
+    let out = c.cli(1, &["health"]);
+    assert!(!out.status.success(), "not ready while no seed answered");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("joined") && text.contains("FAIL"), "{text}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not ready: joined"));
+    assert!(c.cli(1, &["health", "--live"]).status.success(), "live all the same");
+    let out = c.cli(0, &["version"]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(env!("CARGO_PKG_VERSION")) && text.contains("no agent answered"),
+        "{text}"
+    );
+}
+
+#[test]
+fn completions_and_man_page_come_from_the_cli_definition() {
+    for shell in ["bash", "zsh", "fish"] {
+        let out = Command::new(BIN).args(["completions", shell]).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        for verb in ["agent", "members", "inspect", "health", "keys"] {
+            assert!(text.contains(verb), "{shell} completion lacks {verb}");
+        }
+    }
+    let out = Command::new(BIN).arg("man").output().unwrap();
+    let page = String::from_utf8_lossy(&out.stdout);
+    assert!(page.starts_with(".ie") && page.contains(".TH netdb 1"), "{page}");
+    // Checked by bash itself: the completion script parses.
+    let script = Command::new(BIN).args(["completions", "bash"]).output().unwrap().stdout;
+    let path = std::env::temp_dir().join(format!("netdb-completion-{}.bash", std::process::id()));
+    std::fs::write(&path, script).unwrap();
+    let bash = Command::new("bash").arg("-n").arg(&path).output().unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert!(bash.status.success(), "{}", String::from_utf8_lossy(&bash.stderr));
+}

@@ -323,8 +323,9 @@ mod tests {
         assert_eq!(validate_entry(&cfg, CLUSTER_WIRE, &rec).err(), Some(DropReason::ForgedOwner));
         rec.key = "n1".into();
         assert_eq!(validate_entry(&cfg, CLUSTER_WIRE, &rec).err(), Some(DropReason::BadEntry));
-        rec.value =
-            wire::NodeRecord { addr: "127.0.0.1:7946".into(), left: false }.encode_to_vec().into();
+        rec.value = wire::NodeRecord { addr: "127.0.0.1:7946".into(), ..Default::default() }
+            .encode_to_vec()
+            .into();
         assert!(validate_entry(&cfg, CLUSTER_WIRE, &rec).is_ok());
         assert_eq!(
             validate_entry(&cfg, CLUSTER_WIRE, &entry("other", "k", "n1")).err(),

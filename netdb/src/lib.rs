@@ -29,6 +29,10 @@ pub mod netdefs;
 #[cfg(feature = "sim")]
 pub mod sim;
 
+/// The netdb release this core belongs to; every node gossips it in its
+/// node record, so `netdb members` shows what each member runs.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
 pub use config::Config;
 pub use error::Error;
 pub use event::{EntryEventKind, Event, Transmit};
@@ -36,6 +40,6 @@ pub use hash::Hasher;
 pub use keyops::{KeyOp, KeyReply, KeyReport};
 pub use membership::{MemberInfo, MemberState};
 pub use names::{Scope, SharedTable};
-pub use node::Node;
+pub use node::{Node, ScopeStats, SyncCounts};
 pub use stats::{DropReason, Stats, Traffic};
 pub use table::Entry;

@@ -109,6 +109,8 @@ pub struct MemberInfo {
     pub generation: u32,
     /// What this node thinks of it.
     pub state: MemberState,
+    /// The netdb release it runs, from its node record; empty if unknown.
+    pub version: String,
 }
 
 /// A set of addresses with O(1) insert, remove and uniform random choice;

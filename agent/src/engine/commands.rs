@@ -7,7 +7,7 @@ use netdb_dataplane::Desired;
 use tokio::sync::mpsc;
 
 use super::{Core, Error, KeyId, KeyOp, KeyReport};
-use crate::overlay::{CreateNetwork, EndpointInfo, NetworkInfo};
+use crate::overlay::{CreateNetwork, EndpointInfo, NetworkDetail, NetworkInfo};
 use crate::watch::{Watched, Watcher};
 
 impl Core {
@@ -17,6 +17,10 @@ impl Core {
 
     pub(crate) fn networks(&self) -> Vec<NetworkInfo> {
         self.overlay.networks(&self.node)
+    }
+
+    pub(crate) fn inspect_network(&self, name: &str) -> Result<NetworkDetail, Error> {
+        Ok(self.overlay.inspect(&self.node, name)?)
     }
 
     pub(crate) fn create_network(&mut self, r: CreateNetwork) -> Result<NetworkInfo, Error> {

@@ -13,8 +13,10 @@ use netdb::{Entry, MemberInfo, Node};
 use netdb_dataplane::{Desired, Kernel, Linux};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Core, KeyId, KeyOp, KeyReport};
-use crate::overlay::{self, Attach, CreateNetwork, EndpointInfo, Host, NetworkInfo, Overlay};
+use super::{Core, Health, KeyId, KeyOp, KeyReport};
+use crate::overlay::{
+    self, Attach, CreateNetwork, EndpointInfo, Host, NetworkDetail, NetworkInfo, Overlay,
+};
 use crate::watch::Watched;
 
 /// Why a call to the core failed.
@@ -105,6 +107,14 @@ impl<K: Kernel> Handle<K> {
 
     pub(crate) async fn networks(&self) -> Result<Vec<NetworkInfo>, Error> {
         self.call(|core| core.networks()).await
+    }
+
+    pub(crate) async fn inspect_network(&self, name: String) -> Result<NetworkDetail, Error> {
+        self.call(move |core| core.inspect_network(&name)).await?
+    }
+
+    pub(crate) async fn health(&self) -> Result<Health, Error> {
+        self.call(|core| core.health()).await
     }
 
     pub(crate) async fn create_network(&self, r: CreateNetwork) -> Result<NetworkInfo, Error> {

@@ -7,10 +7,12 @@
 //! - `commands`: what the API asks of the core, one method per request.
 //! - `handle`: the channel to the core, its named async calls, and attach
 //!   and detach run beside the loop.
+//! - `health`: liveness and readiness.
 //! - `stats`: counters.
 
 mod commands;
 mod handle;
+mod health;
 mod stats;
 
 use std::net::SocketAddr;
@@ -27,6 +29,7 @@ use crate::overlay::Overlay;
 use crate::watch::Watcher;
 
 pub(crate) use handle::{Commands, Error, Handle, channel};
+pub(crate) use health::Health;
 pub(crate) use stats::KernelStats;
 
 /// What the core loop owns.
@@ -39,6 +42,8 @@ pub(crate) struct Core {
     /// keys came from the environment.
     key_file: Option<PathBuf>,
     start: Instant,
+    /// The agent was given seeds to join through (a first node is not).
+    seeded: bool,
 }
 
 impl Core {
@@ -57,6 +62,7 @@ impl Core {
             kernel_stats,
             key_file,
             start: Instant::now(),
+            seeded: false,
         };
         core.overlay.republish(&mut core.node, Duration::ZERO);
         core
@@ -88,6 +94,9 @@ impl Core {
     }
 
     pub(crate) fn join(&mut self, seeds: &[SocketAddr]) {
+        // A seed list that names only this node (the first of a cluster
+        // started from one list) is no seed at all.
+        self.seeded = seeds.iter().any(|s| *s != self.node.addr());
         let now = self.now();
         self.node.join(now, seeds);
     }

@@ -16,6 +16,9 @@ pub(crate) struct KernelStats {
     changes: AtomicU64,
     failures: AtomicU64,
     last_us: AtomicU64,
+    /// Failed operations of the last reconcile (or 1 if it could not read
+    /// the kernel): what readiness looks at.
+    last_failed: AtomicU64,
 }
 
 impl KernelStats {
@@ -37,12 +40,19 @@ impl KernelStats {
         self.last_us.store(r.elapsed.as_micros() as u64, Ordering::Relaxed);
         self.changes.fetch_add(r.changes() as u64, Ordering::Relaxed);
         self.failures.fetch_add(r.failed as u64, Ordering::Relaxed);
+        self.last_failed.store(r.failed as u64, Ordering::Relaxed);
     }
 
     /// A reconcile could not even read the kernel.
     pub(crate) fn failed(&self) {
         self.reconciles.fetch_add(1, Ordering::Relaxed);
         self.failures.fetch_add(1, Ordering::Relaxed);
+        self.last_failed.store(1, Ordering::Relaxed);
+    }
+
+    /// Reconciles so far and the failed operations of the last one.
+    pub(crate) fn last_outcome(&self) -> (u64, u64) {
+        (self.reconciles.load(Ordering::Relaxed), self.last_failed.load(Ordering::Relaxed))
     }
 }
 

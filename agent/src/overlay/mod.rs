@@ -46,7 +46,7 @@ use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
 pub(crate) use attach::{Attach, Host, attach, detach};
 pub(crate) use error::{Error, Kind};
-pub(crate) use networks::{CreateNetwork, NetworkInfo};
+pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo};
 
 /// Network table of routing entries (Docker: overlay_peer_table).
 pub(crate) const ROUTES_TABLE: &str = "routes";
@@ -137,7 +137,8 @@ impl Overlay {
         }
     }
 
-    fn enabled(&self) -> bool {
+    /// The data plane is on: endpoints can be attached here.
+    pub(crate) fn enabled(&self) -> bool {
         self.store.is_some() && self.tunnel.is_some()
     }
 

@@ -1,14 +1,15 @@
-//! Network definitions: create, remove, list.
+//! Network definitions: create, remove, list, inspect.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use netdb::Node;
 use netdb::SharedTable;
 use netdb::ipam::Subnet;
 use netdb::netdefs::{self, DEFAULT_MTU, Effective, NetworkDef};
+use netdb::{Node, Scope, ScopeStats};
 
-use super::{Error, Overlay, ROUTES_TABLE, valid_name};
+use super::{EndpointInfo, Error, Overlay, ROUTES_TABLE, valid_name};
 
 /// `netdb network create`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,6 +32,22 @@ pub(crate) struct NetworkInfo {
     pub(crate) entries: u64,
     /// `None` for a plain gossip network (no definition).
     pub(crate) overlay: Option<OverlayInfo>,
+}
+
+/// `netdb network inspect`: one network in depth.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct NetworkDetail {
+    pub(crate) info: NetworkInfo,
+    /// The gateway address (reserved, never handed out); `None` for a
+    /// plain gossip network.
+    pub(crate) gateway: Option<Ipv4Addr>,
+    /// The definition's identity with `origin`: the creator's Lamport time.
+    pub(crate) created: u64,
+    /// Every endpoint of the network, this host's and the others'.
+    pub(crate) endpoints: Vec<EndpointInfo>,
+    /// Tables, queue and push/pull figures; `None` when this node has not
+    /// joined the network (no endpoint here).
+    pub(crate) scope: Option<ScopeStats>,
 }
 
 /// What an overlay network adds to a gossip network.
@@ -146,6 +163,32 @@ impl Overlay {
         }
         out.sort_by(|a, b| a.name.cmp(&b.name));
         out
+    }
+
+    /// One network in depth: an overlay network defined in the cluster, or
+    /// a plain gossip network this node joined.
+    pub(crate) fn inspect(&self, node: &Node, name: &str) -> Result<NetworkDetail, Error> {
+        let resolved = Self::resolved(node);
+        let (info, gateway, created) = match resolved.networks.get(name) {
+            Some(e) => (self.network_info(node, e), Some(e.def.subnet.gateway()), e.def.created),
+            None if node.check_joined(name).is_ok() => {
+                let info = NetworkInfo {
+                    name: name.into(),
+                    peers: node.network_peers(name),
+                    entries: visible_entries(node, name),
+                    overlay: None,
+                };
+                (info, None, 0)
+            }
+            None => return Err(Error::NoNetwork(name.into())),
+        };
+        Ok(NetworkDetail {
+            info,
+            gateway,
+            created,
+            endpoints: self.endpoints(node, name, false),
+            scope: node.scope_stats(Scope::Network(name)),
+        })
     }
 
     fn network_info(&self, node: &Node, e: &Effective) -> NetworkInfo {

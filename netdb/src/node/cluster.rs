@@ -222,6 +222,11 @@ impl Node {
     }
 }
 
+/// This node's record in the cluster scope.
+pub(super) fn node_record(addr: SocketAddr, left: bool) -> wire::NodeRecord {
+    wire::NodeRecord { addr: addr.to_string(), left, version: crate::VERSION.into() }
+}
+
 /// A node record that says its owner left.
 pub(super) fn is_leave_record(scope: Scope<'_>, w: &wire::Entry) -> bool {
     scope == Scope::Cluster

@@ -6,10 +6,10 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
-use netdb_wire as wire;
 use prost::Message;
 
 use super::Node;
+use super::cluster::node_record;
 use super::scope::ScopeState;
 use crate::error::Error;
 use crate::event::{EntryEventKind, Event};
@@ -31,7 +31,7 @@ impl Node {
         if self.left {
             return;
         }
-        let record = wire::NodeRecord { addr: self.addr.to_string(), left: true };
+        let record = node_record(self.addr, true);
         let me = self.name.clone();
         self.write(now, Scope::Cluster, NODES_TABLE, &me, record.encode_to_vec().into(), false);
         let mut unpaced = usize::MAX;

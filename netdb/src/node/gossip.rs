@@ -277,7 +277,7 @@ mod tests {
         n.join_network(t, "net").unwrap();
         // A peer attached to the network, so there is someone to send to.
         let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
-        let record = wire::NodeRecord { addr: PEER.into(), left: false };
+        let record = wire::NodeRecord { addr: PEER.into(), ..Default::default() };
         let rec = peer_entry(NODES_TABLE, "peer", record.encode_to_vec().into(), 2, false);
         n.handle_datagram(t, PEER.parse().unwrap(), &gossip("", vec![attach, rec]));
         assert_eq!(n.network_peers("net"), vec!["peer".to_string()]);

@@ -62,6 +62,7 @@ use crate::table::Entry;
 
 use merge::Via;
 use scope::ScopeState;
+pub use scope::{ScopeStats, SyncCounts};
 use sync::Outgoing;
 use timers::{Timers, Wake};
 
@@ -178,7 +179,7 @@ impl Node {
             node.name.clone(),
             Owner { incarnation, status: Status::Alive, addr: Some(addr) },
         );
-        let record = wire::NodeRecord { addr: addr.to_string(), left: false };
+        let record = cluster::node_record(addr, false);
         let me = node.name.clone();
         node.write(now, Scope::Cluster, NODES_TABLE, &me, record.encode_to_vec().into(), false);
         node.drain_swim(now);
@@ -434,6 +435,12 @@ impl Node {
         self.scope(scope).map(|st| st.data.digest().root())
     }
 
+    /// What a scope holds and how its anti-entropy goes; `None` for a
+    /// network this node did not join.
+    pub fn scope_stats(&self, scope: Scope<'_>) -> Option<ScopeStats> {
+        self.scope(scope).map(ScopeState::stats)
+    }
+
     /// Every member this node knows, itself included.
     pub fn members(&self) -> Vec<MemberInfo> {
         let mut out: BTreeMap<String, MemberInfo> = BTreeMap::new();
@@ -443,12 +450,21 @@ impl Node {
                 Status::Failed { .. } | Status::Gone => MemberState::Failed,
                 Status::Left => MemberState::Left,
             };
+            let version = self
+                .cluster
+                .data
+                .get(NODES_TABLE, name)
+                .filter(|e| e.incarnation == o.incarnation)
+                .and_then(|e| wire::NodeRecord::decode(&e.value[..]).ok())
+                .map(|r| r.version)
+                .unwrap_or_default();
             let info = MemberInfo {
                 name: name.clone(),
                 addr: o.addr,
                 incarnation: o.incarnation,
                 generation: 0,
                 state,
+                version,
             };
             out.insert(name.clone(), info);
         }

@@ -40,6 +40,63 @@ pub(super) struct ScopeState {
     pub(super) needs_sync: bool,
     /// A push/pull with some peer completed at least once.
     pub(super) synced: bool,
+    /// Push/pull exchanges of this scope this node opened, completed and
+    /// saw fail (the node-wide sums are in `Stats`).
+    pub(super) syncs: SyncCounts,
+}
+
+/// Push/pull exchanges of one scope.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct SyncCounts {
+    /// Exchanges this node opened.
+    pub started: u64,
+    /// Opened exchanges that completed.
+    pub completed: u64,
+    /// Opened exchanges that failed (refused, broken, timed out).
+    pub failed: u64,
+}
+
+/// What one scope holds and how its anti-entropy goes, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ScopeStats {
+    /// Visible entries by table, in table order.
+    pub tables: Vec<(String, usize)>,
+    /// Tombstones and hidden entries (kept, not shown).
+    pub kept: usize,
+    /// Events waiting in the broadcast queue.
+    pub queue_len: usize,
+    /// The digest root: equal roots mean equal tables.
+    pub root: u64,
+    /// A push/pull with some peer completed at least once.
+    pub synced: bool,
+    /// Push/pull exchanges this node opened for the scope.
+    pub syncs: SyncCounts,
+}
+
+impl ScopeState {
+    /// The scope's figures as [`ScopeStats`].
+    pub(super) fn stats(&self) -> ScopeStats {
+        let mut tables: Vec<(String, usize)> = Vec::new();
+        let mut kept = 0;
+        for (table, _, e) in self.data.iter() {
+            if !e.visible() {
+                kept += 1;
+                continue;
+            }
+            match tables.last_mut() {
+                Some((t, n)) if t == table => *n += 1,
+                _ => tables.push((table.to_string(), 1)),
+            }
+        }
+        ScopeStats {
+            tables,
+            kept,
+            queue_len: self.queue.len(),
+            root: self.data.digest().root(),
+            synced: self.synced,
+            syncs: self.syncs,
+        }
+    }
 }
 
 impl ScopeState {
@@ -57,6 +114,7 @@ impl ScopeState {
             next_periodic_sync: now + cfg.sync_interval + jitter(rng, cfg.sync_interval / 4),
             next_digest: now,
             needs_sync: true,
+            syncs: SyncCounts::default(),
         }
     }
 }

@@ -53,6 +53,7 @@ impl Node {
                 let theirs = r.digest.as_ref().and_then(codec::parse_digest).unwrap_or_default();
                 let Some(st) = self.scope_mut(scope) else { return };
                 st.synced = true;
+                st.syncs.completed += 1;
                 let differ = st.data.digest().differing(&theirs);
                 let entries = self.bucket_entries(now, scope, differ);
                 let msg = wire::SyncMessage {
@@ -95,6 +96,7 @@ impl Node {
         };
         st.last_sync_at = Some(now);
         st.mismatch_since = None;
+        st.syncs.started += 1;
         let digest = st.data.digest().to_bytes();
         let id = self.next_sync_id;
         self.next_sync_id += 1;
@@ -115,6 +117,7 @@ impl Node {
         self.stats.syncs_failed += 1;
         if let Some(st) = self.scope_mut(scope) {
             st.needs_sync = true;
+            st.syncs.failed += 1;
         }
     }
 
@@ -206,6 +209,8 @@ mod tests {
     use crate::codec;
     use crate::digest::DIGEST_BYTES;
     use crate::event::Transmit;
+    use crate::names::Scope;
+    use crate::node::SyncCounts;
     use crate::stats::DropReason;
 
     fn frame(network: &str, sync_id: u64, body: B) -> Vec<u8> {
@@ -249,6 +254,10 @@ mod tests {
         assert_eq!((out[0].sync_id, out[0].network.as_str()), (7, "net"));
         assert_eq!(r.entries.len(), 20, "everything differs from an empty digest");
         assert_eq!(n.stats().syncs_served, 1);
+        let st = n.scope_stats(Scope::Network("net")).unwrap();
+        assert_eq!(st.tables, vec![("t".to_string(), 20)]);
+        assert_eq!(st.syncs, SyncCounts::default(), "serving is not opening");
+        assert_eq!(Some(st.root), n.root(Scope::Network("net")));
         // The same peer's entries then close the exchange, once.
         let entries = frame("net", 7, B::Entries(wire::SyncEntries { entries: Vec::new() }));
         n.handle_sync(t, from, &entries);
