@@ -454,6 +454,34 @@ mod tests {
         assert!(Cli::try_parse_from(["netdb", "agent", "--tls-ca", "/ca.pem"]).is_err());
     }
 
+    /// The example configuration documents every agent setting, each as a
+    /// valid line of this very file format.
+    #[test]
+    fn the_example_config_documents_every_setting() {
+        let example = include_str!("../dist/netdb.toml");
+        let lines: Vec<&str> = example
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.split_once(" = ").is_some_and(|(k, _)| !k.contains(' ')))
+            .collect();
+        let mut seen = std::collections::BTreeSet::new();
+        for line in &lines {
+            // Each uncommented line alone is a valid configuration.
+            let parsed = toml::from_str::<AgentArgs>(line);
+            assert!(parsed.is_ok(), "{line:?}: {:?}", parsed.err());
+            seen.insert(line.split_once(" = ").map(|(k, _)| k.to_string()).unwrap_or_default());
+        }
+        let cmd = Cli::command();
+        let agent = cmd.find_subcommand("agent").expect("agent verb");
+        for arg in agent.get_arguments() {
+            let Some(long) = arg.get_long() else { continue };
+            if ["config", "help"].contains(&long) {
+                continue;
+            }
+            assert!(seen.contains(long), "dist/netdb.toml does not document {long}");
+        }
+    }
+
     #[test]
     fn config_file_keys_match_flags() {
         let a: AgentArgs = toml::from_str(
