@@ -1,5 +1,5 @@
-//! The API server: gRPC (with reflection) on a Unix socket or TLS TCP,
-//! stopped gracefully on request.
+//! The API server: gRPC (with reflection, v1 and v1alpha) on a Unix socket
+//! or TLS TCP, stopped gracefully on request.
 
 use std::io;
 use std::net::SocketAddr;
@@ -27,15 +27,24 @@ impl Server {
     /// Starts the API server (with gRPC reflection) on `s.api`.
     pub(crate) async fn start<K: Kernel>(s: &Settings, api: Api<K>) -> anyhow::Result<Server> {
         let (stop, mut stopped) = watch::channel(false);
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(netdb_api::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building the gRPC reflection service")?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(netdb_api::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 =
+            reflection().build_v1().context("building the gRPC reflection service")?;
+        // grpcio-reflection's descriptor database, older grpcurl, Postman and
+        // evans still ask v1alpha.
+        let reflection_v1alpha =
+            reflection().build_v1alpha().context("building the gRPC reflection service")?;
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &s.api_tls {
             builder = builder.tls_config(tls.config()?).context("TLS for the API")?;
         }
-        let router = builder.add_service(NetdbServer::new(api)).add_service(reflection);
+        let router = builder
+            .add_service(NetdbServer::new(api))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
