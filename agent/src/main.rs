@@ -1,5 +1,6 @@
 //! `netdb`: the agent (`netdb agent`) and its command-line client.
 
+mod accept;
 mod agent;
 mod api;
 mod cli;

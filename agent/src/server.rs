@@ -1,9 +1,10 @@
-//! The API server: gRPC (with reflection) on a Unix socket or TLS TCP,
-//! stopped gracefully on request.
+//! The API server: gRPC (with reflection, v1 and v1alpha) on a Unix socket
+//! or TLS TCP, stopped gracefully on request.
 
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use netdb_api::netdb_server::NetdbServer;
@@ -11,8 +12,9 @@ use netdb_dataplane::Kernel;
 use tokio::net::{TcpListener, UnixListener};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
+use tokio_stream::wrappers::TcpListenerStream;
 
+use crate::accept::{self, AcceptStats};
 use crate::api::Api;
 use crate::config::Settings;
 use crate::endpoint::Endpoint;
@@ -21,32 +23,44 @@ use crate::endpoint::Endpoint;
 pub(crate) struct Server {
     task: JoinHandle<()>,
     stop: watch::Sender<bool>,
+    accepted: Arc<AcceptStats>,
 }
 
 impl Server {
     /// Starts the API server (with gRPC reflection) on `s.api`.
     pub(crate) async fn start<K: Kernel>(s: &Settings, api: Api<K>) -> anyhow::Result<Server> {
         let (stop, mut stopped) = watch::channel(false);
-        let reflection = tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(netdb_api::FILE_DESCRIPTOR_SET)
-            .build_v1()
-            .context("building the gRPC reflection service")?;
+        let reflection = || {
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(netdb_api::FILE_DESCRIPTOR_SET)
+        };
+        let reflection_v1 =
+            reflection().build_v1().context("building the gRPC reflection service")?;
+        // grpcio-reflection's descriptor database, older grpcurl, Postman and
+        // evans still ask v1alpha.
+        let reflection_v1alpha =
+            reflection().build_v1alpha().context("building the gRPC reflection service")?;
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &s.api_tls {
             builder = builder.tls_config(tls.config()?).context("TLS for the API")?;
         }
-        let router = builder.add_service(NetdbServer::new(api)).add_service(reflection);
+        // The Unix socket's accept path (`accept`) assumes tonic's HTTP/2
+        // defaults (frame and header list sizes, header table size): change
+        // `accept::Limits` with any of them.
+        let router = builder
+            .add_service(NetdbServer::new(api))
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha);
+        let accepted = Arc::new(AcceptStats::default());
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
         };
         let task = match &s.api {
             Endpoint::Unix(path) => {
                 let listener = bind_unix(path)?;
+                let incoming = accept::unix_incoming(listener, accepted.clone());
                 tokio::spawn(async move {
-                    if let Err(e) = router
-                        .serve_with_incoming_shutdown(UnixListenerStream::new(listener), shutdown)
-                        .await
-                    {
+                    if let Err(e) = router.serve_with_incoming_shutdown(incoming, shutdown).await {
                         tracing::error!(error = %e, "API server stopped");
                     }
                 })
@@ -64,12 +78,19 @@ impl Server {
                 })
             }
         };
-        Ok(Server { task, stop })
+        Ok(Server { task, stop, accepted })
     }
 
     /// Stops accepting, and waits up to 2 s for the calls under way.
     pub(crate) async fn stop(self) {
         let _ = self.stop.send(true);
+        let (connections, replaced, refused) = self.accepted.totals();
+        tracing::debug!(
+            connections,
+            authorities_replaced = replaced,
+            refused,
+            "API Unix socket connections"
+        );
         if tokio::time::timeout(std::time::Duration::from_secs(2), self.task).await.is_err() {
             tracing::warn!("API clients did not disconnect in 2 s; exiting anyway");
         }
