@@ -200,7 +200,7 @@ impl Agent {
             NetMsg::Oversized => self.core.record_drop(DropReason::TooLarge),
             NetMsg::Opened { key, tx } => self.streams.opened(key, tx),
             NetMsg::Closed { key } => self.streams.closed(key),
-            NetMsg::Failed { sync_id } => self.core.abort_sync(sync_id),
+            NetMsg::Failed { sync_id, why } => self.core.abort_sync(sync_id, &why),
         }
     }
 

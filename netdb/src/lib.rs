@@ -37,5 +37,5 @@ pub use keyops::{KeyOp, KeyReply, KeyReport};
 pub use membership::{MemberInfo, MemberState};
 pub use names::{Scope, SharedTable};
 pub use node::Node;
-pub use stats::{DropReason, Stats, Traffic};
+pub use stats::{DropReason, Histogram, MemberChange, SYNC_SECONDS_BOUNDS, Stats, Traffic};
 pub use table::Entry;

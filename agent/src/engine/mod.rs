@@ -111,8 +111,8 @@ impl Core {
         self.node.record_drop(reason);
     }
 
-    pub(crate) fn abort_sync(&mut self, sync_id: u64) {
-        self.node.abort_sync(sync_id);
+    pub(crate) fn abort_sync(&mut self, sync_id: u64, why: &str) {
+        self.node.abort_sync(sync_id, why);
     }
 
     /// A new scheduled key epoch began.
@@ -173,10 +173,6 @@ impl Core {
     }
 
     fn dispatch(&mut self, ev: Event) {
-        if let Event::Member { name, addr, state } = &ev {
-            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
-            tracing::info!(member = %name, %addr, state = state.as_str(), "membership change");
-        }
         if let Event::KeyringChanged = ev {
             return self.save_keyring();
         }
