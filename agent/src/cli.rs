@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::duration;
 use crate::endpoint::Endpoint;
+use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -86,6 +87,9 @@ pub(crate) enum Command {
     /// Gossip keys of every live member (fingerprints only).
     #[command(subcommand)]
     Keys(KeysCmd),
+    /// Show the agent's log filter, or set a new one until it restarts
+    /// (error, warn, info, debug, trace, or directives like info,netdb=debug).
+    LogLevel { filter: Option<String> },
 }
 
 #[derive(Debug, Subcommand)]
@@ -313,6 +317,10 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "NETDB_CLAIM_SETTLE", value_parser = duration::parse)]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub claim_settle: Option<Duration>,
+    /// Log lines as text (for people) or json (one object per line)
+    /// [default: text]
+    #[arg(long, env = "NETDB_LOG_FORMAT", value_enum, help_heading = "Observability")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[cfg(test)]
@@ -366,5 +374,7 @@ mod tests {
         assert_eq!(a.name.as_deref(), Some("n1"));
         assert_eq!(a.gossip_interval, Some(Duration::from_secs(1)));
         assert!(toml::from_str::<AgentArgs>("bogus = 1").is_err(), "unknown keys are refused");
+        let a: AgentArgs = toml::from_str("log-format = \"json\"\n").unwrap();
+        assert_eq!(a.log_format, Some(LogFormat::Json));
     }
 }

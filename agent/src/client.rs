@@ -35,6 +35,7 @@ pub(crate) async fn run(
         }
         Command::Stats => stats(&mut c, out).await,
         Command::Keys(k) => keys(&mut c, out, k).await,
+        Command::LogLevel { filter } => log_level(&mut c, out, filter).await,
     }
 }
 
@@ -379,6 +380,23 @@ async fn stats(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()> 
             &["COUNTER", "VALUE"],
             cs.into_iter().map(|c| vec![c.name, c.value.to_string()]).collect(),
         ),
+    }
+    Ok(())
+}
+
+/// Shows the agent's log filter, or sets it and says what it was.
+async fn log_level(
+    c: &mut NetdbClient<Channel>,
+    out: Output,
+    filter: Option<String>,
+) -> anyhow::Result<()> {
+    let setting = filter.is_some();
+    let req = api::LogLevelRequest { filter: filter.unwrap_or_default() };
+    let r = c.set_log_level(req).await.map_err(rpc)?.into_inner();
+    match out {
+        Output::Json => print_json(&json!({ "previous": r.previous, "current": r.current })),
+        Output::Table if setting => println!("{} (was {})", r.current, r.previous),
+        Output::Table => println!("{}", r.current),
     }
     Ok(())
 }

@@ -10,6 +10,7 @@ mod endpoint;
 mod engine;
 mod keyfile;
 mod keys;
+mod logging;
 mod overlay;
 mod reconcile;
 mod server;
