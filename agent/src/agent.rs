@@ -22,12 +22,12 @@ use crate::cli::AgentArgs;
 use crate::config::{self, Settings};
 use crate::endpoint::Endpoint;
 use crate::engine::{self, Commands, Core, KernelStats};
-use crate::logging;
 use crate::overlay::Overlay;
 use crate::reconcile;
 use crate::server::{Server, bind_error};
 use crate::state::Store;
 use crate::streams::{self, NetMsg, Streams};
+use crate::{logging, metrics};
 
 /// Runs the agent until a signal ends it.
 pub(crate) async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
@@ -124,6 +124,9 @@ impl Agent {
         let (handle, commands) = engine::channel(kernel);
         let wake = core.kernel_changes();
         tokio::spawn(reconcile::run(handle.clone(), wake, s.reconcile_interval, kernel_stats));
+        if let Some(addr) = s.metrics {
+            metrics::serve(addr, handle.clone()).await?;
+        }
         let (net_tx, net_rx) = mpsc::channel::<NetMsg>(1024);
         let server = Server::start(&s, Api::new(handle).with_log(log)).await?;
         let limits = streams::Limits::new(s.core.max_sync_frame, s.core.sync_timeout);

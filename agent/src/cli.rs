@@ -317,6 +317,10 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "NETDB_CLAIM_SETTLE", value_parser = duration::parse)]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub claim_settle: Option<Duration>,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off
+    /// unless given), e.g. 127.0.0.1:9946.
+    #[arg(long, env = "NETDB_METRICS", help_heading = "Observability")]
+    pub metrics: Option<SocketAddr>,
     /// Log lines as text (for people) or json (one object per line)
     /// [default: text]
     #[arg(long, env = "NETDB_LOG_FORMAT", value_enum, help_heading = "Observability")]
@@ -374,7 +378,9 @@ mod tests {
         assert_eq!(a.name.as_deref(), Some("n1"));
         assert_eq!(a.gossip_interval, Some(Duration::from_secs(1)));
         assert!(toml::from_str::<AgentArgs>("bogus = 1").is_err(), "unknown keys are refused");
-        let a: AgentArgs = toml::from_str("log-format = \"json\"\n").unwrap();
+        let a: AgentArgs =
+            toml::from_str("metrics = \"127.0.0.1:9946\"\nlog-format = \"json\"\n").unwrap();
+        assert_eq!(a.metrics, Some("127.0.0.1:9946".parse().unwrap()));
         assert_eq!(a.log_format, Some(LogFormat::Json));
     }
 }

@@ -24,6 +24,8 @@ pub(crate) struct Settings {
     pub api_tls: Option<crate::tls::ServerFiles>,
     pub log: String,
     pub log_format: LogFormat,
+    /// Where to serve Prometheus metrics; `None`: not served.
+    pub metrics: Option<SocketAddr>,
     pub core: netdb::Config,
     /// Gossip keys, primary first; empty for plaintext.
     pub keys: Vec<Vec<u8>>,
@@ -123,6 +125,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         api_tls,
         log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
         log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+        metrics: cli.metrics.or(file.metrics),
         core,
         keys,
         key_file,

@@ -11,6 +11,7 @@ mod engine;
 mod keyfile;
 mod keys;
 mod logging;
+mod metrics;
 mod overlay;
 mod reconcile;
 mod server;

@@ -7,7 +7,7 @@
 //! - `commands`: what the API asks of the core, one method per request.
 //! - `handle`: the channel to the core, its named async calls, and attach
 //!   and detach run beside the loop.
-//! - `stats`: counters.
+//! - `stats`: counters, and the state `/metrics` shows.
 
 mod commands;
 mod handle;
@@ -27,7 +27,7 @@ use crate::overlay::Overlay;
 use crate::watch::Watcher;
 
 pub(crate) use handle::{Commands, Error, Handle, channel};
-pub(crate) use stats::KernelStats;
+pub(crate) use stats::{KernelStats, Snapshot};
 
 /// What the core loop owns.
 pub(crate) struct Core {
