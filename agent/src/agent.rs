@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use netdb::keyring::Keyring;
 use netdb::{DropReason, Node, Transmit};
 use netdb_dataplane::Linux;
@@ -27,6 +27,7 @@ use crate::reconcile;
 use crate::server::{Server, bind_error};
 use crate::state::Store;
 use crate::streams::{self, NetMsg, Streams};
+use crate::{logging, metrics};
 
 /// Runs the agent until a signal ends it.
 pub(crate) async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<()> {
@@ -73,7 +74,7 @@ impl Agent {
     /// the reconcile task and the stream acceptor.
     pub(crate) async fn start(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<Agent> {
         let s = config::resolve(args, api)?;
-        init_logging(&s.log)?;
+        let log = logging::init(&s.log, s.log_format)?;
         let udp = bind_udp(s.bind).map_err(|e| bind_error("UDP", s.bind, e))?;
         let tcp = TcpListener::bind(s.bind).await.map_err(|e| bind_error("TCP", s.bind, e))?;
         let incarnation =
@@ -123,8 +124,11 @@ impl Agent {
         let (handle, commands) = engine::channel(kernel);
         let wake = core.kernel_changes();
         tokio::spawn(reconcile::run(handle.clone(), wake, s.reconcile_interval, kernel_stats));
+        if let Some(addr) = s.metrics {
+            metrics::serve(addr, handle.clone()).await?;
+        }
         let (net_tx, net_rx) = mpsc::channel::<NetMsg>(1024);
-        let server = Server::start(&s, Api::new(handle)).await?;
+        let server = Server::start(&s, Api::new(handle).with_log(log)).await?;
         let limits = streams::Limits::new(s.core.max_sync_frame, s.core.sync_timeout);
         tokio::spawn(streams::accept_loop(tcp, net_tx.clone(), limits.clone()));
         let streams = Streams::new(net_tx, limits);
@@ -200,7 +204,7 @@ impl Agent {
             NetMsg::Oversized => self.core.record_drop(DropReason::TooLarge),
             NetMsg::Opened { key, tx } => self.streams.opened(key, tx),
             NetMsg::Closed { key } => self.streams.closed(key),
-            NetMsg::Failed { sync_id } => self.core.abort_sync(sync_id),
+            NetMsg::Failed { sync_id, why } => self.core.abort_sync(sync_id, &why),
         }
     }
 
@@ -342,14 +346,3 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
 }
 
 const UDP_BUFFER: usize = 4 << 20;
-
-fn init_logging(filter: &str) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .with_context(|| format!("bad --log filter {filter:?}"))?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(io::stderr)
-        .with_ansi(false)
-        .init();
-    Ok(())
-}

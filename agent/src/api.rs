@@ -14,17 +14,25 @@ use tonic::{Request, Response, Status};
 
 use crate::engine::{self, Handle};
 use crate::keys;
+use crate::logging::LogControl;
 use crate::overlay::{self, Attach, CreateNetwork, EndpointInfo, Kind, NetworkDetail, NetworkInfo};
 use crate::watch::Watched;
 
 /// The API service.
 pub(crate) struct Api<K = Linux> {
     core: Handle<K>,
+    /// The log filter, when this process installed the logger.
+    log: Option<LogControl>,
 }
 
 impl<K: Kernel> Api<K> {
     pub(crate) fn new(core: Handle<K>) -> Self {
-        Api { core }
+        Api { core, log: None }
+    }
+
+    /// Lets `SetLogLevel` change the agent's log filter.
+    pub(crate) fn with_log(self, log: LogControl) -> Self {
+        Api { log: Some(log), ..self }
     }
 
     /// Runs one keyring command on every live member to its end.
@@ -441,5 +449,22 @@ impl<K: Kernel> Netdb for Api<K> {
                 .map(|(name, value)| api::Counter { name, value })
                 .collect(),
         }))
+    }
+
+    async fn set_log_level(
+        &self,
+        req: Request<api::LogLevelRequest>,
+    ) -> Result<Response<api::LogLevelReply>, Status> {
+        let log = self
+            .log
+            .as_ref()
+            .ok_or_else(|| Status::unavailable("this agent's log filter cannot be changed"))?;
+        let filter = req.into_inner().filter;
+        let previous = if filter.is_empty() {
+            log.current()
+        } else {
+            log.set(&filter).map_err(|e| Status::invalid_argument(format!("{e:#}")))?
+        };
+        Ok(Response::new(api::LogLevelReply { previous, current: log.current() }))
     }
 }

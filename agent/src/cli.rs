@@ -10,6 +10,7 @@ use serde::Deserialize;
 
 use crate::duration;
 use crate::endpoint::Endpoint;
+use crate::logging::LogFormat;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -142,6 +143,13 @@ pub(crate) enum Command {
         #[command(flatten)]
         client: ClientOpts,
     },
+    /// Show the agent's log filter, or set a new one until it restarts
+    /// (error, warn, info, debug, trace, or directives like info,netdb=debug).
+    LogLevel {
+        filter: Option<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
     /// Print a shell completion script (bash, zsh, fish, elvish,
     /// powershell), e.g. `netdb completions bash > /etc/bash_completion.d/netdb`.
     Completions { shell: clap_complete::Shell },
@@ -162,7 +170,8 @@ impl Command {
             | Command::Stats { client }
             | Command::Keys { client, .. }
             | Command::Health { client, .. }
-            | Command::Version { client } => Some(client),
+            | Command::Version { client }
+            | Command::LogLevel { client, .. } => Some(client),
             Command::Completions { .. } | Command::Man => None,
         }
     }
@@ -401,6 +410,14 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "NETDB_CLAIM_SETTLE", value_parser = duration::parse, help_heading = "Data plane")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub claim_settle: Option<Duration>,
+    /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off
+    /// unless given), e.g. 127.0.0.1:9946.
+    #[arg(long, env = "NETDB_METRICS", help_heading = "Observability")]
+    pub metrics: Option<SocketAddr>,
+    /// Log lines as text (for people) or json (one object per line)
+    /// [default: text]
+    #[arg(long, env = "NETDB_LOG_FORMAT", value_enum, help_heading = "Observability")]
+    pub log_format: Option<LogFormat>,
 }
 
 #[cfg(test)]
@@ -491,5 +508,9 @@ mod tests {
         assert_eq!(a.name.as_deref(), Some("n1"));
         assert_eq!(a.gossip_interval, Some(Duration::from_secs(1)));
         assert!(toml::from_str::<AgentArgs>("bogus = 1").is_err(), "unknown keys are refused");
+        let a: AgentArgs =
+            toml::from_str("metrics = \"127.0.0.1:9946\"\nlog-format = \"json\"\n").unwrap();
+        assert_eq!(a.metrics, Some("127.0.0.1:9946".parse().unwrap()));
+        assert_eq!(a.log_format, Some(LogFormat::Json));
     }
 }

@@ -45,6 +45,7 @@ pub(crate) async fn run(ep: Option<Endpoint>, cmd: Command) -> anyhow::Result<()
         }
         Command::Stats { .. } => stats(&mut c, out).await,
         Command::Keys { cmd, .. } => keys(&mut c, out, cmd).await,
+        Command::LogLevel { filter, .. } => log_level(&mut c, out, filter).await,
     }
 }
 
@@ -349,6 +350,23 @@ async fn stats(c: &mut NetdbClient<Channel>, out: Output) -> anyhow::Result<()> 
             &["COUNTER", "VALUE"],
             cs.into_iter().map(|c| vec![c.name, c.value.to_string()]).collect(),
         ),
+    }
+    Ok(())
+}
+
+/// Shows the agent's log filter, or sets it and says what it was.
+async fn log_level(
+    c: &mut NetdbClient<Channel>,
+    out: Output,
+    filter: Option<String>,
+) -> anyhow::Result<()> {
+    let setting = filter.is_some();
+    let req = api::LogLevelRequest { filter: filter.unwrap_or_default() };
+    let r = c.set_log_level(req).await.map_err(rpc)?.into_inner();
+    match out {
+        Output::Json => print_json(&json!({ "previous": r.previous, "current": r.current })),
+        Output::Table if setting => println!("{} (was {})", r.current, r.previous),
+        Output::Table => println!("{}", r.current),
     }
     Ok(())
 }

@@ -9,6 +9,7 @@ use anyhow::{Context, bail};
 
 use crate::cli::AgentArgs;
 use crate::endpoint::{self, Endpoint};
+use crate::logging::LogFormat;
 
 pub(crate) const DEFAULT_PORT: u16 = 7946;
 
@@ -22,6 +23,9 @@ pub(crate) struct Settings {
     /// TLS of a TCP API (`None`: Unix socket, or --api-insecure on loopback).
     pub api_tls: Option<crate::tls::ServerFiles>,
     pub log: String,
+    pub log_format: LogFormat,
+    /// Where to serve Prometheus metrics; `None`: not served.
+    pub metrics: Option<SocketAddr>,
     pub core: netdb::Config,
     /// Gossip keys, primary first; empty for plaintext.
     pub keys: Vec<Vec<u8>>,
@@ -120,6 +124,8 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         api,
         api_tls,
         log: cli.log.or(file.log).unwrap_or_else(|| "info".into()),
+        log_format: cli.log_format.or(file.log_format).unwrap_or_default(),
+        metrics: cli.metrics.or(file.metrics),
         core,
         keys,
         key_file,

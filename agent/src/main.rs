@@ -11,6 +11,8 @@ mod endpoint;
 mod engine;
 mod keyfile;
 mod keys;
+mod logging;
+mod metrics;
 mod output;
 mod overlay;
 mod reconcile;

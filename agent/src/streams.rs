@@ -51,6 +51,8 @@ pub(crate) enum NetMsg {
     /// An exchange we opened could not be carried.
     Failed {
         sync_id: u64,
+        /// Why, for the core's log line.
+        why: String,
     },
 }
 
@@ -174,10 +176,13 @@ async fn outbound(
         }
         w.shutdown().await
     };
-    let ok = matches!(tokio::time::timeout(limits.life, run).await, Ok(Ok(())));
-    if !ok {
-        tracing::debug!(peer = %to, sync_id, "push/pull stream failed");
-        let _ = net_tx.send(NetMsg::Failed { sync_id }).await;
+    let why = match tokio::time::timeout(limits.life, run).await {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(format!("stream failed: {e}")),
+        Err(_) => Some(format!("stream outlived {:?}", limits.life)),
+    };
+    if let Some(why) = why {
+        let _ = net_tx.send(NetMsg::Failed { sync_id, why }).await;
     }
     let _ = net_tx.send(NetMsg::Closed { key: Key::Out(to, sync_id) }).await;
 }

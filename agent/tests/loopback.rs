@@ -830,3 +830,315 @@ fn completions_and_man_page_come_from_the_cli_definition() {
     let _ = std::fs::remove_file(&path);
     assert!(bash.status.success(), "{}", String::from_utf8_lossy(&bash.stderr));
 }
+
+/// One HTTP/1.1 request to `addr`; the status line, the headers (lower
+/// case) and the body.
+fn http_get(addr: &str, path: &str) -> (String, String, String) {
+    use std::io::Read;
+    let mut t = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    write!(t, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    t.read_to_string(&mut reply).unwrap();
+    let (head, body) = reply.split_once("\r\n\r\n").expect("an HTTP reply");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_lowercase(), body.to_string())
+}
+
+/// Python with `prometheus_client`, in a virtualenv kept under the target
+/// dir across runs. `None` (the caller prints SKIP) when python3, venv or
+/// pip are missing, except under CI, where that fails the test.
+fn prometheus_parser() -> Option<PathBuf> {
+    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prometheus-venv");
+    let python = venv.join("bin/python");
+    let ready = |p: &PathBuf| {
+        Command::new(p)
+            .args(["-c", "import prometheus_client"])
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    if ready(&python) {
+        return Some(python);
+    }
+    let venv_dir = venv.to_string_lossy().into_owned();
+    let pip = venv.join("bin/pip").to_string_lossy().into_owned();
+    let steps = [
+        ("python3", vec!["-m", "venv", venv_dir.as_str()]),
+        (pip.as_str(), vec!["install", "-q", "prometheus_client"]),
+    ];
+    for (program, args) in &steps {
+        let out = Command::new(program).args(args).output();
+        let failed = match &out {
+            Ok(o) if o.status.success() => continue,
+            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
+            Err(e) => e.to_string(),
+        };
+        let why = format!("{program} {args:?} failed: {failed}");
+        if std::env::var_os("CI").is_some() {
+            panic!("{why} (CI needs python3, python3-venv and PyPI for the metrics test)");
+        }
+        eprintln!("SKIP: no Prometheus parser: {why}");
+        return None;
+    }
+    ready(&python).then_some(python)
+}
+
+/// The scrape parsed by `prometheus_client`'s text parser: a list of
+/// families with their samples.
+fn parse_scrape(python: &PathBuf, text: &str) -> Vec<Value> {
+    const SCRIPT: &str = r#"
+import json, sys
+from prometheus_client.parser import text_string_to_metric_families
+print(json.dumps([
+    {"name": f.name, "type": f.type, "help": f.documentation,
+     "samples": [{"name": s.name, "labels": s.labels, "value": s.value} for s in f.samples]}
+    for f in text_string_to_metric_families(sys.stdin.read())
+]))
+"#;
+    let mut child = Command::new(python)
+        .args(["-c", SCRIPT])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "the parser refused:\n{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone()
+}
+
+/// The value of the sample `name` with exactly these labels.
+fn sample(families: &[Value], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    families.iter().flat_map(|f| f["samples"].as_array().unwrap()).find_map(|s| {
+        let l = s["labels"].as_object().unwrap();
+        let same = s["name"] == name
+            && l.len() == labels.len()
+            && labels.iter().all(|(k, v)| l.get(*k).and_then(Value::as_str) == Some(*v));
+        same.then(|| s["value"].as_f64().unwrap())
+    })
+}
+
+#[test]
+fn metrics_agree_with_the_api_and_follow_prometheus_conventions() {
+    let Some(python) = prometheus_parser() else { return };
+    let mut c = Cluster::empty(71, 3);
+    let metrics = |i: usize| format!("127.0.71.{}:9946", i + 1);
+    for i in 0..3 {
+        c.spawn_with(i, &["--metrics", &metrics(i)]);
+    }
+    c.wait("every agent sees all members alive", Duration::from_secs(30), |c| {
+        (0..3).all(|i| c.alive_members(i).len() == 3)
+    });
+    for i in 0..3 {
+        c.json(i, &["network", "join", "net"]);
+    }
+    for k in 0..5 {
+        c.json(k % 3, &["table", "put", "net", "t", &format!("k{k}"), "v"]);
+    }
+    c.json(1, &["table", "put", "net", "u", "only", "v"]);
+    c.wait("6 entries everywhere", Duration::from_secs(20), |c| {
+        (0..3).all(|i| {
+            c.keys(i).len() == 5
+                && c.try_json(i, &["table", "dump", "net", "u"])
+                    .is_some_and(|u| u.as_array().is_some_and(|a| a.len() == 1))
+        })
+    });
+    // Something for the drop counters.
+    let udp = UdpSocket::bind("127.0.0.1:0").unwrap();
+    for _ in 0..10 {
+        udp.send_to(&[0x08, 0x01, 0x1a, 0x7f, 0x0a], c.addr(0)).unwrap();
+    }
+    c.wait("the garbage is counted", Duration::from_secs(10), |c| {
+        c.stat(0, "drops:malformed") >= 10
+    });
+
+    let (status, _, _) = http_get(&metrics(0), "/");
+    assert!(status.contains(" 404 "), "{status}");
+    let (status, headers, _) = http_get(&metrics(0), "/metrics");
+    assert!(status.contains(" 200 "), "{status}");
+    assert!(headers.contains("content-type: text/plain; version=0.0.4"), "{headers}");
+
+    for i in 0..3 {
+        let before = c.json(i, &["stats"]);
+        let (_, _, text) = http_get(&metrics(i), "/metrics");
+        let after = c.json(i, &["stats"]);
+        let families = parse_scrape(&python, &text);
+        let members = c.json(i, &["members"]);
+        let alive = members.as_array().unwrap().iter().filter(|m| m["state"] == "alive").count();
+
+        // Conventions, on every family: prefix, HELP and TYPE, _total.
+        assert!(families.len() >= 20, "{text}");
+        for f in &families {
+            let name = f["name"].as_str().unwrap();
+            assert!(name.starts_with("netdb_"), "{name}");
+            assert!(!f["help"].as_str().unwrap().is_empty(), "{name} has no HELP");
+            assert!(text.contains(&format!("# TYPE {name}")), "{name} has no TYPE");
+            assert_ne!(f["type"], "unknown", "{name}");
+            if f["type"] == "counter" {
+                for s in f["samples"].as_array().unwrap() {
+                    assert!(s["name"].as_str().unwrap().ends_with("_total"), "{s}");
+                }
+            }
+        }
+
+        // Gauges equal what the API says.
+        assert_eq!(sample(&families, "netdb_members", &[("state", "alive")]), Some(alive as f64));
+        assert_eq!(sample(&families, "netdb_members", &[("state", "failed")]), Some(0.0));
+        for (table, want) in [("t", 5.0), ("u", 1.0)] {
+            let dump = c.json(i, &["table", "dump", "net", table]);
+            assert_eq!(dump.as_array().unwrap().len() as f64, want);
+            let got = sample(&families, "netdb_entries", &[("network", "net"), ("table", table)]);
+            assert_eq!(got, Some(want), "entries of net/{table} on n{}", i + 1);
+        }
+        let networks = c.json(i, &["network", "ls"]).as_array().unwrap().len() as f64;
+        assert_eq!(sample(&families, "netdb_networks", &[]), Some(networks));
+
+        // Counters lie between the API's readings before and after the scrape.
+        let between = |metric: &str, labels: &[(&str, &str)], stat: &str| {
+            let v = sample(&families, metric, labels)
+                .unwrap_or_else(|| panic!("no {metric} {labels:?} in\n{text}"));
+            let (lo, hi) = (before[stat].as_f64().unwrap(), after[stat].as_f64().unwrap());
+            assert!(lo <= v && v <= hi, "{metric} {labels:?} = {v}, stats {stat} {lo}..{hi}");
+        };
+        for kind in ["swim", "gossip", "sync"] {
+            for (dir, d) in [("in", "in"), ("out", "out")] {
+                let l = [("kind", kind), ("direction", dir)];
+                between("netdb_messages_total", &l, &format!("{kind}_{d}_messages"));
+                between("netdb_message_bytes_total", &l, &format!("{kind}_{d}_bytes"));
+            }
+        }
+        for reason in ["malformed", "too_large", "not_member", "forged"] {
+            between("netdb_drops_total", &[("reason", reason)], &format!("drops:{reason}"));
+        }
+        for s in ["started", "completed", "failed", "served"] {
+            between(&format!("netdb_syncs_{s}_total"), &[], &format!("syncs_{s}"));
+        }
+        between("netdb_sync_duration_seconds_count", &[], "syncs_completed");
+        between("netdb_swim_errors_total", &[], "swim_errors");
+        between("netdb_member_changes_total", &[("change", "up")], "member_changes:up");
+        assert!(sample(&families, "netdb_member_changes_total", &[("change", "up")]) >= Some(2.0));
+        assert!(
+            sample(&families, "netdb_messages_total", &[("kind", "gossip"), ("direction", "out")])
+                > Some(0.0)
+        );
+        if i == 0 {
+            assert!(
+                sample(&families, "netdb_drops_total", &[("reason", "malformed")]) >= Some(10.0)
+            );
+        }
+    }
+
+    // Counters only grow between scrapes.
+    let first = parse_scrape(&python, &http_get(&metrics(1), "/metrics").2);
+    c.json(1, &["table", "put", "net", "t", "later", "v"]);
+    std::thread::sleep(Duration::from_millis(500));
+    let second = parse_scrape(&python, &http_get(&metrics(1), "/metrics").2);
+    for f in first.iter().filter(|f| f["type"] == "counter" || f["type"] == "histogram") {
+        for s in f["samples"].as_array().unwrap() {
+            let labels: Vec<(String, String)> = s["labels"]
+                .as_object()
+                .unwrap()
+                .iter()
+                .map(|(k, v)| (k.clone(), v.as_str().unwrap().to_string()))
+                .collect();
+            let labels: Vec<(&str, &str)> =
+                labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+            let name = s["name"].as_str().unwrap();
+            let later = sample(&second, name, &labels).unwrap_or_else(|| panic!("{name} gone"));
+            assert!(later >= s["value"].as_f64().unwrap(), "{name} {labels:?} went down");
+        }
+    }
+    assert!(
+        sample(&second, "netdb_messages_total", &[("kind", "gossip"), ("direction", "out")])
+            > sample(&first, "netdb_messages_total", &[("kind", "gossip"), ("direction", "out")])
+    );
+
+    // A taken port is refused with the flag to change.
+    let out = Command::new(BIN)
+        .args(["--api", &format!("unix:{}/extra.sock", c.dir.display()), "agent"])
+        .args(["--no-dataplane", "--name", "extra", "--bind", "127.0.71.9:7946"])
+        .args(["--metrics", &metrics(0)])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("cannot bind metrics listener 127.0.71.1:9946")
+            && err.contains("address in use")
+            && err.contains("--metrics"),
+        "{err}"
+    );
+}
+
+/// Agent `i`'s log, each line parsed as JSON (a line that is not fails).
+fn json_log(c: &Cluster, i: usize) -> Vec<Value> {
+    let text = std::fs::read_to_string(c.dir.join(format!("n{}.log", i + 1))).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect()
+}
+
+fn has_change(log: &[Value], message: &str, member: &str) -> bool {
+    log.iter().any(|l| l["level"] == "INFO" && l["message"] == message && l["member"] == member)
+}
+
+#[test]
+fn json_logs_show_membership_changes_and_the_level_changes_at_run_time() {
+    let mut c = Cluster::empty(72, 3);
+    c.spawn_with(0, &["--log-format", "json", "--metrics", "127.0.72.1:9946"]);
+    c.spawn(1);
+    c.spawn(2);
+    c.wait("n1 logs n2 and n3 up", Duration::from_secs(30), |c| {
+        let log = json_log(c, 0);
+        has_change(&log, "member up", "n2") && has_change(&log, "member up", "n3")
+    });
+    let up = json_log(&c, 0)
+        .into_iter()
+        .find(|l| l["message"] == "member up" && l["member"] == "n2")
+        .unwrap();
+    assert_eq!(up["addr"], "127.0.72.2:7946", "{up}");
+    assert!(up["timestamp"].is_string() && up["target"].is_string(), "{up}");
+
+    let mut dead = c.signal(1, "-KILL");
+    let _ = dead.wait();
+    c.wait("n1 logs n2 failed", Duration::from_secs(30), |c| {
+        has_change(&json_log(c, 0), "member failed", "n2")
+    });
+    c.spawn(1);
+    c.wait("n1 logs n2 rejoined", Duration::from_secs(30), |c| {
+        has_change(&json_log(c, 0), "member rejoined", "n2")
+    });
+    let log = json_log(&c, 0);
+    let ups = log.iter().filter(|l| l["message"] == "member up" && l["member"] == "n3").count();
+    assert_eq!(ups, 1, "one line per change, not per event");
+    assert!(log.iter().all(|l| l["level"] != "DEBUG"), "info by default");
+
+    // Run-time level: a broken HTTP request to the metrics port is logged
+    // at debug, so debug lines come when asked for and stop after.
+    let poke = || {
+        let mut t = TcpStream::connect("127.0.72.1:9946").unwrap();
+        let _ = t.write_all(b"NOT HTTP\r\n\r\n");
+        let _ = std::io::Read::read_to_end(&mut t, &mut Vec::new());
+    };
+    let shown = c.json(0, &["log-level"]);
+    assert_eq!(shown["current"], "info");
+    let set = c.json(0, &["log-level", "debug"]);
+    assert_eq!((set["previous"].as_str(), set["current"].as_str()), (Some("info"), Some("debug")));
+    poke();
+    c.wait("debug lines appear", Duration::from_secs(10), |c| {
+        json_log(c, 0).iter().any(|l| l["level"] == "DEBUG")
+    });
+    let set = c.json(0, &["log-level", "info"]);
+    assert_eq!(set["previous"], "debug");
+    let lines_at_info = json_log(&c, 0).len();
+    poke();
+    std::thread::sleep(Duration::from_millis(500));
+    let log = json_log(&c, 0);
+    let after = log.get(lines_at_info..).unwrap_or_default();
+    assert!(after.iter().all(|l| l["level"] != "DEBUG"), "debug after info: {after:?}");
+    let bad = c.cli(0, &["log-level", "info,=x=y"]);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("bad log filter"));
+    assert_eq!(c.json(0, &["log-level"])["current"], "info");
+}

@@ -41,5 +41,5 @@ pub use keyops::{KeyOp, KeyReply, KeyReport};
 pub use membership::{MemberInfo, MemberState};
 pub use names::{Scope, SharedTable};
 pub use node::{Node, ScopeStats, SyncCounts};
-pub use stats::{DropReason, Stats, Traffic};
+pub use stats::{DropReason, Histogram, MemberChange, SYNC_SECONDS_BOUNDS, Stats, Traffic};
 pub use table::Entry;

@@ -1,5 +1,7 @@
 //! Counters a node keeps about itself; the agent serves them as `stats`.
 
+use std::time::Duration;
+
 /// Why an input was dropped. Each drop is counted and changes nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, thiserror::Error)]
 pub enum DropReason {
@@ -102,6 +104,76 @@ impl DropReason {
     }
 }
 
+/// How a member's state changed, as this node saw it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum MemberChange {
+    /// Seen alive for the first time.
+    Up,
+    /// Declared failed by SWIM.
+    Failed,
+    /// Alive again after being declared failed, same incarnation.
+    Returned,
+    /// Back with a newer incarnation (a restart, or a renewed identity).
+    Rejoined,
+    /// Left gracefully.
+    Left,
+}
+
+impl MemberChange {
+    /// Every change, in counter order.
+    pub const ALL: [MemberChange; 5] = [
+        MemberChange::Up,
+        MemberChange::Failed,
+        MemberChange::Returned,
+        MemberChange::Rejoined,
+        MemberChange::Left,
+    ];
+
+    /// A stable, metric-friendly name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MemberChange::Up => "up",
+            MemberChange::Failed => "failed",
+            MemberChange::Returned => "returned",
+            MemberChange::Rejoined => "rejoined",
+            MemberChange::Left => "left",
+        }
+    }
+}
+
+/// Upper bounds, in seconds, of the push/pull duration buckets: from a
+/// loopback exchange to one near the default 10 s timeout.
+pub const SYNC_SECONDS_BOUNDS: [f64; 11] =
+    [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 10.0];
+
+/// Durations counted into fixed buckets ([`SYNC_SECONDS_BOUNDS`]), the
+/// last bucket holding everything above the highest bound.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Histogram {
+    /// Observations per bucket (not cumulative).
+    pub counts: [u64; SYNC_SECONDS_BOUNDS.len() + 1],
+    /// Sum of every observation.
+    pub sum: Duration,
+}
+
+impl Histogram {
+    /// Counts one duration.
+    pub fn observe(&mut self, d: Duration) {
+        let secs = d.as_secs_f64();
+        let i = SYNC_SECONDS_BOUNDS
+            .iter()
+            .position(|b| secs <= *b)
+            .unwrap_or(SYNC_SECONDS_BOUNDS.len());
+        self.counts[i] += 1;
+        self.sum += d;
+    }
+
+    /// Observations in all buckets.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
 /// Messages and bytes of one kind in one direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Traffic {
@@ -156,6 +228,10 @@ pub struct Stats {
     pub swim_errors: u64,
     /// Drops by [`DropReason`], indexed by the reason's number.
     pub drops: [u64; DropReason::ALL.len()],
+    /// Membership changes by [`MemberChange`], indexed by its number.
+    pub member_changes: [u64; MemberChange::ALL.len()],
+    /// How long completed exchanges this node opened took.
+    pub sync_seconds: Histogram,
 }
 
 impl Stats {
@@ -167,6 +243,11 @@ impl Stats {
     /// Drops of one reason.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.drops[reason as usize]
+    }
+
+    /// Membership changes of one kind.
+    pub fn changes(&self, change: MemberChange) -> u64 {
+        self.member_changes[change as usize]
     }
 
     /// Drops of every reason.
@@ -190,5 +271,22 @@ mod tests {
         let mut names: Vec<_> = DropReason::ALL.iter().map(|r| r.as_str()).collect();
         names.dedup();
         assert_eq!(names.len(), DropReason::ALL.len());
+        for (i, c) in MemberChange::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+        }
+    }
+
+    #[test]
+    fn durations_fall_in_the_first_bucket_that_holds_them() {
+        let mut h = Histogram::default();
+        h.observe(Duration::from_micros(500));
+        h.observe(Duration::from_millis(1));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(60));
+        assert_eq!(h.counts[0], 2, "bounds are inclusive");
+        assert_eq!(h.counts[5], 1, "30 ms is in the 50 ms bucket");
+        assert_eq!(h.counts[SYNC_SECONDS_BOUNDS.len()], 1, "above every bound");
+        assert_eq!(h.count(), 4);
+        assert_eq!(h.sum, Duration::from_micros(60_031_500));
     }
 }

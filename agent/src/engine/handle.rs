@@ -13,7 +13,7 @@ use netdb::{Entry, MemberInfo, Node};
 use netdb_dataplane::{Desired, Kernel, Linux};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
-use super::{Core, Health, KeyId, KeyOp, KeyReport};
+use super::{Core, Health, KeyId, KeyOp, KeyReport, Snapshot};
 use crate::overlay::{
     self, Attach, CreateNetwork, EndpointInfo, Host, NetworkDetail, NetworkInfo, Overlay,
 };
@@ -209,6 +209,11 @@ impl<K: Kernel> Handle<K> {
 
     pub(crate) async fn counters(&self) -> Result<Vec<(String, u64)>, Error> {
         self.call(|core| core.counters()).await
+    }
+
+    /// Counters and state for one scrape of `/metrics`.
+    pub(crate) async fn snapshot(&self) -> Result<Snapshot, Error> {
+        self.call(|core| core.snapshot()).await
     }
 
     pub(crate) async fn key_command(&self, op: KeyOp) -> Result<u64, Error> {

@@ -8,7 +8,7 @@
 //! - `handle`: the channel to the core, its named async calls, and attach
 //!   and detach run beside the loop.
 //! - `health`: liveness and readiness.
-//! - `stats`: counters.
+//! - `stats`: counters, and the state `/metrics` shows.
 
 mod commands;
 mod handle;
@@ -30,7 +30,7 @@ use crate::watch::Watcher;
 
 pub(crate) use handle::{Commands, Error, Handle, channel};
 pub(crate) use health::Health;
-pub(crate) use stats::KernelStats;
+pub(crate) use stats::{KernelStats, Snapshot};
 
 /// What the core loop owns.
 pub(crate) struct Core {
@@ -120,8 +120,8 @@ impl Core {
         self.node.record_drop(reason);
     }
 
-    pub(crate) fn abort_sync(&mut self, sync_id: u64) {
-        self.node.abort_sync(sync_id);
+    pub(crate) fn abort_sync(&mut self, sync_id: u64, why: &str) {
+        self.node.abort_sync(sync_id, why);
     }
 
     /// A new scheduled key epoch began.
@@ -182,10 +182,6 @@ impl Core {
     }
 
     fn dispatch(&mut self, ev: Event) {
-        if let Event::Member { name, addr, state } = &ev {
-            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
-            tracing::info!(member = %name, %addr, state = state.as_str(), "membership change");
-        }
         if let Event::KeyringChanged = ev {
             return self.save_keyring();
         }

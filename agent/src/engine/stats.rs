@@ -1,9 +1,10 @@
-//! Counters for `netdb stats`: the node's, the core's and the kernel
-//! reconcile loop's.
+//! Counters for `netdb stats` and the state `/metrics` shows: the node's,
+//! the core's and the kernel reconcile loop's. Both views are made from
+//! one [`Tallies`], read on the loop, so they always agree.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use netdb::DropReason;
+use netdb::{DropReason, MemberChange, MemberState};
 use netdb_dataplane::ReconcileReport;
 
 use super::Core;
@@ -21,17 +22,27 @@ pub(crate) struct KernelStats {
     last_failed: AtomicU64,
 }
 
+/// [`KernelStats`] read at one moment.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct KernelTallies {
+    /// Reconcile passes, failed ones included.
+    pub(crate) reconciles: u64,
+    /// Kernel objects created or removed to match the tables (repairs).
+    pub(crate) changes: u64,
+    /// Kernel calls that failed, and passes that could not read the kernel.
+    pub(crate) failures: u64,
+    /// How long the last pass took.
+    pub(crate) last_us: u64,
+}
+
 impl KernelStats {
-    fn counters(&self) -> Vec<(String, u64)> {
-        [
-            ("kernel_reconciles", &self.reconciles),
-            ("kernel_changes", &self.changes),
-            ("kernel_failures", &self.failures),
-            ("kernel_last_reconcile_us", &self.last_us),
-        ]
-        .into_iter()
-        .map(|(n, v)| (n.to_string(), v.load(Ordering::Relaxed)))
-        .collect()
+    fn read(&self) -> KernelTallies {
+        KernelTallies {
+            reconciles: self.reconciles.load(Ordering::Relaxed),
+            changes: self.changes.load(Ordering::Relaxed),
+            failures: self.failures.load(Ordering::Relaxed),
+            last_us: self.last_us.load(Ordering::Relaxed),
+        }
     }
 
     /// A reconcile finished with this report.
@@ -56,10 +67,21 @@ impl KernelStats {
     }
 }
 
-impl Core {
+/// Every counter of the agent at one moment.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Tallies {
+    pub(crate) node: netdb::Stats,
+    pub(crate) watchers: u64,
+    pub(crate) conflicts: u64,
+    /// Broadcast queue length per scope, `(cluster)` first.
+    pub(crate) queues: Vec<(String, u64)>,
+    pub(crate) kernel: KernelTallies,
+}
+
+impl Tallies {
     /// Every counter, named for `netdb stats`.
-    pub(crate) fn counters(&self) -> Vec<(String, u64)> {
-        let s = self.node.stats();
+    pub(crate) fn named(&self) -> Vec<(String, u64)> {
+        let s = &self.node;
         let mut out = Vec::new();
         for (kind, t) in [
             ("swim_in", s.swim_in),
@@ -82,18 +104,90 @@ impl Core {
             ("queue_overflow", s.queue_overflow),
             ("queue_oversized", s.queue_oversized),
             ("swim_errors", s.swim_errors),
-            ("watchers", self.watchers.len() as u64),
-            ("conflicts_detected", self.overlay.conflicts_seen()),
+            ("watchers", self.watchers),
+            ("conflicts_detected", self.conflicts),
         ] {
             out.push((name.into(), v));
         }
-        for (scope, len) in self.node.queue_lengths() {
-            out.push((format!("queue_len:{scope}"), len as u64));
+        for (scope, len) in &self.queues {
+            out.push((format!("queue_len:{scope}"), *len));
         }
         for r in DropReason::ALL {
             out.push((format!("drops:{}", r.as_str()), s.dropped(r)));
         }
-        out.extend(self.kernel_stats.counters());
+        let k = &self.kernel;
+        out.extend([
+            ("kernel_reconciles".to_string(), k.reconciles),
+            ("kernel_changes".to_string(), k.changes),
+            ("kernel_failures".to_string(), k.failures),
+            ("kernel_last_reconcile_us".to_string(), k.last_us),
+        ]);
+        for c in MemberChange::ALL {
+            out.push((format!("member_changes:{}", c.as_str()), s.changes(c)));
+        }
         out
+    }
+}
+
+/// What `/metrics` shows: the counters and the state behind the gauges.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Snapshot {
+    pub(crate) tallies: Tallies,
+    /// Members by state, as `netdb members` lists them.
+    pub(crate) members: Vec<MemberState>,
+    /// Networks as `netdb network ls` lists them.
+    pub(crate) networks: u64,
+    /// Visible entries per (network, table), as `netdb table dump` lists
+    /// them.
+    pub(crate) entries: Vec<(String, String, u64)>,
+    /// Key fingerprints, primary first; empty when gossip is not sealed.
+    pub(crate) keys: Vec<String>,
+}
+
+impl Core {
+    /// Every counter, read now.
+    pub(crate) fn tallies(&self) -> Tallies {
+        Tallies {
+            node: self.node.stats().clone(),
+            watchers: self.watchers.len() as u64,
+            conflicts: self.overlay.conflicts_seen(),
+            queues: self
+                .node
+                .queue_lengths()
+                .into_iter()
+                .map(|(scope, len)| (scope.to_string(), len as u64))
+                .collect(),
+            kernel: self.kernel_stats.read(),
+        }
+    }
+
+    /// Every counter, named for `netdb stats`.
+    pub(crate) fn counters(&self) -> Vec<(String, u64)> {
+        self.tallies().named()
+    }
+
+    /// The counters and the state for one scrape of `/metrics`.
+    pub(crate) fn snapshot(&self) -> Snapshot {
+        let mut entries = Vec::new();
+        for network in self.node.networks() {
+            let mut per_table: Vec<(String, String, u64)> = Vec::new();
+            for (table, _, e) in self.node.raw_entries(network) {
+                if !e.visible() {
+                    continue;
+                }
+                match per_table.last_mut() {
+                    Some(last) if last.1 == table => last.2 += 1,
+                    _ => per_table.push((network.to_string(), table.to_string(), 1)),
+                }
+            }
+            entries.extend(per_table);
+        }
+        Snapshot {
+            tallies: self.tallies(),
+            members: self.node.members().into_iter().map(|m| m.state).collect(),
+            networks: self.networks().len() as u64,
+            entries,
+            keys: self.node.keyring().map(|k| k.fingerprints()).unwrap_or_default(),
+        }
     }
 }

@@ -82,6 +82,9 @@ pub struct Node {
     /// Joined user networks, by name.
     networks: BTreeMap<String, ScopeState>,
     owners: BTreeMap<String, Owner>,
+    /// The last membership state logged and counted per member, with its
+    /// incarnation: events repeat a state, changes are counted once.
+    reported: BTreeMap<String, (u64, MemberState)>,
     cluster_peers: PeerSet,
     net_peers: Option<BTreeMap<String, Vec<SocketAddr>>>,
     /// foca's cluster-size dependent settings in force.
@@ -153,6 +156,7 @@ impl Node {
             cluster,
             networks: BTreeMap::new(),
             owners: BTreeMap::new(),
+            reported: BTreeMap::new(),
             cluster_peers: PeerSet::default(),
             net_peers: None,
             swim_params: swim::swim_params(&cfg, 1),
@@ -300,10 +304,11 @@ impl Node {
     }
 
     /// The shell could not carry push/pull exchange `sync_id` (connect
-    /// failed, stream broke): fail it now instead of at its timeout.
-    pub fn abort_sync(&mut self, sync_id: u64) {
+    /// failed, stream broke, as `why` says): fail it now instead of at its
+    /// timeout.
+    pub fn abort_sync(&mut self, sync_id: u64, why: &str) {
         if let Some(out) = self.syncs.remove(&sync_id) {
-            self.sync_failed(out.scope.as_scope());
+            self.sync_failed(&out, why);
         }
     }
 
@@ -332,8 +337,7 @@ impl Node {
                 Wake::KeyRetry(seq) => self.key_retry(now, seq),
                 Wake::SyncTimeout(id) => {
                     if let Some(out) = self.syncs.remove(&id) {
-                        tracing::debug!(peer = %out.peer, network = %out.scope.as_scope(), "push/pull timed out");
-                        self.sync_failed(out.scope.as_scope());
+                        self.sync_failed(&out, "timed out");
                     }
                 }
                 Wake::ServeTimeout(peer, id) => {

@@ -10,11 +10,20 @@ use super::timers::Wake;
 use crate::event::Event;
 use crate::membership::{Identity, MemberState, Owner, Status};
 use crate::names::{NODES_TABLE, Scope, valid_name};
+use crate::stats::MemberChange;
 use crate::table::{Entry, Rewrite};
 
 impl Node {
     fn member_event(&mut self, name: &str, state: MemberState) {
-        let addr = self.owners.get(name).and_then(|o| o.addr);
+        let (addr, incarnation) =
+            self.owners.get(name).map_or((None, 0), |o| (o.addr, o.incarnation));
+        let prior = self.reported.insert(name.into(), (incarnation, state));
+        if let Some(change) = member_change(prior, incarnation, state) {
+            self.stats.member_changes[change as usize] += 1;
+            let addr = addr.map(|a| a.to_string()).unwrap_or_default();
+            let change = change.as_str();
+            tracing::info!(member = %name, %addr, incarnation, change, "member {change}");
+        }
         self.events.push_back(Event::Member { name: name.into(), addr, state });
     }
 
@@ -147,6 +156,24 @@ impl Node {
     }
 }
 
+/// What a member's new state means given the last one reported (its
+/// incarnation and state); `None` when nothing changed.
+fn member_change(
+    prior: Option<(u64, MemberState)>,
+    incarnation: u64,
+    state: MemberState,
+) -> Option<MemberChange> {
+    match (prior, state) {
+        (Some((inc, was)), now) if inc == incarnation && was == now => None,
+        (_, MemberState::Failed) => Some(MemberChange::Failed),
+        (_, MemberState::Left) => Some(MemberChange::Left),
+        (None, _) => Some(MemberChange::Up),
+        (Some((inc, _)), _) if inc < incarnation => Some(MemberChange::Rejoined),
+        (Some((_, MemberState::Alive | MemberState::Suspect)), _) => None,
+        (Some(_), _) => Some(MemberChange::Returned),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::time::Duration;
@@ -154,7 +181,22 @@ mod tests {
     use bytes::Bytes;
 
     use super::super::test_support::{PEER, gossip, node, peer_entry};
-    use crate::stats::DropReason;
+    use super::member_change;
+    use crate::membership::MemberState::{Alive, Failed, Left};
+    use crate::stats::{DropReason, MemberChange};
+
+    #[test]
+    fn each_membership_change_is_named_once() {
+        assert_eq!(member_change(None, 1, Alive), Some(MemberChange::Up));
+        assert_eq!(member_change(Some((1, Alive)), 1, Alive), None, "a repeated state");
+        assert_eq!(member_change(Some((1, Alive)), 1, Failed), Some(MemberChange::Failed));
+        assert_eq!(member_change(Some((1, Failed)), 1, Failed), None);
+        assert_eq!(member_change(Some((1, Failed)), 1, Alive), Some(MemberChange::Returned));
+        assert_eq!(member_change(Some((1, Failed)), 2, Alive), Some(MemberChange::Rejoined));
+        assert_eq!(member_change(Some((1, Alive)), 2, Alive), Some(MemberChange::Rejoined));
+        assert_eq!(member_change(Some((1, Alive)), 1, Left), Some(MemberChange::Left));
+        assert_eq!(member_change(Some((1, Left)), 1, Alive), Some(MemberChange::Returned));
+    }
 
     #[test]
     fn a_newer_incarnation_removes_what_the_older_wrote() {

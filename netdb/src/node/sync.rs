@@ -30,6 +30,8 @@ const DIGEST_SLACK: usize = DIGEST_BYTES + 256;
 pub(super) struct Outgoing {
     pub(super) scope: ScopeId,
     pub(super) peer: SocketAddr,
+    /// When it was opened, for the duration histogram.
+    pub(super) started: Duration,
 }
 
 impl Node {
@@ -43,7 +45,7 @@ impl Node {
                     Some(out) if out.peer == from && out.scope.as_scope() == scope => {}
                     _ => return self.stats.drop(DropReason::UnexpectedSync),
                 }
-                self.syncs.remove(&m.sync_id);
+                let started = self.syncs.remove(&m.sync_id).map_or(now, |out| out.started);
                 if self.scope(scope).is_none() {
                     return self.stats.drop(DropReason::NotMember);
                 }
@@ -64,6 +66,7 @@ impl Node {
                 };
                 self.send_sync(from, m.sync_id, false, msg);
                 self.stats.syncs_completed += 1;
+                self.stats.sync_seconds.observe(now.saturating_sub(started));
             }
             Some(B::Entries(es)) => {
                 match self.serving.remove(&(from, m.sync_id)) {
@@ -77,10 +80,10 @@ impl Node {
                     st.synced = true;
                 }
             }
-            Some(B::Refused(_)) => match self.syncs.get(&m.sync_id) {
+            Some(B::Refused(why)) => match self.syncs.get(&m.sync_id) {
                 Some(out) if out.peer == from => {
                     if let Some(out) = self.syncs.remove(&m.sync_id) {
-                        self.sync_failed(out.scope.as_scope());
+                        self.sync_failed(&out, &format!("refused by the peer: {why}"));
                     }
                 }
                 _ => self.stats.drop(DropReason::UnexpectedSync),
@@ -100,7 +103,7 @@ impl Node {
         let digest = st.data.digest().to_bytes();
         let id = self.next_sync_id;
         self.next_sync_id += 1;
-        self.syncs.insert(id, Outgoing { scope: scope.to_id(), peer });
+        self.syncs.insert(id, Outgoing { scope: scope.to_id(), peer, started: now });
         self.stats.syncs_started += 1;
         let msg = wire::SyncMessage {
             version: codec::WIRE_VERSION,
@@ -113,7 +116,10 @@ impl Node {
     }
 
     /// An exchange failed: the scope syncs again with the next chance.
-    pub(super) fn sync_failed(&mut self, scope: Scope<'_>) {
+    /// Logged at info, since failures are rare and each one delays repair.
+    pub(super) fn sync_failed(&mut self, out: &Outgoing, why: &str) {
+        let scope = out.scope.as_scope();
+        tracing::info!(peer = %out.peer, network = %scope, reason = why, "push/pull failed");
         self.stats.syncs_failed += 1;
         if let Some(st) = self.scope_mut(scope) {
             st.needs_sync = true;
@@ -278,5 +284,41 @@ mod tests {
         n.handle_sync(t, from, &frame("", 99, B::Reply(reply)));
         assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 1, "no such exchange");
         assert_eq!(n.stats().syncs_completed, 0);
+    }
+
+    /// The id of the exchange the node just opened.
+    fn opened(n: &mut crate::node::Node) -> u64 {
+        std::iter::from_fn(|| n.poll_transmit())
+            .find_map(|t| match t {
+                Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
+                _ => None,
+            })
+            .expect("a request")
+    }
+
+    #[test]
+    fn opened_exchanges_are_timed_when_they_complete_and_counted_when_they_fail() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from: SocketAddr = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        n.start_sync(t, Scope::Network("net"), from);
+        let id = opened(&mut n);
+        let reply = wire::SyncReply { digest: Some(empty_digest()), entries: Vec::new() };
+        n.handle_sync(t + Duration::from_millis(30), from, &frame("net", id, B::Reply(reply)));
+        let h = &n.stats().sync_seconds;
+        assert_eq!((n.stats().syncs_completed, h.count()), (1, 1));
+        assert_eq!(h.sum, Duration::from_millis(30));
+        let bucket = crate::SYNC_SECONDS_BOUNDS.iter().position(|b| *b == 0.05).unwrap();
+        assert_eq!(h.counts[bucket], 1, "30 ms is counted under 50 ms");
+
+        n.start_sync(t, Scope::Network("net"), from);
+        let id = opened(&mut n);
+        n.handle_sync(t, from, &frame("net", id, B::Refused("busy".into())));
+        n.start_sync(t, Scope::Network("net"), from);
+        let id = opened(&mut n);
+        n.abort_sync(id, "stream failed: connection refused");
+        assert_eq!(n.stats().syncs_failed, 2);
+        assert_eq!(n.stats().sync_seconds.count(), 1, "failures are not timed");
     }
 }
