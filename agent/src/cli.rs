@@ -128,6 +128,16 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
+    /// Check what this host needs to run the agent with these settings
+    /// (the agent's flags, NETDB_* variables or --config): privilege,
+    /// kernel, ports, MTU, files, clock skew. Asks the agent at --api when
+    /// one runs; exits non-zero when a check fails.
+    Doctor {
+        #[command(flatten)]
+        agent: Box<AgentArgs>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 impl Command {
@@ -141,7 +151,8 @@ impl Command {
             | Command::Table { client, .. }
             | Command::Watch { client, .. }
             | Command::Stats { client }
-            | Command::Keys { client, .. } => Some(client),
+            | Command::Keys { client, .. }
+            | Command::Doctor { client, .. } => Some(client),
         }
     }
 }

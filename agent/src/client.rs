@@ -24,7 +24,7 @@ pub(crate) async fn run(ep: Option<Endpoint>, cmd: Command) -> anyhow::Result<()
     let out = opts.output;
     let mut c = NetdbClient::new(endpoint::connect(&ep, &opts.tls.files()).await?);
     match cmd {
-        Command::Agent(_) => Ok(()),
+        Command::Agent(_) | Command::Doctor { .. } => Ok(()),
         Command::Members { .. } => members(&mut c, out).await,
         Command::Network { cmd, .. } => network(&mut c, out, cmd).await,
         Command::Endpoint { cmd, .. } => endpoint_cmd(&mut c, out, cmd).await,
