@@ -9,17 +9,11 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::allowed;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netdb");
-
-fn allowed(test: &str) -> bool {
-    if netdb_dataplane::has_net_admin() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "{test}: CI must run as root (CAP_NET_ADMIN)");
-    eprintln!("SKIP {test}: needs CAP_NET_ADMIN (run as root)");
-    false
-}
 
 /// A scratch directory and the agents started in it, gone on drop.
 struct Scratch {
