@@ -128,10 +128,13 @@ pub(crate) enum Command {
         #[command(subcommand)]
         cmd: KeysCmd,
     },
-    /// Check what this host needs to run the agent with these settings
-    /// (the agent's flags, NETDB_* variables or --config): privilege,
-    /// kernel, ports, MTU, files, clock skew. Asks the agent at --api when
-    /// one runs; exits non-zero when a check fails.
+    /// Check whether this host can run the agent: pass, warn or fail, with
+    /// the fix.
+    ///
+    /// Takes the agent's settings (its flags, NETDB_* variables or
+    /// --config) and checks privilege, kernel, ports, MTU, files and clock
+    /// skew; asks the agent at --api when one runs. Exits non-zero when a
+    /// check fails.
     Doctor {
         #[command(flatten)]
         agent: Box<AgentArgs>,
