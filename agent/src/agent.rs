@@ -212,6 +212,8 @@ impl Agent {
     fn check_epoch(&mut self) {
         let Some(e) = self.schedule.as_mut() else { return };
         e.check_at = Instant::now() + EPOCH_CHECK;
+        self.core
+            .follow_wall_clock(SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default());
         let now_epoch = current_epoch(e.period);
         if now_epoch != e.epoch {
             e.epoch = now_epoch;

@@ -155,6 +155,19 @@ pub(crate) enum Command {
     Completions { shell: clap_complete::Shell },
     /// Print the man page (roff), e.g. `netdb man | man -l -`.
     Man,
+    /// Check whether this host can run the agent: pass, warn or fail, with
+    /// the fix.
+    ///
+    /// Takes the agent's settings (its flags, NETDB_* variables or
+    /// --config) and checks privilege, kernel, ports, MTU, files and clock
+    /// skew; asks the agent at --api when one runs. Exits non-zero when a
+    /// check fails.
+    Doctor {
+        #[command(flatten)]
+        agent: Box<AgentArgs>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
 }
 
 impl Command {
@@ -173,6 +186,7 @@ impl Command {
             | Command::Version { client }
             | Command::LogLevel { client, .. } => Some(client),
             Command::Completions { .. } | Command::Man => None,
+            Command::Doctor { client, .. } => Some(client),
         }
     }
 }

@@ -32,6 +32,7 @@ pub(crate) async fn run(ep: Option<Endpoint>, cmd: Command) -> anyhow::Result<()
     let mut c = NetdbClient::new(channel?);
     match cmd {
         Command::Agent(_)
+        | Command::Doctor { .. }
         | Command::Version { .. }
         | Command::Completions { .. }
         | Command::Man => Ok(()),
@@ -394,6 +395,7 @@ fn read_key(from: Option<std::path::PathBuf>) -> anyhow::Result<String> {
 }
 
 async fn keys(c: &mut NetdbClient<Channel>, out: Output, cmd: KeysCmd) -> anyhow::Result<()> {
+    let list = matches!(cmd, KeysCmd::List);
     let (op, key) = match cmd {
         KeysCmd::List => ("list", String::new()),
         KeysCmd::Install { from } => ("install", read_key(from)?),
@@ -409,6 +411,7 @@ async fn keys(c: &mut NetdbClient<Channel>, out: Output, cmd: KeysCmd) -> anyhow
                 "action": s.action, "complete": s.complete, "missing": s.missing,
                 "results": s.results.iter().map(|r| json!({
                     "node": r.node, "ok": r.ok, "error": r.error, "fingerprints": r.fingerprints,
+                    "skew_ms": r.skew_ms, "rtt_ms": r.rtt_ms,
                 })).collect::<Vec<_>>(),
             })).collect::<Vec<_>>(),
         })),
@@ -425,13 +428,25 @@ async fn keys(c: &mut NetdbClient<Channel>, out: Output, cmd: KeysCmd) -> anyhow
                     .map(|r| {
                         let result =
                             if r.ok { "ok".to_string() } else { format!("error: {}", r.error) };
-                        vec![r.node.clone(), result, r.fingerprints.join(" ")]
+                        let mut row = vec![r.node.clone(), result, r.fingerprints.join(" ")];
+                        if list {
+                            row.insert(2, r.skew_ms.map_or_else(|| "-".into(), show_skew));
+                        }
+                        row
                     })
                     .collect();
-                rows.extend(
-                    s.missing.iter().map(|m| vec![m.clone(), "no answer".into(), String::new()]),
-                );
-                print_table(&["NODE", "RESULT", "KEYS (primary first)"], rows);
+                rows.extend(s.missing.iter().map(|m| {
+                    let mut row = vec![m.clone(), "no answer".into(), String::new()];
+                    if list {
+                        row.insert(2, "-".into());
+                    }
+                    row
+                }));
+                let mut header = vec!["NODE", "RESULT", "KEYS (primary first)"];
+                if list {
+                    header.insert(2, "CLOCK SKEW");
+                }
+                print_table(&header, rows);
             }
         }
     }
@@ -439,6 +454,15 @@ async fn keys(c: &mut NetdbClient<Channel>, out: Output, cmd: KeysCmd) -> anyhow
         Ok(())
     } else {
         Err(anyhow!("not every live member confirmed; see the report above"))
+    }
+}
+
+/// A member's clock skew as people read it: +12ms, -3.4s.
+pub(crate) fn show_skew(ms: i64) -> String {
+    if ms.unsigned_abs() < 1000 {
+        format!("{ms:+}ms")
+    } else {
+        format!("{:+.1}s", ms as f64 / 1000.0)
     }
 }
 
@@ -474,5 +498,13 @@ mod tests {
         assert_eq!(kv[1].key, "b");
         assert_eq!(kv[1].value, Bytes::from("two words"));
         assert!(parse_bulk("lonely").unwrap_err().contains("line 1"));
+    }
+
+    #[test]
+    fn skews_read_in_ms_below_a_second() {
+        assert_eq!(show_skew(0), "+0ms");
+        assert_eq!(show_skew(-999), "-999ms");
+        assert_eq!(show_skew(45_300), "+45.3s");
+        assert_eq!(show_skew(-1_000), "-1.0s");
     }
 }

@@ -33,6 +33,8 @@ pub(crate) struct Settings {
     pub key_file: Option<PathBuf>,
     /// Scheduled rotation: the cluster secret and the epoch length.
     pub scheduled: Option<(Vec<u8>, Duration)>,
+    /// Where the cluster secret came from (`netdb doctor` checks its mode).
+    pub cluster_secret_file: Option<PathBuf>,
     /// `None` with --no-dataplane.
     pub data_dir: Option<PathBuf>,
     pub reconcile_interval: Duration,
@@ -130,6 +132,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         keys,
         key_file,
         scheduled,
+        cluster_secret_file: secret_file,
         data_dir: (!(cli.no_dataplane || file.no_dataplane))
             .then(|| cli.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
         reconcile_interval: cli

@@ -54,6 +54,8 @@ pub(crate) fn step(action: String, r: KeyReport) -> api::KeyStep {
                 ok: reply.result.is_ok(),
                 error: reply.result.err().unwrap_or_default(),
                 fingerprints: reply.fingerprints,
+                skew_ms: reply.clock.map(|c| c.skew_ms),
+                rtt_ms: reply.clock.map_or(0, |c| c.rtt_ms),
             })
             .collect(),
         missing: r.missing,

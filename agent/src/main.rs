@@ -6,6 +6,7 @@ mod api;
 mod cli;
 mod client;
 mod config;
+mod doctor;
 mod duration;
 mod endpoint;
 mod engine;
@@ -67,6 +68,7 @@ fn main() -> ExitCode {
     let result = runtime.block_on(async move {
         match cli.command {
             cli::Command::Agent(args) => agent::run(*args, cli.api).await,
+            cli::Command::Doctor { agent, client } => doctor::run(*agent, cli.api, &client).await,
             cmd => client::run(cli.api, cmd).await,
         }
     });

@@ -8,18 +8,12 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use support::allowed;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netdb");
 const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster");
-
-fn allowed(test: &str) -> bool {
-    if netdb_dataplane::has_net_admin() {
-        return true;
-    }
-    assert!(std::env::var_os("CI").is_none(), "{test}: CI must run as root (CAP_NET_ADMIN)");
-    eprintln!("SKIP {test}: needs CAP_NET_ADMIN (run as root)");
-    false
-}
 
 fn text(o: &Output) -> String {
     format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))

@@ -22,6 +22,7 @@ mod linux;
 pub mod memory;
 mod netns;
 mod plan;
+mod probe;
 #[cfg(test)]
 mod testing;
 
@@ -33,6 +34,7 @@ use std::path::PathBuf;
 pub use kernel::{Kernel, ReconcileReport};
 pub use linux::Linux;
 pub use plan::{Observed, ObservedNetwork, Plan, plan};
+pub use probe::{KernelSupport, probe_kernel};
 
 /// The VXLAN UDP port (IANA), as Docker uses it.
 pub const VXLAN_PORT: u16 = 4789;

@@ -187,12 +187,24 @@ impl Linux {
     /// Creates a network's bridge and VXLAN device if missing; returns their
     /// indices.
     pub async fn ensure_network(&self, net: &Network) -> Result<(u32, u32), Error> {
+        let br_ix = self.ensure_bridge(net).await?;
+        let vx_ix = self.ensure_vxlan(net, br_ix).await?;
+        Ok((br_ix, vx_ix))
+    }
+
+    /// The network's bridge, created if missing; its index.
+    pub(crate) async fn ensure_bridge(&self, net: &Network) -> Result<u32, Error> {
         let br = bridge_name(net.vni);
-        let vx = vxlan_name(net.vni);
         let bridge = LinkBridge::new(&br).mtu(net.mtu).build();
         ignore(self.handle().link().add(bridge).execute().await, EEXIST)
             .map_err(|e| Error::netlink(format!("create bridge {br}"), e))?;
-        let br_ix = self.index(&br).await?.ok_or_else(|| gone(&br))?;
+        self.index(&br).await?.ok_or_else(|| gone(&br))
+    }
+
+    /// The network's VXLAN device, created if missing, enslaved to the
+    /// bridge `br_ix` and up (which opens its UDP socket); its index.
+    pub(crate) async fn ensure_vxlan(&self, net: &Network, br_ix: u32) -> Result<u32, Error> {
+        let vx = vxlan_name(net.vni);
         let vxlan = LinkVxlan::new(&vx, net.vni)
             .local(net.local)
             .port(VXLAN_PORT)
@@ -212,7 +224,7 @@ impl Linux {
             .execute()
             .await
             .map_err(|e| Error::netlink(format!("set {vx} up"), e))?;
-        Ok((br_ix, vx_ix))
+        Ok(vx_ix)
     }
 
     async fn remove_network(&self, vni: u32) -> Result<(), Error> {
@@ -241,13 +253,7 @@ impl Linux {
         self.detach(&ep.host_ifname).await?;
         let peer = peer_name(&ep.host_ifname);
         self.detach(&peer).await?;
-        let veth = LinkVeth::new(&ep.host_ifname, &peer).mtu(net.mtu).build();
-        self.handle()
-            .link()
-            .add(veth)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("create veth {}", ep.host_ifname), e))?;
+        self.add_veth(&ep.host_ifname, &peer, net.mtu).await?;
         let wired = self.wire(net, ep, br, &peer, &file, &inside).await;
         if wired.is_err() {
             let _ = self.detach(&ep.host_ifname).await;
@@ -309,6 +315,17 @@ impl Linux {
                 .map_err(|e| Error::netlink(what("set lo up"), e))?;
         }
         Ok(())
+    }
+
+    /// A veth pair `host` - `peer`, both here.
+    pub(crate) async fn add_veth(&self, host: &str, peer: &str, mtu: u32) -> Result<(), Error> {
+        let veth = LinkVeth::new(host, peer).mtu(mtu).build();
+        self.handle()
+            .link()
+            .add(veth)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("create veth {host}"), e))
     }
 
     /// Removes an endpoint's veth pair; `Ok(false)` if it was already gone.

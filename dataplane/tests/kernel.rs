@@ -265,3 +265,16 @@ fn endpoints_are_wired_repaired_and_refused_cleanly() {
     }
     assert!(!ip(&["-n", &c1, "link", "show"]).contains("eth0"), "detach must remove eth0");
 }
+
+#[test]
+fn the_kernel_probe_works_here_and_leaves_the_host_untouched() {
+    if !allowed("the_kernel_probe_works_here_and_leaves_the_host_untouched") {
+        return;
+    }
+    let k = netdb_dataplane::probe_kernel(Ipv4Addr::new(192, 0, 2, 1), 1450);
+    assert_eq!(k.netns, Ok(()));
+    assert_eq!((k.bridge, k.vxlan, k.veth), (Some(Ok(())), Some(Ok(())), Some(Ok(()))));
+    // The probe's devices lived in its own namespace, never here.
+    let here = ip(&["-br", "link"]);
+    assert!(!here.contains("ndveprobe"), "{here}");
+}

@@ -60,6 +60,7 @@ fn main() -> std::io::Result<()> {
         error: String::new(),
         fingerprints: vec!["0a0b0c0d".into()],
         incarnation: 1,
+        wall_ms: 12,
     };
     let keyed = [
         encode_datagram(wire::datagram::Body::KeyQuery(query)),

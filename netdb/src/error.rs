@@ -56,9 +56,10 @@ pub enum Error {
     /// A keyring command on a node without keys.
     #[error("gossip is not encrypted on this node; start every agent with keys (--key-file)")]
     NoKeyring,
-    /// A keyring command while keys rotate on schedule.
+    /// A keyring command that would change the keyring while keys rotate on
+    /// schedule.
     #[error(
-        "keys are derived from the cluster secret and rotate on schedule here; keyring commands do not apply"
+        "keys are derived from the cluster secret and rotate on schedule here; keyring commands other than list do not apply"
     )]
     ScheduledKeys,
 }

@@ -59,6 +59,40 @@ pub struct KeyReply {
     pub result: Result<(), String>,
     /// The member's fingerprints after the command, primary first.
     pub fingerprints: Vec<String>,
+    /// The member's wall clock against this node's, measured on this
+    /// answer; `None` when the member does not send its clock (an older
+    /// version).
+    pub clock: Option<ClockSample>,
+}
+
+/// A member's clock as one query and its answer measured it, NTP-style:
+/// the member stamped its answer at some moment between our send and our
+/// receipt, so its offset is its stamp minus the midpoint of the two, give
+/// or take half the round trip.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClockSample {
+    /// Member's clock minus ours, in ms (positive: the member is ahead).
+    pub skew_ms: i64,
+    /// Our send to our receipt, in ms; the skew is exact to ± half of it.
+    pub rtt_ms: u64,
+}
+
+impl ClockSample {
+    /// The sample of an answer stamped `member_ms` by the member, to a
+    /// query we sent at `sent_ms` and whose answer came at `received_ms`
+    /// (all Unix ms); `None` when the member gave no stamp.
+    pub fn measure(sent_ms: u64, received_ms: u64, member_ms: u64) -> Option<ClockSample> {
+        if member_ms == 0 {
+            return None;
+        }
+        // Our own wall clock may step backwards between send and receipt:
+        // then the round trip is unknown, taken as zero.
+        let rtt_ms = received_ms.saturating_sub(sent_ms);
+        let midpoint = i128::from(sent_ms) + i128::from(rtt_ms / 2);
+        let skew = i128::from(member_ms) - midpoint;
+        let skew_ms = i64::try_from(skew).unwrap_or(if skew < 0 { i64::MIN } else { i64::MAX });
+        Some(ClockSample { skew_ms, rtt_ms })
+    }
 }
 
 /// Where a command stands.
@@ -87,7 +121,8 @@ pub(crate) struct Local {
     /// Wall-clock Unix ms now: commands carry their send time, and a
     /// receiver refuses one too far from its own clock.
     pub(crate) wall_ms: u64,
-    /// Keys derive from a cluster secret by epoch: commands are refused.
+    /// Keys derive from a cluster secret by epoch: commands that change a
+    /// keyring are refused (`list` is still answered).
     pub(crate) scheduled: bool,
 }
 
@@ -125,6 +160,11 @@ pub(crate) struct KeyCommands {
 struct Query {
     msg: wire::KeyQuery,
     waiting: BTreeMap<String, SocketAddr>,
+    /// Our wall clock (Unix ms) at the last send to the waiting members:
+    /// an answer's skew is measured against it. An answer to an earlier
+    /// copy makes the round trip look shorter than it was, by at most one
+    /// retry period.
+    last_sent_ms: u64,
     unreachable: Vec<String>,
     replies: BTreeMap<String, KeyReply>,
     deadline: Duration,
@@ -160,7 +200,8 @@ const MAX_KEPT: usize = 64;
 impl KeyCommands {
     /// Applies `op` to this node's keyring and sends it to every live
     /// member; returns the command's id for [`KeyCommands::report`]. Refused
-    /// (nothing changed) without a keyring or with scheduled keys.
+    /// (nothing changed) without a keyring, and with scheduled keys unless
+    /// it is `list`, which changes nothing.
     pub(crate) fn start(
         &mut self,
         me: &Local,
@@ -170,11 +211,12 @@ impl KeyCommands {
         now: Duration,
         cfg: &Config,
     ) -> Result<(u64, KeyEffects), Error> {
-        if me.scheduled {
+        if me.scheduled && op != KeyOp::List {
             return Err(Error::ScheduledKeys);
         }
         let ring = ring.ok_or(Error::NoKeyring)?;
-        let (mine, keyring_changed) = apply(ring, &op);
+        let (mut mine, keyring_changed) = apply(ring, &op);
+        mine.clock = Some(ClockSample { skew_ms: 0, rtt_ms: 0 });
         self.next_seq += 1;
         let seq = self.next_seq;
         let (kind, key, key_id) = to_wire(&op);
@@ -192,6 +234,7 @@ impl KeyCommands {
             msg,
             done: to.alive.is_empty(),
             waiting: to.alive,
+            last_sent_ms: me.wall_ms,
             unreachable: to.failed,
             replies: BTreeMap::new(),
             deadline: now + cfg.key_query_timeout,
@@ -215,8 +258,15 @@ impl KeyCommands {
     }
 
     /// Resends a command to the members that have not answered, until its
-    /// deadline; then it is done and they are reported missing.
-    pub(crate) fn on_retry(&mut self, now: Duration, seq: u64, cfg: &Config) -> KeyEffects {
+    /// deadline; then it is done and they are reported missing. `wall_ms`
+    /// is our wall clock now (Unix ms).
+    pub(crate) fn on_retry(
+        &mut self,
+        now: Duration,
+        wall_ms: u64,
+        seq: u64,
+        cfg: &Config,
+    ) -> KeyEffects {
         let Some(q) = self.queries.get_mut(&seq) else { return KeyEffects::default() };
         if q.done {
             return KeyEffects::default();
@@ -226,6 +276,7 @@ impl KeyCommands {
             tracing::warn!(missing = ?q.waiting.keys().collect::<Vec<_>>(), "keyring command: members did not answer");
             return KeyEffects::default();
         }
+        q.last_sent_ms = wall_ms;
         KeyEffects {
             send: q.sends(),
             keyring_changed: false,
@@ -258,17 +309,18 @@ impl KeyCommands {
             return Err(DropReason::StaleIncarnation);
         }
         let mut keyring_changed = false;
-        let ack = match self.seen.get(&q.origin) {
+        let mut ack = match self.seen.get(&q.origin) {
             Some(s) if s.incarnation == q.incarnation && s.seq == q.seq => s.ack.clone(),
             Some(s) if (s.incarnation, s.seq) > (q.incarnation, q.seq) => {
                 return Err(DropReason::Replayed);
             }
             _ => {
                 let op = from_wire(&q).ok_or(DropReason::Malformed)?;
-                let reply = if me.scheduled {
+                let reply = if me.scheduled && op != KeyOp::List {
                     KeyReply {
                         result: Err(Error::ScheduledKeys.to_string()),
                         fingerprints: ring.fingerprints(),
+                        clock: None,
                     }
                 } else {
                     let (reply, changed) = apply(ring, &op);
@@ -286,12 +338,16 @@ impl KeyCommands {
                     ok: reply.result.is_ok(),
                     error: reply.result.err().unwrap_or_default(),
                     fingerprints: reply.fingerprints,
+                    wall_ms: 0,
                 };
                 let seen = Seen { incarnation: q.incarnation, seq: q.seq, ack: ack.clone() };
                 self.seen.insert(q.origin, seen);
                 ack
             }
         };
+        // Stamped now, a repeat too: the querier measures our clock against
+        // the send it is answered for.
+        ack.wall_ms = me.wall_ms;
         // Sealed with the primary after the command: after `use`, every
         // member holds it already (that is what `install` made sure of).
         let send = vec![(from, wire::datagram::Body::KeyAck(ack))];
@@ -317,6 +373,7 @@ impl KeyCommands {
         let reply = KeyReply {
             result: if a.ok { Ok(()) } else { Err(a.error) },
             fingerprints: a.fingerprints,
+            clock: ClockSample::measure(q.last_sent_ms, me.wall_ms, a.wall_ms),
         };
         q.replies.insert(a.node, reply);
         q.done = q.waiting.is_empty();
@@ -358,6 +415,7 @@ fn apply(ring: &mut Keyring, op: &KeyOp) -> (KeyReply, bool) {
     let reply = KeyReply {
         result: r.map(|_| ()).map_err(|e| e.to_string()),
         fingerprints: ring.fingerprints(),
+        clock: None,
     };
     (reply, changed)
 }
@@ -491,10 +549,10 @@ mod tests {
         let mut ring_a = ring(1);
         let to = audience(&[("b", B)]);
         let (seq, _) = a.start(&me("a"), Some(&mut ring_a), KeyOp::List, to, t, &cfg).unwrap();
-        let fx = a.on_retry(t + cfg.key_query_retry, seq, &cfg);
+        let fx = a.on_retry(t + cfg.key_query_retry, 1_000_300, seq, &cfg);
         assert_eq!(fx.send.len(), 1, "resent to the silent member");
         assert!(fx.retry.is_some());
-        let fx = a.on_retry(t + cfg.key_query_timeout, seq, &cfg);
+        let fx = a.on_retry(t + cfg.key_query_timeout, 1_005_000, seq, &cfg);
         assert!(fx.send.is_empty() && fx.retry.is_none());
         let report = a.report(seq).unwrap();
         assert!(report.done);
@@ -508,6 +566,7 @@ mod tests {
             ok: true,
             error: String::new(),
             fingerprints: Vec::new(),
+            wall_ms: 1_000_000,
         };
         assert_eq!(a.on_ack(&me("a"), A.parse().unwrap(), ack.clone()), Err(DropReason::Replayed));
         ack.incarnation = 2;
@@ -515,7 +574,7 @@ mod tests {
     }
 
     #[test]
-    fn refused_without_keys_or_with_scheduled_keys() {
+    fn refused_without_keys_and_with_scheduled_keys_unless_list() {
         let cfg = Config::default();
         let mut a = KeyCommands::default();
         let t = Duration::ZERO;
@@ -523,10 +582,119 @@ mod tests {
         assert_eq!(no_ring.err(), Some(Error::NoKeyring));
         let scheduled = Local { scheduled: true, ..me("a") };
         let mut r = ring(1);
-        let refused = a.start(&scheduled, Some(&mut r), KeyOp::List, Audience::default(), t, &cfg);
+        let install = KeyOp::Install(vec![2; KEY_LEN]);
+        let refused = a.start(&scheduled, Some(&mut r), install, Audience::default(), t, &cfg);
         assert_eq!(refused.err(), Some(Error::ScheduledKeys));
+        assert_eq!(r.fingerprints().len(), 1, "keyring untouched");
         let (seq, _) =
-            a.start(&me("a"), Some(&mut r), KeyOp::List, Audience::default(), t, &cfg).unwrap();
-        assert!(a.report(seq).unwrap().complete(), "alone: done at once");
+            a.start(&scheduled, Some(&mut r), KeyOp::List, Audience::default(), t, &cfg).unwrap();
+        assert!(a.report(seq).unwrap().complete(), "list changes nothing: allowed, alone done");
+        // A scheduled member answers a list, and refuses what would change
+        // its keyring.
+        let mut b = KeyCommands::default();
+        let mut ring_b = ring(1);
+        let from: SocketAddr = A.parse().unwrap();
+        let (_, fx) =
+            a.start(&me("a"), Some(&mut r), KeyOp::List, audience(&[("b", B)]), t, &cfg).unwrap();
+        let sched_b = Local { scheduled: true, ..me("b") };
+        let max_age = cfg.key_query_max_age;
+        let fx = b.on_query(&sched_b, Some(&mut ring_b), true, from, query_of(&fx), max_age);
+        let ack = ack_of(&fx.unwrap());
+        assert!(ack.ok, "list answered: {}", ack.error);
+        let op = KeyOp::Install(vec![3; KEY_LEN]);
+        let (_, fx) = a.start(&me("a"), Some(&mut r), op, audience(&[("b", B)]), t, &cfg).unwrap();
+        let fx = b.on_query(&sched_b, Some(&mut ring_b), true, from, query_of(&fx), max_age);
+        let ack = ack_of(&fx.unwrap());
+        assert!(!ack.ok && ack.error.contains("rotate on schedule"), "{}", ack.error);
+        assert_eq!(ring_b.fingerprints().len(), 1, "keyring untouched");
+    }
+
+    /// A member whose clock reads `ahead_ms` more than ours answers a list
+    /// sent at our wall time `sent`, `one_way` ms after it left; the answer
+    /// takes as long back. Times are passed in, so any skew is testable.
+    fn measured_skew(ahead_ms: i64, one_way: u64) -> (Result<KeyReply, DropReason>, u64) {
+        let cfg = Config::default();
+        let sent = 1_000_000u64;
+        let mut a = KeyCommands::default();
+        let mut ring_a = ring(1);
+        let here = Local { wall_ms: sent, ..me("a") };
+        let to = audience(&[("b", B)]);
+        let (seq, fx) =
+            a.start(&here, Some(&mut ring_a), KeyOp::List, to, Duration::ZERO, &cfg).unwrap();
+        let b_now = (sent + one_way).checked_add_signed(ahead_ms).unwrap();
+        let there = Local { wall_ms: b_now, ..me("b") };
+        let mut b = KeyCommands::default();
+        let mut ring_b = ring(1);
+        let from: SocketAddr = A.parse().unwrap();
+        let answered =
+            b.on_query(&there, Some(&mut ring_b), true, from, query_of(&fx), cfg.key_query_max_age);
+        let ack = match answered {
+            Ok(fx) => ack_of(&fx),
+            Err(e) => return (Err(e), seq),
+        };
+        let back = Local { wall_ms: sent + 2 * one_way, ..me("a") };
+        a.on_ack(&back, B.parse().unwrap(), ack).unwrap();
+        (Ok(a.report(seq).unwrap().replies["b"].clone()), seq)
+    }
+
+    #[test]
+    fn clock_skew_is_the_members_stamp_minus_the_round_trips_midpoint() {
+        for (ahead, one_way) in
+            [(0i64, 0u64), (5_000, 40), (-5_000, 40), (45_000, 250), (-59_000, 1)]
+        {
+            let (reply, _) = measured_skew(ahead, one_way);
+            let clock = reply.unwrap().clock.expect("the member sends its clock");
+            assert_eq!(clock, ClockSample { skew_ms: ahead, rtt_ms: 2 * one_way }, "{ahead} ms");
+        }
+        // Beyond key_query_max_age the member refuses the query itself: it
+        // goes missing rather than reporting a skew.
+        let (reply, _) = measured_skew(61_000, 0);
+        assert_eq!(reply.err(), Some(DropReason::Replayed));
+        // This node's own answer has no skew.
+        let cfg = Config::default();
+        let mut a = KeyCommands::default();
+        let mut r = ring(1);
+        let (seq, _) = a
+            .start(&me("a"), Some(&mut r), KeyOp::List, Audience::default(), Duration::ZERO, &cfg)
+            .unwrap();
+        let own = a.report(seq).unwrap().replies["a"].clock;
+        assert_eq!(own, Some(ClockSample { skew_ms: 0, rtt_ms: 0 }));
+    }
+
+    #[test]
+    fn a_resent_query_is_measured_from_the_last_send_and_cached_answers_are_restamped() {
+        let cfg = Config::default();
+        let mut a = KeyCommands::default();
+        let mut ring_a = ring(1);
+        let sent = 1_000_000u64;
+        let here = Local { wall_ms: sent, ..me("a") };
+        let to = audience(&[("b", B)]);
+        let (seq, fx) =
+            a.start(&here, Some(&mut ring_a), KeyOp::List, to, Duration::ZERO, &cfg).unwrap();
+        let q = query_of(&fx);
+        let mut b = KeyCommands::default();
+        let mut ring_b = ring(1);
+        let from: SocketAddr = A.parse().unwrap();
+        let max_age = cfg.key_query_max_age;
+        // b (2 s ahead) answers the first copy; that answer is lost.
+        let b_first = Local { wall_ms: sent + 2_010, ..me("b") };
+        b.on_query(&b_first, Some(&mut ring_b), true, from, q.clone(), max_age).unwrap();
+        // The retry at +300 ms is answered from b's cache, stamped anew.
+        a.on_retry(cfg.key_query_retry, sent + 300, seq, &cfg);
+        let b_again = Local { wall_ms: sent + 2_320, ..me("b") };
+        let fx = b.on_query(&b_again, Some(&mut ring_b), true, from, q, max_age).unwrap();
+        let back = Local { wall_ms: sent + 340, ..me("a") };
+        a.on_ack(&back, B.parse().unwrap(), ack_of(&fx)).unwrap();
+        let clock = a.report(seq).unwrap().replies["b"].clock;
+        assert_eq!(clock, Some(ClockSample { skew_ms: 2_000, rtt_ms: 40 }));
+    }
+
+    #[test]
+    fn a_sample_needs_the_members_stamp_and_survives_our_clock_stepping_back() {
+        assert_eq!(ClockSample::measure(1_000, 1_100, 0), None, "an older member");
+        let stepped = ClockSample::measure(1_000, 900, 1_000).unwrap();
+        assert_eq!(stepped, ClockSample { skew_ms: 0, rtt_ms: 0 });
+        let far = ClockSample::measure(u64::MAX, u64::MAX, 1).unwrap();
+        assert_eq!(far.skew_ms, i64::MIN, "saturates instead of wrapping");
     }
 }

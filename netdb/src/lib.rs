@@ -37,7 +37,7 @@ pub use config::Config;
 pub use error::Error;
 pub use event::{EntryEventKind, Event, Transmit};
 pub use hash::Hasher;
-pub use keyops::{KeyOp, KeyReply, KeyReport};
+pub use keyops::{ClockSample, KeyOp, KeyReply, KeyReport};
 pub use membership::{MemberInfo, MemberState};
 pub use names::{Scope, SharedTable};
 pub use node::{Node, ScopeStats, SyncCounts};

@@ -129,6 +129,14 @@ impl Core {
         self.node.set_keyring(Some(ring));
     }
 
+    /// Re-anchors the node's wall clock on the system's (Unix time now),
+    /// so a clock stepped after start (NTP) is what keyring commands and
+    /// their skew reports see, as the key epochs do.
+    pub(crate) fn follow_wall_clock(&mut self, unix: Duration) {
+        let origin = unix.saturating_sub(self.now());
+        self.node.set_wall_clock(origin.as_millis() as u64);
+    }
+
     pub(crate) fn poll_transmit(&mut self) -> Option<Transmit> {
         self.node.poll_transmit()
     }

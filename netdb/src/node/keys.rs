@@ -44,7 +44,8 @@ impl Node {
     }
 
     pub(super) fn key_retry(&mut self, now: Duration, seq: u64) {
-        let effects = self.keyops.on_retry(now, seq, &self.cfg);
+        let wall_ms = self.local(now).wall_ms;
+        let effects = self.keyops.on_retry(now, wall_ms, seq, &self.cfg);
         self.key_effects(effects);
     }
 

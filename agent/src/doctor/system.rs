@@ -1,0 +1,148 @@
+//! The host itself: privilege, kernel features (tried in a throwaway
+//! namespace), nftables, bridge netfilter.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::process::Command;
+
+use netdb_dataplane::{has_net_admin, probe_kernel};
+
+use super::{Check, Finding};
+
+/// The overlay MTU the agent gives networks by default.
+pub(super) const OVERLAY_MTU: u32 = 1450;
+
+pub(super) fn privilege(dataplane: bool) -> Check {
+    if !dataplane {
+        return Check::new(
+            "privilege",
+            Finding::Skip,
+            "--no-dataplane: no kernel changes, no privilege needed",
+        );
+    }
+    if has_net_admin() {
+        let who = if nix::unistd::geteuid().is_root() { "root" } else { "a user" };
+        return Check::new(
+            "privilege",
+            Finding::Pass,
+            format!("running as {who} with CAP_NET_ADMIN"),
+        );
+    }
+    Check::new(
+        "privilege",
+        Finding::Fail,
+        "no CAP_NET_ADMIN: the agent would run without its data plane and refuse endpoints",
+    )
+    .fix("run the agent as root (sudo), or with CAP_NET_ADMIN and CAP_SYS_ADMIN (systemd: AmbientCapabilities=CAP_NET_ADMIN CAP_SYS_ADMIN); or pass --no-dataplane for tables only")
+}
+
+/// Network namespaces, a bridge, a VXLAN device and a veth pair, as the
+/// agent makes them, each reported on its own.
+pub(super) async fn kernel(dataplane: bool, tunnel: Option<IpAddr>) -> Vec<Check> {
+    const NAMES: [&str; 4] = ["netns", "bridge", "vxlan", "veth"];
+    let skip = |why: &str| NAMES.iter().map(|n| Check::new(n, Finding::Skip, why)).collect();
+    if !dataplane {
+        return skip("--no-dataplane: not needed");
+    }
+    if !has_net_admin() {
+        return skip("not tried: needs root (CAP_NET_ADMIN), see privilege");
+    }
+    // The agent's tunnel address when it has one; any address does, since
+    // nothing is sent.
+    let local = match tunnel {
+        Some(IpAddr::V4(ip)) => ip,
+        _ => Ipv4Addr::new(192, 0, 2, 1),
+    };
+    let probe = tokio::task::spawn_blocking(move || probe_kernel(local, OVERLAY_MTU)).await;
+    let Ok(k) = probe else { return skip("not tried: the probe did not run") };
+    let netns = match k.netns {
+        Ok(()) => Check::new("netns", Finding::Pass, "network namespaces work (a throwaway one made the probes below)"),
+        Err(e) if e.contains("not permitted") => Check::new("netns", Finding::Fail, e)
+            .fix("run as root: making and entering network namespaces needs CAP_SYS_ADMIN (the agent enters each container's)"),
+        Err(e) => Check::new("netns", Finding::Fail, e)
+            .fix("use a kernel with network namespaces (CONFIG_NET_NS=y)"),
+    };
+    let feature =
+        |name: &'static str, r: Option<Result<(), String>>, works: String, fix: &str| match r {
+            Some(Ok(())) => Check::new(name, Finding::Pass, works),
+            Some(Err(e)) => Check::new(name, Finding::Fail, e).fix(fix),
+            None => Check::new(name, Finding::Skip, "not tried: an earlier probe failed"),
+        };
+    vec![
+        netns,
+        feature(
+            "bridge",
+            k.bridge,
+            format!("a bridge (MTU {OVERLAY_MTU}) can be made"),
+            "modprobe bridge (kernel option CONFIG_BRIDGE); in a container, load it on the host",
+        ),
+        feature(
+            "vxlan",
+            k.vxlan,
+            format!(
+                "a VXLAN device (UDP {}, learning off, ARP proxy on) can be made and brought up",
+                netdb_dataplane::VXLAN_PORT
+            ),
+            "modprobe vxlan (kernel option CONFIG_VXLAN); in a container, load it on the host",
+        ),
+        feature(
+            "veth",
+            k.veth,
+            "a veth pair can be made".into(),
+            "modprobe veth (kernel option CONFIG_VETH); in a container, load it on the host",
+        ),
+    ]
+}
+
+/// Today's overlay does not use nftables; egress and published ports
+/// (later) will, so a missing or broken nft is a warning, not a failure.
+pub(super) fn nftables(dataplane: bool) -> Check {
+    if !dataplane {
+        return Check::new("nftables", Finding::Skip, "--no-dataplane: not needed");
+    }
+    let later = "not needed by today's overlay, but egress and published ports will be";
+    match Command::new("nft").args(["list", "tables"]).output() {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            Check::new("nftables", Finding::Warn, format!("`nft` is not installed ({later})"))
+                .fix("apt-get install nftables (or: dnf install nftables)")
+        }
+        Err(e) => Check::new("nftables", Finding::Warn, format!("cannot run `nft`: {e} ({later})"))
+            .fix("apt-get install nftables (or: dnf install nftables)"),
+        Ok(out) if out.status.success() => {
+            let tables = String::from_utf8_lossy(&out.stdout).lines().count();
+            Check::new(
+                "nftables",
+                Finding::Pass,
+                format!("`nft list tables` works ({tables} tables)"),
+            )
+        }
+        Ok(out) => {
+            let err = String::from_utf8_lossy(&out.stderr).trim().to_string();
+            Check::new(
+                "nftables",
+                Finding::Warn,
+                format!("`nft list tables` fails: {err} ({later})"),
+            )
+            .fix("modprobe nf_tables (kernel option CONFIG_NF_TABLES), and run as root")
+        }
+    }
+}
+
+/// With br_netfilter, bridged frames pass iptables' FORWARD chain, whose
+/// policy Docker sets to DROP: containers on our bridges would then not
+/// reach each other, with nothing in netdb to show why.
+pub(super) fn bridge_netfilter(dataplane: bool) -> Check {
+    const NAME: &str = "bridge netfilter";
+    if !dataplane {
+        return Check::new(NAME, Finding::Skip, "--no-dataplane: not needed");
+    }
+    match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables") {
+        Err(_) => Check::new(NAME, Finding::Pass, "br_netfilter is not loaded: bridged traffic bypasses iptables"),
+        Ok(v) if v.trim() == "0" => Check::new(NAME, Finding::Pass, "net.bridge.bridge-nf-call-iptables = 0"),
+        Ok(_) => Check::new(
+            NAME,
+            Finding::Warn,
+            "net.bridge.bridge-nf-call-iptables = 1: overlay traffic passes iptables' FORWARD chain; with policy DROP (Docker sets it) containers cannot reach each other",
+        )
+        .fix("iptables -I FORWARD -i ndbr+ -j ACCEPT; iptables -I FORWARD -o ndbr+ -j ACCEPT (or sysctl -w net.bridge.bridge-nf-call-iptables=0)"),
+    }
+}
