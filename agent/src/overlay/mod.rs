@@ -12,6 +12,7 @@
 //! - `networks`: create, remove, list.
 //! - `attach`: attach and detach, in two halves around the kernel work.
 //! - `addresses`: which addresses are taken, block claims, veth names.
+//! - `names`: who holds each endpoint name, and who keeps a contested one.
 //! - `upkeep`: definitions kept in step, stale claims released, conflicts.
 //! - `desired`: what the kernel must hold, from the tables.
 
@@ -19,6 +20,7 @@ mod addresses;
 mod attach;
 mod desired;
 mod error;
+mod names;
 mod networks;
 #[cfg(test)]
 mod testing;
@@ -214,6 +216,11 @@ impl Overlay {
         if relevant {
             self.dirty = true;
             self.kernel_changed();
+        }
+        // Names are no kernel matter, but a name held twice is a conflict
+        // to find, and the route may have arrived before its record.
+        if matches!(ev, Event::Entry { table, .. } if table == ENDPOINTS_TABLE) {
+            self.dirty = true;
         }
     }
 

@@ -148,6 +148,45 @@ pub(super) fn blue(tag: &str) -> (Temp, TestHost) {
     (dir, h)
 }
 
+/// Hosts h1, with network blue and what `first` attached there, and h2,
+/// which met h1, joined blue and holds what h1 holds of it (so an attach
+/// on h2 need not wait for a push/pull that only [`exchange`] carries).
+pub(super) fn pair(tag: &str, first: impl FnOnce(&TestHost)) -> (Temp, Temp, TestHost, TestHost) {
+    let (da, a) = blue(&format!("{tag}-a"));
+    first(&a);
+    let db = Temp::dir(&format!("{tag}-b"));
+    let b = TestHost::new("h2", 2, 1, &db.0);
+    {
+        let (mut pa, mut pb) = (a.parts(), b.parts());
+        let seed = pa.node.addr();
+        let now = pb.now;
+        pb.node.join(now, &[seed]);
+        exchange(&mut pa, &mut pb, Duration::from_secs(5));
+        let now = pb.now;
+        pb.node.join_network(now, "blue").unwrap();
+        // h2 keeps a copy of blue's definition of its own, as its agent's
+        // upkeep would: blue outlives h1 there.
+        let pb = &mut *pb;
+        pb.overlay.maintain(&mut pb.node, now);
+        exchange(&mut pa, pb, Duration::from_secs(10));
+    }
+    (da, db, a, b)
+}
+
+/// Lets time run to `until` on a host cut off from everyone: its timers
+/// fire, whatever it sends is lost.
+pub(super) fn isolate(p: &mut Parts, until: Duration) {
+    while let Some(next) = p.node.poll_timeout().filter(|t| *t <= until) {
+        p.now = p.now.max(next);
+        p.node.handle_timeout(p.now);
+        while p.node.poll_transmit().is_some() {}
+        while let Some(ev) = p.node.poll_event() {
+            p.overlay.observe(&ev);
+        }
+    }
+    p.now = p.now.max(until);
+}
+
 /// An attach of `name` on `network` in the namespace `netns`, address
 /// allocated.
 pub(super) fn attach_req(network: &str, name: &str, netns: &Path) -> Attach {

@@ -14,7 +14,8 @@ use netdb_wire as wire;
 use prost::Message;
 
 use super::desired::decode_route;
-use super::{Overlay, ROUTES_TABLE, owned_key};
+use super::names::Names;
+use super::{ENDPOINTS_TABLE, Overlay, ROUTES_TABLE, owned_key};
 
 impl Overlay {
     /// Keeps this host's copies of the definitions in step, follows
@@ -137,6 +138,8 @@ impl Overlay {
                     keys.join(" and ")
                 ));
             }
+            let names = Names::from_entries(node.entries(net, ENDPOINTS_TABLE));
+            list.extend(names.conflicts(net));
             if !list.is_empty() {
                 now.entry(net.to_string()).or_default().extend(list);
             }
@@ -165,7 +168,7 @@ mod tests {
     use bytes::Bytes;
     use netdb_dataplane::Mac;
 
-    use super::super::testing::{Temp, TestHost, attach_req, blue, exchange};
+    use super::super::testing::{Temp, TestHost, attach_req, blue, exchange, isolate, pair};
     use super::*;
 
     #[test]
@@ -191,6 +194,56 @@ mod tests {
         a.overlay.maintain(&mut a.node, a.now);
         assert!(a.overlay.take_notices().is_empty(), "reported once");
         assert_eq!(a.overlay.conflicts_seen(), seen);
+    }
+
+    #[test]
+    fn a_name_taken_on_both_sides_of_a_partition_is_reported_and_kept_by_the_same_endpoint() {
+        let nss: Vec<Temp> = (0..4).map(|i| Temp::netns(&format!("split-{i}"))).collect();
+        let (_da, _db, a, b) = pair("split", |a| {
+            a.attach(attach_req("blue", "one", &nss[0].0)).unwrap();
+        });
+        b.attach(attach_req("blue", "two", &nss[1].0)).unwrap();
+        // Apart long enough for each to declare the other failed; each then
+        // attaches "api", which neither can see the other hold.
+        for h in [&a, &b] {
+            let until = h.now() + Duration::from_secs(30);
+            isolate(&mut h.parts(), until);
+        }
+        a.attach(attach_req("blue", "api", &nss[2].0)).unwrap();
+        let alias = super::super::Attach {
+            aliases: vec!["API".into()],
+            ..attach_req("blue", "api2", &nss[3].0)
+        };
+        b.attach(alias).unwrap();
+
+        let (mut pa, mut pb) = (a.parts(), b.parts());
+        let until = pa.now.max(pb.now) + Duration::from_secs(60);
+        exchange(&mut pa, &mut pb, until);
+        let mut reports = Vec::new();
+        for p in [&mut *pa, &mut *pb] {
+            assert!(p.node.get("blue", ENDPOINTS_TABLE, "h1/api").is_some(), "healed");
+            assert!(p.node.get("blue", ENDPOINTS_TABLE, "h2/api2").is_some(), "healed");
+            p.overlay.maintain(&mut p.node, p.now);
+            let notices: Vec<String> = p
+                .overlay
+                .take_notices()
+                .into_iter()
+                .filter(|(_, t)| t.starts_with("name "))
+                .map(|(_, t)| t)
+                .collect();
+            let names = Names::from_entries(p.node.entries("blue", ENDPOINTS_TABLE));
+            let kept = names.answering("api").unwrap();
+            reports.push((notices, kept.host.clone(), kept.endpoint.clone()));
+            assert!(p.overlay.conflicts_seen() >= 1);
+        }
+        // h2 wrote last before the split, so its clock is ahead: h1's
+        // endpoint is the older and keeps the name.
+        let text = "name api of network blue is held by h1/api and h2/api2 (alias); \
+                    h1/api answers for it (the oldest)";
+        assert_eq!(reports[0], (vec![text.to_string()], "h1".into(), "api".into()));
+        assert_eq!(reports[0], reports[1], "both hosts report and resolve it alike");
+        let listed = pa.overlay.networks(&pa.node);
+        assert!(listed[0].overlay.as_ref().unwrap().conflicts.contains(&text.to_string()));
     }
 
     #[test]
