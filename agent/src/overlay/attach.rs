@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb::ipam;
-use netdb::{Node, SharedTable};
+use netdb::{Node, Scope, SharedTable};
 use netdb_dataplane::{self as dp, Kernel};
 use netdb_wire as wire;
 use prost::Message;
 use tokio::sync::Mutex;
 
 use super::desired::{kernel_endpoint, parse_mac};
+use super::names::{Names, fold};
 use super::{
     ENDPOINTS_TABLE, EndpointInfo, Error, MAX_ALIASES, MAX_ENDPOINT_NAME, Overlay, Pending,
     ROUTES_TABLE, endpoint_key, saved_network, valid_name,
@@ -230,6 +231,16 @@ impl Overlay {
                 return Err(e);
             }
         };
+        // A host that just joined holds none of the network's endpoints
+        // yet: names (and the address) are checked against the tables
+        // once a push/pull has brought them.
+        if !network_synced(node, &r.network) {
+            return Ok(Step::Wait(self.settle));
+        }
+        if let Err(e) = self.check_names_free(node, r) {
+            self.leave_if_unused(node, now, &r.network);
+            return Err(e);
+        }
         let mac = dp::Mac::from_ipv4(ip);
         let saved = SavedEndpoint {
             network: r.network.clone(),
@@ -249,6 +260,47 @@ impl Overlay {
         let reply = self.info(&saved);
         self.pending.insert(key.clone(), Pending { ip, saved });
         Ok(Step::Ready(Box::new(Ready { network, endpoint, reply, key })))
+    }
+
+    /// Refuses an attach whose name or an alias is held by an endpoint of
+    /// the network on any host (failed hosts included: they may return
+    /// with their endpoints) or by one being attached here.
+    fn check_names_free(&self, node: &Node, r: &Attach) -> Result<(), Error> {
+        let held = Names::from_entries(
+            node.raw_entries(&r.network)
+                .into_iter()
+                .filter(|(table, _, _)| *table == ENDPOINTS_TABLE)
+                .map(|(_, key, e)| (key, e)),
+        );
+        let taken =
+            |name: &str, endpoint: &str, host: &str, alias: bool, failed: bool| Error::NameTaken {
+                name: name.into(),
+                network: r.network.clone(),
+                endpoint: endpoint.into(),
+                host: host.into(),
+                alias,
+                failed,
+            };
+        for name in std::iter::once(&r.name).chain(&r.aliases) {
+            let holders = held.holders(name);
+            if let Some(h) = holders.iter().find(|h| !h.failed).or(holders.first()) {
+                return Err(taken(name, &h.endpoint, &h.host, h.alias, h.failed));
+            }
+            let folded = fold(name);
+            for ((net, _), p) in &self.pending {
+                let ep = &p.saved;
+                if *net != r.network {
+                    continue;
+                }
+                if fold(&ep.name) == folded {
+                    return Err(taken(name, &ep.name, &self.me, false, false));
+                }
+                if ep.aliases.iter().any(|a| fold(a) == folded) {
+                    return Err(taken(name, &ep.name, &self.me, true, false));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// An attach that gave up waiting for an address: undo its join.
@@ -362,6 +414,13 @@ impl Overlay {
     }
 }
 
+/// True once this host holds what the network's peers hold: it completed a
+/// push/pull of the network, or no live peer is attached to it.
+fn network_synced(node: &Node, network: &str) -> bool {
+    node.network_peers(network).is_empty()
+        || node.scope_stats(Scope::Network(network)).is_some_and(|s| s.synced)
+}
+
 fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
     if valid_name(s, MAX_ENDPOINT_NAME) {
         Ok(())
@@ -376,7 +435,9 @@ mod tests {
     use netdb_wire as wire;
     use prost::Message;
 
-    use super::super::testing::{SETTLE, Temp, attach_req, blue};
+    use std::time::Duration;
+
+    use super::super::testing::{SETTLE, Temp, attach_req, blue, exchange, isolate, pair};
     use super::super::{ENDPOINTS_TABLE, Error, Kind, ROUTES_TABLE};
 
     #[test]
@@ -436,6 +497,67 @@ mod tests {
         );
         let unknown = h.attach(attach_req("green", "x", &ns3.0)).unwrap_err();
         assert_eq!(unknown.kind(), Kind::NotFound);
+    }
+
+    #[test]
+    fn names_and_aliases_held_on_another_host_are_refused_there() {
+        let nss: Vec<Temp> = (0..5).map(|i| Temp::netns(&format!("taken-{i}"))).collect();
+        let web =
+            super::Attach { aliases: vec!["www".into()], ..attach_req("blue", "web", &nss[0].0) };
+        let (_da, _db, a, b) = pair("taken", |a| {
+            a.attach(web).unwrap();
+        });
+        // h2 stays on blue through the refusals below.
+        b.attach(attach_req("blue", "db", &nss[1].0)).unwrap();
+
+        let by_name = b.attach(attach_req("blue", "web", &nss[2].0)).unwrap_err();
+        assert_eq!(by_name.kind(), Kind::Exists);
+        assert_eq!(
+            by_name.to_string(),
+            "name web is taken on network blue by endpoint web on host h1; \
+             pick another name or detach it there"
+        );
+        let by_alias = b.attach(attach_req("blue", "WWW", &nss[2].0)).unwrap_err();
+        assert_eq!(
+            by_alias.to_string(),
+            "name WWW is taken on network blue by endpoint web (as an alias) on host h1; \
+             pick another name or detach it there"
+        );
+        let alias_on_name = b
+            .attach(super::Attach {
+                aliases: vec!["web".into()],
+                ..attach_req("blue", "x", &nss[2].0)
+            })
+            .unwrap_err();
+        assert!(alias_on_name.to_string().starts_with("name web is taken"), "{alias_on_name}");
+        // And the other way round: h1 cannot take h2's name either.
+        let mut pa = a.parts();
+        let mut pb = b.parts();
+        let until = pa.now.max(pb.now) + Duration::from_secs(5);
+        exchange(&mut pa, &mut pb, until);
+        drop((pa, pb));
+        let back = a.attach(attach_req("blue", "db", &nss[3].0)).unwrap_err();
+        assert!(back.to_string().contains("by endpoint db on host h2;"), "{back}");
+
+        // Nothing of the refused attaches is left on h2.
+        let p = b.parts();
+        assert_eq!(p.overlay.local_endpoints(), 1);
+        assert!(p.overlay.pending.is_empty());
+        assert!(p.node.get("blue", ENDPOINTS_TABLE, "h2/web").is_none());
+        drop(p);
+
+        // The same name on another network is another name.
+        a.create("green", "10.2.0.0/24").unwrap();
+        a.attach(attach_req("green", "web", &nss[4].0)).unwrap();
+
+        // A failed host's endpoints keep their names: it may return.
+        let now = b.now() + Duration::from_secs(30);
+        isolate(&mut b.parts(), now);
+        let failed = b.attach(attach_req("blue", "web", &nss[2].0)).unwrap_err();
+        assert!(
+            failed.to_string().contains("on host h1, which is failed (its names are kept"),
+            "{failed}"
+        );
     }
 
     #[test]

@@ -52,6 +52,21 @@ pub(crate) enum Error {
     NoNetns(PathBuf),
     #[error("endpoint {name} already exists on network {network} on this host")]
     EndpointExists { network: String, name: String },
+    /// The name, or one of the aliases, is held by another endpoint of the
+    /// network somewhere in the cluster.
+    #[error(
+        "name {name} is taken on network {network} by endpoint {endpoint}{alias} on host {host}{failed}; pick another name or detach it there",
+        alias = if *.alias { " (as an alias)" } else { "" },
+        failed = if *.failed { ", which is failed (its names are kept while it may return)" } else { "" }
+    )]
+    NameTaken {
+        name: String,
+        network: String,
+        endpoint: String,
+        host: String,
+        alias: bool,
+        failed: bool,
+    },
     #[error("{ifname} in {} is already endpoint {endpoint} of network {network}; use --ifname", netns.display())]
     IfnameInUse { ifname: String, netns: PathBuf, endpoint: String, network: String },
     #[error("invalid IPv4 address {0:?}")]
@@ -133,6 +148,7 @@ impl Error {
             | Error::GossipNetwork(_)
             | Error::VniTaken { .. }
             | Error::EndpointExists { .. }
+            | Error::NameTaken { .. }
             | Error::IfnameInUse { .. }
             | Error::AddressTaken { .. }
             | Error::Kernel(Dp::IfnameTaken { .. }) => Kind::Exists,
