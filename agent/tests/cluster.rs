@@ -249,6 +249,31 @@ fn three_hosts_ping_across_vxlan_and_the_kernel_follows_the_tables() {
     let ips: BTreeSet<&str> = eps.iter().map(|e| e.2.as_str()).collect();
     assert_eq!(ips.len(), 9, "duplicate addresses: {eps:?}");
 
+    // Names are the network's, not the host's: h3 cannot take h1's
+    // endpoint name, nor h2 another host's alias.
+    ok("ip", &["netns", "add", &c.ns("h3x")]);
+    let netns = format!("/run/netns/{}", c.ns("h3x"));
+    let err = c.refused(3, &["endpoint", "attach", "demo", "h1c1", "--netns", &netns]);
+    assert!(
+        err.contains(
+            "name h1c1 is taken on network demo by endpoint h1c1 on host h1; \
+             pick another name or detach it there"
+        ),
+        "{err}"
+    );
+    let err = c.refused(
+        2,
+        &["endpoint", "attach", "demo", "h2x", "--netns", &netns, "--alias", "h3c3.svc"],
+    );
+    assert!(
+        err.contains(
+            "name h3c3.svc is taken on network demo by endpoint h3c3 (as an alias) on host h3"
+        ),
+        "{err}"
+    );
+    assert!(!ok("ip", &["-n", &c.ns("h3x"), "link", "show"]).contains("eth0"));
+    assert_eq!(c.endpoints(1).len(), 9, "a refused attach published nothing");
+
     // Every container pings every other, by IP, across hosts.
     for from in &eps {
         for to in eps.iter().filter(|e| e.0 != from.0) {
