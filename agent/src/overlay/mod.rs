@@ -48,6 +48,7 @@ use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
 pub(crate) use attach::{Attach, Host, attach, detach};
 pub(crate) use error::{Error, Kind};
+pub(crate) use names::{Holder, Names};
 pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo};
 
 /// Network table of routing entries (Docker: overlay_peer_table).

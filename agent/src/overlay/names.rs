@@ -97,6 +97,11 @@ impl Names {
         self.holders(name).iter().find(|h| !h.failed)
     }
 
+    /// Every endpoint once (under its own name), failed ones included.
+    pub(crate) fn endpoints(&self) -> impl Iterator<Item = &Holder> {
+        self.by_name.values().flatten().filter(|h| !h.alias)
+    }
+
     /// Names held by more than one live endpoint, each with a sentence
     /// for the conflict report that names the holder kept.
     pub(crate) fn conflicts(&self, network: &str) -> Vec<String> {
