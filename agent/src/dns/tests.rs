@@ -1,35 +1,14 @@
 use std::collections::BTreeSet;
 
-use bytes::Bytes;
 use hickory_proto::op::{Edns, Message, MessageType, OpCode, Query, ResponseCode};
 use hickory_proto::rr::{Name, RData, RecordType};
 use netdb::Entry;
-use netdb_wire as wire;
-use prost::Message as _;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use super::{Network, Refusals, Reply, TTL, Transport, answer};
 use crate::overlay::Names;
-
-/// An `endpoints` entry of `host` at Lamport time `ltime`.
-fn ep(host: &str, ltime: u64, name: &str, ip: &str, service: &str, aliases: &[&str]) -> Entry {
-    let rec = wire::ServiceRecord {
-        name: name.into(),
-        service: service.into(),
-        aliases: aliases.iter().map(|a| a.to_string()).collect(),
-        ip: ip.into(),
-    };
-    Entry {
-        value: Bytes::from(rec.encode_to_vec()),
-        owner: host.into(),
-        incarnation: 1,
-        ltime,
-        deleted: false,
-        reap_at: None,
-        hidden: false,
-    }
-}
+use crate::overlay::record_entry as ep;
 
 fn names(entries: &[Entry]) -> Names {
     Names::from_entries(entries.iter().map(|e| ("", e)))

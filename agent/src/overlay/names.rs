@@ -131,28 +131,39 @@ pub(crate) fn fold(name: &str) -> String {
     name.to_ascii_lowercase()
 }
 
+/// An `endpoints` entry as `host` publishes it at Lamport time `ltime`.
+#[cfg(test)]
+pub(crate) fn record_entry(
+    host: &str,
+    ltime: u64,
+    name: &str,
+    ip: &str,
+    service: &str,
+    aliases: &[&str],
+) -> Entry {
+    let rec = wire::ServiceRecord {
+        name: name.into(),
+        service: service.into(),
+        aliases: aliases.iter().map(|a| a.to_string()).collect(),
+        ip: ip.into(),
+    };
+    Entry {
+        value: bytes::Bytes::from(rec.encode_to_vec()),
+        owner: host.into(),
+        incarnation: 1,
+        ltime,
+        deleted: false,
+        reap_at: None,
+        hidden: false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use bytes::Bytes;
-
     use super::*;
 
     fn entry(owner: &str, ltime: u64, name: &str, aliases: &[&str], hidden: bool) -> Entry {
-        let rec = wire::ServiceRecord {
-            name: name.into(),
-            service: String::new(),
-            aliases: aliases.iter().map(|a| a.to_string()).collect(),
-            ip: "10.1.0.2".into(),
-        };
-        Entry {
-            value: Bytes::from(rec.encode_to_vec()),
-            owner: owner.into(),
-            incarnation: 1,
-            ltime,
-            deleted: false,
-            reap_at: None,
-            hidden,
-        }
+        Entry { hidden, ..record_entry(owner, ltime, name, "10.1.0.2", "", aliases) }
     }
 
     #[test]
