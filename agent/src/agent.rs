@@ -296,6 +296,13 @@ fn start_dataplane(s: &Settings) -> anyhow::Result<Option<Arc<Mutex<Linux>>>> {
         );
         return Ok(None);
     }
+    if !netdb_dataplane::has_sys_admin() {
+        // Reconciling FDB and neighbor entries works without it, so the
+        // data plane stays on; only new endpoints cannot be wired.
+        tracing::warn!(
+            "no CAP_SYS_ADMIN: endpoint attach cannot enter container namespaces (setns) and fails; run as root or grant CAP_SYS_ADMIN beside CAP_NET_ADMIN"
+        );
+    }
     Ok(Some(Arc::new(Mutex::new(Linux::new()?))))
 }
 

@@ -529,3 +529,53 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
     let _ = watcher.kill();
     let _ = watcher.wait();
 }
+
+/// An agent that may manage devices but not enter namespaces says at start
+/// that attaches will fail, and why; a full root agent does not.
+#[test]
+fn an_agent_without_cap_sys_admin_warns_that_attach_fails() {
+    if !allowed("an_agent_without_cap_sys_admin_warns_that_attach_fails") {
+        return;
+    }
+    let dir = std::env::temp_dir().join(format!("netdb-caps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let start = |tag: &str, wrap: &[&str]| {
+        let log = dir.join(format!("{tag}.log"));
+        let api = format!("unix:{}/{tag}.sock", dir.display());
+        let data = dir.join(tag);
+        let bind = if tag == "limited" { "127.0.69.1:7946" } else { "127.0.69.2:7946" };
+        let mut args: Vec<&str> = wrap.to_vec();
+        args.push(BIN);
+        let mut child = Command::new(args[0])
+            .args(&args[1..])
+            .args(["--api", &api, "agent", "--name", tag, "--bind", bind])
+            .arg("--data-dir")
+            .arg(&data)
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("start agent");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let ready = || {
+            Command::new(BIN)
+                .args(["--api", &api, "health", "--live"])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        };
+        while !ready() {
+            assert!(Instant::now() < deadline, "agent {tag} did not answer");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        std::fs::read_to_string(&log).unwrap_or_default()
+    };
+    let limited = start("limited", &["setpriv", "--bounding-set", "-sys_admin", "--"]);
+    assert!(
+        limited.contains("no CAP_SYS_ADMIN") && limited.contains("setns"),
+        "the warning names the missing capability and why: {limited}"
+    );
+    let full = start("full", &["env"]);
+    assert!(!full.contains("no CAP_SYS_ADMIN"), "a root agent does not warn: {full}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

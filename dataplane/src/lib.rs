@@ -139,16 +139,31 @@ pub fn device_vni(name: &str) -> Option<(DeviceKind, u32)> {
     Some((kind, rest.parse().ok()?))
 }
 
-/// True when this process holds CAP_NET_ADMIN (bit 12 of CapEff), which
-/// everything in this crate needs.
+/// True when this process holds CAP_NET_ADMIN, which everything in this
+/// crate needs.
 pub fn has_net_admin() -> bool {
+    has_capability(CAP_NET_ADMIN)
+}
+
+/// True when this process holds CAP_SYS_ADMIN, which wiring an endpoint
+/// needs besides CAP_NET_ADMIN: entering the container's namespace
+/// (setns) requires it.
+pub fn has_sys_admin() -> bool {
+    has_capability(CAP_SYS_ADMIN)
+}
+
+const CAP_NET_ADMIN: u32 = 12;
+const CAP_SYS_ADMIN: u32 = 21;
+
+/// Reads the capability's bit in this process's effective set (CapEff).
+fn has_capability(bit: u32) -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
         .and_then(|s| {
             let hex = s.lines().find_map(|l| l.strip_prefix("CapEff:"))?.trim().to_string();
             u64::from_str_radix(&hex, 16).ok()
         })
-        .is_some_and(|caps| caps & (1 << 12) != 0)
+        .is_some_and(|caps| caps & (1 << bit) != 0)
 }
 
 /// The two devices of a network.
