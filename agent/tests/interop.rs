@@ -8,10 +8,11 @@ use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use prost::Message;
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_netdb");
 
@@ -78,43 +79,13 @@ impl Drop for Agents {
     }
 }
 
-/// A Python with grpcio, grpcio-reflection and protobuf, in a virtualenv
-/// kept under the target directory so that later runs reuse it. None (the
-/// caller skips) if Python, venv or PyPI are missing, except under CI.
+/// A Python with grpcio, grpcio-reflection and protobuf.
 fn python() -> Option<PathBuf> {
-    static VENV: Mutex<()> = Mutex::new(());
-    let _one_at_a_time = VENV.lock().unwrap_or_else(|e| e.into_inner());
-    let venv = Path::new(env!("CARGO_TARGET_TMPDIR")).join("grpc-python-venv");
-    let py = venv.join("bin/python");
-    let ready = venv.join("netdb-ready");
-    if ready.exists() {
-        return Some(py);
-    }
-    let _ = std::fs::remove_dir_all(&venv);
-    let steps: [(&str, Vec<&str>); 2] = [
-        ("python3", vec!["-m", "venv", venv.to_str().unwrap()]),
-        (
-            py.to_str().unwrap(),
-            vec!["-m", "pip", "install", "-q", "grpcio", "grpcio-reflection", "protobuf"],
-        ),
-    ];
-    for (cmd, args) in steps {
-        let out = Command::new(cmd).args(&args).output();
-        let failure = match out {
-            Ok(o) if o.status.success() => continue,
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        };
-        let what = format!("{cmd} {}: {failure}", args.join(" "));
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI needs python3 with venv and PyPI (.ci/run installs python3-venv): {what}"
-        );
-        eprintln!("SKIP: no Python gRPC client: {what}");
-        return None;
-    }
-    std::fs::write(&ready, "grpcio grpcio-reflection protobuf\n").unwrap();
-    Some(py)
+    support::python_with(
+        "grpc-python-venv",
+        &["grpcio", "grpcio-reflection", "protobuf"],
+        "the generic gRPC client",
+    )
 }
 
 fn run_python(py: &Path, target: &str, tag: &str, members: &str, hard: bool) -> String {

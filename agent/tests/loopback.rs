@@ -9,6 +9,8 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+mod support;
+
 const BIN: &str = env!("CARGO_BIN_EXE_netdb");
 
 struct Cluster {
@@ -844,43 +846,9 @@ fn http_get(addr: &str, path: &str) -> (String, String, String) {
     (status.to_string(), headers.to_lowercase(), body.to_string())
 }
 
-/// Python with `prometheus_client`, in a virtualenv kept under the target
-/// dir across runs. `None` (the caller prints SKIP) when python3, venv or
-/// pip are missing, except under CI, where that fails the test.
+/// Python with `prometheus_client`, whose text parser reads the scrapes.
 fn prometheus_parser() -> Option<PathBuf> {
-    let venv = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("prometheus-venv");
-    let python = venv.join("bin/python");
-    let ready = |p: &PathBuf| {
-        Command::new(p)
-            .args(["-c", "import prometheus_client"])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    };
-    if ready(&python) {
-        return Some(python);
-    }
-    let venv_dir = venv.to_string_lossy().into_owned();
-    let pip = venv.join("bin/pip").to_string_lossy().into_owned();
-    let steps = [
-        ("python3", vec!["-m", "venv", venv_dir.as_str()]),
-        (pip.as_str(), vec!["install", "-q", "prometheus_client"]),
-    ];
-    for (program, args) in &steps {
-        let out = Command::new(program).args(args).output();
-        let failed = match &out {
-            Ok(o) if o.status.success() => continue,
-            Ok(o) => String::from_utf8_lossy(&o.stderr).into_owned(),
-            Err(e) => e.to_string(),
-        };
-        let why = format!("{program} {args:?} failed: {failed}");
-        if std::env::var_os("CI").is_some() {
-            panic!("{why} (CI needs python3, python3-venv and PyPI for the metrics test)");
-        }
-        eprintln!("SKIP: no Prometheus parser: {why}");
-        return None;
-    }
-    ready(&python).then_some(python)
+    support::python_with("prometheus-venv", &["prometheus_client"], "the Prometheus parser")
 }
 
 /// The scrape parsed by `prometheus_client`'s text parser: a list of
