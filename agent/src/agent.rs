@@ -20,6 +20,7 @@ use tokio::sync::{Mutex, mpsc};
 use crate::api::Api;
 use crate::cli::AgentArgs;
 use crate::config::{self, Settings};
+use crate::dns::Dns;
 use crate::endpoint::Endpoint;
 use crate::engine::{self, Commands, Core, KernelStats};
 use crate::overlay::Overlay;
@@ -119,9 +120,15 @@ impl Agent {
         };
         let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle);
         let kernel_stats = Arc::new(KernelStats::default());
-        let mut core = Core::new(node, overlay, kernel_stats.clone(), s.key_file.clone());
+        let view = overlay.dns_view();
+        let dns = match (&s.dns, &kernel) {
+            (Some(settings), Some(_)) => Some(Dns::start(settings.clone(), view)?),
+            _ => None,
+        };
+        let mut core = Core::new(node, overlay, kernel_stats.clone(), s.key_file.clone())
+            .with_dns(dns.clone());
 
-        let (handle, commands) = engine::channel(kernel);
+        let (handle, commands) = engine::channel(kernel, dns);
         let wake = core.kernel_changes();
         tokio::spawn(reconcile::run(handle.clone(), wake, s.reconcile_interval, kernel_stats));
         if let Some(addr) = s.metrics {

@@ -424,6 +424,21 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "NETDB_CLAIM_SETTLE", value_parser = duration::parse, help_heading = "Data plane")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub claim_settle: Option<Duration>,
+    /// Upstream resolver for names outside the networks, as ADDR or
+    /// ADDR:PORT (repeatable, or comma-separated) [default: the nameservers
+    /// of /etc/resolv.conf]
+    #[arg(long, env = "NETDB_DNS_UPSTREAM", value_delimiter = ',', value_parser = crate::dns::parse_upstream, help_heading = "DNS")]
+    #[serde(default, deserialize_with = "de_upstreams")]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Queries per second each container may send to the embedded DNS
+    /// (bursts of one second's worth; 0: no limit) [default: 2000]
+    #[arg(long, env = "NETDB_DNS_RATE_LIMIT", help_heading = "DNS")]
+    pub dns_rate_limit: Option<u32>,
+    /// Do not answer names in the containers: no resolver at
+    /// 127.0.0.11:53, no resolv.conf written
+    #[arg(long, env = "NETDB_NO_DNS", help_heading = "DNS")]
+    #[serde(default)]
+    pub no_dns: bool,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off
     /// unless given), e.g. 127.0.0.1:9946.
     #[arg(long, env = "NETDB_METRICS", help_heading = "Observability")]
@@ -432,6 +447,12 @@ pub(crate) struct AgentArgs {
     /// [default: text]
     #[arg(long, env = "NETDB_LOG_FORMAT", value_enum, help_heading = "Observability")]
     pub log_format: Option<LogFormat>,
+}
+
+/// Upstream resolvers in the file, written as on the command line.
+fn de_upstreams<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<SocketAddr>, D::Error> {
+    let texts = Vec::<String>::deserialize(d)?;
+    texts.iter().map(|t| crate::dns::parse_upstream(t).map_err(serde::de::Error::custom)).collect()
 }
 
 #[cfg(test)]

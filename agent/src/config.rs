@@ -39,7 +39,12 @@ pub(crate) struct Settings {
     pub data_dir: Option<PathBuf>,
     pub reconcile_interval: Duration,
     pub claim_settle: Duration,
+    /// The embedded DNS; `None` with --no-dns or without the data plane.
+    pub dns: Option<crate::dns::Settings>,
 }
+
+/// Queries per second per container, unless --dns-rate-limit says.
+const DNS_RATE: u32 = 2000;
 
 pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/netdb";
 
@@ -118,6 +123,14 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             Err(_) => Vec::new(),
         },
     };
+    let data_dir = (!(cli.no_dataplane || file.no_dataplane))
+        .then(|| cli.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
+    let dns = (data_dir.is_some() && !(cli.no_dns || file.no_dns)).then(|| crate::dns::Settings {
+        upstreams: if cli.dns_upstream.is_empty() { file.dns_upstream } else { cli.dns_upstream },
+        rate: cli.dns_rate_limit.or(file.dns_rate_limit).unwrap_or(DNS_RATE),
+        host_file: crate::dns::HOST_FILE.into(),
+        netns_etc: crate::dns::NETNS_ETC.into(),
+    });
     Ok(Settings {
         name,
         bind,
@@ -133,14 +146,14 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         key_file,
         scheduled,
         cluster_secret_file: secret_file,
-        data_dir: (!(cli.no_dataplane || file.no_dataplane))
-            .then(|| cli.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into())),
+        data_dir,
         reconcile_interval: cli
             .reconcile_interval
             .or(file.reconcile_interval)
             .unwrap_or(Duration::from_secs(5))
             .max(Duration::from_millis(100)),
         claim_settle: cli.claim_settle.or(file.claim_settle).unwrap_or(Duration::from_secs(1)),
+        dns,
     })
 }
 

@@ -6,9 +6,6 @@ mod api;
 mod cli;
 mod client;
 mod config;
-// The answers of the embedded DNS, before the listener that will ask for
-// them: until then only its tests call it.
-#[cfg_attr(not(test), allow(dead_code))]
 mod dns;
 mod doctor;
 mod duration;

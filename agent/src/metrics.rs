@@ -310,6 +310,38 @@ fn registry(s: &Snapshot) -> Registry {
     let last: Gauge<f64, std::sync::atomic::AtomicU64> = Gauge::default();
     last.set(k.last_us as f64 / 1e6);
     r.register("kernel_last_reconcile_seconds", "Duration of the last kernel reconcile pass", last);
+    let d = &t.dns;
+    counters(
+        &mut r,
+        "dns_queries",
+        "Queries containers sent to the embedded DNS, by outcome",
+        [
+            ("answered", d.answered),
+            ("forwarded", d.forwarded),
+            ("rate_limited", d.rate_limited),
+            ("overloaded", d.overloaded),
+            ("malformed", d.malformed),
+            ("not_a_query", d.not_a_query),
+            ("questions", d.questions),
+            ("oversized", d.oversized),
+        ]
+        .into_iter()
+        .map(|(outcome, v)| (labels([("outcome", outcome)]), v))
+        .collect(),
+    );
+    counter(
+        &mut r,
+        "dns_upstream_failures",
+        "Forwarded queries no upstream resolver answered in time (SERVFAIL sent)",
+        d.upstream_failed,
+    );
+    gauge(&mut r, "dns_listeners", "Containers with an embedded DNS listener", d.listeners);
+    counter(
+        &mut r,
+        "dns_listen_errors",
+        "Container listeners that could not be opened (retried)",
+        d.listen_errors,
+    );
     r
 }
 
@@ -360,6 +392,8 @@ mod tests {
         n.member_changes[netdb::MemberChange::Failed as usize] = 1;
         s.tallies.queues = vec![("(cluster)".into(), 4)];
         s.tallies.kernel.last_us = 1500;
+        s.tallies.dns.answered = 7;
+        s.tallies.dns.listeners = 2;
         s
     }
 
@@ -382,6 +416,9 @@ mod tests {
         has(&text, "netdb_keyring_key_info{fingerprint=\"aa11\",primary=\"true\"} 1");
         has(&text, "netdb_keyring_key_info{fingerprint=\"bb22\",primary=\"false\"} 1");
         has(&text, "netdb_kernel_last_reconcile_seconds 0.0015");
+        has(&text, "netdb_dns_queries_total{outcome=\"answered\"} 7");
+        has(&text, "netdb_dns_queries_total{outcome=\"malformed\"} 0");
+        has(&text, "netdb_dns_listeners 2");
         has(&text, "# TYPE netdb_syncs_completed_total counter");
         has(&text, "# TYPE netdb_sync_duration_seconds histogram");
         for line in text.lines().filter(|l| !l.starts_with('#')) {

@@ -47,7 +47,7 @@ fn the_systemd_unit_verifies_and_is_hardened() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no exposure level in:\n{report}"));
     assert!(exposure <= 3.5, "exposure {exposure} (systemd-analyze security):\n{report}");
-    for cap in ["CAP_NET_ADMIN", "CAP_SYS_ADMIN"] {
+    for cap in ["CAP_NET_ADMIN", "CAP_SYS_ADMIN", "CAP_NET_BIND_SERVICE"] {
         assert!(UNIT.contains(cap), "the agent needs {cap}");
     }
     for dir in [unit.parent(), broken.parent()].into_iter().flatten() {

@@ -1,4 +1,18 @@
-//! The embedded DNS's answers, as a pure function: from the query bytes a
+//! The embedded DNS: every container with an endpoint here asks
+//! 127.0.0.11:53 inside its own namespace and is answered from the names
+//! of the networks it is attached to; other names go to the upstream
+//! resolvers.
+//!
+//! - `view`: the names, as the core loop publishes them.
+//! - `service`: the responder's thread; listeners and resolv.conf files
+//!   follow the containers.
+//! - `listener`: one container's sockets, and serving them.
+//! - `upstream`: forwarding.
+//! - `resolv`: the host's resolv.conf, and the containers'.
+//! - `limit`: the per-container rate limit.
+//! - `counters`: for `netdb stats` and `/metrics`.
+//!
+//! This file holds the answers, as a pure function: from the query bytes a
 //! container sent and the endpoint names of the networks it is attached
 //! to, the reply to send, or word that the query is for the upstream
 //! resolvers. No sockets or clocks here; the listener calls [`answer`].
@@ -19,6 +33,19 @@ use rand::Rng;
 use rand::seq::SliceRandom;
 
 use crate::overlay::{Holder, Names};
+
+mod counters;
+mod limit;
+mod listener;
+mod resolv;
+mod service;
+mod upstream;
+mod view;
+
+pub(crate) use counters::DnsTallies;
+pub(crate) use resolv::{HOST_FILE, NETNS_ETC, parse_upstream};
+pub(crate) use service::{Dns, Settings};
+pub(crate) use view::View;
 
 /// TTL of every answer, in seconds. A detach or a failed host reaches
 /// every host within a few seconds (three gossip rounds, or failure

@@ -14,6 +14,7 @@ use netdb_dataplane::{Desired, Kernel, Linux};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Core, Health, KeyId, KeyOp, KeyReport, Snapshot};
+use crate::dns::Dns;
 use crate::overlay::{
     self, Attach, CreateNetwork, EndpointInfo, Host, NetworkDetail, NetworkInfo, Overlay,
 };
@@ -56,10 +57,13 @@ impl Commands {
 }
 
 /// A new channel to the core; `kernel` is `None` when the data plane is
-/// off.
-pub(crate) fn channel<K: Kernel>(kernel: Option<Arc<Mutex<K>>>) -> (Handle<K>, Commands) {
+/// off; `dns` when the embedded DNS is off.
+pub(crate) fn channel<K: Kernel>(
+    kernel: Option<Arc<Mutex<K>>>,
+    dns: Option<Dns>,
+) -> (Handle<K>, Commands) {
     let (tx, rx) = mpsc::channel(256);
-    (Handle { cmds: tx, kernel }, Commands(rx))
+    (Handle { cmds: tx, kernel, dns }, Commands(rx))
 }
 
 /// A cheap, cloneable way to the core, and to the kernel (one writer at a
@@ -67,11 +71,12 @@ pub(crate) fn channel<K: Kernel>(kernel: Option<Arc<Mutex<K>>>) -> (Handle<K>, C
 pub(crate) struct Handle<K = Linux> {
     cmds: mpsc::Sender<Command>,
     kernel: Option<Arc<Mutex<K>>>,
+    dns: Option<Dns>,
 }
 
 impl<K> Clone for Handle<K> {
     fn clone(&self) -> Self {
-        Handle { cmds: self.cmds.clone(), kernel: self.kernel.clone() }
+        Handle { cmds: self.cmds.clone(), kernel: self.kernel.clone(), dns: self.dns.clone() }
     }
 }
 
@@ -133,21 +138,34 @@ impl<K: Kernel> Handle<K> {
         self.call(move |core| core.endpoints(&network, local_only)).await
     }
 
-    /// Attaches an endpoint, in a task of its own.
+    /// Attaches an endpoint, in a task of its own; the container's
+    /// resolver answers when this returns.
     pub(crate) async fn attach(&self, a: Attach) -> Result<EndpointInfo, Error> {
         let h = self.clone();
-        let task = tokio::spawn(async move { overlay::attach(&h, h.kernel.as_deref(), a).await });
+        let task = tokio::spawn(async move {
+            let info = overlay::attach(&h, h.kernel.as_deref(), a).await;
+            h.dns_settled().await;
+            info
+        });
         Ok(task.await.map_err(|_| Error::TaskFailed("attach"))??)
     }
 
-    /// Detaches an endpoint, in a task of its own.
+    /// Detaches an endpoint, in a task of its own; the container's resolver
+    /// (if this was its last endpoint) is gone when this returns.
     pub(crate) async fn detach(&self, network: String, name: String) -> Result<(), Error> {
         let h = self.clone();
-        let task =
-            tokio::spawn(
-                async move { overlay::detach(&h, h.kernel.as_deref(), network, name).await },
-            );
+        let task = tokio::spawn(async move {
+            let done = overlay::detach(&h, h.kernel.as_deref(), network, name).await;
+            h.dns_settled().await;
+            done
+        });
         Ok(task.await.map_err(|_| Error::TaskFailed("detach"))??)
+    }
+
+    async fn dns_settled(&self) {
+        if let Some(dns) = &self.dns {
+            dns.settle().await;
+        }
     }
 
     /// What the kernel must hold now; `None` once the agent is shutting

@@ -24,6 +24,7 @@ use netdb::keyring::{KeyId, Keyring};
 use netdb::{DropReason, Event, Node, Transmit};
 use netdb::{KeyOp, KeyReport};
 
+use crate::dns::Dns;
 use crate::keyfile;
 use crate::overlay::Overlay;
 use crate::watch::Watcher;
@@ -44,6 +45,8 @@ pub(crate) struct Core {
     start: Instant,
     /// The agent was given seeds to join through (a first node is not).
     seeded: bool,
+    /// The embedded DNS, for its counters; `None` when off.
+    dns: Option<Dns>,
 }
 
 impl Core {
@@ -63,9 +66,16 @@ impl Core {
             key_file,
             start: Instant::now(),
             seeded: false,
+            dns: None,
         };
         core.overlay.republish(&mut core.node, Duration::ZERO);
         core
+    }
+
+    /// Counts the embedded DNS's queries with the core's.
+    pub(crate) fn with_dns(mut self, dns: Option<Dns>) -> Core {
+        self.dns = dns;
+        self
     }
 
     /// Time since the core started: the node's clock.

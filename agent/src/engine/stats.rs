@@ -8,6 +8,7 @@ use netdb::{DropReason, MemberChange, MemberState};
 use netdb_dataplane::ReconcileReport;
 
 use super::Core;
+use crate::dns::{Dns, DnsTallies};
 
 /// The kernel reconcile loop's counters, written by its task and read by
 /// the core.
@@ -76,6 +77,7 @@ pub(crate) struct Tallies {
     /// Broadcast queue length per scope, `(cluster)` first.
     pub(crate) queues: Vec<(String, u64)>,
     pub(crate) kernel: KernelTallies,
+    pub(crate) dns: DnsTallies,
 }
 
 impl Tallies {
@@ -125,6 +127,7 @@ impl Tallies {
         for c in MemberChange::ALL {
             out.push((format!("member_changes:{}", c.as_str()), s.changes(c)));
         }
+        out.extend(self.dns.named().map(|(name, v)| (name.to_string(), v)));
         out
     }
 }
@@ -158,6 +161,7 @@ impl Core {
                 .map(|(scope, len)| (scope.to_string(), len as u64))
                 .collect(),
             kernel: self.kernel_stats.read(),
+            dns: self.dns.as_ref().map(Dns::tallies).unwrap_or_default(),
         }
     }
 

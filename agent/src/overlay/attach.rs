@@ -328,6 +328,7 @@ impl Overlay {
         tracing::info!(network = %key.0, endpoint = %key.1, ip = %p.ip, "endpoint attached");
         self.state.endpoints.push(p.saved);
         self.save(node);
+        self.publish_names(node);
         self.kernel_changed();
         Ok(())
     }
@@ -369,6 +370,7 @@ impl Overlay {
         self.leave_if_unused(node, now, network);
         tracing::info!(%network, endpoint = %name, "endpoint detached");
         self.save(node);
+        self.publish_names(node);
         self.kernel_changed();
     }
 

@@ -28,6 +28,7 @@ mod upkeep;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -42,8 +43,9 @@ use netdb::{Event, Node};
 use netdb_dataplane as dp;
 use netdb_wire as wire;
 use prost::Message;
-use tokio::sync::Notify;
+use tokio::sync::{Notify, watch};
 
+use crate::dns::View;
 use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
 pub(crate) use attach::{Attach, Host, attach, detach};
@@ -110,6 +112,8 @@ pub(crate) struct Overlay {
     dirty: bool,
     /// Wakes the kernel reconcile loop.
     kernel: Arc<Notify>,
+    /// The names the embedded DNS answers from.
+    dns: watch::Sender<Arc<View>>,
 }
 
 impl Overlay {
@@ -139,6 +143,7 @@ impl Overlay {
             notices: Vec::new(),
             dirty: true,
             kernel: Arc::new(Notify::new()),
+            dns: watch::Sender::new(Arc::default()),
         }
     }
 
@@ -169,6 +174,30 @@ impl Overlay {
 
     fn kernel_changed(&self) {
         self.kernel.notify_one();
+    }
+
+    /// The names the embedded DNS answers from, as they change.
+    pub(crate) fn dns_view(&self) -> watch::Receiver<Arc<View>> {
+        self.dns.subscribe()
+    }
+
+    /// Reads the names of every joined network and publishes them, with
+    /// this host's containers, to the embedded DNS; returns them.
+    fn publish_names(&mut self, node: &Node) -> BTreeMap<String, Arc<Names>> {
+        let names: BTreeMap<String, Arc<Names>> = node
+            .networks()
+            .into_iter()
+            .map(|net| {
+                let entries = node.entries(net, ENDPOINTS_TABLE);
+                (net.to_string(), Arc::new(Names::from_entries(entries)))
+            })
+            .collect();
+        let mut containers: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
+        for ep in &self.state.endpoints {
+            containers.entry(ep.netns.clone()).or_default().push(ep.network.clone());
+        }
+        self.dns.send_replace(Arc::new(View::new(containers, names.clone())));
+        names
     }
 
     /// After a restart: the saved definitions, claims and endpoints go out

@@ -4,6 +4,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use netdb::Node;
@@ -15,7 +16,7 @@ use prost::Message;
 
 use super::desired::decode_route;
 use super::names::Names;
-use super::{ENDPOINTS_TABLE, Overlay, ROUTES_TABLE, owned_key};
+use super::{Overlay, ROUTES_TABLE, owned_key};
 
 impl Overlay {
     /// Keeps this host's copies of the definitions in step, follows
@@ -59,7 +60,8 @@ impl Overlay {
             }
         }
         self.drop_stale_claims(node, now, &resolved);
-        self.find_conflicts(node, &resolved);
+        let names = self.publish_names(node);
+        self.find_conflicts(node, &resolved, &names);
         self.kernel_changed();
     }
 
@@ -106,7 +108,12 @@ impl Overlay {
         }
     }
 
-    fn find_conflicts(&mut self, node: &Node, resolved: &Resolved) {
+    fn find_conflicts(
+        &mut self,
+        node: &Node,
+        resolved: &Resolved,
+        names: &BTreeMap<String, Arc<Names>>,
+    ) {
         let mut now: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (net, text) in &resolved.conflicts {
             now.entry(net.clone()).or_default().push(text.clone());
@@ -138,8 +145,9 @@ impl Overlay {
                     keys.join(" and ")
                 ));
             }
-            let names = Names::from_entries(node.entries(net, ENDPOINTS_TABLE));
-            list.extend(names.conflicts(net));
+            if let Some(names) = names.get(net) {
+                list.extend(names.conflicts(net));
+            }
             if !list.is_empty() {
                 now.entry(net.to_string()).or_default().extend(list);
             }
@@ -168,6 +176,7 @@ mod tests {
     use bytes::Bytes;
     use netdb_dataplane::Mac;
 
+    use super::super::ENDPOINTS_TABLE;
     use super::super::testing::{Temp, TestHost, attach_req, blue, exchange, isolate, pair};
     use super::*;
 
