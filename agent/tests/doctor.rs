@@ -153,6 +153,7 @@ fn json_output_is_one_object_per_check() {
         "gossip udp",
         "gossip tcp",
         "underlay mtu",
+        "dns",
         "clock skew",
     ] {
         assert!(names.contains(&expected), "{expected} missing: {names:?}");

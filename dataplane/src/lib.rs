@@ -152,6 +152,13 @@ pub fn has_sys_admin() -> bool {
     has_capability(CAP_SYS_ADMIN)
 }
 
+/// True when this process holds CAP_NET_BIND_SERVICE, which the embedded
+/// DNS needs to listen on port 53 in the containers' namespaces.
+pub fn has_net_bind_service() -> bool {
+    has_capability(CAP_NET_BIND_SERVICE)
+}
+
+const CAP_NET_BIND_SERVICE: u32 = 10;
 const CAP_NET_ADMIN: u32 = 12;
 const CAP_SYS_ADMIN: u32 = 21;
 

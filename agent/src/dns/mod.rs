@@ -43,7 +43,7 @@ mod upstream;
 mod view;
 
 pub(crate) use counters::DnsTallies;
-pub(crate) use resolv::{HOST_FILE, NETNS_ETC, parse_upstream};
+pub(crate) use resolv::{HOST_FILE, HostResolv, NETNS_ETC, parse_upstream};
 pub(crate) use service::{Dns, Settings};
 pub(crate) use view::View;
 

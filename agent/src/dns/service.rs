@@ -53,6 +53,11 @@ impl Dns {
         } else {
             tracing::info!(?upstreams, rate_limit = s.rate, "embedded DNS on");
         }
+        if !netdb_dataplane::has_net_bind_service() {
+            tracing::warn!(
+                "no CAP_NET_BIND_SERVICE: the containers' resolver cannot listen at 127.0.0.11:53 and names do not resolve (run as root, grant it beside CAP_NET_ADMIN, or pass --no-dns)"
+            );
+        }
         let counters = Arc::new(Counters::default());
         let (tx, rx) = mpsc::channel(16);
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;

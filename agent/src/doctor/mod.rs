@@ -4,6 +4,7 @@
 //! changes nothing on the host: kernel features are tried in a throwaway
 //! network namespace, ports are bound for an instant, files only read.
 
+mod dns;
 mod files;
 mod ports;
 mod skew;
@@ -105,6 +106,7 @@ pub(crate) async fn run(
                 "vxlan port",
                 "underlay mtu",
                 "data dir",
+                "dns",
                 "clock skew",
                 "seeds",
             ];
@@ -144,6 +146,7 @@ async fn on_settings(
     out.push(underlay::mtu(s, dataplane, agent).await);
     out.extend(files::secrets(s));
     out.push(files::data_dir(s));
+    out.push(dns::check(s));
     out.push(skew::check(s, agent).await);
     out.push(underlay::seeds(s).await);
     out
