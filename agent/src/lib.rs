@@ -1,6 +1,6 @@
 //! The agent (`netdb agent`) and its command-line client, as a library so
-//! that the `netdb` binary is one call to [`run_cli`] and other crates
-//! (fuzz targets) can reach the pure parts.
+//! that the `netdb` binary is one call to [`run_cli`] and fuzz targets can
+//! reach the pure parts (behind the `fuzzing` feature).
 
 mod accept;
 mod agent;
@@ -9,13 +9,15 @@ mod cli;
 mod client;
 mod config;
 // The answers of the embedded DNS, before the listener that will ask for
-// them: until then only its tests call it.
+// them: until then only its tests and the fuzzing entry call it.
 #[cfg_attr(not(test), allow(dead_code))]
 mod dns;
 mod doctor;
 mod duration;
 mod endpoint;
 mod engine;
+#[cfg(feature = "fuzzing")]
+pub mod fuzzing;
 mod keyfile;
 mod keys;
 mod logging;
