@@ -55,10 +55,10 @@ pub(crate) use view::View;
 pub(crate) const TTL: u32 = 2;
 
 /// Largest UDP message without EDNS (RFC 1035).
-const UDP_LIMIT: usize = 512;
+pub(crate) const UDP_LIMIT: usize = 512;
 
 /// Largest UDP payload we announce and accept with EDNS.
-const EDNS_LIMIT: u16 = 4096;
+pub(crate) const EDNS_LIMIT: u16 = 4096;
 
 /// How the query came: UDP replies are bounded in size, TCP ones are not.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -267,5 +267,7 @@ fn ptr(networks: &[Network<'_>], name: &Name) -> Option<Name> {
     })
 }
 
+#[cfg(any(test, feature = "fuzzing"))]
+pub(crate) mod sample;
 #[cfg(test)]
 mod tests;

@@ -6,28 +6,10 @@ use netdb::Entry;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
+use super::sample::{blue, green, names};
 use super::{Network, Refusals, Reply, TTL, Transport, answer};
 use crate::overlay::Names;
 use crate::overlay::record_entry as ep;
-
-fn names(entries: &[Entry]) -> Names {
-    Names::from_entries(entries.iter().map(|e| ("", e)))
-}
-
-/// Network blue: web (alias www) on h1, db on h2, three endpoints of
-/// service api, and old, whose host h3 is failed.
-fn blue() -> Names {
-    let mut old = ep("h3", 1, "old", "10.1.0.9", "", &[]);
-    old.hidden = true;
-    names(&[
-        ep("h1", 5, "web", "10.1.0.2", "", &["www"]),
-        ep("h2", 6, "db", "10.1.0.3", "", &[]),
-        ep("h1", 7, "api1", "10.1.0.11", "api", &[]),
-        ep("h2", 8, "api2", "10.1.0.12", "api", &[]),
-        ep("h3", 9, "api3", "10.1.0.13", "api", &[]),
-        old,
-    ])
-}
 
 fn query(name: &str, t: RecordType) -> Vec<u8> {
     let mut m = Message::query();
@@ -44,8 +26,12 @@ struct Asker {
 
 impl Asker {
     fn new() -> Asker {
-        let green = names(&[ep("h2", 3, "web", "10.2.0.7", "", &[])]);
-        Asker { blue: blue(), green, refused: Refusals::default(), rng: StdRng::seed_from_u64(7) }
+        Asker {
+            blue: blue(),
+            green: green(),
+            refused: Refusals::default(),
+            rng: StdRng::seed_from_u64(7),
+        }
     }
 
     /// What a container on blue only gets for `bytes`.

@@ -50,7 +50,7 @@ use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
 pub(crate) use attach::{Attach, Host, attach, detach};
 pub(crate) use error::{Error, Kind};
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use names::record_entry;
 pub(crate) use names::{Holder, Names};
 pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo};

@@ -132,7 +132,7 @@ pub(crate) fn fold(name: &str) -> String {
 }
 
 /// An `endpoints` entry as `host` publishes it at Lamport time `ltime`.
-#[cfg(test)]
+#[cfg(any(test, feature = "fuzzing"))]
 pub(crate) fn record_entry(
     host: &str,
     ltime: u64,
