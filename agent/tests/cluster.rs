@@ -4,7 +4,7 @@
 //! tests say so and pass, except under CI (`CI` set), where they fail.
 
 use std::collections::BTreeSet;
-use std::process::{Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -44,18 +44,28 @@ type Ep = (String, String, String, String);
 /// Kernel entries as (MAC, destination) or (IP, MAC) pairs.
 type Pairs = BTreeSet<(String, String)>;
 
+/// Every test's agents get these flags; a test may add its own.
+const AGENT_ARGS: &str = "--reconcile-interval 1s --log info,netdb=debug";
+
 struct Cluster {
     prefix: String,
     dir: String,
     underlay: String,
+    agent_args: String,
 }
 
 impl Cluster {
     fn up(prefix: &str, underlay: &str, args: &[&str]) -> Cluster {
+        Cluster::up_with(prefix, underlay, args, &[])
+    }
+
+    /// A cluster whose agents (restarts included) also get `agent_args`.
+    fn up_with(prefix: &str, underlay: &str, args: &[&str], agent_args: &[&str]) -> Cluster {
         let c = Cluster {
             prefix: prefix.into(),
             dir: format!("/tmp/netdb-test-{prefix}-{}", std::process::id()),
             underlay: underlay.into(),
+            agent_args: [&[AGENT_ARGS], agent_args].concat().join(" "),
         };
         c.script(&["down"]);
         let o = c.script(&[&["up"], args].concat());
@@ -71,7 +81,7 @@ impl Cluster {
             .env("NETDB_CLUSTER_PREFIX", &self.prefix)
             .env("NETDB_CLUSTER_DIR", &self.dir)
             .env("NETDB_CLUSTER_UNDERLAY", &self.underlay)
-            .env("NETDB_CLUSTER_AGENT_ARGS", "--reconcile-interval 1s --log info,netdb=debug")
+            .env("NETDB_CLUSTER_AGENT_ARGS", &self.agent_args)
             .output()
             .expect("run scripts/cluster")
     }
@@ -172,6 +182,88 @@ impl Cluster {
         self.fdb(h, vni) == fdb && self.neigh(h, vni) == neigh
     }
 
+    /// Cuts host `h` off the underlay (a partition), or puts it back.
+    fn underlay_link(&self, h: usize, up: bool) {
+        let state = if up { "up" } else { "down" };
+        ok("ip", &["-n", &self.ns(&format!("h{h}")), "link", "set", "eth0", state]);
+    }
+
+    /// Adds the container namespace `name` and attaches it on host `h`;
+    /// its address.
+    fn attach(&self, h: usize, network: &str, name: &str, extra: &[&str]) -> String {
+        ok("ip", &["netns", "add", &self.ns(name)]);
+        let netns = format!("/run/netns/{}", self.ns(name));
+        let args = [&["endpoint", "attach", network, name, "--netns", &netns], extra].concat();
+        self.json(h, &args)["ip"].as_str().expect("attach lists the address").to_string()
+    }
+
+    /// The resolver configuration `ip netns exec` gives a container.
+    fn resolv_conf(&self, container: &str) -> std::path::PathBuf {
+        format!("/etc/netns/{}/resolv.conf", self.ns(container)).into()
+    }
+
+    /// `getent DB KEY` in a container: the first two columns of each line,
+    /// or `None` when the key is not found.
+    fn getent(&self, container: &str, db: &str, key: &str) -> Option<Vec<(String, String)>> {
+        let o = run("ip", &["netns", "exec", &self.ns(container), "getent", db, key]);
+        match o.status.code() {
+            Some(0) => Some(
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .filter_map(|l| {
+                        let mut w = l.split_whitespace().map(String::from);
+                        Some((w.next()?, w.next().unwrap_or_default()))
+                    })
+                    .collect(),
+            ),
+            Some(2) => None,
+            _ => panic!("getent {db} {key} in {container}: {}", text(&o)),
+        }
+    }
+
+    /// The addresses a container's resolver gives for `name`, in order.
+    fn resolve(&self, container: &str, name: &str) -> Option<Vec<String>> {
+        Some(self.getent(container, "hosts", name)?.into_iter().map(|(ip, _)| ip).collect())
+    }
+
+    /// Every IPv4 address of `name` (getaddrinfo), once each.
+    fn resolve_all(&self, container: &str, name: &str) -> Option<BTreeSet<String>> {
+        Some(self.getent(container, "ahostsv4", name)?.into_iter().map(|(ip, _)| ip).collect())
+    }
+
+    /// The name a container's resolver gives for an address (PTR).
+    fn name_of(&self, container: &str, ip: &str) -> Option<String> {
+        self.getent(container, "hosts", ip)?.into_iter().next().map(|(_, name)| name)
+    }
+
+    /// Starts the stand-in upstream resolver in host `h`'s namespace, on
+    /// 127.0.0.1:5300; it stops when dropped.
+    fn stub_resolver(&self, h: usize) -> StubResolver {
+        let log = format!("{}/stub-h{h}.log", self.dir);
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns(&format!("h{h}")), "python3", "-c", STUB_RESOLVER])
+            .args(["5300", &log])
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start python3");
+        let mut stub = StubResolver(child);
+        until(&format!("the stub resolver in h{h} to listen"), Duration::from_secs(10), || {
+            if let Some(status) = stub.0.try_wait().unwrap() {
+                panic!("the stub resolver exited: {status}");
+            }
+            self.forwarded(h).is_some()
+        });
+        stub
+    }
+
+    /// The names the stub resolver of host `h` was asked, once it listens.
+    fn forwarded(&self, h: usize) -> Option<Vec<String>> {
+        let log = std::fs::read_to_string(format!("{}/stub-h{h}.log", self.dir)).ok()?;
+        let mut lines = log.lines().map(String::from);
+        lines.next().filter(|l| l == "ready")?;
+        Some(lines.collect())
+    }
+
     fn kill(&self, h: usize) {
         let pid = std::fs::read_to_string(format!("{}/h{h}.pid", self.dir)).unwrap();
         ok("kill", &["-9", pid.trim()]);
@@ -200,6 +292,42 @@ impl Drop for Cluster {
             eprintln!("{}", self.logs());
         }
         self.script(&["down"]);
+    }
+}
+
+/// A stand-in upstream resolver (UDP, `python3 -c CODE PORT LOG`): A
+/// 192.0.2.53 for `upstream.example`, an empty NOERROR for its other types,
+/// NXDOMAIN for anything else. It logs "ready" once bound, then each name
+/// it is asked.
+const STUB_RESOLVER: &str = r#"
+import socket, struct, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+log = open(sys.argv[2], "a", buffering=1)
+log.write("ready\n")
+while True:
+    q, peer = s.recvfrom(4096)
+    i, labels = 12, []
+    while i < len(q) and q[i]:
+        labels.append(q[i + 1 : i + 1 + q[i]].decode(errors="replace"))
+        i += 1 + q[i]
+    if len(q) < i + 5:
+        continue
+    name = ".".join(labels).lower()
+    log.write(name + "\n")
+    hit, a = name == "upstream.example", b""
+    if hit and q[i + 1 : i + 3] == b"\0\1":
+        a = b"\xc0\x0c\0\1\0\1\0\0\0\x3c\0\4" + bytes([192, 0, 2, 53])
+    head = struct.pack(">HHHHH", 0x8180 | (0 if hit else 3), 1, len(a) > 0, 0, 0)
+    s.sendto(q[:2] + head + q[12 : i + 5] + a, peer)
+"#;
+
+struct StubResolver(Child);
+
+impl Drop for StubResolver {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
 
@@ -481,7 +609,7 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
     // conflict is reported on both hosts (log, counter, network ls, watch).
     let conflicts = |h: usize| c.json(h, &["stats"])["conflicts_detected"].as_u64().unwrap();
     let conflicts_before = [conflicts(1), conflicts(2)];
-    ok("ip", &["-n", &c.ns("h2"), "link", "set", "eth0", "down"]);
+    c.underlay_link(2, false);
     until("h1 to see h2 failed", Duration::from_secs(20), || {
         c.json(1, &["members"])
             .as_array()
@@ -504,7 +632,7 @@ fn bad_attaches_are_refused_cleanly_and_partition_conflicts_are_reported() {
         2,
         &["endpoint", "attach", "demo", "y2", "--netns", &netns("y2"), "--ip", "10.30.0.200"],
     );
-    ok("ip", &["-n", &c.ns("h2"), "link", "set", "eth0", "up"]);
+    c.underlay_link(2, true);
     let listed = |h: usize| {
         let nets = c.json(h, &["network", "ls"]);
         nets.as_array().unwrap().iter().find(|n| n["name"] == "demo").unwrap()["conflicts"]
@@ -578,4 +706,141 @@ fn an_agent_without_cap_sys_admin_warns_that_attach_fails() {
     let full = start("full", &["env"]);
     assert!(!full.contains("no CAP_SYS_ADMIN"), "a root agent does not warn: {full}");
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// The embedded DNS, seen from containers through glibc (`getent`, `ping`)
+/// as a program would: table names, aliases, services and PTR answered
+/// from the networks the asking container is on, the rest forwarded
+/// upstream, and names following their endpoints through a detach, a
+/// killed agent, its restart and a partition.
+#[test]
+fn containers_resolve_names_through_the_embedded_dns_across_failures() {
+    if !allowed("containers_resolve_names_through_the_embedded_dns_across_failures") {
+        return;
+    }
+    // The agents forward to 127.0.0.1:5300 of their host namespace, where
+    // the test runs a stub resolver (on every host, so that forwarded
+    // names fail fast everywhere). No rate limit: the waits below ask often.
+    let c = Cluster::up_with(
+        "ndt3",
+        "10.204.0",
+        &["--hosts", "3", "--containers", "1"],
+        &["--dns-upstream", "127.0.0.1:5300", "--dns-rate-limit", "0"],
+    );
+    let _stubs: Vec<StubResolver> = (1..=3).map(|h| c.stub_resolver(h)).collect();
+    for h in 1..=3 {
+        let name = format!("web{h}");
+        let alias: &[&str] = if h == 3 { &["--alias", "cache"] } else { &[] };
+        c.attach(h, "demo", &name, &[&["--service", "web"], alias].concat());
+    }
+    let eps = all_endpoints_everywhere(&c, 6);
+    let ip = |name: &str| eps.iter().find(|e| e.0 == name).unwrap().2.clone();
+    for e in &eps {
+        let conf = std::fs::read_to_string(c.resolv_conf(&e.0)).unwrap_or_default();
+        assert!(conf.contains("nameserver 127.0.0.11"), "{}'s resolv.conf: {conf:?}", e.0);
+    }
+
+    // A container on host 3, by name, from host 1.
+    let took = until("h1c1 to resolve h3c1", Duration::from_secs(20), || {
+        c.resolve("h1c1", "h3c1") == Some(vec![ip("h3c1")])
+    });
+    eprintln!("h3c1 resolved from h1c1 {took:?} after every host listed it");
+    until("h1c1 to ping h3c1 by name", Duration::from_secs(10), || c.ping("h1c1", "h3c1"));
+    assert_eq!(c.resolve("h1c1", "h3c1.demo"), Some(vec![ip("h3c1")]), "NAME.NETWORK");
+    assert_eq!(c.resolve("h1c1", "cache"), Some(vec![ip("web3")]), "an alias");
+    let web: BTreeSet<String> = ["web1", "web2", "web3"].map(ip).into();
+    assert_eq!(c.resolve_all("h1c1", "web"), Some(web.clone()), "service web");
+    assert_eq!(c.resolve_all("h1c1", "tasks.web"), Some(web.clone()), "tasks.web");
+    // Random order: in 30 answers, more than one address comes first.
+    let firsts: BTreeSet<String> =
+        (0..30).filter_map(|_| c.resolve("h1c1", "web")?.into_iter().next()).collect();
+    assert!(firsts.len() > 1, "web's addresses always in one order: {firsts:?}");
+    assert_eq!(c.name_of("h1c1", &ip("h3c1")).as_deref(), Some("h3c1.demo"), "PTR");
+    assert_eq!(c.name_of("h1c1", &ip("web2")).as_deref(), Some("web2.demo"), "PTR");
+    // All of that came from the tables, none from upstream.
+    let asked = c.forwarded(1).unwrap();
+    for name in ["h3c1", "h3c1.demo", "cache", "web", "tasks.web"] {
+        assert!(!asked.iter().any(|q| q == name), "{name} was forwarded upstream: {asked:?}");
+    }
+
+    // Names are network-scoped: o2 (on network other only) answers to o1,
+    // on the same host as h1c1 and on other, not to h1c1.
+    let o = c.cli(1, &["network", "create", "other", "--subnet", "10.11.0.0/24"]);
+    assert!(o.status.success(), "network create: {}", text(&o));
+    until("h2 to learn network other", Duration::from_secs(10), || {
+        c.json(2, &["network", "ls"]).as_array().unwrap().iter().any(|n| n["name"] == "other")
+    });
+    let o2 = c.attach(2, "other", "o2", &[]);
+    c.attach(1, "other", "o1", &[]);
+    let took = until("o1 to resolve o2", Duration::from_secs(20), || {
+        c.resolve("o1", "o2") == Some(vec![o2.clone()])
+    });
+    eprintln!("o2 resolved from o1 {took:?} after its attach returned");
+    assert_eq!(c.resolve("h1c1", "o2"), None, "h1c1 is not on network other");
+    assert_eq!(c.resolve("h1c1", "o2.other"), None, "h1c1 is not on network other");
+    assert_eq!(c.resolve("o1", "h3c1"), None, "o1 is not on network demo");
+
+    // Other names go upstream, and its NXDOMAIN comes back at once (not
+    // after glibc's 5 s timeout).
+    assert_eq!(c.resolve("h1c1", "upstream.example"), Some(vec!["192.0.2.53".to_string()]));
+    let start = Instant::now();
+    assert_eq!(c.resolve("h1c1", "nosuch.example"), None, "a name nobody knows");
+    let took = start.elapsed();
+    eprintln!("NXDOMAIN through the agent in {took:?}");
+    assert!(took < Duration::from_secs(3), "NXDOMAIN took {took:?}");
+    let asked = c.forwarded(1).unwrap();
+    for name in ["upstream.example", "nosuch.example"] {
+        assert!(asked.iter().any(|q| q == name), "{name} not forwarded upstream: {asked:?}");
+    }
+
+    // A detach: the name and its alias go, the service shrinks, and the
+    // container's resolver configuration is removed.
+    assert!(c.resolv_conf("web3").exists());
+    let o = c.cli(3, &["endpoint", "detach", "demo", "web3"]);
+    assert!(o.status.success(), "detach: {}", text(&o));
+    assert!(!c.resolv_conf("web3").exists(), "detach left web3's resolv.conf");
+    let two: BTreeSet<String> = ["web1", "web2"].map(ip).into();
+    let took = until("web3 gone from h1c1's answers", Duration::from_secs(15), || {
+        c.resolve("h1c1", "web3").is_none()
+            && c.resolve("h1c1", "cache").is_none()
+            && c.resolve_all("h1c1", "web") == Some(two.clone())
+    });
+    eprintln!("a detached name stopped resolving on another host in {took:?}");
+
+    // A name another host holds is refused, and the refused attach leaves
+    // no resolver configuration behind.
+    ok("ip", &["netns", "add", &c.ns("x3")]);
+    let netns = format!("/run/netns/{}", c.ns("x3"));
+    let err = c.refused(3, &["endpoint", "attach", "demo", "h1c1", "--netns", &netns]);
+    assert!(err.contains("is taken on network"), "{err}");
+    assert!(!c.resolv_conf("x3").exists(), "a refused attach wrote x3's resolv.conf");
+
+    // A killed agent: its container's name is no longer answered once the
+    // host is found failed (h2c1's still is), and again after the restart.
+    c.kill(3);
+    let took = until("h3c1 no longer answered on h1", Duration::from_secs(20), || {
+        c.resolve("h1c1", "h3c1").is_none() && c.resolve("h1c1", "h2c1") == Some(vec![ip("h2c1")])
+    });
+    eprintln!("a killed host's name stopped resolving in {took:?}");
+    c.start(3);
+    let took = until("h3c1 answered on h1 after h3's restart", Duration::from_secs(30), || {
+        c.resolve("h1c1", "h3c1") == Some(vec![ip("h3c1")])
+    });
+    eprintln!("a restarted host's name resolved again in {took:?}");
+
+    // A partition: h1 stops answering h2's name, and after the heal every
+    // host's container resolves every container.
+    c.underlay_link(2, false);
+    let took = until("h2c1 no longer answered on h1", Duration::from_secs(20), || {
+        c.resolve("h1c1", "h2c1").is_none() && c.resolve("h1c1", "h3c1") == Some(vec![ip("h3c1")])
+    });
+    eprintln!("a partitioned host's name stopped resolving in {took:?}");
+    c.underlay_link(2, true);
+    let containers = ["h1c1", "h2c1", "h3c1"];
+    let took = until("every container to resolve every container", Duration::from_secs(30), || {
+        containers
+            .iter()
+            .all(|from| containers.iter().all(|to| c.resolve(from, to) == Some(vec![ip(to)])))
+    });
+    eprintln!("after the heal, every host resolved every name in {took:?}");
 }
