@@ -740,16 +740,18 @@ fn containers_resolve_names_through_the_embedded_dns_across_failures() {
         assert!(conf.contains("nameserver 127.0.0.11"), "{}'s resolv.conf: {conf:?}", e.0);
     }
 
-    // A container on host 3, by name, from host 1.
-    let took = until("h1c1 to resolve h3c1", Duration::from_secs(20), || {
+    // A container on host 3, by name, from host 1. The names the DNS
+    // answers from are read at most every 100 ms after a change, so the
+    // last attach may take that long beyond `endpoint ls`.
+    let web: BTreeSet<String> = ["web1", "web2", "web3"].map(ip).into();
+    let took = until("h1c1 to resolve h3c1, alias cache and web", Duration::from_secs(20), || {
         c.resolve("h1c1", "h3c1") == Some(vec![ip("h3c1")])
+            && c.resolve("h1c1", "cache") == Some(vec![ip("web3")])
+            && c.resolve_all("h1c1", "web") == Some(web.clone())
     });
-    eprintln!("h3c1 resolved from h1c1 {took:?} after every host listed it");
+    eprintln!("every name resolved from h1c1 {took:?} after every host listed it");
     until("h1c1 to ping h3c1 by name", Duration::from_secs(10), || c.ping("h1c1", "h3c1"));
     assert_eq!(c.resolve("h1c1", "h3c1.demo"), Some(vec![ip("h3c1")]), "NAME.NETWORK");
-    assert_eq!(c.resolve("h1c1", "cache"), Some(vec![ip("web3")]), "an alias");
-    let web: BTreeSet<String> = ["web1", "web2", "web3"].map(ip).into();
-    assert_eq!(c.resolve_all("h1c1", "web"), Some(web.clone()), "service web");
     assert_eq!(c.resolve_all("h1c1", "tasks.web"), Some(web.clone()), "tasks.web");
     // Random order: in 30 answers, more than one address comes first.
     let firsts: BTreeSet<String> =
