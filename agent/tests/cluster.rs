@@ -332,8 +332,13 @@ impl Drop for StubResolver {
 }
 
 fn all_endpoints_everywhere(c: &Cluster, n: usize) -> Vec<Ep> {
+    all_endpoints_everywhere_of(c, 3, n)
+}
+
+/// Waits until each of `hosts` hosts lists `n` endpoints; host 1's list.
+fn all_endpoints_everywhere_of(c: &Cluster, hosts: usize, n: usize) -> Vec<Ep> {
     until(&format!("every host to list {n} endpoints"), Duration::from_secs(20), || {
-        (1..=3).all(|h| c.endpoints(h).len() == n)
+        (1..=hosts).all(|h| c.endpoints(h).len() == n)
     });
     c.endpoints(1)
 }
@@ -845,4 +850,145 @@ fn containers_resolve_names_through_the_embedded_dns_across_failures() {
             .all(|from| containers.iter().all(|to| c.resolve(from, to) == Some(vec![ip(to)])))
     });
     eprintln!("after the heal, every host resolved every name in {took:?}");
+}
+
+/// Raw DNS from inside a container, as a hostile or broken client sends
+/// it. `flood NAME SECONDS`: A queries as fast as UDP goes; `bad`: one of
+/// each malformed kind, then good queries over UDP and TCP. Prints JSON.
+const PROBE: &str = r#"
+import json, socket, struct, sys, time
+DNS = ("127.0.0.11", 53)
+def question(name):
+    return b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\0" + struct.pack(">HH", 1, 1)
+def query(name, qid, flags=0x0100, questions=1, additional=b"", arcount=0):
+    return struct.pack(">HHHHHH", qid, flags, questions, 0, 0, arcount) + question(name) * questions + additional
+def summary(r):
+    return None if r is None else {"id": struct.unpack(">H", r[:2])[0], "rcode": r[3] & 15, "answers": struct.unpack(">H", r[6:8])[0]}
+def ask(data):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(1.0)
+    s.sendto(data, DNS)
+    try:
+        return summary(s.recv(65535))
+    except socket.timeout:
+        return None
+def ask_tcp(data):
+    s = socket.create_connection(DNS, timeout=2)
+    s.sendall(struct.pack(">H", len(data)) + data)
+    n = struct.unpack(">H", s.recv(2))[0]
+    r = b""
+    while len(r) < n:
+        r += s.recv(n - len(r))
+    return summary(r)
+if sys.argv[1] == "flood":
+    name, until = sys.argv[2], time.time() + float(sys.argv[3])
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setblocking(False)
+    sent = answered = 0
+    while time.time() < until:
+        try:
+            s.sendto(query(name, sent & 0xFFFF), DNS)
+            sent += 1
+        except BlockingIOError:
+            pass
+        while True:
+            try:
+                s.recv(4096)
+                answered += 1
+            except BlockingIOError:
+                break
+    time.sleep(0.5)
+    while True:
+        try:
+            s.recv(4096)
+            answered += 1
+        except BlockingIOError:
+            break
+    print(json.dumps({"sent": sent, "answered": answered}))
+else:
+    txt = b"\xc0\x0c" + struct.pack(">HHIH", 16, 1, 0, 200) + bytes([199]) + b"x" * 199
+    print(json.dumps({
+        "one_byte": ask(b"\x01"),
+        "garbage": ask(b"\x12\x34\xff\xff\xff"),
+        "a_response": ask(query("h2c1", 7, flags=0x8100)),
+        "two_questions": ask(query("h2c1", 8, questions=2)),
+        "oversized": ask(query("h2c1", 9, additional=txt * 3, arcount=3)),
+        "udp": ask(query("h2c1", 10)),
+        "tcp": ask_tcp(query("h2c1", 11)),
+    }))
+"#;
+
+#[test]
+fn a_flooding_or_broken_client_is_limited_and_refused_without_hurting_its_neighbours() {
+    if !allowed("a_flooding_or_broken_client_is_limited_and_refused_without_hurting_its_neighbours")
+    {
+        return;
+    }
+    let c = Cluster::up_with(
+        "ndt4",
+        "10.206.0",
+        &["--hosts", "2", "--containers", "2"],
+        &["--dns-rate-limit", "100", "--dns-upstream", "127.0.0.1:5300"],
+    );
+    all_endpoints_everywhere_of(&c, 2, 4);
+    until("h1c2 to resolve h2c1", Duration::from_secs(20), || c.resolve("h1c2", "h2c1").is_some());
+    let probe = |args: &[&str]| -> Value {
+        let ns = c.ns("h1c1");
+        let out = ok("ip", &[&["netns", "exec", &ns, "python3", "-c", PROBE], args].concat());
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("probe output {out:?}: {e}"))
+    };
+
+    // h1c1 floods for 3 s while its neighbour h1c2, on the same agent,
+    // keeps resolving.
+    let flood = std::thread::scope(|s| {
+        let flood = s.spawn(|| probe(&["flood", "h1c2", "3"]));
+        std::thread::sleep(Duration::from_millis(500));
+        for _ in 0..10 {
+            assert!(c.resolve("h1c2", "h2c1").is_some(), "h1c2 starved by h1c1's flood");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        flood.join().unwrap()
+    });
+    let (sent, answered) = (flood["sent"].as_u64().unwrap(), flood["answered"].as_u64().unwrap());
+    eprintln!("flood: {sent} queries sent in 3 s, {answered} answered at 100/s");
+    assert!(sent > 3000, "the flood was no flood: {flood}");
+    // One second's burst, then 100/s for 3 s; room for the timing of a
+    // loaded machine, nowhere near the flood.
+    assert!((100..=700).contains(&answered), "{flood}");
+
+    std::thread::sleep(Duration::from_millis(1100));
+    let bad = probe(&["bad"]);
+    eprintln!("bad queries: {bad}");
+    let reply = |k: &str| &bad[k];
+    assert!(reply("one_byte").is_null(), "no id, nobody to answer: {bad}");
+    assert!(reply("a_response").is_null(), "a response is never answered: {bad}");
+    for (k, id) in [("garbage", 0x1234), ("two_questions", 8), ("oversized", 9)] {
+        assert_eq!(
+            (reply(k)["id"].as_u64(), reply(k)["rcode"].as_u64()),
+            (Some(id), Some(1)),
+            "{k} gets FORMERR: {bad}"
+        );
+    }
+    for (k, id) in [("udp", 10), ("tcp", 11)] {
+        let r = reply(k);
+        assert_eq!(
+            (r["id"].as_u64(), r["rcode"].as_u64(), r["answers"].as_u64()),
+            (Some(id), Some(0), Some(1)),
+            "{k}: {bad}"
+        );
+    }
+
+    let stats = c.json(1, &["stats"]);
+    let count =
+        |name: &str| stats[name].as_u64().unwrap_or_else(|| panic!("no counter {name} in {stats}"));
+    assert!(count("dns_rate_limited") >= sent.saturating_sub(answered) / 2, "{stats}");
+    for name in ["malformed", "not_a_query", "questions", "oversized"] {
+        assert!(count(&format!("dns_refused:{name}")) >= 1, "dns_refused:{name}: {stats}");
+    }
+    // Gossip went on: both agents still see each other alive.
+    for h in 1..=2 {
+        let members = c.json(h, &["members"]);
+        let alive = members.as_array().unwrap().iter().filter(|m| m["state"] == "alive").count();
+        assert_eq!(alive, 2, "h{h}: {members}");
+    }
 }
