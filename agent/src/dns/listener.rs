@@ -18,7 +18,7 @@ use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
 use tokio::task::JoinHandle;
 
 use super::counters::Counters;
@@ -72,7 +72,7 @@ struct Asker {
     paths: Vec<PathBuf>,
     shared: Shared,
     bucket: Mutex<Bucket>,
-    forwards: Semaphore,
+    forwards: Arc<Semaphore>,
     rng: Mutex<StdRng>,
 }
 
@@ -86,7 +86,7 @@ impl Listener {
             paths,
             bucket: Mutex::new(Bucket::new(shared.rate, Instant::now())),
             shared,
-            forwards: Semaphore::new(MAX_FORWARDS),
+            forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
             rng: Mutex::new(StdRng::from_rng(&mut rand::rng())),
         });
         let tasks =
@@ -133,14 +133,25 @@ impl Asker {
         Some(reply)
     }
 
-    /// Forwards `query` upstream unless too many are in flight; the reply
-    /// to send back.
-    async fn forward(&self, query: &[u8], transport: Transport) -> Vec<u8> {
+    /// A place among the forwarded queries in flight; `None` (counted)
+    /// when they are all taken.
+    fn forward_slot(&self) -> Option<OwnedSemaphorePermit> {
+        let slot = self.forwards.clone().try_acquire_owned().ok();
+        if slot.is_none() {
+            self.shared.counters.overloaded();
+        }
+        slot
+    }
+
+    /// Forwards `query` upstream, holding `_slot` until the reply is in;
+    /// the reply to send back.
+    async fn forward(
+        &self,
+        query: &[u8],
+        transport: Transport,
+        _slot: OwnedSemaphorePermit,
+    ) -> Vec<u8> {
         let c = &self.shared.counters;
-        let Ok(_permit) = self.forwards.try_acquire() else {
-            c.overloaded();
-            return servfail(query);
-        };
         c.forwarded();
         match self.shared.upstreams.forward(query, transport).await {
             Ok(reply) => reply,
@@ -169,9 +180,13 @@ async fn serve_udp(sock: Arc<UdpSocket>, asker: Arc<Asker>) {
         match asker.reply(query, Transport::Udp) {
             Some(Reply::Answer(bytes)) => send(&sock, &bytes, from).await,
             Some(Reply::Forward) => {
+                let Some(slot) = asker.forward_slot() else {
+                    send(&sock, &servfail(query), from).await;
+                    continue;
+                };
                 let (sock, asker, query) = (sock.clone(), asker.clone(), query.to_vec());
                 tokio::spawn(async move {
-                    let reply = asker.forward(&query, Transport::Udp).await;
+                    let reply = asker.forward(&query, Transport::Udp, slot).await;
                     send(&sock, &reply, from).await;
                 });
             }
@@ -221,7 +236,10 @@ async fn serve_connection(mut s: TcpStream, asker: &Asker) {
         }
         let reply = match asker.reply(&query, Transport::Tcp) {
             Some(Reply::Answer(bytes)) => bytes,
-            Some(Reply::Forward) => asker.forward(&query, Transport::Tcp).await,
+            Some(Reply::Forward) => match asker.forward_slot() {
+                Some(slot) => asker.forward(&query, Transport::Tcp, slot).await,
+                None => servfail(&query),
+            },
             Some(Reply::Drop) | None => return,
         };
         let Ok(len) = u16::try_from(reply.len()) else { return };
