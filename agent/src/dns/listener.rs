@@ -25,8 +25,8 @@ use super::counters::Counters;
 use super::limit::Bucket;
 use super::resolv::LISTEN;
 use super::upstream::{Upstreams, servfail};
-use super::view::View;
-use super::{Refusals, Reply, Transport, answer};
+use super::{Network, Refusals, Reply, Transport, answer};
+use crate::overlay::View;
 
 /// Largest UDP query read: what we announce with EDNS, plus one byte to
 /// tell a larger one.
@@ -120,7 +120,11 @@ impl Asker {
             return None;
         }
         let view = self.shared.view.borrow().clone();
-        let networks = view.networks_of(&self.paths);
+        let networks: Vec<Network<'_>> = view
+            .networks_of(&self.paths)
+            .into_iter()
+            .map(|(name, names)| Network { name, names })
+            .collect();
         let mut refused = Refusals::default();
         let reply = match self.rng.lock() {
             Ok(mut rng) => answer(&networks, query, transport, &mut *rng, &mut refused),

@@ -3,7 +3,6 @@
 //! of the networks it is attached to; other names go to the upstream
 //! resolvers.
 //!
-//! - `view`: the names, as the core loop publishes them.
 //! - `service`: the responder's thread; listeners and resolv.conf files
 //!   follow the containers.
 //! - `listener`: one container's sockets, and serving them.
@@ -40,12 +39,10 @@ mod listener;
 mod resolv;
 mod service;
 mod upstream;
-mod view;
 
 pub(crate) use counters::DnsTallies;
 pub(crate) use resolv::{HOST_FILE, HostResolv, NETNS_ETC, parse_upstream};
 pub(crate) use service::{Dns, Settings};
-pub(crate) use view::View;
 
 /// TTL of every answer, in seconds. A detach or a failed host reaches
 /// every host within a few seconds (three gossip rounds, or failure

@@ -17,7 +17,7 @@ use super::counters::{Counters, DnsTallies};
 use super::listener::{Listener, Shared};
 use super::resolv::{HostResolv, NetnsFiles};
 use super::upstream::Upstreams;
-use super::view::View;
+use crate::overlay::View;
 
 /// How often listeners that could not be opened are tried again.
 const RETRY: Duration = Duration::from_secs(5);

@@ -15,6 +15,7 @@
 //! - `names`: who holds each endpoint name, and who keeps a contested one.
 //! - `upkeep`: definitions kept in step, stale claims released, conflicts.
 //! - `desired`: what the kernel must hold, from the tables.
+//! - `view`: the names the embedded DNS answers from.
 
 mod addresses;
 mod attach;
@@ -25,6 +26,7 @@ mod networks;
 #[cfg(test)]
 mod testing;
 mod upkeep;
+mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -45,7 +47,6 @@ use netdb_wire as wire;
 use prost::Message;
 use tokio::sync::{Notify, watch};
 
-use crate::dns::View;
 use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
 pub(crate) use attach::{Attach, Host, attach, detach};
@@ -54,6 +55,7 @@ pub(crate) use error::{Error, Kind};
 pub(crate) use names::record_entry;
 pub(crate) use names::{Holder, Names};
 pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo};
+pub(crate) use view::View;
 
 /// Network table of routing entries (Docker: overlay_peer_table).
 pub(crate) const ROUTES_TABLE: &str = "routes";

@@ -1,6 +1,6 @@
-//! What the listeners answer from, published by the core loop whenever
-//! endpoints or their hosts change: each local container's networks, and
-//! the names of those networks. Listeners read it without asking the
+//! What the embedded DNS answers from, published whenever endpoints or
+//! their hosts change: each local container's networks, and the names of
+//! those networks. The DNS listeners read it without asking the core
 //! loop, so a flood of queries never queues behind gossip, nor gossip
 //! behind queries.
 
@@ -8,8 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::Network;
-use crate::overlay::Names;
+use super::Names;
 
 /// One version of the names; replaced whole, never changed in place.
 #[derive(Debug, Default)]
@@ -33,16 +32,17 @@ impl View {
         self.containers.keys().map(PathBuf::as_path)
     }
 
-    /// The networks a container reached through any of `paths` (one
-    /// namespace may be known by several) is attached to.
-    pub(crate) fn networks_of(&self, paths: &[PathBuf]) -> Vec<Network<'_>> {
-        let mut out: Vec<Network<'_>> = Vec::new();
+    /// The networks, with their names, that a container reached through
+    /// any of `paths` (one namespace may be known by several) is attached
+    /// to, in attach order.
+    pub(crate) fn networks_of(&self, paths: &[PathBuf]) -> Vec<(&str, &Names)> {
+        let mut out: Vec<(&str, &Names)> = Vec::new();
         for net in paths.iter().filter_map(|p| self.containers.get(p)).flatten() {
-            if out.iter().any(|n| n.name == net) {
+            if out.iter().any(|(n, _)| n == net) {
                 continue;
             }
             if let Some(names) = self.names.get(net) {
-                out.push(Network { name: net, names });
+                out.push((net, names));
             }
         }
         out
