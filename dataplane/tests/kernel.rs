@@ -97,6 +97,7 @@ fn endpoint(netns: PathBuf, host_ifname: &str, last: u8) -> Endpoint {
         ip: addr(last),
         prefix: 24,
         mac: Mac::from_ipv4(addr(last)),
+        egress: None,
     }
 }
 

@@ -79,6 +79,7 @@ pub(super) fn kernel_endpoint(e: &SavedEndpoint, mac: dp::Mac) -> dp::Endpoint {
         ip: e.ip,
         prefix: e.prefix,
         mac,
+        egress: None,
     }
 }
 
