@@ -82,6 +82,10 @@ pub(crate) struct EndpointInfo {
     pub(crate) service: String,
     pub(crate) aliases: Vec<String>,
     pub(crate) local: bool,
+    /// This host's endpoints only: the address on the gateway bridge
+    /// (`None` on an internal network) and the published ports.
+    pub(crate) gateway_ip: Option<Ipv4Addr>,
+    pub(crate) publish: Vec<String>,
 }
 
 /// An endpoint being attached: its name and address are taken.
@@ -114,6 +118,8 @@ pub(crate) struct Overlay {
     kernel: Arc<Notify>,
     /// The names the embedded DNS answers from.
     dns: watch::Sender<Arc<View>>,
+    /// The gateway bridge's subnet: endpoints' ways out.
+    gateway: ipam::Subnet,
 }
 
 impl Overlay {
@@ -123,6 +129,7 @@ impl Overlay {
         tunnel: Option<Ipv4Addr>,
         store: Option<(Store, State)>,
         settle: Duration,
+        gateway: ipam::Subnet,
     ) -> Overlay {
         let (store, state) = match store {
             Some((s, st)) => (Some(s), st),
@@ -144,6 +151,7 @@ impl Overlay {
             dirty: true,
             kernel: Arc::new(Notify::new()),
             dns: watch::Sender::new(Arc::default()),
+            gateway,
         }
     }
 
@@ -323,6 +331,8 @@ impl Overlay {
                         service: rec.service,
                         aliases: rec.aliases,
                         local: false,
+                        gateway_ip: None,
+                        publish: Vec::new(),
                     });
                 }
             }
@@ -344,6 +354,8 @@ impl Overlay {
             service: ep.service.clone(),
             aliases: ep.aliases.clone(),
             local: true,
+            gateway_ip: ep.gateway_ip,
+            publish: ep.publish.clone(),
         }
     }
 
@@ -371,6 +383,7 @@ fn saved_network(def: &NetworkDef) -> SavedNetwork {
         origin: def.origin.clone(),
         created: def.created,
         blocks: BTreeSet::new(),
+        internal: def.internal,
     }
 }
 
@@ -382,6 +395,7 @@ fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
         mtu: n.mtu,
         origin: n.origin.clone(),
         created: n.created,
+        internal: n.internal,
     };
     NetworkDef::decode(&def.encode())
 }
