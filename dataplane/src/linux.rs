@@ -11,11 +11,14 @@ use std::time::Instant;
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::InfoBridgePort;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use crate::netns::{self, Connection};
 use crate::nft;
@@ -239,10 +242,9 @@ impl Linux {
         }
         for name in gateway_enslave {
             let Some(br) = gateway_ix else { continue };
-            let msg = LinkUnspec::new_with_name(&name).controller(br).up().build();
-            match self.handle().link().set(msg).execute().await {
+            match self.gateway_port(&name, br).await {
                 Ok(()) => report.endpoints_repaired += 1,
-                Err(e) => fail(&mut report, &Error::netlink(format!("enslave {name}"), e)),
+                Err(e) => fail(&mut report, &e),
             }
         }
         for (vni, ep) in reattach {
@@ -351,6 +353,29 @@ impl Linux {
         Ok(ix)
     }
 
+    /// Puts a gateway veth on the gateway bridge, isolated: containers of
+    /// different networks must not meet there (Docker's icc=false on
+    /// docker_gwbridge); they still reach the bridge, which routes.
+    async fn gateway_port(&self, name: &str, bridge: u32) -> Result<(), Error> {
+        let what = |step: &str| format!("{step} {name} on {GATEWAY_BRIDGE}");
+        let enslave = LinkUnspec::new_with_name(name).controller(bridge).up().build();
+        self.handle()
+            .link()
+            .set(enslave)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("enslave"), e))?;
+        let ix = self.index(name).await?.ok_or_else(|| gone(name))?;
+        let isolated =
+            LinkBridgePort::new(ix).append_info_data(InfoBridgePort::Isolated(true)).build();
+        self.handle()
+            .link()
+            .set_port(isolated)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("isolate"), e))
+    }
+
     /// Loads or removes netdb's nftables table, and notes how it lists.
     async fn load(&self, change: Nftables) -> Result<(), Error> {
         let ruleset = match change {
@@ -422,13 +447,7 @@ impl Linux {
             .execute()
             .await
             .map_err(|e| Error::netlink(what("move veth"), e))?;
-        let host_side = LinkUnspec::new_with_name(&host).controller(bridge).up().build();
-        self.handle()
-            .link()
-            .set(host_side)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(what("enslave veth"), e))?;
+        self.gateway_port(&host, bridge).await?;
         let h = &inside.handle;
         let ix = index_in(h, &peer).await?.ok_or_else(|| gone(&peer))?;
         let setup = LinkUnspec::new_with_index(ix)
