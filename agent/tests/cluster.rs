@@ -1167,11 +1167,22 @@ fn containers_reach_the_outside_through_snat_publish_ports_and_internal_networks
     let _web2 = Background::python(&c2, TCP_HELLO, &["81", "h1c2"]);
     assert_eq!(python_in(&outside, TCP_READ, &["10.232.0.2", "81"]), None);
 
-    // Detached and removed: nothing of either network is left.
-    for (net, name) in [("demo", "h1c1"), ("secret", "h1c2")] {
+    // A container on two networks keeps a way out when one is detached.
+    let api = format!("unix:{}/h1.sock", c.dir);
+    ok(BIN, &["--api", &api, "network", "create", "other", "--subnet", "10.233.0.0/24"]);
+    let netns1 = format!("/run/netns/{c1}");
+    c.json(1, &["endpoint", "attach", "other", "h1c1", "--netns", &netns1, "--ifname", "eth1"]);
+    let routes = ok("ip", &["-n", &c1, "route"]);
+    assert_eq!(routes.matches("default via 198.18.0.1").count(), 2, "{routes}");
+    c.json(1, &["endpoint", "detach", "demo", "h1c1"]);
+    assert!(c.ping("h1c1", "10.231.0.200"), "the other way out is left");
+
+    // Detached and removed: nothing of any network is left.
+    for (net, name) in [("other", "h1c1"), ("secret", "h1c2")] {
         c.json(1, &["endpoint", "detach", net, name]);
         c.json(1, &["network", "rm", net]);
     }
+    c.json(1, &["network", "rm", "demo"]);
     until("the table to go", Duration::from_secs(5), || {
         !run("ip", &["netns", "exec", &h1, "nft", "list", "table", "ip", "netdb"]).status.success()
     });

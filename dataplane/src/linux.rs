@@ -461,12 +461,16 @@ impl Linux {
             .execute()
             .await
             .map_err(|e| Error::netlink(what("add address"), e))?;
+        // Each of a container's ways out has a default route of its own
+        // (the metric is the address's host part, unique on the host), so
+        // detaching one endpoint leaves the others' in place.
+        let host_part = u32::from(egress.ip)
+            & !u32::MAX.checked_shl(32 - u32::from(egress.prefix)).unwrap_or(0);
         let default = RouteMessageBuilder::<Ipv4Addr>::new()
             .gateway(egress.gateway)
             .output_interface(ix)
+            .priority(host_part)
             .build();
-        // A container on two networks with a way out keeps the first
-        // default route.
         ignore(h.route().add(default).execute().await, EEXIST)
             .map_err(|e| Error::netlink(what("add default route"), e))
     }

@@ -182,6 +182,13 @@ impl Overlay {
         if !internal && gateway_ifname(&ifname).len() > MAX_IFNAME {
             return Err(Error::IfnameTooLongForGateway(ifname));
         }
+        if !internal && overlap(&eff.def.subnet, &self.gateway) {
+            return Err(Error::GatewayOverlap {
+                network: r.network.clone(),
+                subnet: eff.def.subnet,
+                gateway: self.gateway,
+            });
+        }
         let netns = r.netns.clone();
         if !netns.is_absolute() {
             return Err(Error::NetnsNotAbsolute);
@@ -497,6 +504,13 @@ fn network_synced(node: &Node, network: &str) -> bool {
         || node.scope_stats(Scope::Network(network)).is_some_and(|s| s.synced)
 }
 
+/// True when the two subnets share an address: one holds the other's first
+/// address (the one before its gateway).
+fn overlap(a: &ipam::Subnet, b: &ipam::Subnet) -> bool {
+    let first = |s: &ipam::Subnet| Ipv4Addr::from(u32::from(s.gateway()) - 1);
+    a.contains(first(b)) || b.contains(first(a))
+}
+
 fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
     if valid_name(s, MAX_ENDPOINT_NAME) {
         Ok(())
@@ -731,6 +745,28 @@ mod tests {
         let k = h.kernel.try_lock().unwrap();
         assert_eq!(k.nftables(), None, "nothing needs the table");
         assert!(k.observe().gateway.is_none() && k.links_in(&ns2.0).is_empty());
+    }
+
+    #[test]
+    fn subnets_overlap_when_either_holds_the_others_first_address() {
+        let s = |t: &str| t.parse::<netdb::ipam::Subnet>().unwrap();
+        assert!(super::overlap(&s("198.18.0.0/16"), &s("198.18.4.0/24")));
+        assert!(super::overlap(&s("198.18.4.0/24"), &s("198.18.0.0/16")));
+        assert!(super::overlap(&s("10.1.0.0/24"), &s("10.1.0.0/24")));
+        assert!(!super::overlap(&s("10.1.0.0/24"), &s("10.1.1.0/24")));
+        assert!(!super::overlap(&s("198.18.0.0/16"), &s("198.19.0.0/16")));
+    }
+
+    #[test]
+    fn a_network_overlapping_the_gateway_subnet_attaches_only_internal() {
+        let (_dir, h) = blue("overlap");
+        let ns = Temp::netns("overlap-ns");
+        h.create("clash", "198.18.7.0/24").unwrap();
+        let e = h.attach(attach_req("clash", "web", &ns.0)).unwrap_err();
+        assert_eq!(e.kind(), Kind::Precondition);
+        assert!(e.to_string().contains("overlaps this host's gateway subnet 198.18.0.0/16"), "{e}");
+        h.create_with("quiet", "198.18.8.0/24", true).unwrap();
+        h.attach(attach_req("quiet", "web", &ns.0)).unwrap();
     }
 
     #[test]

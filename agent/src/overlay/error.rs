@@ -107,6 +107,10 @@ pub(crate) enum Error {
         "no free address left in the gateway subnet {0}; detach endpoints or give a larger --gateway-subnet"
     )]
     GatewayFull(Subnet),
+    #[error(
+        "network {network}'s subnet {subnet} overlaps this host's gateway subnet {gateway}: its endpoints could not tell the two apart; create the network --internal, or give the agent another --gateway-subnet"
+    )]
+    GatewayOverlap { network: String, subnet: Subnet, gateway: Subnet },
     /// The host of the overlay (the agent's core loop) is going away.
     #[error("the agent is shutting down")]
     Stopped,
@@ -162,6 +166,7 @@ impl Error {
             | Error::PublishOnInternal(_)
             | Error::PortReserved(_)
             | Error::IfnameTooLongForGateway(_) => Kind::Invalid,
+            Error::GatewayOverlap { .. } => Kind::Precondition,
             Error::NoNetwork(_)
             | Error::AttachToUnknown(_)
             | Error::NoNetns(_)
