@@ -255,15 +255,14 @@ impl Overlay {
             self.leave_if_unused(node, now, &r.network);
             return Err(e);
         }
-        let gateway_ip = match internal {
-            true => None,
-            false => match self.gateway_address() {
-                Some(ip) => Some(ip),
-                None => {
-                    self.leave_if_unused(node, now, &r.network);
-                    return Err(Error::GatewayFull(self.gateway));
-                }
-            },
+        let gateway_ip = if internal {
+            None
+        } else {
+            let Some(ip) = self.gateway_address() else {
+                self.leave_if_unused(node, now, &r.network);
+                return Err(Error::GatewayFull(self.gateway));
+            };
+            Some(ip)
         };
         let mac = dp::Mac::from_ipv4(ip);
         let saved = SavedEndpoint {

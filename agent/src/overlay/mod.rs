@@ -234,6 +234,17 @@ impl Overlay {
             if let Err(e) = self.publish(node, now, ep) {
                 tracing::warn!(network = %ep.network, endpoint = %ep.name, error = %e, "cannot republish endpoint");
             }
+            // Its container keeps the old address and route: the kernel is
+            // not asked to renumber a live container.
+            if let Some(ip) = ep.gateway_ip.filter(|ip| !self.gateway.usable(*ip)) {
+                tracing::warn!(
+                    network = %ep.network,
+                    endpoint = %ep.name,
+                    %ip,
+                    gateway_subnet = %self.gateway,
+                    "the endpoint's gateway address is outside --gateway-subnet, so it has no way out; detach and attach it again"
+                );
+            }
         }
         if !endpoints.is_empty() {
             tracing::info!(
