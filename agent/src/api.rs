@@ -167,6 +167,7 @@ fn network(n: NetworkInfo) -> api::Network {
         out.hosts = o.hosts;
         out.conflicts = o.conflicts;
         out.origin = o.origin;
+        out.internal = o.internal;
     }
     out
 }
@@ -217,6 +218,8 @@ fn endpoint(e: EndpointInfo) -> api::EndpointInfo {
         service: e.service,
         aliases: e.aliases,
         local: e.local,
+        gateway_ip: e.gateway_ip.map(|ip| ip.to_string()).unwrap_or_default(),
+        publish: e.publish,
     }
 }
 
@@ -298,8 +301,13 @@ impl<K: Kernel> Netdb for Api<K> {
         req: Request<api::CreateNetworkRequest>,
     ) -> Result<Response<api::Network>, Status> {
         let r = req.into_inner();
-        let create =
-            CreateNetwork { name: r.name, subnet: r.subnet, vni: given(r.vni), mtu: given(r.mtu) };
+        let create = CreateNetwork {
+            name: r.name,
+            subnet: r.subnet,
+            vni: given(r.vni),
+            mtu: given(r.mtu),
+            internal: r.internal,
+        };
         let n = self.core.create_network(create).await.map_err(core_status)?;
         Ok(Response::new(network(n)))
     }
@@ -326,6 +334,7 @@ impl<K: Kernel> Netdb for Api<K> {
             service: r.service,
             aliases: r.aliases,
             ifname: given(r.ifname),
+            publish: r.publish,
         };
         let info = self.core.attach(attach).await.map_err(core_status)?;
         Ok(Response::new(endpoint(info)))

@@ -229,6 +229,10 @@ pub(crate) enum NetworkCmd {
         /// MTU of the endpoints and devices [default: 1450]
         #[arg(long)]
         mtu: Option<u32>,
+        /// No way out: endpoints get no gateway interface, no default route
+        /// and cannot publish ports.
+        #[arg(long)]
+        internal: bool,
     },
     /// One network in depth: definition, gateway, peers, endpoints by
     /// host, tables, queue and push/pull counters.
@@ -263,6 +267,10 @@ pub(crate) enum EndpointCmd {
         /// Interface name inside the namespace [default: eth0]
         #[arg(long)]
         ifname: Option<String>,
+        /// Forward a port of this host to the endpoint (repeatable):
+        /// HOSTPORT:PORT[/tcp|udp], e.g. 8080:80.
+        #[arg(long)]
+        publish: Vec<String>,
     },
     /// Unwire an endpoint of this host.
     Detach { network: String, name: String },
@@ -447,6 +455,11 @@ pub(crate) struct AgentArgs {
     /// [default: text]
     #[arg(long, env = "NETDB_LOG_FORMAT", value_enum, help_heading = "Observability")]
     pub log_format: Option<LogFormat>,
+    /// Host-local subnet of the gateway bridge ndgw0, through which the
+    /// endpoints of non-internal networks reach the outside (SNAT); the
+    /// bridge takes its first address [default: 198.18.0.0/16]
+    #[arg(long, env = "NETDB_GATEWAY_SUBNET", help_heading = "Data plane")]
+    pub gateway_subnet: Option<String>,
 }
 
 /// Upstream resolvers in the file, written as on the command line.

@@ -123,12 +123,13 @@ async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> 
             }
             return Ok(());
         }
-        NetworkCmd::Create { name, subnet, vni, mtu } => {
+        NetworkCmd::Create { name, subnet, vni, mtu, internal } => {
             let req = api::CreateNetworkRequest {
                 name,
                 subnet,
                 vni: vni.unwrap_or(0),
                 mtu: mtu.unwrap_or(0),
+                internal,
             };
             let n = c.create_network(req).await.map_err(rpc)?.into_inner();
             match out {
@@ -169,7 +170,7 @@ async fn endpoint_cmd(
     cmd: EndpointCmd,
 ) -> anyhow::Result<()> {
     match cmd {
-        EndpointCmd::Attach { network, name, netns, ip, aliases, service, ifname } => {
+        EndpointCmd::Attach { network, name, netns, ip, aliases, service, ifname, publish } => {
             let req = api::AttachRequest {
                 network,
                 name,
@@ -178,6 +179,7 @@ async fn endpoint_cmd(
                 aliases,
                 service: service.unwrap_or_default(),
                 ifname: ifname.unwrap_or_default(),
+                publish,
             };
             let e = c.attach(req).await.map_err(rpc)?.into_inner();
             match out {

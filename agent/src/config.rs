@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use netdb::ipam::Subnet;
 
 use crate::cli::AgentArgs;
 use crate::endpoint::{self, Endpoint};
@@ -41,12 +42,21 @@ pub(crate) struct Settings {
     pub claim_settle: Duration,
     /// The embedded DNS; `None` with --no-dns or without the data plane.
     pub dns: Option<crate::dns::Settings>,
+    /// The gateway bridge's subnet.
+    pub gateway_subnet: Subnet,
 }
 
 /// Queries per second per container, unless --dns-rate-limit says.
 const DNS_RATE: u32 = 2000;
 
 pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/netdb";
+
+/// The gateway bridge's subnet unless --gateway-subnet says: part of
+/// 198.18.0.0/15, reserved for benchmarking (RFC 2544), so neither real
+/// networks, cloud VPCs (AWS's default VPC is 172.31.0.0/16), Docker's
+/// bridge pools (172.17-31/16, 192.168/16) nor swarm's overlay pool
+/// (10.0.0.0/8) use it.
+pub(crate) const DEFAULT_GATEWAY_SUBNET: &str = "198.18.0.0/16";
 
 pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
     let file = match &cli.config {
@@ -154,6 +164,13 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             .max(Duration::from_millis(100)),
         claim_settle: cli.claim_settle.or(file.claim_settle).unwrap_or(Duration::from_secs(1)),
         dns,
+        gateway_subnet: cli
+            .gateway_subnet
+            .or(file.gateway_subnet)
+            .as_deref()
+            .unwrap_or(DEFAULT_GATEWAY_SUBNET)
+            .parse()
+            .context("--gateway-subnet")?,
     })
 }
 

@@ -35,7 +35,7 @@ pub(crate) fn print_json(v: &Value) {
 pub(crate) fn network_json(n: &api::Network) -> Value {
     json!({ "name": n.name, "subnet": n.subnet, "vni": n.vni, "mtu": n.mtu, "origin": n.origin,
             "hosts": n.hosts, "local_endpoints": n.local_endpoints, "peers": n.peers,
-            "entries": n.entries, "conflicts": n.conflicts })
+            "entries": n.entries, "conflicts": n.conflicts, "internal": n.internal })
 }
 
 pub(crate) fn dash(s: String) -> String {
@@ -45,5 +45,6 @@ pub(crate) fn dash(s: String) -> String {
 pub(crate) fn endpoint_json(e: &api::EndpointInfo) -> Value {
     json!({ "network": e.network, "name": e.name, "host": e.host, "ip": e.ip, "prefix": e.prefix,
             "mac": e.mac, "ifname": e.ifname, "netns": e.netns, "service": e.service,
-            "aliases": e.aliases, "local": e.local })
+            "aliases": e.aliases, "local": e.local, "gateway_ip": e.gateway_ip,
+            "publish": e.publish })
 }

@@ -41,6 +41,8 @@ pub(crate) async fn run<K: Kernel>(
                         neigh_added = r.neigh_added,
                         neigh_removed = r.neigh_removed,
                         endpoints_repaired = r.endpoints_repaired,
+                        gateway_changed = r.gateway_changed,
+                        nft_changed = r.nft_changed,
                         failed = r.failed,
                         elapsed_ms = r.elapsed.as_millis() as u64,
                         "kernel reconciled"

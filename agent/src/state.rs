@@ -40,6 +40,9 @@ pub(crate) struct SavedNetwork {
     pub origin: String,
     pub created: u64,
     pub blocks: BTreeSet<u32>,
+    /// No way out (absent in files of older agents: not internal).
+    #[serde(default)]
+    pub internal: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -55,6 +58,13 @@ pub(crate) struct SavedEndpoint {
     pub mac: String,
     pub service: String,
     pub aliases: Vec<String>,
+    /// The address on this host's gateway bridge, kept across restarts so
+    /// published ports keep their target; `None` on an internal network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gateway_ip: Option<std::net::Ipv4Addr>,
+    /// Host ports forwarded to the endpoint, as HOSTPORT:PORT/PROTO.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub publish: Vec<String>,
 }
 
 /// The directory, locked for this agent's lifetime.
@@ -113,6 +123,17 @@ impl Store {
                         state.version
                     );
                 }
+                for ep in &state.endpoints {
+                    for p in &ep.publish {
+                        p.parse::<netdb_dataplane::Publish>().with_context(|| {
+                            format!(
+                                "{} is corrupt (endpoint {}); move it away to start without local endpoints",
+                                path.display(),
+                                ep.name
+                            )
+                        })?;
+                    }
+                }
                 state
             }
         };
@@ -165,8 +186,23 @@ mod tests {
                 origin: "h1".into(),
                 created: 3,
                 blocks: [2].into(),
+                internal: true,
             },
         );
+        s.endpoints.push(SavedEndpoint {
+            network: "blue".into(),
+            name: "web".into(),
+            netns: "/run/netns/c1".into(),
+            ifname: "eth0".into(),
+            host_ifname: "ndve00000001".into(),
+            ip: "10.1.0.2".parse().unwrap(),
+            prefix: 24,
+            mac: "02:42:0a:01:00:02".into(),
+            service: String::new(),
+            aliases: vec![],
+            gateway_ip: Some("198.18.0.2".parse().unwrap()),
+            publish: vec!["8080:80/tcp".into()],
+        });
         store.save(&s).unwrap();
         let mode = std::fs::metadata(dir.join(STATE_FILE)).unwrap().permissions().mode();
         assert_eq!(mode & 0o777, 0o600);
@@ -175,6 +211,32 @@ mod tests {
         drop(store);
         let (_, back) = Store::open(&dir).unwrap();
         assert_eq!(back.networks, s.networks);
+        assert_eq!(back.endpoints, s.endpoints, "the way out and publishes are kept");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn files_of_older_agents_load_and_bad_publishes_are_refused() {
+        let dir = tmpdir("old");
+        std::fs::create_dir_all(&dir).unwrap();
+        let endpoint = r#"{"network": "blue", "name": "web", "netns": "/run/netns/c1",
+            "ifname": "eth0", "host_ifname": "ndve1", "ip": "10.1.0.2", "prefix": 24,
+            "mac": "02:42:0a:01:00:02", "service": "", "aliases": []"#;
+        let network = r#"{"subnet": "10.1.0.0/24", "vni": 4096, "mtu": 1450, "origin": "h1",
+            "created": 3, "blocks": [2]}"#;
+        let old = format!(
+            r#"{{"version": 1, "networks": {{"blue": {network}}}, "endpoints": [{endpoint}}}]}}"#
+        );
+        std::fs::write(dir.join(STATE_FILE), &old).unwrap();
+        let (store, st) = Store::open(&dir).unwrap();
+        assert!(!st.networks["blue"].internal);
+        assert_eq!((st.endpoints[0].gateway_ip, st.endpoints[0].publish.len()), (None, 0));
+        drop(store);
+
+        let bad = old.replace(r#""aliases": []"#, r#""aliases": [], "publish": ["80"]"#);
+        std::fs::write(dir.join(STATE_FILE), bad).unwrap();
+        let err = format!("{:#}", Store::open(&dir).err().unwrap());
+        assert!(err.contains("corrupt (endpoint web)") && err.contains("HOSTPORT:PORT"), "{err}");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -992,3 +992,208 @@ fn a_flooding_or_broken_client_is_limited_and_refused_without_hurting_its_neighb
         assert_eq!(alive, 2, "h{h}: {members}");
     }
 }
+
+/// Answers each UDP datagram on `ADDR:PORT` with the sender's address
+/// (`python3 -c CODE ADDR PORT`): what the outside sees of a container.
+const UDP_ECHO_PEER: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind((sys.argv[1], int(sys.argv[2])))
+while True:
+    _, peer = s.recvfrom(512)
+    s.sendto(peer[0].encode(), peer)
+"#;
+
+/// Answers each TCP connection on port `PORT` with `hello from WHO`
+/// (`python3 -c CODE PORT WHO`).
+const TCP_HELLO: &str = r#"
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen(8)
+while True:
+    c, _ = s.accept()
+    c.sendall(("hello from " + sys.argv[2]).encode())
+    c.close()
+"#;
+
+/// Sends one UDP datagram to `ADDR:PORT` and prints the answer
+/// (`python3 -c CODE ADDR PORT`); exits non-zero without one.
+const UDP_ASK: &str = r#"
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.settimeout(2)
+s.sendto(b"who am i", (sys.argv[1], int(sys.argv[2])))
+print(s.recvfrom(512)[0].decode())
+"#;
+
+/// Connects to `ADDR:PORT` and prints what it is sent
+/// (`python3 -c CODE ADDR PORT`); exits non-zero when it cannot.
+const TCP_READ: &str = r#"
+import socket, sys
+print(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).recv(512).decode())
+"#;
+
+/// A process in a namespace, killed when dropped.
+struct Background(Child);
+
+impl Background {
+    fn python(ns: &str, code: &str, args: &[&str]) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", code])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start python3");
+        Background(child)
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `python3 -c CODE ARGS` in namespace `ns`: its output, if it succeeded.
+fn python_in(ns: &str, code: &str, args: &[&str]) -> Option<String> {
+    let o = run("ip", &[&["netns", "exec", ns, "python3", "-c", code], args].concat());
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
+}
+
+#[test]
+fn containers_reach_the_outside_through_snat_publish_ports_and_internal_networks_cannot() {
+    if !allowed(
+        "containers_reach_the_outside_through_snat_publish_ports_and_internal_networks_cannot",
+    ) {
+        return;
+    }
+    let c = Cluster::up("ndeg", "10.231.0", &["--hosts", "2", "--containers", "0"]);
+    // The outside world: a namespace on the underlay switch that is none of
+    // the hosts, with no route to any overlay or gateway subnet.
+    let outside = c.ns("out");
+    ok("ip", &["netns", "add", &outside]);
+    ok(
+        "ip",
+        &[
+            "-n",
+            &c.ns("sw"),
+            "link",
+            "add",
+            "out",
+            "type",
+            "veth",
+            "peer",
+            "eth0",
+            "netns",
+            &outside,
+        ],
+    );
+    ok("ip", &["-n", &c.ns("sw"), "link", "set", "out", "master", "br0", "up"]);
+    ok("ip", &["-n", &outside, "addr", "add", "10.231.0.200/24", "dev", "eth0"]);
+    ok("ip", &["-n", &outside, "link", "set", "eth0", "up"]);
+    ok("ip", &["-n", &outside, "link", "set", "lo", "up"]);
+    let _echo = Background::python(&outside, UDP_ECHO_PEER, &["10.231.0.200", "9999"]);
+
+    // A container with a published port.
+    c.attach(1, "demo", "h1c1", &["--publish", "8080:80"]);
+    let c1 = c.ns("h1c1");
+    let links = ok("ip", &["-n", &c1, "-br", "link"]);
+    assert!(links.contains("gweth0"), "{links}");
+    let routes = ok("ip", &["-n", &c1, "route"]);
+    assert!(routes.contains("default via 198.18.0.1 dev gweth0"), "{routes}");
+
+    // Out: ping, and the outside sees h1's underlay address (SNAT).
+    until("the container to ping the outside", Duration::from_secs(10), || {
+        c.ping("h1c1", "10.231.0.200")
+    });
+    let seen = python_in(&c1, UDP_ASK, &["10.231.0.200", "9999"]);
+    assert_eq!(seen.as_deref(), Some("10.231.0.1"), "the outside sees the host, not the container");
+    let log = std::fs::read_to_string(format!("{}/h1.log", c.dir)).unwrap();
+    assert!(log.contains("IPv4 forwarding enabled"), "forwarding turned on, and said so");
+
+    // In: the published port, from the outside, to h1's underlay address.
+    let _web = Background::python(&c1, TCP_HELLO, &["80", "h1c1"]);
+    let hello = || python_in(&outside, TCP_READ, &["10.231.0.1", "8080"]);
+    until("the published port to answer", Duration::from_secs(10), || hello().is_some());
+    assert_eq!(hello().as_deref(), Some("hello from h1c1"));
+    // Not on h2: the port is published where the container is.
+    assert_eq!(python_in(&outside, TCP_READ, &["10.231.0.2", "8080"]), None);
+
+    // The table removed by hand comes back at the next reconcile.
+    let h1 = c.ns("h1");
+    ok("ip", &["netns", "exec", &h1, "nft", "delete", "table", "ip", "netdb"]);
+    until("the table to be restored", Duration::from_secs(5), || {
+        run("ip", &["netns", "exec", &h1, "nft", "list", "table", "ip", "netdb"]).status.success()
+    });
+    until("the published port to answer again", Duration::from_secs(5), || hello().is_some());
+
+    // A second endpoint may not take the host port; an internal network
+    // has no way out and cannot publish.
+    ok("ip", &["netns", "add", &c.ns("h1c2")]);
+    let netns2 = format!("/run/netns/{}", c.ns("h1c2"));
+    let err = c.refused(
+        1,
+        &["endpoint", "attach", "demo", "h1c2", "--netns", &netns2, "--publish", "8080:81"],
+    );
+    assert!(err.contains("port 8080/tcp is published already by endpoint h1c1"), "{err}");
+    ok(
+        BIN,
+        &[
+            "--api",
+            &format!("unix:{}/h1.sock", c.dir),
+            "network",
+            "create",
+            "secret",
+            "--subnet",
+            "10.232.0.0/24",
+            "--internal",
+        ],
+    );
+    let err = c.refused(
+        1,
+        &["endpoint", "attach", "secret", "h1c2", "--netns", &netns2, "--publish", "8081:81"],
+    );
+    assert!(err.contains("network secret is internal"), "{err}");
+    c.json(1, &["endpoint", "attach", "secret", "h1c2", "--netns", &netns2]);
+    let c2 = c.ns("h1c2");
+    let links = ok("ip", &["-n", &c2, "-br", "link"]);
+    assert!(!links.contains("gw"), "{links}");
+    assert!(!ok("ip", &["-n", &c2, "route"]).contains("default"));
+    assert!(!c.ping("h1c2", "10.231.0.200"), "an internal network reaches nothing outside");
+    assert_eq!(python_in(&c2, UDP_ASK, &["10.231.0.200", "9999"]), None);
+    let _web2 = Background::python(&c2, TCP_HELLO, &["81", "h1c2"]);
+    assert_eq!(python_in(&outside, TCP_READ, &["10.232.0.2", "81"]), None);
+
+    // A container on two networks keeps a way out when one is detached.
+    let api = format!("unix:{}/h1.sock", c.dir);
+    ok(BIN, &["--api", &api, "network", "create", "other", "--subnet", "10.233.0.0/24"]);
+    let netns1 = format!("/run/netns/{c1}");
+    c.json(1, &["endpoint", "attach", "other", "h1c1", "--netns", &netns1, "--ifname", "eth1"]);
+    let routes = ok("ip", &["-n", &c1, "route"]);
+    assert_eq!(routes.matches("default via 198.18.0.1").count(), 2, "{routes}");
+    c.json(1, &["endpoint", "detach", "demo", "h1c1"]);
+    assert!(c.ping("h1c1", "10.231.0.200"), "the other way out is left");
+
+    // Detached and removed: nothing of any network is left.
+    for (net, name) in [("other", "h1c1"), ("secret", "h1c2")] {
+        c.json(1, &["endpoint", "detach", net, name]);
+        c.json(1, &["network", "rm", net]);
+    }
+    c.json(1, &["network", "rm", "demo"]);
+    until("the table to go", Duration::from_secs(5), || {
+        !run("ip", &["netns", "exec", &h1, "nft", "list", "table", "ip", "netdb"]).status.success()
+    });
+    until("the devices to go", Duration::from_secs(5), || {
+        let links = ok("ip", &["-n", &h1, "-br", "link"]);
+        !["ndgw0", "ndbr", "ndvx", "ndve", "ndge"].iter().any(|d| links.contains(d))
+    });
+    assert_eq!(python_in(&outside, TCP_READ, &["10.231.0.1", "8080"]), None);
+    for ns in [&c1, &c2] {
+        let links = ok("ip", &["-n", ns, "-br", "link"]);
+        assert_eq!(links.lines().count(), 1, "only lo is left: {links}");
+        assert_eq!(ok("ip", &["-n", ns, "route"]), "", "no route is left");
+    }
+}

@@ -1,7 +1,8 @@
 //! Kernel programming figures: 10,000 remote endpoints applied to an empty
 //! kernel, reconciled when nothing changed, repaired after 1,000 entries
-//! were lost, and withdrawn. Runs in a private network namespace of its
-//! own (needs root).
+//! were lost, and withdrawn; then 100 local endpoints with a way out and a
+//! published port each (netdb's nftables table included). Runs in a private
+//! network namespace of its own (needs root).
 //!
 //!   cargo run --release -p netdb-dataplane --example bench_kernel [N]
 
@@ -9,7 +10,10 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Instant;
 
-use netdb_dataplane::{Desired, Linux, Mac, Network, Remote};
+use netdb_dataplane::{Desired, Egress, Endpoint, Linux, Mac, Network, Proto, Publish, Remote};
+
+/// Local endpoints with a way out in the second part.
+const LOCAL: u16 = 100;
 
 fn main() {
     let n: u32 = std::env::args().nth(1).and_then(|a| a.parse().ok()).unwrap_or(10_000);
@@ -65,5 +69,34 @@ fn main() {
         empty.remotes.clear();
         step("withdraw all", linux.reconcile(&[(4096, empty)].into()).await.unwrap());
         step("remove the network", linux.reconcile(&Desired::new()).await.unwrap());
+
+        // The "containers" are this namespace itself: their interfaces only
+        // need distinct names.
+        let mut local = full.clone();
+        local.remotes.clear();
+        for i in 0..LOCAL {
+            let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 2)) + u32::from(i));
+            let ep = Endpoint {
+                netns: "/proc/self/ns/net".into(),
+                ifname: format!("c{i}"),
+                host_ifname: format!("ndve{i:08x}"),
+                ip,
+                prefix: 16,
+                mac: Mac::from_ipv4(ip),
+                egress: Some(Egress {
+                    ifname: format!("gwc{i}"),
+                    ip: Ipv4Addr::from(u32::from(Ipv4Addr::new(198, 18, 0, 2)) + u32::from(i)),
+                    gateway: Ipv4Addr::new(198, 18, 0, 1),
+                    prefix: 16,
+                    publish: vec![Publish { proto: Proto::Tcp, host_port: 10_000 + i, port: 80 }],
+                }),
+            };
+            local.endpoints.insert(ep.host_ifname.clone(), ep);
+        }
+        let desired: Desired = [(4096, local)].into();
+        println!("| {LOCAL} local endpoints with a way out and a published port | | |");
+        step("wire them and load the table", linux.reconcile(&desired).await.unwrap());
+        step("reconcile, nothing to do (table listed)", linux.reconcile(&desired).await.unwrap());
+        step("remove everything", linux.reconcile(&Desired::new()).await.unwrap());
     });
 }

@@ -56,6 +56,11 @@ pub struct ReconcileReport {
     pub failed: usize,
     /// How long the reconcile took.
     pub elapsed: Duration,
+    /// Changes to the gateway bridge: made or addressed, removed, or IPv4
+    /// forwarding turned on.
+    pub gateway_changed: usize,
+    /// Times netdb's nftables table was loaded or removed.
+    pub nft_changed: usize,
 }
 
 impl ReconcileReport {
@@ -68,5 +73,7 @@ impl ReconcileReport {
             + self.neigh_added
             + self.neigh_removed
             + self.endpoints_repaired
+            + self.gateway_changed
+            + self.nft_changed
     }
 }

@@ -21,6 +21,7 @@ mod kernel;
 mod linux;
 pub mod memory;
 mod netns;
+mod nft;
 mod plan;
 mod probe;
 #[cfg(test)]
@@ -33,7 +34,8 @@ use std::path::PathBuf;
 
 pub use kernel::{Kernel, ReconcileReport};
 pub use linux::Linux;
-pub use plan::{Observed, ObservedNetwork, Plan, plan};
+pub use nft::{NFT_TABLE, ruleset};
+pub use plan::{Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, plan};
 pub use probe::{KernelSupport, probe_kernel};
 
 /// The VXLAN UDP port (IANA), as Docker uses it.
@@ -96,6 +98,112 @@ pub struct Endpoint {
     pub prefix: u8,
     /// The container interface's MAC.
     pub mac: Mac,
+    /// The way out through the host's gateway bridge; `None` on an
+    /// internal network.
+    pub egress: Option<Egress>,
+}
+
+/// An endpoint's way out (Docker's docker_gwbridge): a second veth on the
+/// host's gateway bridge [`GATEWAY_BRIDGE`], whose address is the
+/// container's default route, with SNAT behind it. Its host-side name is
+/// [`gateway_veth`] of the endpoint's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Egress {
+    /// Interface name inside the container.
+    pub ifname: String,
+    /// The container's address on the gateway bridge (host-local).
+    pub ip: Ipv4Addr,
+    /// The gateway bridge's own address: the container's default route.
+    pub gateway: Ipv4Addr,
+    /// Prefix length of the gateway subnet.
+    pub prefix: u8,
+    /// Host ports forwarded to this endpoint.
+    pub publish: Vec<Publish>,
+}
+
+/// A transport protocol of a published port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Proto {
+    /// TCP.
+    Tcp,
+    /// UDP.
+    Udp,
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        })
+    }
+}
+
+/// A port of the host forwarded (DNAT) to a port of an endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Publish {
+    /// TCP or UDP.
+    pub proto: Proto,
+    /// The port on the host's addresses.
+    pub host_port: u16,
+    /// The port in the container.
+    pub port: u16,
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}/{}", self.host_port, self.port, self.proto)
+    }
+}
+
+/// Why a `--publish` was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "cannot publish {text:?}: expected HOSTPORT:PORT[/tcp|udp] with ports 1-65535, e.g. 8080:80/tcp"
+)]
+pub struct BadPublish {
+    /// The text given.
+    pub text: String,
+}
+
+impl std::str::FromStr for Publish {
+    type Err = BadPublish;
+
+    fn from_str(text: &str) -> Result<Publish, BadPublish> {
+        let bad = || BadPublish { text: text.into() };
+        let (ports, proto) = match text.split_once('/') {
+            None => (text, Proto::Tcp),
+            Some((ports, "tcp")) => (ports, Proto::Tcp),
+            Some((ports, "udp")) => (ports, Proto::Udp),
+            Some(_) => return Err(bad()),
+        };
+        let (host, inner) = ports.split_once(':').ok_or_else(bad)?;
+        let port = |s: &str| s.parse::<u16>().ok().filter(|p| *p != 0).ok_or_else(bad);
+        Ok(Publish { proto, host_port: port(host)?, port: port(inner)? })
+    }
+}
+
+/// The host's gateway bridge: every endpoint's way out, whatever its
+/// network, so overlapping subnets of different networks never meet in
+/// the host's routing table (only the host-local gateway subnet does).
+pub const GATEWAY_BRIDGE: &str = "ndgw0";
+
+/// The host-side name of an endpoint's gateway veth, from its overlay
+/// veth's name (unique on the host, at most 15 bytes).
+pub fn gateway_veth(host_ifname: &str) -> String {
+    match host_ifname.strip_prefix("ndve") {
+        Some(rest) => format!("ndge{rest}"),
+        None => format!("{}ge", cut(host_ifname, 13)),
+    }
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn cut(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s.split_at(end).0
 }
 
 /// One network as this host must hold it.
@@ -206,6 +314,11 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// `nft` could not be run or refused netdb's ruleset.
+    #[error(
+        "nftables: {0}; netdb needs the nft tool (apt-get install nftables) for egress and published ports"
+    )]
+    Nft(String),
     /// The container already has an interface of that name.
     #[error("interface {ifname} already exists in {netns}; pick another with --ifname")]
     IfnameTaken {
@@ -243,6 +356,26 @@ mod tests {
         assert_eq!(device_vni(&vxlan_name(16777215)), Some((DeviceKind::Vxlan, 16777215)));
         for other in ["ndbr", "ndbr04096", "ndvx12a", "eth0", "ndve1234", "ndbr99999999999"] {
             assert_eq!(device_vni(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn gateway_veths_are_named_after_the_endpoint_and_fit() {
+        assert_eq!(gateway_veth("ndve0a1b2c3d"), "ndge0a1b2c3d");
+        assert_eq!(gateway_veth("custom-long-name"), "custom-long-nge");
+        assert!(gateway_veth("ééééééééé").len() <= 15);
+    }
+
+    #[test]
+    fn publishes_parse_with_tcp_by_default() {
+        let p: Publish = "8080:80".parse().unwrap();
+        assert_eq!(p, Publish { proto: Proto::Tcp, host_port: 8080, port: 80 });
+        assert_eq!(p.to_string(), "8080:80/tcp");
+        let u: Publish = "53:5353/udp".parse().unwrap();
+        assert_eq!((u.proto, u.host_port, u.port), (Proto::Udp, 53, 5353));
+        for bad in ["", "80", "0:80", "8080:80/sctp", "70000:80", "a:b", "8080:80/", ":80"] {
+            let e = bad.parse::<Publish>().unwrap_err();
+            assert!(e.to_string().contains("HOSTPORT:PORT"), "{bad}: {e}");
         }
     }
 }

@@ -5,21 +5,27 @@ use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
 use std::pin::Pin;
+use std::sync::Mutex;
 use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::InfoBridgePort;
 use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
-use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
+use rtnetlink::{
+    Handle, LinkBridge, LinkBridgePort, LinkUnspec, LinkVeth, LinkVxlan, RouteMessageBuilder,
+};
 
 use crate::netns::{self, Connection};
-use crate::plan::{Observed, ObservedNetwork, Plan, plan};
+use crate::nft;
+use crate::plan::{Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, plan};
 use crate::{
-    Desired, DeviceKind, Endpoint, Error, Kernel, Mac, Network, ReconcileReport, VXLAN_PORT,
-    bridge_name, device_vni, vxlan_name,
+    Desired, DeviceKind, Egress, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network,
+    ReconcileReport, VXLAN_PORT, bridge_name, device_vni, gateway_veth, vxlan_name,
 };
 
 /// Requests in flight at once on the socket: the kernel answers them in
@@ -30,9 +36,15 @@ const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
 
+const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
+
 /// The Linux kernel of this host (the agent's network namespace).
 pub struct Linux {
     conn: Connection,
+    /// The ruleset last loaded and how `nft` lists it back: a listing equal
+    /// to it means the table still holds that ruleset (nft prints rules in
+    /// its own layout, so the generated text is never compared directly).
+    loaded: Mutex<Option<(String, String)>>,
 }
 
 type Op = Pin<Box<dyn Future<Output = (Kind, Result<(), Error>)> + Send + 'static>>;
@@ -44,7 +56,7 @@ fn op(kind: Kind, f: impl Future<Output = Result<(), Error>> + Send + 'static) -
 impl Linux {
     /// Must be called inside a tokio runtime.
     pub fn new() -> Result<Linux, Error> {
-        Ok(Linux { conn: netns::here()? })
+        Ok(Linux { conn: netns::here()?, loaded: Mutex::new(None) })
     }
 
     fn handle(&self) -> &Handle {
@@ -60,6 +72,9 @@ impl Linux {
             let index = msg.header.index;
             let (name, master) = name_and_master(&msg);
             let Some(name) = name else { continue };
+            if name == GATEWAY_BRIDGE {
+                out.gateway = Some(ObservedGateway { index, ..Default::default() });
+            }
             if let Some((kind, vni)) = device_vni(&name) {
                 let n = out.networks.entry(vni).or_default();
                 match kind {
@@ -96,6 +111,27 @@ impl Linux {
                 network(&mut out, *vni).neigh.insert(ip, mac);
             }
         }
+        if let Some(g) = &mut out.gateway {
+            let mut addrs = self.handle().address().get().set_link_index_filter(g.index).execute();
+            while let Some(msg) =
+                addrs.try_next().await.map_err(|e| Error::netlink("list addresses", e))?
+            {
+                for a in &msg.attributes {
+                    if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
+                        g.addresses.insert((*ip, msg.header.prefix_len));
+                    }
+                }
+            }
+        }
+        out.forwarding = std::fs::read_to_string(FORWARDING).is_ok_and(|v| v.trim() == "1");
+        let listed = blocking(nft::list).await?;
+        out.nftables = match listed {
+            None => Ruleset::Absent,
+            Some(listing) => match &*self.loaded.lock().unwrap_or_else(|e| e.into_inner()) {
+                Some((ruleset, known)) if *known == listing => Ruleset::Holds(ruleset.clone()),
+                _ => Ruleset::Unknown,
+            },
+        };
         Ok(out)
     }
 
@@ -110,7 +146,37 @@ impl Linux {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
-        let Plan { create, remove, fdb_add, fdb_del, neigh_add, neigh_del, reattach, enslave } = p;
+        let Plan {
+            create,
+            remove,
+            fdb_add,
+            fdb_del,
+            neigh_add,
+            neigh_del,
+            reattach,
+            enslave,
+            gateway,
+            gateway_remove,
+            gateway_enslave,
+            forwarding,
+            nftables,
+        } = p;
+        let mut gateway_ix = observed.gateway.as_ref().map(|g| g.index);
+        if let Some((addr, prefix)) = gateway {
+            match self.ensure_gateway(addr, prefix).await {
+                Ok(ix) => {
+                    gateway_ix = Some(ix);
+                    report.gateway_changed += 1;
+                }
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        if forwarding {
+            match enable_forwarding() {
+                Ok(()) => report.gateway_changed += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
         for vni in &remove {
             match self.remove_network(*vni).await {
                 Ok(()) => report.removed += 1,
@@ -174,9 +240,34 @@ impl Linux {
                 Err(e) => fail(&mut report, &Error::netlink(format!("enslave {name}"), e)),
             }
         }
-        for (vni, ep) in reattach {
-            match self.attach(&desired[&vni], &ep).await {
+        for name in gateway_enslave {
+            let Some(br) = gateway_ix else { continue };
+            match self.gateway_port(&name, br).await {
                 Ok(()) => report.endpoints_repaired += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        for (vni, ep) in reattach {
+            // What is left of it (one of its two veths) goes first, or the
+            // container's interface would look taken.
+            let wired = match self.detach(&ep.host_ifname).await {
+                Ok(_) => self.attach(&desired[&vni], &ep).await,
+                Err(e) => Err(e),
+            };
+            match wired {
+                Ok(()) => report.endpoints_repaired += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        if let Some(change) = nftables {
+            match self.load(change).await {
+                Ok(()) => report.nft_changed += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        if gateway_remove {
+            match self.remove_link(GATEWAY_BRIDGE).await {
+                Ok(()) => report.gateway_changed += 1,
                 Err(e) => fail(&mut report, &e),
             }
         }
@@ -229,11 +320,77 @@ impl Linux {
 
     async fn remove_network(&self, vni: u32) -> Result<(), Error> {
         for name in [vxlan_name(vni), bridge_name(vni)] {
-            if let Some(ix) = self.index(&name).await? {
-                ignore(self.handle().link().del(ix).execute().await, ENODEV)
-                    .map_err(|e| Error::netlink(format!("delete {name}"), e))?;
-            }
+            self.remove_link(&name).await?;
         }
+        Ok(())
+    }
+
+    async fn remove_link(&self, name: &str) -> Result<(), Error> {
+        if let Some(ix) = self.index(name).await? {
+            ignore(self.handle().link().del(ix).execute().await, ENODEV)
+                .map_err(|e| Error::netlink(format!("delete {name}"), e))?;
+        }
+        Ok(())
+    }
+
+    /// The gateway bridge, created if missing, with its address and up; its
+    /// index.
+    async fn ensure_gateway(&self, addr: Ipv4Addr, prefix: u8) -> Result<u32, Error> {
+        let bridge = LinkBridge::new(GATEWAY_BRIDGE).build();
+        ignore(self.handle().link().add(bridge).execute().await, EEXIST)
+            .map_err(|e| Error::netlink(format!("create bridge {GATEWAY_BRIDGE}"), e))?;
+        let ix = self.index(GATEWAY_BRIDGE).await?.ok_or_else(|| gone(GATEWAY_BRIDGE))?;
+        ignore(self.handle().address().add(ix, IpAddr::V4(addr), prefix).execute().await, EEXIST)
+            .map_err(|e| {
+            Error::netlink(format!("add address {addr}/{prefix} to {GATEWAY_BRIDGE}"), e)
+        })?;
+        self.handle()
+            .link()
+            .set(LinkUnspec::new_with_index(ix).up().build())
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(format!("set {GATEWAY_BRIDGE} up"), e))?;
+        Ok(ix)
+    }
+
+    /// Puts a gateway veth on the gateway bridge, isolated: containers of
+    /// different networks must not meet there (Docker's icc=false on
+    /// docker_gwbridge); they still reach the bridge, which routes.
+    async fn gateway_port(&self, name: &str, bridge: u32) -> Result<(), Error> {
+        let what = |step: &str| format!("{step} {name} on {GATEWAY_BRIDGE}");
+        let enslave = LinkUnspec::new_with_name(name).controller(bridge).up().build();
+        self.handle()
+            .link()
+            .set(enslave)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("enslave"), e))?;
+        let ix = self.index(name).await?.ok_or_else(|| gone(name))?;
+        let isolated =
+            LinkBridgePort::new(ix).append_info_data(InfoBridgePort::Isolated(true)).build();
+        self.handle()
+            .link()
+            .set_port(isolated)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("isolate"), e))
+    }
+
+    /// Loads or removes netdb's nftables table, and notes how it lists.
+    async fn load(&self, change: Nftables) -> Result<(), Error> {
+        let ruleset = match change {
+            Nftables::Load(r) => Some(r),
+            Nftables::Delete => None,
+        };
+        let loaded = blocking(move || {
+            nft::load(ruleset.as_deref())?;
+            Ok(match ruleset {
+                Some(r) => nft::list()?.map(|listing| (r, listing)),
+                None => None,
+            })
+        })
+        .await?;
+        *self.loaded.lock().unwrap_or_else(|e| e.into_inner()) = loaded;
         Ok(())
     }
 
@@ -243,22 +400,79 @@ impl Linux {
     pub async fn attach(&self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
         let file = netns::open(&ep.netns)?;
         let inside = netns::enter(&ep.netns, &file)?;
-        if index_in(&inside.handle, &ep.ifname).await?.is_some() {
-            return Err(Error::IfnameTaken {
-                ifname: ep.ifname.clone(),
-                netns: ep.netns.display().to_string(),
-            });
+        for ifname in std::iter::once(&ep.ifname).chain(ep.egress.as_ref().map(|e| &e.ifname)) {
+            if index_in(&inside.handle, ifname).await?.is_some() {
+                return Err(Error::IfnameTaken {
+                    ifname: ifname.clone(),
+                    netns: ep.netns.display().to_string(),
+                });
+            }
         }
         let (br, _) = self.ensure_network(net).await?;
         self.detach(&ep.host_ifname).await?;
         let peer = peer_name(&ep.host_ifname);
-        self.detach(&peer).await?;
-        self.add_veth(&ep.host_ifname, &peer, net.mtu).await?;
-        let wired = self.wire(net, ep, br, &peer, &file, &inside).await;
+        self.remove_link(&peer).await?;
+        self.add_veth(&ep.host_ifname, &peer, Some(net.mtu)).await?;
+        let mut wired = self.wire(net, ep, br, &peer, &file, &inside).await;
+        if let (Ok(()), Some(egress)) = (&wired, &ep.egress) {
+            wired = self.wire_gateway(ep, egress, &file, &inside).await;
+        }
         if wired.is_err() {
             let _ = self.detach(&ep.host_ifname).await;
         }
         wired
+    }
+
+    /// The endpoint's way out: a veth on the gateway bridge, addressed in
+    /// the container, and the container's default route through it.
+    async fn wire_gateway(
+        &self,
+        ep: &Endpoint,
+        egress: &Egress,
+        netns_file: &std::fs::File,
+        inside: &Connection,
+    ) -> Result<(), Error> {
+        let what = |step: &str| format!("{step} for endpoint {}'s way out", ep.host_ifname);
+        let bridge = self.ensure_gateway(egress.gateway, egress.prefix).await?;
+        let host = gateway_veth(&ep.host_ifname);
+        let peer = peer_name(&host);
+        self.remove_link(&peer).await?;
+        // The underlay's MTU, not the overlay's: nothing is encapsulated.
+        self.add_veth(&host, &peer, None).await?;
+        let move_peer =
+            LinkUnspec::new_with_name(&peer).setns_by_fd(netns_file.as_raw_fd()).build();
+        self.handle()
+            .link()
+            .set(move_peer)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("move veth"), e))?;
+        self.gateway_port(&host, bridge).await?;
+        let h = &inside.handle;
+        let ix = index_in(h, &peer).await?.ok_or_else(|| gone(&peer))?;
+        let setup = LinkUnspec::new_with_index(ix)
+            .name(egress.ifname.clone())
+            .address(Mac::from_ipv4(egress.ip).0.to_vec())
+            .up()
+            .build();
+        h.link().set(setup).execute().await.map_err(|e| Error::netlink(what("configure"), e))?;
+        h.address()
+            .add(ix, IpAddr::V4(egress.ip), egress.prefix)
+            .execute()
+            .await
+            .map_err(|e| Error::netlink(what("add address"), e))?;
+        // Each of a container's ways out has a default route of its own
+        // (the metric is the address's host part, unique on the host), so
+        // detaching one endpoint leaves the others' in place.
+        let host_part = u32::from(egress.ip)
+            & !u32::MAX.checked_shl(32 - u32::from(egress.prefix)).unwrap_or(0);
+        let default = RouteMessageBuilder::<Ipv4Addr>::new()
+            .gateway(egress.gateway)
+            .output_interface(ix)
+            .priority(host_part)
+            .build();
+        ignore(h.route().add(default).execute().await, EEXIST)
+            .map_err(|e| Error::netlink(what("add default route"), e))
     }
 
     async fn wire(
@@ -317,9 +531,17 @@ impl Linux {
         Ok(())
     }
 
-    /// A veth pair `host` - `peer`, both here.
-    pub(crate) async fn add_veth(&self, host: &str, peer: &str, mtu: u32) -> Result<(), Error> {
-        let veth = LinkVeth::new(host, peer).mtu(mtu).build();
+    /// A veth pair `host` - `peer`, both here; `None`: the kernel's MTU.
+    pub(crate) async fn add_veth(
+        &self,
+        host: &str,
+        peer: &str,
+        mtu: Option<u32>,
+    ) -> Result<(), Error> {
+        let veth = match mtu {
+            Some(mtu) => LinkVeth::new(host, peer).mtu(mtu).build(),
+            None => LinkVeth::new(host, peer).build(),
+        };
         self.handle()
             .link()
             .add(veth)
@@ -328,12 +550,17 @@ impl Linux {
             .map_err(|e| Error::netlink(format!("create veth {host}"), e))
     }
 
-    /// Removes an endpoint's veth pair; `Ok(false)` if it was already gone.
+    /// Removes an endpoint's veth pairs (overlay and way out); `Ok(false)`
+    /// if both were already gone.
     pub async fn detach(&self, host_ifname: &str) -> Result<bool, Error> {
-        let Some(ix) = self.index(host_ifname).await? else { return Ok(false) };
-        ignore(self.handle().link().del(ix).execute().await, ENODEV)
-            .map_err(|e| Error::netlink(format!("delete veth {host_ifname}"), e))?;
-        Ok(true)
+        let mut found = false;
+        for name in [host_ifname.to_string(), gateway_veth(host_ifname)] {
+            let Some(ix) = self.index(&name).await? else { continue };
+            ignore(self.handle().link().del(ix).execute().await, ENODEV)
+                .map_err(|e| Error::netlink(format!("delete veth {name}"), e))?;
+            found = true;
+        }
+        Ok(found)
     }
 
     async fn index(&self, name: &str) -> Result<Option<u32>, Error> {
@@ -414,6 +641,30 @@ enum Kind {
     FdbDel,
     NeighAdd,
     NeighDel,
+}
+
+/// Runs blocking work (the `nft` tool) off the runtime's threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, Error> + Send + 'static,
+) -> Result<T, Error> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Nft(format!("the nft task failed: {e}")))?
+}
+
+/// Turns IPv4 forwarding on in this namespace: containers' traffic to the
+/// outside is routed from the gateway bridge to the underlay. Never turned
+/// off again: other software on the host may rely on it by then.
+fn enable_forwarding() -> Result<(), Error> {
+    std::fs::write(FORWARDING, "1").map_err(|source| Error::Netlink {
+        what: format!("enable IPv4 forwarding ({FORWARDING})"),
+        source,
+    })?;
+    tracing::info!(
+        "IPv4 forwarding enabled in this network namespace: endpoints reach the outside \
+         through {GATEWAY_BRIDGE}"
+    );
+    Ok(())
 }
 
 fn fail(report: &mut ReconcileReport, e: &Error) {

@@ -13,9 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::plan::{Observed, ObservedNetwork, Plan, plan};
+use crate::plan::{Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, plan};
 use crate::{
-    Desired, Endpoint, Error, Kernel, Mac, Network, ReconcileReport, bridge_name, vxlan_name,
+    Desired, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network, ReconcileReport, bridge_name,
+    gateway_veth, vxlan_name,
 };
 
 /// Longest interface name Linux takes (IFNAMSIZ - 1).
@@ -39,6 +40,14 @@ struct State {
     inside: BTreeMap<PathBuf, BTreeSet<String>>,
     /// Wired endpoints by host-side veth name.
     wired: BTreeMap<String, Endpoint>,
+    /// Gateway veths by host-side name: the container's namespace and
+    /// interface at the other end.
+    gateway_ports: BTreeMap<String, (PathBuf, String)>,
+    /// The gateway bridge and its addresses.
+    gateway: Option<ObservedGateway>,
+    /// netdb's nftables table, as loaded.
+    nftables: Option<String>,
+    forwarding: bool,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -87,6 +96,21 @@ impl Memory {
         Some((d.mtu, d.local?))
     }
 
+    /// netdb's nftables table, as last loaded; `None` when there is none.
+    pub fn nftables(&self) -> Option<String> {
+        self.lock().nftables.clone()
+    }
+
+    /// Whether IPv4 forwarding was turned on.
+    pub fn forwarding(&self) -> bool {
+        self.lock().forwarding
+    }
+
+    /// Replaces netdb's nftables table by hand, as an operator could.
+    pub fn set_nftables(&self, ruleset: Option<String>) {
+        self.lock().nftables = ruleset;
+    }
+
     /// An interface the container has of its own (not ours), as a runtime
     /// would have made it.
     pub fn add_link_in(&self, netns: &Path, ifname: &str) {
@@ -126,7 +150,27 @@ impl State {
             );
         }
         out.links = self.links.iter().map(|(name, l)| (name.clone(), l.master)).collect();
+        out.gateway = self.gateway.clone();
+        out.nftables = self.nftables.clone().map_or(Ruleset::Absent, Ruleset::Holds);
+        out.forwarding = self.forwarding;
         out
+    }
+
+    /// The gateway bridge, made if missing, with this address; its index.
+    fn ensure_gateway(&mut self, addr: (Ipv4Addr, u8)) -> u32 {
+        let index = match &self.gateway {
+            Some(g) => g.index,
+            None => {
+                let index = self.index();
+                self.links.insert(GATEWAY_BRIDGE.into(), Link { index, master: None });
+                index
+            }
+        };
+        self.gateway.get_or_insert_with(|| ObservedGateway { index, ..Default::default() });
+        if let Some(g) = &mut self.gateway {
+            g.addresses.insert(addr);
+        }
+        index
     }
 
     /// The network's devices, made if missing; the bridge's index.
@@ -154,7 +198,8 @@ impl State {
     fn attach(&mut self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
         std::fs::metadata(&ep.netns)
             .map_err(|source| Error::Netns { path: ep.netns.display().to_string(), source })?;
-        for name in [&ep.ifname, &ep.host_ifname] {
+        let gateway_ifname = ep.egress.as_ref().map(|e| &e.ifname);
+        for name in [&ep.ifname, &ep.host_ifname].into_iter().chain(gateway_ifname) {
             if name.is_empty() || name.len() > MAX_IFNAME {
                 return Err(Error::Netlink {
                     what: format!("create veth {} for {}", ep.host_ifname, ep.ifname),
@@ -162,19 +207,35 @@ impl State {
                 });
             }
         }
-        if self.inside.get(&ep.netns).is_some_and(|names| names.contains(&ep.ifname)) {
-            return Err(Error::IfnameTaken {
-                ifname: ep.ifname.clone(),
-                netns: ep.netns.display().to_string(),
-            });
+        for name in std::iter::once(&ep.ifname).chain(gateway_ifname) {
+            if self.inside.get(&ep.netns).is_some_and(|names| names.contains(name)) {
+                return Err(Error::IfnameTaken {
+                    ifname: name.clone(),
+                    netns: ep.netns.display().to_string(),
+                });
+            }
         }
         let bridge = self.ensure_network(net);
-        self.delete_link(&ep.host_ifname);
+        self.detach(&ep.host_ifname);
         let index = self.index();
         self.links.insert(ep.host_ifname.clone(), Link { index, master: Some(bridge) });
         self.inside.entry(ep.netns.clone()).or_default().insert(ep.ifname.clone());
         self.wired.insert(ep.host_ifname.clone(), ep.clone());
+        if let Some(e) = &ep.egress {
+            let master = self.ensure_gateway((e.gateway, e.prefix));
+            let port = gateway_veth(&ep.host_ifname);
+            let index = self.index();
+            self.links.insert(port.clone(), Link { index, master: Some(master) });
+            self.inside.entry(ep.netns.clone()).or_default().insert(e.ifname.clone());
+            self.gateway_ports.insert(port, (ep.netns.clone(), e.ifname.clone()));
+        }
         Ok(())
+    }
+
+    /// Both veth pairs of an endpoint; `false` if neither was there.
+    fn detach(&mut self, host_ifname: &str) -> bool {
+        let main = self.delete_link(host_ifname);
+        self.delete_link(&gateway_veth(host_ifname)) || main
     }
 
     fn delete_link(&mut self, name: &str) -> bool {
@@ -184,6 +245,14 @@ impl State {
             && let Some(names) = self.inside.get_mut(&ep.netns)
         {
             names.remove(&ep.ifname);
+        }
+        if let Some((netns, ifname)) = self.gateway_ports.remove(name)
+            && let Some(names) = self.inside.get_mut(&netns)
+        {
+            names.remove(&ifname);
+        }
+        if self.gateway.as_ref().is_some_and(|g| g.index == link.index) {
+            self.gateway = None;
         }
         // Ports of a deleted bridge are released, as the kernel does.
         for l in self.links.values_mut() {
@@ -206,9 +275,30 @@ impl State {
     }
 
     fn reconcile(&mut self, desired: &Desired) -> ReconcileReport {
-        let Plan { create, remove, fdb_add, fdb_del, neigh_add, neigh_del, reattach, enslave } =
-            plan(desired, &self.observe());
+        let Plan {
+            create,
+            remove,
+            fdb_add,
+            fdb_del,
+            neigh_add,
+            neigh_del,
+            reattach,
+            enslave,
+            gateway,
+            gateway_remove,
+            gateway_enslave,
+            forwarding,
+            nftables,
+        } = plan(desired, &self.observe());
         let mut report = ReconcileReport::default();
+        if let Some(addr) = gateway {
+            self.ensure_gateway(addr);
+            report.gateway_changed += 1;
+        }
+        if forwarding {
+            self.forwarding = true;
+            report.gateway_changed += 1;
+        }
         for vni in remove {
             self.delete_link(&vxlan_name(vni));
             self.delete_link(&bridge_name(vni));
@@ -247,11 +337,30 @@ impl State {
                 report.endpoints_repaired += 1;
             }
         }
+        for name in gateway_enslave {
+            let bridge = self.gateway.as_ref().map(|g| g.index);
+            if let (Some(br), Some(link)) = (bridge, self.links.get_mut(&name)) {
+                link.master = Some(br);
+                report.endpoints_repaired += 1;
+            }
+        }
         for (vni, ep) in reattach {
+            self.detach(&ep.host_ifname);
             match self.attach(&desired[&vni], &ep) {
                 Ok(()) => report.endpoints_repaired += 1,
                 Err(_) => report.failed += 1,
             }
+        }
+        if let Some(change) = nftables {
+            self.nftables = match change {
+                Nftables::Load(r) => Some(r),
+                Nftables::Delete => None,
+            };
+            report.nft_changed += 1;
+        }
+        if gateway_remove {
+            self.delete_link(GATEWAY_BRIDGE);
+            report.gateway_changed += 1;
         }
         report
     }
@@ -263,7 +372,7 @@ impl Kernel for Memory {
     }
 
     async fn detach(&self, host_ifname: &str) -> Result<bool, Error> {
-        Ok(self.lock().delete_link(host_ifname))
+        Ok(self.lock().detach(host_ifname))
     }
 
     async fn reconcile(&self, desired: &Desired) -> Result<ReconcileReport, Error> {
@@ -277,7 +386,7 @@ impl Kernel for Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{network, remote};
+    use crate::testing::{egress_endpoint, network, remote};
 
     fn run<T>(f: impl Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
@@ -309,6 +418,7 @@ mod tests {
             ip,
             prefix: 24,
             mac: Mac::from_ipv4(ip),
+            egress: None,
         }
     }
 
@@ -364,5 +474,38 @@ mod tests {
         let r = run(k.reconcile(&Desired::new())).unwrap();
         assert_eq!(r.removed, 1);
         assert!(k.observe().networks.is_empty());
+    }
+
+    #[test]
+    fn the_way_out_comes_and_goes_with_its_endpoints() {
+        let ns = Netns::new("egress");
+        let k = Memory::new();
+        let mut ep = egress_endpoint("ndve1", 2, &["8080:80".parse().unwrap()]);
+        ep.netns = ns.0.clone();
+        let mut net = network(&[]);
+        net.endpoints.insert(ep.host_ifname.clone(), ep.clone());
+        let desired = Desired::from([(4096, net)]);
+
+        run(k.attach(&desired[&4096], &ep)).unwrap();
+        assert_eq!(k.links_in(&ns.0), BTreeSet::from(["eth0".into(), "gweth0".into()]));
+        let r = run(k.reconcile(&desired)).unwrap();
+        assert_eq!((r.nft_changed, r.gateway_changed, r.failed), (1, 1, 0), "{r:?}");
+        assert!(k.forwarding());
+        assert!(k.nftables().unwrap().contains("dnat to 198.18.0.2:80"));
+        assert_eq!(run(k.reconcile(&desired)).unwrap().changes(), 0);
+
+        // Edited by hand: put back. The gateway veth lost: wired again.
+        k.set_nftables(Some("table ip netdb {}".into()));
+        assert!(k.delete_link(&gateway_veth("ndve1")));
+        let r = run(k.reconcile(&desired)).unwrap();
+        assert_eq!((r.nft_changed, r.endpoints_repaired), (1, 1), "{r:?}");
+        assert_eq!(k.nftables(), crate::ruleset(&desired));
+
+        assert!(run(k.detach("ndve1")).unwrap());
+        assert!(k.links_in(&ns.0).is_empty(), "both container ends go");
+        let r = run(k.reconcile(&Desired::new())).unwrap();
+        assert_eq!((r.nft_changed, r.gateway_changed, r.removed), (1, 1, 1), "{r:?}");
+        assert_eq!(k.nftables(), None);
+        assert!(k.observe().links.is_empty(), "{:?}", k.observe().links);
     }
 }

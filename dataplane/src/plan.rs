@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
-use crate::{Desired, Endpoint, Mac};
+use crate::{Desired, Endpoint, Mac, gateway_veth, ruleset};
 
 /// One network's devices and entries as read from the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -26,6 +26,43 @@ pub struct Observed {
     pub networks: BTreeMap<u32, ObservedNetwork>,
     /// Every link by name, with its bridge's index.
     pub links: BTreeMap<String, Option<u32>>,
+    /// The gateway bridge, if it exists.
+    pub gateway: Option<ObservedGateway>,
+    /// What netdb's nftables table holds.
+    pub nftables: Ruleset,
+    /// Whether IPv4 forwarding is on in this namespace.
+    pub forwarding: bool,
+}
+
+/// The gateway bridge as read from the kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ObservedGateway {
+    /// Its interface index.
+    pub index: u32,
+    /// Its IPv4 addresses and prefix lengths.
+    pub addresses: BTreeSet<(Ipv4Addr, u8)>,
+}
+
+/// netdb's nftables table as read from the kernel.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub enum Ruleset {
+    /// There is none.
+    #[default]
+    Absent,
+    /// It holds exactly this ruleset, as [`ruleset`] generated it.
+    Holds(String),
+    /// It holds something else (edited by hand, or loaded by an earlier
+    /// run): to be replaced.
+    Unknown,
+}
+
+/// A change to netdb's nftables table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Nftables {
+    /// Replace the table by this ruleset.
+    Load(String),
+    /// Remove the table: nothing needs it.
+    Delete,
 }
 
 /// Work to do, in the order [`crate::Linux`] does it.
@@ -47,6 +84,17 @@ pub struct Plan {
     pub reattach: Vec<(u32, Endpoint)>,
     /// Local endpoints whose veth left the bridge: enslave it again.
     pub enslave: Vec<(u32, String)>,
+    /// The gateway bridge is missing or lacks its address (address,
+    /// prefix length): make it so.
+    pub gateway: Option<(Ipv4Addr, u8)>,
+    /// The gateway bridge exists but no endpoint needs it: remove it.
+    pub gateway_remove: bool,
+    /// Gateway veths that left the gateway bridge: enslave them again.
+    pub gateway_enslave: Vec<String>,
+    /// IPv4 forwarding is off but the gateway needs it.
+    pub forwarding: bool,
+    /// netdb's nftables table differs from what it must hold.
+    pub nftables: Option<Nftables>,
 }
 
 impl Plan {
@@ -62,6 +110,21 @@ impl Plan {
 pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let mut p = Plan::default();
     let empty = ObservedNetwork::default();
+    let way_out = desired
+        .values()
+        .flat_map(|n| n.endpoints.values())
+        .find_map(|e| e.egress.as_ref())
+        .map(|e| (e.gateway, e.prefix));
+    let gateway = observed.gateway.as_ref();
+    match way_out {
+        Some(addr) => {
+            if !gateway.is_some_and(|g| g.addresses.contains(&addr)) {
+                p.gateway = Some(addr);
+            }
+            p.forwarding = !observed.forwarding;
+        }
+        None => p.gateway_remove = gateway.is_some(),
+    }
     for (&vni, net) in desired {
         let seen = observed.networks.get(&vni).unwrap_or(&empty);
         let creating = seen.bridge.is_none() || seen.vxlan.is_none();
@@ -77,17 +140,32 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         diff(vni, &fdb, &seen.fdb, &mut p.fdb_add, &mut p.fdb_del);
         diff(vni, &neigh, &seen.neigh, &mut p.neigh_add, &mut p.neigh_del);
         for (name, ep) in &net.endpoints {
+            let gateway_port = ep.egress.as_ref().map(|_| gateway_veth(name));
+            let gateway_master = gateway_port.as_ref().map(|g| observed.links.get(g));
             match observed.links.get(name) {
                 None => p.reattach.push((vni, ep.clone())),
+                // Half an endpoint (its way out lost): wired again whole.
+                Some(_) if gateway_master == Some(None) => p.reattach.push((vni, ep.clone())),
                 // A new bridge (deleted by hand, or the VNI changed) gets
                 // every veth of the network back.
                 Some(_) if creating => p.enslave.push((vni, name.clone())),
                 Some(master) if *master != seen.bridge => p.enslave.push((vni, name.clone())),
                 Some(_) => {}
             }
+            if let (Some(port), Some(Some(master))) = (gateway_port, gateway_master)
+                && (gateway.is_none() || *master != gateway.map(|g| g.index))
+            {
+                p.gateway_enslave.push(port);
+            }
         }
     }
     p.remove = observed.networks.keys().filter(|v| !desired.contains_key(v)).copied().collect();
+    p.nftables = match (ruleset(desired), &observed.nftables) {
+        (Some(want), Ruleset::Holds(have)) if want == *have => None,
+        (Some(want), _) => Some(Nftables::Load(want)),
+        (None, Ruleset::Absent) => None,
+        (None, _) => Some(Nftables::Delete),
+    };
     p
 }
 
@@ -115,7 +193,7 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
 mod tests {
     use super::*;
     use crate::Remote;
-    use crate::testing::{ip, network, remote};
+    use crate::testing::{egress_endpoint, ip, network, remote};
 
     fn observed_from(desired: &Desired) -> Observed {
         let mut o = Observed::default();
@@ -189,6 +267,7 @@ mod tests {
                 ip: ip(2),
                 prefix: 24,
                 mac: Mac::from_ipv4(ip(2)),
+                egress: None,
             };
             net.endpoints.insert(name.into(), ep);
         }
@@ -205,5 +284,75 @@ mod tests {
         let p = plan(&desired, &o);
         assert_eq!(p.create, vec![4096]);
         assert_eq!(p.enslave.len(), 2);
+    }
+
+    /// A kernel holding everything `desired` needs, the way out included.
+    fn in_step(desired: &Desired) -> Observed {
+        let mut o = observed_from(desired);
+        o.gateway = Some(ObservedGateway {
+            index: 30,
+            addresses: [(Ipv4Addr::new(198, 18, 0, 1), 16)].into(),
+        });
+        for net in desired.values() {
+            for name in net.endpoints.keys() {
+                o.links.insert(name.clone(), Some(10));
+                o.links.insert(gateway_veth(name), Some(30));
+            }
+        }
+        o.forwarding = true;
+        o.nftables = Ruleset::Holds(ruleset(desired).unwrap());
+        o
+    }
+
+    #[test]
+    fn the_way_out_is_made_kept_and_repaired() {
+        let mut net = network(&[]);
+        let ep = egress_endpoint("ndve1", 2, &["8080:80".parse().unwrap()]);
+        net.endpoints.insert("ndve1".into(), ep);
+        let desired: Desired = [(4096, net)].into();
+
+        let p = plan(&desired, &Observed::default());
+        assert_eq!(p.gateway, Some((Ipv4Addr::new(198, 18, 0, 1), 16)));
+        assert!(p.forwarding && !p.gateway_remove);
+        assert_eq!(p.nftables, Some(Nftables::Load(ruleset(&desired).unwrap())));
+        assert_eq!(p.reattach.len(), 1);
+
+        let o = in_step(&desired);
+        assert!(plan(&desired, &o).is_empty(), "{:?}", plan(&desired, &o));
+
+        // The table edited by hand, the bridge's address removed, the
+        // gateway veth off its bridge: all put back.
+        let mut drift = o.clone();
+        drift.nftables = Ruleset::Unknown;
+        drift.gateway.as_mut().unwrap().addresses.clear();
+        drift.links.insert(gateway_veth("ndve1"), None);
+        let p = plan(&desired, &drift);
+        assert!(matches!(p.nftables, Some(Nftables::Load(_))));
+        assert_eq!(p.gateway, Some((Ipv4Addr::new(198, 18, 0, 1), 16)));
+        assert_eq!(p.gateway_enslave, vec![gateway_veth("ndve1")]);
+        assert!(p.reattach.is_empty());
+
+        // The gateway veth gone: the endpoint is wired again whole.
+        let mut lost = o.clone();
+        lost.links.remove(&gateway_veth("ndve1"));
+        assert_eq!(plan(&desired, &lost).reattach.len(), 1);
+
+        // Nothing needs a way out any more: bridge and table go.
+        let p = plan(&Desired::new(), &o);
+        assert!(p.gateway_remove);
+        assert_eq!(p.nftables, Some(Nftables::Delete));
+        assert!(!p.forwarding, "forwarding is left as it is");
+    }
+
+    #[test]
+    fn internal_endpoints_need_no_way_out() {
+        let mut net = network(&[]);
+        let mut ep = egress_endpoint("ndve1", 2, &[]);
+        ep.egress = None;
+        net.endpoints.insert("ndve1".into(), ep);
+        let desired: Desired = [(4096, net)].into();
+        let mut o = observed_from(&desired);
+        o.links.insert("ndve1".into(), Some(10));
+        assert!(plan(&desired, &o).is_empty());
     }
 }

@@ -74,7 +74,7 @@ fn probe_in_new_namespace(local: Ipv4Addr, mtu: u32) -> KernelSupport {
         if let Ok(br_ix) = bridge {
             out.vxlan = Some(shown(&linux.ensure_vxlan(&net, br_ix).await));
         }
-        out.veth = Some(shown(&linux.add_veth("ndveprobe", "ndveprobep", mtu).await));
+        out.veth = Some(shown(&linux.add_veth("ndveprobe", "ndveprobep", Some(mtu)).await));
     });
     out
 }

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
-use crate::{Mac, Network, Remote};
+use crate::{Egress, Endpoint, Mac, Network, Publish, Remote};
 
 /// 10.0.0.`last`.
 pub(crate) fn ip(last: u8) -> Ipv4Addr {
@@ -24,5 +24,25 @@ pub(crate) fn network(remotes: &[Remote]) -> Network {
         local: Ipv4Addr::new(192, 168, 0, 1),
         remotes: remotes.iter().copied().collect(),
         endpoints: BTreeMap::new(),
+    }
+}
+
+/// A local endpoint 10.0.0.`last` with a way out: 198.18.0.`last` behind
+/// gateway 198.18.0.1/16, publishing `publish`.
+pub(crate) fn egress_endpoint(host_ifname: &str, last: u8, publish: &[Publish]) -> Endpoint {
+    Endpoint {
+        netns: "/run/netns/x".into(),
+        ifname: "eth0".into(),
+        host_ifname: host_ifname.into(),
+        ip: ip(last),
+        prefix: 24,
+        mac: Mac::from_ipv4(ip(last)),
+        egress: Some(Egress {
+            ifname: "gweth0".into(),
+            ip: Ipv4Addr::new(198, 18, 0, last),
+            gateway: Ipv4Addr::new(198, 18, 0, 1),
+            prefix: 16,
+            publish: publish.to_vec(),
+        }),
     }
 }

@@ -7,7 +7,9 @@ use std::net::Ipv4Addr;
 use std::path::PathBuf;
 use std::process::Command;
 
-use netdb_dataplane::{Desired, Endpoint, Linux, Mac, Network, Remote, has_net_admin};
+use netdb_dataplane::{
+    Desired, Egress, Endpoint, Linux, Mac, Network, ReconcileReport, Remote, has_net_admin, ruleset,
+};
 
 fn allowed(test: &str) -> bool {
     if has_net_admin() {
@@ -97,6 +99,7 @@ fn endpoint(netns: PathBuf, host_ifname: &str, last: u8) -> Endpoint {
         ip: addr(last),
         prefix: 24,
         mac: Mac::from_ipv4(addr(last)),
+        egress: None,
     }
 }
 
@@ -277,4 +280,106 @@ fn the_kernel_probe_works_here_and_leaves_the_host_untouched() {
     // The probe's devices lived in its own namespace, never here.
     let here = ip(&["-br", "link"]);
     assert!(!here.contains("ndveprobe"), "{here}");
+}
+
+/// One `Linux` living in a namespace for the whole test, as in the agent
+/// (it remembers what it loaded into nftables), reconciling on request.
+type Request = (Desired, std::sync::mpsc::Sender<ReconcileReport>);
+struct Reconciler(std::sync::mpsc::Sender<Request>);
+
+impl Reconciler {
+    fn new(path: PathBuf) -> Reconciler {
+        let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        std::thread::spawn(move || {
+            let file = std::fs::File::open(&path).expect("open namespace");
+            nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let linux = rt.block_on(async { Linux::new().unwrap() });
+            while let Ok((desired, reply)) = rx.recv() {
+                let r = rt.block_on(linux.reconcile(&desired)).unwrap();
+                let _ = reply.send(r);
+            }
+        });
+        Reconciler(tx)
+    }
+
+    fn reconcile(&self, desired: &Desired) -> ReconcileReport {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.0.send((desired.clone(), tx)).unwrap();
+        rx.recv().expect("the reconciler thread")
+    }
+}
+
+fn nft_in(netns: &str) -> Option<String> {
+    let out = Command::new("ip")
+        .args(["netns", "exec", netns, "nft", "list", "table", "ip", "netdb"])
+        .output()
+        .expect("run nft");
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_way_out_is_wired_reconciled_and_removed() {
+    if !allowed("the_way_out_is_wired_reconciled_and_removed") {
+        return;
+    }
+    let ns = Namespaces::new("gw", &["host", "c1"]);
+    let (host, c1) = (ns.0[0].clone(), ns.0[1].clone());
+    ip(&["-n", &host, "link", "set", "lo", "up"]);
+    let mut e1 = endpoint(ns.path(1), "ndve00000001", 2);
+    e1.egress = Some(Egress {
+        ifname: "gweth0".into(),
+        ip: Ipv4Addr::new(198, 18, 0, 2),
+        gateway: Ipv4Addr::new(198, 18, 0, 1),
+        prefix: 16,
+        publish: vec!["8080:80".parse().unwrap()],
+    });
+    let desired: Desired = [(4242, network(&[], &[e1]))].into();
+    let k = Reconciler::new(ns.path(0));
+
+    let r = k.reconcile(&desired);
+    assert_eq!((r.endpoints_repaired, r.nft_changed, r.failed), (1, 1, 0), "{r:?}");
+    assert!(ip(&["-n", &host, "addr", "show", "ndgw0"]).contains("inet 198.18.0.1/16"));
+    let port = ip(&["-n", &host, "-d", "link", "show", "ndge00000001"]);
+    assert!(port.contains("master ndgw0") && port.contains("isolated on"), "{port}");
+    let gw = ip(&["-n", &c1, "addr", "show", "gweth0"]);
+    assert!(gw.contains("inet 198.18.0.2/16") && gw.contains("state UP"), "{gw}");
+    let routes = ip(&["-n", &c1, "route"]);
+    assert!(routes.contains("default via 198.18.0.1 dev gweth0"), "{routes}");
+    let forwarding = Command::new("ip")
+        .args(["netns", "exec", &host, "cat", "/proc/sys/net/ipv4/ip_forward"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&forwarding.stdout).trim(), "1");
+    let table = nft_in(&host).expect("netdb's table");
+    assert!(table.contains("dnat to 198.18.0.2:80") && table.contains("masquerade"), "{table}");
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &c1, "ping", "-c", "1", "-W", "2", "198.18.0.1"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "the container reaches its gateway");
+
+    // In step: nft's listing of what was loaded is recognised.
+    assert_eq!(k.reconcile(&desired).changes(), 0);
+
+    // Edited by hand: the table replaced, the port unplugged.
+    let nft = |args: &[&str]| {
+        let s = Command::new("ip").args(["netns", "exec", &host, "nft"]).args(args).status();
+        assert!(s.unwrap().success(), "nft {args:?}");
+    };
+    nft(&["add", "rule", "ip", "netdb", "postrouting", "counter"]);
+    ip(&["-n", &host, "link", "set", "ndge00000001", "nomaster"]);
+    let r = k.reconcile(&desired);
+    assert_eq!((r.nft_changed, r.endpoints_repaired, r.failed), (1, 1, 0), "{r:?}");
+    assert!(!nft_in(&host).unwrap().contains("counter"));
+    assert!(ip(&["-n", &host, "-d", "link", "show", "ndge00000001"]).contains("isolated on"));
+    assert_eq!(k.reconcile(&desired).changes(), 0);
+    assert!(ruleset(&desired).is_some());
+
+    // Nothing wanted: endpoint, bridge and table go.
+    let r = k.reconcile(&Desired::new());
+    assert_eq!((r.nft_changed, r.gateway_changed, r.failed), (1, 1, 0), "{r:?}");
+    assert_eq!(nft_in(&host), None);
+    let links = ip(&["-n", &host, "-br", "link"]);
+    assert!(!links.contains("ndgw0") && !links.contains("ndbr4242"), "{links}");
 }

@@ -50,6 +50,9 @@ pub struct NetworkDef {
     pub origin: String,
     /// The creator's Lamport time at creation: with `origin`, its identity.
     pub created: u64,
+    /// No way out of the overlay (no gateway, default route or published
+    /// ports), the same on every host.
+    pub internal: bool,
 }
 
 /// A definition's identity: (created, origin); the older one wins a name.
@@ -70,6 +73,7 @@ impl NetworkDef {
             mtu: self.mtu,
             origin: self.origin.clone(),
             created: self.created,
+            internal: self.internal,
         }
         .encode_to_vec()
         .into()
@@ -92,6 +96,7 @@ impl NetworkDef {
             mtu: w.mtu,
             origin: w.origin,
             created: w.created,
+            internal: w.internal,
         })
     }
 }
@@ -204,7 +209,19 @@ mod tests {
             mtu: DEFAULT_MTU,
             origin: origin.into(),
             created,
+            internal: false,
         }
+    }
+
+    #[test]
+    fn internal_travels_with_the_definition_and_defaults_to_off() {
+        let blue = NetworkDef { internal: true, ..def("blue", "10.1.0.0/24", 4096, "a", 5) };
+        assert_eq!(NetworkDef::decode(&blue.encode()), Some(blue.clone()));
+        // A definition from an agent that knows no `internal` field.
+        let mut old = wire::NetworkDef::decode(&blue.encode()[..]).unwrap();
+        old.internal = false;
+        let old = NetworkDef::decode(&old.encode_to_vec()).unwrap();
+        assert!(!old.internal);
     }
 
     fn copy(holder: &str, d: &NetworkDef, deleted: bool) -> (String, Entry) {

@@ -93,13 +93,13 @@ pub(super) async fn kernel(dataplane: bool, tunnel: Option<IpAddr>) -> Vec<Check
     ]
 }
 
-/// Today's overlay does not use nftables; egress and published ports
-/// (later) will, so a missing or broken nft is a warning, not a failure.
+/// Egress (SNAT) and published ports need nftables; internal networks
+/// work without, so a missing or broken nft is a warning, not a failure.
 pub(super) fn nftables(dataplane: bool) -> Check {
     if !dataplane {
         return Check::new("nftables", Finding::Skip, "--no-dataplane: not needed");
     }
-    let later = "not needed by today's overlay, but egress and published ports will be";
+    let later = "needed for endpoints to reach the outside and for published ports";
     match Command::new("nft").args(["list", "tables"]).output() {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             Check::new("nftables", Finding::Warn, format!("`nft` is not installed ({later})"))

@@ -18,7 +18,7 @@ use netdb_wire as wire;
 use prost::Message;
 use tokio::sync::Mutex;
 
-use super::desired::{kernel_endpoint, parse_mac};
+use super::desired::{gateway_ifname, kernel_endpoint, parse_mac};
 use super::names::{Names, fold};
 use super::{
     ENDPOINTS_TABLE, EndpointInfo, Error, MAX_ALIASES, MAX_ENDPOINT_NAME, Overlay, Pending,
@@ -47,6 +47,8 @@ pub(crate) struct Attach {
     pub(crate) aliases: Vec<String>,
     /// `None`: eth0.
     pub(crate) ifname: Option<String>,
+    /// Host ports to forward to the endpoint: HOSTPORT:PORT[/tcp|udp].
+    pub(crate) publish: Vec<String>,
 }
 
 /// Where the overlay lives and how time passes there: the agent's core
@@ -175,6 +177,18 @@ impl Overlay {
         {
             return Err(Error::BadIfname(ifname));
         }
+        let internal = eff.def.internal;
+        let publish = self.check_publish(r, internal)?;
+        if !internal && gateway_ifname(&ifname).len() > MAX_IFNAME {
+            return Err(Error::IfnameTooLongForGateway(ifname));
+        }
+        if !internal && overlap(&eff.def.subnet, &self.gateway) {
+            return Err(Error::GatewayOverlap {
+                network: r.network.clone(),
+                subnet: eff.def.subnet,
+                gateway: self.gateway,
+            });
+        }
         let netns = r.netns.clone();
         if !netns.is_absolute() {
             return Err(Error::NetnsNotAbsolute);
@@ -241,6 +255,15 @@ impl Overlay {
             self.leave_if_unused(node, now, &r.network);
             return Err(e);
         }
+        let gateway_ip = if internal {
+            None
+        } else {
+            let Some(ip) = self.gateway_address() else {
+                self.leave_if_unused(node, now, &r.network);
+                return Err(Error::GatewayFull(self.gateway));
+            };
+            Some(ip)
+        };
         let mac = dp::Mac::from_ipv4(ip);
         let saved = SavedEndpoint {
             network: r.network.clone(),
@@ -253,13 +276,70 @@ impl Overlay {
             mac: mac.to_string(),
             service: r.service.clone(),
             aliases: r.aliases.clone(),
+            gateway_ip,
+            publish,
         };
         self.state.networks.entry(r.network.clone()).or_insert_with(|| saved_network(&eff.def));
         let network = self.kernel_network(node, &r.network, &eff, tunnel);
-        let endpoint = kernel_endpoint(&saved, mac);
+        let endpoint = kernel_endpoint(&saved, mac, &self.gateway);
         let reply = self.info(&saved);
         self.pending.insert(key.clone(), Pending { ip, saved });
         Ok(Step::Ready(Box::new(Ready { network, endpoint, reply, key })))
+    }
+
+    /// This host's endpoints, attached and being attached.
+    fn local_and_pending(&self) -> impl Iterator<Item = &SavedEndpoint> {
+        self.state.endpoints.iter().chain(self.pending.values().map(|p| &p.saved))
+    }
+
+    /// The attach's publishes, in canonical form; refused when malformed,
+    /// on an internal network, on VXLAN's port, or already published by an
+    /// endpoint of this host (the host port is the host's, whatever the
+    /// network).
+    fn check_publish(&self, r: &Attach, internal: bool) -> Result<Vec<String>, Error> {
+        if internal && !r.publish.is_empty() {
+            return Err(Error::PublishOnInternal(r.network.clone()));
+        }
+        let mut out: Vec<dp::Publish> = Vec::new();
+        for text in &r.publish {
+            let p: dp::Publish = text.parse()?;
+            let port = |p: &dp::Publish| format!("{}/{}", p.host_port, p.proto);
+            if p.proto == dp::Proto::Udp && p.host_port == dp::VXLAN_PORT {
+                return Err(Error::PortReserved(port(&p)));
+            }
+            let same = |q: &dp::Publish| (q.proto, q.host_port) == (p.proto, p.host_port);
+            if out.iter().any(same) {
+                return Err(Error::PortPublished {
+                    port: port(&p),
+                    endpoint: r.name.clone(),
+                    network: r.network.clone(),
+                });
+            }
+            for ep in self.local_and_pending() {
+                if ep.publish.iter().filter_map(|t| t.parse::<dp::Publish>().ok()).any(|q| same(&q))
+                {
+                    return Err(Error::PortPublished {
+                        port: port(&p),
+                        endpoint: ep.name.clone(),
+                        network: ep.network.clone(),
+                    });
+                }
+            }
+            out.push(p);
+        }
+        Ok(out.iter().map(|p| p.to_string()).collect())
+    }
+
+    /// The lowest address of the gateway subnet no endpoint of this host
+    /// holds; `None` when it is full.
+    fn gateway_address(&self) -> Option<Ipv4Addr> {
+        let used: std::collections::BTreeSet<Ipv4Addr> =
+            self.local_and_pending().filter_map(|e| e.gateway_ip).collect();
+        let first = u32::from(self.gateway.gateway()) + 1;
+        (first..=u32::MAX)
+            .map(Ipv4Addr::from)
+            .take_while(|ip| self.gateway.contains(*ip))
+            .find(|ip| self.gateway.usable(*ip) && !used.contains(ip))
     }
 
     /// Refuses an attach whose name or an alias is held by an endpoint of
@@ -421,6 +501,13 @@ impl Overlay {
 fn network_synced(node: &Node, network: &str) -> bool {
     node.network_peers(network).is_empty()
         || node.scope_stats(Scope::Network(network)).is_some_and(|s| s.synced)
+}
+
+/// True when the two subnets share an address: one holds the other's first
+/// address (the one before its gateway).
+fn overlap(a: &ipam::Subnet, b: &ipam::Subnet) -> bool {
+    let first = |s: &ipam::Subnet| Ipv4Addr::from(u32::from(s.gateway()) - 1);
+    a.contains(first(b)) || b.contains(first(a))
 }
 
 fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
@@ -599,5 +686,109 @@ mod tests {
         let e = h.detach("blue", "web").unwrap_err();
         assert_eq!(e.kind(), Kind::NotFound);
         assert!(e.to_string().contains("see `netdb endpoint ls`"), "{e}");
+    }
+
+    #[test]
+    fn an_endpoint_gets_a_way_out_and_its_published_ports_until_detached() {
+        let (_dir, h) = blue("egress");
+        let (ns1, ns2, ns3) =
+            (Temp::netns("egress-a"), Temp::netns("egress-b"), Temp::netns("egress-c"));
+        let publish = vec!["8080:80".to_string(), "5353:53/udp".to_string()];
+        let a = h.attach(super::Attach { publish, ..attach_req("blue", "web", &ns1.0) }).unwrap();
+        assert_eq!(a.gateway_ip, Some("198.18.0.2".parse().unwrap()));
+        assert_eq!(a.publish, ["8080:80/tcp", "5353:53/udp"]);
+        let b = h.attach(attach_req("blue", "db", &ns2.0)).unwrap();
+        assert_eq!(b.gateway_ip, Some("198.18.0.3".parse().unwrap()), "one address each");
+
+        let taken = h
+            .attach(super::Attach {
+                publish: vec!["8080:8080/tcp".into()],
+                ..attach_req("blue", "x", &ns3.0)
+            })
+            .unwrap_err();
+        assert_eq!(taken.kind(), Kind::Exists);
+        assert_eq!(
+            taken.to_string(),
+            "port 8080/tcp is published already by endpoint web of network blue on this host; \
+             pick another host port"
+        );
+        let vxlan = h
+            .attach(super::Attach {
+                publish: vec!["4789:1/udp".into()],
+                ..attach_req("blue", "x", &ns3.0)
+            })
+            .unwrap_err();
+        assert_eq!(vxlan.kind(), Kind::Invalid);
+        let bad = h
+            .attach(super::Attach { publish: vec!["80".into()], ..attach_req("blue", "x", &ns3.0) })
+            .unwrap_err();
+        assert!(bad.to_string().contains("HOSTPORT:PORT"), "{bad}");
+
+        let r = h.reconcile();
+        assert_eq!((r.nft_changed, r.failed), (1, 0), "{r:?}");
+        {
+            let k = h.kernel.try_lock().unwrap();
+            assert!(k.links_in(&ns1.0).contains("gweth0"));
+            let rules = k.nftables().expect("netdb's table");
+            assert!(rules.contains("tcp dport 8080 dnat to 198.18.0.2:80"), "{rules}");
+            assert!(rules.contains("udp dport 5353 dnat to 198.18.0.2:53"), "{rules}");
+            assert!(k.forwarding());
+        }
+
+        h.detach("blue", "web").unwrap();
+        h.reconcile();
+        let rules = h.kernel.try_lock().unwrap().nftables().unwrap();
+        assert!(!rules.contains("dnat"), "the ports went with the endpoint: {rules}");
+        h.detach("blue", "db").unwrap();
+        h.reconcile();
+        let k = h.kernel.try_lock().unwrap();
+        assert_eq!(k.nftables(), None, "nothing needs the table");
+        assert!(k.observe().gateway.is_none() && k.links_in(&ns2.0).is_empty());
+    }
+
+    #[test]
+    fn subnets_overlap_when_either_holds_the_others_first_address() {
+        let s = |t: &str| t.parse::<netdb::ipam::Subnet>().unwrap();
+        assert!(super::overlap(&s("198.18.0.0/16"), &s("198.18.4.0/24")));
+        assert!(super::overlap(&s("198.18.4.0/24"), &s("198.18.0.0/16")));
+        assert!(super::overlap(&s("10.1.0.0/24"), &s("10.1.0.0/24")));
+        assert!(!super::overlap(&s("10.1.0.0/24"), &s("10.1.1.0/24")));
+        assert!(!super::overlap(&s("198.18.0.0/16"), &s("198.19.0.0/16")));
+    }
+
+    #[test]
+    fn a_network_overlapping_the_gateway_subnet_attaches_only_internal() {
+        let (_dir, h) = blue("overlap");
+        let ns = Temp::netns("overlap-ns");
+        h.create("clash", "198.18.7.0/24").unwrap();
+        let e = h.attach(attach_req("clash", "web", &ns.0)).unwrap_err();
+        assert_eq!(e.kind(), Kind::Precondition);
+        assert!(e.to_string().contains("overlaps this host's gateway subnet 198.18.0.0/16"), "{e}");
+        h.create_with("quiet", "198.18.8.0/24", true).unwrap();
+        h.attach(attach_req("quiet", "web", &ns.0)).unwrap();
+    }
+
+    #[test]
+    fn an_internal_network_has_no_way_out_and_publishes_nothing() {
+        let (_dir, h) = blue("internal");
+        let ns = Temp::netns("internal-ns");
+        h.create_with("secret", "10.9.0.0/24", true).unwrap();
+        let refused = h
+            .attach(super::Attach {
+                publish: vec!["8080:80".into()],
+                ..attach_req("secret", "web", &ns.0)
+            })
+            .unwrap_err();
+        assert_eq!(
+            refused.to_string(),
+            "network secret is internal (no way out of the overlay): it cannot publish ports"
+        );
+        let e = h.attach(attach_req("secret", "web", &ns.0)).unwrap();
+        assert_eq!(e.gateway_ip, None);
+        h.reconcile();
+        let k = h.kernel.try_lock().unwrap();
+        assert_eq!(k.links_in(&ns.0).into_iter().collect::<Vec<_>>(), ["eth0"]);
+        assert_eq!(k.nftables(), None);
+        assert!(!k.forwarding(), "no forwarding when nothing needs it");
     }
 }

@@ -6,6 +6,7 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use netdb::Node;
+use netdb::ipam::Subnet;
 use netdb::netdefs::Effective;
 use netdb_dataplane as dp;
 use netdb_wire as wire;
@@ -63,6 +64,7 @@ impl Overlay {
                     kernel_endpoint(
                         e,
                         parse_mac(&e.mac).unwrap_or_else(|| dp::Mac::from_ipv4(e.ip)),
+                        &self.gateway,
                     ),
                 )
             })
@@ -71,7 +73,9 @@ impl Overlay {
     }
 }
 
-pub(super) fn kernel_endpoint(e: &SavedEndpoint, mac: dp::Mac) -> dp::Endpoint {
+/// The kernel's view of one of this host's endpoints; its way out behind
+/// the gateway bridge of subnet `gateway`.
+pub(super) fn kernel_endpoint(e: &SavedEndpoint, mac: dp::Mac, gateway: &Subnet) -> dp::Endpoint {
     dp::Endpoint {
         netns: e.netns.clone(),
         ifname: e.ifname.clone(),
@@ -79,7 +83,21 @@ pub(super) fn kernel_endpoint(e: &SavedEndpoint, mac: dp::Mac) -> dp::Endpoint {
         ip: e.ip,
         prefix: e.prefix,
         mac,
+        egress: e.gateway_ip.map(|ip| dp::Egress {
+            ifname: gateway_ifname(&e.ifname),
+            ip,
+            gateway: gateway.gateway(),
+            prefix: gateway.prefix(),
+            // Checked when the state file was read and on attach.
+            publish: e.publish.iter().filter_map(|p| p.parse().ok()).collect(),
+        }),
     }
+}
+
+/// The container's interface on the gateway bridge: named after its
+/// overlay interface, so two endpoints of one container never clash.
+pub(super) fn gateway_ifname(ifname: &str) -> String {
+    format!("gw{ifname}")
 }
 
 pub(super) fn parse_mac(s: &str) -> Option<dp::Mac> {

@@ -89,6 +89,28 @@ pub(crate) enum Error {
     DetachInProgress(String),
     #[error("no endpoint {name} on network {network} on this host; see `netdb endpoint ls`")]
     NoEndpoint { network: String, name: String },
+    #[error(transparent)]
+    BadPublish(#[from] netdb_dataplane::BadPublish),
+    #[error("network {0} is internal (no way out of the overlay): it cannot publish ports")]
+    PublishOnInternal(String),
+    #[error(
+        "port {port} is published already by endpoint {endpoint} of network {network} on this host; pick another host port"
+    )]
+    PortPublished { port: String, endpoint: String, network: String },
+    #[error("{0} is VXLAN's port on this host; pick another host port")]
+    PortReserved(String),
+    #[error(
+        "interface name {0:?} is too long for its gateway interface gw{0} (15 bytes at most); use a shorter --ifname"
+    )]
+    IfnameTooLongForGateway(String),
+    #[error(
+        "no free address left in the gateway subnet {0}; detach endpoints or give a larger --gateway-subnet"
+    )]
+    GatewayFull(Subnet),
+    #[error(
+        "network {network}'s subnet {subnet} overlaps this host's gateway subnet {gateway}: its endpoints could not tell the two apart; create the network --internal, or give the agent another --gateway-subnet"
+    )]
+    GatewayOverlap { network: String, subnet: Subnet, gateway: Subnet },
     /// The host of the overlay (the agent's core loop) is going away.
     #[error("the agent is shutting down")]
     Stopped,
@@ -139,7 +161,12 @@ impl Error {
             | Error::NetnsNotAbsolute
             | Error::BadAddress(_)
             | Error::OutsideSubnet { .. }
-            | Error::ReservedAddress { .. } => Kind::Invalid,
+            | Error::ReservedAddress { .. }
+            | Error::BadPublish(_)
+            | Error::PublishOnInternal(_)
+            | Error::PortReserved(_)
+            | Error::IfnameTooLongForGateway(_) => Kind::Invalid,
+            Error::GatewayOverlap { .. } => Kind::Precondition,
             Error::NoNetwork(_)
             | Error::AttachToUnknown(_)
             | Error::NoNetns(_)
@@ -151,11 +178,12 @@ impl Error {
             | Error::NameTaken { .. }
             | Error::IfnameInUse { .. }
             | Error::AddressTaken { .. }
+            | Error::PortPublished { .. }
             | Error::Kernel(Dp::IfnameTaken { .. }) => Kind::Exists,
             Error::NetworkInUse { .. } | Error::DataplaneOff | Error::Kernel(Dp::Netns { .. }) => {
                 Kind::Precondition
             }
-            Error::SubnetFull { .. } => Kind::Exhausted,
+            Error::SubnetFull { .. } | Error::GatewayFull(_) => Kind::Exhausted,
             Error::Unsettled { .. } | Error::Stopped => Kind::Unavailable,
             Error::DetachInProgress(_) => Kind::Busy,
             Error::Kernel(_) | Error::Node(_) => Kind::Internal,

@@ -84,6 +84,10 @@ pub(crate) struct EndpointInfo {
     pub(crate) service: String,
     pub(crate) aliases: Vec<String>,
     pub(crate) local: bool,
+    /// This host's endpoints only: the address on the gateway bridge
+    /// (`None` on an internal network) and the published ports.
+    pub(crate) gateway_ip: Option<Ipv4Addr>,
+    pub(crate) publish: Vec<String>,
 }
 
 /// An endpoint being attached: its name and address are taken.
@@ -116,6 +120,8 @@ pub(crate) struct Overlay {
     kernel: Arc<Notify>,
     /// The names the embedded DNS answers from.
     dns: watch::Sender<Arc<View>>,
+    /// The gateway bridge's subnet: endpoints' ways out.
+    gateway: ipam::Subnet,
 }
 
 impl Overlay {
@@ -125,6 +131,7 @@ impl Overlay {
         tunnel: Option<Ipv4Addr>,
         store: Option<(Store, State)>,
         settle: Duration,
+        gateway: ipam::Subnet,
     ) -> Overlay {
         let (store, state) = match store {
             Some((s, st)) => (Some(s), st),
@@ -146,6 +153,7 @@ impl Overlay {
             dirty: true,
             kernel: Arc::new(Notify::new()),
             dns: watch::Sender::new(Arc::default()),
+            gateway,
         }
     }
 
@@ -227,6 +235,17 @@ impl Overlay {
         for ep in &endpoints {
             if let Err(e) = self.publish(node, now, ep) {
                 tracing::warn!(network = %ep.network, endpoint = %ep.name, error = %e, "cannot republish endpoint");
+            }
+            // Its container keeps the old address and route: the kernel is
+            // not asked to renumber a live container.
+            if let Some(ip) = ep.gateway_ip.filter(|ip| !self.gateway.usable(*ip)) {
+                tracing::warn!(
+                    network = %ep.network,
+                    endpoint = %ep.name,
+                    %ip,
+                    gateway_subnet = %self.gateway,
+                    "the endpoint's gateway address is outside --gateway-subnet, so it has no way out; detach and attach it again"
+                );
             }
         }
         if !endpoints.is_empty() {
@@ -325,6 +344,8 @@ impl Overlay {
                         service: rec.service,
                         aliases: rec.aliases,
                         local: false,
+                        gateway_ip: None,
+                        publish: Vec::new(),
                     });
                 }
             }
@@ -346,6 +367,8 @@ impl Overlay {
             service: ep.service.clone(),
             aliases: ep.aliases.clone(),
             local: true,
+            gateway_ip: ep.gateway_ip,
+            publish: ep.publish.clone(),
         }
     }
 
@@ -373,6 +396,7 @@ fn saved_network(def: &NetworkDef) -> SavedNetwork {
         origin: def.origin.clone(),
         created: def.created,
         blocks: BTreeSet::new(),
+        internal: def.internal,
     }
 }
 
@@ -384,6 +408,7 @@ fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
         mtu: n.mtu,
         origin: n.origin.clone(),
         created: n.created,
+        internal: n.internal,
     };
     NetworkDef::decode(&def.encode())
 }

@@ -21,6 +21,8 @@ pub(crate) struct CreateNetwork {
     pub(crate) vni: Option<u32>,
     /// `None`: the default MTU.
     pub(crate) mtu: Option<u32>,
+    /// No way out of the overlay.
+    pub(crate) internal: bool,
 }
 
 /// A network as `netdb network ls` shows it.
@@ -62,6 +64,7 @@ pub(crate) struct OverlayInfo {
     pub(crate) conflicts: Vec<String>,
     /// The node that created the definition in force.
     pub(crate) origin: String,
+    pub(crate) internal: bool,
 }
 
 impl Overlay {
@@ -111,9 +114,10 @@ impl Overlay {
             mtu,
             origin: self.me.clone(),
             created: node.ltime() + 1,
+            internal: r.internal,
         };
         node.put_shared(now, SharedTable::NetDefs, &r.name, def.encode())?;
-        tracing::info!(network = %r.name, %subnet, vni, mtu, "network created");
+        tracing::info!(network = %r.name, %subnet, vni, mtu, internal = r.internal, "network created");
         self.dirty = true;
         Ok(self.network_info(node, &Effective { def, vni }))
     }
@@ -211,6 +215,7 @@ impl Overlay {
                 hosts: hosts.into_iter().collect(),
                 conflicts: self.conflicts.get(name).cloned().unwrap_or_default(),
                 origin: e.def.origin.clone(),
+                internal: e.def.internal,
             }),
         }
     }
@@ -252,6 +257,7 @@ mod tests {
             subnet: "10.3.0.0/24".into(),
             vni,
             mtu,
+            internal: false,
         };
         let e = p.overlay.create(&mut p.node, p.now, req(Some(4096), None)).unwrap_err();
         assert_eq!(e.to_string(), "VNI 4096 is used by network blue");

@@ -75,8 +75,9 @@ impl TestHost {
     pub(super) fn new(name: &str, n: u8, incarnation: u64, dir: &Path) -> TestHost {
         let mut node = node(name, n, incarnation);
         let store = Store::open(dir).unwrap();
-        let mut overlay =
-            Overlay::new(name, Some(Ipv4Addr::new(192, 0, 2, n)), Some(store), SETTLE);
+        let gateway = crate::config::DEFAULT_GATEWAY_SUBNET.parse().unwrap();
+        let tunnel = Some(Ipv4Addr::new(192, 0, 2, n));
+        let mut overlay = Overlay::new(name, tunnel, Some(store), SETTLE, gateway);
         overlay.republish(&mut node, Duration::ZERO);
         TestHost {
             parts: Mutex::new(Parts { overlay, node, now: Duration::ZERO }),
@@ -93,9 +94,24 @@ impl TestHost {
     }
 
     pub(super) fn create(&self, name: &str, subnet: &str) -> Result<super::NetworkInfo, Error> {
+        self.create_with(name, subnet, false)
+    }
+
+    pub(super) fn create_with(
+        &self,
+        name: &str,
+        subnet: &str,
+        internal: bool,
+    ) -> Result<super::NetworkInfo, Error> {
         let mut guard = self.parts();
         let p = &mut *guard;
-        let r = CreateNetwork { name: name.into(), subnet: subnet.into(), vni: None, mtu: None };
+        let r = CreateNetwork {
+            name: name.into(),
+            subnet: subnet.into(),
+            vni: None,
+            mtu: None,
+            internal,
+        };
         p.overlay.create(&mut p.node, p.now, r)
     }
 
@@ -198,6 +214,7 @@ pub(super) fn attach_req(network: &str, name: &str, netns: &Path) -> Attach {
         service: String::new(),
         aliases: Vec::new(),
         ifname: None,
+        publish: Vec::new(),
     }
 }
 
