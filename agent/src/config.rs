@@ -51,13 +51,6 @@ const DNS_RATE: u32 = 2000;
 
 pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/netdb";
 
-/// The gateway bridge's subnet unless --gateway-subnet says: part of
-/// 198.18.0.0/15, reserved for benchmarking (RFC 2544), so neither real
-/// networks, cloud VPCs (AWS's default VPC is 172.31.0.0/16), Docker's
-/// bridge pools (172.17-31/16, 192.168/16) nor swarm's overlay pool
-/// (10.0.0.0/8) use it.
-pub(crate) const DEFAULT_GATEWAY_SUBNET: &str = "198.18.0.0/16";
-
 pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
     let file = match &cli.config {
         Some(path) => load(path)?,
@@ -168,7 +161,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             .gateway_subnet
             .or(file.gateway_subnet)
             .as_deref()
-            .unwrap_or(DEFAULT_GATEWAY_SUBNET)
+            .unwrap_or(crate::overlay::DEFAULT_GATEWAY_SUBNET)
             .parse()
             .context("--gateway-subnet")?,
     })

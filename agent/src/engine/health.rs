@@ -95,7 +95,7 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:7946".parse().unwrap();
         let node =
             netdb::Node::new(netdb::Config::default(), "h1", 1, addr, 1, Duration::ZERO).unwrap();
-        let gateway = crate::config::DEFAULT_GATEWAY_SUBNET.parse().unwrap();
+        let gateway = crate::overlay::DEFAULT_GATEWAY_SUBNET.parse().unwrap();
         let overlay = Overlay::new("h1", None, None, Duration::from_secs(1), gateway);
         let mut core = Core::new(node, overlay, Arc::new(KernelStats::default()), None);
         if seeded {

@@ -62,6 +62,13 @@ pub(crate) const ROUTES_TABLE: &str = "routes";
 /// Network table of service-discovery entries (Docker: endpoint_table).
 pub(crate) const ENDPOINTS_TABLE: &str = "endpoints";
 
+/// The gateway bridge's subnet unless --gateway-subnet says: part of
+/// 198.18.0.0/15, reserved for benchmarking (RFC 2544), so neither real
+/// networks, cloud VPCs (AWS's default VPC is 172.31.0.0/16), Docker's
+/// bridge pools (172.17-31/16, 192.168/16) nor swarm's overlay pool
+/// (10.0.0.0/8) use it.
+pub(crate) const DEFAULT_GATEWAY_SUBNET: &str = "198.18.0.0/16";
+
 /// Longest endpoint, service and alias names.
 const MAX_ENDPOINT_NAME: usize = 64;
 const MAX_ALIASES: usize = 16;

@@ -75,7 +75,7 @@ impl TestHost {
     pub(super) fn new(name: &str, n: u8, incarnation: u64, dir: &Path) -> TestHost {
         let mut node = node(name, n, incarnation);
         let store = Store::open(dir).unwrap();
-        let gateway = crate::config::DEFAULT_GATEWAY_SUBNET.parse().unwrap();
+        let gateway = crate::overlay::DEFAULT_GATEWAY_SUBNET.parse().unwrap();
         let tunnel = Some(Ipv4Addr::new(192, 0, 2, n));
         let mut overlay = Overlay::new(name, tunnel, Some(store), SETTLE, gateway);
         overlay.republish(&mut node, Duration::ZERO);
