@@ -217,6 +217,7 @@ fn endpoint(e: EndpointInfo) -> api::EndpointInfo {
         service: e.service,
         aliases: e.aliases,
         local: e.local,
+        netns_missing: e.netns_missing,
     }
 }
 
@@ -230,8 +231,8 @@ fn watched(w: Watched) -> Result<api::WatchEvent, Status> {
             })
         }
         Watched::Entry(_) => Err(Status::internal("a watch stream got a non-entry event")),
-        Watched::Conflict { network, text } => Ok(api::WatchEvent {
-            event: "conflict".into(),
+        Watched::Notice { kind, network, text } => Ok(api::WatchEvent {
+            event: kind.as_str().into(),
             network,
             entry: Some(api::Entry { value: text.into(), ..Default::default() }),
         }),

@@ -216,7 +216,11 @@ async fn endpoint_cmd(
                                 dash(e.mac),
                                 dash(e.service),
                                 dash(e.aliases.join(",")),
-                                dash(e.netns),
+                                if e.netns_missing {
+                                    format!("{} (missing)", e.netns)
+                                } else {
+                                    dash(e.netns)
+                                },
                             ]
                         })
                         .collect(),
@@ -323,8 +327,8 @@ async fn watch(
                 }
                 writeln!(lock, "{v}")?;
             }
-            Output::Table if ev.event == "conflict" => {
-                writeln!(lock, "CONFLICT {}", text(&e.value))?
+            Output::Table if matches!(ev.event.as_str(), "conflict" | "detached") => {
+                writeln!(lock, "{} {}", ev.event.to_uppercase(), text(&e.value))?
             }
             Output::Table => writeln!(
                 lock,

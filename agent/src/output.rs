@@ -45,5 +45,5 @@ pub(crate) fn dash(s: String) -> String {
 pub(crate) fn endpoint_json(e: &api::EndpointInfo) -> Value {
     json!({ "network": e.network, "name": e.name, "host": e.host, "ip": e.ip, "prefix": e.prefix,
             "mac": e.mac, "ifname": e.ifname, "netns": e.netns, "service": e.service,
-            "aliases": e.aliases, "local": e.local })
+            "aliases": e.aliases, "local": e.local, "netns_missing": e.netns_missing })
 }

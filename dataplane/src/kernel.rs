@@ -56,6 +56,9 @@ pub struct ReconcileReport {
     pub failed: usize,
     /// How long the reconcile took.
     pub elapsed: Duration,
+    /// Local endpoints whose namespace is gone, left as they were: the
+    /// agent detaches them (a kernel cannot wire them again).
+    pub netns_gone: Vec<Endpoint>,
 }
 
 impl ReconcileReport {

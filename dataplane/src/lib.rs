@@ -29,7 +29,7 @@ mod testing;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use kernel::{Kernel, ReconcileReport};
 pub use linux::Linux;
@@ -137,6 +137,14 @@ pub fn device_vni(name: &str) -> Option<(DeviceKind, u32)> {
         return None;
     }
     Some((kind, rest.parse().ok()?))
+}
+
+/// True when a container's namespace file is gone: removed (`ip netns
+/// del`), or the process whose `/proc/PID/ns/net` it was has exited. Only
+/// "not found" counts: a path this process cannot read says nothing about
+/// the namespace, and detaching on a doubt would cut a live container off.
+pub fn netns_gone(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// True when this process holds CAP_NET_ADMIN, which everything in this

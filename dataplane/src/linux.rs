@@ -16,7 +16,7 @@ use rtnetlink::packet_route::neighbour::{
 use rtnetlink::{Handle, LinkBridge, LinkUnspec, LinkVeth, LinkVxlan};
 
 use crate::netns::{self, Connection};
-use crate::plan::{Observed, ObservedNetwork, Plan, plan};
+use crate::plan::{Observed, ObservedNetwork, Plan, gone_namespaces, plan};
 use crate::{
     Desired, DeviceKind, Endpoint, Error, Kernel, Mac, Network, ReconcileReport, VXLAN_PORT,
     bridge_name, device_vni, vxlan_name,
@@ -103,14 +103,26 @@ impl Linux {
     /// entries. Failed operations are counted and logged; the rest goes on.
     pub async fn reconcile(&self, desired: &Desired) -> Result<ReconcileReport, Error> {
         let started = Instant::now();
-        let observed = self.observe().await?;
+        let mut observed = self.observe().await?;
+        observed.netns_gone = gone_namespaces(desired);
         let p = plan(desired, &observed);
         let mut report = ReconcileReport::default();
         if p.is_empty() {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
-        let Plan { create, remove, fdb_add, fdb_del, neigh_add, neigh_del, reattach, enslave } = p;
+        let Plan {
+            create,
+            remove,
+            fdb_add,
+            fdb_del,
+            neigh_add,
+            neigh_del,
+            reattach,
+            enslave,
+            orphaned,
+        } = p;
+        report.netns_gone = orphaned;
         for vni in &remove {
             match self.remove_network(*vni).await {
                 Ok(()) => report.removed += 1,

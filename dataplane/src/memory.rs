@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::plan::{Observed, ObservedNetwork, Plan, plan};
+use crate::plan::{Observed, ObservedNetwork, Plan, gone_namespaces, plan};
 use crate::{
     Desired, Endpoint, Error, Kernel, Mac, Network, ReconcileReport, bridge_name, vxlan_name,
 };
@@ -206,9 +206,20 @@ impl State {
     }
 
     fn reconcile(&mut self, desired: &Desired) -> ReconcileReport {
-        let Plan { create, remove, fdb_add, fdb_del, neigh_add, neigh_del, reattach, enslave } =
-            plan(desired, &self.observe());
-        let mut report = ReconcileReport::default();
+        let mut observed = self.observe();
+        observed.netns_gone = gone_namespaces(desired);
+        let Plan {
+            create,
+            remove,
+            fdb_add,
+            fdb_del,
+            neigh_add,
+            neigh_del,
+            reattach,
+            enslave,
+            orphaned,
+        } = plan(desired, &observed);
+        let mut report = ReconcileReport { netns_gone: orphaned, ..Default::default() };
         for vni in remove {
             self.delete_link(&vxlan_name(vni));
             self.delete_link(&bridge_name(vni));

@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
-use crate::{Desired, Endpoint, Mac};
+use crate::{Desired, Endpoint, Mac, netns_gone};
 
 /// One network's devices and entries as read from the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -26,6 +27,8 @@ pub struct Observed {
     pub networks: BTreeMap<u32, ObservedNetwork>,
     /// Every link by name, with its bridge's index.
     pub links: BTreeMap<String, Option<u32>>,
+    /// Namespaces of desired endpoints that no longer exist.
+    pub netns_gone: BTreeSet<PathBuf>,
 }
 
 /// Work to do, in the order [`crate::Linux`] does it.
@@ -47,6 +50,9 @@ pub struct Plan {
     pub reattach: Vec<(u32, Endpoint)>,
     /// Local endpoints whose veth left the bridge: enslave it again.
     pub enslave: Vec<(u32, String)>,
+    /// Local endpoints whose namespace is gone: nothing to wire them to
+    /// again, so they are left to the agent to detach.
+    pub orphaned: Vec<Endpoint>,
 }
 
 impl Plan {
@@ -77,6 +83,10 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         diff(vni, &fdb, &seen.fdb, &mut p.fdb_add, &mut p.fdb_del);
         diff(vni, &neigh, &seen.neigh, &mut p.neigh_add, &mut p.neigh_del);
         for (name, ep) in &net.endpoints {
+            if observed.netns_gone.contains(&ep.netns) {
+                p.orphaned.push(ep.clone());
+                continue;
+            }
             match observed.links.get(name) {
                 None => p.reattach.push((vni, ep.clone())),
                 // A new bridge (deleted by hand, or the VNI changed) gets
@@ -89,6 +99,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     }
     p.remove = observed.networks.keys().filter(|v| !desired.contains_key(v)).copied().collect();
     p
+}
+
+/// The namespaces of `desired`'s endpoints that are gone.
+pub(crate) fn gone_namespaces(desired: &Desired) -> BTreeSet<PathBuf> {
+    let paths: BTreeSet<&PathBuf> =
+        desired.values().flat_map(|n| n.endpoints.values()).map(|ep| &ep.netns).collect();
+    paths.into_iter().filter(|p| netns_gone(p)).cloned().collect()
 }
 
 fn diff<K: Ord + Copy, V: PartialEq + Copy>(
@@ -205,5 +222,58 @@ mod tests {
         let p = plan(&desired, &o);
         assert_eq!(p.create, vec![4096]);
         assert_eq!(p.enslave.len(), 2);
+    }
+
+    #[test]
+    fn a_gone_namespace_is_orphaned_and_a_lost_veth_is_repaired() {
+        let mut net = network(&[]);
+        for (name, netns) in [("ndve1", "/run/netns/alive"), ("ndve2", "/run/netns/gone")] {
+            let ep = Endpoint {
+                netns: netns.into(),
+                ifname: "eth0".into(),
+                host_ifname: name.into(),
+                ip: ip(2),
+                prefix: 24,
+                mac: Mac::from_ipv4(ip(2)),
+            };
+            net.endpoints.insert(name.into(), ep);
+        }
+        let desired: Desired = [(4096, net)].into();
+        // Both veths lost; one namespace still there, the other deleted.
+        let mut o = observed_from(&desired);
+        o.netns_gone.insert("/run/netns/gone".into());
+        let p = plan(&desired, &o);
+        assert_eq!(p.reattach.len(), 1);
+        assert_eq!(p.reattach[0].1.host_ifname, "ndve1");
+        assert_eq!(p.orphaned.len(), 1);
+        assert_eq!(p.orphaned[0].host_ifname, "ndve2");
+        // A gone namespace whose veth is still there (the namespace kept
+        // alive by a process) is orphaned too, not enslaved.
+        o.links.insert("ndve2".into(), None);
+        let p = plan(&desired, &o);
+        assert!(p.enslave.is_empty(), "{p:?}");
+        assert_eq!(p.orphaned.len(), 1);
+    }
+
+    #[test]
+    fn only_a_missing_namespace_file_counts_as_gone() {
+        let here = std::env::temp_dir().join(format!("netdb-plan-ns-{}", std::process::id()));
+        std::fs::write(&here, b"").unwrap();
+        let gone = here.with_extension("gone");
+        let mut net = network(&[]);
+        for (name, netns) in [("ndve1", &here), ("ndve2", &gone)] {
+            let ep = Endpoint {
+                netns: netns.clone(),
+                ifname: "eth0".into(),
+                host_ifname: name.into(),
+                ip: ip(2),
+                prefix: 24,
+                mac: Mac::from_ipv4(ip(2)),
+            };
+            net.endpoints.insert(name.into(), ep);
+        }
+        let desired: Desired = [(4096, net)].into();
+        assert_eq!(gone_namespaces(&desired), BTreeSet::from([gone]));
+        std::fs::remove_file(&here).unwrap();
     }
 }

@@ -48,7 +48,7 @@ use tokio::sync::{Notify, watch};
 use crate::dns::View;
 use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
-pub(crate) use attach::{Attach, Host, attach, detach};
+pub(crate) use attach::{Attach, Host, attach, detach, reap};
 pub(crate) use error::{Error, Kind};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use names::record_entry;
@@ -82,6 +82,9 @@ pub(crate) struct EndpointInfo {
     pub(crate) service: String,
     pub(crate) aliases: Vec<String>,
     pub(crate) local: bool,
+    /// A local endpoint whose namespace is gone: the next reconcile
+    /// detaches it.
+    pub(crate) netns_missing: bool,
 }
 
 /// An endpoint being attached: its name and address are taken.
@@ -114,6 +117,8 @@ pub(crate) struct Overlay {
     kernel: Arc<Notify>,
     /// The names the embedded DNS answers from.
     dns: watch::Sender<Arc<View>>,
+    /// Endpoints detached because their namespace was gone.
+    reaped: u64,
 }
 
 impl Overlay {
@@ -144,6 +149,7 @@ impl Overlay {
             dirty: true,
             kernel: Arc::new(Notify::new()),
             dns: watch::Sender::new(Arc::default()),
+            reaped: 0,
         }
     }
 
@@ -165,6 +171,12 @@ impl Overlay {
     /// Conflicts detected since the start.
     pub(crate) fn conflicts_seen(&self) -> u64 {
         self.conflicts_seen
+    }
+
+    /// Endpoints detached since the start because their namespace was
+    /// gone.
+    pub(crate) fn endpoints_reaped(&self) -> u64 {
+        self.reaped
     }
 
     /// Notified whenever the kernel may need a reconcile.
@@ -323,6 +335,7 @@ impl Overlay {
                         service: rec.service,
                         aliases: rec.aliases,
                         local: false,
+                        netns_missing: false,
                     });
                 }
             }
@@ -344,6 +357,7 @@ impl Overlay {
             service: ep.service.clone(),
             aliases: ep.aliases.clone(),
             local: true,
+            netns_missing: dp::netns_gone(&ep.netns),
         }
     }
 
