@@ -118,7 +118,8 @@ impl Agent {
             (Some(_), Some(dir)) => Some(Store::open(dir)?),
             _ => None,
         };
-        let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle);
+        let overlay =
+            Overlay::new(&s.name, tunnel, store, s.claim_settle).with_vxlan_port(s.vxlan_port);
         let kernel_stats = Arc::new(KernelStats::default());
         let view = overlay.dns_view();
         let dns = match (&s.dns, &kernel) {

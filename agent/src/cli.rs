@@ -447,6 +447,10 @@ pub(crate) struct AgentArgs {
     /// [default: text]
     #[arg(long, env = "NETDB_LOG_FORMAT", value_enum, help_heading = "Observability")]
     pub log_format: Option<LogFormat>,
+    /// UDP port of the VXLAN devices: the same on every host [default:
+    /// 4789]
+    #[arg(long, env = "NETDB_VXLAN_PORT", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Data plane")]
+    pub vxlan_port: Option<u16>,
 }
 
 /// Upstream resolvers in the file, written as on the command line.

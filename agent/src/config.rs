@@ -41,6 +41,7 @@ pub(crate) struct Settings {
     pub claim_settle: Duration,
     /// The embedded DNS; `None` with --no-dns or without the data plane.
     pub dns: Option<crate::dns::Settings>,
+    pub vxlan_port: u16,
 }
 
 /// Queries per second per container, unless --dns-rate-limit says.
@@ -154,6 +155,11 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             .max(Duration::from_millis(100)),
         claim_settle: cli.claim_settle.or(file.claim_settle).unwrap_or(Duration::from_secs(1)),
         dns,
+        vxlan_port: match cli.vxlan_port.or(file.vxlan_port) {
+            Some(0) => bail!("vxlan-port must be 1-65535"),
+            Some(port) => port,
+            None => netdb_dataplane::VXLAN_PORT,
+        },
     })
 }
 

@@ -33,10 +33,11 @@ use std::path::{Path, PathBuf};
 
 pub use kernel::{Kernel, ReconcileReport};
 pub use linux::Linux;
-pub use plan::{Observed, ObservedNetwork, Plan, plan};
+pub use plan::{Observed, ObservedNetwork, Plan, VxlanAttrs, plan};
 pub use probe::{KernelSupport, probe_kernel};
 
-/// The VXLAN UDP port (IANA), as Docker uses it.
+/// The VXLAN UDP port (IANA), as Docker uses it: the default of the
+/// agent's `--vxlan-port`.
 pub const VXLAN_PORT: u16 = 4789;
 
 /// An Ethernet address.
@@ -111,6 +112,15 @@ pub struct Network {
     pub remotes: BTreeSet<Remote>,
     /// Endpoints of this host on the network, by host-side veth name.
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// The VXLAN device's UDP port (the same on every host).
+    pub port: u16,
+}
+
+impl Network {
+    /// What the network's VXLAN device must be.
+    pub fn vxlan_attrs(&self) -> VxlanAttrs {
+        VxlanAttrs { vni: self.vni, local: Some(self.local), port: self.port }
+    }
 }
 
 /// Everything this host's kernel must hold, by VNI.
@@ -213,6 +223,20 @@ pub enum Error {
         /// The kernel's answer.
         #[source]
         source: std::io::Error,
+    },
+    /// A device has one of our names but is not the kind we make: someone
+    /// else's, never used or removed by us.
+    #[error(
+        "{name} exists but is a {kind} device, not a {want}; netdb neither uses nor removes it: \
+         rename or delete it (ip link del {name})"
+    )]
+    NotOurs {
+        /// The device's name.
+        name: String,
+        /// The kind the kernel reports ("dummy", "vxlan", ...; "unknown" if none).
+        kind: String,
+        /// The kind netdb makes under that name.
+        want: &'static str,
     },
     /// The container already has an interface of that name.
     #[error("interface {ifname} already exists in {netns}; pick another with --ifname")]

@@ -17,6 +17,21 @@ pub struct ObservedNetwork {
     pub fdb: BTreeMap<Mac, Ipv4Addr>,
     /// Permanent neighbor entries of the VXLAN device: IP → MAC.
     pub neigh: BTreeMap<Ipv4Addr, Mac>,
+    /// The VXLAN device's attributes, as the kernel reports them.
+    pub vxlan_attrs: Option<VxlanAttrs>,
+}
+
+/// What makes a VXLAN device carry a network's traffic: a device of our
+/// name with other attributes (an older run's settings, a hand edit) is
+/// replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    /// Its VNI.
+    pub vni: u32,
+    /// Its tunnel source address, if it has one.
+    pub local: Option<Ipv4Addr>,
+    /// Its UDP port.
+    pub port: u16,
 }
 
 /// The kernel as read: our devices by VNI, and every link's bridge (by
@@ -70,18 +85,21 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let empty = ObservedNetwork::default();
     for (&vni, net) in desired {
         let seen = observed.networks.get(&vni).unwrap_or(&empty);
-        let creating = seen.bridge.is_none() || seen.vxlan.is_none();
+        let replacing = seen.vxlan.is_some() && seen.vxlan_attrs != Some(net.vxlan_attrs());
+        let creating = seen.bridge.is_none() || seen.vxlan.is_none() || replacing;
         if creating {
             p.create.push(vni);
         }
+        // A VXLAN device made again starts without entries.
+        let seen_entries = if replacing { &empty } else { seen };
         let mut fdb: BTreeMap<Mac, Ipv4Addr> = BTreeMap::new();
         let mut neigh: BTreeMap<Ipv4Addr, Mac> = BTreeMap::new();
         for r in &net.remotes {
             fdb.entry(r.mac).or_insert(r.host);
             neigh.entry(r.ip).or_insert(r.mac);
         }
-        diff(vni, &fdb, &seen.fdb, &mut p.fdb_add, &mut p.fdb_del);
-        diff(vni, &neigh, &seen.neigh, &mut p.neigh_add, &mut p.neigh_del);
+        diff(vni, &fdb, &seen_entries.fdb, &mut p.fdb_add, &mut p.fdb_del);
+        diff(vni, &neigh, &seen_entries.neigh, &mut p.neigh_add, &mut p.neigh_del);
         for (name, ep) in &net.endpoints {
             if observed.netns_gone.contains(&ep.netns) {
                 p.orphaned.push(ep.clone());
@@ -137,7 +155,12 @@ mod tests {
     fn observed_from(desired: &Desired) -> Observed {
         let mut o = Observed::default();
         for (vni, net) in desired {
-            let mut n = ObservedNetwork { bridge: Some(10), vxlan: Some(11), ..Default::default() };
+            let mut n = ObservedNetwork {
+                bridge: Some(10),
+                vxlan: Some(11),
+                vxlan_attrs: Some(net.vxlan_attrs()),
+                ..Default::default()
+            };
             for r in &net.remotes {
                 n.fdb.insert(r.mac, r.host);
                 n.neigh.insert(r.ip, r.mac);
@@ -222,6 +245,25 @@ mod tests {
         let p = plan(&desired, &o);
         assert_eq!(p.create, vec![4096]);
         assert_eq!(p.enslave.len(), 2);
+    }
+
+    #[test]
+    fn a_vxlan_device_with_other_attributes_is_made_again() {
+        let desired: Desired = [(4096, network(&[remote(5, 2)]))].into();
+        let mut o = observed_from(&desired);
+        let want = desired[&4096].vxlan_attrs();
+        for other in [
+            VxlanAttrs { vni: 4097, ..want },
+            VxlanAttrs { port: 8472, ..want },
+            VxlanAttrs { local: None, ..want },
+            VxlanAttrs { local: Some(Ipv4Addr::new(192, 168, 0, 9)), ..want },
+        ] {
+            o.networks.get_mut(&4096).unwrap().vxlan_attrs = Some(other);
+            let p = plan(&desired, &o);
+            assert_eq!(p.create, vec![4096], "{other:?}");
+            assert_eq!((p.fdb_add.len(), p.neigh_add.len()), (1, 1), "entries written again");
+            assert!(p.fdb_del.is_empty() && p.neigh_del.is_empty(), "they go with the device");
+        }
     }
 
     #[test]

@@ -138,7 +138,7 @@ async fn on_settings(
         ports::check("gossip tcp", ports::Proto::Tcp, s.bind, "gossip port (push/pull)", false),
     ];
     if dataplane {
-        let any = std::net::SocketAddr::from(([0, 0, 0, 0], netdb_dataplane::VXLAN_PORT));
+        let any = std::net::SocketAddr::from(([0, 0, 0, 0], s.vxlan_port));
         out.push(ports::check("vxlan port", ports::Proto::Udp, any, "VXLAN", true));
     } else {
         out.push(Check::new("vxlan port", Finding::Skip, "--no-dataplane: no VXLAN devices"));

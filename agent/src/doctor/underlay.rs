@@ -184,6 +184,6 @@ pub(super) async fn seeds(s: &Settings) -> Check {
         .fix(format!(
             "start `netdb agent` there, and let TCP and UDP {} (gossip) and UDP {} (VXLAN) through firewalls between the hosts",
             s.bind.port(),
-            netdb_dataplane::VXLAN_PORT
+            s.vxlan_port
         ))
 }

@@ -152,9 +152,9 @@ impl Error {
             | Error::IfnameInUse { .. }
             | Error::AddressTaken { .. }
             | Error::Kernel(Dp::IfnameTaken { .. }) => Kind::Exists,
-            Error::NetworkInUse { .. } | Error::DataplaneOff | Error::Kernel(Dp::Netns { .. }) => {
-                Kind::Precondition
-            }
+            Error::NetworkInUse { .. }
+            | Error::DataplaneOff
+            | Error::Kernel(Dp::Netns { .. } | Dp::NotOurs { .. }) => Kind::Precondition,
             Error::SubnetFull { .. } => Kind::Exhausted,
             Error::Unsettled { .. } | Error::Stopped => Kind::Unavailable,
             Error::DetachInProgress(_) => Kind::Busy,

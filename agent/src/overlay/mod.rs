@@ -119,6 +119,8 @@ pub(crate) struct Overlay {
     dns: watch::Sender<Arc<View>>,
     /// Endpoints detached because their namespace was gone.
     reaped: u64,
+    /// The VXLAN devices' UDP port.
+    vxlan_port: u16,
 }
 
 impl Overlay {
@@ -150,7 +152,14 @@ impl Overlay {
             kernel: Arc::new(Notify::new()),
             dns: watch::Sender::new(Arc::default()),
             reaped: 0,
+            vxlan_port: dp::VXLAN_PORT,
         }
+    }
+
+    /// The VXLAN devices use `port` (`--vxlan-port`).
+    pub(crate) fn with_vxlan_port(mut self, port: u16) -> Overlay {
+        self.vxlan_port = port;
+        self
     }
 
     /// The data plane is on: endpoints can be attached here.
