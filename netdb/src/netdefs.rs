@@ -26,8 +26,12 @@ use crate::table::Entry;
 pub const FIRST_VNI: u32 = 4096;
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
-/// 1500 minus the 50 bytes of VXLAN encapsulation.
+/// 1500 minus the 50 bytes of VXLAN encapsulation: the MTU of a network
+/// created on a host whose underlay MTU is unknown.
 pub const DEFAULT_MTU: u32 = 1450;
+/// What VXLAN over IPv4 adds to each packet: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
 /// Smallest MTU an overlay network may have.
 pub const MIN_MTU: u32 = 576;
 /// Largest MTU an overlay network may have.
@@ -188,6 +192,20 @@ impl Resolved {
     }
 }
 
+/// The MTU a network created on a host with underlay MTU `underlay` gets:
+/// the largest that underlay carries, within the bounds a definition takes.
+/// The definition carries it, so every host uses the creator's figure
+/// (hosts never derive their own and disagree); a host whose underlay is
+/// smaller reports the misfit.
+pub fn overlay_mtu(underlay: u32) -> u32 {
+    underlay.saturating_sub(VXLAN_OVERHEAD).clamp(MIN_MTU, MAX_MTU)
+}
+
+/// True when an underlay of MTU `underlay` carries a network of MTU `mtu`.
+pub fn mtu_fits(mtu: u32, underlay: u32) -> bool {
+    mtu + VXLAN_OVERHEAD <= underlay
+}
+
 fn lowest_free(used: &BTreeSet<u32>) -> u32 {
     (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v)).unwrap_or(MAX_VNI)
 }
@@ -222,6 +240,17 @@ mod tests {
 
     fn resolve(copies: &[(String, Entry)]) -> Resolved {
         Resolved::from_copies(copies.iter().map(|(k, e)| (k.as_str(), e)))
+    }
+
+    #[test]
+    fn the_mtu_default_is_the_underlays_less_vxlan_within_bounds() {
+        assert_eq!(overlay_mtu(1500), 1450);
+        assert_eq!(overlay_mtu(9001), 8951);
+        assert_eq!(overlay_mtu(1400), 1350);
+        assert_eq!(overlay_mtu(65535), MAX_MTU);
+        assert_eq!(overlay_mtu(600), MIN_MTU, "the smallest a definition takes");
+        assert!(!mtu_fits(overlay_mtu(600), 600), "and reported as a misfit");
+        assert!(mtu_fits(1450, 1500) && !mtu_fits(1451, 1500));
     }
 
     #[test]

@@ -9,7 +9,7 @@ mod files;
 mod ports;
 mod skew;
 mod system;
-mod underlay;
+pub(crate) mod underlay;
 
 use std::time::Duration;
 

@@ -7,12 +7,11 @@ use std::time::Duration;
 use netdb_api::{self as api, netdb_client::NetdbClient};
 use tonic::transport::Channel;
 
-use super::system::OVERLAY_MTU;
+use netdb::netdefs::{VXLAN_OVERHEAD, overlay_mtu};
+
 use super::{ASK_TIMEOUT, Check, Finding};
 use crate::config::Settings;
 
-/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + the inner Ethernet header (14).
-const VXLAN_OVERHEAD: u32 = 50;
 /// IPv4 (20) and UDP (8) headers around a gossip datagram.
 const UDP_OVERHEAD: u32 = 28;
 
@@ -33,14 +32,12 @@ pub(super) async fn mtu(
         )
         .fix("give --advertise an address of this host, or --join a reachable seed");
     };
-    let Some(have) = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
-        .ok()
-        .and_then(|m| m.trim().parse::<u32>().ok())
-    else {
+    let Some(have) = mtu_of(&ifname) else {
         return Check::new(NAME, Finding::Warn, format!("cannot read the MTU of {ifname}"));
     };
     let gossip = s.core.packet_budget as u32 + UDP_OVERHEAD;
-    let mut overlay = vec![("the default overlay MTU".to_string(), OVERLAY_MTU)];
+    // The agent derives the default from this same interface.
+    let mut overlay = vec![("the default overlay MTU".to_string(), overlay_mtu(have))];
     if dataplane {
         overlay.extend(network_mtus(agent).await);
     }
@@ -118,9 +115,14 @@ fn unspecified(like: IpAddr) -> IpAddr {
     }
 }
 
+/// An interface's MTU.
+pub(crate) fn mtu_of(ifname: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu")).ok()?.trim().parse().ok()
+}
+
 /// The interface holding `ip`, or else the one whose subnet holds it
 /// (127.0.80.2 is lo's, though only 127.0.0.1 is configured).
-fn interface_of(ip: IpAddr) -> Option<String> {
+pub(crate) fn interface_of(ip: IpAddr) -> Option<String> {
     let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
     let v4 = |s: Option<nix::sys::socket::SockaddrStorage>| s?.as_sockaddr_in().map(|a| a.ip());
     let v6 = |s: Option<nix::sys::socket::SockaddrStorage>| s?.as_sockaddr_in6().map(|a| a.ip());

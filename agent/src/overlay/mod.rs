@@ -38,7 +38,7 @@ use netdb::Hasher;
 use netdb::SharedTable;
 use netdb::ipam;
 use netdb::names::{owned_key, valid_name};
-use netdb::netdefs::{NetworkDef, Resolved};
+use netdb::netdefs::{self, NetworkDef, Resolved};
 use netdb::{Event, Node};
 use netdb_dataplane as dp;
 use netdb_wire as wire;
@@ -121,6 +121,8 @@ pub(crate) struct Overlay {
     reaped: u64,
     /// The VXLAN devices' UDP port.
     vxlan_port: u16,
+    /// The interface holding the tunnel address and its MTU, if known.
+    underlay: Option<(String, u32)>,
 }
 
 impl Overlay {
@@ -153,7 +155,34 @@ impl Overlay {
             dns: watch::Sender::new(Arc::default()),
             reaped: 0,
             vxlan_port: dp::VXLAN_PORT,
+            underlay: None,
         }
+    }
+
+    /// The tunnel address is on interface `ifname` of MTU `mtu`: networks
+    /// created here get the largest MTU it carries.
+    pub(crate) fn with_underlay(mut self, underlay: Option<(String, u32)>) -> Overlay {
+        self.underlay = underlay;
+        self
+    }
+
+    /// The MTU of a network created here without --mtu.
+    fn default_mtu(&self) -> u32 {
+        self.underlay.as_ref().map_or(netdefs::DEFAULT_MTU, |(_, mtu)| netdefs::overlay_mtu(*mtu))
+    }
+
+    /// Why this host's underlay cannot carry `network` of MTU `mtu`.
+    fn mtu_misfit(&self, network: &str, mtu: u32) -> Option<String> {
+        let (ifname, have) = self.underlay.as_ref()?;
+        (!netdefs::mtu_fits(mtu, *have)).then(|| {
+            format!(
+                "network {network} has MTU {mtu}, which this host's underlay does not carry: \
+                 {ifname} has MTU {have}, room for {} inside VXLAN; raise the MTU of {ifname} or \
+                 recreate the network with --mtu {}",
+                have.saturating_sub(netdefs::VXLAN_OVERHEAD),
+                have.saturating_sub(netdefs::VXLAN_OVERHEAD)
+            )
+        })
     }
 
     /// The VXLAN devices use `port` (`--vxlan-port`).

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use netdb::SharedTable;
 use netdb::ipam::Subnet;
-use netdb::netdefs::{self, DEFAULT_MTU, Effective, NetworkDef};
+use netdb::netdefs::{self, Effective, NetworkDef};
 use netdb::{Node, Scope, ScopeStats};
 
 use super::{EndpointInfo, Error, Overlay, ROUTES_TABLE, valid_name};
@@ -100,9 +100,13 @@ impl Overlay {
                 v
             }
         };
-        let mtu = r.mtu.unwrap_or(DEFAULT_MTU);
+        let mtu = r.mtu.unwrap_or(self.default_mtu());
         if !(netdefs::MIN_MTU..=netdefs::MAX_MTU).contains(&mtu) {
             return Err(Error::MtuOutOfRange(mtu));
+        }
+        // Created all the same: other hosts' underlays may carry it.
+        if let Some(misfit) = self.mtu_misfit(&r.name, mtu) {
+            tracing::warn!("{misfit}");
         }
         let def = NetworkDef {
             name: r.name.clone(),
@@ -227,12 +231,41 @@ mod tests {
     use crate::overlay::Kind;
 
     #[test]
+    fn the_mtu_default_follows_the_underlay_and_a_network_too_wide_for_it_is_reported() {
+        let (dir, ns) = (Temp::dir("mtu"), Temp::netns("mtu-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.parts().overlay.underlay = Some(("eth0".into(), 1400));
+        let derived = h.create("blue", "10.1.0.0/24").unwrap().overlay.unwrap();
+        assert_eq!(derived.mtu, 1350, "1400 less VXLAN's 50");
+        let wide = {
+            let mut guard = h.parts();
+            let p = &mut *guard;
+            let r = CreateNetwork {
+                name: "jumbo".into(),
+                subnet: "10.2.0.0/24".into(),
+                vni: None,
+                mtu: Some(8950),
+            };
+            p.overlay.create(&mut p.node, p.now, r).unwrap().overlay.unwrap()
+        };
+        assert_eq!(wide.mtu, 8950, "created: other hosts may carry it");
+        h.attach(attach_req("jumbo", "web", &ns.0)).unwrap();
+        let mut guard = h.parts();
+        let p = &mut *guard;
+        p.overlay.maintain(&mut p.node, p.now);
+        let text = "network jumbo has MTU 8950, which this host's underlay does not carry: \
+                    eth0 has MTU 1400, room for 1350 inside VXLAN; raise the MTU of eth0 or \
+                    recreate the network with --mtu 1350";
+        assert_eq!(p.overlay.take_notices(), [("jumbo".to_string(), text.to_string())]);
+    }
+
+    #[test]
     fn create_defines_a_network_and_refuses_bad_or_taken_ones() {
         let dir = Temp::dir("create");
         let h = TestHost::new("h1", 1, 1, &dir.0);
         let n = h.create("blue", "10.1.0.0/24").unwrap();
         let o = n.overlay.unwrap();
-        assert_eq!((o.vni, o.mtu, o.origin.as_str()), (4096, DEFAULT_MTU, "h1"));
+        assert_eq!((o.vni, o.mtu, o.origin.as_str()), (4096, netdefs::DEFAULT_MTU, "h1"));
         assert_eq!(o.subnet.to_string(), "10.1.0.0/24");
         assert_eq!(h.create("red", "10.2.0.0/24").unwrap().overlay.unwrap().vni, 4097);
 

@@ -148,6 +148,7 @@ impl Overlay {
             if let Some(names) = names.get(net) {
                 list.extend(names.conflicts(net));
             }
+            list.extend(self.mtu_misfit(net, eff.def.mtu));
             if !list.is_empty() {
                 now.entry(net.to_string()).or_default().extend(list);
             }
