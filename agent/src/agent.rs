@@ -138,7 +138,8 @@ impl Agent {
         }
         let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle)
             .with_vxlan_port(s.vxlan_port)
-            .with_underlay(underlay);
+            .with_underlay(underlay)
+            .with_vni_range(s.vni_range);
         let kernel_stats = Arc::new(KernelStats::default());
         let view = overlay.dns_view();
         let dns = match (&s.dns, &kernel) {

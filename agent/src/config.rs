@@ -42,6 +42,7 @@ pub(crate) struct Settings {
     /// The embedded DNS; `None` with --no-dns or without the data plane.
     pub dns: Option<crate::dns::Settings>,
     pub vxlan_port: u16,
+    pub vni_range: netdb::netdefs::VniRange,
 }
 
 /// Queries per second per container, unless --dns-rate-limit says.
@@ -160,6 +161,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             Some(port) => port,
             None => netdb_dataplane::VXLAN_PORT,
         },
+        vni_range: cli.vni_range.or(file.vni_range).unwrap_or_default(),
     })
 }
 

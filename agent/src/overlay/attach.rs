@@ -192,6 +192,9 @@ impl Overlay {
         let Some(eff) = resolved.networks.get(&r.network).cloned() else {
             return Err(Error::AttachToUnknown(r.network.clone()));
         };
+        if let Some(why) = self.vni_misfit(&r.network, eff.vni) {
+            return Err(Error::NetworkOutsideVniRange(why));
+        }
         check_name("endpoint name", &r.name)?;
         if !r.service.is_empty() {
             check_name("service name", &r.service)?;

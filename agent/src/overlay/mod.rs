@@ -123,6 +123,8 @@ pub(crate) struct Overlay {
     vxlan_port: u16,
     /// The interface holding the tunnel address and its MTU, if known.
     underlay: Option<(String, u32)>,
+    /// The VNIs networks may have here (`--vni-range`).
+    vnis: netdefs::VniRange,
 }
 
 impl Overlay {
@@ -156,7 +158,26 @@ impl Overlay {
             reaped: 0,
             vxlan_port: dp::VXLAN_PORT,
             underlay: None,
+            vnis: netdefs::VniRange::default(),
         }
+    }
+
+    /// Networks created here take VNIs of `range`; endpoints are refused on
+    /// networks outside it.
+    pub(crate) fn with_vni_range(mut self, range: netdefs::VniRange) -> Overlay {
+        self.vnis = range;
+        self
+    }
+
+    /// Why this host refuses endpoints on `network` of VNI `vni`.
+    fn vni_misfit(&self, network: &str, vni: u32) -> Option<String> {
+        (!self.vnis.contains(vni)).then(|| {
+            format!(
+                "network {network} has VNI {vni}, outside this host's --vni-range {}: \
+                 endpoints cannot be attached to it here; give every host the same --vni-range",
+                self.vnis
+            )
+        })
     }
 
     /// The tunnel address is on interface `ifname` of MTU `mtu`: networks

@@ -89,9 +89,12 @@ impl Overlay {
             return Err(Error::GossipNetwork(r.name));
         }
         let vni = match r.vni {
-            None => resolved.next_vni(),
+            None => resolved.next_vni(self.vnis).ok_or(Error::VniRangeFull(self.vnis))?,
             Some(v) if !(netdefs::FIRST_VNI..=netdefs::MAX_VNI).contains(&v) => {
                 return Err(Error::VniOutOfRange(v));
+            }
+            Some(v) if !self.vnis.contains(v) => {
+                return Err(Error::VniOutsideRange { vni: v, range: self.vnis });
             }
             Some(v) => {
                 if let Some(other) = resolved.vni_in_use(v) {
@@ -257,6 +260,40 @@ mod tests {
                     eth0 has MTU 1400, room for 1350 inside VXLAN; raise the MTU of eth0 or \
                     recreate the network with --mtu 1350";
         assert_eq!(p.overlay.take_notices(), [("jumbo".to_string(), text.to_string())]);
+    }
+
+    #[test]
+    fn networks_take_vnis_of_the_range_and_one_outside_it_is_refused_and_reported() {
+        let (dir, ns) = (Temp::dir("vnis"), Temp::netns("vnis-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        // Created before this host's range changed (or on a host with
+        // another range).
+        assert_eq!(h.create("blue", "10.1.0.0/24").unwrap().overlay.unwrap().vni, 4096);
+        h.parts().overlay.vnis = "5000-5000".parse().unwrap();
+        assert_eq!(h.create("red", "10.2.0.0/24").unwrap().overlay.unwrap().vni, 5000);
+        let full = h.create("green", "10.3.0.0/24").unwrap_err();
+        assert_eq!(full.kind(), Kind::Exhausted);
+        let outside = {
+            let mut guard = h.parts();
+            let p = &mut *guard;
+            let r = CreateNetwork {
+                name: "green".into(),
+                subnet: "10.3.0.0/24".into(),
+                vni: Some(4100),
+                mtu: None,
+            };
+            p.overlay.create(&mut p.node, p.now, r).unwrap_err()
+        };
+        assert_eq!(outside.to_string(), "VNI 4100 is outside this host's --vni-range 5000-5000");
+
+        let text = "network blue has VNI 4096, outside this host's --vni-range 5000-5000: \
+                    endpoints cannot be attached to it here; give every host the same --vni-range";
+        let refused = h.attach(attach_req("blue", "web", &ns.0)).unwrap_err();
+        assert_eq!((refused.kind(), refused.to_string()), (Kind::Precondition, text.to_string()));
+        let mut guard = h.parts();
+        let p = &mut *guard;
+        p.overlay.maintain(&mut p.node, p.now);
+        assert_eq!(p.overlay.take_notices(), [("blue".to_string(), text.to_string())]);
     }
 
     #[test]

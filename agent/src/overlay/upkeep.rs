@@ -118,6 +118,11 @@ impl Overlay {
         for (net, text) in &resolved.conflicts {
             now.entry(net.clone()).or_default().push(text.clone());
         }
+        for (net, eff) in &resolved.networks {
+            if let Some(text) = self.vni_misfit(net, eff.vni) {
+                now.entry(net.clone()).or_default().push(text);
+            }
+        }
         for net in node.networks() {
             let Some(eff) = resolved.networks.get(net) else { continue };
             let mut list = Vec::new();
