@@ -109,6 +109,7 @@ pub(crate) async fn run(
                 "dns",
                 "clock skew",
                 "seeds",
+                "neighbor table",
             ];
             for name in names {
                 checks.push(Check::new(
@@ -149,6 +150,7 @@ async fn on_settings(
     out.push(dns::check(s));
     out.push(skew::check(s, agent).await);
     out.push(underlay::seeds(s).await);
+    out.push(underlay::neighbors(agent).await);
     out
 }
 

@@ -189,3 +189,74 @@ pub(super) async fn seeds(s: &Settings) -> Check {
             s.vxlan_port
         ))
 }
+
+/// Where Linux caps the neighbor table: one count for every network
+/// namespace of the host (the containers' too).
+const GC_THRESH3: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
+/// Linux's default cap: less was set by hand.
+const NEIGH_FLOOR: u64 = 1024;
+/// Neighbor entries to allow per member: its underlay address in this
+/// host's namespace, and the containers' entries besides.
+const NEIGH_PER_MEMBER: u64 = 4;
+
+/// A full neighbor table makes every send to a new address fail: gossip
+/// to peers goes silent and membership flaps. Warns when the cap is low
+/// for the members the running agent knows.
+pub(super) async fn neighbors(agent: &mut Option<NetdbClient<Channel>>) -> Check {
+    let cap = std::fs::read_to_string(GC_THRESH3).ok().and_then(|t| t.trim().parse().ok());
+    let mut members = None;
+    if let Some(c) = agent.as_mut() {
+        let asked = tokio::time::timeout(ASK_TIMEOUT, c.members(api::MembersRequest {})).await;
+        if let Ok(Ok(reply)) = asked {
+            members = Some(reply.into_inner().members.len() as u64);
+        }
+    }
+    neighbor_check(cap, members)
+}
+
+fn neighbor_check(cap: Option<u64>, members: Option<u64>) -> Check {
+    const NAME: &str = "neighbor table";
+    let Some(cap) = cap else {
+        return Check::new(NAME, Finding::Skip, format!("cannot read {GC_THRESH3}"));
+    };
+    let need = members.map_or(NEIGH_FLOOR, |m| (m * NEIGH_PER_MEMBER).max(NEIGH_FLOOR));
+    let known = match members {
+        Some(m) => format!("{m} members x {NEIGH_PER_MEMBER}"),
+        None => "no agent answered to count the members".into(),
+    };
+    let subject = format!(
+        "net.ipv4.neigh.default.gc_thresh3 is {cap} (shared by every network namespace of the host; {known})"
+    );
+    if cap < need {
+        return Check::new(NAME, Finding::Warn, format!("{subject}: below {need}; once full, sends to new addresses fail and membership flaps"))
+            .fix(format!(
+                "sysctl -w net.ipv4.neigh.default.gc_thresh3={need} net.ipv4.neigh.default.gc_thresh2={} (and in /etc/sysctl.d/ to keep it)",
+                need / 2
+            ));
+    }
+    Check::new(NAME, Finding::Pass, subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_neighbor_table_low_for_the_cluster_warns_with_the_sysctl() {
+        assert_eq!(neighbor_check(Some(1024), Some(40)).status, Finding::Pass);
+        assert_eq!(neighbor_check(Some(1024), None).status, Finding::Pass);
+        let low = neighbor_check(Some(512), None);
+        assert_eq!(low.status, Finding::Warn, "below Linux's default");
+        let big = neighbor_check(Some(1024), Some(300));
+        assert_eq!(big.status, Finding::Warn, "{}", big.detail);
+        assert!(big.detail.contains("300 members x 4"), "{}", big.detail);
+        assert_eq!(
+            big.fix.as_deref(),
+            Some(
+                "sysctl -w net.ipv4.neigh.default.gc_thresh3=1200 net.ipv4.neigh.default.gc_thresh2=600 \
+                 (and in /etc/sysctl.d/ to keep it)"
+            )
+        );
+        assert_eq!(neighbor_check(None, Some(3)).status, Finding::Skip);
+    }
+}
