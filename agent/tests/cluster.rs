@@ -1000,9 +1000,20 @@ fn a_container_namespace_deleted_without_detach_is_reaped_everywhere_and_its_add
     ) {
         return;
     }
-    let c = Cluster::up("ndrp", "10.241.0", &["--hosts", "3", "--containers", "1"]);
+    // Off Docker's port, as beside another VXLAN user of the hosts.
+    let c = Cluster::up_with(
+        "ndrp",
+        "10.241.0",
+        &["--hosts", "3", "--containers", "1"],
+        &["--vxlan-port", "4790"],
+    );
     let vni = c.json(1, &["network", "ls"])[0]["vni"].as_u64().unwrap();
     let eps = all_endpoints_everywhere(&c, 3);
+    let vxlan = ok("ip", &["-n", &c.ns("h1"), "-d", "link", "show", &format!("ndvx{vni}")]);
+    assert!(vxlan.contains("dstport 4790"), "{vxlan}");
+    until("h1c1 to ping h3c1 over port 4790", Duration::from_secs(5), || {
+        c.ping("h1c1", &eps.iter().find(|e| e.0 == "h3c1").unwrap().2)
+    });
     let gone = eps.iter().find(|e| e.0 == "h2c1").expect("h2c1 attached").clone();
     // The host that reaps tells its watchers.
     let api = format!("unix:{}/h2.sock", c.dir);
