@@ -1059,6 +1059,21 @@ fn a_container_namespace_deleted_without_detach_is_reaped_everywhere_and_its_add
     );
     assert_eq!(log.matches(&line).count(), 1, "one log line: {line}");
 
+    // A lost veth of a namespace still there is wired again, not reaped.
+    let links = ok("ip", &["-n", &c.ns("h1"), "-o", "link", "show"]);
+    let veth = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .find(|n| n.starts_with("ndve"))
+        .expect("h1c1's veth")
+        .to_string();
+    ok("ip", &["-n", &c.ns("h1"), "link", "del", &veth]);
+    let h3c1 = eps.iter().find(|e| e.0 == "h3c1").unwrap().2.clone();
+    until("h1c1's veth to be wired again", Duration::from_secs(5), || c.ping("h1c1", &h3c1));
+    assert!(c.endpoints(1).iter().any(|e| e.0 == "h1c1"));
+    assert_eq!(c.json(1, &["stats"])["endpoints_reaped"].as_u64(), Some(0));
+
     // The address goes to the next container on h2.
     let again = c.attach(2, "demo", "h2c2", &["--ip", &gone.2]);
     assert_eq!(again, gone.2);
