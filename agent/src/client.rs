@@ -137,7 +137,10 @@ async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> 
                     println!(
                         "created {} (subnet {}, VNI {}, MTU {})",
                         n.name, n.subnet, n.vni, n.mtu
-                    )
+                    );
+                    for w in &n.conflicts {
+                        println!("warning: {w}");
+                    }
                 }
             }
             return Ok(());

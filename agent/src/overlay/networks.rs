@@ -107,9 +107,11 @@ impl Overlay {
         if !(netdefs::MIN_MTU..=netdefs::MAX_MTU).contains(&mtu) {
             return Err(Error::MtuOutOfRange(mtu));
         }
-        // Created all the same: other hosts' underlays may carry it.
-        if let Some(misfit) = self.mtu_misfit(&r.name, mtu) {
-            tracing::warn!("{misfit}");
+        // Created all the same (other hosts' underlays may carry it), with
+        // the warning in the reply.
+        let misfit = self.mtu_misfit(&r.name, mtu);
+        if let Some(m) = &misfit {
+            tracing::warn!("{m}");
         }
         let def = NetworkDef {
             name: r.name.clone(),
@@ -122,7 +124,11 @@ impl Overlay {
         node.put_shared(now, SharedTable::NetDefs, &r.name, def.encode())?;
         tracing::info!(network = %r.name, %subnet, vni, mtu, "network created");
         self.dirty = true;
-        Ok(self.network_info(node, &Effective { def, vni }))
+        let mut info = self.network_info(node, &Effective { def, vni });
+        if let (Some(m), Some(o)) = (misfit, info.overlay.as_mut()) {
+            o.conflicts.push(m);
+        }
+        Ok(info)
     }
 
     /// Removes a network cluster-wide; refused while any host (this one
@@ -252,6 +258,7 @@ mod tests {
             p.overlay.create(&mut p.node, p.now, r).unwrap().overlay.unwrap()
         };
         assert_eq!(wide.mtu, 8950, "created: other hosts may carry it");
+        assert_eq!(wide.conflicts.len(), 1, "with the warning: {:?}", wide.conflicts);
         h.attach(attach_req("jumbo", "web", &ns.0)).unwrap();
         let mut guard = h.parts();
         let p = &mut *guard;
@@ -259,6 +266,7 @@ mod tests {
         let text = "network jumbo has MTU 8950, which this host's underlay does not carry: \
                     eth0 has MTU 1400, room for 1350 inside VXLAN; raise the MTU of eth0 or \
                     recreate the network with --mtu 1350";
+        assert_eq!(wide.conflicts, [text]);
         assert_eq!(p.overlay.take_notices(), [("jumbo".to_string(), text.to_string())]);
     }
 
