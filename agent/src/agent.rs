@@ -118,7 +118,28 @@ impl Agent {
             (Some(_), Some(dir)) => Some(Store::open(dir)?),
             _ => None,
         };
-        let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle, s.gateway_subnet);
+        let underlay = tunnel.and_then(|ip| {
+            let ifname = crate::doctor::underlay::interface_of(IpAddr::V4(ip))?;
+            let mtu = crate::doctor::underlay::mtu_of(&ifname)?;
+            Some((ifname, mtu))
+        });
+        match &underlay {
+            Some((ifname, mtu)) => tracing::info!(
+                underlay = %ifname,
+                mtu,
+                network_mtu = netdb::netdefs::overlay_mtu(*mtu),
+                "new networks get the underlay's MTU less VXLAN's 50 bytes"
+            ),
+            None if kernel.is_some() => tracing::warn!(
+                "no interface holds the advertise address; new networks get MTU {}",
+                netdb::netdefs::DEFAULT_MTU
+            ),
+            None => {}
+        }
+        let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle, s.gateway_subnet)
+            .with_vxlan_port(s.vxlan_port)
+            .with_underlay(underlay)
+            .with_vni_range(s.vni_range);
         let kernel_stats = Arc::new(KernelStats::default());
         let view = overlay.dns_view();
         let dns = match (&s.dns, &kernel) {

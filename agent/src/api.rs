@@ -220,6 +220,7 @@ fn endpoint(e: EndpointInfo) -> api::EndpointInfo {
         local: e.local,
         gateway_ip: e.gateway_ip.map(|ip| ip.to_string()).unwrap_or_default(),
         publish: e.publish,
+        netns_missing: e.netns_missing,
     }
 }
 
@@ -233,8 +234,8 @@ fn watched(w: Watched) -> Result<api::WatchEvent, Status> {
             })
         }
         Watched::Entry(_) => Err(Status::internal("a watch stream got a non-entry event")),
-        Watched::Conflict { network, text } => Ok(api::WatchEvent {
-            event: "conflict".into(),
+        Watched::Notice { kind, network, text } => Ok(api::WatchEvent {
+            event: kind.as_str().into(),
             network,
             entry: Some(api::Entry { value: text.into(), ..Default::default() }),
         }),

@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use netdb::netdefs::VniRange;
 use serde::Deserialize;
 
 use crate::duration;
@@ -460,6 +461,21 @@ pub(crate) struct AgentArgs {
     /// bridge takes its first address [default: 198.18.0.0/16]
     #[arg(long, env = "NETDB_GATEWAY_SUBNET", help_heading = "Data plane")]
     pub gateway_subnet: Option<String>,
+    /// UDP port of the VXLAN devices: the same on every host [default:
+    /// 4789]
+    #[arg(long, env = "NETDB_VXLAN_PORT", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Data plane")]
+    pub vxlan_port: Option<u16>,
+    /// VNIs of the networks created here, FIRST-LAST: the same on every
+    /// host [default: 4096-16777215]
+    #[arg(long, env = "NETDB_VNI_RANGE", help_heading = "Data plane")]
+    #[serde(default, deserialize_with = "de_vni_range")]
+    pub vni_range: Option<VniRange>,
+}
+
+/// A VNI range in the file, written as on the command line.
+fn de_vni_range<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<VniRange>, D::Error> {
+    let text = String::deserialize(d)?;
+    text.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 /// Upstream resolvers in the file, written as on the command line.

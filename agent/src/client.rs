@@ -138,7 +138,10 @@ async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> 
                     println!(
                         "created {} (subnet {}, VNI {}, MTU {})",
                         n.name, n.subnet, n.vni, n.mtu
-                    )
+                    );
+                    for w in &n.conflicts {
+                        println!("warning: {w}");
+                    }
                 }
             }
             return Ok(());
@@ -218,7 +221,11 @@ async fn endpoint_cmd(
                                 dash(e.mac),
                                 dash(e.service),
                                 dash(e.aliases.join(",")),
-                                dash(e.netns),
+                                if e.netns_missing {
+                                    format!("{} (missing)", e.netns)
+                                } else {
+                                    dash(e.netns)
+                                },
                             ]
                         })
                         .collect(),
@@ -325,8 +332,8 @@ async fn watch(
                 }
                 writeln!(lock, "{v}")?;
             }
-            Output::Table if ev.event == "conflict" => {
-                writeln!(lock, "CONFLICT {}", text(&e.value))?
+            Output::Table if matches!(ev.event.as_str(), "conflict" | "detached") => {
+                writeln!(lock, "{} {}", ev.event.to_uppercase(), text(&e.value))?
             }
             Output::Table => writeln!(
                 lock,

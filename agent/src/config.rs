@@ -44,6 +44,8 @@ pub(crate) struct Settings {
     pub dns: Option<crate::dns::Settings>,
     /// The gateway bridge's subnet.
     pub gateway_subnet: Subnet,
+    pub vxlan_port: u16,
+    pub vni_range: netdb::netdefs::VniRange,
 }
 
 /// Queries per second per container, unless --dns-rate-limit says.
@@ -164,6 +166,12 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             .unwrap_or(crate::overlay::DEFAULT_GATEWAY_SUBNET)
             .parse()
             .context("--gateway-subnet")?,
+        vxlan_port: match cli.vxlan_port.or(file.vxlan_port) {
+            Some(0) => bail!("vxlan-port must be 1-65535"),
+            Some(port) => port,
+            None => netdb_dataplane::VXLAN_PORT,
+        },
+        vni_range: cli.vni_range.or(file.vni_range).unwrap_or_default(),
     })
 }
 

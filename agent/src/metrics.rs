@@ -288,6 +288,12 @@ fn registry(s: &Snapshot) -> Registry {
     );
     gauge(&mut r, "watchers", "Open watch streams", t.watchers);
     counter(&mut r, "overlay_conflicts", "Overlay network conflicts detected", t.conflicts);
+    counter(
+        &mut r,
+        "endpoints_reaped",
+        "Endpoints detached because their network namespace was gone",
+        t.reaped,
+    );
     let k = &t.kernel;
     counter(
         &mut r,

@@ -46,5 +46,5 @@ pub(crate) fn endpoint_json(e: &api::EndpointInfo) -> Value {
     json!({ "network": e.network, "name": e.name, "host": e.host, "ip": e.ip, "prefix": e.prefix,
             "mac": e.mac, "ifname": e.ifname, "netns": e.netns, "service": e.service,
             "aliases": e.aliases, "local": e.local, "gateway_ip": e.gateway_ip,
-            "publish": e.publish })
+            "publish": e.publish, "netns_missing": e.netns_missing })
 }

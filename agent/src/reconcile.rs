@@ -27,10 +27,19 @@ pub(crate) async fn run<K: Kernel>(
         }
         // Held from the snapshot to the last kernel call: an attach or
         // detach in between would make the snapshot stale.
-        let kernel = kernel.lock().await;
+        let guard = kernel.lock().await;
         let Some(desired) = core.desired().await else { return };
-        match kernel.reconcile(&desired).await {
+        let result = guard.reconcile(&desired).await;
+        // The reaps below detach through the kernel lock themselves.
+        drop(guard);
+        match result {
             Ok(r) => {
+                for gone in r.netns_gone.iter().cloned() {
+                    let (veth, netns) = (gone.host_ifname.clone(), gone.netns.clone());
+                    if let Err(e) = core.reap(gone).await {
+                        tracing::warn!(endpoint = %veth, netns = %netns.display(), error = %e, "cannot detach an endpoint whose namespace is gone; retrying next period");
+                    }
+                }
                 stats.reconciled(&r);
                 if r.changes() > 0 || r.failed > 0 {
                     tracing::info!(

@@ -1,5 +1,6 @@
 //! Watch streams as the core feeds them: entry events of one network (and
-//! optionally one table) and conflict notices, through a bounded channel. A
+//! optionally one table) and notices (conflicts, endpoints reaped), through
+//! a bounded channel. A
 //! watcher that falls behind is cut rather than growing memory.
 
 use netdb::Event;
@@ -13,10 +14,30 @@ const WATCH_BACKLOG: usize = 4096;
 pub(crate) enum Watched {
     /// An entry event of the watched network (always `Event::Entry`).
     Entry(Event),
-    /// A conflict found on the watched network.
-    Conflict { network: String, text: String },
+    /// A conflict found on, or an endpoint reaped from, the watched
+    /// network.
+    Notice { kind: Notice, network: String, text: String },
     /// The watcher fell behind and was cut; the stream ends.
     FellBehind,
+}
+
+/// What a notice reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Notice {
+    /// Two hosts disagree (a name, an address, a definition).
+    Conflict,
+    /// A local endpoint was detached because its namespace was gone.
+    Detached,
+}
+
+impl Notice {
+    /// The watch event's name.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Notice::Conflict => "conflict",
+            Notice::Detached => "detached",
+        }
+    }
 }
 
 /// A watcher of one network (and optionally one table).
@@ -59,13 +80,13 @@ impl Watcher {
         }
     }
 
-    /// Sends a conflict notice about `network`; false if the watcher must
-    /// be dropped.
-    pub(crate) fn notice(&self, network: &str, text: &str) -> bool {
+    /// Sends a notice about `network`; false if the watcher must be
+    /// dropped.
+    pub(crate) fn notice(&self, kind: Notice, network: &str, text: &str) -> bool {
         if network != self.network {
             return !self.tx.is_closed();
         }
-        let out = Watched::Conflict { network: self.network.clone(), text: text.into() };
+        let out = Watched::Notice { kind, network: self.network.clone(), text: text.into() };
         self.tx.try_send(out).is_ok()
     }
 }

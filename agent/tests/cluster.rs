@@ -1197,3 +1197,102 @@ fn containers_reach_the_outside_through_snat_publish_ports_and_internal_networks
         assert_eq!(ok("ip", &["-n", ns, "route"]), "", "no route is left");
     }
 }
+
+#[test]
+fn a_container_namespace_deleted_without_detach_is_reaped_everywhere_and_its_address_freed() {
+    if !allowed(
+        "a_container_namespace_deleted_without_detach_is_reaped_everywhere_and_its_address_freed",
+    ) {
+        return;
+    }
+    // Off Docker's port, as beside another VXLAN user of the hosts.
+    let c = Cluster::up_with(
+        "ndrp",
+        "10.241.0",
+        &["--hosts", "3", "--containers", "1"],
+        &["--vxlan-port", "4790"],
+    );
+    let vni = c.json(1, &["network", "ls"])[0]["vni"].as_u64().unwrap();
+    let eps = all_endpoints_everywhere(&c, 3);
+    let vxlan = ok("ip", &["-n", &c.ns("h1"), "-d", "link", "show", &format!("ndvx{vni}")]);
+    assert!(vxlan.contains("dstport 4790"), "{vxlan}");
+    until("h1c1 to ping h3c1 over port 4790", Duration::from_secs(5), || {
+        c.ping("h1c1", &eps.iter().find(|e| e.0 == "h3c1").unwrap().2)
+    });
+    let gone = eps.iter().find(|e| e.0 == "h2c1").expect("h2c1 attached").clone();
+    // The host that reaps tells its watchers.
+    let api = format!("unix:{}/h2.sock", c.dir);
+    let mut watch = Command::new(BIN)
+        .args(["--api", &api, "watch", "demo", "-o", "json"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("run netdb watch");
+    let lines = watch.stdout.take().unwrap();
+    let (tx, watched) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for l in std::io::BufRead::lines(std::io::BufReader::new(lines)).map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    // The snapshot's first entry: the stream is open.
+    watched.recv_timeout(Duration::from_secs(5)).expect("the watch stream opens");
+
+    // The container goes away without a detach (its runtime crashed).
+    ok("ip", &["netns", "del", &c.ns("h2c1")]);
+    let took = until("h2 to reap h2c1", Duration::from_secs(5), || {
+        c.endpoints(2).iter().all(|e| e.0 != "h2c1")
+    });
+    // One reconcile interval (1s), plus the time the reconcile takes.
+    assert!(took < Duration::from_millis(1800), "reaped after {took:?}");
+    // h2 held no other endpoint of demo: it left the network.
+    until("h1 and h3 to drop h2c1", Duration::from_secs(5), || {
+        [1, 3].iter().all(|h| c.endpoints(*h).iter().map(|e| &e.0).eq(["h1c1", "h3c1"].iter()))
+    });
+    let left = c.endpoints(1);
+    for h in [1, 3] {
+        until(&format!("h{h}'s kernel in step"), Duration::from_secs(5), || {
+            c.in_step(h, vni, &left)
+        });
+    }
+    let links = ok("ip", &["-n", &c.ns("h2"), "-o", "link", "show"]);
+    assert!(!links.contains(": ndve") && !links.contains(": ndvx"), "h2 holds nothing: {links}");
+    assert_eq!(c.json(2, &["stats"])["endpoints_reaped"].as_u64(), Some(1));
+    let log = std::fs::read_to_string(format!("{}/h2.log", c.dir)).unwrap();
+    let line = format!(
+        "endpoint h2c1 of network demo detached: its namespace /run/netns/{} is gone",
+        c.ns("h2c1")
+    );
+    assert_eq!(log.matches(&line).count(), 1, "one log line: {line}");
+
+    // A lost veth of a namespace still there is wired again, not reaped.
+    let links = ok("ip", &["-n", &c.ns("h1"), "-o", "link", "show"]);
+    let veth = links
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n))
+        .find(|n| n.starts_with("ndve"))
+        .expect("h1c1's veth")
+        .to_string();
+    ok("ip", &["-n", &c.ns("h1"), "link", "del", &veth]);
+    let h3c1 = eps.iter().find(|e| e.0 == "h3c1").unwrap().2.clone();
+    until("h1c1's veth to be wired again", Duration::from_secs(5), || c.ping("h1c1", &h3c1));
+    assert!(c.endpoints(1).iter().any(|e| e.0 == "h1c1"));
+    assert_eq!(c.json(1, &["stats"])["endpoints_reaped"].as_u64(), Some(0));
+
+    // The address goes to the next container on h2.
+    let again = c.attach(2, "demo", "h2c2", &["--ip", &gone.2]);
+    assert_eq!(again, gone.2);
+    until("h1c1 to ping h2c2 at h2c1's old address", Duration::from_secs(5), || {
+        c.ping("h1c1", &gone.2)
+    });
+
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let events: Vec<Value> = watched
+        .try_iter()
+        .filter_map(|l| serde_json::from_str(&l).ok())
+        .filter(|v: &Value| v["event"] == "detached")
+        .collect();
+    assert_eq!(events.len(), 1, "one watch event: {events:?}");
+    assert_eq!(events[0]["value"].as_str(), Some(line.as_str()));
+}

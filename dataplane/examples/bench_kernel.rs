@@ -38,6 +38,7 @@ fn main() {
             local: Ipv4Addr::new(192, 0, 2, 250),
             remotes,
             endpoints: BTreeMap::new(),
+            port: netdb_dataplane::VXLAN_PORT,
         };
         let desired: Desired = [(4096, full.clone())].into();
         println!("| step ({n} remote endpoints) | time | changes |");

@@ -61,6 +61,9 @@ pub struct ReconcileReport {
     pub gateway_changed: usize,
     /// Times netdb's nftables table was loaded or removed.
     pub nft_changed: usize,
+    /// Local endpoints whose namespace is gone, left as they were: the
+    /// agent detaches them (a kernel cannot wire them again).
+    pub netns_gone: Vec<Endpoint>,
 }
 
 impl ReconcileReport {

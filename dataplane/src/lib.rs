@@ -30,15 +30,18 @@ mod testing;
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 pub use kernel::{Kernel, ReconcileReport};
 pub use linux::Linux;
 pub use nft::{NFT_TABLE, ruleset};
-pub use plan::{Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, plan};
+pub use plan::{
+    Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, VxlanAttrs, plan,
+};
 pub use probe::{KernelSupport, probe_kernel};
 
-/// The VXLAN UDP port (IANA), as Docker uses it.
+/// The VXLAN UDP port (IANA), as Docker uses it: the default of the
+/// agent's `--vxlan-port`.
 pub const VXLAN_PORT: u16 = 4789;
 
 /// An Ethernet address.
@@ -219,6 +222,15 @@ pub struct Network {
     pub remotes: BTreeSet<Remote>,
     /// Endpoints of this host on the network, by host-side veth name.
     pub endpoints: BTreeMap<String, Endpoint>,
+    /// The VXLAN device's UDP port (the same on every host).
+    pub port: u16,
+}
+
+impl Network {
+    /// What the network's VXLAN device must be.
+    pub fn vxlan_attrs(&self) -> VxlanAttrs {
+        VxlanAttrs { vni: self.vni, local: Some(self.local), port: self.port }
+    }
 }
 
 /// Everything this host's kernel must hold, by VNI.
@@ -245,6 +257,14 @@ pub fn device_vni(name: &str) -> Option<(DeviceKind, u32)> {
         return None;
     }
     Some((kind, rest.parse().ok()?))
+}
+
+/// True when a container's namespace file is gone: removed (`ip netns
+/// del`), or the process whose `/proc/PID/ns/net` it was has exited. Only
+/// "not found" counts: a path this process cannot read says nothing about
+/// the namespace, and detaching on a doubt would cut a live container off.
+pub fn netns_gone(path: &Path) -> bool {
+    matches!(std::fs::metadata(path), Err(e) if e.kind() == std::io::ErrorKind::NotFound)
 }
 
 /// True when this process holds CAP_NET_ADMIN, which everything in this
@@ -319,6 +339,20 @@ pub enum Error {
         "nftables: {0}; netdb needs the nft tool (apt-get install nftables) for egress and published ports"
     )]
     Nft(String),
+    /// A device has one of our names but is not the kind we make: someone
+    /// else's, never used or removed by us.
+    #[error(
+        "{name} exists but is a {kind} device, not a {want}; netdb neither uses nor removes it: \
+         rename or delete it (ip link del {name})"
+    )]
+    NotOurs {
+        /// The device's name.
+        name: String,
+        /// The kind the kernel reports ("dummy", "vxlan", ...; "unknown" if none).
+        kind: String,
+        /// The kind netdb makes under that name.
+        want: &'static str,
+    },
     /// The container already has an interface of that name.
     #[error("interface {ifname} already exists in {netns}; pick another with --ifname")]
     IfnameTaken {

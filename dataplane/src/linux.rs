@@ -12,7 +12,9 @@ use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::InfoBridgePort;
-use rtnetlink::packet_route::link::{LinkAttribute, LinkMessage};
+use rtnetlink::packet_route::link::{
+    InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
+};
 use rtnetlink::packet_route::neighbour::{
     NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage, NeighbourState,
 };
@@ -22,10 +24,12 @@ use rtnetlink::{
 
 use crate::netns::{self, Connection};
 use crate::nft;
-use crate::plan::{Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, plan};
+use crate::plan::{
+    Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, gone_namespaces, plan,
+};
 use crate::{
     Desired, DeviceKind, Egress, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network,
-    ReconcileReport, VXLAN_PORT, bridge_name, device_vni, gateway_veth, vxlan_name,
+    ReconcileReport, VxlanAttrs, bridge_name, device_vni, gateway_veth, vxlan_name,
 };
 
 /// Requests in flight at once on the socket: the kernel answers them in
@@ -75,15 +79,20 @@ impl Linux {
             if name == GATEWAY_BRIDGE {
                 out.gateway = Some(ObservedGateway { index, ..Default::default() });
             }
-            if let Some((kind, vni)) = device_vni(&name) {
-                let n = out.networks.entry(vni).or_default();
-                match kind {
-                    DeviceKind::Bridge => n.bridge = Some(index),
-                    DeviceKind::Vxlan => {
-                        n.vxlan = Some(index);
-                        vxlans.insert(index, vni);
-                    }
+            // A device of our name but of another kind is someone else's:
+            // not ours to repair or remove (creating ours then fails with a
+            // clear error).
+            match (device_vni(&name), LinkKind::of(&msg)) {
+                (Some((DeviceKind::Bridge, vni)), LinkKind::Bridge) => {
+                    out.networks.entry(vni).or_default().bridge = Some(index);
                 }
+                (Some((DeviceKind::Vxlan, vni)), LinkKind::Vxlan(attrs)) => {
+                    let n = out.networks.entry(vni).or_default();
+                    n.vxlan = Some(index);
+                    n.vxlan_attrs = Some(attrs);
+                    vxlans.insert(index, vni);
+                }
+                _ => {}
             }
             out.links.insert(name, master);
         }
@@ -139,7 +148,8 @@ impl Linux {
     /// entries. Failed operations are counted and logged; the rest goes on.
     pub async fn reconcile(&self, desired: &Desired) -> Result<ReconcileReport, Error> {
         let started = Instant::now();
-        let observed = self.observe().await?;
+        let mut observed = self.observe().await?;
+        observed.netns_gone = gone_namespaces(desired);
         let p = plan(desired, &observed);
         let mut report = ReconcileReport::default();
         if p.is_empty() {
@@ -160,7 +170,9 @@ impl Linux {
             gateway_enslave,
             forwarding,
             nftables,
+            orphaned,
         } = p;
+        report.netns_gone = orphaned;
         let mut gateway_ix = observed.gateway.as_ref().map(|g| g.index);
         if let Some((addr, prefix)) = gateway {
             match self.ensure_gateway(addr, prefix).await {
@@ -283,13 +295,18 @@ impl Linux {
         Ok((br_ix, vx_ix))
     }
 
-    /// The network's bridge, created if missing; its index.
+    /// The network's bridge, created if missing; its index. A device of
+    /// its name that is no bridge is refused.
     pub(crate) async fn ensure_bridge(&self, net: &Network) -> Result<u32, Error> {
         let br = bridge_name(net.vni);
         let bridge = LinkBridge::new(&br).mtu(net.mtu).build();
         ignore(self.handle().link().add(bridge).execute().await, EEXIST)
             .map_err(|e| Error::netlink(format!("create bridge {br}"), e))?;
-        self.index(&br).await?.ok_or_else(|| gone(&br))
+        let (ix, kind) = self.link(&br).await?.ok_or_else(|| gone(&br))?;
+        match kind {
+            LinkKind::Bridge => Ok(ix),
+            other => Err(other.not_ours(br, "bridge")),
+        }
     }
 
     /// The network's VXLAN device, created if missing, enslaved to the
@@ -298,16 +315,37 @@ impl Linux {
         let vx = vxlan_name(net.vni);
         let vxlan = LinkVxlan::new(&vx, net.vni)
             .local(net.local)
-            .port(VXLAN_PORT)
+            .port(net.port)
             .learning(false)
             .proxy(true)
             .mtu(net.mtu)
             .controller(br_ix)
             .up()
             .build();
+        let want = net.vxlan_attrs();
+        // Ours by name, but made with other settings (an earlier run's
+        // port or address, a hand edit): made again.
+        if let Some((ix, LinkKind::Vxlan(have))) = self.link(&vx).await?
+            && have != want
+        {
+            tracing::warn!(device = %vx, ?have, ?want, "replacing a VXLAN device made with other settings");
+            ignore(self.handle().link().del(ix).execute().await, ENODEV)
+                .map_err(|e| Error::netlink(format!("delete {vx}"), e))?;
+        }
         ignore(self.handle().link().add(vxlan).execute().await, EEXIST)
             .map_err(|e| Error::netlink(format!("create VXLAN {vx} (VNI {})", net.vni), e))?;
-        let vx_ix = self.index(&vx).await?.ok_or_else(|| gone(&vx))?;
+        let vx_ix = match self.link(&vx).await?.ok_or_else(|| gone(&vx))? {
+            (ix, LinkKind::Vxlan(have)) if have == want => ix,
+            (_, LinkKind::Vxlan(have)) => {
+                return Err(Error::Netlink {
+                    what: format!("create VXLAN {vx} (VNI {})", net.vni),
+                    source: std::io::Error::other(format!(
+                        "the kernel made it with {have:?} instead of {want:?}"
+                    )),
+                });
+            }
+            (_, other) => return Err(other.not_ours(vx, "VXLAN device")),
+        };
         let up = LinkUnspec::new_with_index(vx_ix).controller(br_ix).up().build();
         self.handle()
             .link()
@@ -320,7 +358,18 @@ impl Linux {
 
     async fn remove_network(&self, vni: u32) -> Result<(), Error> {
         for name in [vxlan_name(vni), bridge_name(vni)] {
-            self.remove_link(&name).await?;
+            let Some((ix, kind)) = self.link(&name).await? else { continue };
+            // Only devices of the kind we make: someone else's of our name
+            // stays.
+            let ours = matches!(
+                (device_vni(&name), kind),
+                (Some((DeviceKind::Bridge, _)), LinkKind::Bridge)
+                    | (Some((DeviceKind::Vxlan, _)), LinkKind::Vxlan(_))
+            );
+            if ours {
+                ignore(self.handle().link().del(ix).execute().await, ENODEV)
+                    .map_err(|e| Error::netlink(format!("delete {name}"), e))?;
+            }
         }
         Ok(())
     }
@@ -567,6 +616,18 @@ impl Linux {
         index_in(self.handle(), name).await
     }
 
+    /// A link's index and kind, if it exists.
+    async fn link(&self, name: &str) -> Result<Option<(u32, LinkKind)>, Error> {
+        let mut links = self.handle().link().get().match_name(name.to_string()).execute();
+        match links.try_next().await {
+            Ok(msg) => Ok(msg.map(|m| (m.header.index, LinkKind::of(&m)))),
+            Err(rtnetlink::Error::NetlinkError(m)) if matches!(-m.raw_code(), ENODEV | ENOENT) => {
+                Ok(None)
+            }
+            Err(e) => Err(Error::netlink(format!("look up {name}"), e)),
+        }
+    }
+
     fn fdb_add(
         &self,
         vx: u32,
@@ -632,6 +693,58 @@ impl Linux {
             ignore(req.execute().await, ENOENT)
                 .map_err(|e| Error::netlink(format!("delete neighbor {ip}"), e))
         }
+    }
+}
+
+/// A link's kind, as far as our devices go.
+enum LinkKind {
+    Bridge,
+    Vxlan(VxlanAttrs),
+    /// Any other kind, by the kernel's name for it.
+    Other(String),
+}
+
+impl LinkKind {
+    fn of(msg: &LinkMessage) -> LinkKind {
+        let infos = msg.attributes.iter().find_map(|a| match a {
+            LinkAttribute::LinkInfo(i) => Some(i),
+            _ => None,
+        });
+        let Some(infos) = infos else { return LinkKind::Other("unknown".into()) };
+        let kind = infos.iter().find_map(|i| match i {
+            LinkInfo::Kind(k) => Some(k),
+            _ => None,
+        });
+        match kind {
+            Some(InfoKind::Bridge) => LinkKind::Bridge,
+            Some(InfoKind::Vxlan) => {
+                let mut attrs = VxlanAttrs { vni: 0, local: None, port: 0 };
+                for i in infos {
+                    if let LinkInfo::Data(InfoData::Vxlan(data)) = i {
+                        for d in data {
+                            match d {
+                                InfoVxlan::Id(v) => attrs.vni = *v,
+                                InfoVxlan::Local(ip) => attrs.local = Some(*ip),
+                                InfoVxlan::Port(p) => attrs.port = *p,
+                                _ => {}
+                            }
+                        }
+                    }
+                }
+                LinkKind::Vxlan(attrs)
+            }
+            Some(other) => LinkKind::Other(other.to_string()),
+            None => LinkKind::Other("unknown".into()),
+        }
+    }
+
+    fn not_ours(self, name: String, want: &'static str) -> Error {
+        let kind = match self {
+            LinkKind::Bridge => "bridge".into(),
+            LinkKind::Vxlan(_) => "vxlan".into(),
+            LinkKind::Other(k) => k,
+        };
+        Error::NotOurs { name, kind, want }
     }
 }
 

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Instant;
 
-use crate::plan::{Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, plan};
+use crate::plan::{
+    Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, VxlanAttrs,
+    gone_namespaces, plan,
+};
 use crate::{
     Desired, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network, ReconcileReport, bridge_name,
     gateway_veth, vxlan_name,
@@ -60,9 +63,10 @@ struct Link {
 struct Devices {
     bridge: Option<u32>,
     vxlan: Option<u32>,
-    /// The VXLAN device's MTU and source address, as created.
+    /// The VXLAN device's MTU, source address and port, as created.
     mtu: u32,
     local: Option<Ipv4Addr>,
+    port: u16,
     fdb: BTreeMap<Mac, Ipv4Addr>,
     neigh: BTreeMap<Ipv4Addr, Mac>,
 }
@@ -146,6 +150,11 @@ impl State {
                     vxlan: d.vxlan,
                     fdb: d.fdb.clone(),
                     neigh: d.neigh.clone(),
+                    vxlan_attrs: d.vxlan.map(|_| VxlanAttrs {
+                        vni: *vni,
+                        local: d.local,
+                        port: d.port,
+                    }),
                 },
             );
         }
@@ -183,6 +192,15 @@ impl State {
                 ix
             }
         };
+        // A VXLAN device made with other settings is made again, as Linux
+        // does it.
+        let stale = self
+            .networks
+            .get(&net.vni)
+            .is_some_and(|d| d.vxlan.is_some() && (d.local, d.port) != (Some(net.local), net.port));
+        if stale {
+            self.delete_link(&vxlan_name(net.vni));
+        }
         if self.networks.get(&net.vni).and_then(|d| d.vxlan).is_none() {
             let ix = self.index();
             self.links.insert(vxlan_name(net.vni), Link { index: ix, master: Some(bridge) });
@@ -190,6 +208,7 @@ impl State {
             d.vxlan = Some(ix);
             d.mtu = net.mtu;
             d.local = Some(net.local);
+            d.port = net.port;
         }
         self.networks.entry(net.vni).or_default().bridge = Some(bridge);
         bridge
@@ -275,6 +294,8 @@ impl State {
     }
 
     fn reconcile(&mut self, desired: &Desired) -> ReconcileReport {
+        let mut observed = self.observe();
+        observed.netns_gone = gone_namespaces(desired);
         let Plan {
             create,
             remove,
@@ -289,8 +310,9 @@ impl State {
             gateway_enslave,
             forwarding,
             nftables,
-        } = plan(desired, &self.observe());
-        let mut report = ReconcileReport::default();
+            orphaned,
+        } = plan(desired, &observed);
+        let mut report = ReconcileReport { netns_gone: orphaned, ..Default::default() };
         if let Some(addr) = gateway {
             self.ensure_gateway(addr);
             report.gateway_changed += 1;

@@ -2,8 +2,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
+use std::path::PathBuf;
 
-use crate::{Desired, Endpoint, Mac, gateway_veth, ruleset};
+use crate::{Desired, Endpoint, Mac, gateway_veth, netns_gone, ruleset};
 
 /// One network's devices and entries as read from the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -16,6 +17,21 @@ pub struct ObservedNetwork {
     pub fdb: BTreeMap<Mac, Ipv4Addr>,
     /// Permanent neighbor entries of the VXLAN device: IP → MAC.
     pub neigh: BTreeMap<Ipv4Addr, Mac>,
+    /// The VXLAN device's attributes, as the kernel reports them.
+    pub vxlan_attrs: Option<VxlanAttrs>,
+}
+
+/// What makes a VXLAN device carry a network's traffic: a device of our
+/// name with other attributes (an older run's settings, a hand edit) is
+/// replaced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VxlanAttrs {
+    /// Its VNI.
+    pub vni: u32,
+    /// Its tunnel source address, if it has one.
+    pub local: Option<Ipv4Addr>,
+    /// Its UDP port.
+    pub port: u16,
 }
 
 /// The kernel as read: our devices by VNI, and every link's bridge (by
@@ -32,6 +48,8 @@ pub struct Observed {
     pub nftables: Ruleset,
     /// Whether IPv4 forwarding is on in this namespace.
     pub forwarding: bool,
+    /// Namespaces of desired endpoints that no longer exist.
+    pub netns_gone: BTreeSet<PathBuf>,
 }
 
 /// The gateway bridge as read from the kernel.
@@ -95,6 +113,9 @@ pub struct Plan {
     pub forwarding: bool,
     /// netdb's nftables table differs from what it must hold.
     pub nftables: Option<Nftables>,
+    /// Local endpoints whose namespace is gone: nothing to wire them to
+    /// again, so they are left to the agent to detach.
+    pub orphaned: Vec<Endpoint>,
 }
 
 impl Plan {
@@ -127,19 +148,26 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     }
     for (&vni, net) in desired {
         let seen = observed.networks.get(&vni).unwrap_or(&empty);
-        let creating = seen.bridge.is_none() || seen.vxlan.is_none();
+        let replacing = seen.vxlan.is_some() && seen.vxlan_attrs != Some(net.vxlan_attrs());
+        let creating = seen.bridge.is_none() || seen.vxlan.is_none() || replacing;
         if creating {
             p.create.push(vni);
         }
+        // A VXLAN device made again starts without entries.
+        let seen_entries = if replacing { &empty } else { seen };
         let mut fdb: BTreeMap<Mac, Ipv4Addr> = BTreeMap::new();
         let mut neigh: BTreeMap<Ipv4Addr, Mac> = BTreeMap::new();
         for r in &net.remotes {
             fdb.entry(r.mac).or_insert(r.host);
             neigh.entry(r.ip).or_insert(r.mac);
         }
-        diff(vni, &fdb, &seen.fdb, &mut p.fdb_add, &mut p.fdb_del);
-        diff(vni, &neigh, &seen.neigh, &mut p.neigh_add, &mut p.neigh_del);
+        diff(vni, &fdb, &seen_entries.fdb, &mut p.fdb_add, &mut p.fdb_del);
+        diff(vni, &neigh, &seen_entries.neigh, &mut p.neigh_add, &mut p.neigh_del);
         for (name, ep) in &net.endpoints {
+            if observed.netns_gone.contains(&ep.netns) {
+                p.orphaned.push(ep.clone());
+                continue;
+            }
             let gateway_port = ep.egress.as_ref().map(|_| gateway_veth(name));
             let gateway_master = gateway_port.as_ref().map(|g| observed.links.get(g));
             match observed.links.get(name) {
@@ -167,6 +195,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         (None, _) => Some(Nftables::Delete),
     };
     p
+}
+
+/// The namespaces of `desired`'s endpoints that are gone.
+pub(crate) fn gone_namespaces(desired: &Desired) -> BTreeSet<PathBuf> {
+    let paths: BTreeSet<&PathBuf> =
+        desired.values().flat_map(|n| n.endpoints.values()).map(|ep| &ep.netns).collect();
+    paths.into_iter().filter(|p| netns_gone(p)).cloned().collect()
 }
 
 fn diff<K: Ord + Copy, V: PartialEq + Copy>(
@@ -198,7 +233,12 @@ mod tests {
     fn observed_from(desired: &Desired) -> Observed {
         let mut o = Observed::default();
         for (vni, net) in desired {
-            let mut n = ObservedNetwork { bridge: Some(10), vxlan: Some(11), ..Default::default() };
+            let mut n = ObservedNetwork {
+                bridge: Some(10),
+                vxlan: Some(11),
+                vxlan_attrs: Some(net.vxlan_attrs()),
+                ..Default::default()
+            };
             for r in &net.remotes {
                 n.fdb.insert(r.mac, r.host);
                 n.neigh.insert(r.ip, r.mac);
@@ -354,5 +394,79 @@ mod tests {
         let mut o = observed_from(&desired);
         o.links.insert("ndve1".into(), Some(10));
         assert!(plan(&desired, &o).is_empty());
+    }
+
+    #[test]
+    fn a_vxlan_device_with_other_attributes_is_made_again() {
+        let desired: Desired = [(4096, network(&[remote(5, 2)]))].into();
+        let mut o = observed_from(&desired);
+        let want = desired[&4096].vxlan_attrs();
+        for other in [
+            VxlanAttrs { vni: 4097, ..want },
+            VxlanAttrs { port: 8472, ..want },
+            VxlanAttrs { local: None, ..want },
+            VxlanAttrs { local: Some(Ipv4Addr::new(192, 168, 0, 9)), ..want },
+        ] {
+            o.networks.get_mut(&4096).unwrap().vxlan_attrs = Some(other);
+            let p = plan(&desired, &o);
+            assert_eq!(p.create, vec![4096], "{other:?}");
+            assert_eq!((p.fdb_add.len(), p.neigh_add.len()), (1, 1), "entries written again");
+            assert!(p.fdb_del.is_empty() && p.neigh_del.is_empty(), "they go with the device");
+        }
+    }
+
+    #[test]
+    fn a_gone_namespace_is_orphaned_and_a_lost_veth_is_repaired() {
+        let mut net = network(&[]);
+        for (name, netns) in [("ndve1", "/run/netns/alive"), ("ndve2", "/run/netns/gone")] {
+            let ep = Endpoint {
+                netns: netns.into(),
+                ifname: "eth0".into(),
+                host_ifname: name.into(),
+                ip: ip(2),
+                prefix: 24,
+                mac: Mac::from_ipv4(ip(2)),
+                egress: None,
+            };
+            net.endpoints.insert(name.into(), ep);
+        }
+        let desired: Desired = [(4096, net)].into();
+        // Both veths lost; one namespace still there, the other deleted.
+        let mut o = observed_from(&desired);
+        o.netns_gone.insert("/run/netns/gone".into());
+        let p = plan(&desired, &o);
+        assert_eq!(p.reattach.len(), 1);
+        assert_eq!(p.reattach[0].1.host_ifname, "ndve1");
+        assert_eq!(p.orphaned.len(), 1);
+        assert_eq!(p.orphaned[0].host_ifname, "ndve2");
+        // A gone namespace whose veth is still there (the namespace kept
+        // alive by a process) is orphaned too, not enslaved.
+        o.links.insert("ndve2".into(), None);
+        let p = plan(&desired, &o);
+        assert!(p.enslave.is_empty(), "{p:?}");
+        assert_eq!(p.orphaned.len(), 1);
+    }
+
+    #[test]
+    fn only_a_missing_namespace_file_counts_as_gone() {
+        let here = std::env::temp_dir().join(format!("netdb-plan-ns-{}", std::process::id()));
+        std::fs::write(&here, b"").unwrap();
+        let gone = here.with_extension("gone");
+        let mut net = network(&[]);
+        for (name, netns) in [("ndve1", &here), ("ndve2", &gone)] {
+            let ep = Endpoint {
+                netns: netns.clone(),
+                ifname: "eth0".into(),
+                host_ifname: name.into(),
+                ip: ip(2),
+                prefix: 24,
+                mac: Mac::from_ipv4(ip(2)),
+                egress: None,
+            };
+            net.endpoints.insert(name.into(), ep);
+        }
+        let desired: Desired = [(4096, net)].into();
+        assert_eq!(gone_namespaces(&desired), BTreeSet::from([gone]));
+        std::fs::remove_file(&here).unwrap();
     }
 }

@@ -68,6 +68,7 @@ fn probe_in_new_namespace(local: Ipv4Addr, mtu: u32) -> KernelSupport {
             local,
             remotes: Default::default(),
             endpoints: Default::default(),
+            port: crate::VXLAN_PORT,
         };
         let bridge = linux.ensure_bridge(&net).await;
         out.bridge = Some(shown(&bridge));

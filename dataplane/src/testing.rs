@@ -24,6 +24,7 @@ pub(crate) fn network(remotes: &[Remote]) -> Network {
         local: Ipv4Addr::new(192, 168, 0, 1),
         remotes: remotes.iter().copied().collect(),
         endpoints: BTreeMap::new(),
+        port: crate::VXLAN_PORT,
     }
 }
 

@@ -8,7 +8,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use netdb_dataplane::{
-    Desired, Egress, Endpoint, Linux, Mac, Network, ReconcileReport, Remote, has_net_admin, ruleset,
+    Desired, Egress, Endpoint, Linux, Mac, Network, ReconcileReport, Remote, VXLAN_PORT,
+    has_net_admin, ruleset,
 };
 
 fn allowed(test: &str) -> bool {
@@ -88,6 +89,7 @@ fn network(remotes: &[Remote], endpoints: &[Endpoint]) -> Network {
         local: Ipv4Addr::new(192, 0, 2, 1),
         remotes: remotes.iter().copied().collect::<BTreeSet<_>>(),
         endpoints: endpoints.iter().map(|e| (e.host_ifname.clone(), e.clone())).collect(),
+        port: VXLAN_PORT,
     }
 }
 
@@ -382,4 +384,64 @@ fn the_way_out_is_wired_reconciled_and_removed() {
     assert_eq!(nft_in(&host), None);
     let links = ip(&["-n", &host, "-br", "link"]);
     assert!(!links.contains("ndgw0") && !links.contains("ndbr4242"), "{links}");
+}
+
+#[test]
+fn a_vxlan_device_of_our_name_with_other_attributes_is_replaced_and_a_foreign_one_refused() {
+    if !allowed(
+        "a_vxlan_device_of_our_name_with_other_attributes_is_replaced_and_a_foreign_one_refused",
+    ) {
+        return;
+    }
+    let ns = Namespaces::new("attrs", &["host"]);
+    let host = ns.0[0].clone();
+    ip(&["-n", &host, "link", "set", "lo", "up"]);
+    let reconcile = |desired: Desired| {
+        inside(ns.path(0), move || {
+            Box::pin(async move { Linux::new().unwrap().reconcile(&desired).await.unwrap() })
+        })
+    };
+    let show = || ip(&["-n", &host, "-d", "link", "show", "ndvx4242"]);
+    // Left by someone (an older run, a hand edit): our name, another VNI
+    // and port.
+    ip(&["-n", &host, "link", "add", "ndvx4242", "type", "vxlan", "id", "77", "dstport", "4790"]);
+    let net = Network { port: 4799, ..network(&[remote(5, 2)], &[]) };
+    let r = reconcile([(4242, net.clone())].into());
+    assert_eq!((r.created, r.failed), (1, 0), "{r:?}");
+    let link = show();
+    assert!(link.contains("vxlan id 4242") && link.contains("dstport 4799"), "{link}");
+    assert!(link.contains("local 192.0.2.1"), "{link}");
+    assert_eq!(reconcile([(4242, net.clone())].into()).changes(), 0, "in step now");
+
+    // The port changed (a restart with another --vxlan-port): replaced,
+    // its entries written again.
+    let moved = Network { port: VXLAN_PORT, ..net.clone() };
+    let r = reconcile([(4242, moved.clone())].into());
+    assert_eq!((r.created, r.fdb_added, r.failed), (1, 1, 0), "{r:?}");
+    assert!(show().contains("dstport 4789"), "{}", show());
+
+    // A device of our name that is no VXLAN device (here a bridge) is
+    // someone else's: refused with the reason, left alone, not removed.
+    ip(&["-n", &host, "link", "del", "ndvx4242"]);
+    ip(&["-n", &host, "link", "add", "ndvx4242", "type", "bridge"]);
+    let d: Desired = [(4242, moved)].into();
+    let refused = inside(ns.path(0), move || {
+        Box::pin(async move {
+            let linux = Linux::new().unwrap();
+            let r = linux.reconcile(&d).await.unwrap();
+            let net = &d[&4242];
+            let e = linux.ensure_network(net).await.unwrap_err().to_string();
+            (r, e)
+        })
+    });
+    assert_eq!(refused.0.failed, 1, "{:?}", refused.0);
+    assert_eq!(
+        refused.1,
+        "ndvx4242 exists but is a bridge device, not a VXLAN device; netdb neither uses nor \
+         removes it: rename or delete it (ip link del ndvx4242)"
+    );
+    assert!(show().contains("bridge"), "left alone: {}", show());
+    let r = reconcile(Desired::new());
+    assert_eq!(r.failed, 0, "{r:?}");
+    assert!(show().contains("bridge"), "not removed with our networks: {}", show());
 }

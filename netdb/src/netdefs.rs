@@ -26,8 +26,12 @@ use crate::table::Entry;
 pub const FIRST_VNI: u32 = 4096;
 /// Largest VNI (24 bits).
 pub const MAX_VNI: u32 = (1 << 24) - 1;
-/// 1500 minus the 50 bytes of VXLAN encapsulation.
+/// 1500 minus the 50 bytes of VXLAN encapsulation: the MTU of a network
+/// created on a host whose underlay MTU is unknown.
 pub const DEFAULT_MTU: u32 = 1450;
+/// What VXLAN over IPv4 adds to each packet: outer IPv4 (20), UDP (8),
+/// VXLAN (8) and the inner Ethernet header (14).
+pub const VXLAN_OVERHEAD: u32 = 50;
 /// Smallest MTU an overlay network may have.
 pub const MIN_MTU: u32 = 576;
 /// Largest MTU an overlay network may have.
@@ -182,14 +186,82 @@ impl Resolved {
         out
     }
 
-    /// The VNI a new network should ask for.
-    pub fn next_vni(&self) -> u32 {
-        lowest_free(&self.networks.values().map(|e| e.vni).collect())
+    /// The VNI a new network should ask for: the lowest free one of
+    /// `range`; `None` when all are taken.
+    pub fn next_vni(&self, range: VniRange) -> Option<u32> {
+        let used: BTreeSet<u32> = self.networks.values().map(|e| e.vni).collect();
+        (range.first..=range.last).find(|v| !used.contains(v))
     }
 
     /// The network that holds `vni`, if any.
     pub fn vni_in_use(&self, vni: u32) -> Option<&str> {
         self.networks.values().find(|e| e.vni == vni).map(|e| e.def.name.as_str())
+    }
+}
+
+/// The MTU a network created on a host with underlay MTU `underlay` gets:
+/// the largest that underlay carries, within the bounds a definition takes.
+/// The definition carries it, so every host uses the creator's figure
+/// (hosts never derive their own and disagree); a host whose underlay is
+/// smaller reports the misfit.
+pub fn overlay_mtu(underlay: u32) -> u32 {
+    underlay.saturating_sub(VXLAN_OVERHEAD).clamp(MIN_MTU, MAX_MTU)
+}
+
+/// True when an underlay of MTU `underlay` carries a network of MTU `mtu`.
+pub fn mtu_fits(mtu: u32, underlay: u32) -> bool {
+    mtu + VXLAN_OVERHEAD <= underlay
+}
+
+/// The VNIs this host's networks may have (`--vni-range`). Every host
+/// must be given the same range: a network is created with a VNI of its
+/// creator's range, and a host whose range does not hold a network's VNI
+/// refuses to attach endpoints to it and reports why. A VNI asked twice
+/// is re-granted from [`FIRST_VNI`] up whatever the ranges (every host
+/// must compute the same grant), so with a range that starts higher such
+/// a network is reported too; recreating it gets a VNI of the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VniRange {
+    /// The lowest VNI.
+    pub first: u32,
+    /// The highest VNI.
+    pub last: u32,
+}
+
+impl Default for VniRange {
+    /// Docker's: 4096 up to the largest 24-bit VNI.
+    fn default() -> VniRange {
+        VniRange { first: FIRST_VNI, last: MAX_VNI }
+    }
+}
+
+impl VniRange {
+    /// True when `vni` is in the range.
+    pub fn contains(&self, vni: u32) -> bool {
+        (self.first..=self.last).contains(&vni)
+    }
+}
+
+impl std::fmt::Display for VniRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.first, self.last)
+    }
+}
+
+impl std::str::FromStr for VniRange {
+    type Err = String;
+
+    /// `FIRST-LAST`, within 4096-16777215.
+    fn from_str(s: &str) -> Result<VniRange, String> {
+        let bad =
+            || format!("invalid VNI range {s:?}: use FIRST-LAST within {FIRST_VNI}-{MAX_VNI}");
+        let (a, b) = s.trim().split_once('-').ok_or_else(bad)?;
+        let first: u32 = a.trim().parse().map_err(|_| bad())?;
+        let last: u32 = b.trim().parse().map_err(|_| bad())?;
+        if first < FIRST_VNI || last > MAX_VNI || first > last {
+            return Err(bad());
+        }
+        Ok(VniRange { first, last })
     }
 }
 
@@ -242,6 +314,33 @@ mod tests {
     }
 
     #[test]
+    fn a_vni_range_parses_bounded_and_new_networks_take_its_lowest_free_vni() {
+        let r: VniRange = "5000-5001".parse().unwrap();
+        assert_eq!((r.first, r.last, r.to_string()), (5000, 5001, "5000-5001".to_string()));
+        assert!(r.contains(5000) && r.contains(5001) && !r.contains(4999) && !r.contains(5002));
+        for bad in ["", "5000", "4095-5000", "5000-16777216", "5001-5000", "a-b", "5000-"] {
+            assert!(bad.parse::<VniRange>().is_err(), "{bad}");
+        }
+        assert_eq!(VniRange::default().to_string(), "4096-16777215");
+        let copies = vec![copy("h1", &def("a", "10.1.0.0/24", 5000, "h1", 1), false)];
+        let resolved = resolve(&copies);
+        assert_eq!(resolved.next_vni(r), Some(5001));
+        assert_eq!(resolved.next_vni(VniRange { first: 5000, last: 5000 }), None, "full");
+        assert_eq!(resolved.next_vni(VniRange::default()), Some(4096));
+    }
+
+    #[test]
+    fn the_mtu_default_is_the_underlays_less_vxlan_within_bounds() {
+        assert_eq!(overlay_mtu(1500), 1450);
+        assert_eq!(overlay_mtu(9001), 8951);
+        assert_eq!(overlay_mtu(1400), 1350);
+        assert_eq!(overlay_mtu(65535), MAX_MTU);
+        assert_eq!(overlay_mtu(600), MIN_MTU, "the smallest a definition takes");
+        assert!(!mtu_fits(overlay_mtu(600), 600), "and reported as a misfit");
+        assert!(mtu_fits(1450, 1500) && !mtu_fits(1451, 1500));
+    }
+
+    #[test]
     fn the_older_definition_of_a_name_wins_in_any_order() {
         let a = def("blue", "10.1.0.0/24", 4096, "a", 5);
         let b = def("blue", "10.2.0.0/24", 4096, "b", 3);
@@ -265,7 +364,7 @@ mod tests {
         assert_eq!(r.networks["red"].vni, 4097);
         // `other` asked for 4097 too but is younger than red.
         assert_eq!(r.networks["other"].vni, 4098);
-        assert_eq!(r.next_vni(), 4099);
+        assert_eq!(r.next_vni(VniRange::default()), Some(4099));
         assert_eq!(r.conflicts.len(), 2, "{:?}", r.conflicts);
     }
 

@@ -9,7 +9,7 @@ mod files;
 mod ports;
 mod skew;
 mod system;
-mod underlay;
+pub(crate) mod underlay;
 
 use std::time::Duration;
 
@@ -109,6 +109,7 @@ pub(crate) async fn run(
                 "dns",
                 "clock skew",
                 "seeds",
+                "neighbor table",
             ];
             for name in names {
                 checks.push(Check::new(
@@ -138,7 +139,7 @@ async fn on_settings(
         ports::check("gossip tcp", ports::Proto::Tcp, s.bind, "gossip port (push/pull)", false),
     ];
     if dataplane {
-        let any = std::net::SocketAddr::from(([0, 0, 0, 0], netdb_dataplane::VXLAN_PORT));
+        let any = std::net::SocketAddr::from(([0, 0, 0, 0], s.vxlan_port));
         out.push(ports::check("vxlan port", ports::Proto::Udp, any, "VXLAN", true));
     } else {
         out.push(Check::new("vxlan port", Finding::Skip, "--no-dataplane: no VXLAN devices"));
@@ -149,6 +150,7 @@ async fn on_settings(
     out.push(dns::check(s));
     out.push(skew::check(s, agent).await);
     out.push(underlay::seeds(s).await);
+    out.push(underlay::neighbors(agent).await);
     out
 }
 

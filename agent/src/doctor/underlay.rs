@@ -7,12 +7,11 @@ use std::time::Duration;
 use netdb_api::{self as api, netdb_client::NetdbClient};
 use tonic::transport::Channel;
 
-use super::system::OVERLAY_MTU;
+use netdb::netdefs::{VXLAN_OVERHEAD, overlay_mtu};
+
 use super::{ASK_TIMEOUT, Check, Finding};
 use crate::config::Settings;
 
-/// Outer IPv4 (20) + UDP (8) + VXLAN (8) + the inner Ethernet header (14).
-const VXLAN_OVERHEAD: u32 = 50;
 /// IPv4 (20) and UDP (8) headers around a gossip datagram.
 const UDP_OVERHEAD: u32 = 28;
 
@@ -33,14 +32,12 @@ pub(super) async fn mtu(
         )
         .fix("give --advertise an address of this host, or --join a reachable seed");
     };
-    let Some(have) = std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu"))
-        .ok()
-        .and_then(|m| m.trim().parse::<u32>().ok())
-    else {
+    let Some(have) = mtu_of(&ifname) else {
         return Check::new(NAME, Finding::Warn, format!("cannot read the MTU of {ifname}"));
     };
     let gossip = s.core.packet_budget as u32 + UDP_OVERHEAD;
-    let mut overlay = vec![("the default overlay MTU".to_string(), OVERLAY_MTU)];
+    // The agent derives the default from this same interface.
+    let mut overlay = vec![("the default overlay MTU".to_string(), overlay_mtu(have))];
     if dataplane {
         overlay.extend(network_mtus(agent).await);
     }
@@ -118,9 +115,14 @@ fn unspecified(like: IpAddr) -> IpAddr {
     }
 }
 
+/// An interface's MTU.
+pub(crate) fn mtu_of(ifname: &str) -> Option<u32> {
+    std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu")).ok()?.trim().parse().ok()
+}
+
 /// The interface holding `ip`, or else the one whose subnet holds it
 /// (127.0.80.2 is lo's, though only 127.0.0.1 is configured).
-fn interface_of(ip: IpAddr) -> Option<String> {
+pub(crate) fn interface_of(ip: IpAddr) -> Option<String> {
     let addrs: Vec<_> = nix::ifaddrs::getifaddrs().ok()?.collect();
     let v4 = |s: Option<nix::sys::socket::SockaddrStorage>| s?.as_sockaddr_in().map(|a| a.ip());
     let v6 = |s: Option<nix::sys::socket::SockaddrStorage>| s?.as_sockaddr_in6().map(|a| a.ip());
@@ -184,6 +186,77 @@ pub(super) async fn seeds(s: &Settings) -> Check {
         .fix(format!(
             "start `netdb agent` there, and let TCP and UDP {} (gossip) and UDP {} (VXLAN) through firewalls between the hosts",
             s.bind.port(),
-            netdb_dataplane::VXLAN_PORT
+            s.vxlan_port
         ))
+}
+
+/// Where Linux caps the neighbor table: one count for every network
+/// namespace of the host (the containers' too).
+const GC_THRESH3: &str = "/proc/sys/net/ipv4/neigh/default/gc_thresh3";
+/// Linux's default cap: less was set by hand.
+const NEIGH_FLOOR: u64 = 1024;
+/// Neighbor entries to allow per member: its underlay address in this
+/// host's namespace, and the containers' entries besides.
+const NEIGH_PER_MEMBER: u64 = 4;
+
+/// A full neighbor table makes every send to a new address fail: gossip
+/// to peers goes silent and membership flaps. Warns when the cap is low
+/// for the members the running agent knows.
+pub(super) async fn neighbors(agent: &mut Option<NetdbClient<Channel>>) -> Check {
+    let cap = std::fs::read_to_string(GC_THRESH3).ok().and_then(|t| t.trim().parse().ok());
+    let mut members = None;
+    if let Some(c) = agent.as_mut() {
+        let asked = tokio::time::timeout(ASK_TIMEOUT, c.members(api::MembersRequest {})).await;
+        if let Ok(Ok(reply)) = asked {
+            members = Some(reply.into_inner().members.len() as u64);
+        }
+    }
+    neighbor_check(cap, members)
+}
+
+fn neighbor_check(cap: Option<u64>, members: Option<u64>) -> Check {
+    const NAME: &str = "neighbor table";
+    let Some(cap) = cap else {
+        return Check::new(NAME, Finding::Skip, format!("cannot read {GC_THRESH3}"));
+    };
+    let need = members.map_or(NEIGH_FLOOR, |m| (m * NEIGH_PER_MEMBER).max(NEIGH_FLOOR));
+    let known = match members {
+        Some(m) => format!("{m} members x {NEIGH_PER_MEMBER}"),
+        None => "no agent answered to count the members".into(),
+    };
+    let subject = format!(
+        "net.ipv4.neigh.default.gc_thresh3 is {cap} (shared by every network namespace of the host; {known})"
+    );
+    if cap < need {
+        return Check::new(NAME, Finding::Warn, format!("{subject}: below {need}; once full, sends to new addresses fail and membership flaps"))
+            .fix(format!(
+                "sysctl -w net.ipv4.neigh.default.gc_thresh3={need} net.ipv4.neigh.default.gc_thresh2={} (and in /etc/sysctl.d/ to keep it)",
+                need / 2
+            ));
+    }
+    Check::new(NAME, Finding::Pass, subject)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_neighbor_table_low_for_the_cluster_warns_with_the_sysctl() {
+        assert_eq!(neighbor_check(Some(1024), Some(40)).status, Finding::Pass);
+        assert_eq!(neighbor_check(Some(1024), None).status, Finding::Pass);
+        let low = neighbor_check(Some(512), None);
+        assert_eq!(low.status, Finding::Warn, "below Linux's default");
+        let big = neighbor_check(Some(1024), Some(300));
+        assert_eq!(big.status, Finding::Warn, "{}", big.detail);
+        assert!(big.detail.contains("300 members x 4"), "{}", big.detail);
+        assert_eq!(
+            big.fix.as_deref(),
+            Some(
+                "sysctl -w net.ipv4.neigh.default.gc_thresh3=1200 net.ipv4.neigh.default.gc_thresh2=600 \
+                 (and in /etc/sysctl.d/ to keep it)"
+            )
+        );
+        assert_eq!(neighbor_check(None, Some(3)).status, Finding::Skip);
+    }
 }

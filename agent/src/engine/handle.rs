@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb::{Entry, MemberInfo, Node};
-use netdb_dataplane::{Desired, Kernel, Linux};
+use netdb_dataplane::{Desired, Endpoint, Kernel, Linux};
 use tokio::sync::{Mutex, mpsc, oneshot};
 
 use super::{Core, Health, KeyId, KeyOp, KeyReport, Snapshot};
@@ -18,7 +18,7 @@ use crate::dns::Dns;
 use crate::overlay::{
     self, Attach, CreateNetwork, EndpointInfo, Host, NetworkDetail, NetworkInfo, Overlay,
 };
-use crate::watch::Watched;
+use crate::watch::{Notice, Watched};
 
 /// Why a call to the core failed.
 #[derive(Debug, thiserror::Error)]
@@ -155,11 +155,21 @@ impl<K: Kernel> Handle<K> {
     pub(crate) async fn detach(&self, network: String, name: String) -> Result<(), Error> {
         let h = self.clone();
         let task = tokio::spawn(async move {
-            let done = overlay::detach(&h, h.kernel.as_deref(), network, name).await;
+            let done = overlay::detach(&h, h.kernel.as_deref(), network, name, None).await;
             h.dns_settled().await;
             done
         });
         Ok(task.await.map_err(|_| Error::TaskFailed("detach"))??)
+    }
+
+    /// Detaches a local endpoint whose namespace is gone and tells the
+    /// network's watchers.
+    pub(crate) async fn reap(&self, gone: Endpoint) -> Result<(), Error> {
+        let reaped = overlay::reap(self, self.kernel.as_deref(), gone).await?;
+        if let Some((network, text)) = reaped {
+            self.call(move |core| core.announce(Notice::Detached, &network, &text)).await?;
+        }
+        Ok(())
     }
 
     async fn dns_settled(&self) {

@@ -27,7 +27,7 @@ use netdb::{KeyOp, KeyReport};
 use crate::dns::Dns;
 use crate::keyfile;
 use crate::overlay::Overlay;
-use crate::watch::Watcher;
+use crate::watch::{Notice, Watcher};
 
 pub(crate) use handle::{Commands, Error, Handle, channel};
 pub(crate) use health::Health;
@@ -168,7 +168,7 @@ impl Core {
         let now = self.now();
         self.overlay.maintain(&mut self.node, now);
         for (net, text) in self.overlay.take_notices() {
-            self.watchers.retain(|w| w.notice(&net, &text));
+            self.announce(Notice::Conflict, &net, &text);
         }
         self.dispatch_events();
     }
@@ -192,6 +192,11 @@ impl Core {
         tracing::info!("signal received: leaving the cluster");
         self.node.leave(now);
         self.node.config().gossip_interval * 2 + Duration::from_millis(100)
+    }
+
+    /// Sends a notice to the watchers of `network`.
+    pub(crate) fn announce(&mut self, kind: Notice, network: &str, text: &str) {
+        self.watchers.retain(|w| w.notice(kind, network, text));
     }
 
     /// Ends every watch stream (at shutdown).

@@ -78,6 +78,8 @@ pub(crate) struct Tallies {
     pub(crate) queues: Vec<(String, u64)>,
     pub(crate) kernel: KernelTallies,
     pub(crate) dns: DnsTallies,
+    /// Endpoints detached because their namespace was gone.
+    pub(crate) reaped: u64,
 }
 
 impl Tallies {
@@ -108,6 +110,7 @@ impl Tallies {
             ("swim_errors", s.swim_errors),
             ("watchers", self.watchers),
             ("conflicts_detected", self.conflicts),
+            ("endpoints_reaped", self.reaped),
         ] {
             out.push((name.into(), v));
         }
@@ -162,6 +165,7 @@ impl Core {
                 .collect(),
             kernel: self.kernel_stats.read(),
             dns: self.dns.as_ref().map(Dns::tallies).unwrap_or_default(),
+            reaped: self.overlay.endpoints_reaped(),
         }
     }
 

@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -114,12 +114,14 @@ pub(crate) async fn attach<H: Host, K: Kernel>(
 
 /// Detaches an endpoint: out of the desired state, veth removed, entries
 /// withdrawn, all under the kernel lock. Without a kernel (data plane off)
-/// only the entries go.
+/// only the entries go. `gone` is the endpoint's namespace when the
+/// detach is a reap (the namespace vanished without one).
 pub(crate) async fn detach<H: Host, K: Kernel>(
     host: &H,
     kernel: Option<&Mutex<K>>,
     network: String,
     name: String,
+    gone: Option<PathBuf>,
 ) -> Result<(), Error> {
     let kernel = match kernel {
         Some(k) => Some(k.lock().await),
@@ -132,8 +134,39 @@ pub(crate) async fn detach<H: Host, K: Kernel>(
         None => Ok(()),
     };
     let ok = removed.is_ok();
-    on(host, move |o, node, now| o.finish_detach(node, now, &network, &name, ok)).await?;
+    on(host, move |o, node, now| o.finish_detach(node, now, &network, &name, ok, gone.as_deref()))
+        .await?;
     Ok(removed?)
+}
+
+/// Detaches a local endpoint whose namespace the reconcile found gone,
+/// through the normal detach; returns its network and the notice for the
+/// watch streams, or `None` if it was detached (or attached anew in
+/// another namespace) meanwhile.
+pub(crate) async fn reap<H: Host, K: Kernel>(
+    host: &H,
+    kernel: Option<&Mutex<K>>,
+    gone: dp::Endpoint,
+) -> Result<Option<(String, String)>, Error> {
+    let netns = gone.netns.clone();
+    let found = on(host, move |o, _, _| {
+        o.state
+            .endpoints
+            .iter()
+            .find(|e| e.host_ifname == gone.host_ifname && e.netns == gone.netns)
+            .map(|e| (e.network.clone(), e.name.clone()))
+    })
+    .await?;
+    let Some((network, name)) = found else { return Ok(None) };
+    detach(host, kernel, network.clone(), name.clone(), Some(netns.clone())).await?;
+    Ok(Some((network.clone(), reaped_text(&network, &name, &netns))))
+}
+
+fn reaped_text(network: &str, name: &str, netns: &Path) -> String {
+    format!(
+        "endpoint {name} of network {network} detached: its namespace {} is gone",
+        netns.display()
+    )
 }
 
 /// An attach that may go ahead: the kernel work to do.
@@ -161,6 +194,9 @@ impl Overlay {
         let Some(eff) = resolved.networks.get(&r.network).cloned() else {
             return Err(Error::AttachToUnknown(r.network.clone()));
         };
+        if let Some(why) = self.vni_misfit(&r.network, eff.vni) {
+            return Err(Error::NetworkOutsideVniRange(why));
+        }
         check_name("endpoint name", &r.name)?;
         if !r.service.is_empty() {
             check_name("service name", &r.service)?;
@@ -436,6 +472,7 @@ impl Overlay {
         network: &str,
         name: &str,
         removed: bool,
+        gone: Option<&Path>,
     ) {
         let key = (network.to_string(), name.to_string());
         self.detaching.remove(&key);
@@ -448,7 +485,13 @@ impl Overlay {
         }
         self.state.endpoints.retain(|e| !(e.network == network && e.name == name));
         self.leave_if_unused(node, now, network);
-        tracing::info!(%network, endpoint = %name, "endpoint detached");
+        match gone {
+            Some(netns) => {
+                self.reaped += 1;
+                tracing::warn!("{}", reaped_text(network, name, netns));
+            }
+            None => tracing::info!(%network, endpoint = %name, "endpoint detached"),
+        }
         self.save(node);
         self.publish_names(node);
         self.kernel_changed();
@@ -526,7 +569,9 @@ mod tests {
 
     use std::time::Duration;
 
-    use super::super::testing::{SETTLE, Temp, attach_req, blue, exchange, isolate, pair};
+    use super::super::testing::{
+        SETTLE, Temp, attach_req, block_on, blue, exchange, isolate, pair,
+    };
     use super::super::{ENDPOINTS_TABLE, Error, Kind, ROUTES_TABLE};
 
     #[test]
@@ -790,5 +835,52 @@ mod tests {
         assert_eq!(k.links_in(&ns.0).into_iter().collect::<Vec<_>>(), ["eth0"]);
         assert_eq!(k.nftables(), None);
         assert!(!k.forwarding(), "no forwarding when nothing needs it");
+    }
+
+    #[test]
+    fn an_endpoint_whose_namespace_is_gone_is_reaped_and_a_lost_veth_repaired() {
+        let (_dir, h) = blue("reap");
+        let (kept, lost) = (Temp::netns("reap-kept"), Temp::netns("reap-lost"));
+        h.attach(attach_req("blue", "db", &kept.0)).unwrap();
+        let web = h.attach(attach_req("blue", "web", &lost.0)).unwrap();
+        let wired = h.kernel.try_lock().unwrap().endpoints();
+        let db_veth = wired.into_iter().find(|(_, e)| e.netns == kept.0).unwrap().0;
+        // db's veth lost, its namespace still there; web's namespace deleted.
+        assert!(h.kernel.try_lock().unwrap().delete_link(&db_veth));
+        drop(lost);
+        let listed = {
+            let p = h.parts();
+            p.overlay.endpoints(&p.node, "", true)
+        };
+        let missing: Vec<_> = listed.iter().map(|e| (e.name.as_str(), e.netns_missing)).collect();
+        assert_eq!(missing, [("db", false), ("web", true)]);
+
+        let r = h.reconcile();
+        assert_eq!((r.endpoints_repaired, r.failed), (1, 0), "db wired again: {r:?}");
+        assert_eq!(r.netns_gone.len(), 1);
+        assert_eq!(r.netns_gone[0].ip.to_string(), web.ip);
+        let notice = block_on(super::reap(&h, Some(&h.kernel), r.netns_gone[0].clone())).unwrap();
+        let text = format!(
+            "endpoint web of network blue detached: its namespace {} is gone",
+            r.netns_gone[0].netns.display()
+        );
+        assert_eq!(notice, Some(("blue".to_string(), text)));
+        // Reaped once: a second report of it finds nothing to do.
+        assert_eq!(
+            block_on(super::reap(&h, Some(&h.kernel), r.netns_gone[0].clone())).unwrap(),
+            None
+        );
+
+        let p = h.parts();
+        assert_eq!(p.overlay.local_endpoints(), 1);
+        assert_eq!(p.overlay.endpoints_reaped(), 1);
+        assert!(p.node.get("blue", ROUTES_TABLE, "h1/web").is_none(), "withdrawn");
+        assert!(p.node.get("blue", ENDPOINTS_TABLE, "h1/web").is_none(), "withdrawn");
+        drop(p);
+        assert_eq!(h.reconcile().changes(), 0);
+        // The address is free again.
+        let ns = Temp::netns("reap-new");
+        let again = super::Attach { ip: Some(web.ip.clone()), ..attach_req("blue", "api", &ns.0) };
+        assert_eq!(h.attach(again).unwrap().ip, web.ip);
     }
 }

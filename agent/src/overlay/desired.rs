@@ -69,7 +69,14 @@ impl Overlay {
                 )
             })
             .collect();
-        dp::Network { vni: eff.vni, mtu: eff.def.mtu, local: tunnel, remotes, endpoints }
+        dp::Network {
+            vni: eff.vni,
+            mtu: eff.def.mtu,
+            local: tunnel,
+            remotes,
+            endpoints,
+            port: self.vxlan_port,
+        }
     }
 }
 

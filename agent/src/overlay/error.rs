@@ -27,6 +27,15 @@ pub(crate) enum Error {
     VniOutOfRange(u32),
     #[error("VNI {vni} is used by network {network}")]
     VniTaken { vni: u32, network: String },
+    #[error("VNI {vni} is outside this host's --vni-range {range}")]
+    VniOutsideRange { vni: u32, range: netdefs::VniRange },
+    #[error(
+        "every VNI of this host's --vni-range {0} is taken; remove a network or widen the range on every host"
+    )]
+    VniRangeFull(netdefs::VniRange),
+    /// The network's VNI is outside this host's range (the text says so).
+    #[error("{0}")]
+    NetworkOutsideVniRange(String),
     #[error("MTU {0} is outside {min}-{max}", min = netdefs::MIN_MTU, max = netdefs::MAX_MTU)]
     MtuOutOfRange(u32),
     #[error("no network {0}; see `netdb network ls`")]
@@ -154,6 +163,7 @@ impl Error {
             Error::BadNetworkName(_)
             | Error::BadSubnet(_)
             | Error::VniOutOfRange(_)
+            | Error::VniOutsideRange { .. }
             | Error::MtuOutOfRange(_)
             | Error::BadName { .. }
             | Error::TooManyAliases
@@ -180,10 +190,13 @@ impl Error {
             | Error::AddressTaken { .. }
             | Error::PortPublished { .. }
             | Error::Kernel(Dp::IfnameTaken { .. }) => Kind::Exists,
-            Error::NetworkInUse { .. } | Error::DataplaneOff | Error::Kernel(Dp::Netns { .. }) => {
-                Kind::Precondition
+            Error::NetworkInUse { .. }
+            | Error::DataplaneOff
+            | Error::NetworkOutsideVniRange(_)
+            | Error::Kernel(Dp::Netns { .. } | Dp::NotOurs { .. }) => Kind::Precondition,
+            Error::SubnetFull { .. } | Error::GatewayFull(_) | Error::VniRangeFull(_) => {
+                Kind::Exhausted
             }
-            Error::SubnetFull { .. } | Error::GatewayFull(_) => Kind::Exhausted,
             Error::Unsettled { .. } | Error::Stopped => Kind::Unavailable,
             Error::DetachInProgress(_) => Kind::Busy,
             Error::Kernel(_) | Error::Node(_) => Kind::Internal,

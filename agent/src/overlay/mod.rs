@@ -40,7 +40,7 @@ use netdb::Hasher;
 use netdb::SharedTable;
 use netdb::ipam;
 use netdb::names::{owned_key, valid_name};
-use netdb::netdefs::{NetworkDef, Resolved};
+use netdb::netdefs::{self, NetworkDef, Resolved};
 use netdb::{Event, Node};
 use netdb_dataplane as dp;
 use netdb_wire as wire;
@@ -49,7 +49,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
-pub(crate) use attach::{Attach, Host, attach, detach};
+pub(crate) use attach::{Attach, Host, attach, detach, reap};
 pub(crate) use error::{Error, Kind};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use names::record_entry;
@@ -95,6 +95,9 @@ pub(crate) struct EndpointInfo {
     /// (`None` on an internal network) and the published ports.
     pub(crate) gateway_ip: Option<Ipv4Addr>,
     pub(crate) publish: Vec<String>,
+    /// A local endpoint whose namespace is gone: the next reconcile
+    /// detaches it.
+    pub(crate) netns_missing: bool,
 }
 
 /// An endpoint being attached: its name and address are taken.
@@ -129,6 +132,14 @@ pub(crate) struct Overlay {
     dns: watch::Sender<Arc<View>>,
     /// The gateway bridge's subnet: endpoints' ways out.
     gateway: ipam::Subnet,
+    /// Endpoints detached because their namespace was gone.
+    reaped: u64,
+    /// The VXLAN devices' UDP port.
+    vxlan_port: u16,
+    /// The interface holding the tunnel address and its MTU, if known.
+    underlay: Option<(String, u32)>,
+    /// The VNIs networks may have here (`--vni-range`).
+    vnis: netdefs::VniRange,
 }
 
 impl Overlay {
@@ -161,7 +172,61 @@ impl Overlay {
             kernel: Arc::new(Notify::new()),
             dns: watch::Sender::new(Arc::default()),
             gateway,
+            reaped: 0,
+            vxlan_port: dp::VXLAN_PORT,
+            underlay: None,
+            vnis: netdefs::VniRange::default(),
         }
+    }
+
+    /// Networks created here take VNIs of `range`; endpoints are refused on
+    /// networks outside it.
+    pub(crate) fn with_vni_range(mut self, range: netdefs::VniRange) -> Overlay {
+        self.vnis = range;
+        self
+    }
+
+    /// Why this host refuses endpoints on `network` of VNI `vni`.
+    fn vni_misfit(&self, network: &str, vni: u32) -> Option<String> {
+        (!self.vnis.contains(vni)).then(|| {
+            format!(
+                "network {network} has VNI {vni}, outside this host's --vni-range {}: \
+                 endpoints cannot be attached to it here; give every host the same --vni-range",
+                self.vnis
+            )
+        })
+    }
+
+    /// The tunnel address is on interface `ifname` of MTU `mtu`: networks
+    /// created here get the largest MTU it carries.
+    pub(crate) fn with_underlay(mut self, underlay: Option<(String, u32)>) -> Overlay {
+        self.underlay = underlay;
+        self
+    }
+
+    /// The MTU of a network created here without --mtu.
+    fn default_mtu(&self) -> u32 {
+        self.underlay.as_ref().map_or(netdefs::DEFAULT_MTU, |(_, mtu)| netdefs::overlay_mtu(*mtu))
+    }
+
+    /// Why this host's underlay cannot carry `network` of MTU `mtu`.
+    fn mtu_misfit(&self, network: &str, mtu: u32) -> Option<String> {
+        let (ifname, have) = self.underlay.as_ref()?;
+        (!netdefs::mtu_fits(mtu, *have)).then(|| {
+            format!(
+                "network {network} has MTU {mtu}, which this host's underlay does not carry: \
+                 {ifname} has MTU {have}, room for {} inside VXLAN; raise the MTU of {ifname} or \
+                 recreate the network with --mtu {}",
+                have.saturating_sub(netdefs::VXLAN_OVERHEAD),
+                have.saturating_sub(netdefs::VXLAN_OVERHEAD)
+            )
+        })
+    }
+
+    /// The VXLAN devices use `port` (`--vxlan-port`).
+    pub(crate) fn with_vxlan_port(mut self, port: u16) -> Overlay {
+        self.vxlan_port = port;
+        self
     }
 
     /// The data plane is on: endpoints can be attached here.
@@ -182,6 +247,12 @@ impl Overlay {
     /// Conflicts detected since the start.
     pub(crate) fn conflicts_seen(&self) -> u64 {
         self.conflicts_seen
+    }
+
+    /// Endpoints detached since the start because their namespace was
+    /// gone.
+    pub(crate) fn endpoints_reaped(&self) -> u64 {
+        self.reaped
     }
 
     /// Notified whenever the kernel may need a reconcile.
@@ -353,6 +424,7 @@ impl Overlay {
                         local: false,
                         gateway_ip: None,
                         publish: Vec::new(),
+                        netns_missing: false,
                     });
                 }
             }
@@ -376,6 +448,7 @@ impl Overlay {
             local: true,
             gateway_ip: ep.gateway_ip,
             publish: ep.publish.clone(),
+            netns_missing: dp::netns_gone(&ep.netns),
         }
     }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use netdb::SharedTable;
 use netdb::ipam::Subnet;
-use netdb::netdefs::{self, DEFAULT_MTU, Effective, NetworkDef};
+use netdb::netdefs::{self, Effective, NetworkDef};
 use netdb::{Node, Scope, ScopeStats};
 
 use super::{EndpointInfo, Error, Overlay, ROUTES_TABLE, valid_name};
@@ -92,9 +92,12 @@ impl Overlay {
             return Err(Error::GossipNetwork(r.name));
         }
         let vni = match r.vni {
-            None => resolved.next_vni(),
+            None => resolved.next_vni(self.vnis).ok_or(Error::VniRangeFull(self.vnis))?,
             Some(v) if !(netdefs::FIRST_VNI..=netdefs::MAX_VNI).contains(&v) => {
                 return Err(Error::VniOutOfRange(v));
+            }
+            Some(v) if !self.vnis.contains(v) => {
+                return Err(Error::VniOutsideRange { vni: v, range: self.vnis });
             }
             Some(v) => {
                 if let Some(other) = resolved.vni_in_use(v) {
@@ -103,9 +106,15 @@ impl Overlay {
                 v
             }
         };
-        let mtu = r.mtu.unwrap_or(DEFAULT_MTU);
+        let mtu = r.mtu.unwrap_or(self.default_mtu());
         if !(netdefs::MIN_MTU..=netdefs::MAX_MTU).contains(&mtu) {
             return Err(Error::MtuOutOfRange(mtu));
+        }
+        // Created all the same (other hosts' underlays may carry it), with
+        // the warning in the reply.
+        let misfit = self.mtu_misfit(&r.name, mtu);
+        if let Some(m) = &misfit {
+            tracing::warn!("{m}");
         }
         let def = NetworkDef {
             name: r.name.clone(),
@@ -119,7 +128,11 @@ impl Overlay {
         node.put_shared(now, SharedTable::NetDefs, &r.name, def.encode())?;
         tracing::info!(network = %r.name, %subnet, vni, mtu, internal = r.internal, "network created");
         self.dirty = true;
-        Ok(self.network_info(node, &Effective { def, vni }))
+        let mut info = self.network_info(node, &Effective { def, vni });
+        if let (Some(m), Some(o)) = (misfit, info.overlay.as_mut()) {
+            o.conflicts.push(m);
+        }
+        Ok(info)
     }
 
     /// Removes a network cluster-wide; refused while any host (this one
@@ -232,12 +245,79 @@ mod tests {
     use crate::overlay::Kind;
 
     #[test]
+    fn the_mtu_default_follows_the_underlay_and_a_network_too_wide_for_it_is_reported() {
+        let (dir, ns) = (Temp::dir("mtu"), Temp::netns("mtu-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        h.parts().overlay.underlay = Some(("eth0".into(), 1400));
+        let derived = h.create("blue", "10.1.0.0/24").unwrap().overlay.unwrap();
+        assert_eq!(derived.mtu, 1350, "1400 less VXLAN's 50");
+        let wide = {
+            let mut guard = h.parts();
+            let p = &mut *guard;
+            let r = CreateNetwork {
+                name: "jumbo".into(),
+                subnet: "10.2.0.0/24".into(),
+                vni: None,
+                mtu: Some(8950),
+                internal: false,
+            };
+            p.overlay.create(&mut p.node, p.now, r).unwrap().overlay.unwrap()
+        };
+        assert_eq!(wide.mtu, 8950, "created: other hosts may carry it");
+        assert_eq!(wide.conflicts.len(), 1, "with the warning: {:?}", wide.conflicts);
+        h.attach(attach_req("jumbo", "web", &ns.0)).unwrap();
+        let mut guard = h.parts();
+        let p = &mut *guard;
+        p.overlay.maintain(&mut p.node, p.now);
+        let text = "network jumbo has MTU 8950, which this host's underlay does not carry: \
+                    eth0 has MTU 1400, room for 1350 inside VXLAN; raise the MTU of eth0 or \
+                    recreate the network with --mtu 1350";
+        assert_eq!(wide.conflicts, [text]);
+        assert_eq!(p.overlay.take_notices(), [("jumbo".to_string(), text.to_string())]);
+    }
+
+    #[test]
+    fn networks_take_vnis_of_the_range_and_one_outside_it_is_refused_and_reported() {
+        let (dir, ns) = (Temp::dir("vnis"), Temp::netns("vnis-ns"));
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        // Created before this host's range changed (or on a host with
+        // another range).
+        assert_eq!(h.create("blue", "10.1.0.0/24").unwrap().overlay.unwrap().vni, 4096);
+        h.parts().overlay.vnis = "5000-5000".parse().unwrap();
+        assert_eq!(h.create("red", "10.2.0.0/24").unwrap().overlay.unwrap().vni, 5000);
+        let full = h.create("green", "10.3.0.0/24").unwrap_err();
+        assert_eq!(full.kind(), Kind::Exhausted);
+        let outside = {
+            let mut guard = h.parts();
+            let p = &mut *guard;
+            let r = CreateNetwork {
+                name: "green".into(),
+                subnet: "10.3.0.0/24".into(),
+                vni: Some(4100),
+                mtu: None,
+                internal: false,
+            };
+            p.overlay.create(&mut p.node, p.now, r).unwrap_err()
+        };
+        assert_eq!(outside.to_string(), "VNI 4100 is outside this host's --vni-range 5000-5000");
+
+        let text = "network blue has VNI 4096, outside this host's --vni-range 5000-5000: \
+                    endpoints cannot be attached to it here; give every host the same --vni-range";
+        let refused = h.attach(attach_req("blue", "web", &ns.0)).unwrap_err();
+        assert_eq!((refused.kind(), refused.to_string()), (Kind::Precondition, text.to_string()));
+        let mut guard = h.parts();
+        let p = &mut *guard;
+        p.overlay.maintain(&mut p.node, p.now);
+        assert_eq!(p.overlay.take_notices(), [("blue".to_string(), text.to_string())]);
+    }
+
+    #[test]
     fn create_defines_a_network_and_refuses_bad_or_taken_ones() {
         let dir = Temp::dir("create");
         let h = TestHost::new("h1", 1, 1, &dir.0);
         let n = h.create("blue", "10.1.0.0/24").unwrap();
         let o = n.overlay.unwrap();
-        assert_eq!((o.vni, o.mtu, o.origin.as_str()), (4096, DEFAULT_MTU, "h1"));
+        assert_eq!((o.vni, o.mtu, o.origin.as_str()), (4096, netdefs::DEFAULT_MTU, "h1"));
         assert_eq!(o.subnet.to_string(), "10.1.0.0/24");
         assert_eq!(h.create("red", "10.2.0.0/24").unwrap().overlay.unwrap().vni, 4097);
 

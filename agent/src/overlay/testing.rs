@@ -120,7 +120,7 @@ impl TestHost {
     }
 
     pub(super) fn detach(&self, network: &str, name: &str) -> Result<(), Error> {
-        block_on(super::detach(self, Some(&self.kernel), network.into(), name.into()))
+        block_on(super::detach(self, Some(&self.kernel), network.into(), name.into(), None))
     }
 
     /// Makes the in-memory kernel hold what the overlay wants now.

@@ -118,6 +118,11 @@ impl Overlay {
         for (net, text) in &resolved.conflicts {
             now.entry(net.clone()).or_default().push(text.clone());
         }
+        for (net, eff) in &resolved.networks {
+            if let Some(text) = self.vni_misfit(net, eff.vni) {
+                now.entry(net.clone()).or_default().push(text);
+            }
+        }
         for net in node.networks() {
             let Some(eff) = resolved.networks.get(net) else { continue };
             let mut list = Vec::new();
@@ -148,6 +153,7 @@ impl Overlay {
             if let Some(names) = names.get(net) {
                 list.extend(names.conflicts(net));
             }
+            list.extend(self.mtu_misfit(net, eff.def.mtu));
             if !list.is_empty() {
                 now.entry(net.to_string()).or_default().extend(list);
             }
