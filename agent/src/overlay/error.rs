@@ -78,7 +78,7 @@ pub(crate) enum Error {
     #[error("{ip} is already used by {holder}")]
     AddressTaken { ip: Ipv4Addr, holder: String },
     #[error(
-        "network {network}: no free address in {subnet} (every block is claimed and this host's are full)"
+        "network {network}: no free address in {subnet}; detach endpoints or create a network with a larger subnet"
     )]
     SubnetFull { network: String, subnet: Subnet },
     #[error(

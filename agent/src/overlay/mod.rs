@@ -114,6 +114,9 @@ pub(crate) struct Overlay {
     kernel: Arc<Notify>,
     /// The names the embedded DNS answers from.
     dns: watch::Sender<Arc<View>>,
+    /// Host-side veths of re-addressed endpoints: the reconcile removes
+    /// them before it wires the endpoints again under their new address.
+    retired: Vec<String>,
 }
 
 impl Overlay {
@@ -144,6 +147,7 @@ impl Overlay {
             dirty: true,
             kernel: Arc::new(Notify::new()),
             dns: watch::Sender::new(Arc::default()),
+            retired: Vec::new(),
         }
     }
 
@@ -174,6 +178,12 @@ impl Overlay {
 
     fn kernel_changed(&self) {
         self.kernel.notify_one();
+    }
+
+    /// Host-side veths to remove before the next reconcile (endpoints
+    /// re-addressed since the last call).
+    pub(crate) fn take_retired(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.retired)
     }
 
     /// The names the embedded DNS answers from, as they change.
@@ -212,7 +222,20 @@ impl Overlay {
                 continue;
             };
             let _ = node.put_shared(now, SharedTable::NetDefs, &name, def.encode());
-            for b in &n.blocks {
+            // The blocks our endpoints sit in, not the saved list: a state
+            // file written by a version that cut subnets otherwise numbers
+            // its blocks otherwise, and an empty block is not worth keeping.
+            let blocks: BTreeSet<u32> = self
+                .state
+                .endpoints
+                .iter()
+                .filter(|ep| ep.network == name)
+                .filter_map(|ep| def.subnet.block_of(ep.ip))
+                .collect();
+            if let Some(saved) = self.state.networks.get_mut(&name) {
+                saved.blocks = blocks.clone();
+            }
+            for b in &blocks {
                 let _ = node.put_shared(
                     now,
                     SharedTable::Ipam,
