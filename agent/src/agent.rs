@@ -118,7 +118,8 @@ impl Agent {
             (Some(_), Some(dir)) => Some(Store::open(dir)?),
             _ => None,
         };
-        let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle);
+        let mut overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle);
+        overlay.set_default_pool(s.default_pool.0, s.default_pool.1);
         let kernel_stats = Arc::new(KernelStats::default());
         let view = overlay.dns_view();
         let dns = match (&s.dns, &kernel) {

@@ -167,6 +167,7 @@ fn network(n: NetworkInfo) -> api::Network {
         out.hosts = o.hosts;
         out.conflicts = o.conflicts;
         out.origin = o.origin;
+        out.warnings = o.warnings;
     }
     out
 }
@@ -298,8 +299,13 @@ impl<K: Kernel> Netdb for Api<K> {
         req: Request<api::CreateNetworkRequest>,
     ) -> Result<Response<api::Network>, Status> {
         let r = req.into_inner();
-        let create =
-            CreateNetwork { name: r.name, subnet: r.subnet, vni: given(r.vni), mtu: given(r.mtu) };
+        let create = CreateNetwork {
+            name: r.name,
+            subnet: r.subnet,
+            vni: given(r.vni),
+            mtu: given(r.mtu),
+            routes: overlay::host_routes(),
+        };
         let n = self.core.create_network(create).await.map_err(core_status)?;
         Ok(Response::new(network(n)))
     }

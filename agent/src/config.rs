@@ -41,6 +41,8 @@ pub(crate) struct Settings {
     pub claim_settle: Duration,
     /// The embedded DNS; `None` with --no-dns or without the data plane.
     pub dns: Option<crate::dns::Settings>,
+    /// Where `network create` without a subnet takes one, and its size.
+    pub default_pool: (netdb::ipam::Subnet, u8),
 }
 
 /// Queries per second per container, unless --dns-rate-limit says.
@@ -131,6 +133,19 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         host_file: crate::dns::HOST_FILE.into(),
         netns_etc: crate::dns::NETNS_ETC.into(),
     });
+    let default_pool = match cli.default_address_pool.or(file.default_address_pool) {
+        Some(text) => text.parse().with_context(|| format!("bad --default-address-pool {text}"))?,
+        None => netdb::ipam::DEFAULT_POOL,
+    };
+    let pool_size =
+        cli.default_pool_size.or(file.default_pool_size).unwrap_or(netdb::ipam::DEFAULT_POOL_SIZE);
+    if !(default_pool.prefix()..=netdb::ipam::MAX_PREFIX).contains(&pool_size) {
+        bail!(
+            "--default-pool-size {pool_size} does not fit --default-address-pool {default_pool}: give /{}../{}",
+            default_pool.prefix(),
+            netdb::ipam::MAX_PREFIX
+        );
+    }
     Ok(Settings {
         name,
         bind,
@@ -154,6 +169,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             .max(Duration::from_millis(100)),
         claim_settle: cli.claim_settle.or(file.claim_settle).unwrap_or(Duration::from_secs(1)),
         dns,
+        default_pool: (default_pool, pool_size),
     })
 }
 

@@ -35,7 +35,7 @@ pub(crate) fn print_json(v: &Value) {
 pub(crate) fn network_json(n: &api::Network) -> Value {
     json!({ "name": n.name, "subnet": n.subnet, "vni": n.vni, "mtu": n.mtu, "origin": n.origin,
             "hosts": n.hosts, "local_endpoints": n.local_endpoints, "peers": n.peers,
-            "entries": n.entries, "conflicts": n.conflicts })
+            "entries": n.entries, "conflicts": n.conflicts, "warnings": n.warnings })
 }
 
 pub(crate) fn dash(s: String) -> String {

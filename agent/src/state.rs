@@ -40,6 +40,9 @@ pub(crate) struct SavedNetwork {
     pub origin: String,
     pub created: u64,
     pub blocks: BTreeSet<u32>,
+    /// The default address pool the subnet came from; empty when given.
+    #[serde(default)]
+    pub pool: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -165,6 +168,7 @@ mod tests {
                 origin: "h1".into(),
                 created: 3,
                 blocks: [2].into(),
+                pool: "10.0.0.0/8".into(),
             },
         );
         store.save(&s).unwrap();

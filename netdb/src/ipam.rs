@@ -33,6 +33,11 @@ pub const MIN_PREFIX: u8 = 8;
 /// Largest prefix a network's subnet may have.
 pub const MAX_PREFIX: u8 = 30;
 
+/// Docker swarm's default address pool, 10.0.0.0/8 ...
+pub const DEFAULT_POOL: Subnet = Subnet { base: 0x0a00_0000, prefix: 8 };
+/// ... and the prefix of the subnets it hands out.
+pub const DEFAULT_POOL_SIZE: u8 = 24;
+
 /// An IPv4 subnet with no host bits set.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Subnet {
@@ -110,6 +115,18 @@ impl Subnet {
         self.base | !mask(self.prefix)
     }
 
+    /// The subnet of `ip` with `prefix` bits (host bits cleared).
+    pub fn containing(ip: Ipv4Addr, prefix: u8) -> Result<Subnet, SubnetError> {
+        let base = u32::from(ip) & mask(prefix.min(32));
+        format!("{}/{prefix}", Ipv4Addr::from(base)).parse()
+    }
+
+    /// True if the two share an address.
+    pub fn overlaps(&self, other: &Subnet) -> bool {
+        let m = mask(self.prefix.min(other.prefix));
+        self.base & m == other.base & m
+    }
+
     /// The gateway address, reserved like Docker does (first host address).
     pub fn gateway(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 1)
@@ -151,6 +168,50 @@ impl Subnet {
         let start = u64::from(self.base) + u64::from(block.min(self.blocks() - 1)) * len;
         (start..start + len).map(|v| Ipv4Addr::from(v as u32)).filter(|ip| self.usable(*ip))
     }
+}
+
+/// Why a default address pool gave no subnet.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The size does not fit the pool.
+    #[error("default address pool {pool}: subnets of /{size} do not fit; the size must be /{}../{MAX_PREFIX}", pool.prefix)]
+    Size {
+        /// The pool.
+        pool: Subnet,
+        /// The prefix asked for.
+        size: u8,
+    },
+    /// Every subnet of the pool overlaps a network or a route.
+    #[error(
+        "default address pool {pool} has no free /{size} left; give --subnet, or a larger pool (--default-address-pool)"
+    )]
+    Exhausted {
+        /// The pool.
+        pool: Subnet,
+        /// The prefix asked for.
+        size: u8,
+    },
+}
+
+/// A /`size` of `pool` that overlaps none of `taken`: the first free one at
+/// or after a position derived from `name` (so that networks created at
+/// once rarely pick the same), wrapping around.
+pub fn pick_subnet(
+    pool: &Subnet,
+    size: u8,
+    name: &str,
+    taken: &[Subnet],
+) -> Result<Subnet, PoolError> {
+    if !(pool.prefix..=MAX_PREFIX).contains(&size) {
+        return Err(PoolError::Size { pool: *pool, size });
+    }
+    let count = 1u64 << (size - pool.prefix);
+    let step = 1u64 << (32 - size);
+    let start = Hasher::default().bytes(name.as_bytes()).finish() % count;
+    (0..count)
+        .map(|i| Subnet { base: pool.base + (((start + i) % count) * step) as u32, prefix: size })
+        .find(|s| !taken.iter().any(|t| t.overlaps(s)))
+        .ok_or(PoolError::Exhausted { pool: *pool, size })
 }
 
 /// The id of a block claim, before the claimer's `/NODE`.
@@ -456,5 +517,32 @@ mod tests {
         let b0 = Holder { key: "d/x", host: "d", ltime: 8 };
         assert_eq!(keeper(&claims, &s, elsewhere, &[b0, b1, b2]), Some(b2));
         assert_eq!(keeper(&claims, &s, elsewhere, &[]), None);
+    }
+
+    #[test]
+    fn a_pool_gives_subnets_that_overlap_no_network_and_says_when_it_is_full() {
+        let pool: Subnet = "10.0.0.0/8".parse().unwrap();
+        let a = pick_subnet(&pool, 24, "blue", &[]).unwrap();
+        assert_eq!(a.prefix(), 24);
+        assert!(pool.overlaps(&a) && a.overlaps(&pool));
+        assert_eq!(pick_subnet(&pool, 24, "blue", &[]).unwrap(), a, "a pure function");
+        assert_ne!(pick_subnet(&pool, 24, "red", &[]).unwrap(), a, "names start apart");
+        // Taken by a wider network: the next /24 that overlaps nothing.
+        let wide = Subnet { base: u32::from(a.gateway()) & mask(16), prefix: 16 };
+        let b = pick_subnet(&pool, 24, "blue", &[wide]).unwrap();
+        assert!(!b.overlaps(&wide));
+        let small: Subnet = "10.5.0.0/23".parse().unwrap();
+        let first = pick_subnet(&small, 24, "x", &[]).unwrap();
+        let second = pick_subnet(&small, 24, "x", &[first]).unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            pick_subnet(&small, 24, "x", &[first, second]).unwrap_err().to_string(),
+            "default address pool 10.5.0.0/23 has no free /24 left; give --subnet, or a larger pool (--default-address-pool)"
+        );
+        assert!(matches!(pick_subnet(&small, 22, "x", &[]), Err(PoolError::Size { .. })));
+        let ten: Subnet = "10.1.0.0/16".parse().unwrap();
+        let inside: Subnet = "10.1.7.0/24".parse().unwrap();
+        let beside: Subnet = "10.2.0.0/24".parse().unwrap();
+        assert!(ten.overlaps(&inside) && inside.overlaps(&ten) && !ten.overlaps(&beside));
     }
 }

@@ -45,7 +45,7 @@ impl Overlay {
         used: &BTreeMap<Ipv4Addr, String>,
     ) -> Result<Option<Ipv4Addr>, Error> {
         let def = &eff.def;
-        let subnet = def.subnet;
+        let subnet = eff.subnet;
         let claims = Claims::collect(
             &def.name,
             def.id(),

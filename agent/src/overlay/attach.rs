@@ -196,7 +196,7 @@ impl Overlay {
                 network: other.network.clone(),
             });
         }
-        let subnet = eff.def.subnet;
+        let subnet = eff.subnet;
         let explicit = match &r.ip {
             None => None,
             Some(text) => {

@@ -19,6 +19,12 @@ pub(crate) enum Error {
     BadNetworkName(String),
     #[error(transparent)]
     BadSubnet(#[from] SubnetError),
+    #[error(transparent)]
+    Pool(#[from] netdb::ipam::PoolError),
+    #[error(
+        "{subnet} overlaps network {network} ({other}); pick another subnet, or leave --subnet out to take a free one"
+    )]
+    SubnetOverlaps { subnet: Subnet, network: String, other: Subnet },
     #[error("network {name} already exists (subnet {subnet}, VNI {vni}, created on {origin})")]
     NetworkExists { name: String, subnet: Subnet, vni: u32, origin: String },
     #[error("{0} is a plain gossip network this agent joined; pick another name")]
@@ -155,7 +161,11 @@ impl Error {
             Error::NetworkInUse { .. } | Error::DataplaneOff | Error::Kernel(Dp::Netns { .. }) => {
                 Kind::Precondition
             }
-            Error::SubnetFull { .. } => Kind::Exhausted,
+            Error::SubnetFull { .. } | Error::Pool(netdb::ipam::PoolError::Exhausted { .. }) => {
+                Kind::Exhausted
+            }
+            Error::Pool(netdb::ipam::PoolError::Size { .. }) => Kind::Invalid,
+            Error::SubnetOverlaps { .. } => Kind::Exists,
             Error::Unsettled { .. } | Error::Stopped => Kind::Unavailable,
             Error::DetachInProgress(_) => Kind::Busy,
             Error::Kernel(_) | Error::Node(_) => Kind::Internal,

@@ -36,7 +36,7 @@ use std::time::Duration;
 // imported once here.
 use netdb::Hasher;
 use netdb::SharedTable;
-use netdb::ipam;
+use netdb::ipam::{self, Subnet};
 use netdb::names::{owned_key, valid_name};
 use netdb::netdefs::{NetworkDef, Resolved};
 use netdb::{Event, Node};
@@ -53,7 +53,7 @@ pub(crate) use error::{Error, Kind};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use names::record_entry;
 pub(crate) use names::{Holder, Names};
-pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo};
+pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo, host_routes};
 
 /// Network table of routing entries (Docker: overlay_peer_table).
 pub(crate) const ROUTES_TABLE: &str = "routes";
@@ -117,6 +117,9 @@ pub(crate) struct Overlay {
     /// Host-side veths of re-addressed endpoints: the reconcile removes
     /// them before it wires the endpoints again under their new address.
     retired: Vec<String>,
+    /// Where `network create` without a subnet takes one: the pool and the
+    /// prefix of the subnets taken from it.
+    pool: (Subnet, u8),
 }
 
 impl Overlay {
@@ -148,7 +151,13 @@ impl Overlay {
             kernel: Arc::new(Notify::new()),
             dns: watch::Sender::new(Arc::default()),
             retired: Vec::new(),
+            pool: (ipam::DEFAULT_POOL, ipam::DEFAULT_POOL_SIZE),
         }
+    }
+
+    /// Sets the default address pool (`network create` without a subnet).
+    pub(crate) fn set_default_pool(&mut self, pool: Subnet, size: u8) {
+        self.pool = (pool, size);
     }
 
     /// The data plane is on: endpoints can be attached here.
@@ -230,7 +239,12 @@ impl Overlay {
                 .endpoints
                 .iter()
                 .filter(|ep| ep.network == name)
-                .filter_map(|ep| def.subnet.block_of(ep.ip))
+                .filter_map(|ep| {
+                    // The subnet granted may differ from the one asked
+                    // (a pool overlap): the endpoint's own prefix says.
+                    let subnet = Subnet::containing(ep.ip, ep.prefix).ok()?;
+                    subnet.block_of(ep.ip)
+                })
                 .collect();
             if let Some(saved) = self.state.networks.get_mut(&name) {
                 saved.blocks = blocks.clone();
@@ -394,6 +408,7 @@ fn saved_network(def: &NetworkDef) -> SavedNetwork {
         origin: def.origin.clone(),
         created: def.created,
         blocks: BTreeSet::new(),
+        pool: def.pool.map(|p| p.to_string()).unwrap_or_default(),
     }
 }
 
@@ -405,6 +420,10 @@ fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
         mtu: n.mtu,
         origin: n.origin.clone(),
         created: n.created,
+        pool: match n.pool.as_str() {
+            "" => None,
+            text => Some(text.parse().ok()?),
+        },
     };
     NetworkDef::decode(&def.encode())
 }

@@ -95,7 +95,13 @@ impl TestHost {
     pub(super) fn create(&self, name: &str, subnet: &str) -> Result<super::NetworkInfo, Error> {
         let mut guard = self.parts();
         let p = &mut *guard;
-        let r = CreateNetwork { name: name.into(), subnet: subnet.into(), vni: None, mtu: None };
+        let r = CreateNetwork {
+            name: name.into(),
+            subnet: subnet.into(),
+            vni: None,
+            mtu: None,
+            routes: Vec::new(),
+        };
         p.overlay.create(&mut p.node, p.now, r)
     }
 

@@ -88,7 +88,7 @@ impl Overlay {
                 drop.push((net.to_string(), block));
                 continue;
             };
-            let subnet = eff.def.subnet;
+            let subnet = eff.subnet;
             let in_use = self
                 .state
                 .endpoints
@@ -155,13 +155,13 @@ impl Overlay {
             let claims = Claims::collect(
                 net,
                 def.id(),
-                def.subnet.blocks(),
+                eff.subnet.blocks(),
                 node.shared_entries(SharedTable::Ipam),
             );
             for ep in self.state.endpoints.iter().filter(|ep| ep.network == *net) {
                 let Some(holders) = by_ip.get(&ep.ip).filter(|h| h.len() > 1) else { continue };
                 let key = endpoint_key(&self.me, &ep.name);
-                if let Some(k) = ipam::keeper(&claims, &def.subnet, ep.ip, holders)
+                if let Some(k) = ipam::keeper(&claims, &eff.subnet, ep.ip, holders)
                     && k.key != key
                     && !self.detaching.contains(&(net.clone(), ep.name.clone()))
                 {
@@ -226,7 +226,7 @@ impl Overlay {
             let claims = Claims::collect(
                 net,
                 eff.def.id(),
-                eff.def.subnet.blocks(),
+                eff.subnet.blocks(),
                 node.shared_entries(SharedTable::Ipam),
             );
             for (block, claimers) in claims.contested() {
