@@ -4,9 +4,11 @@
 //! tests say so and pass, except under CI (`CI` set), where they fail.
 
 use std::collections::BTreeSet;
+use std::net::Ipv4Addr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use netdb::ipam::{Claims, Subnet};
 use serde_json::Value;
 use support::allowed;
 
@@ -991,4 +993,161 @@ fn a_flooding_or_broken_client_is_limited_and_refused_without_hurting_its_neighb
         let alive = members.as_array().unwrap().iter().filter(|m| m["state"] == "alive").count();
         assert_eq!(alive, 2, "h{h}: {members}");
     }
+}
+
+/// The value at quantile `q` of sorted durations.
+fn quantile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+#[test]
+fn forty_hosts_share_a_slash_24_and_a_new_host_reuses_the_addresses_of_one_that_left() {
+    if !allowed("forty_hosts_share_a_slash_24_and_a_new_host_reuses_the_addresses_of_one_that_left")
+    {
+        return;
+    }
+    const HOSTS: usize = 40;
+    let hosts = HOSTS.to_string();
+    let subnet_text = "10.123.0.0/24";
+    let args =
+        ["--hosts", &hosts, "--containers", "0", "--subnet", subnet_text, "--network", "big"];
+    let c = Cluster::up("ndt9", "10.223.0", &args);
+    let subnet: Subnet = subnet_text.parse().unwrap();
+
+    // Every host attaches two containers, all hosts at once; each attach
+    // is timed from the CLI's start to its answer.
+    let mut attached: Vec<(usize, String, String)> = Vec::new();
+    let mut latencies: Vec<Duration> = Vec::new();
+    std::thread::scope(|s| {
+        let tasks: Vec<_> = (1..=HOSTS)
+            .map(|h| {
+                let c = &c;
+                s.spawn(move || {
+                    (1..=2)
+                        .map(|i| {
+                            let name = format!("h{h}c{i}");
+                            let start = Instant::now();
+                            let ip = c.attach(h, "big", &name, &[]);
+                            (h, name, ip, start.elapsed())
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for t in tasks {
+            for (h, name, ip, took) in t.join().unwrap() {
+                attached.push((h, name, ip));
+                latencies.push(took);
+            }
+        }
+    });
+    latencies.sort();
+    eprintln!(
+        "attach latency at {HOSTS} hosts ({} attaches, all hosts at once): p50 {:?}, p99 {:?}, max {:?}",
+        latencies.len(),
+        quantile(&latencies, 0.5),
+        quantile(&latencies, 0.99),
+        latencies[latencies.len() - 1]
+    );
+    let ips: BTreeSet<Ipv4Addr> = attached.iter().map(|(_, _, ip)| ip.parse().unwrap()).collect();
+    assert_eq!(ips.len(), 2 * HOSTS, "every container has an address of its own");
+    assert!(ips.iter().all(|ip| subnet.usable(*ip)), "{ips:?}");
+
+    let took = until("every host to list the 80 endpoints", Duration::from_secs(120), || {
+        (1..=HOSTS).all(|h| c.endpoints(h).len() == 2 * HOSTS)
+    });
+    eprintln!("every host listed all {} endpoints {took:?} after the last attach", 2 * HOSTS);
+    let ip_of = |name: &str| attached.iter().find(|(_, n, _)| n == name).unwrap().2.clone();
+    for k in 1..=8 {
+        let (from, to) = (format!("h{k}c1"), format!("h{}c2", HOSTS + 1 - k));
+        let target = ip_of(&to);
+        until(&format!("{from} to ping {to} ({target})"), Duration::from_secs(15), || {
+            c.ping(&from, &target)
+        });
+    }
+
+    // The departing host is the one whose block a new host's search
+    // starts in: that new host must find the block free again, and take
+    // the same addresses.
+    let mut hosts_of_block: std::collections::BTreeMap<u32, BTreeSet<usize>> = Default::default();
+    for (h, _, ip) in &attached {
+        hosts_of_block.entry(subnet.block_of(ip.parse().unwrap()).unwrap()).or_default().insert(*h);
+    }
+    let (new, gone) = (HOSTS + 1..=99)
+        .find_map(|n| {
+            let start = Claims::default().free_block(&subnet, &format!("h{n}"))?;
+            let holders = hosts_of_block.get(&start).filter(|h| h.len() == 1)?;
+            let x = *holders.first()?;
+            let all_there = attached
+                .iter()
+                .filter(|(h, _, _)| *h == x)
+                .all(|(_, _, ip)| subnet.block_of(ip.parse().unwrap()) == Some(start));
+            all_there.then_some((n, x))
+        })
+        .expect("a new host name whose search starts in one host's block");
+    let freed: BTreeSet<String> =
+        attached.iter().filter(|(h, _, _)| *h == gone).map(|(_, _, ip)| ip.clone()).collect();
+    for i in 1..=2 {
+        let o = c.cli(gone, &["endpoint", "detach", "big", &format!("h{gone}c{i}")]);
+        assert!(o.status.success(), "detach on h{gone}: {}", text(&o));
+    }
+    // Without endpoints, SIGTERM leaves the cluster.
+    let pid = std::fs::read_to_string(format!("{}/h{gone}.pid", c.dir)).unwrap();
+    ok("kill", &["-TERM", pid.trim()]);
+    until(&format!("h{gone} to be seen as left"), Duration::from_secs(30), || {
+        c.json(1, &["members"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == format!("h{gone}").as_str() && m["state"] == "left")
+    });
+    let o = c.script(&["add-host", &new.to_string()]);
+    assert!(o.status.success(), "add-host: {}", text(&o));
+    until(&format!("h{new} to join"), Duration::from_secs(60), || {
+        c.cli(new, &["network", "ls", "-o", "json"]).status.success()
+            && c.json(new, &["network", "ls"]).to_string().contains("\"big\"")
+    });
+    let reused: BTreeSet<String> =
+        (1..=2).map(|i| c.attach(new, "big", &format!("h{new}c{i}"), &[])).collect();
+    assert_eq!(reused, freed, "h{new} took the addresses h{gone} gave back");
+    let target = ip_of("h1c1");
+    until(&format!("h{new}c1 to ping h1c1"), Duration::from_secs(15), || {
+        c.ping(&format!("h{new}c1"), &target)
+    });
+
+    // Two networks created at once without --subnet, on two hosts: each
+    // gets a subnet of the default pool, not the same one, and works.
+    std::thread::scope(|s| {
+        for (h, net) in [(1, "auto1"), (2, "auto2")] {
+            let c = &c;
+            s.spawn(move || {
+                let o = c.cli(h, &["network", "create", net]);
+                assert!(o.status.success(), "create {net} on h{h}: {}", text(&o));
+            });
+        }
+    });
+    let subnets = |h: usize| -> Vec<String> {
+        let nets = c.json(h, &["network", "ls"]);
+        ["auto1", "auto2"]
+            .iter()
+            .filter_map(|n| {
+                let net = nets.as_array()?.iter().find(|x| x["name"] == *n)?;
+                Some(net["subnet"].as_str()?.to_string())
+            })
+            .collect()
+    };
+    until("h1..h3 to agree on two distinct pool subnets", Duration::from_secs(30), || {
+        let first = subnets(1);
+        first.len() == 2 && first[0] != first[1] && (2..=3).all(|h| subnets(h) == first)
+    });
+    let pooled = subnets(1);
+    let pool: Subnet = "10.0.0.0/8".parse().unwrap();
+    for s in &pooled {
+        let s: Subnet = s.parse().unwrap();
+        assert!(pool.overlaps(&s) && s.prefix() == 24 && !s.overlaps(&subnet), "{s}");
+    }
+    let a1 = c.attach(1, "auto1", "p1", &[]);
+    c.attach(3, "auto1", "p3", &[]);
+    assert!(pooled[0].parse::<Subnet>().unwrap().usable(a1.parse().unwrap()));
+    until("p3 to ping p1 on the pool network", Duration::from_secs(15), || c.ping("p3", &a1));
 }
