@@ -374,4 +374,26 @@ mod tests {
         a.probe_rtt = Some(Duration::from_secs(5));
         assert!(resolve(a, None).unwrap_err().to_string().contains("--probe-rtt"));
     }
+
+    #[test]
+    fn the_default_address_pool_is_docker_swarms_unless_flags_say_and_must_fit() {
+        let s = resolve(args("n", "127.0.0.1:7000"), None).unwrap();
+        assert_eq!((s.default_pool.0.to_string(), s.default_pool.1), ("10.0.0.0/8".into(), 24));
+        let mut a = args("n", "127.0.0.1:7000");
+        a.default_address_pool = Some("172.20.0.0/14".into());
+        a.default_pool_size = Some(26);
+        let s = resolve(a, None).unwrap();
+        assert_eq!((s.default_pool.0.to_string(), s.default_pool.1), ("172.20.0.0/14".into(), 26));
+        let mut a = args("n", "127.0.0.1:7000");
+        a.default_pool_size = Some(4);
+        let e = resolve(a, None).unwrap_err().to_string();
+        assert!(e.contains("--default-pool-size 4 does not fit"), "{e}");
+        let mut a = args("n", "127.0.0.1:7000");
+        a.default_address_pool = Some("10.0.0.1/8".into());
+        let e = format!("{:#}", resolve(a, None).unwrap_err());
+        assert!(
+            e.contains("--default-address-pool") && e.contains("did you mean 10.0.0.0/8"),
+            "{e}"
+        );
+    }
 }
