@@ -601,7 +601,7 @@ mod tests {
         assert!(e.to_string().contains("see `netdb endpoint ls`"), "{e}");
     }
 
-    /// Live claims of `network` by the host `h` holds the parts of.
+    /// The live block claims of `owner`, as `p`'s node holds them.
     fn live_claims(p: &super::super::testing::Parts, owner: &str) -> Vec<String> {
         p.node
             .shared_entries(SharedTable::Ipam)
