@@ -136,10 +136,11 @@ impl Agent {
             ),
             None => {}
         }
-        let overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle, s.gateway_subnet)
+        let mut overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle, s.gateway_subnet)
             .with_vxlan_port(s.vxlan_port)
             .with_underlay(underlay)
             .with_vni_range(s.vni_range);
+        overlay.set_default_pool(s.default_pool.0, s.default_pool.1);
         let kernel_stats = Arc::new(KernelStats::default());
         let view = overlay.dns_view();
         let dns = match (&s.dns, &kernel) {

@@ -168,6 +168,7 @@ fn network(n: NetworkInfo) -> api::Network {
         out.conflicts = o.conflicts;
         out.origin = o.origin;
         out.internal = o.internal;
+        out.warnings = o.warnings;
     }
     out
 }
@@ -308,6 +309,7 @@ impl<K: Kernel> Netdb for Api<K> {
             vni: given(r.vni),
             mtu: given(r.mtu),
             internal: r.internal,
+            routes: overlay::host_routes(),
         };
         let n = self.core.create_network(create).await.map_err(core_status)?;
         Ok(Response::new(network(n)))

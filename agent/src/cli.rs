@@ -221,9 +221,10 @@ pub(crate) enum NetworkCmd {
     /// Define an overlay network for the whole cluster.
     Create {
         name: String,
-        /// IPv4 subnet, e.g. 10.10.0.0/24.
+        /// IPv4 subnet, e.g. 10.10.0.0/24 [default: a free subnet of the
+        /// agent's --default-address-pool, cluster-wide unique]
         #[arg(long)]
-        subnet: String,
+        subnet: Option<String>,
         /// VXLAN network id [default: the lowest free one from 4096]
         #[arg(long)]
         vni: Option<u32>,
@@ -470,6 +471,14 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "NETDB_VNI_RANGE", help_heading = "Data plane")]
     #[serde(default, deserialize_with = "de_vni_range")]
     pub vni_range: Option<VniRange>,
+    /// Where `network create` without --subnet takes a free subnet from
+    /// [default: 10.0.0.0/8]
+    #[arg(long, env = "NETDB_DEFAULT_ADDRESS_POOL", help_heading = "Data plane")]
+    pub default_address_pool: Option<String>,
+    /// Prefix length of the subnets taken from the default address pool
+    /// [default: 24]
+    #[arg(long, env = "NETDB_DEFAULT_POOL_SIZE", help_heading = "Data plane")]
+    pub default_pool_size: Option<u8>,
 }
 
 /// A VNI range in the file, written as on the command line.

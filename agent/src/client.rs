@@ -126,12 +126,15 @@ async fn network(c: &mut NetdbClient<Channel>, out: Output, cmd: NetworkCmd) -> 
         NetworkCmd::Create { name, subnet, vni, mtu, internal } => {
             let req = api::CreateNetworkRequest {
                 name,
-                subnet,
+                subnet: subnet.unwrap_or_default(),
                 vni: vni.unwrap_or(0),
                 mtu: mtu.unwrap_or(0),
                 internal,
             };
             let n = c.create_network(req).await.map_err(rpc)?.into_inner();
+            for w in &n.warnings {
+                eprintln!("warning: {w}");
+            }
             match out {
                 Output::Json => print_json(&network_json(&n)),
                 Output::Table => {

@@ -46,6 +46,8 @@ pub(crate) struct Settings {
     pub gateway_subnet: Subnet,
     pub vxlan_port: u16,
     pub vni_range: netdb::netdefs::VniRange,
+    /// Where `network create` without a subnet takes one, and its size.
+    pub default_pool: (Subnet, u8),
 }
 
 /// Queries per second per container, unless --dns-rate-limit says.
@@ -136,6 +138,19 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         host_file: crate::dns::HOST_FILE.into(),
         netns_etc: crate::dns::NETNS_ETC.into(),
     });
+    let default_pool = match cli.default_address_pool.or(file.default_address_pool) {
+        Some(text) => text.parse().with_context(|| format!("bad --default-address-pool {text}"))?,
+        None => netdb::ipam::DEFAULT_POOL,
+    };
+    let pool_size =
+        cli.default_pool_size.or(file.default_pool_size).unwrap_or(netdb::ipam::DEFAULT_POOL_SIZE);
+    if !(default_pool.prefix()..=netdb::ipam::MAX_PREFIX).contains(&pool_size) {
+        bail!(
+            "--default-pool-size {pool_size} does not fit --default-address-pool {default_pool}: give /{}../{}",
+            default_pool.prefix(),
+            netdb::ipam::MAX_PREFIX
+        );
+    }
     Ok(Settings {
         name,
         bind,
@@ -172,6 +187,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             None => netdb_dataplane::VXLAN_PORT,
         },
         vni_range: cli.vni_range.or(file.vni_range).unwrap_or_default(),
+        default_pool: (default_pool, pool_size),
     })
 }
 
@@ -375,5 +391,27 @@ mod tests {
         let mut a = args("n", "127.0.0.1:7000");
         a.probe_rtt = Some(Duration::from_secs(5));
         assert!(resolve(a, None).unwrap_err().to_string().contains("--probe-rtt"));
+    }
+
+    #[test]
+    fn the_default_address_pool_is_docker_swarms_unless_flags_say_and_must_fit() {
+        let s = resolve(args("n", "127.0.0.1:7000"), None).unwrap();
+        assert_eq!((s.default_pool.0.to_string(), s.default_pool.1), ("10.0.0.0/8".into(), 24));
+        let mut a = args("n", "127.0.0.1:7000");
+        a.default_address_pool = Some("172.20.0.0/14".into());
+        a.default_pool_size = Some(26);
+        let s = resolve(a, None).unwrap();
+        assert_eq!((s.default_pool.0.to_string(), s.default_pool.1), ("172.20.0.0/14".into(), 26));
+        let mut a = args("n", "127.0.0.1:7000");
+        a.default_pool_size = Some(4);
+        let e = resolve(a, None).unwrap_err().to_string();
+        assert!(e.contains("--default-pool-size 4 does not fit"), "{e}");
+        let mut a = args("n", "127.0.0.1:7000");
+        a.default_address_pool = Some("10.0.0.1/8".into());
+        let e = format!("{:#}", resolve(a, None).unwrap_err());
+        assert!(
+            e.contains("--default-address-pool") && e.contains("did you mean 10.0.0.0/8"),
+            "{e}"
+        );
     }
 }

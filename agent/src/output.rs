@@ -35,7 +35,8 @@ pub(crate) fn print_json(v: &Value) {
 pub(crate) fn network_json(n: &api::Network) -> Value {
     json!({ "name": n.name, "subnet": n.subnet, "vni": n.vni, "mtu": n.mtu, "origin": n.origin,
             "hosts": n.hosts, "local_endpoints": n.local_endpoints, "peers": n.peers,
-            "entries": n.entries, "conflicts": n.conflicts, "internal": n.internal })
+            "entries": n.entries, "conflicts": n.conflicts, "internal": n.internal,
+            "warnings": n.warnings })
 }
 
 pub(crate) fn dash(s: String) -> String {

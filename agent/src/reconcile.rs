@@ -28,6 +28,14 @@ pub(crate) async fn run<K: Kernel>(
         // Held from the snapshot to the last kernel call: an attach or
         // detach in between would make the snapshot stale.
         let guard = kernel.lock().await;
+        // A re-addressed endpoint's old veth first: its container side
+        // holds the interface name the new one takes.
+        let Some(retired) = core.take_retired().await else { return };
+        for veth in retired {
+            if let Err(e) = guard.detach(&veth).await {
+                tracing::warn!(%veth, error = %e, "cannot remove the veth of a re-addressed endpoint; remove it by hand (ip link del)");
+            }
+        }
         let Some(desired) = core.desired().await else { return };
         let result = guard.reconcile(&desired).await;
         // The reaps below detach through the kernel lock themselves.

@@ -43,6 +43,9 @@ pub(crate) struct SavedNetwork {
     /// No way out (absent in files of older agents: not internal).
     #[serde(default)]
     pub internal: bool,
+    /// The default address pool the subnet came from; empty when given.
+    #[serde(default)]
+    pub pool: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -187,6 +190,7 @@ mod tests {
                 created: 3,
                 blocks: [2].into(),
                 internal: true,
+                pool: "10.0.0.0/8".into(),
             },
         );
         s.endpoints.push(SavedEndpoint {

@@ -8,7 +8,10 @@
 //! VNIs: each definition asks for one (the lowest free from 4096 as its
 //! creator saw it); definitions are granted their VNI in identity order, and
 //! one that finds its VNI taken gets the lowest free one instead, so every
-//! node computes the same mapping from the same copies. `network rm` deletes
+//! node computes the same mapping from the same copies. Subnets likewise: a
+//! definition whose subnet came from a default address pool and overlaps
+//! an older network's is granted the next free subnet of that pool instead
+//! (one given by the user is kept, and the overlap reported). `network rm` deletes
 //! the copy; the tombstone carries the definition, which tells every other
 //! node to delete its copy of that identity too.
 
@@ -18,7 +21,7 @@ use bytes::Bytes;
 use netdb_wire as wire;
 use prost::Message;
 
-use crate::ipam::Subnet;
+use crate::ipam::{self, Subnet};
 use crate::names::{owned_key, valid_name};
 use crate::table::Entry;
 
@@ -57,6 +60,9 @@ pub struct NetworkDef {
     /// No way out of the overlay (no gateway, default route or published
     /// ports), the same on every host.
     pub internal: bool,
+    /// The default address pool `subnet` was taken from; `None` when the
+    /// user gave it.
+    pub pool: Option<Subnet>,
 }
 
 /// A definition's identity: (created, origin); the older one wins a name.
@@ -78,6 +84,7 @@ impl NetworkDef {
             origin: self.origin.clone(),
             created: self.created,
             internal: self.internal,
+            pool: self.pool.map(|p| p.to_string()).unwrap_or_default(),
         }
         .encode_to_vec()
         .into()
@@ -93,7 +100,12 @@ impl NetworkDef {
             && !w.origin.is_empty()
             && w.created > 0;
         ok.then_some(())?;
+        let pool = match w.pool.as_str() {
+            "" => None,
+            text => Some(text.parse().ok()?),
+        };
         Some(NetworkDef {
+            pool,
             subnet: w.subnet.parse().ok()?,
             name: w.name,
             vni: w.vni,
@@ -105,7 +117,7 @@ impl NetworkDef {
     }
 }
 
-/// A definition in force and the VNI it was granted.
+/// A definition in force and the VNI and subnet it was granted.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Effective {
     /// The definition.
@@ -113,6 +125,9 @@ pub struct Effective {
     /// The VNI granted: its own, or the lowest free one if taken by an older
     /// definition.
     pub vni: u32,
+    /// The subnet granted: its own, or for a pool subnet that overlaps an
+    /// older network's, the next free one of the pool.
+    pub subnet: Subnet,
 }
 
 /// What every node derives from the same copies.
@@ -166,7 +181,10 @@ impl Resolved {
         }
         winners.sort_by(|a, b| a.id().cmp(&b.id()));
         let mut used: BTreeSet<u32> = BTreeSet::new();
+        let mut granted: Vec<(Subnet, String)> = Vec::new();
         for def in winners {
+            let subnet = grant_subnet(&def, &granted, &mut out.conflicts);
+            granted.push((subnet, def.name.clone()));
             let vni = if used.contains(&def.vni) {
                 let vni = lowest_free(&used);
                 out.conflicts.push((
@@ -181,9 +199,22 @@ impl Resolved {
                 def.vni
             };
             used.insert(vni);
-            out.networks.insert(def.name.clone(), Effective { def, vni });
+            out.networks.insert(def.name.clone(), Effective { def, vni, subnet });
         }
         out
+    }
+
+    /// A network in force whose subnet overlaps `subnet`, with its subnet.
+    pub fn overlapping(&self, subnet: &Subnet) -> Option<(&str, Subnet)> {
+        self.networks
+            .values()
+            .find(|e| e.subnet.overlaps(subnet))
+            .map(|e| (e.def.name.as_str(), e.subnet))
+    }
+
+    /// The subnets of the networks in force.
+    pub fn subnets(&self) -> Vec<Subnet> {
+        self.networks.values().map(|e| e.subnet).collect()
     }
 
     /// The VNI a new network should ask for: the lowest free one of
@@ -265,6 +296,36 @@ impl std::str::FromStr for VniRange {
     }
 }
 
+/// The subnet `def` is granted given the older networks' grants: its own,
+/// unless it overlaps one of them; then for a pool subnet the next free of
+/// the pool (its own kept, and the overlap reported, when the pool is full
+/// or the user gave the subnet).
+fn grant_subnet(
+    def: &NetworkDef,
+    older: &[(Subnet, String)],
+    conflicts: &mut Vec<(String, String)>,
+) -> Subnet {
+    let Some((other_subnet, other)) = older.iter().find(|(s, _)| s.overlaps(&def.subnet)) else {
+        return def.subnet;
+    };
+    let taken: Vec<Subnet> = older.iter().map(|(s, _)| *s).collect();
+    let name = &def.name;
+    let picked =
+        def.pool.and_then(|pool| ipam::pick_subnet(&pool, def.subnet.prefix(), name, &taken).ok());
+    let text = match picked {
+        Some(s) => format!(
+            "network {name} took {} from its pool, which overlaps network {other} ({other_subnet}), created before it; it uses {s}",
+            def.subnet
+        ),
+        None => format!(
+            "network {name} ({}) overlaps network {other} ({other_subnet}), created before it",
+            def.subnet
+        ),
+    };
+    conflicts.push((name.clone(), text));
+    picked.unwrap_or(def.subnet)
+}
+
 fn lowest_free(used: &BTreeSet<u32>) -> u32 {
     (FIRST_VNI..=MAX_VNI).find(|v| !used.contains(v)).unwrap_or(MAX_VNI)
 }
@@ -282,6 +343,7 @@ mod tests {
             origin: origin.into(),
             created,
             internal: false,
+            pool: None,
         }
     }
 
@@ -392,5 +454,44 @@ mod tests {
         );
         let r = resolve(&[bad_vni, wrong_key, garbage]);
         assert!(r.networks.is_empty());
+    }
+
+    #[test]
+    fn a_pool_subnet_overlapping_an_older_network_gets_the_next_free_one_everywhere() {
+        let pool: Subnet = "10.5.0.0/22".parse().unwrap();
+        let from_pool = |name: &str, origin: &str, created: u64, taken: &[Subnet]| NetworkDef {
+            subnet: ipam::pick_subnet(&pool, 24, name, taken).unwrap(),
+            pool: Some(pool),
+            ..def(name, "10.9.9.0/24", 4096, origin, created)
+        };
+        // Created at once on two hosts, each blind to the other's: both may
+        // take the same /24; here they do by construction.
+        let blue = from_pool("blue", "a", 5, &[]);
+        let red = NetworkDef { subnet: blue.subnet, ..from_pool("red", "b", 6, &[]) };
+        let mut copies = vec![copy("a", &blue, false), copy("b", &red, false)];
+        let r1 = resolve(&copies);
+        copies.reverse();
+        assert_eq!(resolve(&copies), r1, "the same on every node");
+        assert_eq!(r1.networks["blue"].subnet, blue.subnet, "the older keeps it");
+        let moved = r1.networks["red"].subnet;
+        assert!(!moved.overlaps(&blue.subnet) && pool.overlaps(&moved), "{moved}");
+        assert_eq!(r1.networks["red"].def.subnet, blue.subnet, "the copies are unchanged");
+        let text = format!(
+            "network red took {} from its pool, which overlaps network blue ({}), created before it; it uses {moved}",
+            blue.subnet, blue.subnet
+        );
+        assert!(r1.conflicts.contains(&("red".to_string(), text)), "{:?}", r1.conflicts);
+        assert_eq!(r1.overlapping(&"10.5.0.0/16".parse().unwrap()).map(|(n, _)| n), Some("blue"));
+        assert_eq!(r1.overlapping(&"10.6.0.0/24".parse().unwrap()), None);
+
+        // A subnet the user gave is kept, and the overlap reported.
+        let green = def("green", "10.5.0.0/16", 4097, "c", 9);
+        let r = resolve(&[copy("a", &blue, false), copy("c", &green, false)]);
+        assert_eq!(r.networks["green"].subnet, green.subnet);
+        let text = format!(
+            "network green (10.5.0.0/16) overlaps network blue ({}), created before it",
+            blue.subnet
+        );
+        assert!(r.conflicts.contains(&("green".to_string(), text)), "{:?}", r.conflicts);
     }
 }

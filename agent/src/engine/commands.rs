@@ -42,6 +42,12 @@ impl Core {
         self.overlay.desired(&self.node)
     }
 
+    /// Host-side veths of re-addressed endpoints, to remove before the
+    /// reconcile wires them again.
+    pub(crate) fn take_retired(&mut self) -> Vec<String> {
+        self.overlay.take_retired()
+    }
+
     pub(crate) fn join_network(&mut self, network: &str) -> Result<(), Error> {
         let now = self.now();
         Ok(self.node.join_network(now, network)?)

@@ -184,6 +184,12 @@ impl<K: Kernel> Handle<K> {
         self.on_core(|core| core.desired()).await
     }
 
+    /// Host-side veths to remove before the next reconcile; `None` once
+    /// the agent is shutting down.
+    pub(crate) async fn take_retired(&self) -> Option<Vec<String>> {
+        self.on_core(|core| core.take_retired()).await
+    }
+
     pub(crate) async fn join_network(&self, network: String) -> Result<(), Error> {
         self.call(move |core| core.join_network(&network)).await?
     }

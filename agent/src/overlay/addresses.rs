@@ -1,5 +1,6 @@
 //! Addresses: which are taken, which this host may hand out (from the
-//! blocks it claimed, once a claim has settled), and veth names.
+//! blocks it claimed, once a claim has settled, or borrowed when every
+//! block is claimed), and veth names.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -34,7 +35,8 @@ impl Overlay {
     }
 
     /// The lowest free address of a settled block this host owns; claims a
-    /// new block when there is none (`None`: wait for the claim to settle).
+    /// new block when there is none (`None`: wait for the claim to settle),
+    /// or borrows a free address when every block is claimed.
     pub(super) fn allocate(
         &mut self,
         node: &mut Node,
@@ -43,7 +45,7 @@ impl Overlay {
         used: &BTreeMap<Ipv4Addr, String>,
     ) -> Result<Option<Ipv4Addr>, Error> {
         let def = &eff.def;
-        let subnet = def.subnet;
+        let subnet = eff.subnet;
         let claims = Claims::collect(
             &def.name,
             def.id(),
@@ -71,7 +73,13 @@ impl Overlay {
             return Ok(None);
         }
         let Some(block) = claims.free_block(&subnet, &self.me) else {
-            return Err(Error::SubnetFull { network: def.name.clone(), subnet });
+            return match ipam::borrow(&subnet, &self.me, &taken) {
+                Some(ip) => {
+                    tracing::info!(network = %def.name, %ip, "every address block is claimed; borrowed an address");
+                    Ok(Some(ip))
+                }
+                None => Err(Error::SubnetFull { network: def.name.clone(), subnet }),
+            };
         };
         node.put_shared(
             now,

@@ -218,10 +218,10 @@ impl Overlay {
         if !internal && gateway_ifname(&ifname).len() > MAX_IFNAME {
             return Err(Error::IfnameTooLongForGateway(ifname));
         }
-        if !internal && overlap(&eff.def.subnet, &self.gateway) {
+        if !internal && eff.subnet.overlaps(&self.gateway) {
             return Err(Error::GatewayOverlap {
                 network: r.network.clone(),
-                subnet: eff.def.subnet,
+                subnet: eff.subnet,
                 gateway: self.gateway,
             });
         }
@@ -246,7 +246,7 @@ impl Overlay {
                 network: other.network.clone(),
             });
         }
-        let subnet = eff.def.subnet;
+        let subnet = eff.subnet;
         let explicit = match &r.ip {
             None => None,
             Some(text) => {
@@ -548,11 +548,6 @@ fn network_synced(node: &Node, network: &str) -> bool {
 
 /// True when the two subnets share an address: one holds the other's first
 /// address (the one before its gateway).
-fn overlap(a: &ipam::Subnet, b: &ipam::Subnet) -> bool {
-    let first = |s: &ipam::Subnet| Ipv4Addr::from(u32::from(s.gateway()) - 1);
-    a.contains(first(b)) || b.contains(first(a))
-}
-
 fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
     if valid_name(s, MAX_ENDPOINT_NAME) {
         Ok(())
@@ -792,16 +787,6 @@ mod tests {
     }
 
     #[test]
-    fn subnets_overlap_when_either_holds_the_others_first_address() {
-        let s = |t: &str| t.parse::<netdb::ipam::Subnet>().unwrap();
-        assert!(super::overlap(&s("198.18.0.0/16"), &s("198.18.4.0/24")));
-        assert!(super::overlap(&s("198.18.4.0/24"), &s("198.18.0.0/16")));
-        assert!(super::overlap(&s("10.1.0.0/24"), &s("10.1.0.0/24")));
-        assert!(!super::overlap(&s("10.1.0.0/24"), &s("10.1.1.0/24")));
-        assert!(!super::overlap(&s("198.18.0.0/16"), &s("198.19.0.0/16")));
-    }
-
-    #[test]
     fn a_network_overlapping_the_gateway_subnet_attaches_only_internal() {
         let (_dir, h) = blue("overlap");
         let ns = Temp::netns("overlap-ns");
@@ -882,5 +867,82 @@ mod tests {
         let ns = Temp::netns("reap-new");
         let again = super::Attach { ip: Some(web.ip.clone()), ..attach_req("blue", "api", &ns.0) };
         assert_eq!(h.attach(again).unwrap().ip, web.ip);
+    }
+
+    /// The live block claims of `owner`, as `p`'s node holds them.
+    fn live_claims(p: &super::super::testing::Parts, owner: &str) -> Vec<String> {
+        p.node
+            .shared_entries(SharedTable::Ipam)
+            .into_iter()
+            .filter(|(_, e)| !e.deleted && e.owner == owner)
+            .map(|(k, _)| k.to_string())
+            .collect()
+    }
+
+    #[test]
+    fn a_host_claims_blocks_as_it_fills_them_and_releases_the_ones_it_empties() {
+        let (_dir, h) = blue("fill");
+        let nss: Vec<Temp> = (0..6).map(|i| Temp::netns(&format!("fill-{i}"))).collect();
+        let mut ips = std::collections::BTreeSet::new();
+        for (i, ns) in nss.iter().enumerate() {
+            let ep = h.attach(attach_req("blue", &format!("c{i}"), &ns.0)).unwrap();
+            assert!(ips.insert(ep.ip.clone()), "{} twice", ep.ip);
+        }
+        // Blocks of a /24 hold 4 addresses (2 or 3 at its ends): 6
+        // endpoints need two or three claims, each waited for once.
+        let claims = live_claims(&h.parts(), "h1");
+        assert!((2..=3).contains(&claims.len()), "{claims:?}");
+        assert_eq!(h.now(), SETTLE * claims.len() as u32);
+
+        for i in 2..6 {
+            h.detach("blue", &format!("c{i}")).unwrap();
+        }
+        let p = &mut *h.parts();
+        p.now += 2 * SETTLE;
+        p.overlay.maintain(&mut p.node, p.now);
+        let kept = live_claims(p, "h1");
+        assert!(kept.len() < claims.len(), "an emptied block goes back: {kept:?}");
+        let subnet: netdb::ipam::Subnet = "10.1.0.0/24".parse().unwrap();
+        let in_use: std::collections::BTreeSet<String> = p
+            .overlay
+            .state
+            .endpoints
+            .iter()
+            .map(|ep| format!("blue:{}/h1", subnet.block_of(ep.ip).unwrap()))
+            .collect();
+        assert_eq!(kept.into_iter().collect::<std::collections::BTreeSet<_>>(), in_use);
+        let saved = &p.overlay.state.networks["blue"].blocks;
+        assert_eq!(saved.len(), in_use.len(), "the state file follows");
+    }
+
+    #[test]
+    fn with_every_block_claimed_a_host_borrows_free_addresses_until_the_subnet_is_full() {
+        let nss: Vec<Temp> = (0..6).map(|i| Temp::netns(&format!("borrow-{i}"))).collect();
+        // 10.9.0.0/29: two blocks (.2-.3 and .4-.6), five usable addresses.
+        let (_da, _db, a, b) = pair("borrow", |a| {
+            a.create("tiny", "10.9.0.0/29").unwrap();
+            a.attach(attach_req("tiny", "one", &nss[0].0)).unwrap();
+        });
+        {
+            let (mut pa, mut pb) = (a.parts(), b.parts());
+            let now = pb.now;
+            pb.node.join_network(now, "tiny").unwrap();
+            let until = pa.now.max(pb.now) + Duration::from_secs(10);
+            exchange(&mut pa, &mut pb, until);
+        }
+        let mut ips = vec![a.parts().overlay.state.endpoints[0].ip];
+        for (i, ns) in nss.iter().enumerate().take(5).skip(1) {
+            let ep = b.attach(attach_req("tiny", &format!("b{i}"), &ns.0)).unwrap();
+            ips.push(ep.ip.parse().unwrap());
+        }
+        ips.sort();
+        ips.dedup();
+        assert_eq!(ips.len(), 5, "h2 borrowed from h1's block: {ips:?}");
+        let full = b.attach(attach_req("tiny", "b5", &nss[5].0)).unwrap_err();
+        assert_eq!(full.kind(), Kind::Exhausted);
+        assert_eq!(
+            full.to_string(),
+            "network tiny: no free address in 10.9.0.0/29; detach endpoints or create a network with a larger subnet"
+        );
     }
 }

@@ -27,7 +27,7 @@ impl Overlay {
             let eff = match resolved.networks.get(name) {
                 Some(e) => e.clone(),
                 None => match self.state.networks.get(name).and_then(|n| saved_def(name, n)) {
-                    Some(def) => Effective { vni: def.vni, def },
+                    Some(def) => Effective { vni: def.vni, subnet: def.subnet, def },
                     None => continue,
                 },
             };
@@ -49,7 +49,7 @@ impl Overlay {
             .into_iter()
             .filter(|(_, e)| e.owner != self.me)
             .filter_map(|(_, e)| decode_route(&e.value))
-            .filter(|r| r.host != tunnel && eff.def.subnet.contains(r.ip))
+            .filter(|r| r.host != tunnel && eff.subnet.contains(r.ip))
             .collect();
         let endpoints = self
             .state

@@ -19,6 +19,12 @@ pub(crate) enum Error {
     BadNetworkName(String),
     #[error(transparent)]
     BadSubnet(#[from] SubnetError),
+    #[error(transparent)]
+    Pool(#[from] netdb::ipam::PoolError),
+    #[error(
+        "{subnet} overlaps network {network} ({other}); pick another subnet, or leave --subnet out to take a free one"
+    )]
+    SubnetOverlaps { subnet: Subnet, network: String, other: Subnet },
     #[error("network {name} already exists (subnet {subnet}, VNI {vni}, created on {origin})")]
     NetworkExists { name: String, subnet: Subnet, vni: u32, origin: String },
     #[error("{0} is a plain gossip network this agent joined; pick another name")]
@@ -87,7 +93,7 @@ pub(crate) enum Error {
     #[error("{ip} is already used by {holder}")]
     AddressTaken { ip: Ipv4Addr, holder: String },
     #[error(
-        "network {network}: no free address in {subnet} (every block is claimed and this host's are full)"
+        "network {network}: no free address in {subnet}; detach endpoints or create a network with a larger subnet"
     )]
     SubnetFull { network: String, subnet: Subnet },
     #[error(
@@ -194,9 +200,12 @@ impl Error {
             | Error::DataplaneOff
             | Error::NetworkOutsideVniRange(_)
             | Error::Kernel(Dp::Netns { .. } | Dp::NotOurs { .. }) => Kind::Precondition,
-            Error::SubnetFull { .. } | Error::GatewayFull(_) | Error::VniRangeFull(_) => {
+            Error::GatewayFull(_) | Error::VniRangeFull(_) => Kind::Exhausted,
+            Error::SubnetFull { .. } | Error::Pool(netdb::ipam::PoolError::Exhausted { .. }) => {
                 Kind::Exhausted
             }
+            Error::Pool(netdb::ipam::PoolError::Size { .. }) => Kind::Invalid,
+            Error::SubnetOverlaps { .. } => Kind::Exists,
             Error::Unsettled { .. } | Error::Stopped => Kind::Unavailable,
             Error::DetachInProgress(_) => Kind::Busy,
             Error::Kernel(_) | Error::Node(_) => Kind::Internal,

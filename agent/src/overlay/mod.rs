@@ -38,7 +38,7 @@ use std::time::Duration;
 // imported once here.
 use netdb::Hasher;
 use netdb::SharedTable;
-use netdb::ipam;
+use netdb::ipam::{self, Subnet};
 use netdb::names::{owned_key, valid_name};
 use netdb::netdefs::{self, NetworkDef, Resolved};
 use netdb::{Event, Node};
@@ -54,7 +54,7 @@ pub(crate) use error::{Error, Kind};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use names::record_entry;
 pub(crate) use names::{Holder, Names};
-pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo};
+pub(crate) use networks::{CreateNetwork, NetworkDetail, NetworkInfo, host_routes};
 pub(crate) use view::View;
 
 /// Network table of routing entries (Docker: overlay_peer_table).
@@ -131,7 +131,7 @@ pub(crate) struct Overlay {
     /// The names the embedded DNS answers from.
     dns: watch::Sender<Arc<View>>,
     /// The gateway bridge's subnet: endpoints' ways out.
-    gateway: ipam::Subnet,
+    gateway: Subnet,
     /// Endpoints detached because their namespace was gone.
     reaped: u64,
     /// The VXLAN devices' UDP port.
@@ -140,6 +140,12 @@ pub(crate) struct Overlay {
     underlay: Option<(String, u32)>,
     /// The VNIs networks may have here (`--vni-range`).
     vnis: netdefs::VniRange,
+    /// Host-side veths of re-addressed endpoints: the reconcile removes
+    /// them before it wires the endpoints again under their new address.
+    retired: Vec<String>,
+    /// Where `network create` without a subnet takes one: the pool and the
+    /// prefix of the subnets taken from it.
+    pool: (Subnet, u8),
 }
 
 impl Overlay {
@@ -149,7 +155,7 @@ impl Overlay {
         tunnel: Option<Ipv4Addr>,
         store: Option<(Store, State)>,
         settle: Duration,
-        gateway: ipam::Subnet,
+        gateway: Subnet,
     ) -> Overlay {
         let (store, state) = match store {
             Some((s, st)) => (Some(s), st),
@@ -176,6 +182,8 @@ impl Overlay {
             vxlan_port: dp::VXLAN_PORT,
             underlay: None,
             vnis: netdefs::VniRange::default(),
+            retired: Vec::new(),
+            pool: (ipam::DEFAULT_POOL, ipam::DEFAULT_POOL_SIZE),
         }
     }
 
@@ -229,6 +237,11 @@ impl Overlay {
         self
     }
 
+    /// Sets the default address pool (`network create` without a subnet).
+    pub(crate) fn set_default_pool(&mut self, pool: Subnet, size: u8) {
+        self.pool = (pool, size);
+    }
+
     /// The data plane is on: endpoints can be attached here.
     pub(crate) fn enabled(&self) -> bool {
         self.store.is_some() && self.tunnel.is_some()
@@ -262,6 +275,12 @@ impl Overlay {
 
     fn kernel_changed(&self) {
         self.kernel.notify_one();
+    }
+
+    /// Host-side veths to remove before the next reconcile (endpoints
+    /// re-addressed since the last call).
+    pub(crate) fn take_retired(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.retired)
     }
 
     /// The names the embedded DNS answers from, as they change.
@@ -300,7 +319,25 @@ impl Overlay {
                 continue;
             };
             let _ = node.put_shared(now, SharedTable::NetDefs, &name, def.encode());
-            for b in &n.blocks {
+            // The blocks our endpoints sit in, not the saved list: a state
+            // file written by a version that cut subnets otherwise numbers
+            // its blocks otherwise, and an empty block is not worth keeping.
+            let blocks: BTreeSet<u32> = self
+                .state
+                .endpoints
+                .iter()
+                .filter(|ep| ep.network == name)
+                .filter_map(|ep| {
+                    // The subnet granted may differ from the one asked
+                    // (a pool overlap): the endpoint's own prefix says.
+                    let subnet = Subnet::containing(ep.ip, ep.prefix).ok()?;
+                    subnet.block_of(ep.ip)
+                })
+                .collect();
+            if let Some(saved) = self.state.networks.get_mut(&name) {
+                saved.blocks = blocks.clone();
+            }
+            for b in &blocks {
                 let _ = node.put_shared(
                     now,
                     SharedTable::Ipam,
@@ -477,6 +514,7 @@ fn saved_network(def: &NetworkDef) -> SavedNetwork {
         created: def.created,
         blocks: BTreeSet::new(),
         internal: def.internal,
+        pool: def.pool.map(|p| p.to_string()).unwrap_or_default(),
     }
 }
 
@@ -489,6 +527,10 @@ fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
         origin: n.origin.clone(),
         created: n.created,
         internal: n.internal,
+        pool: match n.pool.as_str() {
+            "" => None,
+            text => Some(text.parse().ok()?),
+        },
     };
     NetworkDef::decode(&def.encode())
 }

@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use std::time::Duration;
 
 use netdb::SharedTable;
-use netdb::ipam::Subnet;
+use netdb::ipam::{self, Subnet};
 use netdb::netdefs::{self, Effective, NetworkDef};
 use netdb::{Node, Scope, ScopeStats};
 
@@ -15,7 +15,8 @@ use super::{EndpointInfo, Error, Overlay, ROUTES_TABLE, valid_name};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct CreateNetwork {
     pub(crate) name: String,
-    /// CIDR text, checked here so every caller gets the same advice.
+    /// CIDR text, checked here so every caller gets the same advice; empty:
+    /// a free subnet of the default address pool.
     pub(crate) subnet: String,
     /// `None`: the lowest free VNI.
     pub(crate) vni: Option<u32>,
@@ -23,6 +24,9 @@ pub(crate) struct CreateNetwork {
     pub(crate) mtu: Option<u32>,
     /// No way out of the overlay.
     pub(crate) internal: bool,
+    /// The host's own routes ([`host_routes`]): a pool subnet avoids them,
+    /// a given one that overlaps them is warned about.
+    pub(crate) routes: Vec<Subnet>,
 }
 
 /// A network as `netdb network ls` shows it.
@@ -65,6 +69,8 @@ pub(crate) struct OverlayInfo {
     /// The node that created the definition in force.
     pub(crate) origin: String,
     pub(crate) internal: bool,
+    /// What `network create` warns about (a subnet over the host's routes).
+    pub(crate) warnings: Vec<String>,
 }
 
 impl Overlay {
@@ -78,12 +84,11 @@ impl Overlay {
         if !valid_name(&r.name, netdefs::MAX_NETWORK_NAME) {
             return Err(Error::BadNetworkName(r.name));
         }
-        let subnet: Subnet = r.subnet.parse()?;
         let resolved = Self::resolved(node);
         if let Some(e) = resolved.networks.get(&r.name) {
             return Err(Error::NetworkExists {
                 name: r.name,
-                subnet: e.def.subnet,
+                subnet: e.subnet,
                 vni: e.vni,
                 origin: e.def.origin.clone(),
             });
@@ -110,6 +115,31 @@ impl Overlay {
         if !(netdefs::MIN_MTU..=netdefs::MAX_MTU).contains(&mtu) {
             return Err(Error::MtuOutOfRange(mtu));
         }
+        let (subnet, pool, warnings) = if r.subnet.is_empty() {
+            let (pool, size) = self.pool;
+            let mut taken = resolved.subnets();
+            taken.extend(&r.routes);
+            (ipam::pick_subnet(&pool, size, &r.name, &taken)?, Some(pool), Vec::new())
+        } else {
+            let subnet: Subnet = r.subnet.parse()?;
+            if let Some((network, other)) = resolved.overlapping(&subnet) {
+                return Err(Error::SubnetOverlaps { subnet, network: network.into(), other });
+            }
+            let warnings: Vec<String> = r
+                .routes
+                .iter()
+                .filter(|route| route.overlaps(&subnet))
+                .map(|route| {
+                    format!(
+                        "{subnet} overlaps this host's route to {route}: its containers cannot reach that part of {route}"
+                    )
+                })
+                .collect();
+            for w in &warnings {
+                tracing::warn!(network = %r.name, "{w}");
+            }
+            (subnet, None, warnings)
+        };
         // Created all the same (other hosts' underlays may carry it), with
         // the warning in the reply.
         let misfit = self.mtu_misfit(&r.name, mtu);
@@ -124,13 +154,15 @@ impl Overlay {
             origin: self.me.clone(),
             created: node.ltime() + 1,
             internal: r.internal,
+            pool,
         };
         node.put_shared(now, SharedTable::NetDefs, &r.name, def.encode())?;
-        tracing::info!(network = %r.name, %subnet, vni, mtu, internal = r.internal, "network created");
+        tracing::info!(network = %r.name, %subnet, vni, mtu, internal = r.internal, from_pool = pool.is_some(), "network created");
         self.dirty = true;
-        let mut info = self.network_info(node, &Effective { def, vni });
-        if let (Some(m), Some(o)) = (misfit, info.overlay.as_mut()) {
-            o.conflicts.push(m);
+        let mut info = self.network_info(node, &Effective { def, vni, subnet });
+        if let Some(o) = &mut info.overlay {
+            o.warnings = warnings;
+            o.conflicts.extend(misfit);
         }
         Ok(info)
     }
@@ -187,7 +219,7 @@ impl Overlay {
     pub(crate) fn inspect(&self, node: &Node, name: &str) -> Result<NetworkDetail, Error> {
         let resolved = Self::resolved(node);
         let (info, gateway, created) = match resolved.networks.get(name) {
-            Some(e) => (self.network_info(node, e), Some(e.def.subnet.gateway()), e.def.created),
+            Some(e) => (self.network_info(node, e), Some(e.subnet.gateway()), e.def.created),
             None if node.check_joined(name).is_ok() => {
                 let info = NetworkInfo {
                     name: name.into(),
@@ -221,7 +253,7 @@ impl Overlay {
             peers: node.network_peers(name),
             entries: visible_entries(node, name),
             overlay: Some(OverlayInfo {
-                subnet: e.def.subnet,
+                subnet: e.subnet,
                 vni: e.vni,
                 mtu: e.def.mtu,
                 local_endpoints: local as u32,
@@ -229,9 +261,29 @@ impl Overlay {
                 conflicts: self.conflicts.get(name).cloned().unwrap_or_default(),
                 origin: e.def.origin.clone(),
                 internal: e.def.internal,
+                warnings: Vec::new(),
             }),
         }
     }
+}
+
+/// The host's IPv4 routes (from /proc/net/route, the agent's namespace),
+/// default routes left out; none when the file cannot be read.
+pub(crate) fn host_routes() -> Vec<Subnet> {
+    std::fs::read_to_string("/proc/net/route").map(|t| parse_routes(&t)).unwrap_or_default()
+}
+
+fn parse_routes(text: &str) -> Vec<Subnet> {
+    let hex = |s: &str| u32::from_str_radix(s, 16).ok().map(|v| Ipv4Addr::from(v.to_le_bytes()));
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (dest, mask) = (hex(f.get(1)?)?, hex(f.get(7)?)?);
+            let prefix = u32::from(mask).count_ones() as u8;
+            (prefix >= ipam::MIN_PREFIX).then(|| Subnet::containing(dest, prefix).ok()).flatten()
+        })
+        .collect()
 }
 
 fn visible_entries(node: &Node, network: &str) -> u64 {
@@ -240,7 +292,7 @@ fn visible_entries(node: &Node, network: &str) -> u64 {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testing::{Temp, TestHost, attach_req, blue};
+    use super::super::testing::{Temp, TestHost, attach_req, blue, exchange};
     use super::*;
     use crate::overlay::Kind;
 
@@ -260,6 +312,7 @@ mod tests {
                 vni: None,
                 mtu: Some(8950),
                 internal: false,
+                routes: Vec::new(),
             };
             p.overlay.create(&mut p.node, p.now, r).unwrap().overlay.unwrap()
         };
@@ -296,6 +349,7 @@ mod tests {
                 vni: Some(4100),
                 mtu: None,
                 internal: false,
+                routes: Vec::new(),
             };
             p.overlay.create(&mut p.node, p.now, r).unwrap_err()
         };
@@ -338,6 +392,7 @@ mod tests {
             vni,
             mtu,
             internal: false,
+            routes: Vec::new(),
         };
         let e = p.overlay.create(&mut p.node, p.now, req(Some(4096), None)).unwrap_err();
         assert_eq!(e.to_string(), "VNI 4096 is used by network blue");
@@ -365,5 +420,115 @@ mod tests {
         assert!(p.overlay.networks(&p.node).is_empty());
         let e = p.overlay.remove(&mut p.node, p.now, "blue").unwrap_err();
         assert_eq!(e.to_string(), "no network blue; see `netdb network ls`");
+    }
+
+    fn create_with(
+        h: &TestHost,
+        name: &str,
+        subnet: &str,
+        routes: &[&str],
+    ) -> Result<NetworkInfo, Error> {
+        let p = &mut *h.parts();
+        let r = CreateNetwork {
+            name: name.into(),
+            subnet: subnet.into(),
+            vni: None,
+            mtu: None,
+            internal: false,
+            routes: routes.iter().map(|r| r.parse().unwrap()).collect(),
+        };
+        p.overlay.create(&mut p.node, p.now, r)
+    }
+
+    #[test]
+    fn without_a_subnet_a_free_one_of_the_pool_is_taken_and_overlaps_are_refused_or_warned() {
+        let dir = Temp::dir("pool");
+        let h = TestHost::new("h1", 1, 1, &dir.0);
+        let blue = create_with(&h, "blue", "10.1.0.0/16", &[]).unwrap().overlay.unwrap();
+        assert!(blue.warnings.is_empty());
+        // The pool skips the networks and the host's routes.
+        let pool: Subnet = "10.0.0.0/14".parse().unwrap();
+        h.parts().overlay.set_default_pool(pool, 24);
+        let red = create_with(&h, "red", "", &["10.0.0.0/16", "10.2.0.0/24"]).unwrap();
+        let red = red.overlay.unwrap().subnet;
+        assert_eq!(red.prefix(), 24);
+        assert!(pool.overlaps(&red), "{red}");
+        for taken in [blue.subnet, "10.0.0.0/16".parse().unwrap(), "10.2.0.0/24".parse().unwrap()] {
+            assert!(!red.overlaps(&taken), "{red} overlaps {taken}");
+        }
+
+        let e = create_with(&h, "green", "10.1.0.0/24", &[]).unwrap_err();
+        assert_eq!(e.kind(), Kind::Exists);
+        assert_eq!(
+            e.to_string(),
+            "10.1.0.0/24 overlaps network blue (10.1.0.0/16); pick another subnet, or leave --subnet out to take a free one"
+        );
+        let warned = create_with(&h, "green", "192.168.7.0/24", &["192.168.0.0/16"]).unwrap();
+        assert_eq!(
+            warned.overlay.unwrap().warnings,
+            [
+                "192.168.7.0/24 overlaps this host's route to 192.168.0.0/16: its containers cannot reach that part of 192.168.0.0/16"
+            ]
+        );
+        // A full pool says so.
+        h.parts().overlay.set_default_pool("10.1.0.0/24".parse().unwrap(), 24);
+        let full = create_with(&h, "grey", "", &[]).unwrap_err();
+        assert_eq!(full.kind(), Kind::Exhausted);
+        assert!(full.to_string().contains("has no free /24 left"), "{full}");
+    }
+
+    #[test]
+    fn two_networks_created_at_once_from_the_pool_end_with_different_subnets() {
+        let (da, db) = (Temp::dir("pool-a"), Temp::dir("pool-b"));
+        let (a, b) = (TestHost::new("h1", 1, 1, &da.0), TestHost::new("h2", 2, 1, &db.0));
+        let pool: Subnet = "10.5.0.0/22".parse().unwrap();
+        let first = ipam::pick_subnet(&pool, 24, "blue", &[]).unwrap();
+        // A name whose search starts where blue's does: both hosts, blind
+        // to each other, take the same /24.
+        let other = (0..)
+            .map(|i| format!("net{i}"))
+            .find(|n| ipam::pick_subnet(&pool, 24, n, &[]).unwrap() == first)
+            .unwrap();
+        for h in [&a, &b] {
+            h.parts().overlay.set_default_pool(pool, 24);
+        }
+        assert_eq!(create_with(&a, "blue", "", &[]).unwrap().overlay.unwrap().subnet, first);
+        assert_eq!(create_with(&b, &other, "", &[]).unwrap().overlay.unwrap().subnet, first);
+
+        let (mut pa, mut pb) = (a.into_parts(), b.into_parts());
+        pb.node.join(pb.now, &[pa.node.addr()]);
+        exchange(&mut pa, &mut pb, Duration::from_secs(5));
+        let mut seen = Vec::new();
+        for p in [&mut pa, &mut pb] {
+            p.overlay.maintain(&mut p.node, p.now);
+            let subnets: Vec<Subnet> = p
+                .overlay
+                .networks(&p.node)
+                .into_iter()
+                .map(|n| n.overlay.unwrap().subnet)
+                .collect();
+            assert_eq!(subnets.len(), 2);
+            assert!(!subnets[0].overlaps(&subnets[1]), "{subnets:?}");
+            assert!(subnets.iter().all(|s| pool.overlaps(s)));
+            let notices = p.overlay.take_notices();
+            assert!(
+                notices.iter().any(|(_, t)| t.contains("from its pool, which overlaps")),
+                "{notices:?}"
+            );
+            seen.push(subnets);
+        }
+        assert_eq!(seen[0], seen[1], "both hosts grant the same subnets");
+    }
+
+    #[test]
+    fn the_hosts_routes_are_read_from_proc_net_route_without_default_or_host_routes() {
+        let text = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+            eth0\t00000000\t0100A8C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+            eth0\t0000A8C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n\
+            eth1\t0000C90A\t00000000\t0001\t0\t0\t0\t0000FFFF\t0\t0\t0\n\
+            eth1\t0500C90A\t00000000\t0005\t0\t0\t0\tFFFFFFFF\t0\t0\t0\n\
+            bad line\n";
+        let routes: Vec<String> = parse_routes(text).iter().map(|s| s.to_string()).collect();
+        assert_eq!(routes, ["192.168.0.0/24", "10.201.0.0/16"]);
     }
 }

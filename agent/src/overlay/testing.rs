@@ -111,6 +111,7 @@ impl TestHost {
             vni: None,
             mtu: None,
             internal,
+            routes: Vec::new(),
         };
         p.overlay.create(&mut p.node, p.now, r)
     }
@@ -125,11 +126,14 @@ impl TestHost {
 
     /// Makes the in-memory kernel hold what the overlay wants now.
     pub(super) fn reconcile(&self) -> netdb_dataplane::ReconcileReport {
-        let desired = {
-            let p = self.parts();
-            p.overlay.desired(&p.node)
+        let (retired, desired) = {
+            let mut p = self.parts();
+            (p.overlay.take_retired(), p.overlay.desired(&p.node))
         };
         let kernel = self.kernel.try_lock().unwrap();
+        for veth in retired {
+            block_on(netdb_dataplane::Kernel::detach(&*kernel, &veth)).unwrap();
+        }
         block_on(netdb_dataplane::Kernel::reconcile(&*kernel, &desired)).unwrap()
     }
 

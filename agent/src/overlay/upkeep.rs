@@ -11,12 +11,13 @@ use netdb::Node;
 use netdb::SharedTable;
 use netdb::ipam::{self, Claims};
 use netdb::netdefs::{NetworkDef, Resolved};
+use netdb_dataplane as dp;
 use netdb_wire as wire;
 use prost::Message;
 
 use super::desired::decode_route;
 use super::names::Names;
-use super::{Overlay, ROUTES_TABLE, owned_key};
+use super::{Overlay, ROUTES_TABLE, endpoint_key, owned_key};
 
 impl Overlay {
     /// Keeps this host's copies of the definitions in step, follows
@@ -60,11 +61,16 @@ impl Overlay {
             }
         }
         self.drop_stale_claims(node, now, &resolved);
+        self.readdress_duplicates(node, now, &resolved);
         let names = self.publish_names(node);
         self.find_conflicts(node, &resolved, &names);
         self.kernel_changed();
     }
 
+    /// Drops this host's claims that belong to a removed definition, lost
+    /// to an older claim, or hold none of our endpoints (any more): blocks
+    /// go back to the pool as soon as they are empty, so a host holds only
+    /// as many as its endpoints fill.
     fn drop_stale_claims(&mut self, node: &mut Node, now: Duration, resolved: &Resolved) {
         let mut drop: Vec<(String, u32)> = Vec::new();
         // Each network's claims, read once however many of ours it holds.
@@ -75,29 +81,43 @@ impl Overlay {
                 continue;
             }
             let Some((net, block)) = ipam::parse_claim_id(id) else { continue };
-            let current = resolved.networks.get(net).is_some_and(|eff| {
+            let Some(eff) = resolved.networks.get(net).filter(|eff| {
                 wire::BlockClaim::decode(&e.value[..])
                     .is_ok_and(|c| (c.created, c.origin.as_str()) == eff.def.id())
+            }) else {
+                drop.push((net.to_string(), block));
+                continue;
+            };
+            let subnet = eff.subnet;
+            let in_use = self
+                .state
+                .endpoints
+                .iter()
+                .filter(|ep| ep.network == net)
+                .map(|ep| ep.ip)
+                .chain(self.pending.iter().filter(|((n, _), _)| n == net).map(|(_, p)| p.ip))
+                .any(|ip| subnet.block_of(ip) == Some(block));
+            let claims = claims_of.entry(net).or_insert_with(|| {
+                let def = &eff.def;
+                Claims::collect(
+                    net,
+                    def.id(),
+                    subnet.blocks(),
+                    node.shared_entries(SharedTable::Ipam),
+                )
             });
-            let lost = resolved.networks.get(net).is_some_and(|eff| {
-                let claims = claims_of.entry(net).or_insert_with(|| {
-                    let def = &eff.def;
-                    Claims::collect(
-                        net,
-                        def.id(),
-                        def.subnet.blocks(),
-                        node.shared_entries(SharedTable::Ipam),
-                    )
-                });
-                claims.owner(block).is_some_and(|o| o != self.me)
-                    && !self.state.endpoints.iter().any(|ep| {
-                        ep.network == net && eff.def.subnet.block_of(ep.ip) == Some(block)
-                    })
-            });
-            if !current || lost {
+            let lost = claims.owner(block).is_some_and(|o| o != self.me);
+            // The attach that made a claim comes back for it one settle
+            // delay later: a fresh claim is not idle yet.
+            let fresh = self
+                .claimed_at
+                .get(&(net.to_string(), block))
+                .is_some_and(|at| now < *at + 2 * self.settle);
+            if !in_use && (lost || !fresh) {
                 drop.push((net.to_string(), block));
             }
         }
+        let released = !drop.is_empty();
         for (net, block) in drop {
             let _ = node.delete_shared(now, SharedTable::Ipam, &ipam::claim_id(&net, block));
             self.claimed_at.remove(&(net.clone(), block));
@@ -105,6 +125,88 @@ impl Overlay {
                 saved.blocks.remove(&block);
             }
             tracing::info!(network = %net, block, "released an address block claim");
+        }
+        if released {
+            self.save(node);
+        }
+    }
+
+    /// Moves this host's endpoints off addresses that another endpoint
+    /// keeps ([`ipam::keeper`]): a partition, or a borrow racing the
+    /// block's owner, gave one address to two endpoints. The keeper's host
+    /// does nothing, every other holder's host re-addresses its own, so no
+    /// two live endpoints end up sharing an address.
+    fn readdress_duplicates(&mut self, node: &mut Node, now: Duration, resolved: &Resolved) {
+        let mine: BTreeSet<String> =
+            self.state.endpoints.iter().map(|ep| ep.network.clone()).collect();
+        // (network, endpoint, the key of the endpoint that keeps its address)
+        let mut moves: Vec<(String, String, String)> = Vec::new();
+        for net in &mine {
+            let Some(eff) = resolved.networks.get(net) else { continue };
+            let routes = node.entries(net, ROUTES_TABLE);
+            let mut by_ip: BTreeMap<Ipv4Addr, Vec<ipam::Holder<'_>>> = BTreeMap::new();
+            for (key, e) in &routes {
+                if let Some(r) = decode_route(&e.value) {
+                    let holder = ipam::Holder { key, host: &e.owner, ltime: e.ltime };
+                    by_ip.entry(r.ip).or_default().push(holder);
+                }
+            }
+            let def = &eff.def;
+            let claims = Claims::collect(
+                net,
+                def.id(),
+                eff.subnet.blocks(),
+                node.shared_entries(SharedTable::Ipam),
+            );
+            for ep in self.state.endpoints.iter().filter(|ep| ep.network == *net) {
+                let Some(holders) = by_ip.get(&ep.ip).filter(|h| h.len() > 1) else { continue };
+                let key = endpoint_key(&self.me, &ep.name);
+                if let Some(k) = ipam::keeper(&claims, &eff.subnet, ep.ip, holders)
+                    && k.key != key
+                    && !self.detaching.contains(&(net.clone(), ep.name.clone()))
+                {
+                    moves.push((net.clone(), ep.name.clone(), k.key.to_string()));
+                }
+            }
+        }
+        for (net, name, kept_by) in moves {
+            let Some(eff) = resolved.networks.get(&net) else { continue };
+            let used = self.used_addresses(node, &net);
+            let ip = match self.allocate(node, now, eff, &used) {
+                Ok(Some(ip)) => ip,
+                // A block claim is settling: the next pass moves it.
+                Ok(None) => {
+                    self.dirty = true;
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(network = %net, endpoint = %name, error = %e, "cannot re-address an endpoint whose address another keeps");
+                    continue;
+                }
+            };
+            let host_ifname = self.host_ifname(&net, &name);
+            let Some(ep) =
+                self.state.endpoints.iter_mut().find(|ep| ep.network == net && ep.name == name)
+            else {
+                continue;
+            };
+            let old = ep.ip;
+            ep.ip = ip;
+            ep.mac = dp::Mac::from_ipv4(ip).to_string();
+            let retired = std::mem::replace(&mut ep.host_ifname, host_ifname);
+            let ep = ep.clone();
+            self.retired.push(retired);
+            if let Err(e) = self.publish(node, now, &ep) {
+                tracing::warn!(network = %net, endpoint = %name, error = %e, "cannot publish a re-addressed endpoint");
+            }
+            self.save(node);
+            let text = format!(
+                "endpoint {name} of network {net} on {} re-addressed from {old} to {ip}: {kept_by} keeps {old}",
+                self.me
+            );
+            tracing::warn!(network = %net, endpoint = %name, %old, new = %ip, keeper = %kept_by, "endpoint re-addressed");
+            self.conflicts_seen += 1;
+            self.notices.push((net.clone(), text));
         }
     }
 
@@ -129,7 +231,7 @@ impl Overlay {
             let claims = Claims::collect(
                 net,
                 eff.def.id(),
-                eff.def.subnet.blocks(),
+                eff.subnet.blocks(),
                 node.shared_entries(SharedTable::Ipam),
             );
             for (block, claimers) in claims.contested() {
@@ -286,5 +388,98 @@ mod tests {
         let text = format!("address {ip} of network blue is used by h1/web and h2/imposter");
         assert_eq!(a.overlay.take_notices(), [("blue".to_string(), text)]);
         assert_eq!(a.overlay.conflicts_seen(), 1);
+    }
+
+    #[test]
+    fn an_address_given_twice_across_a_partition_is_moved_off_the_younger_holder_after_heal() {
+        let nss: Vec<Temp> = (0..3).map(|i| Temp::netns(&format!("dup-{i}"))).collect();
+        let (_da, _db, a, b) = pair("dup", |a| {
+            a.attach(attach_req("blue", "one", &nss[0].0)).unwrap();
+        });
+        let two = b.attach(attach_req("blue", "two", &nss[1].0)).unwrap();
+        for h in [&a, &b] {
+            let until = h.now() + Duration::from_secs(30);
+            isolate(&mut h.parts(), until);
+        }
+        // h1 cannot see h2's endpoint while apart: the address looks free.
+        let dup = super::super::Attach {
+            ip: Some(two.ip.clone()),
+            ..attach_req("blue", "dup", &nss[2].0)
+        };
+        a.attach(dup).unwrap();
+        a.reconcile();
+
+        let (mut ga, mut gb) = (a.parts(), b.parts());
+        let (pa, pb) = (&mut *ga, &mut *gb);
+        let until = pa.now.max(pb.now) + Duration::from_secs(60);
+        exchange(pa, pb, until);
+        pb.overlay.maintain(&mut pb.node, pb.now);
+        assert!(
+            !pb.overlay.take_notices().iter().any(|(_, t)| t.contains("re-addressed")),
+            "h2 owns the block: its endpoint keeps the address"
+        );
+        pa.overlay.maintain(&mut pa.node, pa.now);
+        let moved = pa.overlay.find("blue", "dup").unwrap().clone();
+        assert_ne!(moved.ip.to_string(), two.ip);
+        let text = format!(
+            "endpoint dup of network blue on h1 re-addressed from {} to {}: h2/two keeps {}",
+            two.ip, moved.ip, two.ip
+        );
+        assert!(pa.overlay.take_notices().contains(&("blue".to_string(), text)));
+        let until = pa.now + Duration::from_secs(10);
+        exchange(pa, pb, until);
+        for p in [&mut *pa, &mut *pb] {
+            let mut ips: Vec<Ipv4Addr> = p
+                .node
+                .entries("blue", ROUTES_TABLE)
+                .into_iter()
+                .filter_map(|(_, e)| decode_route(&e.value).map(|r| r.ip))
+                .collect();
+            assert_eq!(ips.len(), 3);
+            ips.sort();
+            ips.dedup();
+            assert_eq!(ips.len(), 3, "no address held twice on {}", p.overlay.me);
+            p.overlay.maintain(&mut p.node, p.now);
+            assert!(p.overlay.take_notices().is_empty(), "settled on {}", p.overlay.me);
+        }
+        drop((ga, gb));
+        // The kernel follows: the old veth goes, the endpoint is wired
+        // again under its new address.
+        let r = a.reconcile();
+        assert_eq!(r.failed, 0, "{r:?}");
+        let wired = a.kernel.try_lock().unwrap().endpoints();
+        let dup_wired: Vec<_> = wired.values().filter(|e| e.netns == nss[2].0).collect();
+        assert_eq!(dup_wired.len(), 1);
+        assert_eq!((dup_wired[0].ip, &dup_wired[0].host_ifname), (moved.ip, &moved.host_ifname));
+    }
+
+    #[test]
+    fn the_blocks_of_a_host_that_left_or_stayed_failed_past_the_grace_return_to_the_pool() {
+        for departure in ["left", "failed"] {
+            let ns = Temp::netns(&format!("gone-{departure}"));
+            let (_da, _db, a, b) = pair(&format!("gone-{departure}"), |_| {});
+            b.attach(attach_req("blue", "two", &ns.0)).unwrap();
+            let (mut pa, mut pb) = (a.parts(), b.parts());
+            let until = pa.now.max(pb.now) + Duration::from_secs(10);
+            exchange(&mut pa, &mut pb, until);
+            let held = |p: &super::super::testing::Parts| {
+                p.node
+                    .shared_entries(SharedTable::Ipam)
+                    .iter()
+                    .any(|(k, e)| k.ends_with("/h2") && !e.deleted)
+            };
+            assert!(held(&pa), "h1 knows h2's claim");
+            if departure == "left" {
+                let now = pb.now;
+                pb.node.leave(now);
+                let until = now + Duration::from_secs(5);
+                exchange(&mut pa, &mut pb, until);
+            } else {
+                let grace = netdb::Config::default().failed_grace;
+                let until = pa.now + grace + Duration::from_secs(60);
+                isolate(&mut pa, until);
+            }
+            assert!(!held(&pa), "h2's block is free again on h1 after it {departure}");
+        }
     }
 }
