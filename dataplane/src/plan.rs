@@ -228,7 +228,7 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
 mod tests {
     use super::*;
     use crate::Remote;
-    use crate::testing::{egress_endpoint, ip, network, remote};
+    use crate::testing::{egress_endpoint, endpoint_at, ip, network, remote};
 
     fn observed_from(desired: &Desired) -> Observed {
         let mut o = Observed::default();
@@ -300,16 +300,7 @@ mod tests {
     fn lost_and_detached_veths_are_wired_again() {
         let mut net = network(&[]);
         for name in ["ndve1", "ndve2", "ndve3"] {
-            let ep = Endpoint {
-                netns: "/run/netns/x".into(),
-                ifname: "eth0".into(),
-                host_ifname: name.into(),
-                ip: ip(2),
-                prefix: 24,
-                mac: Mac::from_ipv4(ip(2)),
-                egress: None,
-            };
-            net.endpoints.insert(name.into(), ep);
+            net.endpoints.insert(name.into(), endpoint_at(name, "/run/netns/x", 2));
         }
         let desired: Desired = [(4096, net)].into();
         let mut o = observed_from(&desired);
@@ -419,16 +410,7 @@ mod tests {
     fn a_gone_namespace_is_orphaned_and_a_lost_veth_is_repaired() {
         let mut net = network(&[]);
         for (name, netns) in [("ndve1", "/run/netns/alive"), ("ndve2", "/run/netns/gone")] {
-            let ep = Endpoint {
-                netns: netns.into(),
-                ifname: "eth0".into(),
-                host_ifname: name.into(),
-                ip: ip(2),
-                prefix: 24,
-                mac: Mac::from_ipv4(ip(2)),
-                egress: None,
-            };
-            net.endpoints.insert(name.into(), ep);
+            net.endpoints.insert(name.into(), endpoint_at(name, netns, 2));
         }
         let desired: Desired = [(4096, net)].into();
         // Both veths lost; one namespace still there, the other deleted.
@@ -454,16 +436,7 @@ mod tests {
         let gone = here.with_extension("gone");
         let mut net = network(&[]);
         for (name, netns) in [("ndve1", &here), ("ndve2", &gone)] {
-            let ep = Endpoint {
-                netns: netns.clone(),
-                ifname: "eth0".into(),
-                host_ifname: name.into(),
-                ip: ip(2),
-                prefix: 24,
-                mac: Mac::from_ipv4(ip(2)),
-                egress: None,
-            };
-            net.endpoints.insert(name.into(), ep);
+            net.endpoints.insert(name.into(), endpoint_at(name, netns, 2));
         }
         let desired: Desired = [(4096, net)].into();
         assert_eq!(gone_namespaces(&desired), BTreeSet::from([gone]));

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use crate::{Egress, Endpoint, Mac, Network, Publish, Remote};
 
@@ -28,16 +29,24 @@ pub(crate) fn network(remotes: &[Remote]) -> Network {
     }
 }
 
-/// A local endpoint 10.0.0.`last` with a way out: 198.18.0.`last` behind
-/// gateway 198.18.0.1/16, publishing `publish`.
-pub(crate) fn egress_endpoint(host_ifname: &str, last: u8, publish: &[Publish]) -> Endpoint {
+/// A local endpoint 10.0.0.`last` (veth `host_ifname`) in namespace
+/// `netns`, with no way out (an internal network's).
+pub(crate) fn endpoint_at(host_ifname: &str, netns: impl AsRef<Path>, last: u8) -> Endpoint {
     Endpoint {
-        netns: "/run/netns/x".into(),
+        netns: netns.as_ref().to_path_buf(),
         ifname: "eth0".into(),
         host_ifname: host_ifname.into(),
         ip: ip(last),
         prefix: 24,
         mac: Mac::from_ipv4(ip(last)),
+        egress: None,
+    }
+}
+
+/// A local endpoint 10.0.0.`last` with a way out: 198.18.0.`last` behind
+/// gateway 198.18.0.1/16, publishing `publish`.
+pub(crate) fn egress_endpoint(host_ifname: &str, last: u8, publish: &[Publish]) -> Endpoint {
+    Endpoint {
         egress: Some(Egress {
             ifname: "gweth0".into(),
             ip: Ipv4Addr::new(198, 18, 0, last),
@@ -45,5 +54,6 @@ pub(crate) fn egress_endpoint(host_ifname: &str, last: u8, publish: &[Publish]) 
             prefix: 16,
             publish: publish.to_vec(),
         }),
+        ..endpoint_at(host_ifname, "/run/netns/x", last)
     }
 }
