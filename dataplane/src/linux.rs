@@ -67,6 +67,11 @@ impl Linux {
         &self.conn.handle
     }
 
+    /// One link change, its error naming `what` was done.
+    async fn set_link(&self, msg: LinkMessage, what: impl Into<String>) -> Result<(), Error> {
+        self.handle().link().set(msg).execute().await.map_err(|e| Error::netlink(what, e))
+    }
+
     /// Reads our devices and their entries back from the kernel.
     pub async fn observe(&self) -> Result<Observed, Error> {
         let mut out = Observed::default();
@@ -347,12 +352,7 @@ impl Linux {
             (_, other) => return Err(other.not_ours(vx, "VXLAN device")),
         };
         let up = LinkUnspec::new_with_index(vx_ix).controller(br_ix).up().build();
-        self.handle()
-            .link()
-            .set(up)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("set {vx} up"), e))?;
+        self.set_link(up, format!("set {vx} up")).await?;
         Ok(vx_ix)
     }
 
@@ -393,12 +393,11 @@ impl Linux {
             .map_err(|e| {
             Error::netlink(format!("add address {addr}/{prefix} to {GATEWAY_BRIDGE}"), e)
         })?;
-        self.handle()
-            .link()
-            .set(LinkUnspec::new_with_index(ix).up().build())
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(format!("set {GATEWAY_BRIDGE} up"), e))?;
+        self.set_link(
+            LinkUnspec::new_with_index(ix).up().build(),
+            format!("set {GATEWAY_BRIDGE} up"),
+        )
+        .await?;
         Ok(ix)
     }
 
@@ -408,12 +407,7 @@ impl Linux {
     async fn gateway_port(&self, name: &str, bridge: u32) -> Result<(), Error> {
         let what = |step: &str| format!("{step} {name} on {GATEWAY_BRIDGE}");
         let enslave = LinkUnspec::new_with_name(name).controller(bridge).up().build();
-        self.handle()
-            .link()
-            .set(enslave)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(what("enslave"), e))?;
+        self.set_link(enslave, what("enslave")).await?;
         let ix = self.index(name).await?.ok_or_else(|| gone(name))?;
         let isolated =
             LinkBridgePort::new(ix).append_info_data(InfoBridgePort::Isolated(true)).build();
@@ -490,12 +484,7 @@ impl Linux {
         self.add_veth(&host, &peer, None).await?;
         let move_peer =
             LinkUnspec::new_with_name(&peer).setns_by_fd(netns_file.as_raw_fd()).build();
-        self.handle()
-            .link()
-            .set(move_peer)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(what("move veth"), e))?;
+        self.set_link(move_peer, what("move veth")).await?;
         self.gateway_port(&host, bridge).await?;
         let h = &inside.handle;
         let ix = index_in(h, &peer).await?.ok_or_else(|| gone(&peer))?;
@@ -535,19 +524,9 @@ impl Linux {
     ) -> Result<(), Error> {
         let what = |step: &str| format!("{step} for endpoint {}", ep.host_ifname);
         let move_peer = LinkUnspec::new_with_name(peer).setns_by_fd(netns_file.as_raw_fd()).build();
-        self.handle()
-            .link()
-            .set(move_peer)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(what("move veth"), e))?;
+        self.set_link(move_peer, what("move veth")).await?;
         let host_side = LinkUnspec::new_with_name(&ep.host_ifname).controller(bridge).up().build();
-        self.handle()
-            .link()
-            .set(host_side)
-            .execute()
-            .await
-            .map_err(|e| Error::netlink(what("enslave veth"), e))?;
+        self.set_link(host_side, what("enslave veth")).await?;
         let h = &inside.handle;
         let ix = index_in(h, peer).await?.ok_or_else(|| gone(peer))?;
         let setup = LinkUnspec::new_with_index(ix)
