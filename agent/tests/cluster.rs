@@ -1156,3 +1156,137 @@ fn forty_hosts_share_a_slash_24_and_a_new_host_reuses_the_addresses_of_one_that_
     assert!(pooled[0].parse::<Subnet>().unwrap().usable(a1.parse().unwrap()));
     until("p3 to ping p1 on the pool network", Duration::from_secs(15), || c.ping("p3", &a1));
 }
+
+/// Endpoints as host `h` lists them, without the fields only the owning
+/// host fills in (the container's namespace, interface, gateway, ...), sorted.
+fn shared_endpoints(c: &Cluster, h: usize) -> Vec<Value> {
+    let mut eps: Vec<Value> = c.json(h, &["endpoint", "ls"]).as_array().unwrap().clone();
+    for e in &mut eps {
+        let e = e.as_object_mut().unwrap();
+        for local in ["local", "netns", "netns_missing", "ifname", "gateway_ip", "publish"] {
+            e.remove(local);
+        }
+    }
+    eps.sort_by_key(|e| (e["network"].to_string(), e["name"].to_string()));
+    eps
+}
+
+/// The invariants after a heal: every host lists the same endpoints, sees
+/// every member alive, and h1c1 pings every container by address. How long
+/// they took to hold.
+fn converged(c: &Cluster, eps: &[Ep], after: &str) -> Duration {
+    let mut last = String::new();
+    let start = Instant::now();
+    while !invariants_hold(c, eps, &mut last) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no convergence after {after}: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    eprintln!("{after}: converged {took:?} after the heal");
+    took
+}
+
+/// Whether the invariants hold; `why` says which failed.
+fn invariants_hold(c: &Cluster, eps: &[Ep], why: &mut String) -> bool {
+    let first = shared_endpoints(c, 1);
+    for h in 1..=3 {
+        let listed = shared_endpoints(c, h);
+        if listed.len() != eps.len() || listed != first {
+            *why = format!("h{h} lists {listed:?}, h1 {first:?}");
+            return false;
+        }
+        let members = c.json(h, &["members"]);
+        let all = members.as_array().unwrap();
+        if all.len() != 3 || all.iter().any(|m| m["state"] != "alive") {
+            *why = format!("h{h}'s members: {members}");
+            return false;
+        }
+    }
+    if let Some(e) = eps.iter().find(|e| !c.ping("h1c1", &e.2)) {
+        *why = format!("h1c1 does not reach {}", e.0);
+        return false;
+    }
+    true
+}
+
+/// Faults with their heals, on real agents: a paused agent and packet
+/// loss; after each heal the tables, the members and the data plane agree
+/// again. (The partition into groups is the next test's.)
+#[test]
+fn faults_heal_and_the_tables_converge_again() {
+    if !allowed("faults_heal_and_the_tables_converge_again") {
+        return;
+    }
+    // A stub upstream on every host, so that names the tables do not hold
+    // fail fast instead of timing out.
+    let c = Cluster::up_with(
+        "ndcf",
+        "10.251.0",
+        &["--hosts", "3", "--containers", "1"],
+        &["--dns-upstream", "127.0.0.1:5300", "--dns-rate-limit", "0"],
+    );
+    let _stubs: Vec<StubResolver> = (1..=3).map(|h| c.stub_resolver(h)).collect();
+    let eps = all_endpoints_everywhere(&c, 3);
+    let ip = |name: &str| eps.iter().find(|e| e.0 == name).unwrap().2.clone();
+    until("h1c1 to resolve h2c1", Duration::from_secs(20), || {
+        c.resolve("h1c1", "h2c1") == Some(vec![ip("h2c1")])
+    });
+    converged(&c, &eps, "the start");
+
+    // A paused agent, for at least 4 s and until h1 holds it suspect or
+    // failed and no longer answers its container's name.
+    c.pause(2);
+    let paused = Instant::now();
+    let took = until("h1 to stop trusting the paused h2", Duration::from_secs(30), || {
+        let members = c.json(1, &["members"]);
+        let h2 = members.as_array().unwrap().iter().find(|m| m["name"] == "h2").cloned();
+        h2.is_some_and(|m| m["state"] != "alive") && c.resolve("h1c1", "h2c1").is_none()
+    });
+    eprintln!("a paused h2 was distrusted and its name stopped resolving in {took:?}");
+    if let Some(rest) = Duration::from_secs(4).checked_sub(paused.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    c.resume(2);
+    converged(&c, &eps, "resuming h2");
+    until("h1c1 to resolve h2c1 again", Duration::from_secs(30), || {
+        c.resolve("h1c1", "h2c1") == Some(vec![ip("h2c1")])
+    });
+
+    // 30% of what h3 receives dropped, for a few seconds.
+    c.loss(3, 30);
+    std::thread::sleep(Duration::from_secs(5));
+    c.clear_faults();
+    converged(&c, &eps, "the loss on h3");
+}
+
+/// A partition into groups ({h1} against {h2, h3}), then its heal: the
+/// same invariants must hold again.
+#[test]
+#[ignore = "finding: after this heal one member stays suspect on another host for over 60 s \
+            (every run here); run with --ignored once the membership fix lands"]
+fn a_healed_partition_into_groups_converges_again() {
+    if !allowed("a_healed_partition_into_groups_converges_again") {
+        return;
+    }
+    let c = Cluster::up_with(
+        "ndcp",
+        "10.252.0",
+        &["--hosts", "3", "--containers", "1"],
+        &["--dns-upstream", "127.0.0.1:5300", "--dns-rate-limit", "0"],
+    );
+    let eps = all_endpoints_everywhere(&c, 3);
+    let ip = |name: &str| eps.iter().find(|e| e.0 == name).unwrap().2.clone();
+    converged(&c, &eps, "the start");
+
+    // {h1} against {h2, h3}: h1 loses sight of both, then heals.
+    c.partition(&[&[1], &[2, 3]]);
+    let took = until("h1 to see h2 and h3 not alive", Duration::from_secs(30), || {
+        let members = c.json(1, &["members"]);
+        let members = members.as_array().unwrap();
+        members.iter().filter(|m| m["name"] != "h1").all(|m| m["state"] != "alive")
+    });
+    eprintln!("the partition was noticed in {took:?}");
+    assert!(!c.ping("h1c1", &ip("h2c1")), "h1c1 reaches h2c1 across the partition");
+    c.heal();
+    converged(&c, &eps, "the partition's heal");
+}

@@ -7,6 +7,8 @@
 #![allow(dead_code)]
 
 use std::collections::BTreeSet;
+use std::io::Write;
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
@@ -71,7 +73,9 @@ impl Cluster {
             underlay: underlay.into(),
             agent_args: [&[AGENT_ARGS], agent_args].concat().join(" "),
         };
+        sweep_stale_runs(prefix);
         c.script(&["down"]);
+        sweep_resolver_dirs(prefix);
         let o = c.script(&[&["up"], args].concat());
         assert!(o.status.success(), "scripts/cluster up failed: {}", text(&o));
         c
@@ -273,6 +277,119 @@ impl Cluster {
         Some(lines.collect())
     }
 
+    fn agent_pid(&self, h: usize) -> String {
+        let pidfile = format!("{}/h{h}.pid", self.dir);
+        std::fs::read_to_string(&pidfile).unwrap_or_else(|e| panic!("{pidfile}: {e}")).trim().into()
+    }
+
+    /// Pauses host `h`'s agent (SIGSTOP), as a host stalled under load:
+    /// its process and sockets stay, it answers nothing. Healed by
+    /// [`Cluster::resume`].
+    pub(crate) fn pause(&self, h: usize) {
+        ok("kill", &["-STOP", &self.agent_pid(h)]);
+    }
+
+    /// Resumes host `h`'s paused agent (SIGCONT).
+    pub(crate) fn resume(&self, h: usize) {
+        ok("kill", &["-CONT", &self.agent_pid(h)]);
+    }
+
+    // Frame-dropping faults live in one place, the switch namespace, as
+    // `bridge` family nftables tables named `netdb_chaos*` on its forward
+    // hook: the host namespaces, where the agent keeps its own nftables
+    // (SNAT, published ports), stay untouched; one rule per pair of groups
+    // cuts both directions; the hosts' links stay up, so to them it looks
+    // like a real partition (frames vanish, no carrier loss, unlike
+    // `underlay_link`); and a heal is one table deleted. The switch's ports
+    // are named after their hosts: `h1`, `h2`, ...
+
+    /// Runs an nftables script in the switch namespace.
+    fn switch_nft(&self, script: &str) {
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &self.ns("sw"), "nft", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run nft");
+        child.stdin.take().unwrap().write_all(script.as_bytes()).expect("write to nft");
+        let o = child.wait_with_output().expect("wait for nft");
+        assert!(o.status.success(), "nft -f - in the switch: {}\n{script}", text(&o));
+    }
+
+    /// Removes the switch's table `name` if it is there (adding an empty
+    /// table is a no-op when it exists).
+    fn drop_table(&self, name: &str) {
+        self.switch_nft(&format!("table bridge {name}\ndelete table bridge {name}\n"));
+    }
+
+    /// Splits the hosts into `groups`: the switch drops every frame between
+    /// hosts of different groups (a host in no group still reaches all).
+    /// Replaces an earlier partition; healed by [`Cluster::heal`].
+    pub(crate) fn partition(&self, groups: &[&[usize]]) {
+        self.heal();
+        let ports =
+            |g: &[usize]| g.iter().map(|h| format!("\"h{h}\"")).collect::<Vec<_>>().join(", ");
+        let mut rules = String::new();
+        for (i, from) in groups.iter().enumerate() {
+            for (j, to) in groups.iter().enumerate() {
+                if i != j && !from.is_empty() && !to.is_empty() {
+                    rules += &format!(
+                        "        iifname {{ {} }} oifname {{ {} }} drop\n",
+                        ports(from),
+                        ports(to)
+                    );
+                }
+            }
+        }
+        self.switch_nft(&format!(
+            "table bridge netdb_chaos {{\n    chain filter {{\n        \
+             type filter hook forward priority 0; policy accept;\n{rules}    }}\n}}\n"
+        ));
+    }
+
+    /// Ends the partition.
+    pub(crate) fn heal(&self) {
+        self.drop_table("netdb_chaos");
+    }
+
+    /// Drops `percent` of the frames host `h` receives on its underlay
+    /// (`numgen random`, at the switch port towards it); 0 ends it.
+    pub(crate) fn loss(&self, h: usize, percent: u32) {
+        assert!(percent <= 100, "loss of {percent}%");
+        let table = format!("netdb_chaos_loss_h{h}");
+        self.drop_table(&table);
+        if percent > 0 {
+            self.switch_nft(&format!(
+                "table bridge {table} {{\n    chain filter {{\n        \
+                 type filter hook forward priority 0; policy accept;\n        \
+                 oifname \"h{h}\" numgen random mod 100 < {percent} drop\n    }}\n}}\n"
+            ));
+        }
+    }
+
+    /// Ends every fault: every chaos table of the switch removed, every
+    /// paused agent resumed (SIGCONT does nothing to a running one).
+    pub(crate) fn clear_faults(&self) {
+        let o = run("ip", &["netns", "exec", &self.ns("sw"), "nft", "list", "tables", "bridge"]);
+        assert!(o.status.success(), "nft list tables: {}", text(&o));
+        for line in String::from_utf8_lossy(&o.stdout).lines() {
+            if let Some(name) = line.strip_prefix("table bridge ") {
+                if name.starts_with("netdb_chaos") {
+                    self.drop_table(name);
+                }
+            }
+        }
+        for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
+            let path = entry.path();
+            if path.extension().is_some_and(|e| e == "pid") {
+                if let Ok(pid) = std::fs::read_to_string(&path) {
+                    run("kill", &["-CONT", pid.trim()]);
+                }
+            }
+        }
+    }
+
     pub(crate) fn kill(&self, h: usize) {
         let pid = std::fs::read_to_string(format!("{}/h{h}.pid", self.dir)).unwrap();
         ok("kill", &["-9", pid.trim()]);
@@ -292,6 +409,50 @@ impl Cluster {
             s += &format!("--- h{h}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
         }
         s
+    }
+}
+
+/// Kills the agents a crashed earlier run with `prefix` left, and removes
+/// its directory: each run keeps its pidfiles in
+/// `/tmp/netdb-test-PREFIX-PID`, PID the test process's; a directory whose
+/// test process is gone (or is this one: the pid was reused) is stale.
+/// `scripts/cluster down` then removes the namespaces.
+fn sweep_stale_runs(prefix: &str) {
+    let stem = format!("netdb-test-{prefix}-");
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&stem).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid != me && Path::new(&format!("/proc/{pid}")).exists() {
+            continue;
+        }
+        for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+            let path = file.path();
+            if path.extension().is_none_or(|e| e != "pid") {
+                continue;
+            }
+            let Ok(agent) = std::fs::read_to_string(&path) else { continue };
+            let agent = agent.trim();
+            // Only a netdb process: the pid may have been reused since.
+            let comm = std::fs::read_to_string(format!("/proc/{agent}/comm")).unwrap_or_default();
+            if comm.trim() == "netdb" {
+                run("kill", &["-9", agent]);
+            }
+        }
+        let _ = std::fs::remove_dir_all(entry.path());
+    }
+}
+
+/// Removes `/etc/netns/PREFIX-*`, the containers' resolver configuration
+/// (`ip netns exec` mounts it) a crashed run left behind.
+fn sweep_resolver_dirs(prefix: &str) {
+    let stem = format!("{prefix}-");
+    for entry in std::fs::read_dir("/etc/netns").into_iter().flatten().flatten() {
+        if entry.file_name().to_string_lossy().starts_with(&stem) {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
     }
 }
 
