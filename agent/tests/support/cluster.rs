@@ -374,18 +374,18 @@ impl Cluster {
         let o = run("ip", &["netns", "exec", &self.ns("sw"), "nft", "list", "tables", "bridge"]);
         assert!(o.status.success(), "nft list tables: {}", text(&o));
         for line in String::from_utf8_lossy(&o.stdout).lines() {
-            if let Some(name) = line.strip_prefix("table bridge ") {
-                if name.starts_with("netdb_chaos") {
-                    self.drop_table(name);
-                }
+            if let Some(name) = line.strip_prefix("table bridge ")
+                && name.starts_with("netdb_chaos")
+            {
+                self.drop_table(name);
             }
         }
         for entry in std::fs::read_dir(&self.dir).into_iter().flatten().flatten() {
             let path = entry.path();
-            if path.extension().is_some_and(|e| e == "pid") {
-                if let Ok(pid) = std::fs::read_to_string(&path) {
-                    run("kill", &["-CONT", pid.trim()]);
-                }
+            if path.extension().is_some_and(|e| e == "pid")
+                && let Ok(pid) = std::fs::read_to_string(&path)
+            {
+                run("kill", &["-CONT", pid.trim()]);
             }
         }
     }
