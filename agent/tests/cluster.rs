@@ -5,345 +5,18 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netdb::ipam::{Claims, Subnet};
 use serde_json::Value;
 use support::allowed;
+use support::cluster::{
+    BIN, Cluster, Ep, StubResolver, all_endpoints_everywhere, all_endpoints_everywhere_of, ok, run,
+    text, until,
+};
 
 mod support;
-
-const BIN: &str = env!("CARGO_BIN_EXE_netdb");
-const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/cluster");
-
-fn text(o: &Output) -> String {
-    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
-}
-
-fn run(cmd: &str, args: &[&str]) -> Output {
-    Command::new(cmd).args(args).output().unwrap_or_else(|e| panic!("run {cmd}: {e}"))
-}
-
-fn ok(cmd: &str, args: &[&str]) -> String {
-    let o = run(cmd, args);
-    assert!(o.status.success(), "{cmd} {args:?} failed: {}", text(&o));
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-/// Waits until `f` holds; returns how long it took.
-fn until(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) -> Duration {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < deadline, "timed out after {deadline:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    start.elapsed()
-}
-
-/// (name, host, ip, mac) of an endpoint.
-type Ep = (String, String, String, String);
-/// Kernel entries as (MAC, destination) or (IP, MAC) pairs.
-type Pairs = BTreeSet<(String, String)>;
-
-/// Every test's agents get these flags; a test may add its own.
-const AGENT_ARGS: &str = "--reconcile-interval 1s --log info,netdb=debug";
-
-struct Cluster {
-    prefix: String,
-    dir: String,
-    underlay: String,
-    agent_args: String,
-}
-
-impl Cluster {
-    fn up(prefix: &str, underlay: &str, args: &[&str]) -> Cluster {
-        Cluster::up_with(prefix, underlay, args, &[])
-    }
-
-    /// A cluster whose agents (restarts included) also get `agent_args`.
-    fn up_with(prefix: &str, underlay: &str, args: &[&str], agent_args: &[&str]) -> Cluster {
-        let c = Cluster {
-            prefix: prefix.into(),
-            dir: format!("/tmp/netdb-test-{prefix}-{}", std::process::id()),
-            underlay: underlay.into(),
-            agent_args: [&[AGENT_ARGS], agent_args].concat().join(" "),
-        };
-        c.script(&["down"]);
-        let o = c.script(&[&["up"], args].concat());
-        assert!(o.status.success(), "scripts/cluster up failed: {}", text(&o));
-        c
-    }
-
-    fn script(&self, args: &[&str]) -> Output {
-        Command::new("bash")
-            .arg(SCRIPT)
-            .args(args)
-            .env("NETDB_BIN", BIN)
-            .env("NETDB_CLUSTER_PREFIX", &self.prefix)
-            .env("NETDB_CLUSTER_DIR", &self.dir)
-            .env("NETDB_CLUSTER_UNDERLAY", &self.underlay)
-            .env("NETDB_CLUSTER_AGENT_ARGS", &self.agent_args)
-            .output()
-            .expect("run scripts/cluster")
-    }
-
-    fn cli(&self, h: usize, args: &[&str]) -> Output {
-        let api = format!("unix:{}/h{h}.sock", self.dir);
-        Command::new(BIN).args(["--api", &api]).args(args).output().expect("run netdb")
-    }
-
-    fn json(&self, h: usize, args: &[&str]) -> Value {
-        let o = self.cli(h, &[args, &["-o", "json"]].concat());
-        assert!(o.status.success(), "netdb {args:?} on h{h}: {}", text(&o));
-        serde_json::from_slice(&o.stdout).expect("JSON output")
-    }
-
-    /// The error a command must fail with.
-    fn refused(&self, h: usize, args: &[&str]) -> String {
-        let o = self.cli(h, args);
-        assert!(!o.status.success(), "netdb {args:?} should have failed: {}", text(&o));
-        String::from_utf8_lossy(&o.stderr).into_owned()
-    }
-
-    fn ns(&self, name: &str) -> String {
-        format!("{}-{name}", self.prefix)
-    }
-
-    fn ping(&self, from: &str, ip: &str) -> bool {
-        run("ip", &["netns", "exec", &self.ns(from), "ping", "-c", "1", "-W", "1", ip])
-            .status
-            .success()
-    }
-
-    /// Endpoints as host `h` lists them: (name, host, ip, mac).
-    fn endpoints(&self, h: usize) -> Vec<Ep> {
-        self.json(h, &["endpoint", "ls"])
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|e| {
-                let s = |k: &str| e[k].as_str().unwrap().to_string();
-                (s("name"), s("host"), s("ip"), s("mac"))
-            })
-            .collect()
-    }
-
-    fn underlay_ip(&self, host: &str) -> String {
-        // "h3" → 3: the host's number after its one-letter prefix.
-        let mut number = host.chars();
-        number.next();
-        format!("{}.{}", self.underlay, number.as_str())
-    }
-
-    /// FDB entries of our VXLAN device in host `h`: (MAC, destination).
-    fn fdb(&self, h: usize, vni: u64) -> Pairs {
-        let out = run(
-            "bridge",
-            &["-n", &self.ns(&format!("h{h}")), "fdb", "show", "dev", &format!("ndvx{vni}")],
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains(" self "))
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                let dst = w.iter().position(|x| *x == "dst")?;
-                Some((w[0].to_string(), w.get(dst + 1)?.to_string()))
-            })
-            .collect()
-    }
-
-    /// Permanent neighbor entries of our VXLAN device in host `h`: (IP, MAC).
-    fn neigh(&self, h: usize, vni: u64) -> Pairs {
-        let out = run(
-            "ip",
-            &["-n", &self.ns(&format!("h{h}")), "neigh", "show", "dev", &format!("ndvx{vni}")],
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("PERMANENT"))
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                Some((w.first()?.to_string(), w.get(2)?.to_string()))
-            })
-            .collect()
-    }
-
-    /// What host `h`'s kernel must hold given `endpoints` (every endpoint
-    /// of the cluster): one FDB and one neighbor entry per remote one.
-    fn expected(&self, h: usize, endpoints: &[Ep]) -> (Pairs, Pairs) {
-        let me = format!("h{h}");
-        let remote = endpoints.iter().filter(|e| e.1 != me);
-        let fdb = remote.clone().map(|e| (e.3.clone(), self.underlay_ip(&e.1))).collect();
-        let neigh = remote.map(|e| (e.2.clone(), e.3.clone())).collect();
-        (fdb, neigh)
-    }
-
-    fn in_step(&self, h: usize, vni: u64, endpoints: &[Ep]) -> bool {
-        let (fdb, neigh) = self.expected(h, endpoints);
-        self.fdb(h, vni) == fdb && self.neigh(h, vni) == neigh
-    }
-
-    /// Cuts host `h` off the underlay (a partition), or puts it back.
-    fn underlay_link(&self, h: usize, up: bool) {
-        let state = if up { "up" } else { "down" };
-        ok("ip", &["-n", &self.ns(&format!("h{h}")), "link", "set", "eth0", state]);
-    }
-
-    /// Adds the container namespace `name` and attaches it on host `h`;
-    /// its address.
-    fn attach(&self, h: usize, network: &str, name: &str, extra: &[&str]) -> String {
-        ok("ip", &["netns", "add", &self.ns(name)]);
-        let netns = format!("/run/netns/{}", self.ns(name));
-        let args = [&["endpoint", "attach", network, name, "--netns", &netns], extra].concat();
-        self.json(h, &args)["ip"].as_str().expect("attach lists the address").to_string()
-    }
-
-    /// The resolver configuration `ip netns exec` gives a container.
-    fn resolv_conf(&self, container: &str) -> std::path::PathBuf {
-        format!("/etc/netns/{}/resolv.conf", self.ns(container)).into()
-    }
-
-    /// `getent DB KEY` in a container: the first two columns of each line,
-    /// or `None` when the key is not found.
-    fn getent(&self, container: &str, db: &str, key: &str) -> Option<Vec<(String, String)>> {
-        let o = run("ip", &["netns", "exec", &self.ns(container), "getent", db, key]);
-        match o.status.code() {
-            Some(0) => Some(
-                String::from_utf8_lossy(&o.stdout)
-                    .lines()
-                    .filter_map(|l| {
-                        let mut w = l.split_whitespace().map(String::from);
-                        Some((w.next()?, w.next().unwrap_or_default()))
-                    })
-                    .collect(),
-            ),
-            Some(2) => None,
-            _ => panic!("getent {db} {key} in {container}: {}", text(&o)),
-        }
-    }
-
-    /// The addresses a container's resolver gives for `name`, in order.
-    fn resolve(&self, container: &str, name: &str) -> Option<Vec<String>> {
-        Some(self.getent(container, "hosts", name)?.into_iter().map(|(ip, _)| ip).collect())
-    }
-
-    /// Every IPv4 address of `name` (getaddrinfo), once each.
-    fn resolve_all(&self, container: &str, name: &str) -> Option<BTreeSet<String>> {
-        Some(self.getent(container, "ahostsv4", name)?.into_iter().map(|(ip, _)| ip).collect())
-    }
-
-    /// The name a container's resolver gives for an address (PTR).
-    fn name_of(&self, container: &str, ip: &str) -> Option<String> {
-        self.getent(container, "hosts", ip)?.into_iter().next().map(|(_, name)| name)
-    }
-
-    /// Starts the stand-in upstream resolver in host `h`'s namespace, on
-    /// 127.0.0.1:5300; it stops when dropped.
-    fn stub_resolver(&self, h: usize) -> StubResolver {
-        let log = format!("{}/stub-h{h}.log", self.dir);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(&format!("h{h}")), "python3", "-c", STUB_RESOLVER])
-            .args(["5300", &log])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start python3");
-        let mut stub = StubResolver(child);
-        until(&format!("the stub resolver in h{h} to listen"), Duration::from_secs(10), || {
-            if let Some(status) = stub.0.try_wait().unwrap() {
-                panic!("the stub resolver exited: {status}");
-            }
-            self.forwarded(h).is_some()
-        });
-        stub
-    }
-
-    /// The names the stub resolver of host `h` was asked, once it listens.
-    fn forwarded(&self, h: usize) -> Option<Vec<String>> {
-        let log = std::fs::read_to_string(format!("{}/stub-h{h}.log", self.dir)).ok()?;
-        let mut lines = log.lines().map(String::from);
-        lines.next().filter(|l| l == "ready")?;
-        Some(lines.collect())
-    }
-
-    fn kill(&self, h: usize) {
-        let pid = std::fs::read_to_string(format!("{}/h{h}.pid", self.dir)).unwrap();
-        ok("kill", &["-9", pid.trim()]);
-        std::thread::sleep(Duration::from_millis(200));
-    }
-
-    fn start(&self, h: usize) {
-        let o = self.script(&["start-agent", &h.to_string()]);
-        assert!(o.status.success(), "start-agent: {}", text(&o));
-    }
-
-    fn logs(&self) -> String {
-        let mut s = String::new();
-        for h in 1..=3 {
-            let log = std::fs::read_to_string(format!("{}/h{h}.log", self.dir)).unwrap_or_default();
-            let tail: Vec<&str> = log.lines().rev().take(40).collect();
-            s += &format!("--- h{h}\n{}\n", tail.into_iter().rev().collect::<Vec<_>>().join("\n"));
-        }
-        s
-    }
-}
-
-impl Drop for Cluster {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            eprintln!("{}", self.logs());
-        }
-        self.script(&["down"]);
-    }
-}
-
-/// A stand-in upstream resolver (UDP, `python3 -c CODE PORT LOG`): A
-/// 192.0.2.53 for `upstream.example`, an empty NOERROR for its other types,
-/// NXDOMAIN for anything else. It logs "ready" once bound, then each name
-/// it is asked.
-const STUB_RESOLVER: &str = r#"
-import socket, struct, sys
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-s.bind(("127.0.0.1", int(sys.argv[1])))
-log = open(sys.argv[2], "a", buffering=1)
-log.write("ready\n")
-while True:
-    q, peer = s.recvfrom(4096)
-    i, labels = 12, []
-    while i < len(q) and q[i]:
-        labels.append(q[i + 1 : i + 1 + q[i]].decode(errors="replace"))
-        i += 1 + q[i]
-    if len(q) < i + 5:
-        continue
-    name = ".".join(labels).lower()
-    log.write(name + "\n")
-    hit, a = name == "upstream.example", b""
-    if hit and q[i + 1 : i + 3] == b"\0\1":
-        a = b"\xc0\x0c\0\1\0\1\0\0\0\x3c\0\4" + bytes([192, 0, 2, 53])
-    head = struct.pack(">HHHHH", 0x8180 | (0 if hit else 3), 1, len(a) > 0, 0, 0)
-    s.sendto(q[:2] + head + q[12 : i + 5] + a, peer)
-"#;
-
-struct StubResolver(Child);
-
-impl Drop for StubResolver {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn all_endpoints_everywhere(c: &Cluster, n: usize) -> Vec<Ep> {
-    all_endpoints_everywhere_of(c, 3, n)
-}
-
-/// Waits until each of `hosts` hosts lists `n` endpoints; host 1's list.
-fn all_endpoints_everywhere_of(c: &Cluster, hosts: usize, n: usize) -> Vec<Ep> {
-    until(&format!("every host to list {n} endpoints"), Duration::from_secs(20), || {
-        (1..=hosts).all(|h| c.endpoints(h).len() == n)
-    });
-    c.endpoints(1)
-}
 
 #[test]
 fn three_hosts_ping_across_vxlan_and_the_kernel_follows_the_tables() {
@@ -1482,4 +1155,138 @@ fn forty_hosts_share_a_slash_24_and_a_new_host_reuses_the_addresses_of_one_that_
     c.attach(3, "auto1", "p3", &[]);
     assert!(pooled[0].parse::<Subnet>().unwrap().usable(a1.parse().unwrap()));
     until("p3 to ping p1 on the pool network", Duration::from_secs(15), || c.ping("p3", &a1));
+}
+
+/// Endpoints as host `h` lists them, without the fields only the owning
+/// host fills in (the container's namespace, interface, gateway, ...), sorted.
+fn shared_endpoints(c: &Cluster, h: usize) -> Vec<Value> {
+    let mut eps: Vec<Value> = c.json(h, &["endpoint", "ls"]).as_array().unwrap().clone();
+    for e in &mut eps {
+        let e = e.as_object_mut().unwrap();
+        for local in ["local", "netns", "netns_missing", "ifname", "gateway_ip", "publish"] {
+            e.remove(local);
+        }
+    }
+    eps.sort_by_key(|e| (e["network"].to_string(), e["name"].to_string()));
+    eps
+}
+
+/// The invariants after a heal: every host lists the same endpoints, sees
+/// every member alive, and h1c1 pings every container by address. How long
+/// they took to hold.
+fn converged(c: &Cluster, eps: &[Ep], after: &str) -> Duration {
+    let mut last = String::new();
+    let start = Instant::now();
+    while !invariants_hold(c, eps, &mut last) {
+        assert!(start.elapsed() < Duration::from_secs(60), "no convergence after {after}: {last}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let took = start.elapsed();
+    eprintln!("{after}: converged {took:?} after the heal");
+    took
+}
+
+/// Whether the invariants hold; `why` says which failed.
+fn invariants_hold(c: &Cluster, eps: &[Ep], why: &mut String) -> bool {
+    let first = shared_endpoints(c, 1);
+    for h in 1..=3 {
+        let listed = shared_endpoints(c, h);
+        if listed.len() != eps.len() || listed != first {
+            *why = format!("h{h} lists {listed:?}, h1 {first:?}");
+            return false;
+        }
+        let members = c.json(h, &["members"]);
+        let all = members.as_array().unwrap();
+        if all.len() != 3 || all.iter().any(|m| m["state"] != "alive") {
+            *why = format!("h{h}'s members: {members}");
+            return false;
+        }
+    }
+    if let Some(e) = eps.iter().find(|e| !c.ping("h1c1", &e.2)) {
+        *why = format!("h1c1 does not reach {}", e.0);
+        return false;
+    }
+    true
+}
+
+/// Faults with their heals, on real agents: a paused agent and packet
+/// loss; after each heal the tables, the members and the data plane agree
+/// again. (The partition into groups is the next test's.)
+#[test]
+fn faults_heal_and_the_tables_converge_again() {
+    if !allowed("faults_heal_and_the_tables_converge_again") {
+        return;
+    }
+    // A stub upstream on every host, so that names the tables do not hold
+    // fail fast instead of timing out.
+    let c = Cluster::up_with(
+        "ndcf",
+        "10.251.0",
+        &["--hosts", "3", "--containers", "1"],
+        &["--dns-upstream", "127.0.0.1:5300", "--dns-rate-limit", "0"],
+    );
+    let _stubs: Vec<StubResolver> = (1..=3).map(|h| c.stub_resolver(h)).collect();
+    let eps = all_endpoints_everywhere(&c, 3);
+    let ip = |name: &str| eps.iter().find(|e| e.0 == name).unwrap().2.clone();
+    until("h1c1 to resolve h2c1", Duration::from_secs(20), || {
+        c.resolve("h1c1", "h2c1") == Some(vec![ip("h2c1")])
+    });
+    converged(&c, &eps, "the start");
+
+    // A paused agent, for at least 4 s and until h1 holds it suspect or
+    // failed and no longer answers its container's name.
+    c.pause(2);
+    let paused = Instant::now();
+    let took = until("h1 to stop trusting the paused h2", Duration::from_secs(30), || {
+        let members = c.json(1, &["members"]);
+        let h2 = members.as_array().unwrap().iter().find(|m| m["name"] == "h2").cloned();
+        h2.is_some_and(|m| m["state"] != "alive") && c.resolve("h1c1", "h2c1").is_none()
+    });
+    eprintln!("a paused h2 was distrusted and its name stopped resolving in {took:?}");
+    if let Some(rest) = Duration::from_secs(4).checked_sub(paused.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    c.resume(2);
+    converged(&c, &eps, "resuming h2");
+    until("h1c1 to resolve h2c1 again", Duration::from_secs(30), || {
+        c.resolve("h1c1", "h2c1") == Some(vec![ip("h2c1")])
+    });
+
+    // 30% of what h3 receives dropped, for a few seconds.
+    c.loss(3, 30);
+    std::thread::sleep(Duration::from_secs(5));
+    c.clear_faults();
+    converged(&c, &eps, "the loss on h3");
+}
+
+/// A partition into groups ({h1} against {h2, h3}), then its heal: the
+/// same invariants must hold again.
+#[test]
+#[ignore = "finding: after this heal one member stays suspect on another host for over 60 s \
+            (every run here); run with --ignored once the membership fix lands"]
+fn a_healed_partition_into_groups_converges_again() {
+    if !allowed("a_healed_partition_into_groups_converges_again") {
+        return;
+    }
+    let c = Cluster::up_with(
+        "ndcp",
+        "10.252.0",
+        &["--hosts", "3", "--containers", "1"],
+        &["--dns-upstream", "127.0.0.1:5300", "--dns-rate-limit", "0"],
+    );
+    let eps = all_endpoints_everywhere(&c, 3);
+    let ip = |name: &str| eps.iter().find(|e| e.0 == name).unwrap().2.clone();
+    converged(&c, &eps, "the start");
+
+    // {h1} against {h2, h3}: h1 loses sight of both, then heals.
+    c.partition(&[&[1], &[2, 3]]);
+    let took = until("h1 to see h2 and h3 not alive", Duration::from_secs(30), || {
+        let members = c.json(1, &["members"]);
+        let members = members.as_array().unwrap();
+        members.iter().filter(|m| m["name"] != "h1").all(|m| m["state"] != "alive")
+    });
+    eprintln!("the partition was noticed in {took:?}");
+    assert!(!c.ping("h1c1", &ip("h2c1")), "h1c1 reaches h2c1 across the partition");
+    c.heal();
+    converged(&c, &eps, "the partition's heal");
 }

@@ -2,6 +2,8 @@
 //! copy and uses only part of it.
 #![allow(dead_code)]
 
+pub(crate) mod cluster;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Mutex;
