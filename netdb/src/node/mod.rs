@@ -89,6 +89,9 @@ pub struct Node {
     net_peers: Option<BTreeMap<String, Vec<SocketAddr>>>,
     /// foca's cluster-size dependent settings in force.
     swim_params: (u8, Duration),
+    /// This node renewed its identity: the suspicions foca still holds lost
+    /// their timeouts and wait to be given new ones (see `swim::rearm`).
+    rearm_suspects: bool,
     syncs: BTreeMap<u64, Outgoing>,
     next_sync_id: u64,
     serving: BTreeMap<(SocketAddr, u64), ScopeId>,
@@ -160,6 +163,7 @@ impl Node {
             cluster_peers: PeerSet::default(),
             net_peers: None,
             swim_params: swim::swim_params(&cfg, 1),
+            rearm_suspects: false,
             syncs: BTreeMap::new(),
             next_sync_id: 1,
             serving: BTreeMap::new(),

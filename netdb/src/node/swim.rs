@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use foca::OwnedNotification;
+use foca::{OwnedNotification, Timer};
 use netdb_wire as wire;
 use rand::RngExt;
 
@@ -77,6 +77,11 @@ impl Node {
             }
             while let Some((after, timer)) = self.rt.to_schedule() {
                 progressed = true;
+                if self.rearm_suspects
+                    && let Some(token) = token_of(&timer)
+                {
+                    self.rearm(now, token);
+                }
                 self.schedule(now + after, Wake::Swim(timer));
             }
             while let Some(n) = self.rt.to_notify() {
@@ -120,6 +125,7 @@ impl Node {
                     generation = id.generation,
                     "declared down by the cluster; rejoined"
                 );
+                self.rearm_suspects = true;
                 for st in self.scopes_mut() {
                     st.needs_sync = true;
                 }
@@ -134,6 +140,30 @@ impl Node {
 
     /// Keeps foca's retransmissions and suspicion timeout in step with the
     /// cluster size (they grow with log10 n).
+    /// Gives every member foca still suspects a new suspicion timeout.
+    /// Renewing the identity (after being declared down) makes foca ignore
+    /// every timer it set before, so a member suspected just before (a
+    /// partition that healed in between) would stay suspect for ever: its
+    /// probes succeed, which clears nothing, and it never hears it is
+    /// suspected, the broadcast having been spent while apart. `token` is
+    /// the one foca uses now, read off the first timer it sets after the
+    /// renewal. With the timeout the member is found down unless it refutes,
+    /// and then rejoins, as any suspected member would.
+    fn rearm(&mut self, now: Duration, token: foca::TimerToken) {
+        self.rearm_suspects = false;
+        let suspects: Vec<(Identity, foca::Incarnation)> = self
+            .swim
+            .iter_members()
+            .filter(|m| m.state() == foca::State::Suspect)
+            .map(|m| (m.id().clone(), m.incarnation()))
+            .collect();
+        for (member_id, incarnation) in suspects {
+            tracing::debug!(member = %member_id.name, "suspicion timeout set again after rejoining");
+            let timer = Timer::ChangeSuspectToDown { member_id, incarnation, token };
+            self.schedule(now + self.swim_params.1, Wake::Swim(timer));
+        }
+    }
+
     fn resize_swim(&mut self) {
         let n = self.cluster_peers.len() as u32 + 1;
         let params = swim_params(&self.cfg, n);
@@ -159,6 +189,19 @@ impl Node {
 /// ceil(log10(n+1))`; foca's own default gives a single transmission to
 /// small clusters, which left some nodes unaware of a failure for many
 /// seconds), suspicion lasts `suspicion_mult × max(1, log10 n)` probes.
+/// The token a foca timer carries, if it carries one.
+fn token_of(timer: &Timer<Identity>) -> Option<foca::TimerToken> {
+    match timer {
+        Timer::ProbeRandomMember(t)
+        | Timer::PeriodicAnnounce(t)
+        | Timer::PeriodicAnnounceDown(t)
+        | Timer::PeriodicGossip(t)
+        | Timer::SendIndirectProbe { token: t, .. }
+        | Timer::ChangeSuspectToDown { token: t, .. } => Some(*t),
+        Timer::RemoveDown(_) => None,
+    }
+}
+
 pub(super) fn swim_params(cfg: &Config, n: u32) -> (u8, Duration) {
     let tx = cfg.transmit_limit(n as usize, false).clamp(1, u32::from(u8::MAX)) as u8;
     let scale = f64::from(n.max(1)).log10().max(1.0);
