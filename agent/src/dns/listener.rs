@@ -111,13 +111,14 @@ fn bind_in(ns: &File) -> io::Result<(std::net::UdpSocket, std::net::TcpListener)
 }
 
 impl Asker {
-    /// The reply for one query, or what to do instead; `None`: drop it.
-    fn reply(&self, query: &[u8], transport: Transport) -> Option<Reply> {
+    /// The reply for one query, or what to do instead (a query over the
+    /// container's rate is dropped).
+    fn reply(&self, query: &[u8], transport: Transport) -> Reply {
         let c = &self.shared.counters;
         c.query();
         if !self.bucket.lock().is_ok_and(|mut b| b.take(Instant::now())) {
             c.rate_limited();
-            return None;
+            return Reply::Drop;
         }
         let view = self.shared.view.borrow().clone();
         let networks: Vec<Network<'_>> = view
@@ -128,13 +129,13 @@ impl Asker {
         let mut refused = Refusals::default();
         let reply = match self.rng.lock() {
             Ok(mut rng) => answer(&networks, query, transport, &mut *rng, &mut refused),
-            Err(_) => return None,
+            Err(_) => return Reply::Drop,
         };
         c.refused(&refused);
         if matches!(reply, Reply::Answer(_)) && refused == Refusals::default() {
             c.answered();
         }
-        Some(reply)
+        reply
     }
 
     /// A place among the forwarded queries in flight; `None` (counted)
@@ -182,8 +183,8 @@ async fn serve_udp(sock: Arc<UdpSocket>, asker: Arc<Asker>) {
         };
         let query = &buf[..n];
         match asker.reply(query, Transport::Udp) {
-            Some(Reply::Answer(bytes)) => send(&sock, &bytes, from).await,
-            Some(Reply::Forward) => {
+            Reply::Answer(bytes) => send(&sock, &bytes, from).await,
+            Reply::Forward => {
                 let Some(slot) = asker.forward_slot() else {
                     send(&sock, &servfail(query), from).await;
                     continue;
@@ -194,7 +195,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, asker: Arc<Asker>) {
                     send(&sock, &reply, from).await;
                 });
             }
-            Some(Reply::Drop) | None => {}
+            Reply::Drop => {}
         }
     }
 }
@@ -239,12 +240,12 @@ async fn serve_connection(mut s: TcpStream, asker: &Asker) {
             return;
         }
         let reply = match asker.reply(&query, Transport::Tcp) {
-            Some(Reply::Answer(bytes)) => bytes,
-            Some(Reply::Forward) => match asker.forward_slot() {
+            Reply::Answer(bytes) => bytes,
+            Reply::Forward => match asker.forward_slot() {
                 Some(slot) => asker.forward(&query, Transport::Tcp, slot).await,
                 None => servfail(&query),
             },
-            Some(Reply::Drop) | None => return,
+            Reply::Drop => return,
         };
         let Ok(len) = u16::try_from(reply.len()) else { return };
         let mut out = Vec::with_capacity(reply.len() + 2);

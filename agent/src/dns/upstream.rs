@@ -66,11 +66,18 @@ impl Upstreams {
     }
 }
 
-/// SERVFAIL for `query` (which decoded once already, in the answer path).
+/// SERVFAIL for `query`.
 pub(crate) fn servfail(query: &[u8]) -> Vec<u8> {
+    empty_reply(query, ResponseCode::ServFail, false)
+}
+
+/// A reply to `query` (which decoded once already, in the answer path)
+/// with no records, `rcode`, and the truncated flag if `truncated`.
+fn empty_reply(query: &[u8], rcode: ResponseCode, truncated: bool) -> Vec<u8> {
     let reply = match Message::from_vec(query) {
         Ok(q) => {
-            let mut m = Message::error_msg(q.metadata.id, OpCode::Query, ResponseCode::ServFail);
+            let mut m = Message::error_msg(q.metadata.id, OpCode::Query, rcode);
+            m.metadata.truncation = truncated;
             m.metadata.recursion_desired = q.metadata.recursion_desired;
             m.metadata.recursion_available = true;
             m.add_queries(q.queries);
@@ -106,7 +113,7 @@ async fn udp(server: SocketAddr, query: &[u8]) -> io::Result<Vec<u8>> {
         }
         if n > UDP_REPLY {
             // Cut off here: the container is told to ask again over TCP.
-            return Ok(truncated(query));
+            return Ok(empty_reply(query, ResponseCode::NoError, true));
         }
         let mut reply = reply.to_vec();
         rewrite_id(&mut reply, original);
@@ -148,17 +155,6 @@ fn same_exchange(query: &[u8], reply: &[u8], id: u16) -> bool {
     r.metadata.id == id
         && r.metadata.message_type == MessageType::Response
         && r.queries == q.queries
-}
-
-/// An empty reply to `query` with the truncated flag set.
-fn truncated(query: &[u8]) -> Vec<u8> {
-    let Ok(q) = Message::from_vec(query) else { return servfail(query) };
-    let mut m = Message::response(q.metadata.id, OpCode::Query);
-    m.metadata.truncation = true;
-    m.metadata.recursion_desired = q.metadata.recursion_desired;
-    m.metadata.recursion_available = true;
-    m.add_queries(q.queries);
-    m.to_vec().unwrap_or_else(|_| servfail(query))
 }
 
 #[cfg(test)]
@@ -254,6 +250,17 @@ mod tests {
         assert_eq!(m.queries.len(), 1);
         let none = Upstreams::new(Vec::new()).forward(&query("a.", 1), Transport::Udp).await;
         assert_eq!(decoded(&none.unwrap_err()).metadata.response_code, ResponseCode::ServFail);
+    }
+
+    #[test]
+    fn an_oversized_upstream_reply_becomes_a_truncated_one_for_tcp() {
+        let m = decoded(&empty_reply(&query("big.example.", 5), ResponseCode::NoError, true));
+        assert!(m.metadata.truncation);
+        assert_eq!((m.metadata.id, m.metadata.response_code), (5, ResponseCode::NoError));
+        assert_eq!((m.queries.len(), m.answers.len()), (1, 0));
+        let m = decoded(&servfail(&query("big.example.", 6)));
+        assert!(!m.metadata.truncation);
+        assert_eq!((m.metadata.id, m.metadata.response_code), (6, ResponseCode::ServFail));
     }
 
     #[tokio::test]
