@@ -12,8 +12,8 @@ use netdb::ipam::{Claims, Subnet};
 use serde_json::Value;
 use support::allowed;
 use support::cluster::{
-    BIN, Cluster, Ep, StubResolver, all_endpoints_everywhere, all_endpoints_everywhere_of, ok, run,
-    text, until,
+    BIN, Background, Cluster, Ep, all_endpoints_everywhere, all_endpoints_everywhere_of, ok,
+    python_in, run, text, until,
 };
 
 mod support;
@@ -432,7 +432,7 @@ fn containers_resolve_names_through_the_embedded_dns_across_failures() {
         &["--hosts", "3", "--containers", "1"],
         &["--dns-upstream", "127.0.0.1:5300", "--dns-rate-limit", "0"],
     );
-    let _stubs: Vec<StubResolver> = (1..=3).map(|h| c.stub_resolver(h)).collect();
+    let _stubs = c.stub_resolvers(3);
     for h in 1..=3 {
         let name = format!("web{h}");
         let alias: &[&str] = if h == 3 { &["--alias", "cache"] } else { &[] };
@@ -737,34 +737,6 @@ const TCP_READ: &str = r#"
 import socket, sys
 print(socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=2).recv(512).decode())
 "#;
-
-/// A process in a namespace, killed when dropped.
-struct Background(Child);
-
-impl Background {
-    fn python(ns: &str, code: &str, args: &[&str]) -> Background {
-        let child = Command::new("ip")
-            .args(["netns", "exec", ns, "python3", "-c", code])
-            .args(args)
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start python3");
-        Background(child)
-    }
-}
-
-impl Drop for Background {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `python3 -c CODE ARGS` in namespace `ns`: its output, if it succeeded.
-fn python_in(ns: &str, code: &str, args: &[&str]) -> Option<String> {
-    let o = run("ip", &[&["netns", "exec", ns, "python3", "-c", code], args].concat());
-    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
-}
 
 #[test]
 fn containers_reach_the_outside_through_snat_publish_ports_and_internal_networks_cannot() {
@@ -1225,7 +1197,7 @@ fn faults_heal_and_the_tables_converge_again() {
         &["--hosts", "3", "--containers", "1"],
         &["--dns-upstream", "127.0.0.1:5300", "--dns-rate-limit", "0"],
     );
-    let _stubs: Vec<StubResolver> = (1..=3).map(|h| c.stub_resolver(h)).collect();
+    let _stubs = c.stub_resolvers(3);
     let eps = all_endpoints_everywhere(&c, 3);
     let ip = |name: &str| eps.iter().find(|e| e.0 == name).unwrap().2.clone();
     until("h1c1 to resolve h2c1", Duration::from_secs(20), || {

@@ -251,15 +251,10 @@ impl Cluster {
 
     /// Starts the stand-in upstream resolver in host `h`'s namespace, on
     /// 127.0.0.1:5300; it stops when dropped.
-    pub(crate) fn stub_resolver(&self, h: usize) -> StubResolver {
+    pub(crate) fn stub_resolver(&self, h: usize) -> Background {
         let log = format!("{}/stub-h{h}.log", self.dir);
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns(&format!("h{h}")), "python3", "-c", STUB_RESOLVER])
-            .args(["5300", &log])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start python3");
-        let mut stub = StubResolver(child);
+        let ns = self.ns(&format!("h{h}"));
+        let mut stub = Background::python(&ns, STUB_RESOLVER, &["5300", &log]);
         until(&format!("the stub resolver in h{h} to listen"), Duration::from_secs(10), || {
             if let Some(status) = stub.0.try_wait().unwrap() {
                 panic!("the stub resolver exited: {status}");
@@ -267,6 +262,11 @@ impl Cluster {
             self.forwarded(h).is_some()
         });
         stub
+    }
+
+    /// A stub resolver on each of hosts 1..=`hosts`.
+    pub(crate) fn stub_resolvers(&self, hosts: usize) -> Vec<Background> {
+        (1..=hosts).map(|h| self.stub_resolver(h)).collect()
     }
 
     /// The names the stub resolver of host `h` was asked, once it listens.
@@ -492,13 +492,32 @@ while True:
     s.sendto(q[:2] + head + q[12 : i + 5] + a, peer)
 "#;
 
-pub(crate) struct StubResolver(Child);
+/// A process in a namespace, killed when dropped.
+pub(crate) struct Background(Child);
 
-impl Drop for StubResolver {
+impl Background {
+    pub(crate) fn python(ns: &str, code: &str, args: &[&str]) -> Background {
+        let child = Command::new("ip")
+            .args(["netns", "exec", ns, "python3", "-c", code])
+            .args(args)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start python3");
+        Background(child)
+    }
+}
+
+impl Drop for Background {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// `python3 -c CODE ARGS` in namespace `ns`: its output, if it succeeded.
+pub(crate) fn python_in(ns: &str, code: &str, args: &[&str]) -> Option<String> {
+    let o = run("ip", &[&["netns", "exec", ns, "python3", "-c", code], args].concat());
+    o.status.success().then(|| String::from_utf8_lossy(&o.stdout).trim().to_string())
 }
 
 pub(crate) fn all_endpoints_everywhere(c: &Cluster, n: usize) -> Vec<Ep> {
