@@ -1,0 +1,8 @@
+//! Chaos scenarios on real `netdb agent` processes: a cluster of hosts
+//! behind a [`Backend`] (network namespaces on this machine, or Docker
+//! containers), a seeded schedule of faults, and the invariants checked
+//! after every heal.
+
+mod backend;
+
+pub use backend::{Backend, Fault, FaultKind};
