@@ -39,6 +39,7 @@ fn main() {
             remotes,
             endpoints: BTreeMap::new(),
             port: netdb_dataplane::VXLAN_PORT,
+            prune: true,
         };
         let desired: Desired = [(4096, full.clone())].into();
         println!("| step ({n} remote endpoints) | time | changes |");

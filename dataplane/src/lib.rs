@@ -224,6 +224,11 @@ pub struct Network {
     pub endpoints: BTreeMap<String, Endpoint>,
     /// The VXLAN device's UDP port (the same on every host).
     pub port: u16,
+    /// Whether FDB and neighbor entries missing from `remotes` are
+    /// removed. Off while the tables may still lack remotes the kernel
+    /// rightly holds (an agent restarted under running containers, before
+    /// it synced the network): removing them would cut live traffic.
+    pub prune: bool,
 }
 
 impl Network {

@@ -161,8 +161,13 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
             fdb.entry(r.mac).or_insert(r.host);
             neigh.entry(r.ip).or_insert(r.mac);
         }
-        diff(vni, &fdb, &seen_entries.fdb, &mut p.fdb_add, &mut p.fdb_del);
-        diff(vni, &neigh, &seen_entries.neigh, &mut p.neigh_add, &mut p.neigh_del);
+        let (mut kept_fdb, mut kept_neigh) = (Vec::new(), Vec::new());
+        let (fdb_del, neigh_del) = match net.prune {
+            true => (&mut p.fdb_del, &mut p.neigh_del),
+            false => (&mut kept_fdb, &mut kept_neigh),
+        };
+        diff(vni, &fdb, &seen_entries.fdb, &mut p.fdb_add, fdb_del);
+        diff(vni, &neigh, &seen_entries.neigh, &mut p.neigh_add, neigh_del);
         for (name, ep) in &net.endpoints {
             if observed.netns_gone.contains(&ep.netns) {
                 p.orphaned.push(ep.clone());
@@ -285,6 +290,26 @@ mod tests {
         assert_eq!(p.neigh_del, vec![(4096, ip(99), Mac::from_ipv4(ip(99)))]);
         assert_eq!(p.remove, vec![5000]);
         assert!(p.create.is_empty() && p.fdb_del.is_empty() && p.neigh_add.is_empty());
+    }
+
+    #[test]
+    fn an_unpruned_network_keeps_what_the_tables_do_not_hold_yet() {
+        let kernel: Desired = [(4096, network(&[remote(5, 2), remote(6, 3)]))].into();
+        let o = observed_from(&kernel);
+        // Just restarted: the tables know one of the two remotes, and a
+        // third one that moved to another host meanwhile.
+        let moved = Remote { host: Ipv4Addr::new(192, 168, 0, 9), ..remote(6, 3) };
+        let mut desired: Desired = [(4096, network(&[remote(5, 2), moved]))].into();
+        desired.get_mut(&4096).unwrap().prune = false;
+        desired.get_mut(&4096).unwrap().remotes.remove(&remote(5, 2));
+        let p = plan(&desired, &o);
+        assert!(p.fdb_del.is_empty() && p.neigh_del.is_empty(), "{p:?}");
+        assert_eq!(p.fdb_add, vec![(4096, moved.mac, moved.host)]);
+
+        desired.get_mut(&4096).unwrap().prune = true;
+        let p = plan(&desired, &o);
+        assert_eq!(p.fdb_del, vec![(4096, remote(5, 2).mac, remote(5, 2).host)]);
+        assert_eq!(p.neigh_del, vec![(4096, remote(5, 2).ip, remote(5, 2).mac)]);
     }
 
     #[test]

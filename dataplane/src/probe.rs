@@ -69,6 +69,7 @@ fn probe_in_new_namespace(local: Ipv4Addr, mtu: u32) -> KernelSupport {
             remotes: Default::default(),
             endpoints: Default::default(),
             port: crate::VXLAN_PORT,
+            prune: true,
         };
         let bridge = linux.ensure_bridge(&net).await;
         out.bridge = Some(shown(&bridge));

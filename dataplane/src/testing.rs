@@ -26,6 +26,7 @@ pub(crate) fn network(remotes: &[Remote]) -> Network {
         remotes: remotes.iter().copied().collect(),
         endpoints: BTreeMap::new(),
         port: crate::VXLAN_PORT,
+        prune: true,
     }
 }
 

@@ -90,6 +90,7 @@ fn network(remotes: &[Remote], endpoints: &[Endpoint]) -> Network {
         remotes: remotes.iter().copied().collect::<BTreeSet<_>>(),
         endpoints: endpoints.iter().map(|e| (e.host_ifname.clone(), e.clone())).collect(),
         port: VXLAN_PORT,
+        prune: true,
     }
 }
 
