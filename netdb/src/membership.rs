@@ -1,10 +1,11 @@
 //! SWIM membership through foca, and what this node knows of every owner.
 //!
-//! An owner is a node name in one incarnation: a process lifetime that kept
-//! its state. A restart without state is a new incarnation and replaces the
-//! old one everywhere. Within an incarnation, foca's `generation` changes
-//! each time the node is wrongly declared down and renews itself; that
-//! does not touch its entries.
+//! An owner is a node name in one incarnation: a lifetime of the host's
+//! state, across restarts that kept it. A restart without state is a new
+//! incarnation and replaces the old one everywhere. Within an incarnation,
+//! foca's `generation` changes each time the node is wrongly declared down
+//! and renews itself, and at each restart that kept the state; neither
+//! touches its entries.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

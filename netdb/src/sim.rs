@@ -49,6 +49,8 @@ struct Host {
     node: Option<Node>,
     paused: bool,
     incarnation: u64,
+    /// Restarts that kept the incarnation.
+    generation: u32,
     /// The wake-up currently in the timer heap for this host.
     scheduled: Option<Duration>,
 }
@@ -173,6 +175,7 @@ impl Sim {
             node: None,
             paused: false,
             incarnation: 0,
+            generation: 0,
             scheduled: None,
         });
         self.by_addr.insert(addr, i);
@@ -184,9 +187,30 @@ impl Sim {
     fn boot(&mut self, i: usize) {
         let h = &mut self.hosts[i];
         h.incarnation += 1;
-        let seed = Hasher::default().u64(self.seed).u64(i as u64).u64(h.incarnation).finish();
-        let node = Node::new(self.cfg.clone(), &h.name, h.incarnation, h.addr, seed, self.now)
-            .expect("simulated node names are valid");
+        h.generation = 0;
+        self.start_process(i);
+    }
+
+    /// Starts host `i`'s node in its current incarnation and generation.
+    fn start_process(&mut self, i: usize) {
+        let h = &mut self.hosts[i];
+        let seed = Hasher::default().u64(self.seed).u64(i as u64).u64(h.incarnation);
+        // The first life's seed as before generations existed: seeded runs
+        // stay what they were.
+        let seed = match h.generation {
+            0 => seed.finish(),
+            g => seed.u64(u64::from(g)).finish(),
+        };
+        let node = Node::restarted(
+            self.cfg.clone(),
+            &h.name,
+            h.incarnation,
+            h.generation,
+            h.addr,
+            seed,
+            self.now,
+        )
+        .expect("simulated node names are valid");
         h.node = Some(node);
         h.paused = false;
         h.scheduled = None;
@@ -244,6 +268,16 @@ impl Sim {
     /// Starts host `i` again without its state and joins through `seed`.
     pub fn restart(&mut self, i: usize, seed: usize) {
         self.boot(i);
+        let seed_addr = self.addr(seed);
+        self.with_node(i, |n, now| n.join(now, &[seed_addr]));
+    }
+
+    /// Starts host `i` again in the incarnation it had, with empty tables
+    /// and a larger generation (an agent restarted with its data dir,
+    /// before it republishes), and joins through `seed`.
+    pub fn restart_same_life(&mut self, i: usize, seed: usize) {
+        self.hosts[i].generation += 1;
+        self.start_process(i);
         let seed_addr = self.addr(seed);
         self.with_node(i, |n, now| n.join(now, &[seed_addr]));
     }

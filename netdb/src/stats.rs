@@ -232,6 +232,10 @@ pub struct Stats {
     pub member_changes: [u64; MemberChange::ALL.len()],
     /// How long completed exchanges this node opened took.
     pub sync_seconds: Histogram,
+    /// Entries of this node that came back from peers newer than what it
+    /// holds (written by its life before a restart) and were written again
+    /// with what it holds now.
+    pub own_entries_restated: u64,
 }
 
 impl Stats {

@@ -159,6 +159,79 @@ fn restart_without_state_removes_the_earlier_generation_everywhere() {
 }
 
 #[test]
+fn restart_with_state_keeps_the_entries_everywhere_and_its_newest_word_wins() {
+    let (mut sim, mut want) = settled(27);
+    // Before the crash: a delete and an update the restarted node will not
+    // remember, gossiped everywhere.
+    sim.with_node(VICTIM, |n, now| {
+        n.delete(now, NET, TABLE, &key(VICTIM, 0)).unwrap();
+        n.put(now, NET, TABLE, &key(VICTIM, 1), value(VICTIM, 1, 2)).unwrap();
+    });
+    // And a network the restarted node will not join by itself.
+    for i in [0, VICTIM] {
+        sim.with_node(i, |n, now| n.join_network(now, "plain").unwrap());
+    }
+    sim.with_node(VICTIM, |n, now| n.put(now, "plain", TABLE, "p", value(VICTIM, 9, 1)).unwrap());
+    let plain_everywhere = |s: &Sim| {
+        [0, VICTIM].iter().all(|&i| s.node(i).is_some_and(|n| n.get("plain", TABLE, "p").is_some()))
+    };
+    assert!(sim.run_until_true(CHECK, Duration::from_secs(30), plain_everywhere).is_some());
+    want.remove(&key(VICTIM, 0));
+    want.insert(key(VICTIM, 1), value(VICTIM, 1, 2));
+    let all: Vec<usize> = (0..N).collect();
+    await_converged(&mut sim, &all, &want, Duration::from_secs(60));
+
+    // Crash and restart at once in the same incarnation, as an agent with
+    // its data dir does, with empty tables and its Lamport clock at zero:
+    // what it writes now is older by time than what it wrote before.
+    sim.crash(VICTIM);
+    sim.restart_same_life(VICTIM, 0);
+    sim.run_for(Duration::from_millis(10));
+    assert_eq!(sim.node(VICTIM).unwrap().incarnation(), 1);
+    sim.with_node(VICTIM, |n, now| {
+        n.join_network(now, NET).unwrap();
+        n.put(now, NET, TABLE, &key(VICTIM, 2), value(VICTIM, 2, 3)).unwrap();
+    });
+    want.insert(key(VICTIM, 2), value(VICTIM, 2, 3));
+
+    // Peers never lose a visible entry of the restarted node, never see it
+    // fail, and end with its newest word: the entries it wrote before the
+    // crash (taken back by the restarted node) and its write after it.
+    let deadline = sim.now() + Duration::from_secs(60);
+    loop {
+        for i in others(VICTIM) {
+            let seen = view(&sim, i);
+            for k in [1, 3, 4] {
+                assert!(
+                    seen.contains_key(&key(VICTIM, k)),
+                    "n{i} lost {} at {:?}",
+                    key(VICTIM, k),
+                    sim.now()
+                );
+            }
+            assert_ne!(member_state(&sim, i, "n5"), Some(MemberState::Failed), "as seen by n{i}");
+        }
+        if converged_to(&sim, &all, &want) {
+            break;
+        }
+        assert!(sim.now() < deadline, "no convergence: n5 holds {:?}", view(&sim, VICTIM));
+        sim.run_for(CHECK);
+    }
+    let restarted = sim.node(VICTIM).unwrap();
+    assert!(restarted.stats().own_entries_restated >= 1, "its newer word was restated");
+    assert!(sim.run_until_true(CHECK, Duration::from_secs(30), plain_everywhere).is_some());
+    let restarted = sim.node(VICTIM).unwrap();
+    assert!(restarted.networks().contains(&"plain"), "joined again by itself");
+    let p = restarted.get("plain", TABLE, "p").unwrap();
+    assert_eq!((p.owner.as_str(), &p.value), ("n5", &value(VICTIM, 9, 1)), "taken back");
+    for i in 0..N {
+        let raw = sim.node(i).unwrap().raw_entries(NET);
+        let deleted = raw.iter().find(|(_, k, _)| *k == key(VICTIM, 0));
+        assert!(deleted.is_none_or(|(_, _, e)| e.deleted), "n{i}: the delete stands");
+    }
+}
+
+#[test]
 fn graceful_leave_marks_left_and_removes_entries_at_once() {
     let (mut sim, want) = settled(26);
     sim.with_node(VICTIM, |n, now| n.leave(now));

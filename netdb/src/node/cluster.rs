@@ -160,11 +160,17 @@ impl Node {
         match ClusterTable::from_name(table) {
             Some(ClusterTable::Networks) => {
                 self.net_peers = None;
-                if e.deleted
-                    && e.owner != self.name
-                    && let Some((net, _)) = parse_attachment_key(key)
-                {
+                let Some((net, _)) = parse_attachment_key(key) else { return };
+                if e.deleted && e.owner != self.name {
                     self.detach(now, net, &e.owner.clone(), e.incarnation, e.ltime);
+                } else if !e.deleted && e.owner == self.name && !self.networks.contains_key(net) {
+                    // Joined by an earlier life of this process (a restart
+                    // that kept its state): joined again, so the entries it
+                    // wrote there come back by push/pull.
+                    let net = net.to_string();
+                    if let Err(err) = self.join_network(now, &net) {
+                        tracing::warn!(network = %net, error = %err, "cannot join again a network joined before the restart");
+                    }
                 }
             }
             Some(ClusterTable::Nodes) if e.owner != self.name && !e.deleted => {

@@ -148,10 +148,24 @@ impl Node {
         };
         let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
         entry.hidden = hidden;
-        if let Some(old) = st.data.get(&w.table, &w.key)
+        let held = st.data.get(&w.table, &w.key);
+        if let Some(old) = held
             && !entry.supersedes(old)
         {
             return false;
+        }
+        // Only an earlier life of this process (a restart that kept its
+        // incarnation) can have written our name with a later time than
+        // ours: what we hold now is our word, and it must win everywhere.
+        // What we do not hold, that life wrote and no one has undone: it is
+        // ours again (the store below).
+        if w.owner == self.name
+            && let Some(mine) = held.filter(|e| e.owner == self.name)
+        {
+            let (value, deleted) = (mine.value.clone(), mine.deleted);
+            self.stats.own_entries_restated += 1;
+            self.write(now, scope, &w.table, &w.key, value, deleted);
+            return true;
         }
         match via {
             Via::Gossip => self.stats.entries_from_gossip += 1,

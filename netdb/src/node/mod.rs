@@ -135,6 +135,23 @@ impl Node {
         seed: u64,
         now: Duration,
     ) -> Result<Node, Error> {
+        Node::restarted(cfg, name, incarnation, 0, addr, seed, now)
+    }
+
+    /// A node that resumes an earlier life of `incarnation` whose state it
+    /// kept (its entries held by peers stay valid), in `generation`: larger
+    /// than any generation that life reached, so peers take the new
+    /// process for the renewed identity of the old one and change nothing
+    /// of its entries (foca ignores an identity it already knows).
+    pub fn restarted(
+        cfg: Config,
+        name: &str,
+        incarnation: u64,
+        generation: u32,
+        addr: SocketAddr,
+        seed: u64,
+        now: Duration,
+    ) -> Result<Node, Error> {
         if !valid_name(name, cfg.max_name_len) {
             return Err(Error::BadName {
                 what: "node name",
@@ -143,7 +160,7 @@ impl Node {
             });
         }
         let mut rng = StdRng::seed_from_u64(seed);
-        let identity = Identity { name: name.into(), incarnation, generation: 0, addr };
+        let identity = Identity { name: name.into(), incarnation, generation, addr };
         let swim_rng = StdRng::seed_from_u64(rng.random());
         let swim = Swim::new(identity, swim::swim_config(&cfg, 1), swim_rng, foca::PostcardCodec);
         let cluster = ScopeState::new(&cfg, now, &mut rng);
