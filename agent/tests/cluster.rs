@@ -772,7 +772,10 @@ fn containers_reach_the_outside_through_snat_publish_ports_and_internal_networks
     ok("ip", &["-n", &outside, "link", "set", "lo", "up"]);
     let _echo = Background::python(&outside, UDP_ECHO_PEER, &["10.231.0.200", "9999"]);
 
-    // A container with a published port.
+    // A container with a published port. New namespaces copy the root
+    // namespace's IPv4 forwarding (on where Docker runs): off, so the agent
+    // must turn it on.
+    ok("ip", &["netns", "exec", &c.ns("h1"), "sysctl", "-qw", "net.ipv4.ip_forward=0"]);
     c.attach(1, "demo", "h1c1", &["--publish", "8080:80"]);
     let c1 = c.ns("h1c1");
     let links = ok("ip", &["-n", &c1, "-br", "link"]);
