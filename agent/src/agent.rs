@@ -23,6 +23,7 @@ use crate::config::{self, Settings};
 use crate::dns::Dns;
 use crate::endpoint::Endpoint;
 use crate::engine::{self, Commands, Core, KernelStats};
+use crate::life::Life;
 use crate::overlay::Overlay;
 use crate::reconcile;
 use crate::server::{Server, bind_error};
@@ -78,14 +79,37 @@ impl Agent {
         let log = logging::init(&s.log, s.log_format)?;
         let udp = bind_udp(s.bind).map_err(|e| bind_error("UDP", s.bind, e))?;
         let tcp = TcpListener::bind(s.bind).await.map_err(|e| bind_error("TCP", s.bind, e))?;
-        let incarnation =
+        let kernel = start_dataplane(&s)?;
+        let mut store = match (&kernel, &s.data_dir) {
+            (Some(_), Some(dir)) => Some(Store::open(dir)?),
+            _ => None,
+        };
+        let started_ms =
             SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(1);
-        let seed = RandomState::new().hash_one(incarnation);
-        let mut node =
-            Node::new(s.core.clone(), &s.name, incarnation, s.advertise, seed, Duration::ZERO)
-                .map_err(|e| anyhow!("{e}; choose another --name"))?;
-        // The incarnation is the wall clock at time zero.
-        node.set_wall_clock(incarnation);
+        let life = Life::resume(store.as_ref().map(|(_, state)| state), started_ms);
+        if let Some((store, state)) = &mut store {
+            (state.incarnation, state.generation) = (life.incarnation, life.generation);
+            store.save(state)?;
+        }
+        let incarnation = life.incarnation;
+        let mut seeds = s.join.clone();
+        for peer in store.iter().flat_map(|(_, state)| &state.peers) {
+            if !seeds.contains(peer) && *peer != s.advertise {
+                seeds.push(*peer);
+            }
+        }
+        let seed = RandomState::new().hash_one(started_ms);
+        let mut node = Node::restarted(
+            s.core.clone(),
+            &s.name,
+            incarnation,
+            life.generation,
+            s.advertise,
+            seed,
+            Duration::ZERO,
+        )
+        .map_err(|e| anyhow!("{e}; choose another --name"))?;
+        node.set_wall_clock(started_ms);
         if !s.keys.is_empty() {
             let ring = Keyring::new(&s.keys)?;
             tracing::info!(fingerprints = ?ring.fingerprints(), "gossip is sealed");
@@ -104,7 +128,6 @@ impl Agent {
                 check_at: Instant::now() + EPOCH_CHECK,
             }
         });
-        let kernel = start_dataplane(&s)?;
         let tunnel = match s.advertise.ip() {
             IpAddr::V4(ip) => Some(ip),
             IpAddr::V6(_) => None,
@@ -114,10 +137,6 @@ impl Agent {
                 "the data plane needs an IPv4 --advertise address; endpoints are refused"
             );
         }
-        let store = match (&kernel, &s.data_dir) {
-            (Some(_), Some(dir)) => Some(Store::open(dir)?),
-            _ => None,
-        };
         let underlay = tunnel.and_then(|ip| {
             let ifname = crate::doctor::underlay::interface_of(IpAddr::V4(ip))?;
             let mtu = crate::doctor::underlay::mtu_of(&ifname)?;
@@ -162,9 +181,9 @@ impl Agent {
         tokio::spawn(streams::accept_loop(tcp, net_tx.clone(), limits.clone()));
         let streams = Streams::new(net_tx, limits);
 
-        tracing::info!(name = %s.name, bind = %s.bind, advertise = %s.advertise, api = %s.api, incarnation, "agent started");
-        if !s.join.is_empty() {
-            core.join(&s.join);
+        tracing::info!(name = %s.name, bind = %s.bind, advertise = %s.advertise, api = %s.api, incarnation, generation = life.generation, resumed = life.resumed, "agent started");
+        if !seeds.is_empty() {
+            core.join(&seeds);
         }
         Ok(Agent {
             core,

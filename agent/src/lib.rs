@@ -17,6 +17,7 @@ mod engine;
 pub mod fuzzing;
 mod keyfile;
 mod keys;
+mod life;
 mod logging;
 mod metrics;
 mod output;

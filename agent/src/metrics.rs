@@ -255,6 +255,12 @@ fn registry(s: &Snapshot) -> Registry {
     );
     counter(
         &mut r,
+        "own_entries_restated",
+        "Entries of this node that peers held newer than it (written before a restart) and that it wrote again with what it holds now",
+        n.own_entries_restated,
+    );
+    counter(
+        &mut r,
         "swim_errors",
         "Calls the SWIM layer (foca) refused; each changed nothing",
         n.swim_errors,

@@ -29,6 +29,18 @@ pub(crate) struct State {
     /// it, so its claims and definitions never look older than they are.
     #[serde(default)]
     pub ltime: u64,
+    /// The incarnation this state belongs to (0: none yet, a file of an
+    /// older agent) and the SWIM generation of its last start: a restart
+    /// resumes it (see `life`).
+    #[serde(default)]
+    pub incarnation: u64,
+    #[serde(default)]
+    pub generation: u32,
+    /// Other members' addresses when last saved: a restarted agent knocks
+    /// on them as well as on its seeds (as Serf's snapshot does), so a host
+    /// started without `--join`, the first of a cluster, finds it again.
+    #[serde(default)]
+    pub peers: Vec<std::net::SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

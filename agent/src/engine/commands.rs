@@ -39,7 +39,7 @@ impl Core {
 
     /// What the kernel must hold now.
     pub(crate) fn desired(&self) -> Desired {
-        self.overlay.desired(&self.node)
+        self.overlay.desired(&self.node, self.now())
     }
 
     /// Host-side veths of re-addressed endpoints, to remove before the

@@ -108,6 +108,7 @@ impl Tallies {
             ("queue_overflow", s.queue_overflow),
             ("queue_oversized", s.queue_oversized),
             ("swim_errors", s.swim_errors),
+            ("own_entries_restated", s.own_entries_restated),
             ("watchers", self.watchers),
             ("conflicts_detected", self.conflicts),
             ("endpoints_reaped", self.reaped),

@@ -316,7 +316,7 @@ impl Overlay {
             publish,
         };
         self.state.networks.entry(r.network.clone()).or_insert_with(|| saved_network(&eff.def));
-        let network = self.kernel_network(node, &r.network, &eff, tunnel);
+        let network = self.kernel_network(node, &r.network, &eff, tunnel, now);
         let endpoint = kernel_endpoint(&saved, mac, &self.gateway);
         let reply = self.info(&saved);
         self.pending.insert(key.clone(), Pending { ip, saved });

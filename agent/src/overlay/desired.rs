@@ -4,10 +4,11 @@
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
+use std::time::Duration;
 
-use netdb::Node;
 use netdb::ipam::Subnet;
 use netdb::netdefs::Effective;
+use netdb::{Node, Scope};
 use netdb_dataplane as dp;
 use netdb_wire as wire;
 use prost::Message;
@@ -16,8 +17,8 @@ use super::{Overlay, ROUTES_TABLE, saved_def};
 use crate::state::SavedEndpoint;
 
 impl Overlay {
-    /// What the kernel must hold now.
-    pub(crate) fn desired(&self, node: &Node) -> dp::Desired {
+    /// What the kernel must hold at `now` (time since the agent started).
+    pub(crate) fn desired(&self, node: &Node, now: Duration) -> dp::Desired {
         let mut out = dp::Desired::new();
         let Some(tunnel) = self.tunnel.filter(|_| self.enabled()) else { return out };
         let resolved = Self::resolved(node);
@@ -31,7 +32,7 @@ impl Overlay {
                     None => continue,
                 },
             };
-            let net = self.kernel_network(node, name, &eff, tunnel);
+            let net = self.kernel_network(node, name, &eff, tunnel, now);
             out.insert(net.vni, net);
         }
         out
@@ -43,6 +44,7 @@ impl Overlay {
         name: &str,
         eff: &Effective,
         tunnel: Ipv4Addr,
+        now: Duration,
     ) -> dp::Network {
         let remotes = node
             .entries(name, ROUTES_TABLE)
@@ -76,8 +78,24 @@ impl Overlay {
             remotes,
             endpoints,
             port: self.vxlan_port,
+            prune: holds_every_remote(node, name, now),
         }
     }
+}
+
+/// How long after its start an agent keeps remote entries its tables lack
+/// while it has not synced their network: enough to join and complete a
+/// push/pull, short enough that a host with no peers left soon drops the
+/// entries of the ones that went while it was down.
+const RESTART_HOLD: Duration = Duration::from_secs(10);
+
+/// Whether the tables hold every remote endpoint of `network` the kernel
+/// should: once this host completed a push/pull of the network, or after
+/// `RESTART_HOLD`. Until then (an agent restarted under running
+/// containers), entries the kernel already holds are its best knowledge
+/// and stay, so the containers' traffic goes on.
+fn holds_every_remote(node: &Node, network: &str, now: Duration) -> bool {
+    now >= RESTART_HOLD || node.scope_stats(Scope::Network(network)).is_some_and(|s| s.synced)
 }
 
 /// The kernel's view of one of this host's endpoints; its way out behind

@@ -29,7 +29,7 @@ mod upkeep;
 mod view;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -41,7 +41,7 @@ use netdb::SharedTable;
 use netdb::ipam::{self, Subnet};
 use netdb::names::{owned_key, valid_name};
 use netdb::netdefs::{self, NetworkDef, Resolved};
-use netdb::{Event, Node};
+use netdb::{Event, MemberState, Node};
 use netdb_dataplane as dp;
 use netdb_wire as wire;
 use prost::Message;
@@ -308,8 +308,9 @@ impl Overlay {
     }
 
     /// After a restart: the saved definitions, claims and endpoints go out
-    /// again under this incarnation (the old one's entries are purged
-    /// everywhere as soon as peers see the new incarnation).
+    /// again (in the same incarnation, peers see an update of what they
+    /// hold; in a new one, the old one's entries are purged everywhere as
+    /// soon as peers see it).
     pub(crate) fn republish(&mut self, node: &mut Node, now: Duration) {
         node.witness_clock(self.state.ltime);
         let saved: Vec<(String, SavedNetwork)> = self.state.networks.clone().into_iter().collect();
@@ -492,6 +493,15 @@ impl Overlay {
     /// Writes the state file, with the clock to resume from.
     pub(crate) fn save(&mut self, node: &Node) {
         self.state.ltime = node.ltime();
+        let mut peers: Vec<SocketAddr> = node
+            .members()
+            .into_iter()
+            .filter(|m| m.name != self.me && m.state == MemberState::Alive)
+            .filter_map(|m| m.addr)
+            .collect();
+        peers.sort_unstable();
+        peers.truncate(SAVED_PEERS);
+        self.state.peers = peers;
         if let Some(store) = &self.store
             && let Err(e) = store.save(&self.state)
         {
@@ -499,6 +509,10 @@ impl Overlay {
         }
     }
 }
+
+/// Members' addresses kept in the state file: enough to find the cluster
+/// again, few enough to knock on all at once.
+const SAVED_PEERS: usize = 16;
 
 /// The key of an endpoint's entries: unique per host.
 fn endpoint_key(host: &str, name: &str) -> String {

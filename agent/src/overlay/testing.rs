@@ -128,7 +128,7 @@ impl TestHost {
     pub(super) fn reconcile(&self) -> netdb_dataplane::ReconcileReport {
         let (retired, desired) = {
             let mut p = self.parts();
-            (p.overlay.take_retired(), p.overlay.desired(&p.node))
+            (p.overlay.take_retired(), p.overlay.desired(&p.node, p.now))
         };
         let kernel = self.kernel.try_lock().unwrap();
         for veth in retired {
