@@ -17,7 +17,7 @@ use prost::Message;
 
 use super::desired::decode_route;
 use super::names::Names;
-use super::{Overlay, ROUTES_TABLE, endpoint_key, owned_key};
+use super::{ENDPOINTS_TABLE, Overlay, ROUTES_TABLE, endpoint_key, owned_key};
 
 impl Overlay {
     /// Keeps this host's copies of the definitions in step, follows
@@ -61,6 +61,7 @@ impl Overlay {
             }
         }
         self.drop_stale_claims(node, now, &resolved);
+        self.withdraw_unknown_endpoints(node, now);
         self.readdress_duplicates(node, now, &resolved);
         let names = self.publish_names(node);
         self.find_conflicts(node, &resolved, &names);
@@ -128,6 +129,34 @@ impl Overlay {
         }
         if released {
             self.save(node);
+        }
+    }
+
+    /// Deletes entries of this host's endpoints that it does not have: after
+    /// a restart that kept the incarnation, peers hand back what the earlier
+    /// process wrote, and an endpoint it detached just before it died (saved,
+    /// not yet gossiped) would otherwise hold its name and address for ever.
+    fn withdraw_unknown_endpoints(&mut self, node: &mut Node, now: Duration) {
+        let known: BTreeSet<(&str, String)> = self
+            .state
+            .endpoints
+            .iter()
+            .chain(self.pending.values().map(|p| &p.saved))
+            .map(|ep| (ep.network.as_str(), endpoint_key(&self.me, &ep.name)))
+            .collect();
+        let mut unknown: Vec<(String, &str, String)> = Vec::new();
+        for net in node.networks() {
+            for table in [ROUTES_TABLE, ENDPOINTS_TABLE] {
+                for (key, e) in node.entries(net, table) {
+                    if e.owner == self.me && !known.contains(&(net, key.to_string())) {
+                        unknown.push((net.to_string(), table, key.to_string()));
+                    }
+                }
+            }
+        }
+        for (net, table, key) in unknown {
+            tracing::warn!(network = %net, table, key = %key, "withdrew an endpoint entry this host does not have (written before a restart)");
+            let _ = node.delete(now, &net, table, &key);
         }
     }
 
@@ -388,6 +417,25 @@ mod tests {
         let text = format!("address {ip} of network blue is used by h1/web and h2/imposter");
         assert_eq!(a.overlay.take_notices(), [("blue".to_string(), text)]);
         assert_eq!(a.overlay.conflicts_seen(), 1);
+    }
+
+    #[test]
+    fn entries_of_an_endpoint_this_host_does_not_have_are_withdrawn() {
+        let ((_d, a), ns) = (blue("ghost"), Temp::netns("ghost-ns"));
+        let web = a.attach(attach_req("blue", "web", &ns.0)).unwrap();
+        let mut a = a.into_parts();
+        // What an earlier process wrote and peers handed back: an endpoint
+        // it detached (and saved) just before it died.
+        let record = Bytes::from_static(b"ghost");
+        for table in [ROUTES_TABLE, ENDPOINTS_TABLE] {
+            a.node.put(a.now, "blue", table, "h1/gone", record.clone()).unwrap();
+        }
+        a.overlay.maintain(&mut a.node, a.now);
+        for table in [ROUTES_TABLE, ENDPOINTS_TABLE] {
+            assert!(a.node.get("blue", table, "h1/gone").is_none(), "{table} withdrawn");
+            assert!(a.node.get("blue", table, "h1/web").is_some(), "{table} of web kept");
+        }
+        assert_eq!(a.overlay.endpoints(&a.node, "blue", true)[0].ip, web.ip);
     }
 
     #[test]
