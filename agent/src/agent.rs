@@ -80,8 +80,13 @@ impl Agent {
         let udp = bind_udp(s.bind).map_err(|e| bind_error("UDP", s.bind, e))?;
         let tcp = TcpListener::bind(s.bind).await.map_err(|e| bind_error("TCP", s.bind, e))?;
         let kernel = start_dataplane(&s)?;
-        let mut store = match (&kernel, &s.data_dir) {
-            (Some(_), Some(dir)) => Some(Store::open(dir)?),
+        // The host's state outlives the process where the data plane runs,
+        // or where it is off by choice and a data dir is given (tables
+        // only: the agent keeps its identity, networks and entries across
+        // restarts). Not where it is off for lack of privilege: the
+        // default dir is root's.
+        let mut store = match &s.data_dir {
+            Some(dir) if kernel.is_some() || !s.dataplane => Some(Store::open(dir)?),
             _ => None,
         };
         let started_ms =
@@ -155,6 +160,8 @@ impl Agent {
             ),
             None => {}
         }
+        // Without a kernel, no tunnel: endpoints are refused.
+        let tunnel = tunnel.filter(|_| kernel.is_some());
         let mut overlay = Overlay::new(&s.name, tunnel, store, s.claim_settle, s.gateway_subnet)
             .with_vxlan_port(s.vxlan_port)
             .with_underlay(underlay)
@@ -335,7 +342,7 @@ fn current_epoch(period: Duration) -> u64 {
 /// The kernel data plane, unless it is off by flag or for lack of
 /// privilege.
 fn start_dataplane(s: &Settings) -> anyhow::Result<Option<Arc<Mutex<Linux>>>> {
-    if s.data_dir.is_none() {
+    if !s.dataplane {
         return Ok(None);
     }
     if !netdb_dataplane::has_net_admin() {

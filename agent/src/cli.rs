@@ -415,12 +415,14 @@ pub(crate) struct AgentArgs {
     /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 3]
     #[arg(long, env = "NETDB_SUSPICION_MULT", help_heading = "Gossip tuning")]
     pub suspicion_mult: Option<f64>,
-    /// Where this host's networks and endpoints are kept across restarts
-    /// [default: /var/lib/netdb]
+    /// Where this host's identity, networks and endpoints are kept across
+    /// restarts, which are then live [default: /var/lib/netdb; none with
+    /// --no-dataplane unless given]
     #[arg(long, env = "NETDB_DATA_DIR", help_heading = "Data plane")]
     pub data_dir: Option<PathBuf>,
     /// Run without the data plane (tables only: no kernel devices, no
-    /// endpoints, no data dir). One agent per network namespace otherwise.
+    /// endpoints, no data dir unless --data-dir). One agent per network
+    /// namespace otherwise.
     #[arg(long, env = "NETDB_NO_DATAPLANE", help_heading = "Data plane")]
     #[serde(default)]
     pub no_dataplane: bool,

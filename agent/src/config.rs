@@ -36,7 +36,11 @@ pub(crate) struct Settings {
     pub scheduled: Option<(Vec<u8>, Duration)>,
     /// Where the cluster secret came from (`netdb doctor` checks its mode).
     pub cluster_secret_file: Option<PathBuf>,
-    /// `None` with --no-dataplane.
+    /// The kernel data plane is wanted (not --no-dataplane).
+    pub dataplane: bool,
+    /// Where the host's state lives: --data-dir, else the default with the
+    /// data plane; `None` with --no-dataplane and no --data-dir (nothing
+    /// outlives the process).
     pub data_dir: Option<PathBuf>,
     pub reconcile_interval: Duration,
     pub claim_settle: Duration,
@@ -130,9 +134,10 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             Err(_) => Vec::new(),
         },
     };
-    let data_dir = (!(cli.no_dataplane || file.no_dataplane))
-        .then(|| cli.data_dir.or(file.data_dir).unwrap_or_else(|| DEFAULT_DATA_DIR.into()));
-    let dns = (data_dir.is_some() && !(cli.no_dns || file.no_dns)).then(|| crate::dns::Settings {
+    let dataplane = !(cli.no_dataplane || file.no_dataplane);
+    let data_dir =
+        cli.data_dir.or(file.data_dir).or_else(|| dataplane.then(|| DEFAULT_DATA_DIR.into()));
+    let dns = (dataplane && !(cli.no_dns || file.no_dns)).then(|| crate::dns::Settings {
         upstreams: if cli.dns_upstream.is_empty() { file.dns_upstream } else { cli.dns_upstream },
         rate: cli.dns_rate_limit.or(file.dns_rate_limit).unwrap_or(DNS_RATE),
         host_file: crate::dns::HOST_FILE.into(),
@@ -166,6 +171,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         key_file,
         scheduled,
         cluster_secret_file: secret_file,
+        dataplane,
         data_dir,
         reconcile_interval: cli
             .reconcile_interval

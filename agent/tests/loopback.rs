@@ -1110,3 +1110,62 @@ fn json_logs_show_membership_changes_and_the_level_changes_at_run_time() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("bad log filter"));
     assert_eq!(c.json(0, &["log-level"])["current"], "info");
 }
+
+#[test]
+fn a_tables_only_agent_with_a_data_dir_restarts_live_and_a_leave_ends_its_life() {
+    let mut c = Cluster::empty(73, 3);
+    let data = |i: usize| c.dir.join(format!("n{}-data", i + 1)).to_string_lossy().into_owned();
+    let dirs: Vec<String> = (0..3).map(data).collect();
+    for (i, dir) in dirs.iter().enumerate() {
+        c.spawn_with(i, &["--data-dir", dir]);
+    }
+    c.wait("every agent sees all members alive", Duration::from_secs(30), |c| {
+        (0..3).all(|i| c.alive_members(i).len() == 3)
+    });
+    for i in 0..3 {
+        c.json(i, &["network", "join", "net"]);
+    }
+    c.json(0, &["table", "put", "net", "t", "kept", "before"]);
+    c.wait("n1's entry everywhere", Duration::from_secs(20), |c| {
+        (0..3).all(|i| c.keys(i) == ["kept"])
+    });
+    let incarnation = |c: &Cluster, observer: usize| -> Option<u64> {
+        let ms = c.try_json(observer, &["members"])?;
+        ms.as_array()?.iter().find(|m| m["name"] == "n1")?["incarnation"].as_u64()
+    };
+    let life = incarnation(&c, 1).expect("n2 knows n1");
+
+    // SIGKILL and straight back with its data dir: the same life, so n2
+    // never loses the entry, and n1 takes back its network and entry.
+    let mut dead = c.signal(0, "-KILL");
+    let _ = dead.wait();
+    c.spawn_with(0, &["--data-dir", &dirs[0]]);
+    let start = Instant::now();
+    // Long enough for a failure to be detected, had n1 not come back as
+    // the member n2 knows.
+    while start.elapsed() < Duration::from_secs(10) {
+        assert_eq!(c.keys(1), ["kept"], "n2 kept n1's entry through the restart");
+        assert_eq!(c.member_state(1, "n1").as_deref(), Some("alive"), "n2 never saw n1 fail");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    c.wait("the restarted n1 holds its network and entry again", Duration::from_secs(20), |c| {
+        c.keys(0) == ["kept"]
+    });
+    let e = c.json(0, &["table", "get", "net", "t", "kept"]);
+    assert_eq!((e["value"].as_str(), e["owner"].as_str()), (Some("before"), Some("n1")));
+    assert_eq!(incarnation(&c, 1), Some(life), "n2 sees the same incarnation");
+    assert_eq!(c.member_state(1, "n1").as_deref(), Some("alive"));
+
+    // A graceful leave (SIGTERM, no endpoints) removes its entries and ends
+    // the life: the next start is a new incarnation.
+    let mut leaving = c.signal(0, "-TERM");
+    assert!(leaving.wait().unwrap().success());
+    c.wait("n1 left and its entry is gone", Duration::from_secs(10), |c| {
+        c.member_state(1, "n1").as_deref() == Some("left") && c.keys(1).is_empty()
+    });
+    c.spawn_with(0, &["--data-dir", &dirs[0]]);
+    c.wait("n1 back as a new incarnation", Duration::from_secs(20), |c| {
+        incarnation(c, 1).is_some_and(|i| i > life)
+            && c.member_state(1, "n1").as_deref() == Some("alive")
+    });
+}

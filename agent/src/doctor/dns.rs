@@ -9,7 +9,7 @@ use crate::dns::HostResolv;
 
 pub(super) fn check(s: &Settings) -> Check {
     let Some(dns) = &s.dns else {
-        let why = if s.data_dir.is_none() { "--no-dataplane: no containers" } else { "--no-dns" };
+        let why = if s.dataplane { "--no-dns" } else { "--no-dataplane: no containers" };
         return Check::new("dns", Finding::Skip, why);
     };
     if !has_net_bind_service() {

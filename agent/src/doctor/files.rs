@@ -55,7 +55,7 @@ fn mode(name: &'static str, path: &Path) -> Check {
 pub(super) fn data_dir(s: &Settings) -> Check {
     const NAME: &str = "data dir";
     let Some(dir) = &s.data_dir else {
-        return Check::new(NAME, Finding::Skip, "--no-dataplane: no data dir");
+        return Check::new(NAME, Finding::Skip, "--no-dataplane without --data-dir: no data dir");
     };
     let shown = dir.display();
     if !dir.exists() {

@@ -88,7 +88,7 @@ pub(crate) async fn run(
                 None
             }
         };
-    let dataplane = settings.as_ref().map_or(!no_dataplane, |s| s.data_dir.is_some());
+    let dataplane = settings.as_ref().map_or(!no_dataplane, |s| s.dataplane);
     checks.push(system::privilege(dataplane));
     let tunnel = settings.as_ref().map(|s| s.advertise.ip());
     checks.extend(system::kernel(dataplane, tunnel).await);

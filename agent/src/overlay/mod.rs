@@ -149,7 +149,8 @@ pub(crate) struct Overlay {
 }
 
 impl Overlay {
-    /// `store` is `None` when the data plane is off.
+    /// `store` is `None` without a data dir; `tunnel` is `None` without a
+    /// kernel data plane (endpoints are then refused).
     pub(crate) fn new(
         me: &str,
         tunnel: Option<Ipv4Addr>,
@@ -377,6 +378,10 @@ impl Overlay {
 
     /// Notes which events concern the overlay.
     pub(crate) fn observe(&mut self, ev: &Event) {
+        // Members change the peers to save.
+        if let Event::Member { .. } = ev {
+            self.dirty = true;
+        }
         let relevant = match ev {
             Event::Shared { .. } => true,
             Event::Entry { table, .. } => table == ROUTES_TABLE,
@@ -490,9 +495,8 @@ impl Overlay {
         }
     }
 
-    /// Writes the state file, with the clock to resume from.
-    pub(crate) fn save(&mut self, node: &Node) {
-        self.state.ltime = node.ltime();
+    /// Addresses of live members to knock on after a restart.
+    fn known_peers(&self, node: &Node) -> Vec<SocketAddr> {
         let mut peers: Vec<SocketAddr> = node
             .members()
             .into_iter()
@@ -501,7 +505,28 @@ impl Overlay {
             .collect();
         peers.sort_unstable();
         peers.truncate(SAVED_PEERS);
-        self.state.peers = peers;
+        peers
+    }
+
+    /// Saves the members to knock on after a restart when they changed
+    /// (a SIGKILL leaves no time to).
+    pub(super) fn save_peers(&mut self, node: &Node) {
+        if self.store.is_some() && self.known_peers(node) != self.state.peers {
+            self.save(node);
+        }
+    }
+
+    /// Saves that this host left the cluster: its next start begins a new
+    /// incarnation rather than resuming one whose entries peers removed.
+    pub(crate) fn end_life(&mut self, node: &Node) {
+        (self.state.incarnation, self.state.generation) = (0, 0);
+        self.save(node);
+    }
+
+    /// Writes the state file, with the clock to resume from.
+    pub(crate) fn save(&mut self, node: &Node) {
+        self.state.ltime = node.ltime();
+        self.state.peers = self.known_peers(node);
         if let Some(store) = &self.store
             && let Err(e) = store.save(&self.state)
         {

@@ -29,7 +29,8 @@ const RESTART: Duration = Duration::from_secs(20);
 /// reconnected keeps the address its peers know.
 ///
 /// Host `h` runs in container `{name}-{pid}-h{h}` as node `h{h}`, table-only
-/// (`--no-dataplane --no-dns`): a container has no CAP_NET_ADMIN. Every
+/// (`--no-dataplane --no-dns`, a data dir in the container, so a restart is
+/// live): a container has no CAP_NET_ADMIN. Every
 /// agent is given every host as a seed, so any of them, restarted after a
 /// kill, finds the cluster again. Dropping it removes the containers and
 /// the network.
@@ -69,6 +70,8 @@ impl Docker {
             run.extend(["--name", &container, "--hostname", &node]);
             run.extend(["--network", &cluster.network, "--ip", &ip, image]);
             run.extend(["--api", API, "agent", "--no-dataplane", "--no-dns", "--name", &node]);
+            // Kept in the container across a kill and start: a live restart.
+            run.extend(["--data-dir", "/var/lib/netdb"]);
             // Peers reach the agent at its fixed address; bound to every
             // address, its sockets do not depend on the interface that a
             // partition removes and restores.
