@@ -4,5 +4,6 @@
 //! after every heal.
 
 mod backend;
+pub mod cluster;
 
 pub use backend::{Backend, Fault, FaultKind};
