@@ -5,5 +5,11 @@
 
 mod backend;
 pub mod cluster;
+pub mod history;
+pub mod invariants;
+pub mod netns;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
 
 pub use backend::{Backend, Fault, FaultKind};
