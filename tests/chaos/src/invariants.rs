@@ -31,7 +31,7 @@ pub enum Check {
     Lost,
     /// (h) Every key holds the newest value its owner wrote.
     Stale,
-    /// A key nobody wrote, or listed with the wrong owner.
+    /// A key nobody wrote.
     Unknown,
     /// (d) Every host's FDB and neighbor entries are what the tables say.
     Kernel,
@@ -106,45 +106,48 @@ pub fn tables(views: &[(usize, Table)], history: &History) -> Vec<Violation> {
             }
         }
     }
+    // One violation per key and finding, naming every host it holds on:
+    // a bug that reaches every host says so once, not once per host.
+    let mut found: BTreeMap<(Check, String), Vec<usize>> = BTreeMap::new();
     let expected = history.expected();
     for (h, table) in views {
         for (key, expect) in &expected {
-            let held = table.get(*key);
-            match (expect, held) {
-                (Expect::Value { owner, value }, None) => out.push(Violation::new(
-                    Check::Lost,
-                    format!("h{h} lacks {key} (h{owner} wrote {value:?} last)"),
-                )),
+            let finding = match (expect, table.get(*key)) {
+                (Expect::Value { owner, value }, None) => {
+                    Some((Check::Lost, format!("{key} (h{owner} wrote {value:?} last) missing")))
+                }
                 (Expect::Value { owner, value }, Some(e))
                     if e.value != *value || e.owner != node_name(*owner) =>
                 {
-                    out.push(Violation::new(
-                        Check::Stale,
-                        format!(
-                            "h{h} holds {key} = {:?} from {}, h{owner} wrote {value:?} last",
-                            e.value, e.owner
-                        ),
-                    ))
+                    let held = format!("{key} = {:?} from {}", e.value, e.owner);
+                    Some((Check::Stale, format!("{held}, h{owner} wrote {value:?} last,")))
                 }
-                (Expect::Absent(Gone::Deleted), Some(e)) => out.push(Violation::new(
+                (Expect::Absent(Gone::Deleted), Some(e)) => Some((
                     Check::Resurrected,
-                    format!("h{h} holds {key} = {:?}, which {} deleted", e.value, e.owner),
+                    format!("{key} = {:?}, which {} deleted,", e.value, e.owner),
                 )),
-                (Expect::Absent(Gone::Restarted), Some(e)) => out.push(Violation::new(
+                (Expect::Absent(Gone::Restarted), Some(e)) => Some((
                     Check::Resurrected,
                     format!(
-                        "h{h} holds {key} = {:?}, written by {} before its restart \
-                         (RESTART_KEEPS_WRITES is off)",
+                        "{key} = {:?}, written by {} before its restart \
+                         (RESTART_KEEPS_WRITES is off),",
                         e.value, e.owner
                     ),
                 )),
-                _ => {}
+                _ => None,
+            };
+            if let Some(finding) = finding {
+                found.entry(finding).or_default().push(*h);
             }
         }
         for key in table.keys().filter(|k| !expected.contains_key(k.as_str())) {
-            out.push(Violation::new(Check::Unknown, format!("h{h} holds {key}, never written")));
+            found.entry((Check::Unknown, format!("{key}, never written,"))).or_default().push(*h);
         }
     }
+    out.extend(found.into_iter().map(|((check, what), hosts)| {
+        let on: Vec<String> = hosts.iter().map(|h| format!("h{h}")).collect();
+        Violation::new(check, format!("{what} on {}", on.join(",")))
+    }));
     out
 }
 
@@ -260,8 +263,10 @@ mod tests {
     }
 
     #[test]
-    fn a_lost_write_is_reported() {
-        assert_eq!(checks(&tables(&[(3, Table::new())], &history())), vec![Check::Lost]);
+    fn a_lost_write_is_reported_once_with_every_host_that_lost_it() {
+        let v = tables(&[(3, Table::new()), (4, Table::new())], &history());
+        assert_eq!(checks(&v), vec![Check::Lost]);
+        assert!(v[0].detail.ends_with("missing on h3,h4"), "{}", v[0]);
     }
 
     #[test]

@@ -129,7 +129,7 @@ fn write_report(report: &netdb_chaos::report::Report, path: &Path) -> Result<()>
     std::fs::write(path, text + "\n").with_context(|| format!("write {}", path.display()))?;
     println!("report: {}", path.display());
     let png = path.with_extension("png");
-    if report.plot(&png).context("plot")? {
+    if report.plot(&png, scenario::CONVERGENCE_BOUND).context("plot")? {
         println!("plot: {}", png.display());
     } else {
         println!("no plot: gnuplot is not installed (apt-get install gnuplot-nox)");

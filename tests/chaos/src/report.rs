@@ -159,23 +159,25 @@ impl Report {
         })
     }
 
-    /// Plots the convergence time after each heal to `png` with gnuplot;
-    /// `Ok(false)` when gnuplot is not installed.
-    pub fn plot(&self, png: &Path) -> Result<bool> {
+    /// Plots the convergence time after each heal to `png` with gnuplot
+    /// (a heal that did not converge is a bar at `bound`); `Ok(false)`
+    /// when gnuplot is not installed.
+    pub fn plot(&self, png: &Path, bound: Duration) -> Result<bool> {
         let mut data = String::new();
         for (i, s) in self.steps.iter().enumerate() {
-            let took = s.converged_in.map_or("NaN".into(), |d| format!("{:.3}", d.as_secs_f64()));
-            data += &format!("{} {took} \"{}\"\n", i + 1, s.what.replace('"', "'"));
+            let took = s.converged_in.unwrap_or(bound).as_secs_f64();
+            data += &format!("{} {took:.3} \"{}\"\n", i + 1, s.what.replace('"', "'"));
         }
         let script = format!(
             "set terminal png size 1000,500\nset output '{}'\n\
-             set title 'netdb chaos: convergence after each heal (seed {}, {} hosts)'\n\
+             set title 'netdb chaos: convergence after each heal (seed {}, {} hosts; {} s: not converged)'\n\
              set ylabel 'seconds'\nset xlabel 'fault'\nset style fill solid 0.6\n\
              set boxwidth 0.7\nset xtics rotate by -35\nset yrange [0:*]\n\
              plot '-' using 1:2:xtic(3) with boxes notitle\n{data}e\n",
             png.display(),
             self.seed,
             self.hosts,
+            bound.as_secs(),
         );
         let child = Command::new("gnuplot").stdin(Stdio::piped()).stderr(Stdio::piped()).spawn();
         let mut child = match child {

@@ -147,12 +147,21 @@ impl Run<'_> {
         Ok(())
     }
 
+    /// The checks' outcome on the timeline; the report has every
+    /// violation, the timeline the first few.
     fn verdict(&self, violations: &[Violation]) {
+        const SHOWN: usize = 8;
         if violations.is_empty() {
             self.log("checks ok");
         }
-        for v in violations {
+        for v in violations.iter().take(SHOWN) {
             self.log(&format!("VIOLATION {v}"));
+        }
+        if violations.len() > SHOWN {
+            self.log(&format!(
+                "... and {} more violations (see the report)",
+                violations.len() - SHOWN
+            ));
         }
     }
 
@@ -212,6 +221,9 @@ impl Run<'_> {
     /// delete of one of its own keys.
     fn write(&mut self) -> Result<()> {
         let live = self.live();
+        if live.is_empty() {
+            return Ok(());
+        }
         let h = live[self.rng.random_range(0..live.len())];
         let own = self.history.present(h);
         let roll = self.rng.random_range(0..4);

@@ -11,7 +11,7 @@ use crate::{Fault, FaultKind};
 
 /// What a step costs besides its calm and fault periods (heal,
 /// convergence, checks), to fit steps into a duration.
-const OVERHEAD: Duration = Duration::from_secs(6);
+const OVERHEAD: Duration = Duration::from_secs(2);
 
 /// One step: a calm period, then a fault held for a while, then its heal.
 #[derive(Clone, Debug, PartialEq, Eq)]
