@@ -172,7 +172,7 @@ impl Report {
             "set terminal png size 1000,500\nset output '{}'\n\
              set title 'netdb chaos: convergence after each heal (seed {}, {} hosts; {} s: not converged)'\n\
              set ylabel 'seconds'\nset xlabel 'fault'\nset style fill solid 0.6\n\
-             set boxwidth 0.7\nset xtics rotate by -35\nset yrange [0:*]\n\
+             set boxwidth 0.7\nset bmargin 9\nset rmargin 12\nset xtics rotate by -35\nset yrange [0:*]\n\
              plot '-' using 1:2:xtic(3) with boxes notitle\n{data}e\n",
             png.display(),
             self.seed,
