@@ -9,12 +9,13 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use netdb::ipam::{Claims, Subnet};
+use netdb_chaos::cluster::{
+    Background, Ep, all_endpoints_everywhere, all_endpoints_everywhere_of, ok, python_in, run,
+    text, until,
+};
 use serde_json::Value;
 use support::allowed;
-use support::cluster::{
-    BIN, Background, Cluster, Ep, all_endpoints_everywhere, all_endpoints_everywhere_of, ok,
-    python_in, run, text, until,
-};
+use support::cluster::{BIN, Cluster};
 
 mod support;
 

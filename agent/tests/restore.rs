@@ -8,9 +8,10 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use netdb_chaos::cluster::{ok, until};
 use serde_json::Value;
 use support::allowed;
-use support::cluster::{BIN, Cluster, ok, until};
+use support::cluster::{BIN, Cluster};
 
 mod support;
 

@@ -2,6 +2,8 @@
 //! CLI of each host's agent, and faults it can inject and heal.
 
 use std::process::Output;
+
+use crate::cluster::Cluster;
 use std::time::Duration;
 
 /// Kinds of fault. Not every backend offers every kind.
@@ -66,4 +68,11 @@ pub trait Backend {
 
     /// Whether hosts have a data plane (FDB, containers, DNS) to check.
     fn dataplane(&self) -> bool;
+
+    /// The namespace cluster behind this backend, whose kernels,
+    /// containers and resolvers the data-plane invariants read; none for
+    /// a backend that is not one.
+    fn namespaces(&self) -> Option<&Cluster> {
+        None
+    }
 }

@@ -4,6 +4,13 @@
 //! after every heal.
 
 mod backend;
+pub mod cluster;
 pub mod docker;
+pub mod history;
+pub mod invariants;
+pub mod netns;
+pub mod report;
+pub mod scenario;
+pub mod schedule;
 
 pub use backend::{Backend, Fault, FaultKind};
