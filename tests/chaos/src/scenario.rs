@@ -306,7 +306,17 @@ impl Run<'_> {
     fn checks(&self) -> Result<Vec<Violation>> {
         let hosts = self.backend.hosts();
         let mut out = self.suspicions(false)?;
-        let tables = (1..=hosts).map(|h| Ok((h, self.table(h)?))).collect::<Result<Vec<_>>>()?;
+        let mut tables = Vec::new();
+        for h in 1..=hosts {
+            match self.table(h) {
+                Ok(table) => tables.push((h, table)),
+                // A restarted agent is in the runner's network again once
+                // it synced with a peer; until then it holds none of it.
+                Err(e) => {
+                    out.push(Violation::new(Check::Lost, format!("h{h} shows no table: {e:#}")))
+                }
+            }
+        }
         out.extend(invariants::tables(&tables, &self.history));
         let eps = (1..=hosts).map(|h| Ok((h, self.endpoints(h)?))).collect::<Result<Vec<_>>>()?;
         if let Some(c) = self.backend.namespaces().filter(|_| self.backend.dataplane()) {
