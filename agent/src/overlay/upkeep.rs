@@ -61,7 +61,7 @@ impl Overlay {
             }
         }
         self.drop_stale_claims(node, now, &resolved);
-        self.withdraw_unknown_endpoints(node, now);
+        self.withdraw_unknown_endpoints(node, now, &resolved);
         self.readdress_duplicates(node, now, &resolved);
         let names = self.publish_names(node);
         self.find_conflicts(node, &resolved, &names);
@@ -137,7 +137,12 @@ impl Overlay {
     /// a restart that kept the incarnation, peers hand back what the earlier
     /// process wrote, and an endpoint it detached just before it died (saved,
     /// not yet gossiped) would otherwise hold its name and address for ever.
-    fn withdraw_unknown_endpoints(&mut self, node: &mut Node, now: Duration) {
+    fn withdraw_unknown_endpoints(&mut self, node: &mut Node, now: Duration, resolved: &Resolved) {
+        // Only overlay networks here: a plain network's tables are the
+        // user's, whatever their names.
+        if !self.enabled() {
+            return;
+        }
         let known: BTreeSet<(&str, String)> = self
             .state
             .endpoints
@@ -146,7 +151,7 @@ impl Overlay {
             .map(|ep| (ep.network.as_str(), endpoint_key(&self.me, &ep.name)))
             .collect();
         let mut unknown: Vec<(String, &str, String)> = Vec::new();
-        for net in node.networks() {
+        for net in node.networks().into_iter().filter(|n| resolved.networks.contains_key(*n)) {
             for table in [ROUTES_TABLE, ENDPOINTS_TABLE] {
                 for (key, e) in node.entries(net, table) {
                     if e.owner == self.me && !known.contains(&(net, key.to_string())) {
