@@ -28,6 +28,25 @@ pub enum FaultKind {
     Busy,
 }
 
+impl FaultKind {
+    /// Every kind, in the order reports list them.
+    pub const ALL: [FaultKind; 8] = [
+        FaultKind::Kill,
+        FaultKind::Pause,
+        FaultKind::Partition,
+        FaultKind::Split,
+        FaultKind::Loss,
+        FaultKind::Delay,
+        FaultKind::Bandwidth,
+        FaultKind::Busy,
+    ];
+
+    /// Its name in reports: `kill`, `pause`, ...
+    pub fn name(self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+}
+
 /// One fault to inject, and later heal. Fields a kind does not use are
 /// left empty or zero.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -178,16 +178,7 @@ impl Backend for Netns {
     }
 
     fn kinds(&self) -> &'static [FaultKind] {
-        &[
-            FaultKind::Kill,
-            FaultKind::Pause,
-            FaultKind::Partition,
-            FaultKind::Split,
-            FaultKind::Loss,
-            FaultKind::Delay,
-            FaultKind::Bandwidth,
-            FaultKind::Busy,
-        ]
+        &FaultKind::ALL
     }
 
     fn inject(&mut self, fault: &Fault) -> Result<()> {

@@ -9,8 +9,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use serde_json::{Value, json};
 
-use crate::Fault;
 use crate::invariants::Violation;
+use crate::{Fault, FaultKind};
 
 /// One fault of the run.
 #[derive(Clone, Debug)]
@@ -160,24 +160,38 @@ impl Report {
     }
 
     /// Plots the convergence time after each heal to `png` with gnuplot
-    /// (a heal that did not converge is a bar at `bound`); `Ok(false)`
-    /// when gnuplot is not installed.
+    /// (a heal that did not converge is a bar at `bound`), a colour per
+    /// kind of fault; `Ok(false)` when gnuplot is not installed.
     pub fn plot(&self, png: &Path, bound: Duration) -> Result<bool> {
+        // Each bar names its fault while the names stay readable; past
+        // that, bars are numbered and the report names them.
+        let named = self.steps.len() <= NAMED_BARS;
         let mut data = String::new();
         for (i, s) in self.steps.iter().enumerate() {
             let took = s.converged_in.unwrap_or(bound).as_secs_f64();
-            data += &format!("{} {took:.3} \"{}\"\n", i + 1, s.what.replace('"', "'"));
+            let colour = FaultKind::ALL.iter().position(|k| *k == s.fault.kind).unwrap_or(0) + 1;
+            data += &format!("{} {took:.3} {colour} \"{}\"\n", i + 1, s.what.replace('"', "'"));
         }
+        let kinds: Vec<String> = FaultKind::ALL.iter().map(|k| k.name()).collect();
+        let (xlabel, axis, using) = if named {
+            ("fault", "set bmargin 9\nset xtics rotate by -35\n", "1:2:3:xtic(4)")
+        } else {
+            ("heal (the report names each fault)", "", "1:2:3")
+        };
         let script = format!(
             "set terminal png size 1000,500\nset output '{}'\n\
              set title 'netdb chaos: convergence after each heal (seed {}, {} hosts; {} s: not converged)'\n\
-             set ylabel 'seconds'\nset xlabel 'fault'\nset style fill solid 0.6\n\
-             set boxwidth 0.7\nset bmargin 9\nset rmargin 12\nset xtics rotate by -35\nset yrange [0:*]\n\
-             plot '-' using 1:2:xtic(3) with boxes notitle\n{data}e\n",
+             set ylabel 'seconds'\nset xlabel '{xlabel}'\nset style fill solid 0.6\n\
+             set boxwidth 0.7\nset key outside right\n{axis}set xrange [0:{}]\nset yrange [0:*]\n\
+             plot '-' using {using} with boxes lc variable notitle, \
+             for [i=1:{}] NaN with boxes lc i title word('{}', i)\n{data}e\n",
             png.display(),
             self.seed,
             self.hosts,
             bound.as_secs(),
+            self.steps.len() + 1,
+            kinds.len(),
+            kinds.join(" "),
         );
         let child = Command::new("gnuplot").stdin(Stdio::piped()).stderr(Stdio::piped()).spawn();
         let mut child = match child {
@@ -197,10 +211,12 @@ impl Report {
     }
 }
 
+/// Bars beyond this many are numbered, not named.
+const NAMED_BARS: usize = 30;
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::FaultKind;
     use crate::invariants::Check;
 
     fn step(took: Option<u64>, violations: Vec<Violation>) -> StepReport {
@@ -238,5 +254,28 @@ mod tests {
         let mut calm = Report::new(1, 3, Duration::from_secs(10));
         calm.calm_violations.push((0.5, Violation::new(Check::Suspicion, "h2 suspect")));
         assert!(!calm.passed());
+    }
+
+    #[test]
+    fn the_plot_renders_few_heals_by_name_and_many_by_number() {
+        if Command::new("gnuplot").arg("--version").output().is_err() {
+            assert!(std::env::var_os("CI").is_none(), "CI installs gnuplot-nox for this test");
+            eprintln!("SKIP: no gnuplot");
+            return;
+        }
+        let dir = std::env::temp_dir().join(format!("netdb-chaos-plot-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        for n in [3, NAMED_BARS + 20] {
+            let mut r = Report::new(1, 3, Duration::from_secs(10));
+            r.steps = (0..n).map(|i| step((i % 4 != 3).then_some(i as u64 % 5), vec![])).collect();
+            for (i, s) in r.steps.iter_mut().enumerate() {
+                s.fault.kind = FaultKind::ALL[i % FaultKind::ALL.len()];
+            }
+            let png = dir.join(format!("{n}.png"));
+            assert!(r.plot(&png, Duration::from_secs(30)).unwrap(), "gnuplot ran");
+            let bytes = std::fs::read(&png).unwrap();
+            assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 5000, "{n} heals: a real PNG");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -119,16 +119,7 @@ pub fn describe(f: &Fault) -> String {
 mod tests {
     use super::*;
 
-    const ALL: [FaultKind; 8] = [
-        FaultKind::Kill,
-        FaultKind::Pause,
-        FaultKind::Partition,
-        FaultKind::Split,
-        FaultKind::Loss,
-        FaultKind::Delay,
-        FaultKind::Bandwidth,
-        FaultKind::Busy,
-    ];
+    const ALL: [FaultKind; 8] = FaultKind::ALL;
 
     #[test]
     fn a_seed_gives_one_schedule_and_another_seed_another() {
