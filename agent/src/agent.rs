@@ -97,9 +97,10 @@ impl Agent {
             store.save(state)?;
         }
         let incarnation = life.incarnation;
+        // The node leaves its own address out of the seeds.
         let mut seeds = s.join.clone();
         for peer in store.iter().flat_map(|(_, state)| &state.peers) {
-            if !seeds.contains(peer) && *peer != s.advertise {
+            if !seeds.contains(peer) {
                 seeds.push(*peer);
             }
         }
