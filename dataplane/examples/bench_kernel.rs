@@ -40,6 +40,7 @@ fn main() {
             endpoints: BTreeMap::new(),
             port: netdb_dataplane::VXLAN_PORT,
             prune: true,
+            gateway: None,
         };
         let desired: Desired = [(4096, full.clone())].into();
         println!("| step ({n} remote endpoints) | time | changes |");
@@ -92,6 +93,7 @@ fn main() {
                     prefix: 16,
                     publish: vec![Publish { proto: Proto::Tcp, host_port: 10_000 + i, port: 80 }],
                 }),
+                docker: false,
             };
             local.endpoints.insert(ep.host_ifname.clone(), ep);
         }

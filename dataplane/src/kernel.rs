@@ -15,15 +15,17 @@ use crate::{Desired, Endpoint, Error, Network};
 /// and reconcile in tasks of their own.
 pub trait Kernel: Send + Sync + 'static {
     /// Wires a container's namespace to a network (creating the network's
-    /// bridge and VXLAN device if missing). On failure nothing of the
-    /// endpoint is left behind.
+    /// bridge and VXLAN device if missing); for a Docker endpoint, makes
+    /// the veth pair and leaves its peer for Docker. On failure nothing of
+    /// the endpoint is left behind.
     fn attach(
         &self,
         net: &Network,
         ep: &Endpoint,
     ) -> impl Future<Output = Result<(), Error>> + Send;
 
-    /// Removes an endpoint's veth pair; `Ok(false)` if it was already gone.
+    /// Removes an endpoint's veth pairs, and a Docker endpoint's peer never
+    /// taken by Docker; `Ok(false)` if they were already gone.
     fn detach(&self, host_ifname: &str) -> impl Future<Output = Result<bool, Error>> + Send;
 
     /// Makes the kernel hold `desired` and none of our other devices or
@@ -52,6 +54,9 @@ pub struct ReconcileReport {
     pub neigh_removed: usize,
     /// Local endpoints wired again or put back on their bridge.
     pub endpoints_repaired: usize,
+    /// Addresses added to or removed from networks' bridges (their
+    /// gateway address).
+    pub addresses_changed: usize,
     /// Operations that failed (logged; the next reconcile tries again).
     pub failed: usize,
     /// How long the reconcile took.
@@ -76,6 +81,7 @@ impl ReconcileReport {
             + self.neigh_added
             + self.neigh_removed
             + self.endpoints_repaired
+            + self.addresses_changed
             + self.gateway_changed
             + self.nft_changed
     }

@@ -6,7 +6,10 @@
 //! agent's network namespace. Every remote endpoint is one FDB entry on the
 //! VXLAN device (MAC → remote host) and one permanent neighbor entry (IP →
 //! MAC) from which the device answers ARP. Every local endpoint is a veth
-//! pair: one end on the bridge, the other in the container's namespace.
+//! pair: one end on the bridge, the other in the container's namespace (or,
+//! for a Docker endpoint, left for Docker to move there: [`Endpoint::docker`]).
+//! The bridge holds the network's gateway address, if it has one
+//! ([`Network::gateway`]).
 //!
 //! The kernel is never trusted to still hold what was written: [`plan`]
 //! compares the desired state with a dump of the kernel and lists only the
@@ -90,8 +93,10 @@ pub struct Remote {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     /// Path of the container's network namespace, e.g. /run/netns/c1.
+    /// Ignored for a Docker endpoint.
     pub netns: PathBuf,
-    /// Interface name inside the container (eth0).
+    /// Interface name inside the container (eth0). Ignored for a Docker
+    /// endpoint.
     pub ifname: String,
     /// Host-side veth name (unique on this host, at most 15 bytes).
     pub host_ifname: String,
@@ -102,8 +107,22 @@ pub struct Endpoint {
     /// The container interface's MAC.
     pub mac: Mac,
     /// The way out through the host's gateway bridge; `None` on an
-    /// internal network.
+    /// internal network. Ignored for a Docker endpoint.
     pub egress: Option<Egress>,
+    /// The container side belongs to Docker (the remote network driver):
+    /// the veth's peer [`peer_name`] is left in the agent's namespace with
+    /// the endpoint's MAC and the network's MTU, down and unaddressed, for
+    /// Docker to move into the container, rename and address. Its
+    /// namespace is never looked at: the host-side veth gone means the
+    /// container's namespace went, taking the pair with it.
+    pub docker: bool,
+}
+
+impl Endpoint {
+    /// The way out, if the endpoint has one: a Docker endpoint never has.
+    pub(crate) fn way_out(&self) -> Option<&Egress> {
+        self.egress.as_ref().filter(|_| !self.docker)
+    }
 }
 
 /// An endpoint's way out (Docker's docker_gwbridge): a second veth on the
@@ -200,6 +219,16 @@ pub fn gateway_veth(host_ifname: &str) -> String {
     }
 }
 
+/// The container-side name of an endpoint's veth while it is still in the
+/// agent's namespace (before it moves, or for Docker to move): unique on
+/// the host, at most 15 bytes (a Linux interface name).
+pub fn peer_name(host_ifname: &str) -> String {
+    match host_ifname.strip_prefix("ndve") {
+        Some(rest) => format!("ndvp{}", cut(rest, 11)),
+        None => format!("{}p", cut(host_ifname, 14)),
+    }
+}
+
 /// `s` cut to at most `max` bytes, on a character boundary.
 fn cut(s: &str, max: usize) -> &str {
     let mut end = s.len().min(max);
@@ -229,6 +258,10 @@ pub struct Network {
     /// rightly holds (an agent restarted under running containers, before
     /// it synced the network): removing them would cut live traffic.
     pub prune: bool,
+    /// The network's gateway address and prefix length, held by the host's
+    /// bridge `ndbr<VNI>`: Docker containers reach the host (netdb's DNS
+    /// listens there) through it. `None`: the bridge has no address.
+    pub gateway: Option<(Ipv4Addr, u8)>,
 }
 
 impl Network {
@@ -395,6 +428,15 @@ mod tests {
         assert_eq!(device_vni(&vxlan_name(16777215)), Some((DeviceKind::Vxlan, 16777215)));
         for other in ["ndbr", "ndbr04096", "ndvx12a", "eth0", "ndve1234", "ndbr99999999999"] {
             assert_eq!(device_vni(other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn peers_are_named_after_the_endpoint_and_fit() {
+        assert_eq!(peer_name("ndve0a1b2c3d"), "ndvp0a1b2c3d");
+        assert_eq!(peer_name("custom-long-name"), "custom-long-nap");
+        for long in ["ndve0a1b2c3d4e5f6", "ééééééééé", "ndveééééééé"] {
+            assert!(peer_name(long).len() <= 15, "{long}");
         }
     }
 

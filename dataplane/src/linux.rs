@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use futures_util::stream::{self, StreamExt, TryStreamExt};
 use rtnetlink::packet_route::AddressFamily;
-use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
 use rtnetlink::packet_route::link::InfoBridgePort;
 use rtnetlink::packet_route::link::{
     InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkInfo, LinkMessage,
@@ -29,7 +29,7 @@ use crate::plan::{
 };
 use crate::{
     Desired, DeviceKind, Egress, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network,
-    ReconcileReport, VxlanAttrs, bridge_name, device_vni, gateway_veth, vxlan_name,
+    ReconcileReport, VxlanAttrs, bridge_name, device_vni, gateway_veth, peer_name, vxlan_name,
 };
 
 /// Requests in flight at once on the socket: the kernel answers them in
@@ -39,6 +39,7 @@ const IN_FLIGHT: usize = 256;
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
 const ENODEV: i32 = 19;
+const EADDRNOTAVAIL: i32 = 99;
 
 const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 
@@ -76,6 +77,7 @@ impl Linux {
     pub async fn observe(&self) -> Result<Observed, Error> {
         let mut out = Observed::default();
         let mut vxlans: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut bridges: BTreeMap<u32, u32> = BTreeMap::new();
         let mut links = self.handle().link().get().execute();
         while let Some(msg) = links.try_next().await.map_err(|e| Error::netlink("list links", e))? {
             let index = msg.header.index;
@@ -90,6 +92,7 @@ impl Linux {
             match (device_vni(&name), LinkKind::of(&msg)) {
                 (Some((DeviceKind::Bridge, vni)), LinkKind::Bridge) => {
                     out.networks.entry(vni).or_default().bridge = Some(index);
+                    bridges.insert(index, vni);
                 }
                 (Some((DeviceKind::Vxlan, vni)), LinkKind::Vxlan(attrs)) => {
                     let n = out.networks.entry(vni).or_default();
@@ -125,18 +128,7 @@ impl Linux {
                 network(&mut out, *vni).neigh.insert(ip, mac);
             }
         }
-        if let Some(g) = &mut out.gateway {
-            let mut addrs = self.handle().address().get().set_link_index_filter(g.index).execute();
-            while let Some(msg) =
-                addrs.try_next().await.map_err(|e| Error::netlink("list addresses", e))?
-            {
-                for a in &msg.attributes {
-                    if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
-                        g.addresses.insert((*ip, msg.header.prefix_len));
-                    }
-                }
-            }
-        }
+        self.observe_addresses(&mut out, &bridges).await?;
         out.forwarding = std::fs::read_to_string(FORWARDING).is_ok_and(|v| v.trim() == "1");
         let listed = blocking(nft::list).await?;
         out.nftables = match listed {
@@ -147,6 +139,38 @@ impl Linux {
             },
         };
         Ok(out)
+    }
+
+    /// Reads the IPv4 addresses of the gateway bridge and of our networks'
+    /// bridges (`bridges`: index → VNI) into `out`.
+    async fn observe_addresses(
+        &self,
+        out: &mut Observed,
+        bridges: &BTreeMap<u32, u32>,
+    ) -> Result<(), Error> {
+        let gateway = out.gateway.as_ref().map(|g| g.index);
+        let mut req = self.handle().address().get();
+        req.message_mut().header.family = AddressFamily::Inet;
+        let mut addrs = req.execute();
+        while let Some(msg) =
+            addrs.try_next().await.map_err(|e| Error::netlink("list addresses", e))?
+        {
+            let ix = msg.header.index;
+            let held = match bridges.get(&ix) {
+                Some(vni) => &mut network(out, *vni).addresses,
+                None if gateway == Some(ix) => match &mut out.gateway {
+                    Some(g) => &mut g.addresses,
+                    None => continue,
+                },
+                None => continue,
+            };
+            for a in &msg.attributes {
+                if let AddressAttribute::Local(IpAddr::V4(ip)) = a {
+                    held.insert((*ip, msg.header.prefix_len));
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Makes the kernel hold `desired` and none of our other devices or
@@ -170,6 +194,8 @@ impl Linux {
             neigh_del,
             reattach,
             enslave,
+            address_add,
+            address_del,
             gateway,
             gateway_remove,
             gateway_enslave,
@@ -257,6 +283,20 @@ impl Linux {
                 Err(e) => fail(&mut report, &Error::netlink(format!("enslave {name}"), e)),
             }
         }
+        for (vni, addr) in address_del {
+            let Some((br, _)) = indices.get(&vni) else { continue };
+            match self.bridge_address_del(*br, vni, addr).await {
+                Ok(()) => report.addresses_changed += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        for (vni, addr) in address_add {
+            let Some((br, _)) = indices.get(&vni) else { continue };
+            match self.bridge_address_add(*br, vni, addr).await {
+                Ok(()) => report.addresses_changed += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
         for name in gateway_enslave {
             let Some(br) = gateway_ix else { continue };
             match self.gateway_port(&name, br).await {
@@ -300,18 +340,60 @@ impl Linux {
         Ok((br_ix, vx_ix))
     }
 
-    /// The network's bridge, created if missing; its index. A device of
-    /// its name that is no bridge is refused.
+    /// The network's bridge, created if missing (with the network's
+    /// gateway address, so a container attached right away reaches it);
+    /// its index. A device of its name that is no bridge is refused. An
+    /// existing bridge's addresses are left to reconcile.
     pub(crate) async fn ensure_bridge(&self, net: &Network) -> Result<u32, Error> {
         let br = bridge_name(net.vni);
         let bridge = LinkBridge::new(&br).mtu(net.mtu).build();
-        ignore(self.handle().link().add(bridge).execute().await, EEXIST)
-            .map_err(|e| Error::netlink(format!("create bridge {br}"), e))?;
+        let created = match self.handle().link().add(bridge).execute().await {
+            Ok(()) => true,
+            other => {
+                ignore(other, EEXIST)
+                    .map_err(|e| Error::netlink(format!("create bridge {br}"), e))?;
+                false
+            }
+        };
         let (ix, kind) = self.link(&br).await?.ok_or_else(|| gone(&br))?;
-        match kind {
-            LinkKind::Bridge => Ok(ix),
-            other => Err(other.not_ours(br, "bridge")),
+        let LinkKind::Bridge = kind else { return Err(kind.not_ours(br, "bridge")) };
+        if let (true, Some(addr)) = (created, net.gateway) {
+            self.bridge_address_add(ix, net.vni, addr).await?;
         }
+        Ok(ix)
+    }
+
+    /// Gives network `vni`'s bridge (index `ix`) an address, and keeps it
+    /// up: the containers reach the host through it.
+    async fn bridge_address_add(
+        &self,
+        ix: u32,
+        vni: u32,
+        (addr, prefix): (Ipv4Addr, u8),
+    ) -> Result<(), Error> {
+        let br = bridge_name(vni);
+        ignore(self.handle().address().add(ix, IpAddr::V4(addr), prefix).execute().await, EEXIST)
+            .map_err(|e| Error::netlink(format!("add address {addr}/{prefix} to {br}"), e))?;
+        self.set_link(LinkUnspec::new_with_index(ix).up().build(), format!("set {br} up")).await
+    }
+
+    /// Removes an address from network `vni`'s bridge (index `ix`).
+    async fn bridge_address_del(
+        &self,
+        ix: u32,
+        vni: u32,
+        (addr, prefix): (Ipv4Addr, u8),
+    ) -> Result<(), Error> {
+        let mut msg = AddressMessage::default();
+        msg.header.family = AddressFamily::Inet;
+        msg.header.prefix_len = prefix;
+        msg.header.index = ix;
+        msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
+        msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
+        let what = || format!("remove address {addr}/{prefix} from {}", bridge_name(vni));
+        // EADDRNOTAVAIL: removed meanwhile, which is what was wanted.
+        ignore(self.handle().address().del(msg).execute().await, EADDRNOTAVAIL)
+            .map_err(|e| Error::netlink(what(), e))
     }
 
     /// The network's VXLAN device, created if missing, enslaved to the
@@ -439,8 +521,13 @@ impl Linux {
 
     /// Wires a container's namespace to a network: a veth pair, one end on
     /// the bridge, the other renamed, addressed and up in the container.
-    /// On failure nothing of the endpoint is left behind.
+    /// A Docker endpoint's other end stays here for Docker
+    /// ([`Endpoint::docker`]). On failure nothing of the endpoint is left
+    /// behind.
     pub async fn attach(&self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
+        if ep.docker {
+            return self.attach_docker(net, ep).await;
+        }
         let file = netns::open(&ep.netns)?;
         let inside = netns::enter(&ep.netns, &file)?;
         for ifname in std::iter::once(&ep.ifname).chain(ep.egress.as_ref().map(|e| &e.ifname)) {
@@ -454,7 +541,6 @@ impl Linux {
         let (br, _) = self.ensure_network(net).await?;
         self.detach(&ep.host_ifname).await?;
         let peer = peer_name(&ep.host_ifname);
-        self.remove_link(&peer).await?;
         self.add_veth(&ep.host_ifname, &peer, Some(net.mtu)).await?;
         let mut wired = self.wire(net, ep, br, &peer, &file, &inside).await;
         if let (Ok(()), Some(egress)) = (&wired, &ep.egress) {
@@ -464,6 +550,37 @@ impl Linux {
             let _ = self.detach(&ep.host_ifname).await;
         }
         wired
+    }
+
+    /// A Docker endpoint's veth pair: the host side on the bridge and up,
+    /// the peer left here with the endpoint's MAC and the network's MTU,
+    /// down and unaddressed, for Docker to move into the container.
+    async fn attach_docker(&self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
+        let (br, _) = self.ensure_network(net).await?;
+        // A retry: what an earlier attempt left goes first.
+        self.detach(&ep.host_ifname).await?;
+        let peer = peer_name(&ep.host_ifname);
+        self.add_veth(&ep.host_ifname, &peer, Some(net.mtu)).await?;
+        let wired = self.wire_docker(net, ep, br, &peer).await;
+        if wired.is_err() {
+            let _ = self.detach(&ep.host_ifname).await;
+        }
+        wired
+    }
+
+    async fn wire_docker(
+        &self,
+        net: &Network,
+        ep: &Endpoint,
+        bridge: u32,
+        peer: &str,
+    ) -> Result<(), Error> {
+        let what = |step: &str| format!("{step} for Docker endpoint {}", ep.host_ifname);
+        // The veth's MTU option sets the host side only.
+        let setup = LinkUnspec::new_with_name(peer).address(ep.mac.0.to_vec()).mtu(net.mtu).build();
+        self.set_link(setup, what("configure the peer")).await?;
+        let host_side = LinkUnspec::new_with_name(&ep.host_ifname).controller(bridge).up().build();
+        self.set_link(host_side, what("enslave veth")).await
     }
 
     /// The endpoint's way out: a veth on the gateway bridge, addressed in
@@ -578,11 +695,13 @@ impl Linux {
             .map_err(|e| Error::netlink(format!("create veth {host}"), e))
     }
 
-    /// Removes an endpoint's veth pairs (overlay and way out); `Ok(false)`
-    /// if both were already gone.
+    /// Removes an endpoint's veth pairs (overlay and way out) and a peer
+    /// of its name still here (a Docker endpoint Docker never took: it
+    /// normally goes with its host side, but a device of that name would
+    /// make the next attach fail); `Ok(false)` if all were already gone.
     pub async fn detach(&self, host_ifname: &str) -> Result<bool, Error> {
         let mut found = false;
-        for name in [host_ifname.to_string(), gateway_veth(host_ifname)] {
+        for name in [host_ifname.to_string(), gateway_veth(host_ifname), peer_name(host_ifname)] {
             let Some(ix) = self.index(&name).await? else { continue };
             ignore(self.handle().link().del(ix).execute().await, ENODEV)
                 .map_err(|e| Error::netlink(format!("delete veth {name}"), e))?;
@@ -772,21 +891,6 @@ fn gone(name: &str) -> Error {
     Error::Netlink {
         what: format!("find {name}"),
         source: std::io::Error::other("vanished after creation"),
-    }
-}
-
-/// The container-side name a veth has before it moves: unique on the host.
-fn peer_name(host_ifname: &str) -> String {
-    match host_ifname.strip_prefix("ndve") {
-        Some(rest) => format!("ndvp{rest}"),
-        None => {
-            // At most 14 bytes, cut on a character, so the `p` still fits.
-            let mut end = host_ifname.len().min(14);
-            while !host_ifname.is_char_boundary(end) {
-                end -= 1;
-            }
-            format!("{}p", host_ifname.split_at(end).0)
-        }
     }
 }
 

@@ -19,7 +19,7 @@ use crate::plan::{
 };
 use crate::{
     Desired, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network, ReconcileReport, bridge_name,
-    gateway_veth, vxlan_name,
+    gateway_veth, peer_name, vxlan_name,
 };
 
 /// Longest interface name Linux takes (IFNAMSIZ - 1).
@@ -41,7 +41,8 @@ struct State {
     networks: BTreeMap<u32, Devices>,
     /// Interface names inside each container namespace.
     inside: BTreeMap<PathBuf, BTreeSet<String>>,
-    /// Wired endpoints by host-side veth name.
+    /// Wired endpoints by host-side veth name. A Docker endpoint's peer is
+    /// a link of the agent's namespace (Docker never takes it here).
     wired: BTreeMap<String, Endpoint>,
     /// Gateway veths by host-side name: the container's namespace and
     /// interface at the other end.
@@ -69,6 +70,8 @@ struct Devices {
     port: u16,
     fdb: BTreeMap<Mac, Ipv4Addr>,
     neigh: BTreeMap<Ipv4Addr, Mac>,
+    /// The bridge's IPv4 addresses.
+    addresses: BTreeSet<(Ipv4Addr, u8)>,
 }
 
 impl Memory {
@@ -155,6 +158,7 @@ impl State {
                         local: d.local,
                         port: d.port,
                     }),
+                    addresses: d.addresses.clone(),
                 },
             );
         }
@@ -182,13 +186,16 @@ impl State {
         index
     }
 
-    /// The network's devices, made if missing; the bridge's index.
+    /// The network's devices, made if missing (a new bridge with the
+    /// network's gateway address); the bridge's index.
     fn ensure_network(&mut self, net: &Network) -> u32 {
         let bridge = match self.networks.get(&net.vni).and_then(|d| d.bridge) {
             Some(ix) => ix,
             None => {
                 let ix = self.index();
                 self.links.insert(bridge_name(net.vni), Link { index: ix, master: None });
+                self.networks.entry(net.vni).or_default().addresses =
+                    net.gateway.into_iter().collect();
                 ix
             }
         };
@@ -215,16 +222,14 @@ impl State {
     }
 
     fn attach(&mut self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
+        if ep.docker {
+            return self.attach_docker(net, ep);
+        }
         std::fs::metadata(&ep.netns)
             .map_err(|source| Error::Netns { path: ep.netns.display().to_string(), source })?;
         let gateway_ifname = ep.egress.as_ref().map(|e| &e.ifname);
         for name in [&ep.ifname, &ep.host_ifname].into_iter().chain(gateway_ifname) {
-            if name.is_empty() || name.len() > MAX_IFNAME {
-                return Err(Error::Netlink {
-                    what: format!("create veth {} for {}", ep.host_ifname, ep.ifname),
-                    source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
-                });
-            }
+            valid_ifname(ep, name)?;
         }
         for name in std::iter::once(&ep.ifname).chain(gateway_ifname) {
             if self.inside.get(&ep.netns).is_some_and(|names| names.contains(name)) {
@@ -251,19 +256,47 @@ impl State {
         Ok(())
     }
 
-    /// Both veth pairs of an endpoint; `false` if neither was there.
+    /// A Docker endpoint: the veth pair, its peer left here for Docker.
+    fn attach_docker(&mut self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
+        valid_ifname(ep, &ep.host_ifname)?;
+        let bridge = self.ensure_network(net);
+        self.detach(&ep.host_ifname);
+        let index = self.index();
+        self.links.insert(ep.host_ifname.clone(), Link { index, master: Some(bridge) });
+        let index = self.index();
+        self.links.insert(peer_name(&ep.host_ifname), Link { index, master: None });
+        self.wired.insert(ep.host_ifname.clone(), ep.clone());
+        Ok(())
+    }
+
+    /// Both veth pairs of an endpoint, and a peer of its name; `false` if
+    /// none was there.
     fn detach(&mut self, host_ifname: &str) -> bool {
         let main = self.delete_link(host_ifname);
-        self.delete_link(&gateway_veth(host_ifname)) || main
+        let gateway = self.delete_link(&gateway_veth(host_ifname));
+        self.delete_link(&peer_name(host_ifname)) || gateway || main
     }
 
     fn delete_link(&mut self, name: &str) -> bool {
         let Some(link) = self.links.remove(name) else { return false };
-        // A veth pair dies whole: the container's end goes too.
-        if let Some(ep) = self.wired.remove(name)
-            && let Some(names) = self.inside.get_mut(&ep.netns)
-        {
-            names.remove(&ep.ifname);
+        // A veth pair dies whole: the container's end goes too, or the
+        // Docker endpoint's peer, or (the peer deleted) its host side.
+        match self.wired.remove(name) {
+            Some(ep) if ep.docker => {
+                self.links.remove(&peer_name(name));
+            }
+            Some(ep) => {
+                if let Some(names) = self.inside.get_mut(&ep.netns) {
+                    names.remove(&ep.ifname);
+                }
+            }
+            None => {
+                let host =
+                    self.wired.values().find(|ep| ep.docker && peer_name(&ep.host_ifname) == name);
+                if let Some(host) = host.map(|ep| ep.host_ifname.clone()) {
+                    self.delete_link(&host);
+                }
+            }
         }
         if let Some((netns, ifname)) = self.gateway_ports.remove(name)
             && let Some(names) = self.inside.get_mut(&netns)
@@ -282,6 +315,7 @@ impl State {
         for d in self.networks.values_mut() {
             if d.bridge == Some(link.index) {
                 d.bridge = None;
+                d.addresses.clear();
             }
             if d.vxlan == Some(link.index) {
                 d.vxlan = None;
@@ -305,6 +339,8 @@ impl State {
             neigh_del,
             reattach,
             enslave,
+            address_add,
+            address_del,
             gateway,
             gateway_remove,
             gateway_enslave,
@@ -359,6 +395,17 @@ impl State {
                 report.endpoints_repaired += 1;
             }
         }
+        for (vni, addr) in address_del {
+            if self.networks.get_mut(&vni).is_some_and(|d| d.addresses.remove(&addr)) {
+                report.addresses_changed += 1;
+            }
+        }
+        for (vni, addr) in address_add {
+            if let Some(d) = self.networks.get_mut(&vni).filter(|d| d.bridge.is_some()) {
+                d.addresses.insert(addr);
+                report.addresses_changed += 1;
+            }
+        }
         for name in gateway_enslave {
             let bridge = self.gateway.as_ref().map(|g| g.index);
             if let (Some(br), Some(link)) = (bridge, self.links.get_mut(&name)) {
@@ -388,6 +435,17 @@ impl State {
     }
 }
 
+/// Refuses an interface name Linux would: empty or too long.
+fn valid_ifname(ep: &Endpoint, name: &str) -> Result<(), Error> {
+    if name.is_empty() || name.len() > MAX_IFNAME {
+        return Err(Error::Netlink {
+            what: format!("create veth {} (interface name {name:?})", ep.host_ifname),
+            source: std::io::Error::from(std::io::ErrorKind::InvalidInput),
+        });
+    }
+    Ok(())
+}
+
 impl Kernel for Memory {
     async fn attach(&self, net: &Network, ep: &Endpoint) -> Result<(), Error> {
         self.lock().attach(net, ep)
@@ -408,7 +466,7 @@ impl Kernel for Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::testing::{egress_endpoint, network, remote};
+    use crate::testing::{docker_endpoint, egress_endpoint, network, remote};
 
     fn run<T>(f: impl Future<Output = T>) -> T {
         tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
@@ -441,6 +499,7 @@ mod tests {
             prefix: 24,
             mac: Mac::from_ipv4(ip),
             egress: None,
+            docker: false,
         }
     }
 
@@ -496,6 +555,38 @@ mod tests {
         let r = run(k.reconcile(&Desired::new())).unwrap();
         assert_eq!(r.removed, 1);
         assert!(k.observe().networks.is_empty());
+    }
+
+    #[test]
+    fn a_docker_endpoint_leaves_its_peer_and_the_bridge_holds_the_gateway() {
+        let k = Memory::new();
+        let gw = (Ipv4Addr::new(10, 0, 0, 1), 24);
+        let ep = docker_endpoint("ndve1", 2);
+        let mut net = network(&[]);
+        net.gateway = Some(gw);
+        net.endpoints.insert(ep.host_ifname.clone(), ep.clone());
+        let mut desired = Desired::from([(4096, net)]);
+
+        run(k.attach(&desired[&4096], &ep)).unwrap();
+        run(k.attach(&desired[&4096], &ep)).unwrap();
+        let seen = k.observe();
+        assert_eq!(seen.links["ndve1"], seen.networks[&4096].bridge);
+        assert_eq!(seen.links[&peer_name("ndve1")], None, "left here for Docker");
+        assert_eq!(seen.networks[&4096].addresses, BTreeSet::from([gw]));
+        assert_eq!(run(k.reconcile(&desired)).unwrap().changes(), 0);
+
+        let moved = (Ipv4Addr::new(10, 0, 0, 254), 24);
+        desired.get_mut(&4096).unwrap().gateway = Some(moved);
+        assert_eq!(run(k.reconcile(&desired)).unwrap().addresses_changed, 2);
+        assert_eq!(k.observe().networks[&4096].addresses, BTreeSet::from([moved]));
+
+        // The container's namespace destroyed: the pair goes, and the
+        // endpoint is left to the agent.
+        assert!(k.delete_link(&peer_name("ndve1")));
+        assert!(!k.observe().links.contains_key("ndve1"));
+        let r = run(k.reconcile(&desired)).unwrap();
+        assert_eq!((&r.netns_gone, r.changes()), (&vec![ep], 0), "{r:?}");
+        assert!(!run(k.detach("ndve1")).unwrap());
     }
 
     #[test]

@@ -24,11 +24,8 @@ pub const NFT_TABLE: &str = "ip netdb";
 /// publishing one host port (refused by the agent, but possible in a state
 /// file edited by hand) resolve to the first in order, every time.
 pub fn ruleset(desired: &Desired) -> Option<String> {
-    let egress: Vec<_> = desired
-        .values()
-        .flat_map(|n| n.endpoints.values())
-        .filter_map(|e| e.egress.as_ref())
-        .collect();
+    let egress: Vec<_> =
+        desired.values().flat_map(|n| n.endpoints.values()).filter_map(|e| e.way_out()).collect();
     let first = egress.first()?;
     let subnet = network_of(first.gateway, first.prefix);
     let mut taken = BTreeSet::new();

@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::{Desired, Endpoint, Mac, gateway_veth, netns_gone, ruleset};
+use crate::{Desired, Endpoint, Mac, Network, gateway_veth, netns_gone, ruleset};
 
 /// One network's devices and entries as read from the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -19,6 +19,8 @@ pub struct ObservedNetwork {
     pub neigh: BTreeMap<Ipv4Addr, Mac>,
     /// The VXLAN device's attributes, as the kernel reports them.
     pub vxlan_attrs: Option<VxlanAttrs>,
+    /// The bridge's IPv4 addresses and prefix lengths.
+    pub addresses: BTreeSet<(Ipv4Addr, u8)>,
 }
 
 /// What makes a VXLAN device carry a network's traffic: a device of our
@@ -102,6 +104,11 @@ pub struct Plan {
     pub reattach: Vec<(u32, Endpoint)>,
     /// Local endpoints whose veth left the bridge: enslave it again.
     pub enslave: Vec<(u32, String)>,
+    /// Addresses a network's bridge lacks: (VNI, (address, prefix length)).
+    pub address_add: Vec<(u32, (Ipv4Addr, u8))>,
+    /// Addresses a network's bridge must lose: (VNI, (address, prefix
+    /// length)).
+    pub address_del: Vec<(u32, (Ipv4Addr, u8))>,
     /// The gateway bridge is missing or lacks its address (address,
     /// prefix length): make it so.
     pub gateway: Option<(Ipv4Addr, u8)>,
@@ -113,8 +120,9 @@ pub struct Plan {
     pub forwarding: bool,
     /// netdb's nftables table differs from what it must hold.
     pub nftables: Option<Nftables>,
-    /// Local endpoints whose namespace is gone: nothing to wire them to
-    /// again, so they are left to the agent to detach.
+    /// Local endpoints whose namespace is gone (for a Docker endpoint:
+    /// whose host-side veth is gone): nothing to wire them to again, so
+    /// they are left to the agent to detach.
     pub orphaned: Vec<Endpoint>,
 }
 
@@ -134,7 +142,7 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     let way_out = desired
         .values()
         .flat_map(|n| n.endpoints.values())
-        .find_map(|e| e.egress.as_ref())
+        .find_map(Endpoint::way_out)
         .map(|e| (e.gateway, e.prefix));
     let gateway = observed.gateway.as_ref();
     match way_out {
@@ -168,28 +176,12 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         };
         diff(vni, &fdb, &seen_entries.fdb, &mut p.fdb_add, fdb_del);
         diff(vni, &neigh, &seen_entries.neigh, &mut p.neigh_add, neigh_del);
+        // A bridge made now gets its address as it is made.
+        if seen.bridge.is_some() {
+            addresses(vni, net, seen, &mut p);
+        }
         for (name, ep) in &net.endpoints {
-            if observed.netns_gone.contains(&ep.netns) {
-                p.orphaned.push(ep.clone());
-                continue;
-            }
-            let gateway_port = ep.egress.as_ref().map(|_| gateway_veth(name));
-            let gateway_master = gateway_port.as_ref().map(|g| observed.links.get(g));
-            match observed.links.get(name) {
-                None => p.reattach.push((vni, ep.clone())),
-                // Half an endpoint (its way out lost): wired again whole.
-                Some(_) if gateway_master == Some(None) => p.reattach.push((vni, ep.clone())),
-                // A new bridge (deleted by hand, or the VNI changed) gets
-                // every veth of the network back.
-                Some(_) if creating => p.enslave.push((vni, name.clone())),
-                Some(master) if *master != seen.bridge => p.enslave.push((vni, name.clone())),
-                Some(_) => {}
-            }
-            if let (Some(port), Some(Some(master))) = (gateway_port, gateway_master)
-                && (gateway.is_none() || *master != gateway.map(|g| g.index))
-            {
-                p.gateway_enslave.push(port);
-            }
+            endpoint(vni, name, ep, seen, creating, observed, &mut p);
         }
     }
     p.remove = observed.networks.keys().filter(|v| !desired.contains_key(v)).copied().collect();
@@ -202,10 +194,61 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
     p
 }
 
-/// The namespaces of `desired`'s endpoints that are gone.
+/// What an existing bridge must gain and lose so that it holds exactly the
+/// network's gateway address.
+fn addresses(vni: u32, net: &Network, seen: &ObservedNetwork, p: &mut Plan) {
+    let want: BTreeSet<(Ipv4Addr, u8)> = net.gateway.into_iter().collect();
+    p.address_add.extend(want.difference(&seen.addresses).map(|a| (vni, *a)));
+    p.address_del.extend(seen.addresses.difference(&want).map(|a| (vni, *a)));
+}
+
+/// What one local endpoint `name` of network `vni` needs; `creating`: the
+/// network's devices are made (again) by this plan.
+fn endpoint(
+    vni: u32,
+    name: &str,
+    ep: &Endpoint,
+    seen: &ObservedNetwork,
+    creating: bool,
+    observed: &Observed,
+    p: &mut Plan,
+) {
+    if !ep.docker && observed.netns_gone.contains(&ep.netns) {
+        p.orphaned.push(ep.clone());
+        return;
+    }
+    let gateway = observed.gateway.as_ref();
+    let gateway_port = ep.way_out().map(|_| gateway_veth(name));
+    let gateway_master = gateway_port.as_ref().map(|g| observed.links.get(g));
+    match observed.links.get(name) {
+        // Its pair went with the container's namespace: Docker made the
+        // container side, so there is nothing here to wire again.
+        None if ep.docker => p.orphaned.push(ep.clone()),
+        None => p.reattach.push((vni, ep.clone())),
+        // Half an endpoint (its way out lost): wired again whole.
+        Some(_) if gateway_master == Some(None) => p.reattach.push((vni, ep.clone())),
+        // A new bridge (deleted by hand, or the VNI changed) gets every
+        // veth of the network back.
+        Some(_) if creating => p.enslave.push((vni, name.to_string())),
+        Some(master) if *master != seen.bridge => p.enslave.push((vni, name.to_string())),
+        Some(_) => {}
+    }
+    if let (Some(port), Some(Some(master))) = (gateway_port, gateway_master)
+        && (gateway.is_none() || *master != gateway.map(|g| g.index))
+    {
+        p.gateway_enslave.push(port);
+    }
+}
+
+/// The namespaces of `desired`'s endpoints that are gone. A Docker
+/// endpoint's is never looked at: Docker owns it.
 pub(crate) fn gone_namespaces(desired: &Desired) -> BTreeSet<PathBuf> {
-    let paths: BTreeSet<&PathBuf> =
-        desired.values().flat_map(|n| n.endpoints.values()).map(|ep| &ep.netns).collect();
+    let paths: BTreeSet<&PathBuf> = desired
+        .values()
+        .flat_map(|n| n.endpoints.values())
+        .filter(|ep| !ep.docker)
+        .map(|ep| &ep.netns)
+        .collect();
     paths.into_iter().filter(|p| netns_gone(p)).cloned().collect()
 }
 
@@ -233,7 +276,7 @@ fn diff<K: Ord + Copy, V: PartialEq + Copy>(
 mod tests {
     use super::*;
     use crate::Remote;
-    use crate::testing::{egress_endpoint, endpoint_at, ip, network, remote};
+    use crate::testing::{docker_endpoint, egress_endpoint, endpoint_at, ip, network, remote};
 
     fn observed_from(desired: &Desired) -> Observed {
         let mut o = Observed::default();
@@ -452,6 +495,61 @@ mod tests {
         let p = plan(&desired, &o);
         assert!(p.enslave.is_empty(), "{p:?}");
         assert_eq!(p.orphaned.len(), 1);
+    }
+
+    #[test]
+    fn a_docker_endpoint_whose_veth_is_gone_is_orphaned_and_its_netns_never_consulted() {
+        let mut net = network(&[]);
+        let mut ep = docker_endpoint("ndve1", 2);
+        // Whatever the agent passes as its namespace, nothing looks at it.
+        ep.netns = "/run/netns/gone".into();
+        // Nor at a way out, which a Docker endpoint never has.
+        ep.egress = egress_endpoint("ndve1", 2, &[]).egress;
+        net.endpoints.insert("ndve1".into(), ep.clone());
+        let desired: Desired = [(4096, net)].into();
+        assert!(gone_namespaces(&desired).is_empty());
+
+        let mut o = observed_from(&desired);
+        o.netns_gone.insert("/run/netns/gone".into());
+        o.links.insert("ndve1".into(), Some(10));
+        assert!(plan(&desired, &o).is_empty(), "{:?}", plan(&desired, &o));
+
+        // Off its bridge: enslaved again, like any endpoint's.
+        o.links.insert("ndve1".into(), None);
+        assert_eq!(plan(&desired, &o).enslave, vec![(4096, "ndve1".to_string())]);
+
+        // The container's namespace went, and the pair with it.
+        o.links.remove("ndve1");
+        let p = plan(&desired, &o);
+        assert!(p.reattach.is_empty(), "{p:?}");
+        assert_eq!(p.orphaned, vec![ep]);
+    }
+
+    #[test]
+    fn the_bridge_holds_exactly_the_gateway_address() {
+        let gw = (Ipv4Addr::new(10, 0, 0, 1), 24);
+        let mut net = network(&[]);
+        net.gateway = Some(gw);
+        let desired: Desired = [(4096, net)].into();
+        let mut o = observed_from(&desired);
+        let stale = (Ipv4Addr::new(10, 0, 0, 254), 24);
+        o.networks.get_mut(&4096).unwrap().addresses = [stale].into();
+        let p = plan(&desired, &o);
+        assert_eq!((p.address_add, p.address_del), (vec![(4096, gw)], vec![(4096, stale)]));
+
+        o.networks.get_mut(&4096).unwrap().addresses = [gw].into();
+        assert!(plan(&desired, &o).is_empty());
+
+        // No gateway: the bridge loses its address.
+        let mut bare = desired.clone();
+        bare.get_mut(&4096).unwrap().gateway = None;
+        assert_eq!(plan(&bare, &o).address_del, vec![(4096, gw)]);
+
+        // A bridge made by this plan is made with its address.
+        o.networks.get_mut(&4096).unwrap().bridge = None;
+        let p = plan(&desired, &o);
+        assert_eq!(p.create, vec![4096]);
+        assert!(p.address_add.is_empty() && p.address_del.is_empty(), "{p:?}");
     }
 
     #[test]

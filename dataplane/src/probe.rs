@@ -70,6 +70,7 @@ fn probe_in_new_namespace(local: Ipv4Addr, mtu: u32) -> KernelSupport {
             endpoints: Default::default(),
             port: crate::VXLAN_PORT,
             prune: true,
+            gateway: None,
         };
         let bridge = linux.ensure_bridge(&net).await;
         out.bridge = Some(shown(&bridge));

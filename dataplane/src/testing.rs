@@ -27,6 +27,7 @@ pub(crate) fn network(remotes: &[Remote]) -> Network {
         endpoints: BTreeMap::new(),
         port: crate::VXLAN_PORT,
         prune: true,
+        gateway: None,
     }
 }
 
@@ -41,7 +42,14 @@ pub(crate) fn endpoint_at(host_ifname: &str, netns: impl AsRef<Path>, last: u8) 
         prefix: 24,
         mac: Mac::from_ipv4(ip(last)),
         egress: None,
+        docker: false,
     }
+}
+
+/// A Docker endpoint 10.0.0.`last` (veth `host_ifname`), as the agent
+/// passes it: no namespace, interface name or way out.
+pub(crate) fn docker_endpoint(host_ifname: &str, last: u8) -> Endpoint {
+    Endpoint { ifname: String::new(), docker: true, ..endpoint_at(host_ifname, "", last) }
 }
 
 /// A local endpoint 10.0.0.`last` with a way out: 198.18.0.`last` behind

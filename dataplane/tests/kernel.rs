@@ -9,7 +9,7 @@ use std::process::Command;
 
 use netdb_dataplane::{
     Desired, Egress, Endpoint, Linux, Mac, Network, ReconcileReport, Remote, VXLAN_PORT,
-    has_net_admin, ruleset,
+    has_net_admin, peer_name, ruleset,
 };
 
 fn allowed(test: &str) -> bool {
@@ -91,6 +91,7 @@ fn network(remotes: &[Remote], endpoints: &[Endpoint]) -> Network {
         endpoints: endpoints.iter().map(|e| (e.host_ifname.clone(), e.clone())).collect(),
         port: VXLAN_PORT,
         prune: true,
+        gateway: None,
     }
 }
 
@@ -103,6 +104,7 @@ fn endpoint(netns: PathBuf, host_ifname: &str, last: u8) -> Endpoint {
         prefix: 24,
         mac: Mac::from_ipv4(addr(last)),
         egress: None,
+        docker: false,
     }
 }
 
@@ -445,4 +447,125 @@ fn a_vxlan_device_of_our_name_with_other_attributes_is_replaced_and_a_foreign_on
     let r = reconcile(Desired::new());
     assert_eq!(r.failed, 0, "{r:?}");
     assert!(show().contains("bridge"), "not removed with our networks: {}", show());
+}
+
+/// A Docker endpoint 10.77.0.`last`, as the agent passes it: no namespace,
+/// interface name or way out.
+fn docker_endpoint(host_ifname: &str, last: u8) -> Endpoint {
+    Endpoint { ifname: String::new(), docker: true, ..endpoint(PathBuf::new(), host_ifname, last) }
+}
+
+/// Whether `ip link show`'s output has the UP flag (administratively up,
+/// whatever the carrier).
+fn is_up(show: &str) -> bool {
+    let flags = show.split_once('<').and_then(|(_, rest)| rest.split_once('>'));
+    flags.is_some_and(|(flags, _)| flags.split(',').any(|f| f == "UP"))
+}
+
+/// The IPv4 addresses (address/prefix) of a link of namespace `netns`.
+fn ipv4_of(netns: &str, link: &str) -> Vec<String> {
+    let out = ip(&["-4", "-n", netns, "addr", "show", "dev", link]);
+    out.lines()
+        .filter_map(|l| l.trim().strip_prefix("inet "))
+        .filter_map(|l| l.split_whitespace().next())
+        .map(String::from)
+        .collect()
+}
+
+#[test]
+fn a_docker_endpoint_is_left_for_docker_and_orphaned_with_its_namespace() {
+    if !allowed("a_docker_endpoint_is_left_for_docker_and_orphaned_with_its_namespace") {
+        return;
+    }
+    let ns = Namespaces::new("dock", &["host", "c1"]);
+    let (host, c1) = (ns.0[0].clone(), ns.0[1].clone());
+    ip(&["-n", &host, "link", "set", "lo", "up"]);
+    let (e1, e2) = (docker_endpoint("ndve00000001", 2), docker_endpoint("ndve00000002", 3));
+    let net = network(&[], std::slice::from_ref(&e1));
+    let (n, a, b) = (net.clone(), e1.clone(), e2.clone());
+    inside(ns.path(0), move || {
+        Box::pin(async move {
+            let linux = Linux::new().unwrap();
+            linux.attach(&n, &a).await.unwrap();
+            // A retry makes the pair again.
+            linux.attach(&n, &a).await.unwrap();
+            // One Docker never takes goes whole.
+            linux.attach(&n, &b).await.unwrap();
+            assert!(linux.detach(&b.host_ifname).await.unwrap());
+        })
+    });
+    let peer = peer_name("ndve00000001");
+    let host_side = ip(&["-n", &host, "link", "show", "ndve00000001"]);
+    assert!(host_side.contains("master ndbr4242") && is_up(&host_side), "{host_side}");
+    let left = ip(&["-n", &host, "link", "show", &peer]);
+    assert!(left.contains("link/ether 02:42:0a:4d:00:02") && left.contains("mtu 1450"), "{left}");
+    assert!(!is_up(&left), "Docker sets it up: {left}");
+    assert!(ipv4_of(&host, &peer).is_empty(), "Docker addresses it");
+    let links = ip(&["-n", &host, "link", "show"]);
+    assert!(!links.contains("ndve00000002") && !links.contains(&peer_name("ndve00000002")));
+
+    // Docker's part: the peer moved into the container and renamed.
+    ip(&["-n", &host, "link", "set", &peer, "netns", &c1]);
+    ip(&["-n", &c1, "link", "set", &peer, "name", "eth0"]);
+    let k = Reconciler::new(ns.path(0));
+    let desired: Desired = [(4242, net)].into();
+    let r = k.reconcile(&desired);
+    assert_eq!((r.changes(), r.failed, r.netns_gone.len()), (0, 0, 0), "{r:?}");
+    let eth = ip(&["-n", &c1, "link", "show", "eth0"]);
+    assert!(eth.contains("link/ether 02:42:0a:4d:00:02") && !is_up(&eth), "untouched: {eth}");
+
+    // The container's namespace destroyed: the pair goes with it (the
+    // kernel cleans namespaces up in the background), and the endpoint is
+    // left to the agent.
+    ip(&["netns", "del", &c1]);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let r = loop {
+        let r = k.reconcile(&desired);
+        if !r.netns_gone.is_empty() || std::time::Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert_eq!(r.netns_gone, vec![e1], "{r:?}");
+    assert_eq!((r.changes(), r.failed), (0, 0), "{r:?}");
+}
+
+#[test]
+fn the_bridge_holds_exactly_the_gateway_address() {
+    if !allowed("the_bridge_holds_exactly_the_gateway_address") {
+        return;
+    }
+    let ns = Namespaces::new("gwaddr", &["host"]);
+    let host = ns.0[0].clone();
+    ip(&["-n", &host, "link", "set", "lo", "up"]);
+    let k = Reconciler::new(ns.path(0));
+    let with = |gateway: Option<(Ipv4Addr, u8)>| -> Desired {
+        [(4242, Network { gateway, ..network(&[], &[]) })].into()
+    };
+
+    let first = with(Some((addr(1), 24)));
+    let r = k.reconcile(&first);
+    assert_eq!((r.created, r.failed), (1, 0), "{r:?}");
+    assert_eq!(ipv4_of(&host, "ndbr4242"), ["10.77.0.1/24"]);
+    assert!(is_up(&ip(&["-n", &host, "link", "show", "ndbr4242"])));
+    assert_eq!(k.reconcile(&first).changes(), 0, "in step");
+
+    // Moved, with an address added by hand besides: exactly the new one.
+    ip(&["-n", &host, "addr", "add", "10.77.9.9/16", "dev", "ndbr4242"]);
+    let r = k.reconcile(&with(Some((addr(254), 24))));
+    assert_eq!((r.addresses_changed, r.failed), (3, 0), "{r:?}");
+    assert_eq!(ipv4_of(&host, "ndbr4242"), ["10.77.0.254/24"]);
+
+    let r = k.reconcile(&with(None));
+    assert_eq!((r.addresses_changed, r.failed), (1, 0), "{r:?}");
+    assert!(ipv4_of(&host, "ndbr4242").is_empty());
+
+    // A bridge made by an attach has its address at once.
+    assert_eq!(k.reconcile(&Desired::new()).removed, 1);
+    let net = Network { gateway: Some((addr(1), 24)), ..network(&[], &[]) };
+    let ep = docker_endpoint("ndve00000001", 2);
+    inside(ns.path(0), move || {
+        Box::pin(async move { Linux::new().unwrap().attach(&net, &ep).await.unwrap() })
+    });
+    assert_eq!(ipv4_of(&host, "ndbr4242"), ["10.77.0.1/24"]);
 }

@@ -79,6 +79,7 @@ impl Overlay {
             endpoints,
             port: self.vxlan_port,
             prune: holds_every_remote(node, name, now),
+            gateway: None,
         }
     }
 }
@@ -116,6 +117,7 @@ pub(super) fn kernel_endpoint(e: &SavedEndpoint, mac: dp::Mac, gateway: &Subnet)
             // Checked when the state file was read and on attach.
             publish: e.publish.iter().filter_map(|p| p.parse().ok()).collect(),
         }),
+        docker: false,
     }
 }
 
