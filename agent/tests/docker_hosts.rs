@@ -120,3 +120,33 @@ fn two_docker_hosts_each_with_its_own_dockerd_namespace_and_agent() {
     drop(hosts);
     eprintln!("docker hosts: up in {up:.1?}, whole test {:.1?}", start.elapsed());
 }
+
+#[test]
+fn an_agent_that_cannot_start_fails_up_with_its_log_and_leaves_nothing() {
+    let test = "an_agent_that_cannot_start_fails_up_with_its_log_and_leaves_nothing";
+    if !allowed(test) || !docker_installed(test) {
+        return;
+    }
+    let start = Instant::now();
+    let err = match DockerHosts::up("ndpf", [10, 225, 0], 1, Path::new(BIN), &["--no-such-flag"]) {
+        Ok(_) => panic!("an agent with an unknown flag came up"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(err.contains("agent exited") && err.contains("--no-such-flag"), "{err}");
+    assert!(start.elapsed() < Duration::from_secs(30), "up took {:?} to fail", start.elapsed());
+    let namespaces = String::from_utf8_lossy(
+        &Command::new("ip").args(["netns", "list"]).output().unwrap().stdout,
+    )
+    .into_owned();
+    assert!(!namespaces.contains("ndpf-"), "namespaces left: {namespaces}");
+    let run = format!("/tmp/netdb-test-ndpf-{}", std::process::id());
+    assert!(!Path::new(&run).exists(), "{run} left");
+    let cgroup = format!("netdb-test-ndpf-{}-h1", std::process::id());
+    for top in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        assert!(
+            !top.path().join(&cgroup).exists(),
+            "cgroup {cgroup} left in {}",
+            top.path().display()
+        );
+    }
+}

@@ -414,10 +414,21 @@ impl DockerHosts {
         }
     }
 
-    /// Waits until every agent lists `n` members alive.
-    fn await_members(&self, n: usize, within: Duration) -> anyhow::Result<()> {
+    /// Waits until every agent lists `n` members alive; fails early when
+    /// an agent exits.
+    fn await_members(&mut self, n: usize, within: Duration) -> anyhow::Result<()> {
         let start = Instant::now();
         loop {
+            for i in 1..=self.len() {
+                let exited = match self.host_mut(i).agent.as_mut() {
+                    Some(agent) => agent.try_wait()?,
+                    None => continue,
+                };
+                if let Some(status) = exited {
+                    self.host_mut(i).agent = None;
+                    bail!("host {i}'s agent exited ({status}):\n{}", self.logs(i));
+                }
+            }
             let seen: Vec<usize> = (1..=self.len()).map(|i| self.alive(i)).collect();
             if seen.iter().all(|&a| a == n) {
                 return Ok(());
