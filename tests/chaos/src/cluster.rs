@@ -80,9 +80,24 @@ impl Cluster {
         args: &[&str],
         agent_args: &[&str],
     ) -> Cluster {
+        let c = Cluster::clean_slate(bin, prefix, underlay, agent_args);
+        let o = c.script(&[&["up"], args].concat());
+        assert!(o.status.success(), "scripts/cluster up failed: {}", text(&o));
+        c
+    }
+
+    /// This process's cluster `prefix`, nothing built yet: what an earlier
+    /// run with `prefix` left is removed first (its agents, directory,
+    /// namespaces and resolver files).
+    pub(crate) fn clean_slate(
+        bin: &Path,
+        prefix: &str,
+        underlay: &str,
+        agent_args: &[&str],
+    ) -> Cluster {
         let c = Cluster {
             prefix: prefix.into(),
-            dir: format!("/tmp/netdb-test-{prefix}-{}", std::process::id()),
+            dir: run_dir(prefix),
             bin: bin.to_path_buf(),
             underlay: underlay.into(),
             agent_args: [&[AGENT_ARGS], agent_args].concat().join(" "),
@@ -90,9 +105,53 @@ impl Cluster {
         sweep_stale_runs(prefix);
         c.script(&["down"]);
         sweep_resolver_dirs(prefix);
-        let o = c.script(&[&["up"], args].concat());
-        assert!(o.status.success(), "scripts/cluster up failed: {}", text(&o));
         c
+    }
+
+    /// Builds what `scripts/cluster up` builds before it starts agents:
+    /// the switch namespace and its bridge, hosts 1..=`hosts` on it with
+    /// their underlay addresses and static neighbour entries (see the
+    /// script), and the run directory. For harnesses that start the agents
+    /// their own way; [`Cluster::script`]`(["down"])`, or the drop, removes
+    /// it all.
+    pub(crate) fn build_namespaces(&self, hosts: usize) {
+        assert!((1..=200).contains(&hosts), "1 to 200 hosts, not {hosts}");
+        std::fs::create_dir_all(&self.dir).unwrap_or_else(|e| panic!("{}: {e}", self.dir));
+        ok("chmod", &["700", &self.dir]);
+        let sw = self.ns("sw");
+        ok("ip", &["netns", "add", &sw]);
+        ok("ip", &["-n", &sw, "link", "set", "lo", "up"]);
+        ok("ip", &["-n", &sw, "link", "add", "br0", "type", "bridge"]);
+        ok("ip", &["-n", &sw, "link", "set", "br0", "up"]);
+        let mut macs = Vec::new();
+        for h in 1..=hosts {
+            let (ns, port) = (self.ns(&format!("h{h}")), format!("h{h}"));
+            let addr = format!("{}.{h}/24", self.underlay);
+            ok("ip", &["netns", "add", &ns]);
+            ok("ip", &["-n", &ns, "link", "set", "lo", "up"]);
+            ok("ip", &["-n", &sw, "link", "add", &port, "type", "veth", "peer", "name", "eth0"]);
+            ok("ip", &["-n", &sw, "link", "set", "eth0", "netns", &ns]);
+            ok("ip", &["-n", &sw, "link", "set", &port, "master", "br0", "up"]);
+            ok("ip", &["-n", &ns, "addr", "add", &addr, "dev", "eth0"]);
+            ok("ip", &["-n", &ns, "link", "set", "eth0", "up"]);
+            let link = ok("ip", &["-n", &ns, "-o", "link", "show", "eth0"]);
+            let mac = link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1);
+            macs.push(mac.expect("eth0 has a MAC").to_string());
+        }
+        for h in 1..=hosts {
+            for o in (1..=hosts).filter(|&o| o != h) {
+                let (ns, ip) = (self.ns(&format!("h{h}")), format!("{}.{o}", self.underlay));
+                let mac = &macs[o - 1];
+                let neigh =
+                    ["neigh", "replace", &ip, "lladdr", mac, "dev", "eth0", "nud", "permanent"];
+                ok("ip", &[&["-n", ns.as_str()], &neigh[..]].concat());
+            }
+        }
+    }
+
+    /// The flags every agent of this cluster gets, as one string.
+    pub(crate) fn agent_args(&self) -> &str {
+        &self.agent_args
     }
 
     /// Runs `scripts/cluster ARGS` on this cluster.
@@ -432,23 +491,38 @@ impl Cluster {
     }
 }
 
+/// The directory of this process's run with `prefix`:
+/// `/tmp/netdb-test-PREFIX-PID`.
+pub(crate) fn run_dir(prefix: &str) -> String {
+    format!("/tmp/netdb-test-{prefix}-{}", std::process::id())
+}
+
+/// The directories earlier runs with `prefix` left whose test process is
+/// gone (or is this one: the pid was reused).
+pub(crate) fn stale_run_dirs(prefix: &str) -> Vec<PathBuf> {
+    let stem = format!("netdb-test-{prefix}-");
+    let me = std::process::id();
+    let mut stale = Vec::new();
+    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(&stem).and_then(|p| p.parse::<u32>().ok()) else {
+            continue;
+        };
+        if pid == me || !Path::new(&format!("/proc/{pid}")).exists() {
+            stale.push(entry.path());
+        }
+    }
+    stale
+}
+
 /// Kills the agents a crashed earlier run with `prefix` left, and removes
 /// its directory: each run keeps its pidfiles in
 /// `/tmp/netdb-test-PREFIX-PID`, PID the test process's; a directory whose
 /// test process is gone (or is this one: the pid was reused) is stale.
 /// `scripts/cluster down` then removes the namespaces.
 fn sweep_stale_runs(prefix: &str) {
-    let stem = format!("netdb-test-{prefix}-");
-    let me = std::process::id();
-    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(&stem).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid != me && Path::new(&format!("/proc/{pid}")).exists() {
-            continue;
-        }
-        for file in std::fs::read_dir(entry.path()).into_iter().flatten().flatten() {
+    for dir in stale_run_dirs(prefix) {
+        for file in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
             let path = file.path();
             if path.extension().is_none_or(|e| e != "pid") {
                 continue;
@@ -461,7 +535,7 @@ fn sweep_stale_runs(prefix: &str) {
                 run("kill", &["-9", agent]);
             }
         }
-        let _ = std::fs::remove_dir_all(entry.path());
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
 

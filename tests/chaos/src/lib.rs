@@ -6,6 +6,7 @@
 mod backend;
 pub mod cluster;
 pub mod docker;
+pub mod dockerd;
 pub mod history;
 pub mod invariants;
 pub mod netns;
