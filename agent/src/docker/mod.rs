@@ -7,6 +7,7 @@
 //! `protocol` holds the JSON both ways, `http` the plugin server, `engine`
 //! the Engine API client.
 
+pub(crate) mod engine;
 pub(crate) mod http;
 pub(crate) mod protocol;
 
