@@ -393,7 +393,7 @@ fn escape(s: &str) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::docker::http::tests::TempDir;
     use std::path::Path;
@@ -533,14 +533,27 @@ mod tests {
 
     /// A private dockerd, stopped and its directories removed on drop,
     /// whatever the test did.
-    struct Daemon {
+    pub(crate) struct Daemon {
         child: Child,
-        dir: TempDir,
+        pub(crate) dir: TempDir,
         network: String,
     }
 
     impl Daemon {
-        fn socket(&self) -> PathBuf {
+        /// A client, once dockerd answers.
+        pub(crate) async fn ready(&self) -> Engine {
+            let engine = Engine::new(self.socket());
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while let Err(e) = engine.ping().await {
+                let log =
+                    std::fs::read_to_string(self.dir.0.join("dockerd.log")).unwrap_or_default();
+                assert!(Instant::now() < deadline, "dockerd did not come up in 30 s: {e}\n{log}");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            engine
+        }
+
+        pub(crate) fn socket(&self) -> PathBuf {
             self.dir.0.join("docker.sock")
         }
 
@@ -578,7 +591,8 @@ mod tests {
         }
     }
 
-    fn start_dockerd() -> Result<Daemon, String> {
+    /// Starts a private dockerd, or says why not (not root, no dockerd).
+    pub(crate) fn start_dockerd(tag: &str) -> Result<Daemon, String> {
         if !nix::unistd::geteuid().is_root() {
             return Err("not root".into());
         }
@@ -586,7 +600,7 @@ mod tests {
             Ok(o) if o.status.success() => {}
             _ => return Err("no dockerd on PATH".into()),
         }
-        let dir = TempDir::new("engine-dockerd");
+        let dir = TempDir::new(&format!("{tag}-dockerd"));
         let log = std::fs::File::create(dir.0.join("dockerd.log")).map_err(|e| e.to_string())?;
         let arg = |name: &str| dir.0.join(name).display().to_string();
         let child = Command::new("dockerd")
@@ -598,26 +612,20 @@ mod tests {
             .stderr(log)
             .spawn()
             .map_err(|e| format!("cannot start dockerd: {e}"))?;
-        let network = format!("netdb-engine-{}", std::process::id());
+        let network = format!("netdb-{tag}-{}", std::process::id());
         Ok(Daemon { child, dir, network })
     }
 
     #[tokio::test]
     async fn against_a_private_dockerd() {
-        let daemon = match start_dockerd() {
+        let daemon = match start_dockerd("engine") {
             Ok(d) => d,
             Err(why) => {
                 println!("SKIP against_a_private_dockerd: {why}");
                 return;
             }
         };
-        let engine = Engine::new(daemon.socket());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Err(e) = engine.ping().await {
-            let log = std::fs::read_to_string(daemon.dir.0.join("dockerd.log")).unwrap_or_default();
-            assert!(Instant::now() < deadline, "dockerd did not come up in 30 s: {e}\n{log}");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        let engine = daemon.ready().await;
 
         let name = daemon.network.clone();
         let request = CreateNetworkRequest {

@@ -9,6 +9,8 @@
 
 pub(crate) mod engine;
 pub(crate) mod http;
+#[cfg(test)]
+mod plugin_tests;
 pub(crate) mod protocol;
 
 use serde::{Deserialize, Deserializer};
