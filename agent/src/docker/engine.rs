@@ -44,8 +44,8 @@ pub(crate) enum EngineError {
         path.display()
     )]
     Connect { call: &'static str, path: PathBuf, source: io::Error },
-    #[error("Docker {call}: no reply in {} s; is dockerd hung?", TIMEOUT.as_secs())]
-    Timeout { call: &'static str },
+    #[error("Docker {call}: no reply in {after:?}; is dockerd hung?")]
+    Timeout { call: &'static str, after: Duration },
     #[error("Docker {call}: cannot build the request: {source}")]
     Request { call: &'static str, source: http::Error },
     #[error("Docker {call}: HTTP exchange failed: {source}")]
@@ -192,6 +192,8 @@ struct ErrorReply {
 #[derive(Debug, Clone)]
 pub(crate) struct Engine {
     socket: PathBuf,
+    /// [`TIMEOUT`]; shorter in tests.
+    timeout: Duration,
 }
 
 impl Default for Engine {
@@ -202,7 +204,7 @@ impl Default for Engine {
 
 impl Engine {
     pub(crate) fn new(socket: impl Into<PathBuf>) -> Engine {
-        Engine { socket: socket.into() }
+        Engine { socket: socket.into(), timeout: TIMEOUT }
     }
 
     /// Whether dockerd answers.
@@ -297,9 +299,9 @@ impl Engine {
         path: String,
         body: Option<Vec<u8>>,
     ) -> Result<(StatusCode, Bytes), EngineError> {
-        tokio::time::timeout(TIMEOUT, self.exchange(call, method, path, body))
+        tokio::time::timeout(self.timeout, self.exchange(call, method, path, body))
             .await
-            .map_err(|_| EngineError::Timeout { call })?
+            .map_err(|_| EngineError::Timeout { call, after: self.timeout })?
     }
 
     async fn exchange(
@@ -523,6 +525,22 @@ pub(crate) mod tests {
         let path = fake_docker(&dir.0, reply).await;
         let e = Engine::new(&path).networks("netdb").await.unwrap_err();
         assert!(matches!(e, EngineError::TooLarge { call: "network list" }), "{e:?}");
+        std::fs::remove_file(&path).unwrap();
+
+        // Accepts, reads, never answers.
+        let path = dir.0.join("mute.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let mute = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 4096];
+            while s.read(&mut buf).await.is_ok_and(|n| n > 0) {}
+        });
+        let mut engine = Engine::new(&path);
+        engine.timeout = Duration::from_millis(200);
+        let e = engine.network_inspect("n1").await.unwrap_err();
+        assert!(matches!(e, EngineError::Timeout { call: "network inspect", .. }), "{e:?}");
+        assert_eq!(e.to_string(), "Docker network inspect: no reply in 200ms; is dockerd hung?");
+        mute.abort();
         std::fs::remove_file(&path).unwrap();
 
         let reply = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n[1,2]".to_vec();
