@@ -84,6 +84,8 @@ pub(crate) enum BindError {
         path.display()
     )]
     InUse { path: PathBuf },
+    #[error("{} exists and is not a socket; use --docker-plugin-socket with another path", path.display())]
+    NotSocket { path: PathBuf },
     #[error("cannot remove the stale plugin socket {}: {source}; remove it by hand", path.display())]
     Stale { path: PathBuf, source: io::Error },
     #[error("cannot bind the plugin socket {}: {source}", path.display())]
@@ -106,7 +108,11 @@ pub(crate) async fn bind(path: &Path) -> Result<UnixListener, BindError> {
             .create(dir)
             .map_err(|source| BindError::Dir { dir: dir.to_owned(), source })?;
     }
-    if std::fs::symlink_metadata(path).is_ok() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket is ours to replace; anything else is a wrong path.
+        if !std::os::unix::fs::FileTypeExt::is_socket(&meta.file_type()) {
+            return Err(BindError::NotSocket { path: path.to_owned() });
+        }
         if UnixStream::connect(path).await.is_ok() {
             return Err(BindError::InUse { path: path.to_owned() });
         }
@@ -462,6 +468,14 @@ pub(crate) mod tests {
         assert!(text.contains("another netdb agent") && text.contains("--docker-plugin-socket"));
         assert_eq!(call(&path, "POST", "/Plugin.Activate", b"").await.status, 200);
         server.abort();
+
+        // Not a socket: left alone.
+        let file = dir.0.join("file");
+        std::fs::write(&file, b"keep").unwrap();
+        let e = bind(&file).await.unwrap_err();
+        assert!(matches!(e, BindError::NotSocket { .. }), "{e:?}");
+        assert!(e.to_string().contains("is not a socket"));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep");
 
         // A path that cannot be a directory.
         let e = bind(&path.join("sub.sock")).await.unwrap_err();
