@@ -338,6 +338,8 @@ impl<K: Kernel> Netdb for Api<K> {
             aliases: r.aliases,
             ifname: given(r.ifname),
             publish: r.publish,
+            docker: false,
+            mac: None,
         };
         let info = self.core.attach(attach).await.map_err(core_status)?;
         Ok(Response::new(endpoint(info)))

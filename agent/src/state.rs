@@ -41,6 +41,18 @@ pub(crate) struct State {
     /// started without `--join`, the first of a cluster, finds it again.
     #[serde(default)]
     pub peers: Vec<std::net::SocketAddr>,
+    /// Addresses handed out by the Docker IPAM driver and not yet taken by
+    /// an endpoint: Docker asks for the address before it creates the
+    /// endpoint, and a restart in between must not hand it out twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub reserved: Vec<Reserved>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Reserved {
+    pub network: String,
+    pub ip: std::net::Ipv4Addr,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,6 +92,12 @@ pub(crate) struct SavedEndpoint {
     /// Host ports forwarded to the endpoint, as HOSTPORT:PORT/PROTO.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub publish: Vec<String>,
+    /// Docker made the container side: netdb made the veth pair and Docker
+    /// moved, renamed and addressed the peer; `netns` and `ifname` are
+    /// empty and the endpoint has no way out of netdb's (Docker gives it
+    /// one through docker_gwbridge).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub docker: bool,
 }
 
 /// The directory, locked for this agent's lifetime.
@@ -160,20 +178,27 @@ impl Store {
     pub(crate) fn save(&self, state: &State) -> anyhow::Result<()> {
         let mut state = state.clone();
         state.version = VERSION;
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let mut f = OpenOptions::new()
-            .create(true)
-            .truncate(true)
-            .write(true)
-            .mode(0o600)
-            .open(&tmp)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.write_all(&serde_json::to_vec_pretty(&state)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, self.dir.join(STATE_FILE))?;
-        File::open(&self.dir)?.sync_all()?;
-        Ok(())
+        write_atomic(&self.dir, STATE_FILE, &serde_json::to_vec_pretty(&state)?)
     }
+}
+
+/// Writes `dir/name` so that a crash leaves the old file or the new one,
+/// never half of one: a temporary file, synced, renamed over the old one,
+/// and the directory synced. Mode 0600.
+pub(crate) fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> anyhow::Result<()> {
+    let tmp = dir.join(format!("{name}.tmp"));
+    let mut f = OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -218,6 +243,7 @@ mod tests {
             aliases: vec![],
             gateway_ip: Some("198.18.0.2".parse().unwrap()),
             publish: vec!["8080:80/tcp".into()],
+            docker: false,
         });
         store.save(&s).unwrap();
         let mode = std::fs::metadata(dir.join(STATE_FILE)).unwrap().permissions().mode();

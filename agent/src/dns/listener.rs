@@ -5,10 +5,15 @@
 //! DNS thread's runtime like any other. Who asks is known by which
 //! socket the query came in on: the answer comes only from that
 //! container's networks.
+//!
+//! Or a network's resolver for Docker's containers: the same sockets at
+//! the network's gateway address, in the agent's namespace (where the
+//! network's bridge holds it). Who asks is known by the query's source
+//! address.
 
 use std::fs::File;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,10 +71,17 @@ impl Drop for Listener {
     }
 }
 
+/// Who asks through a listener.
+enum Who {
+    /// The container whose namespace it is in, as its endpoints name it.
+    Container(Vec<PathBuf>),
+    /// Docker's containers on the network whose gateway address it is at.
+    Gateway(Ipv4Addr),
+}
+
 /// Who asks through one listener, and what it may still ask for.
 struct Asker {
-    /// The container's namespace, as its endpoints name it.
-    paths: Vec<PathBuf>,
+    who: Who,
     shared: Shared,
     bucket: Mutex<Bucket>,
     forwards: Arc<Semaphore>,
@@ -79,11 +91,28 @@ struct Asker {
 impl Listener {
     /// Binds inside the namespace `ns` (opened from `paths[0]`) and serves.
     pub(crate) fn open(ns: &File, paths: Vec<PathBuf>, shared: Shared) -> io::Result<Listener> {
-        let (udp, tcp) = bind_in(ns)?;
+        Listener::serve(bind_in(ns)?, Who::Container(paths), shared)
+    }
+
+    /// Binds at `gateway`:53 in this namespace and serves.
+    pub(crate) fn at_gateway(gateway: Ipv4Addr, shared: Shared) -> io::Result<Listener> {
+        let addr = SocketAddr::new(IpAddr::V4(gateway), 53);
+        let udp = std::net::UdpSocket::bind(addr)?;
+        udp.set_nonblocking(true)?;
+        let tcp = std::net::TcpListener::bind(addr)?;
+        tcp.set_nonblocking(true)?;
+        Listener::serve((udp, tcp), Who::Gateway(gateway), shared)
+    }
+
+    fn serve(
+        (udp, tcp): (std::net::UdpSocket, std::net::TcpListener),
+        who: Who,
+        shared: Shared,
+    ) -> io::Result<Listener> {
         let udp = Arc::new(UdpSocket::from_std(udp)?);
         let tcp = TcpListener::from_std(tcp)?;
         let asker = Arc::new(Asker {
-            paths,
+            who,
             bucket: Mutex::new(Bucket::new(shared.rate, Instant::now())),
             shared,
             forwards: Arc::new(Semaphore::new(MAX_FORWARDS)),
@@ -113,7 +142,7 @@ fn bind_in(ns: &File) -> io::Result<(std::net::UdpSocket, std::net::TcpListener)
 impl Asker {
     /// The reply for one query, or what to do instead (a query over the
     /// container's rate is dropped).
-    fn reply(&self, query: &[u8], transport: Transport) -> Reply {
+    fn reply(&self, query: &[u8], transport: Transport, from: IpAddr) -> Reply {
         let c = &self.shared.counters;
         c.query();
         if !self.bucket.lock().is_ok_and(|mut b| b.take(Instant::now())) {
@@ -121,11 +150,13 @@ impl Asker {
             return Reply::Drop;
         }
         let view = self.shared.view.borrow().clone();
-        let networks: Vec<Network<'_>> = view
-            .networks_of(&self.paths)
-            .into_iter()
-            .map(|(name, names)| Network { name, names })
-            .collect();
+        let known = match (&self.who, from) {
+            (Who::Container(paths), _) => view.networks_of(paths),
+            (Who::Gateway(gateway), IpAddr::V4(from)) => view.networks_at(*gateway, from),
+            (Who::Gateway(_), IpAddr::V6(_)) => Vec::new(),
+        };
+        let networks: Vec<Network<'_>> =
+            known.into_iter().map(|(name, names)| Network { name, names }).collect();
         let mut refused = Refusals::default();
         let reply = match self.rng.lock() {
             Ok(mut rng) => answer(&networks, query, transport, &mut *rng, &mut refused),
@@ -182,7 +213,7 @@ async fn serve_udp(sock: Arc<UdpSocket>, asker: Arc<Asker>) {
             }
         };
         let query = &buf[..n];
-        match asker.reply(query, Transport::Udp) {
+        match asker.reply(query, Transport::Udp, from.ip()) {
             Reply::Answer(bytes) => send(&sock, &bytes, from).await,
             Reply::Forward => {
                 let Some(slot) = asker.forward_slot() else {
@@ -209,8 +240,8 @@ async fn send(sock: &UdpSocket, bytes: &[u8], to: SocketAddr) {
 async fn serve_tcp(listener: TcpListener, asker: Arc<Asker>) {
     let open = Arc::new(Semaphore::new(MAX_TCP));
     loop {
-        let stream = match listener.accept().await {
-            Ok((s, _)) => s,
+        let (stream, from) = match listener.accept().await {
+            Ok(accepted) => accepted,
             Err(e) => {
                 tracing::debug!(error = %e, "DNS accept failed");
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -223,7 +254,7 @@ async fn serve_tcp(listener: TcpListener, asker: Arc<Asker>) {
         };
         let asker = asker.clone();
         tokio::spawn(async move {
-            serve_connection(stream, &asker).await;
+            serve_connection(stream, from.ip(), &asker).await;
             drop(permit);
         });
     }
@@ -231,7 +262,7 @@ async fn serve_tcp(listener: TcpListener, asker: Arc<Asker>) {
 
 /// Queries one after another on one connection, each behind its length,
 /// until the container closes it, idles or sends what we drop.
-async fn serve_connection(mut s: TcpStream, asker: &Asker) {
+async fn serve_connection(mut s: TcpStream, from: IpAddr, asker: &Asker) {
     let mut query = Vec::new();
     loop {
         let Ok(Ok(len)) = tokio::time::timeout(TCP_IDLE, s.read_u16()).await else { return };
@@ -239,7 +270,7 @@ async fn serve_connection(mut s: TcpStream, asker: &Asker) {
         if !matches!(tokio::time::timeout(TCP_IDLE, s.read_exact(&mut query)).await, Ok(Ok(_))) {
             return;
         }
-        let reply = match asker.reply(&query, Transport::Tcp) {
+        let reply = match asker.reply(&query, Transport::Tcp, from) {
             Reply::Answer(bytes) => bytes,
             Reply::Forward => match asker.forward_slot() {
                 Some(slot) => asker.forward(&query, Transport::Tcp, slot).await,

@@ -1,11 +1,13 @@
 //! The DNS responder's own thread: it opens a listener in each local
 //! container's namespace and writes the namespace's resolv.conf when the
 //! container's first endpoint appears in the [`View`], and closes both
-//! when its last one goes. Queries are served on this thread, beside the
+//! when its last one goes; and one at each gateway address Docker's
+//! containers ask at, while the view has it. Queries are served on this thread, beside the
 //! core loop's, so neither waits for the other.
 
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -68,8 +70,14 @@ impl Dns {
             rate: s.rate,
         };
         let files = NetnsFiles::new(s.netns_etc, host.search);
-        let manager =
-            Manager { files, shared, view, open: BTreeMap::new(), failed: BTreeMap::new() };
+        let manager = Manager {
+            files,
+            shared,
+            view,
+            open: BTreeMap::new(),
+            gateways: BTreeMap::new(),
+            failed: BTreeMap::new(),
+        };
         std::thread::Builder::new()
             .name("netdb-dns".into())
             .spawn(move || runtime.block_on(manager.run(rx)))?;
@@ -105,7 +113,8 @@ struct Manager {
     shared: Shared,
     view: watch::Receiver<Arc<View>>,
     open: BTreeMap<NsId, Open>,
-    /// Paths whose listener could not be opened, with the error last
+    gateways: BTreeMap<Ipv4Addr, Listener>,
+    /// Paths (or gateway addresses) whose listener could not be opened, with the error last
     /// logged (logged again only when it changes).
     failed: BTreeMap<PathBuf, String>,
 }
@@ -185,13 +194,46 @@ impl Manager {
                 }
             }
         }
+        self.open_gateways(&view, &mut failed);
         for (path, why) in &failed {
             if self.failed.get(path) != Some(why) {
                 tracing::warn!(netns = %path.display(), error = %why, "no DNS for this container yet; retried every 5s");
             }
         }
         self.failed = failed;
-        self.shared.counters.set_listeners(self.open.len());
+        self.shared.counters.set_listeners(self.open.len() + self.gateways.len());
+    }
+
+    /// Listeners at exactly the view's gateway addresses.
+    fn open_gateways(&mut self, view: &View, failed: &mut BTreeMap<PathBuf, String>) {
+        let want: Vec<Ipv4Addr> = view.gateways().collect();
+        self.gateways.retain(|ip, _| {
+            let keep = want.contains(ip);
+            if !keep {
+                tracing::info!(gateway = %ip, "DNS listener at the gateway closed");
+            }
+            keep
+        });
+        for ip in want {
+            if self.gateways.contains_key(&ip) {
+                continue;
+            }
+            match Listener::at_gateway(ip, self.shared.clone()) {
+                Ok(listener) => {
+                    tracing::info!(gateway = %ip, "DNS listening at the gateway for Docker's containers (their --dns)");
+                    self.gateways.insert(ip, listener);
+                }
+                Err(e) => {
+                    self.shared.counters.listen_error();
+                    // The bridge gets the address from the reconcile: the
+                    // retry finds it there.
+                    failed.insert(
+                        PathBuf::from(format!("gateway {ip}")),
+                        format!("cannot listen at {ip}:53: {e}"),
+                    );
+                }
+            }
+        }
     }
 
     /// Points the container's resolv.conf at the listener.

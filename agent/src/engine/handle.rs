@@ -5,6 +5,7 @@
 //! reaching the overlay through this handle as their [`Host`].
 
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -160,6 +161,37 @@ impl<K: Kernel> Handle<K> {
             done
         });
         Ok(task.await.map_err(|_| Error::TaskFailed("detach"))??)
+    }
+
+    /// True once this node holds the cluster's shared tables (network
+    /// definitions): before, a network missing here may exist.
+    pub(crate) async fn cluster_synced(&self) -> Result<bool, Error> {
+        self.call(|core| core.node.cluster_synced()).await
+    }
+
+    /// Reserves an address of `network` for a Docker endpoint to come.
+    pub(crate) async fn reserve(
+        &self,
+        network: String,
+        want: Option<String>,
+    ) -> Result<Ipv4Addr, Error> {
+        Ok(overlay::reserve(self, network, want).await?)
+    }
+
+    /// Gives back an address reserved for a Docker endpoint; false if no
+    /// reservation held it.
+    pub(crate) async fn release(&self, network: String, ip: Ipv4Addr) -> Result<bool, Error> {
+        Ok(overlay::release(self, network, ip).await?)
+    }
+
+    /// Sets the aliases of a local endpoint; false if they were already so.
+    pub(crate) async fn set_aliases(
+        &self,
+        network: String,
+        name: String,
+        aliases: Vec<String>,
+    ) -> Result<bool, Error> {
+        Ok(overlay::set_aliases(self, network, name, aliases).await?)
     }
 
     /// Detaches a local endpoint whose namespace is gone and tells the

@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb::ipam;
+use netdb::netdefs::Effective;
 use netdb::{Node, Scope, SharedTable};
 use netdb_dataplane::{self as dp, Kernel};
 use netdb_wire as wire;
 use prost::Message;
 use tokio::sync::Mutex;
 
-use super::desired::{gateway_ifname, kernel_endpoint, parse_mac};
+use super::desired::{docker_gateway, gateway_ifname, kernel_endpoint, parse_mac};
 use super::names::{Names, fold};
 use super::{
     ENDPOINTS_TABLE, EndpointInfo, Error, MAX_ALIASES, MAX_ENDPOINT_NAME, Overlay, Pending,
@@ -49,6 +50,12 @@ pub(crate) struct Attach {
     pub(crate) ifname: Option<String>,
     /// Host ports to forward to the endpoint: HOSTPORT:PORT[/tcp|udp].
     pub(crate) publish: Vec<String>,
+    /// Docker's endpoint: the veth peer is left in this namespace for
+    /// Docker to move, rename and address (`netns` and `ifname` unused, no
+    /// way out or published ports of netdb's).
+    pub(crate) docker: bool,
+    /// `None`: derived from the address (02:42 and the IPv4 address).
+    pub(crate) mac: Option<dp::Mac>,
 }
 
 /// Where the overlay lives and how time passes there: the agent's core
@@ -65,7 +72,7 @@ pub(crate) trait Host: Sync {
     fn wait(&self, d: Duration) -> impl Future<Output = ()> + Send;
 }
 
-async fn on<H: Host, R: Send + 'static>(
+pub(super) async fn on<H: Host, R: Send + 'static>(
     host: &H,
     f: impl FnOnce(&mut Overlay, &mut Node, Duration) -> R + Send + 'static,
 ) -> Result<R, Error> {
@@ -139,6 +146,16 @@ pub(crate) async fn detach<H: Host, K: Kernel>(
     Ok(removed?)
 }
 
+/// Sets the aliases of a local endpoint (see `Overlay::set_aliases`).
+pub(crate) async fn set_aliases<H: Host>(
+    host: &H,
+    network: String,
+    name: String,
+    aliases: Vec<String>,
+) -> Result<bool, Error> {
+    on(host, move |o, node, now| o.set_aliases(node, now, &network, &name, aliases)).await?
+}
+
 /// Detaches a local endpoint whose namespace the reconcile found gone,
 /// through the normal detach; returns its network and the notice for the
 /// watch streams, or `None` if it was detached (or attached anew in
@@ -187,16 +204,7 @@ enum Step {
 impl Overlay {
     /// First half of an attach: checks, address, reservation.
     fn begin_attach(&mut self, node: &mut Node, now: Duration, r: &Attach) -> Result<Step, Error> {
-        let Some(tunnel) = self.tunnel.filter(|_| self.store.is_some()) else {
-            return Err(Error::DataplaneOff);
-        };
-        let resolved = Self::resolved(node);
-        let Some(eff) = resolved.networks.get(&r.network).cloned() else {
-            return Err(Error::AttachToUnknown(r.network.clone()));
-        };
-        if let Some(why) = self.vni_misfit(&r.network, eff.vni) {
-            return Err(Error::NetworkOutsideVniRange(why));
-        }
+        let (tunnel, eff) = self.attachable(node, &r.network)?;
         check_name("endpoint name", &r.name)?;
         if !r.service.is_empty() {
             check_name("service name", &r.service)?;
@@ -207,67 +215,30 @@ impl Overlay {
         for a in &r.aliases {
             check_name("alias", a)?;
         }
-        let ifname = r.ifname.clone().unwrap_or_else(|| "eth0".to_string());
-        if ifname.len() > MAX_IFNAME
-            || !ifname.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
-            return Err(Error::BadIfname(ifname));
-        }
         let internal = eff.def.internal;
         let publish = self.check_publish(r, internal)?;
-        if !internal && gateway_ifname(&ifname).len() > MAX_IFNAME {
-            return Err(Error::IfnameTooLongForGateway(ifname));
-        }
-        if !internal && eff.subnet.overlaps(&self.gateway) {
-            return Err(Error::GatewayOverlap {
-                network: r.network.clone(),
-                subnet: eff.subnet,
-                gateway: self.gateway,
-            });
-        }
-        let netns = r.netns.clone();
-        if !netns.is_absolute() {
-            return Err(Error::NetnsNotAbsolute);
-        }
-        if !netns.exists() {
-            return Err(Error::NoNetns(netns));
-        }
         let key = (r.network.clone(), r.name.clone());
         if self.pending.contains_key(&key) || self.find(&r.network, &r.name).is_some() {
             return Err(Error::EndpointExists { network: r.network.clone(), name: r.name.clone() });
         }
-        if let Some(other) =
-            self.state.endpoints.iter().find(|e| e.netns == netns && e.ifname == ifname)
-        {
-            return Err(Error::IfnameInUse {
-                ifname,
-                netns,
-                endpoint: other.name.clone(),
-                network: other.network.clone(),
-            });
-        }
-        let subnet = eff.subnet;
-        let explicit = match &r.ip {
-            None => None,
-            Some(text) => {
-                let ip: Ipv4Addr = text.parse().map_err(|_| Error::BadAddress(text.clone()))?;
-                if !subnet.contains(ip) {
-                    return Err(Error::OutsideSubnet { ip, network: r.network.clone(), subnet });
-                }
-                if !subnet.usable(ip) {
-                    return Err(Error::ReservedAddress { ip, subnet });
-                }
-                Some(ip)
-            }
+        // Docker wires the container side and gives it a way out itself.
+        let (netns, ifname, egress) = if r.docker {
+            (PathBuf::new(), String::new(), false)
+        } else {
+            (
+                self.check_container(r, &eff)?,
+                r.ifname.clone().unwrap_or_else(|| "eth0".into()),
+                !internal,
+            )
         };
+        let subnet = eff.subnet;
+        let explicit =
+            r.ip.as_deref().map(|text| explicit_ip(&r.network, &subnet, text)).transpose()?;
         // Joined only now that the request is valid; whatever fails below
         // leaves the network again if nothing else holds it.
         node.join_network(now, &r.network)?;
         let picked = match explicit {
-            Some(ip) => match self.used_addresses(node, &r.network).remove(&ip) {
-                Some(holder) => Err(Error::AddressTaken { ip, holder }),
-                None => Ok(Some(ip)),
-            },
+            Some(ip) => self.take_explicit(node, &r.network, ip).map(Some),
             None => {
                 let used = self.used_addresses(node, &r.network);
                 self.allocate(node, now, &eff, &used)
@@ -291,22 +262,25 @@ impl Overlay {
             self.leave_if_unused(node, now, &r.network);
             return Err(e);
         }
-        let gateway_ip = if internal {
-            None
-        } else {
+        let gateway_ip = if egress {
             let Some(ip) = self.gateway_address() else {
                 self.leave_if_unused(node, now, &r.network);
                 return Err(Error::GatewayFull(self.gateway));
             };
             Some(ip)
+        } else {
+            None
         };
-        let mac = dp::Mac::from_ipv4(ip);
+        let mac = r.mac.unwrap_or_else(|| dp::Mac::from_ipv4(ip));
+        let host_ifname = self.host_ifname(&r.network, &r.name);
+        // Docker's endpoint is known by the veth end Docker takes.
+        let ifname = if r.docker { dp::peer_name(&host_ifname) } else { ifname };
         let saved = SavedEndpoint {
             network: r.network.clone(),
             name: r.name.clone(),
             netns,
             ifname,
-            host_ifname: self.host_ifname(&r.network, &r.name),
+            host_ifname,
             ip,
             prefix: subnet.prefix(),
             mac: mac.to_string(),
@@ -314,13 +288,90 @@ impl Overlay {
             aliases: r.aliases.clone(),
             gateway_ip,
             publish,
+            docker: r.docker,
         };
         self.state.networks.entry(r.network.clone()).or_insert_with(|| saved_network(&eff.def));
-        let network = self.kernel_network(node, &r.network, &eff, tunnel, now);
+        let mut network = self.kernel_network(node, &r.network, &eff, tunnel, now);
+        if r.docker {
+            network.gateway = Some(docker_gateway(&eff.subnet));
+        }
         let endpoint = kernel_endpoint(&saved, mac, &self.gateway);
         let reply = self.info(&saved);
         self.pending.insert(key.clone(), Pending { ip, saved });
         Ok(Step::Ready(Box::new(Ready { network, endpoint, reply, key })))
+    }
+
+    /// The network an endpoint or an address is asked of, if this host
+    /// can have endpoints on it; with this host's tunnel address.
+    pub(super) fn attachable(
+        &self,
+        node: &Node,
+        network: &str,
+    ) -> Result<(Ipv4Addr, Effective), Error> {
+        let Some(tunnel) = self.tunnel.filter(|_| self.store.is_some()) else {
+            return Err(Error::DataplaneOff);
+        };
+        let Some(eff) = Self::resolved(node).networks.get(network).cloned() else {
+            return Err(Error::AttachToUnknown(network.into()));
+        };
+        if let Some(why) = self.vni_misfit(network, eff.vni) {
+            return Err(Error::NetworkOutsideVniRange(why));
+        }
+        Ok((tunnel, eff))
+    }
+
+    /// The checks of an endpoint whose container side netdb wires: its
+    /// namespace and interface names; the namespace.
+    fn check_container(&self, r: &Attach, eff: &Effective) -> Result<PathBuf, Error> {
+        let ifname = r.ifname.clone().unwrap_or_else(|| "eth0".to_string());
+        if ifname.len() > MAX_IFNAME
+            || !ifname.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+        {
+            return Err(Error::BadIfname(ifname));
+        }
+        if !eff.def.internal {
+            if gateway_ifname(&ifname).len() > MAX_IFNAME {
+                return Err(Error::IfnameTooLongForGateway(ifname));
+            }
+            if eff.subnet.overlaps(&self.gateway) {
+                return Err(Error::GatewayOverlap {
+                    network: r.network.clone(),
+                    subnet: eff.subnet,
+                    gateway: self.gateway,
+                });
+            }
+        }
+        let netns = r.netns.clone();
+        if !netns.is_absolute() {
+            return Err(Error::NetnsNotAbsolute);
+        }
+        if !netns.exists() {
+            return Err(Error::NoNetns(netns));
+        }
+        if let Some(other) =
+            self.state.endpoints.iter().find(|e| e.netns == netns && e.ifname == ifname)
+        {
+            return Err(Error::IfnameInUse {
+                ifname,
+                netns,
+                endpoint: other.name.clone(),
+                network: other.network.clone(),
+            });
+        }
+        Ok(netns)
+    }
+
+    /// `ip` for a new endpoint, unless something else holds it; an address
+    /// this host reserved for Docker is the endpoint's to take.
+    fn take_explicit(&self, node: &Node, network: &str, ip: Ipv4Addr) -> Result<Ipv4Addr, Error> {
+        let mut used = self.used_addresses(node, network);
+        if self.is_reserved(network, ip) {
+            used.remove(&ip);
+        }
+        match used.remove(&ip) {
+            Some(holder) => Err(Error::AddressTaken { ip, holder }),
+            None => Ok(ip),
+        }
     }
 
     /// This host's endpoints, attached and being attached.
@@ -442,6 +493,8 @@ impl Overlay {
             return Err(e.into());
         }
         tracing::info!(network = %key.0, endpoint = %key.1, ip = %p.ip, "endpoint attached");
+        // A Docker endpoint takes the address its IPAM request reserved.
+        self.state.reserved.retain(|r| !(r.network == p.saved.network && r.ip == p.saved.ip));
         self.state.endpoints.push(p.saved);
         self.save(node);
         self.publish_names(node);
@@ -497,8 +550,11 @@ impl Overlay {
         self.kernel_changed();
     }
 
-    fn leave_if_unused(&mut self, node: &mut Node, now: Duration, network: &str) {
-        if self.local_count(network) > 0 || self.pending.keys().any(|(n, _)| n == network) {
+    pub(super) fn leave_if_unused(&mut self, node: &mut Node, now: Duration, network: &str) {
+        if self.local_count(network) > 0
+            || self.pending.keys().any(|(n, _)| n == network)
+            || self.state.reserved.iter().any(|r| r.network == network)
+        {
             return;
         }
         let _ = node.leave_network(now, network);
@@ -509,6 +565,39 @@ impl Overlay {
             self.claimed_at.retain(|(n, _), _| n != network);
         }
         self.save(node);
+    }
+
+    /// Gives a local endpoint these aliases, published at once: Docker
+    /// tells a container's names only once it runs. Names that are not
+    /// valid DNS labels are left out; false if nothing changed.
+    fn set_aliases(
+        &mut self,
+        node: &mut Node,
+        now: Duration,
+        network: &str,
+        name: &str,
+        mut aliases: Vec<String>,
+    ) -> Result<bool, Error> {
+        aliases.retain(|a| check_name("alias", a).is_ok() && a != name);
+        aliases.sort();
+        aliases.dedup();
+        aliases.truncate(MAX_ALIASES);
+        let ep = self
+            .state
+            .endpoints
+            .iter_mut()
+            .find(|e| e.network == network && e.name == name)
+            .ok_or_else(|| Error::NoEndpoint { network: network.into(), name: name.into() })?;
+        if ep.aliases == aliases {
+            return Ok(false);
+        }
+        ep.aliases = aliases;
+        let ep = ep.clone();
+        self.publish(node, now, &ep)?;
+        tracing::info!(%network, endpoint = %name, aliases = ?ep.aliases, "endpoint aliases set");
+        self.save(node);
+        self.publish_names(node);
+        Ok(true)
     }
 
     /// Writes an endpoint's routing and service entries.
@@ -541,13 +630,30 @@ impl Overlay {
 
 /// True once this host holds what the network's peers hold: it completed a
 /// push/pull of the network, or no live peer is attached to it.
-fn network_synced(node: &Node, network: &str) -> bool {
+pub(super) fn network_synced(node: &Node, network: &str) -> bool {
     node.network_peers(network).is_empty()
         || node.scope_stats(Scope::Network(network)).is_some_and(|s| s.synced)
 }
 
 /// True when the two subnets share an address: one holds the other's first
 /// address (the one before its gateway).
+/// An address asked for on `network`: in its subnet, and neither its
+/// network, gateway nor broadcast address.
+pub(super) fn explicit_ip(
+    network: &str,
+    subnet: &ipam::Subnet,
+    text: &str,
+) -> Result<Ipv4Addr, Error> {
+    let ip: Ipv4Addr = text.parse().map_err(|_| Error::BadAddress(text.into()))?;
+    if !subnet.contains(ip) {
+        return Err(Error::OutsideSubnet { ip, network: network.into(), subnet: *subnet });
+    }
+    if !subnet.usable(ip) {
+        return Err(Error::ReservedAddress { ip, subnet: *subnet });
+    }
+    Ok(ip)
+}
+
 fn check_name(what: &'static str, s: &str) -> Result<(), Error> {
     if valid_name(s, MAX_ENDPOINT_NAME) {
         Ok(())

@@ -70,7 +70,8 @@ impl Overlay {
                     ),
                 )
             })
-            .collect();
+            .collect::<std::collections::BTreeMap<_, _>>();
+        let gateway = endpoints.values().any(|e| e.docker).then(|| docker_gateway(&eff.subnet));
         dp::Network {
             vni: eff.vni,
             mtu: eff.def.mtu,
@@ -79,7 +80,7 @@ impl Overlay {
             endpoints,
             port: self.vxlan_port,
             prune: holds_every_remote(node, name, now),
-            gateway: None,
+            gateway,
         }
     }
 }
@@ -117,8 +118,14 @@ pub(super) fn kernel_endpoint(e: &SavedEndpoint, mac: dp::Mac, gateway: &Subnet)
             // Checked when the state file was read and on attach.
             publish: e.publish.iter().filter_map(|p| p.parse().ok()).collect(),
         }),
-        docker: false,
+        docker: e.docker,
     }
+}
+
+/// The address a network's bridge holds while Docker's containers are on
+/// it: the network's gateway, where they reach the host (and its DNS).
+pub(super) fn docker_gateway(subnet: &Subnet) -> (Ipv4Addr, u8) {
+    (subnet.gateway(), subnet.prefix())
 }
 
 /// The container's interface on the gateway bridge: named after its
@@ -127,7 +134,7 @@ pub(super) fn gateway_ifname(ifname: &str) -> String {
     format!("gw{ifname}")
 }
 
-pub(super) fn parse_mac(s: &str) -> Option<dp::Mac> {
+pub(crate) fn parse_mac(s: &str) -> Option<dp::Mac> {
     let mut out = [0u8; 6];
     let mut parts = s.split(':');
     for b in &mut out {

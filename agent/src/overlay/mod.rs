@@ -49,7 +49,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
-pub(crate) use attach::{Attach, Host, attach, detach, reap};
+pub(crate) use addresses::{release, reserve};
+pub(crate) use attach::{Attach, Host, attach, detach, reap, set_aliases};
+pub(crate) use desired::parse_mac;
 pub(crate) use error::{Error, Kind};
 #[cfg(any(test, feature = "fuzzing"))]
 pub(crate) use names::record_entry;
@@ -301,10 +303,20 @@ impl Overlay {
             })
             .collect();
         let mut containers: BTreeMap<PathBuf, Vec<String>> = BTreeMap::new();
-        for ep in &self.state.endpoints {
+        // Docker's containers ask Docker's resolver, not one of ours.
+        for ep in self.state.endpoints.iter().filter(|ep| !ep.docker) {
             containers.entry(ep.netns.clone()).or_default().push(ep.network.clone());
         }
-        self.dns.send_replace(Arc::new(View::new(containers, names.clone())));
+        let mut gateways = BTreeMap::new();
+        let mut docker: BTreeMap<Ipv4Addr, Vec<String>> = BTreeMap::new();
+        for ep in self.state.endpoints.iter().filter(|ep| ep.docker) {
+            if let Ok(subnet) = Subnet::containing(ep.ip, ep.prefix) {
+                gateways.insert(subnet.gateway(), ep.network.clone());
+            }
+            docker.entry(ep.ip).or_default().push(ep.network.clone());
+        }
+        let view = View::new(containers, names.clone()).with_docker(gateways, docker);
+        self.dns.send_replace(Arc::new(view));
         names
     }
 

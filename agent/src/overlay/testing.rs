@@ -219,6 +219,8 @@ pub(super) fn attach_req(network: &str, name: &str, netns: &Path) -> Attach {
         aliases: Vec::new(),
         ifname: None,
         publish: Vec::new(),
+        docker: false,
+        mac: None,
     }
 }
 

@@ -98,6 +98,7 @@ impl Overlay {
                 .filter(|ep| ep.network == net)
                 .map(|ep| ep.ip)
                 .chain(self.pending.iter().filter(|((n, _), _)| n == net).map(|(_, p)| p.ip))
+                .chain(self.state.reserved.iter().filter(|r| r.network == net).map(|r| r.ip))
                 .any(|ip| subnet.block_of(ip) == Some(block));
             let claims = claims_of.entry(net).or_insert_with(|| {
                 let def = &eff.def;
@@ -193,7 +194,9 @@ impl Overlay {
                 eff.subnet.blocks(),
                 node.shared_entries(SharedTable::Ipam),
             );
-            for ep in self.state.endpoints.iter().filter(|ep| ep.network == *net) {
+            // Docker addressed its containers itself and would not follow a
+            // move: the conflict stays reported, the other holder moves.
+            for ep in self.state.endpoints.iter().filter(|ep| ep.network == *net && !ep.docker) {
                 let Some(holders) = by_ip.get(&ep.ip).filter(|h| h.len() > 1) else { continue };
                 let key = endpoint_key(&self.me, &ep.name);
                 if let Some(k) = ipam::keeper(&claims, &eff.subnet, ep.ip, holders)

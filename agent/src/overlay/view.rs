@@ -1,10 +1,11 @@
 //! What the embedded DNS answers from, published whenever endpoints or
-//! their hosts change: each local container's networks, and the names of
-//! those networks. The DNS listeners read it without asking the core
+//! their hosts change: each local container's networks, the gateway
+//! addresses Docker's containers ask at, and the names of those networks. The DNS listeners read it without asking the core
 //! loop, so a flood of queries never queues behind gossip, nor gossip
 //! behind queries.
 
 use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -16,6 +17,12 @@ pub(crate) struct View {
     /// Each local container's namespace, with its networks in the order
     /// they were attached (the first that knows a bare name answers).
     containers: BTreeMap<PathBuf, Vec<String>>,
+    /// The gateway address of each network with Docker's containers here
+    /// (this host's bridge holds it), with the network: Docker's resolver
+    /// forwards what it does not know to a `--dns` server, and this is it.
+    gateways: BTreeMap<Ipv4Addr, String>,
+    /// Docker's containers here, by address: the networks each is on.
+    docker: BTreeMap<Ipv4Addr, Vec<String>>,
     names: BTreeMap<String, Arc<Names>>,
 }
 
@@ -24,7 +31,41 @@ impl View {
         containers: BTreeMap<PathBuf, Vec<String>>,
         names: BTreeMap<String, Arc<Names>>,
     ) -> View {
-        View { containers, names }
+        View { containers, names, ..View::default() }
+    }
+
+    /// Adds the gateways Docker's containers ask at, and those containers'
+    /// networks by address.
+    pub(crate) fn with_docker(
+        mut self,
+        gateways: BTreeMap<Ipv4Addr, String>,
+        docker: BTreeMap<Ipv4Addr, Vec<String>>,
+    ) -> View {
+        (self.gateways, self.docker) = (gateways, docker);
+        self
+    }
+
+    /// The gateway addresses to answer at.
+    pub(crate) fn gateways(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.gateways.keys().copied()
+    }
+
+    /// The networks a query to `gateway` from `from` is answered from: the
+    /// gateway's network first, then the asking container's others (one
+    /// endpoint per network, so known by its address on each).
+    pub(crate) fn networks_at(&self, gateway: Ipv4Addr, from: Ipv4Addr) -> Vec<(&str, &Names)> {
+        let first = self.gateways.get(&gateway).into_iter();
+        let others = self.docker.get(&from).into_iter().flatten();
+        let mut out: Vec<(&str, &Names)> = Vec::new();
+        for net in first.chain(others) {
+            if out.iter().any(|(n, _)| n == net) {
+                continue;
+            }
+            if let Some(names) = self.names.get(net) {
+                out.push((net, names));
+            }
+        }
+        out
     }
 
     /// The containers' namespaces.

@@ -1,0 +1,216 @@
+//! What the plugin learns from Docker and tells it, beside its calls:
+//!
+//! - names: Docker tells a driver neither a network's name nor a
+//!   container's. A network's is read back once Docker has saved it, a
+//!   container's once it runs (its endpoint shows in Docker's lock-free
+//!   container list; inspecting the container during its start would wait
+//!   for the start, which waits for us). The container's name, short ID
+//!   and network aliases become the netdb endpoint's aliases, so every
+//!   host resolves them.
+//! - networks: every netdb overlay network exists in this host's Docker
+//!   (created through the Engine API with `-o netdb.network=NAME`, so a
+//!   network created once, on any host or with `netdb network create`, is
+//!   usable by every Docker), and a Docker network whose netdb network was
+//!   removed is removed.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use netdb_dataplane::Kernel;
+
+use super::engine::{self, Engine};
+use super::plugin::{NETWORK_OPTION, Plugin, short};
+
+/// How often Docker is looked at when nothing wakes the task.
+const PERIOD: Duration = Duration::from_secs(2);
+/// How soon a container that joined is looked for again while it starts.
+const NAMING: Duration = Duration::from_millis(200);
+
+/// Runs for the agent's life.
+pub(crate) async fn run<K: Kernel>(plugin: Arc<Plugin<K>>) {
+    let Some(engine) = plugin.engine.clone() else { return };
+    // Networks Docker refused to create, reported once each.
+    let mut refused: BTreeSet<String> = BTreeSet::new();
+    let mut reachable = true;
+    loop {
+        let busy = match pass(&plugin, &engine, &mut refused).await {
+            Ok(busy) => {
+                if !reachable {
+                    tracing::info!("Docker's API answers again");
+                }
+                reachable = true;
+                busy
+            }
+            Err(e) => {
+                if reachable {
+                    tracing::warn!(error = %e, "cannot reach Docker's API; container names and networks wait for it");
+                }
+                reachable = false;
+                false
+            }
+        };
+        let wait = if busy { NAMING } else { PERIOD };
+        let _ = tokio::time::timeout(wait, plugin.wake.notified()).await;
+    }
+}
+
+/// One look at Docker; true when a container still waits for its names.
+async fn pass<K: Kernel>(
+    plugin: &Plugin<K>,
+    engine: &Engine,
+    refused: &mut BTreeSet<String>,
+) -> Result<bool, engine::EngineError> {
+    name_networks(plugin).await;
+    let waiting = name_containers(plugin, engine).await?;
+    mirror(plugin, engine, refused).await?;
+    Ok(waiting)
+}
+
+/// Reads the names of networks Docker created here and makes them netdb
+/// networks.
+async fn name_networks<K: Kernel>(plugin: &Plugin<K>) {
+    let mut known = plugin.known.lock().await;
+    let pending: Vec<String> = known
+        .saved
+        .networks
+        .iter()
+        .filter(|(_, n)| n.name.is_empty())
+        .map(|(id, _)| id.clone())
+        .collect();
+    for id in pending {
+        if let Err(e) = plugin.name_network(&mut known, &id).await {
+            tracing::warn!(docker_id = %id, error = %e, "cannot make a Docker network a netdb network");
+        }
+    }
+}
+
+/// Gives joined containers' endpoints their names; true while one still
+/// waits (its container is starting).
+async fn name_containers<K: Kernel>(
+    plugin: &Plugin<K>,
+    engine: &Engine,
+) -> Result<bool, engine::EngineError> {
+    let unnamed: Vec<(String, String)> = {
+        let known = plugin.known.lock().await;
+        known
+            .saved
+            .endpoints
+            .iter()
+            .filter(|(_, ep)| ep.joined && !ep.named)
+            .map(|(id, ep)| (id.clone(), ep.network_id.clone()))
+            .collect()
+    };
+    if unnamed.is_empty() {
+        return Ok(false);
+    }
+    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let networks: BTreeSet<&String> = unnamed.iter().map(|(_, n)| n).collect();
+    for network_id in networks {
+        for c in engine.containers_in_network(network_id).await? {
+            for attached in c.network_settings.networks.values() {
+                if attached.endpoint_id.is_empty() {
+                    continue;
+                }
+                let mut aliases: Vec<String> =
+                    c.names.iter().map(|n| n.trim_start_matches('/').to_string()).collect();
+                aliases.push(short(&c.id));
+                aliases.extend(attached.aliases.iter().cloned());
+                names.insert(attached.endpoint_id.clone(), aliases);
+            }
+        }
+    }
+    let mut waiting = false;
+    for (endpoint_id, _) in unnamed {
+        let Some(aliases) = names.remove(&endpoint_id) else {
+            waiting = true;
+            continue;
+        };
+        let mut known = plugin.known.lock().await;
+        let Some(ep) = known.saved.endpoints.get(&endpoint_id).cloned() else { continue };
+        match plugin.handle.set_aliases(ep.network.clone(), ep.name.clone(), aliases).await {
+            Ok(_) => {
+                if let Some(ep) = known.saved.endpoints.get_mut(&endpoint_id) {
+                    ep.named = true;
+                }
+                known.save();
+            }
+            Err(e) => {
+                tracing::warn!(network = %ep.network, endpoint = %ep.name, error = %e, "cannot publish a container's names")
+            }
+        }
+    }
+    Ok(waiting)
+}
+
+/// Keeps this host's Docker holding exactly the netdb overlay networks.
+async fn mirror<K: Kernel>(
+    plugin: &Plugin<K>,
+    engine: &Engine,
+    refused: &mut BTreeSet<String>,
+) -> Result<(), engine::EngineError> {
+    let Ok(netdb) = plugin.netdb_subnets().await else { return Ok(()) };
+    let docker = engine.networks(super::DRIVER).await?;
+    let mapped: BTreeMap<String, String> = {
+        let known = plugin.known.lock().await;
+        known.saved.networks.iter().map(|(id, n)| (id.clone(), n.name.clone())).collect()
+    };
+    let present: BTreeSet<&str> = docker
+        .iter()
+        .filter_map(|d| mapped.get(&d.id))
+        .map(String::as_str)
+        .filter(|n| !n.is_empty())
+        .collect();
+    for (name, subnet, internal) in &netdb {
+        if present.contains(name.as_str()) {
+            continue;
+        }
+        let create = engine::CreateNetworkRequest {
+            name: name.clone(),
+            driver: super::DRIVER.into(),
+            internal: *internal,
+            ipam: engine::Ipam {
+                driver: super::DRIVER.into(),
+                config: vec![engine::IpamConfig {
+                    subnet: subnet.to_string(),
+                    gateway: subnet.gateway().to_string(),
+                }],
+            },
+            options: [(NETWORK_OPTION.to_string(), name.clone())].into(),
+            labels: Default::default(),
+        };
+        match engine.create_network(&create).await {
+            Ok(id) => {
+                refused.remove(name);
+                tracing::info!(network = %name, docker_id = %id, "netdb network created in Docker")
+            }
+            Err(e) => {
+                if refused.insert(name.clone()) {
+                    tracing::warn!(network = %name, error = %e, "cannot create the netdb network in Docker (a Docker network of that name exists?); Docker's containers here cannot use it");
+                }
+            }
+        }
+    }
+    // Until this node holds the cluster's definitions (just started), a
+    // network missing here may well exist.
+    if !plugin.handle.cluster_synced().await.unwrap_or(false) {
+        return Ok(());
+    }
+    let live: BTreeSet<&str> = netdb.iter().map(|(n, _, _)| n.as_str()).collect();
+    for d in &docker {
+        let Some(name) = mapped.get(&d.id).filter(|n| !n.is_empty()) else { continue };
+        if live.contains(name.as_str()) {
+            continue;
+        }
+        match engine.remove_network(&d.id).await {
+            Ok(()) => tracing::info!(network = %name, docker_id = %d.id, "netdb network removed from Docker"),
+            Err(e) => {
+                if refused.insert(format!("rm {name}")) {
+                    tracing::warn!(network = %name, error = %e, "the netdb network is gone but Docker keeps it (containers attached?)");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
