@@ -183,6 +183,15 @@ impl Agent {
         if let Some(addr) = s.metrics {
             metrics::serve(addr, handle.clone()).await?;
         }
+        if let Some(docker) = &s.docker {
+            crate::docker::Plugin::start(
+                docker,
+                s.data_dir.as_deref(),
+                handle.clone(),
+                s.default_pool,
+            )
+            .await?;
+        }
         let (net_tx, net_rx) = mpsc::channel::<NetMsg>(1024);
         let server = Server::start(&s, Api::new(handle).with_log(log)).await?;
         let limits = streams::Limits::new(s.core.max_sync_frame, s.core.sync_timeout);

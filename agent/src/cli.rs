@@ -451,6 +451,21 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "NETDB_NO_DNS", help_heading = "DNS")]
     #[serde(default)]
     pub no_dns: bool,
+    /// Serve Docker's network and IPAM plugins, both named netdb, so that
+    /// `docker network create -d netdb --ipam-driver netdb` makes a netdb
+    /// network (needs the data plane)
+    #[arg(long, env = "NETDB_DOCKER_PLUGIN", help_heading = "Docker")]
+    #[serde(default)]
+    pub docker_plugin: bool,
+    /// Where the plugin listens: Docker looks for plugins in
+    /// /run/docker/plugins [default: /run/docker/plugins/netdb.sock]
+    #[arg(long, env = "NETDB_DOCKER_PLUGIN_SOCKET", help_heading = "Docker")]
+    pub docker_plugin_socket: Option<PathBuf>,
+    /// Docker's API socket: the plugin reads network and container names
+    /// there and creates netdb's networks in this host's Docker
+    /// [default: /var/run/docker.sock]
+    #[arg(long, env = "NETDB_DOCKER_SOCKET", help_heading = "Docker")]
+    pub docker_socket: Option<PathBuf>,
     /// Serve Prometheus metrics over HTTP at http://ADDR/metrics (off
     /// unless given), e.g. 127.0.0.1:9946.
     #[arg(long, env = "NETDB_METRICS", help_heading = "Observability")]

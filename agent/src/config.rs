@@ -52,7 +52,20 @@ pub(crate) struct Settings {
     pub vni_range: netdb::netdefs::VniRange,
     /// Where `network create` without a subnet takes one, and its size.
     pub default_pool: (Subnet, u8),
+    /// The Docker plugin; `None` unless --docker-plugin.
+    pub docker: Option<DockerSettings>,
 }
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct DockerSettings {
+    /// Where the plugin listens.
+    pub plugin_socket: PathBuf,
+    /// Docker's Engine API.
+    pub engine_socket: PathBuf,
+}
+
+pub(crate) const DOCKER_PLUGIN_SOCKET: &str = "/run/docker/plugins/netdb.sock";
+pub(crate) const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 
 /// Queries per second per container, unless --dns-rate-limit says.
 const DNS_RATE: u32 = 2000;
@@ -143,6 +156,24 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         host_file: crate::dns::HOST_FILE.into(),
         netns_etc: crate::dns::NETNS_ETC.into(),
     });
+    let docker = match cli.docker_plugin || file.docker_plugin {
+        false => None,
+        true if !dataplane => {
+            bail!(
+                "--docker-plugin needs the data plane: Docker's containers are endpoints; drop --no-dataplane"
+            )
+        }
+        true => Some(DockerSettings {
+            plugin_socket: cli
+                .docker_plugin_socket
+                .or(file.docker_plugin_socket)
+                .unwrap_or_else(|| DOCKER_PLUGIN_SOCKET.into()),
+            engine_socket: cli
+                .docker_socket
+                .or(file.docker_socket)
+                .unwrap_or_else(|| DOCKER_SOCKET.into()),
+        }),
+    };
     let default_pool = match cli.default_address_pool.or(file.default_address_pool) {
         Some(text) => text.parse().with_context(|| format!("bad --default-address-pool {text}"))?,
         None => netdb::ipam::DEFAULT_POOL,
@@ -194,6 +225,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         },
         vni_range: cli.vni_range.or(file.vni_range).unwrap_or_default(),
         default_pool: (default_pool, pool_size),
+        docker,
     })
 }
 

@@ -9,10 +9,7 @@ mod cli;
 mod client;
 mod config;
 mod dns;
-// The agent wiring (plugin socket, network sync) comes next; until then
-// only the tests use this module.
-#[allow(dead_code)]
-pub(crate) mod docker;
+mod docker;
 mod doctor;
 mod duration;
 mod endpoint;

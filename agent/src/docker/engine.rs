@@ -162,6 +162,8 @@ pub(crate) struct CreateNetworkRequest {
     pub(crate) driver: String,
     #[serde(rename = "IPAM")]
     pub(crate) ipam: Ipam,
+    /// Docker's `--internal`: no docker_gwbridge, no way out.
+    pub(crate) internal: bool,
     pub(crate) options: BTreeMap<String, String>,
     pub(crate) labels: BTreeMap<String, String>,
 }
@@ -469,12 +471,13 @@ pub(crate) mod tests {
             },
             options: BTreeMap::from([("o".into(), "1".into())]),
             labels: BTreeMap::new(),
+            internal: false,
         };
         assert_eq!(
             serde_json::to_value(CreateBody { request: &r, check_duplicate: true }).unwrap(),
             serde_json::json!({"Name":"n","Driver":"netdb","CheckDuplicate":true,
                 "IPAM":{"Driver":"netdb","Config":[{"Subnet":"10.1.0.0/24"}]},
-                "Options":{"o":"1"},"Labels":{}})
+                "Internal":false,"Options":{"o":"1"},"Labels":{}})
         );
     }
 
@@ -659,6 +662,7 @@ pub(crate) mod tests {
             },
             options: BTreeMap::from([("netdb.test".into(), "1".into())]),
             labels: BTreeMap::from([("netdb.network".into(), "engine-test".into())]),
+            internal: false,
         };
         let id = engine.create_network(&request).await.unwrap();
         assert_eq!(id.len(), 64, "{id}");

@@ -175,11 +175,13 @@ async fn respond<H: Handler>(
             Err(e) => (Reply::status(400, &format!("cannot read the request body: {e}")), true),
         }
     };
-    tracing::debug!(
+    // Docker calls a few times per container start or stop: a line each
+    // tells what Docker asked and how long netdb took.
+    tracing::info!(
         method = %method,
         status = reply.status,
         duration_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX),
-        "plugin call"
+        "docker plugin call"
     );
     let status = StatusCode::from_u16(reply.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     let mut response = Response::new(Full::new(Bytes::from(reply.body)));

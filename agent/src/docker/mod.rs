@@ -5,13 +5,24 @@
 //! (network names, labels, which containers sit on a network).
 //!
 //! `protocol` holds the JSON both ways, `http` the plugin server, `engine`
-//! the Engine API client.
+//! the Engine API client, `plugin` both drivers, `store` what they keep
+//! across restarts, `sync` what is learned from Docker beside its calls
+//! (names) and told to it (netdb's networks).
 
 pub(crate) mod engine;
 pub(crate) mod http;
+mod plugin;
 #[cfg(test)]
 mod plugin_tests;
 pub(crate) mod protocol;
+mod store;
+mod sync;
+
+pub(crate) use plugin::Plugin;
+
+/// The name of both drivers: `docker network create -d netdb --ipam-driver
+/// netdb`.
+pub(crate) const DRIVER: &str = "netdb";
 
 use serde::{Deserialize, Deserializer};
 

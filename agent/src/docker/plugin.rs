@@ -14,6 +14,7 @@
 //!   Docker's endpoint ID, whose container names become its aliases once
 //!   the container runs (see `sync`).
 
+use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::Path;
 use std::sync::Arc;
@@ -83,10 +84,7 @@ pub(crate) struct Plugin<K: Kernel = Linux> {
 
 impl<K: Kernel> Handler for Plugin<K> {
     async fn call(&self, method: &str, body: Bytes) -> Reply {
-        let started = std::time::Instant::now();
-        let reply = self.dispatch(method, &body).await;
-        tracing::debug!(method, status = reply.status, elapsed = ?started.elapsed(), "docker plugin call");
-        reply
+        self.dispatch(method, &body).await
     }
 }
 
@@ -138,24 +136,29 @@ impl<K: Kernel> Plugin<K> {
             "NetworkDriver.Leave" => call(method, body, |r| self.leave(r)).await,
             // Docker's docker_gwbridge gives the container its way out and
             // its published ports, as for Swarm's overlay networks.
-            "NetworkDriver.ProgramExternalConnectivity"
-            | "NetworkDriver.RevokeExternalConnectivity"
+            "NetworkDriver.ProgramExternalConnectivity" => {
+                call(method, body, |_: ProgramExternalConnectivityRequest| async { Ok(Empty {}) })
+                    .await
+            }
+            "NetworkDriver.RevokeExternalConnectivity" => {
+                call(method, body, |_: EndpointRequest| async { Ok(Empty {}) }).await
+            }
             // Swarm's node discovery: netdb has its own membership.
-            | "NetworkDriver.DiscoverNew"
-            | "NetworkDriver.DiscoverDelete" => ok(&Empty {}),
+            "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => {
+                call(method, body, |_: DiscoveryNotification| async { Ok(Empty {}) }).await
+            }
             "IpamDriver.GetCapabilities" => ok(&IpamCapabilitiesResponse::default()),
             "IpamDriver.GetDefaultAddressSpaces" => ok(&AddressSpacesResponse {
                 local_default_address_space: ADDRESS_SPACE.into(),
                 global_default_address_space: ADDRESS_SPACE.into(),
             }),
             "IpamDriver.RequestPool" => call(method, body, |r| self.request_pool(r)).await,
-            "IpamDriver.ReleasePool" => call(method, body, |_: ReleasePoolRequest| async {
-                Ok(Empty {})
-            })
-            .await,
+            "IpamDriver.ReleasePool" => {
+                call(method, body, |_: ReleasePoolRequest| async { Ok(Empty {}) }).await
+            }
             "IpamDriver.RequestAddress" => call(method, body, |r| self.request_address(r)).await,
             "IpamDriver.ReleaseAddress" => call(method, body, |r| self.release_address(r)).await,
-            _ => Reply { status: 404, body: error_body(method, &format!("netdb: no method {method}")) },
+            _ => Reply::status(404, &format!("netdb: no method {method}")),
         }
     }
 
@@ -272,7 +275,9 @@ impl<K: Kernel> Plugin<K> {
             return Err("netdb networks are IPv4 only: create the network without --ipv6".into());
         }
         let Some(data) = r.ipv4_data.first() else {
-            return Err("netdb needs the network's subnet: give --subnet or --ipam-driver netdb".into());
+            return Err(
+                "netdb needs the network's subnet: give --subnet or --ipam-driver netdb".into()
+            );
         };
         if r.ipv4_data.len() > 1 {
             return Err("a netdb network has one subnet: give one --subnet".into());
@@ -410,7 +415,9 @@ impl<K: Kernel> Plugin<K> {
         }
         let mac = match iface.mac_address.as_str() {
             "" => None,
-            text => Some(parse_mac(text).ok_or_else(|| format!("MAC address {text} is malformed"))?),
+            text => {
+                Some(parse_mac(text).ok_or_else(|| format!("MAC address {text} is malformed"))?)
+            }
         };
         let name = short(&r.endpoint_id);
         let attach = Attach {
@@ -453,9 +460,9 @@ impl<K: Kernel> Plugin<K> {
                  elsewhere; remove it and create it again"
             ));
         }
-        self.name_network(known, id).await?.ok_or_else(|| {
-            format!("Docker does not know network {id} yet; try again")
-        })
+        self.name_network(known, id)
+            .await?
+            .ok_or_else(|| format!("Docker does not know network {id} yet; try again"))
     }
 
     async fn local_mac(&self, network: &str, name: &str) -> Result<Option<String>, Refusal> {
@@ -522,23 +529,21 @@ where
     T: DeserializeOwned,
     R: Serialize,
     F: FnOnce(T) -> Fut,
-    Fut: std::future::Future<Output = Result<R, Refusal>>,
+    Fut: Future<Output = Result<R, Refusal>>,
 {
     let req: T = match serde_json::from_slice(if body.is_empty() { b"{}" } else { body }) {
         Ok(r) => r,
         Err(e) => {
             tracing::warn!(method, error = %e, "undecodable Docker plugin request");
-            return Reply {
-                status: 400,
-                body: error_body(method, &format!("netdb: cannot decode {method}: {e}")),
-            };
+            // Not 200: Docker then reads `Err`, whatever the interface.
+            return Reply::status(400, &format!("netdb: cannot decode {method}: {e}"));
         }
     };
     match f(req).await {
         Ok(answer) => ok(&answer),
         Err(why) => {
             tracing::warn!(method, error = %why, "Docker plugin call refused");
-            Reply { status: 200, body: error_body(method, &format!("netdb: {why}")) }
+            Reply::error(method, &format!("netdb: {why}"))
         }
     }
 }
@@ -552,7 +557,10 @@ fn pool_subnet(pool_id: &str) -> Result<Subnet, Refusal> {
 }
 
 fn address(ip: Ipv4Addr, subnet: &Subnet) -> RequestAddressResponse {
-    RequestAddressResponse { address: format!("{ip}/{}", subnet.prefix()), data: Default::default() }
+    RequestAddressResponse {
+        address: format!("{ip}/{}", subnet.prefix()),
+        data: Default::default(),
+    }
 }
 
 /// Docker's reply fills only what Docker left empty.

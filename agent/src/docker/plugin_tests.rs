@@ -129,6 +129,7 @@ async fn dockerd_creates_and_removes_a_network_through_the_plugin() {
         ipam: Ipam { driver: plugin.clone(), config: Vec::new() },
         options: BTreeMap::from([("vni".into(), "4097".into())]),
         labels: BTreeMap::from([("l".into(), "v".into())]),
+        internal: false,
     };
     let id = engine.create_network(&request).await.unwrap();
 

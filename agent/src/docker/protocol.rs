@@ -34,11 +34,6 @@ pub(crate) const REQUEST_ADDRESS_TYPE: &str = "RequestAddressType";
 /// network's gateway (its first request after RequestPool).
 pub(crate) const GATEWAY_ADDRESS: &str = "com.docker.network.gateway";
 
-/// `DiscoveryType` of a node joining or leaving (libnetwork's
-/// `discoverapi.NodeDiscovery`); dockerd forwards no other type to a
-/// remote driver.
-pub(crate) const NODE_DISCOVERY: u32 = 1;
-
 /// The body of an error reply to `method` (the request path, with or
 /// without its leading slash).
 ///
@@ -338,28 +333,6 @@ pub(crate) struct DiscoveryNotification {
     pub(crate) discovery_data: Value,
 }
 
-/// The data of a [`NODE_DISCOVERY`] notification.
-#[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default, rename_all = "PascalCase")]
-pub(crate) struct NodeDiscoveryData {
-    #[serde(deserialize_with = "null_as_default")]
-    pub(crate) address: String,
-    #[serde(deserialize_with = "null_as_default")]
-    pub(crate) bind_address: String,
-    #[serde(rename = "Self", deserialize_with = "null_as_default")]
-    pub(crate) is_self: bool,
-}
-
-impl DiscoveryNotification {
-    /// The node this notification is about, if it is a node discovery.
-    pub(crate) fn node(&self) -> Option<NodeDiscoveryData> {
-        if self.discovery_type != NODE_DISCOVERY {
-            return None;
-        }
-        NodeDiscoveryData::deserialize(&self.discovery_data).ok()
-    }
-}
-
 /// `IpamDriver.GetCapabilities` → what dockerd must send along.
 #[derive(Debug, Default, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -657,12 +630,8 @@ mod tests {
             r#"{"DiscoveryType":1,"DiscoveryData":{"Address":"192.0.2.7","BindAddress":"0.0.0.0","Self":false}}"#,
         )
         .unwrap();
-        let node = r.node().unwrap();
-        assert_eq!(node.address, "192.0.2.7");
-        assert_eq!(node.bind_address, "0.0.0.0");
-        assert!(!node.is_self);
-        let other = DiscoveryNotification { discovery_type: 2, discovery_data: Value::Null };
-        assert_eq!(other.node(), None);
+        assert_eq!(r.discovery_type, 1);
+        assert_eq!(r.discovery_data["Address"], "192.0.2.7");
     }
 
     #[test]

@@ -71,11 +71,15 @@ impl Store {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
             Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
             Ok(m) if m.len() > MAX_BYTES => {
-                bail!("{} is {} bytes, larger than netdb writes; move it away", path.display(), m.len())
+                bail!(
+                    "{} is {} bytes, larger than netdb writes; move it away",
+                    path.display(),
+                    m.len()
+                )
             }
             Ok(_) => {
-                let text =
-                    std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+                let text = std::fs::read(&path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
                 let saved: Saved = serde_json::from_slice(&text).with_context(|| {
                     format!(
                         "{} is corrupt; move it away (Docker's netdb networks must then be created again)",
@@ -83,7 +87,11 @@ impl Store {
                     )
                 })?;
                 if saved.version != VERSION {
-                    bail!("{} has version {}, this agent reads {VERSION}", path.display(), saved.version);
+                    bail!(
+                        "{} has version {}, this agent reads {VERSION}",
+                        path.display(),
+                        saved.version
+                    );
                 }
                 saved
             }
@@ -117,7 +125,11 @@ mod tests {
         assert_eq!(saved, Saved::default());
         saved.networks.insert(
             "abc".into(),
-            KnownNetwork { name: "app".into(), subnet: "10.20.0.0/24".into(), ..Default::default() },
+            KnownNetwork {
+                name: "app".into(),
+                subnet: "10.20.0.0/24".into(),
+                ..Default::default()
+            },
         );
         store.save(&saved);
         let (_, again) = Store::open(Some(&dir)).unwrap();

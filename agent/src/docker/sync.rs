@@ -30,9 +30,15 @@ const NAMING: Duration = Duration::from_millis(200);
 /// Runs for the agent's life.
 pub(crate) async fn run<K: Kernel>(plugin: Arc<Plugin<K>>) {
     let Some(engine) = plugin.engine.clone() else { return };
+    let mut reachable = match engine.ping().await {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::warn!(error = %e, "Docker's API does not answer yet; container names and networks wait for it (--docker-socket)");
+            false
+        }
+    };
     // Networks Docker refused to create, reported once each.
     let mut refused: BTreeSet<String> = BTreeSet::new();
-    let mut reachable = true;
     loop {
         let busy = match pass(&plugin, &engine, &mut refused).await {
             Ok(busy) => {
@@ -203,7 +209,9 @@ async fn mirror<K: Kernel>(
             continue;
         }
         match engine.remove_network(&d.id).await {
-            Ok(()) => tracing::info!(network = %name, docker_id = %d.id, "netdb network removed from Docker"),
+            Ok(()) => {
+                tracing::info!(network = %name, docker_id = %d.id, "netdb network removed from Docker")
+            }
             Err(e) => {
                 if refused.insert(format!("rm {name}")) {
                     tracing::warn!(network = %name, error = %e, "the netdb network is gone but Docker keeps it (containers attached?)");
@@ -213,4 +221,3 @@ async fn mirror<K: Kernel>(
     }
     Ok(())
 }
-

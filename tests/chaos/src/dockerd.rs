@@ -278,6 +278,17 @@ impl DockerHosts {
         )
     }
 
+    /// Host `i`'s whole agent log.
+    pub fn agent_log(&self, i: usize) -> String {
+        std::fs::read_to_string(format!("{}/h{i}.log", self.cluster.dir)).unwrap_or_default()
+    }
+
+    /// Host `i`'s agent data dir (`--data-dir`).
+    pub fn data_dir(&self, i: usize) -> PathBuf {
+        self.host(i);
+        PathBuf::from(format!("{}/h{i}-data", self.cluster.dir))
+    }
+
     /// The local image `netdb-test/busybox` on host `i`'s dockerd, built
     /// if missing: FROM scratch, Debian's static busybox as `/bin/busybox`
     /// with links for `sh`, `ping`, `nslookup`, `sleep`, `ip`, `wget`...,
@@ -346,6 +357,9 @@ impl DockerHosts {
             // Predictable cgroups (the sweep finds them by name), whatever
             // the machine's default driver.
             "exec-opts": ["native.cgroupdriver=cgroupfs"],
+            // Containers outlive a restart of their dockerd, as on hosts
+            // that upgrade Docker without stopping their services.
+            "live-restore": true,
         });
         if dockerd_major() < 23 {
             // Before 23.0 dockerd writes its identity to
