@@ -336,6 +336,7 @@ fn registry(s: &Snapshot) -> Registry {
             ("not_a_query", d.not_a_query),
             ("questions", d.questions),
             ("oversized", d.oversized),
+            ("stranger", d.strangers),
         ]
         .into_iter()
         .map(|(outcome, v)| (labels([("outcome", outcome)]), v))

@@ -89,6 +89,15 @@ fn links(hosts: &DockerHosts, i: usize, prefix: &str) -> Vec<String> {
         .collect()
 }
 
+/// The VNI of netdb network `network` as host `i` sees it.
+fn nets_vni(hosts: &DockerHosts, i: usize, network: &str) -> u64 {
+    let nets = hosts.cluster().json(i, &["network", "ls"]);
+    nets.as_array()
+        .and_then(|a| a.iter().find(|n| n["name"] == network))
+        .and_then(|n| n["vni"].as_u64())
+        .unwrap_or_else(|| panic!("no VNI for {network} in {nets}"))
+}
+
 /// Plugin calls the agent of host `i` logged so far.
 fn plugin_calls(hosts: &DockerHosts, i: usize) -> usize {
     hosts.agent_log(i).matches("docker plugin call").count()
@@ -191,7 +200,9 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
         });
         let first_ping = t0.elapsed();
         let calls = plugin_calls(hosts, 2) - before;
-        assert!(calls >= 3, "one docker run made {calls} plugin calls");
+        // RequestAddress, CreateEndpoint, Join (no ProgramExternalConnectivity:
+        // docker_gwbridge is the container's gateway).
+        assert_eq!(calls, 3, "one docker run made {calls} plugin calls");
         until("client to ping web by name", wait, || pings(hosts, 2, "client", "web"));
         until("web to ping client by name", wait, || pings(hosts, 1, "web", "client"));
         let client = address(hosts, 2, "client", "app");
@@ -245,6 +256,92 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
             pings(hosts, 2, "client", &web)
         });
 
+        // The agent restarted under a running container: its name still
+        // resolves across hosts, at the gateway the agent listens at again.
+        until("client to ping web by name after the agent's restart", wait, || {
+            pings(hosts, 2, "client", "web")
+        });
+        until("late to ping web by name", wait, || pings(hosts, 2, "late", "web"));
+        let vni = nets_vni(hosts, 2, "app");
+        let web_mac = hosts
+            .docker_ok(
+                1,
+                &[
+                    "inspect",
+                    "-f",
+                    "{{(index .NetworkSettings.Networks \"app\").MacAddress}}",
+                    "web",
+                ],
+            )
+            .unwrap();
+        let fdb = hosts.cluster().fdb(2, vni);
+        assert!(
+            fdb.contains(&(web_mac.clone(), hosts.underlay_ip(1))),
+            "h2's FDB does not send web's {web_mac} to h1: {fdb:?}"
+        );
+
+        // Docker's default IPAM (the subnet given) works too: h1's Docker
+        // picks the address, netdb's IPAM keeps the others off it.
+        hosts
+            .docker_ok(1, &["network", "create", "-d", "netdb", "--subnet", "10.21.0.0/24", "dflt"])
+            .unwrap();
+        until("dflt in h2's Docker", wait, || {
+            hosts
+                .docker_ok(2, &["network", "ls", "--format", "{{.Name}}"])
+                .is_ok_and(|names| names.lines().any(|n| n == "dflt"))
+        });
+        let on_dflt = ["run", "-d", "--network", "dflt", "--dns=10.21.0.1"];
+        hosts
+            .docker_ok(1, &[&on_dflt[..], &["--name", "d1", &image, "sleep", "600"]].concat())
+            .unwrap();
+        hosts
+            .docker_ok(2, &[&on_dflt[..], &["--name", "d2", &image, "sleep", "600"]].concat())
+            .unwrap();
+        let d1 = address(hosts, 1, "d1", "dflt");
+        assert_ne!(d1, address(hosts, 2, "d2", "dflt"));
+        until("d2 to ping d1", wait, || pings(hosts, 2, "d2", &d1));
+        until("d2 to ping d1 by name", wait, || pings(hosts, 2, "d2", "d1"));
+        hosts.docker_ok(1, &["rm", "-f", "d1"]).unwrap();
+        hosts.docker_ok(2, &["rm", "-f", "d2"]).unwrap();
+
+        // A prune on h2 takes h1's network out of h2's Docker only, for
+        // good; docker network rm on h1, which made it, removes it
+        // everywhere.
+        let docker_nets = |h: &DockerHosts, i: usize| {
+            h.docker_ok(i, &["network", "ls", "--format", "{{.Name}}"]).unwrap_or_default()
+        };
+        hosts.docker_ok(2, &["network", "prune", "-f"]).unwrap();
+        assert!(!docker_nets(hosts, 2).lines().any(|n| n == "dflt"), "prune kept dflt on h2");
+        assert!(docker_nets(hosts, 2).lines().any(|n| n == "app"), "prune took app, in use");
+        std::thread::sleep(Duration::from_secs(5));
+        assert!(!docker_nets(hosts, 2).lines().any(|n| n == "dflt"), "dflt came back on h2");
+        assert!(docker_nets(hosts, 1).lines().any(|n| n == "dflt"), "h2's prune took dflt off h1");
+        assert!(hosts.cluster().json(2, &["network", "ls"]).to_string().contains("10.21.0.0/24"));
+        hosts.docker_ok(1, &["network", "rm", "dflt"]).unwrap();
+        until("dflt gone from netdb", wait, || {
+            !hosts.cluster().json(2, &["network", "ls"]).to_string().contains("10.21.0.0/24")
+        });
+
+        // Refusals reach the user in Docker's own error, with the fix.
+        let o = hosts.docker(
+            1,
+            &[
+                "network",
+                "create",
+                "-d",
+                "netdb",
+                "--ipam-driver",
+                "netdb",
+                "--subnet",
+                "10.22.0.0/24",
+                "--gateway",
+                "10.22.0.9",
+                "bad",
+            ],
+        );
+        assert!(!o.status.success(), "a gateway netdb does not use was taken");
+        assert!(text(&o).contains("drop --gateway 10.22.0.9"), "{}", text(&o));
+
         // Disconnect: the endpoint, its veth and its address are gone.
         let late = address(hosts, 2, "late", "app");
         hosts.docker_ok(2, &["network", "disconnect", "app", "late"]).unwrap();
@@ -270,6 +367,13 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
             until("no bridge left", wait, || links(hosts, i, "ndbr").is_empty());
             let state = std::fs::read_to_string(hosts.data_dir(i).join("state.json")).unwrap();
             assert!(!state.contains("\"reserved\""), "h{i} keeps a reservation: {state}");
+            let docker: Value = serde_json::from_str(
+                &std::fs::read_to_string(hosts.data_dir(i).join("docker.json")).unwrap(),
+            )
+            .unwrap();
+            for kept in ["networks", "endpoints"] {
+                assert_eq!(docker[kept], serde_json::json!({}), "h{i}'s docker.json: {docker}");
+            }
         }
         eprintln!(
             "docker plugin: first cross-host ping {first_ping:.2?} after docker run; \

@@ -18,6 +18,7 @@ pub(crate) struct Counters {
     not_a_query: AtomicU64,
     questions: AtomicU64,
     oversized: AtomicU64,
+    strangers: AtomicU64,
     listeners: AtomicU64,
     listen_errors: AtomicU64,
 }
@@ -45,6 +46,8 @@ pub(crate) struct DnsTallies {
     pub(crate) questions: u64,
     /// Refused: larger than the transport allows.
     pub(crate) oversized: u64,
+    /// Dropped: asked at a gateway by none of its network's containers.
+    pub(crate) strangers: u64,
     /// Containers with a listener now.
     pub(crate) listeners: u64,
     /// Listeners that could not be opened (retried).
@@ -53,7 +56,7 @@ pub(crate) struct DnsTallies {
 
 impl DnsTallies {
     /// Every counter, named as `netdb stats` shows them.
-    pub(crate) fn named(&self) -> [(&'static str, u64); 12] {
+    pub(crate) fn named(&self) -> [(&'static str, u64); 13] {
         [
             ("dns_queries", self.queries),
             ("dns_answered", self.answered),
@@ -65,6 +68,7 @@ impl DnsTallies {
             ("dns_refused:not_a_query", self.not_a_query),
             ("dns_refused:questions", self.questions),
             ("dns_refused:oversized", self.oversized),
+            ("dns_refused:stranger", self.strangers),
             ("dns_listeners", self.listeners),
             ("dns_listen_errors", self.listen_errors),
         ]
@@ -89,6 +93,7 @@ impl Counters {
             not_a_query: r(&self.not_a_query),
             questions: r(&self.questions),
             oversized: r(&self.oversized),
+            strangers: r(&self.strangers),
             listeners: r(&self.listeners),
             listen_errors: r(&self.listen_errors),
         }
@@ -123,6 +128,7 @@ impl Counters {
         bump(&self.not_a_query, r.not_a_query);
         bump(&self.questions, r.questions);
         bump(&self.oversized, r.oversized);
+        bump(&self.strangers, r.strangers);
     }
 
     pub(crate) fn set_listeners(&self, n: usize) {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use nix::sched::CloneFlags;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
+use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
@@ -94,14 +95,22 @@ impl Listener {
         Listener::serve(bind_in(ns)?, Who::Container(paths), shared)
     }
 
-    /// Binds at `gateway`:53 in this namespace and serves.
+    /// Binds at `gateway`:53 in this namespace and serves. The bridge may
+    /// get the address only at the next reconcile: bound regardless
+    /// (IP_FREEBIND), the sockets answer as soon as it has it.
     pub(crate) fn at_gateway(gateway: Ipv4Addr, shared: Shared) -> io::Result<Listener> {
-        let addr = SocketAddr::new(IpAddr::V4(gateway), 53);
-        let udp = std::net::UdpSocket::bind(addr)?;
-        udp.set_nonblocking(true)?;
-        let tcp = std::net::TcpListener::bind(addr)?;
-        tcp.set_nonblocking(true)?;
-        Listener::serve((udp, tcp), Who::Gateway(gateway), shared)
+        let addr = SocketAddr::new(IpAddr::V4(gateway), 53).into();
+        let bound = |ty: Type, proto: Protocol| -> io::Result<Socket> {
+            let s = Socket::new(Domain::IPV4, ty, Some(proto))?;
+            s.set_freebind_v4(true)?;
+            s.set_nonblocking(true)?;
+            s.bind(&addr)?;
+            Ok(s)
+        };
+        let udp = bound(Type::DGRAM, Protocol::UDP)?;
+        let tcp = bound(Type::STREAM, Protocol::TCP)?;
+        tcp.listen(128)?;
+        Listener::serve((udp.into(), tcp.into()), Who::Gateway(gateway), shared)
     }
 
     fn serve(
@@ -152,8 +161,16 @@ impl Asker {
         let view = self.shared.view.borrow().clone();
         let known = match (&self.who, from) {
             (Who::Container(paths), _) => view.networks_of(paths),
-            (Who::Gateway(gateway), IpAddr::V4(from)) => view.networks_at(*gateway, from),
-            (Who::Gateway(_), IpAddr::V6(_)) => Vec::new(),
+            (Who::Gateway(gateway), IpAddr::V4(from)) => match view.networks_at(*gateway, from) {
+                Some(networks) => networks,
+                // Not a container of the network: no answers, and above all
+                // no forwarding for whoever can reach the address.
+                None => {
+                    c.refused(&Refusals { strangers: 1, ..Refusals::default() });
+                    return Reply::Drop;
+                }
+            },
+            (Who::Gateway(_), IpAddr::V6(_)) => return Reply::Drop,
         };
         let networks: Vec<Network<'_>> =
             known.into_iter().map(|(name, names)| Network { name, names }).collect();

@@ -95,6 +95,9 @@ pub(crate) struct Refusals {
     pub(crate) not_a_query: u64,
     pub(crate) questions: u64,
     pub(crate) oversized: u64,
+    /// Asked at a gateway by none of the network's containers on this
+    /// host: dropped, the gateway is no open resolver.
+    pub(crate) strangers: u64,
 }
 
 impl Refusals {

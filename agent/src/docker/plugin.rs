@@ -32,7 +32,9 @@ use super::protocol::*;
 use super::store::{KnownEndpoint, KnownNetwork, Saved, Store};
 use crate::config::DockerSettings;
 use crate::engine::Handle;
-use crate::overlay::{Attach, CreateNetwork, Error as OverlayError, host_routes, parse_mac};
+use crate::overlay::{
+    Attach, CreateNetwork, EndpointInfo, Error as OverlayError, host_routes, parse_mac,
+};
 
 /// `-o netdb.network=NAME`: the netdb network a Docker network is, when
 /// not the one of its own name (the agent passes it when it creates a
@@ -303,13 +305,17 @@ impl<K: Kernel> Plugin<K> {
             internal: r.options.get(INTERNAL_OPTION).and_then(|v| v.as_bool()).unwrap_or(false),
             mtu: number(MTU_OPTION)?,
             vni: number(VNI_OPTION)?,
+            origin: false,
+            netdb_ipam: data.address_space == ADDRESS_SPACE,
         };
         let mut known = self.known.lock().await;
         if known.saved.networks.get(&r.network_id) == Some(&net) {
             return Ok(Empty {});
         }
+        let mut net = net;
         if !net.name.is_empty() {
-            self.ensure_network(&net).await?;
+            net.origin = self.ensure_network(&net).await?;
+            known.saved.declined.remove(&net.name);
         }
         tracing::info!(docker_id = %r.network_id, network = %net.name, subnet = %net.subnet, "Docker network created");
         known.saved.networks.insert(r.network_id, net);
@@ -318,12 +324,13 @@ impl<K: Kernel> Plugin<K> {
         Ok(Empty {})
     }
 
-    /// Makes `net` a netdb network (it may exist: then it must agree).
-    pub(crate) async fn ensure_network(&self, net: &KnownNetwork) -> Result<(), Refusal> {
+    /// Makes `net` a netdb network (it may exist: then it must agree);
+    /// true if this call created it.
+    pub(crate) async fn ensure_network(&self, net: &KnownNetwork) -> Result<bool, Refusal> {
         let nets = self.handle.networks().await.map_err(|e| e.to_string())?;
         if let Some(found) = nets.iter().find(|n| n.name == net.name) {
             return match &found.overlay {
-                Some(o) if o.subnet.to_string() == net.subnet => Ok(()),
+                Some(o) if o.subnet.to_string() == net.subnet => Ok(false),
                 Some(o) => Err(format!(
                     "netdb network {} has subnet {}, not {}: create the Docker network with --subnet {}",
                     net.name, o.subnet, net.subnet, o.subnet
@@ -344,7 +351,7 @@ impl<K: Kernel> Plugin<K> {
         };
         self.handle.create_network(create).await.map_err(|e| e.to_string())?;
         tracing::info!(network = %net.name, subnet = %net.subnet, "netdb network created from Docker");
-        Ok(())
+        Ok(true)
     }
 
     /// Reads the name of Docker network `id` from Docker and makes it a
@@ -366,30 +373,43 @@ impl<K: Kernel> Plugin<K> {
         };
         let found = engine.network_inspect(id).await.map_err(|e| e.to_string())?;
         let Some(docker) = found else { return Ok(None) };
-        let named = KnownNetwork { name: docker.name.clone(), ..net };
-        self.ensure_network(&named).await?;
+        let mut named = KnownNetwork { name: docker.name.clone(), ..net };
+        named.origin = self.ensure_network(&named).await?;
+        known.saved.declined.remove(&named.name);
         known.saved.networks.insert(id.into(), named);
         known.save();
         Ok(Some(docker.name))
     }
 
+    /// Never refused: Docker marks the network deleted before it asks, and
+    /// a refusal would leave it half gone. Removing the copy the user made
+    /// here removes the netdb network everywhere (unless a host still has
+    /// containers on it: then it stays, and comes back in this Docker);
+    /// removing another host's copy (`docker network rm`, prune) only takes
+    /// it out of this host's Docker.
     async fn delete_network(&self, r: DeleteNetworkRequest) -> Result<Empty, Refusal> {
         let mut known = self.known.lock().await;
         let Some(net) = known.saved.networks.remove(&r.network_id) else { return Ok(Empty {}) };
-        let exists = self.netdb_subnets().await?.iter().any(|(n, _, _)| *n == net.name);
-        if !net.name.is_empty() && exists {
-            // A netdb network is one on every host: removing it here
-            // removes it everywhere (each agent then removes it from its
-            // Docker), and is refused while any host has endpoints on it.
-            if let Err(e) = self.handle.remove_network(net.name.clone()).await {
-                known.saved.networks.insert(r.network_id, net);
-                return Err(format!(
-                    "{e} (a netdb network is removed from every host at once; docker network rm again once they are gone)"
-                ));
-            }
-            tracing::info!(network = %net.name, "netdb network removed from Docker");
-        }
         known.save();
+        let subnets = self.netdb_subnets().await?;
+        let live = subnets.iter().any(|(n, s, _)| *n == net.name && s.to_string() == net.subnet);
+        if net.name.is_empty() || !live {
+            return Ok(Empty {});
+        }
+        if !net.origin {
+            tracing::info!(network = %net.name, "netdb network taken out of this host's Docker only (another host made it); `docker network create -d netdb --subnet {} {}` puts it back", net.subnet, net.name);
+            known.saved.declined.insert(net.name);
+            known.save();
+            return Ok(Empty {});
+        }
+        match self.handle.remove_network(net.name.clone()).await {
+            Ok(()) => {
+                tracing::info!(network = %net.name, "netdb network removed from every host through Docker")
+            }
+            Err(e) => {
+                tracing::warn!(network = %net.name, error = %e, "netdb network stays (and comes back in Docker): remove the containers other hosts have on it, then docker network rm it again")
+            }
+        }
         Ok(Empty {})
     }
 
@@ -397,6 +417,7 @@ impl<K: Kernel> Plugin<K> {
         &self,
         r: CreateEndpointRequest,
     ) -> Result<CreateEndpointResponse, Refusal> {
+        let name = endpoint_name(&r.endpoint_id)?;
         let mut known = self.known.lock().await;
         let iface = r.interface.clone().unwrap_or_default();
         if let Some(ep) = known.saved.endpoints.get(&r.endpoint_id) {
@@ -419,12 +440,11 @@ impl<K: Kernel> Plugin<K> {
                 Some(parse_mac(text).ok_or_else(|| format!("MAC address {text} is malformed"))?)
             }
         };
-        let name = short(&r.endpoint_id);
         let attach = Attach {
             network: network.clone(),
             name: name.clone(),
             netns: Default::default(),
-            ip: Some(ip),
+            ip: Some(ip.clone()),
             service: String::new(),
             aliases: Vec::new(),
             ifname: None,
@@ -432,17 +452,27 @@ impl<K: Kernel> Plugin<K> {
             docker: true,
             mac,
         };
-        let info = self.handle.attach(attach).await.map_err(|e| match e {
-            crate::engine::Error::Overlay(e @ OverlayError::AddressTaken { .. }) => format!(
-                "{e}; Docker's default IPAM hands out addresses per host: create the network with --ipam-driver netdb"
-            ),
-            e => e.to_string(),
-        })?;
+        let info = match self.handle.attach(attach).await {
+            Ok(info) => info,
+            // Made before the agent died, unsaved here: Docker asks again.
+            Err(crate::engine::Error::Overlay(OverlayError::EndpointExists { .. })) => self
+                .local_docker_endpoint(&network, &name)
+                .await?
+                .filter(|e| e.ip == ip)
+                .ok_or_else(|| format!("netdb endpoint {name} exists with another address"))?,
+            Err(crate::engine::Error::Overlay(e @ OverlayError::AddressTaken { .. })) => {
+                return Err(format!(
+                    "{e}; Docker's default IPAM hands out addresses per host: create the network with --ipam-driver netdb"
+                ));
+            }
+            Err(e) => return Err(e.to_string()),
+        };
         let ep = KnownEndpoint {
             network_id: r.network_id.clone(),
             network,
             name,
             ifname: info.ifname.clone(),
+            ip: info.ip.clone(),
             joined: false,
             named: false,
         };
@@ -466,21 +496,45 @@ impl<K: Kernel> Plugin<K> {
     }
 
     async fn local_mac(&self, network: &str, name: &str) -> Result<Option<String>, Refusal> {
-        let eps = self.handle.endpoints(network.into(), true).await.map_err(|e| e.to_string())?;
-        Ok(eps.into_iter().find(|e| e.name == name).map(|e| e.mac))
+        Ok(self.local_docker_endpoint(network, name).await?.map(|e| e.mac))
     }
 
+    /// This host's Docker endpoint `name` of `network`, if it exists.
+    pub(crate) async fn local_docker_endpoint(
+        &self,
+        network: &str,
+        name: &str,
+    ) -> Result<Option<EndpointInfo>, Refusal> {
+        let eps = self.handle.endpoints(network.into(), true).await.map_err(|e| e.to_string())?;
+        // Docker's endpoints have no namespace of netdb's.
+        Ok(eps.into_iter().find(|e| e.name == name && e.netns.is_empty()))
+    }
+
+    /// The endpoint goes; with netdb's IPAM its address stays reserved
+    /// until Docker's ReleaseAddress, which follows, so that no request in
+    /// between takes it and has the release drop the wrong reservation.
     async fn delete_endpoint(&self, r: EndpointRequest) -> Result<Empty, Refusal> {
+        let name = endpoint_name(&r.endpoint_id)?;
         let mut known = self.known.lock().await;
-        let Some(ep) = known.saved.endpoints.remove(&r.endpoint_id) else { return Ok(Empty {}) };
-        match self.handle.detach(ep.network.clone(), ep.name.clone()).await {
+        let saved = known.saved.endpoints.get(&r.endpoint_id).cloned();
+        let net = known.saved.networks.get(&r.network_id).cloned().unwrap_or_default();
+        // Unsaved (the agent died between making and saving it): found by
+        // its name.
+        let network = match &saved {
+            Some(ep) => ep.network.clone(),
+            None if net.name.is_empty() => return Ok(Empty {}),
+            None => match self.local_docker_endpoint(&net.name, &name).await? {
+                Some(_) => net.name.clone(),
+                None => return Ok(Empty {}),
+            },
+        };
+        // Docker's own IPAM releases addresses there, not here.
+        match self.handle.detach_docker(network.clone(), name.clone(), net.netdb_ipam).await {
             Ok(()) | Err(crate::engine::Error::Overlay(OverlayError::NoEndpoint { .. })) => {}
-            Err(e) => {
-                known.saved.endpoints.insert(r.endpoint_id, ep);
-                return Err(e.to_string());
-            }
+            Err(e) => return Err(e.to_string()),
         }
-        tracing::info!(docker_id = %r.endpoint_id, network = %ep.network, endpoint = %ep.name, "Docker endpoint deleted");
+        tracing::info!(docker_id = %r.endpoint_id, %network, endpoint = %name, "Docker endpoint deleted");
+        known.saved.endpoints.remove(&r.endpoint_id);
         known.save();
         Ok(Empty {})
     }
@@ -576,4 +630,13 @@ fn endpoint_reply(asked: &EndpointInterface, mac: Option<String>) -> CreateEndpo
 /// The first 12 characters, as Docker shortens its IDs.
 pub(crate) fn short(id: &str) -> String {
     id.chars().take(12).collect()
+}
+
+/// The netdb name of Docker's endpoint `id`: its short form. Docker's IDs
+/// are 64 hex digits; anything else is not Docker's.
+fn endpoint_name(id: &str) -> Result<String, Refusal> {
+    if id.len() < 12 || id.len() > 128 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!("{id:?} is not a Docker endpoint ID"));
+    }
+    Ok(short(id))
 }

@@ -3,7 +3,7 @@
 //! dockerd does not send CreateNetwork), and its endpoint IDs are all the
 //! plugin is told later. Kept in `docker.json` beside the agent's state.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
@@ -29,6 +29,13 @@ pub(crate) struct KnownNetwork {
     pub(crate) mtu: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub(crate) vni: Option<u32>,
+    /// This Docker's create made the netdb network: removing it here
+    /// removes it everywhere. Other hosts' copies are only theirs to drop.
+    #[serde(default)]
+    pub(crate) origin: bool,
+    /// Addresses come from netdb's IPAM driver (not Docker's own).
+    #[serde(default)]
+    pub(crate) netdb_ipam: bool,
 }
 
 /// One Docker endpoint: a netdb endpoint of this host.
@@ -41,6 +48,9 @@ pub(crate) struct KnownEndpoint {
     pub(crate) name: String,
     /// The veth end Docker moves into the container.
     pub(crate) ifname: String,
+    /// Its address.
+    #[serde(default)]
+    pub(crate) ip: String,
     /// The container joined (Join came).
     pub(crate) joined: bool,
     /// The container's names were read from Docker and published.
@@ -52,6 +62,10 @@ pub(crate) struct Saved {
     pub(crate) version: u32,
     /// By Docker's network ID.
     pub(crate) networks: BTreeMap<String, KnownNetwork>,
+    /// netdb networks removed from this host's Docker by its user (`docker
+    /// network rm` or prune of a copy another host made): not put back.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub(crate) declined: BTreeSet<String>,
     /// By Docker's endpoint ID.
     pub(crate) endpoints: BTreeMap<String, KnownEndpoint>,
 }

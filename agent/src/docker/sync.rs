@@ -15,7 +15,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use netdb_dataplane::Kernel;
 
@@ -37,10 +37,9 @@ pub(crate) async fn run<K: Kernel>(plugin: Arc<Plugin<K>>) {
             false
         }
     };
-    // Networks Docker refused to create, reported once each.
-    let mut refused: BTreeSet<String> = BTreeSet::new();
+    let mut state = Sweep::default();
     loop {
-        let busy = match pass(&plugin, &engine, &mut refused).await {
+        let busy = match pass(&plugin, &engine, &mut state).await {
             Ok(busy) => {
                 if !reachable {
                     tracing::info!("Docker's API answers again");
@@ -65,12 +64,115 @@ pub(crate) async fn run<K: Kernel>(plugin: Arc<Plugin<K>>) {
 async fn pass<K: Kernel>(
     plugin: &Plugin<K>,
     engine: &Engine,
-    refused: &mut BTreeSet<String>,
+    state: &mut Sweep,
 ) -> Result<bool, engine::EngineError> {
     name_networks(plugin).await;
     let waiting = name_containers(plugin, engine).await?;
-    mirror(plugin, engine, refused).await?;
+    mirror(plugin, engine, &mut state.refused).await?;
+    if state.last.is_none_or(|at| at.elapsed() >= SWEEP) {
+        state.last = Some(Instant::now());
+        sweep(plugin, engine, &mut state.unused).await?;
+    }
     Ok(waiting)
+}
+
+/// How often what Docker no longer has is looked for.
+const SWEEP: Duration = Duration::from_secs(10);
+/// How long an endpoint or address Docker does not have is kept: Docker
+/// asks for the address, then creates the endpoint, within milliseconds.
+const UNUSED_GRACE: Duration = Duration::from_secs(60);
+
+/// What the task keeps between passes.
+#[derive(Default)]
+struct Sweep {
+    /// Networks Docker refused to create (or remove), reported once each.
+    refused: BTreeSet<String>,
+    last: Option<Instant>,
+    /// Endpoints (Docker's IDs) and reservations (network/ip) Docker does
+    /// not have, since when.
+    unused: BTreeMap<String, Instant>,
+}
+
+/// Forgets what Docker no longer has, which a call lost while the agent
+/// was down would have removed: networks removed from Docker, endpoints
+/// whose DeleteEndpoint never came, addresses whose ReleaseAddress never
+/// came (each after `UNUSED_GRACE`).
+async fn sweep<K: Kernel>(
+    plugin: &Plugin<K>,
+    engine: &Engine,
+    unused: &mut BTreeMap<String, Instant>,
+) -> Result<(), engine::EngineError> {
+    let networks: Vec<(String, String)> = {
+        let known = plugin.known.lock().await;
+        known.saved.networks.iter().map(|(id, n)| (id.clone(), n.name.clone())).collect()
+    };
+    let mut seen_endpoints: BTreeSet<String> = BTreeSet::new();
+    let mut seen_ips: BTreeSet<(String, String)> = BTreeSet::new();
+    let mut looked: BTreeSet<String> = BTreeSet::new();
+    for (id, name) in networks.into_iter().filter(|(_, n)| !n.is_empty()) {
+        match engine.network_inspect(&id).await? {
+            None => {
+                tracing::info!(network = %name, docker_id = %id, "Docker no longer has this network; forgotten");
+                let mut known = plugin.known.lock().await;
+                known.saved.networks.remove(&id);
+                known.save();
+            }
+            Some(d) => {
+                for c in d.containers.values() {
+                    seen_endpoints.insert(c.endpoint_id.clone());
+                    let ip = c.ipv4_address.split('/').next().unwrap_or_default();
+                    seen_ips.insert((name.clone(), ip.to_string()));
+                }
+                looked.insert(name);
+            }
+        }
+    }
+    let now = Instant::now();
+    let stale_endpoints: Vec<(String, String, String)> = {
+        let known = plugin.known.lock().await;
+        known
+            .saved
+            .endpoints
+            .iter()
+            .filter(|(id, ep)| looked.contains(&ep.network) && !seen_endpoints.contains(*id))
+            .map(|(id, ep)| (id.clone(), ep.network.clone(), ep.name.clone()))
+            .collect()
+    };
+    let mut still: BTreeSet<String> = BTreeSet::new();
+    for (id, network, name) in stale_endpoints {
+        still.insert(id.clone());
+        if now.duration_since(*unused.entry(id.clone()).or_insert(now)) < UNUSED_GRACE {
+            continue;
+        }
+        match plugin.handle.detach(network.clone(), name.clone()).await {
+            Ok(())
+            | Err(crate::engine::Error::Overlay(crate::overlay::Error::NoEndpoint { .. })) => {
+                tracing::warn!(%network, endpoint = %name, "Docker no longer has this endpoint (its DeleteEndpoint was lost); removed");
+                let mut known = plugin.known.lock().await;
+                known.saved.endpoints.remove(&id);
+                known.save();
+            }
+            Err(e) => {
+                tracing::warn!(%network, endpoint = %name, error = %e, "cannot remove an endpoint Docker no longer has")
+            }
+        }
+    }
+    let reservations = plugin.handle.reservations().await.unwrap_or_default();
+    for (network, ip) in reservations.into_iter().filter(|(n, _)| looked.contains(n)) {
+        let key = format!("{network}/{ip}");
+        if seen_ips.contains(&(network.clone(), ip.to_string())) {
+            continue;
+        }
+        still.insert(key.clone());
+        if now.duration_since(*unused.entry(key).or_insert(now)) < UNUSED_GRACE {
+            continue;
+        }
+        if let Ok(true) = plugin.handle.release(network.clone(), ip).await {
+            tracing::warn!(%network, %ip, "an address reserved for Docker was never used nor released; released");
+        }
+    }
+    unused.retain(|k, _| still.contains(k));
+    Ok(())
 }
 
 /// Reads the names of networks Docker created here and makes them netdb
@@ -157,9 +259,17 @@ async fn mirror<K: Kernel>(
 ) -> Result<(), engine::EngineError> {
     let Ok(netdb) = plugin.netdb_subnets().await else { return Ok(()) };
     let docker = engine.networks(super::DRIVER).await?;
-    let mapped: BTreeMap<String, String> = {
-        let known = plugin.known.lock().await;
-        known.saved.networks.iter().map(|(id, n)| (id.clone(), n.name.clone())).collect()
+    let (mapped, declined) = {
+        let mut known = plugin.known.lock().await;
+        // A declined network that is gone may come back as a new one.
+        let before = known.saved.declined.len();
+        known.saved.declined.retain(|n| netdb.iter().any(|(name, _, _)| name == n));
+        if known.saved.declined.len() != before {
+            known.save();
+        }
+        let mapped: BTreeMap<String, String> =
+            known.saved.networks.iter().map(|(id, n)| (id.clone(), n.name.clone())).collect();
+        (mapped, known.saved.declined.clone())
     };
     let present: BTreeSet<&str> = docker
         .iter()
@@ -168,7 +278,7 @@ async fn mirror<K: Kernel>(
         .filter(|n| !n.is_empty())
         .collect();
     for (name, subnet, internal) in &netdb {
-        if present.contains(name.as_str()) {
+        if present.contains(name.as_str()) || declined.contains(name) {
             continue;
         }
         let create = engine::CreateNetworkRequest {

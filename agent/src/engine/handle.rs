@@ -184,6 +184,26 @@ impl<K: Kernel> Handle<K> {
         Ok(overlay::release(self, network, ip).await?)
     }
 
+    /// Detaches Docker's endpoint, its address kept reserved if asked (see
+    /// `overlay::detach_docker`).
+    pub(crate) async fn detach_docker(
+        &self,
+        network: String,
+        name: String,
+        keep_address: bool,
+    ) -> Result<(), Error> {
+        let h = self.clone();
+        let task = tokio::spawn(async move {
+            overlay::detach_docker(&h, h.kernel.as_deref(), network, name, keep_address).await
+        });
+        Ok(task.await.map_err(|_| Error::TaskFailed("detach"))??)
+    }
+
+    /// Addresses reserved for Docker's endpoints and not yet taken.
+    pub(crate) async fn reservations(&self) -> Result<Vec<(String, Ipv4Addr)>, Error> {
+        self.call(|core| core.overlay.reservations()).await
+    }
+
     /// Sets the aliases of a local endpoint; false if they were already so.
     pub(crate) async fn set_aliases(
         &self,

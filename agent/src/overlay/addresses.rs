@@ -39,6 +39,11 @@ impl Overlay {
         used
     }
 
+    /// Addresses reserved for Docker's endpoints and not yet taken.
+    pub(crate) fn reservations(&self) -> Vec<(String, Ipv4Addr)> {
+        self.state.reserved.iter().map(|r| (r.network.clone(), r.ip)).collect()
+    }
+
     pub(super) fn is_reserved(&self, network: &str, ip: Ipv4Addr) -> bool {
         self.state.reserved.iter().any(|r| r.network == network && r.ip == ip)
     }
@@ -294,8 +299,10 @@ mod tests {
         assert_eq!(view.containers().count(), 0, "no resolver of ours in Docker's containers");
         let gateway = Ipv4Addr::new(10, 1, 0, 1);
         assert_eq!(view.gateways().collect::<Vec<_>>(), [gateway]);
-        let nets: Vec<&str> = view.networks_at(gateway, ip).into_iter().map(|(n, _)| n).collect();
+        let nets: Vec<&str> =
+            view.networks_at(gateway, ip).unwrap().into_iter().map(|(n, _)| n).collect();
         assert_eq!(nets, ["blue"]);
+        assert!(view.networks_at(gateway, Ipv4Addr::new(10, 1, 0, 77)).is_none(), "a stranger");
         let desired = p.overlay.desired(&p.node, p.now);
         drop(p);
         let net = desired.values().next().unwrap();

@@ -130,19 +130,46 @@ pub(crate) async fn detach<H: Host, K: Kernel>(
     name: String,
     gone: Option<PathBuf>,
 ) -> Result<(), Error> {
+    detach_with(host, kernel, Detach { network, name, gone, keep_address: false }).await
+}
+
+/// Detaches Docker's endpoint; `keep_address`: its address stays reserved
+/// for Docker's ReleaseAddress, which follows (taken by no request in
+/// between, so the release drops exactly this one).
+pub(crate) async fn detach_docker<H: Host, K: Kernel>(
+    host: &H,
+    kernel: Option<&Mutex<K>>,
+    network: String,
+    name: String,
+    keep_address: bool,
+) -> Result<(), Error> {
+    detach_with(host, kernel, Detach { network, name, gone: None, keep_address }).await
+}
+
+struct Detach {
+    network: String,
+    name: String,
+    gone: Option<PathBuf>,
+    keep_address: bool,
+}
+
+async fn detach_with<H: Host, K: Kernel>(
+    host: &H,
+    kernel: Option<&Mutex<K>>,
+    d: Detach,
+) -> Result<(), Error> {
     let kernel = match kernel {
         Some(k) => Some(k.lock().await),
         None => None,
     };
-    let (net, ep) = (network.clone(), name.clone());
+    let (net, ep) = (d.network.clone(), d.name.clone());
     let host_ifname = on(host, move |o, _, _| o.begin_detach(&net, &ep)).await??;
     let removed = match &kernel {
         Some(k) => k.detach(&host_ifname).await.map(|_| ()),
         None => Ok(()),
     };
     let ok = removed.is_ok();
-    on(host, move |o, node, now| o.finish_detach(node, now, &network, &name, ok, gone.as_deref()))
-        .await?;
+    on(host, move |o, node, now| o.finish_detach(node, now, &d, ok)).await?;
     Ok(removed?)
 }
 
@@ -518,19 +545,18 @@ impl Overlay {
     }
 
     /// Second half: withdraw the entries (the veth is gone) or keep it.
-    fn finish_detach(
-        &mut self,
-        node: &mut Node,
-        now: Duration,
-        network: &str,
-        name: &str,
-        removed: bool,
-        gone: Option<&Path>,
-    ) {
+    fn finish_detach(&mut self, node: &mut Node, now: Duration, d: &Detach, removed: bool) {
+        let (network, name, gone) = (d.network.as_str(), d.name.as_str(), d.gone.as_deref());
         let key = (network.to_string(), name.to_string());
         self.detaching.remove(&key);
         if !removed {
             return;
+        }
+        if d.keep_address
+            && let Some(ep) = self.find(network, name)
+        {
+            let ip = ep.ip;
+            self.state.reserved.push(crate::state::Reserved { network: network.into(), ip });
         }
         let id = endpoint_key(&self.me, name);
         for table in [ROUTES_TABLE, ENDPOINTS_TABLE] {

@@ -50,7 +50,7 @@ use tokio::sync::{Notify, watch};
 use crate::state::{SavedEndpoint, SavedNetwork, State, Store};
 
 pub(crate) use addresses::{release, reserve};
-pub(crate) use attach::{Attach, Host, attach, detach, reap, set_aliases};
+pub(crate) use attach::{Attach, Host, attach, detach, detach_docker, reap, set_aliases};
 pub(crate) use desired::parse_mac;
 pub(crate) use error::{Error, Kind};
 #[cfg(any(test, feature = "fuzzing"))]

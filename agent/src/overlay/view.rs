@@ -52,10 +52,17 @@ impl View {
 
     /// The networks a query to `gateway` from `from` is answered from: the
     /// gateway's network first, then the asking container's others (one
-    /// endpoint per network, so known by its address on each).
-    pub(crate) fn networks_at(&self, gateway: Ipv4Addr, from: Ipv4Addr) -> Vec<(&str, &Names)> {
-        let first = self.gateways.get(&gateway).into_iter();
-        let others = self.docker.get(&from).into_iter().flatten();
+    /// endpoint per network, so known by its address on each); `None` when
+    /// `from` is none of this host's Docker containers on that network.
+    pub(crate) fn networks_at(
+        &self,
+        gateway: Ipv4Addr,
+        from: Ipv4Addr,
+    ) -> Option<Vec<(&str, &Names)>> {
+        let network = self.gateways.get(&gateway)?;
+        let theirs = self.docker.get(&from).filter(|nets| nets.contains(network))?;
+        let first = std::iter::once(network);
+        let others = theirs.iter();
         let mut out: Vec<(&str, &Names)> = Vec::new();
         for net in first.chain(others) {
             if out.iter().any(|(n, _)| n == net) {
@@ -65,7 +72,7 @@ impl View {
                 out.push((net, names));
             }
         }
-        out
+        Some(out)
     }
 
     /// The containers' namespaces.
