@@ -184,13 +184,8 @@ impl Agent {
             metrics::serve(addr, handle.clone()).await?;
         }
         if let Some(docker) = &s.docker {
-            crate::docker::Plugin::start(
-                docker,
-                s.data_dir.as_deref(),
-                handle.clone(),
-                s.default_pool,
-            )
-            .await?;
+            crate::docker::start(docker, s.data_dir.as_deref(), handle.clone(), s.default_pool)
+                .await?;
         }
         let (net_tx, net_rx) = mpsc::channel::<NetMsg>(1024);
         let server = Server::start(&s, Api::new(handle).with_log(log)).await?;

@@ -187,7 +187,11 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
         let dns = format!("--dns={GATEWAY}");
         let run = ["run", "-d", "--network", "app", &dns];
         hosts
-            .docker_ok(1, &[&run[..], &["--name", "web", &image, "sleep", "600"]].concat())
+            .docker_ok(
+                1,
+                &[&run[..], &["--name", "web", "--network-alias", "www", &image, "sleep", "600"]]
+                    .concat(),
+            )
             .unwrap();
         let before = plugin_calls(hosts, 2);
         let t0 = Instant::now();
@@ -205,6 +209,15 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
         assert_eq!(calls, 3, "one docker run made {calls} plugin calls");
         until("client to ping web by name", wait, || pings(hosts, 2, "client", "web"));
         until("web to ping client by name", wait, || pings(hosts, 1, "web", "client"));
+        until("client to ping web by its network alias", wait, || pings(hosts, 2, "client", "www"));
+        // A second container on a host whose address block has settled.
+        let t1 = Instant::now();
+        hosts
+            .docker_ok(2, &[&run[..], &["--name", "client2", &image, "sleep", "600"]].concat())
+            .unwrap();
+        until("client2 to ping web", wait, || pings(hosts, 2, "client2", &web));
+        let second_ping = t1.elapsed();
+        hosts.docker_ok(2, &["rm", "-f", "client2"]).unwrap();
         let client = address(hosts, 2, "client", "app");
         assert_ne!(web, client);
 
@@ -376,8 +389,9 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
             }
         }
         eprintln!(
-            "docker plugin: first cross-host ping {first_ping:.2?} after docker run; \
-             one docker run made {calls} plugin calls; whole test {:.1?}",
+            "docker plugin: first cross-host ping {first_ping:.2?} after docker run (a new \
+             address block), {second_ping:.2?} for the next container; one docker run made \
+             {calls} plugin calls; whole test {:.1?}",
             start.elapsed()
         );
     });

@@ -293,6 +293,25 @@ impl Engine {
         decode(CALL, &body)
     }
 
+    /// One container as inspected: unlike the list, with its network
+    /// aliases (compose's service names); `None` if Docker has no such
+    /// container. Inspecting takes the container's lock, so only for
+    /// containers the list shows started: one still starting would make
+    /// this wait for its start.
+    pub(crate) async fn container_inspect(
+        &self,
+        id: &str,
+    ) -> Result<Option<ContainerSummary>, EngineError> {
+        const CALL: &str = "container inspect";
+        let path = format!("{API_PREFIX}/containers/{}/json", escape(id));
+        let (status, body) = self.send(CALL, Method::GET, path, None).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        expect(CALL, status, &body, &[StatusCode::OK])?;
+        decode(CALL, &body).map(Some)
+    }
+
     /// One request on a fresh connection, bounded in time and size.
     async fn send(
         &self,

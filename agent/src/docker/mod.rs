@@ -18,11 +18,36 @@ pub(crate) mod protocol;
 mod store;
 mod sync;
 
-pub(crate) use plugin::Plugin;
+use std::path::Path;
+use std::sync::Arc;
+
+use netdb::ipam::Subnet;
+
+use crate::config::DockerSettings;
+use crate::engine::Handle;
+use plugin::{Known, Plugin};
 
 /// The name of both drivers: `docker network create -d netdb --ipam-driver
 /// netdb`.
 pub(crate) const DRIVER: &str = "netdb";
+
+/// Serves both drivers on the plugin socket, and starts the sync with
+/// Docker, for the agent's life.
+pub(crate) async fn start(
+    settings: &DockerSettings,
+    data_dir: Option<&Path>,
+    handle: Handle,
+    pool: (Subnet, u8),
+) -> anyhow::Result<()> {
+    let (store, saved) = store::Store::open(data_dir)?;
+    let engine = engine::Engine::new(&settings.engine_socket);
+    let plugin = Arc::new(Plugin::new(handle, Some(engine), pool, Known::new(store, saved)));
+    let listener = http::bind(&settings.plugin_socket).await?;
+    tracing::info!(socket = %settings.plugin_socket.display(), engine = %settings.engine_socket.display(), "serving Docker's network and IPAM plugins as netdb");
+    tokio::spawn(http::serve(listener, plugin.clone()));
+    tokio::spawn(sync::run(plugin));
+    Ok(())
+}
 
 use serde::{Deserialize, Deserializer};
 

@@ -16,7 +16,6 @@
 
 use std::future::Future;
 use std::net::Ipv4Addr;
-use std::path::Path;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -27,10 +26,9 @@ use serde::de::DeserializeOwned;
 use tokio::sync::{Mutex, Notify};
 
 use super::engine::Engine;
-use super::http::{self, Handler, Reply};
+use super::http::{Handler, Reply};
 use super::protocol::*;
 use super::store::{KnownEndpoint, KnownNetwork, Saved, Store};
-use crate::config::DockerSettings;
 use crate::engine::Handle;
 use crate::overlay::{
     Attach, CreateNetwork, EndpointInfo, Error as OverlayError, host_routes, parse_mac,
@@ -87,26 +85,6 @@ pub(crate) struct Plugin<K: Kernel = Linux> {
 impl<K: Kernel> Handler for Plugin<K> {
     async fn call(&self, method: &str, body: Bytes) -> Reply {
         self.dispatch(method, &body).await
-    }
-}
-
-impl Plugin {
-    /// Serves both drivers on the plugin socket, and starts the sync with
-    /// Docker, for the agent's life.
-    pub(crate) async fn start(
-        settings: &DockerSettings,
-        data_dir: Option<&Path>,
-        handle: Handle,
-        pool: (Subnet, u8),
-    ) -> anyhow::Result<()> {
-        let (store, saved) = Store::open(data_dir)?;
-        let engine = Engine::new(&settings.engine_socket);
-        let plugin = Arc::new(Plugin::new(handle, Some(engine), pool, Known::new(store, saved)));
-        let listener = http::bind(&settings.plugin_socket).await?;
-        tracing::info!(socket = %settings.plugin_socket.display(), engine = %settings.engine_socket.display(), "serving Docker's network and IPAM plugins as netdb");
-        tokio::spawn(http::serve(listener, plugin.clone()));
-        tokio::spawn(super::sync::run(plugin));
-        Ok(())
     }
 }
 

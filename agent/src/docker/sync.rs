@@ -212,7 +212,8 @@ async fn name_containers<K: Kernel>(
     if unnamed.is_empty() {
         return Ok(false);
     }
-    let mut names: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    // By endpoint ID: the container's ID and names.
+    let mut names: BTreeMap<String, (String, Vec<String>)> = BTreeMap::new();
     let networks: BTreeSet<&String> = unnamed.iter().map(|(_, n)| n).collect();
     for network_id in networks {
         for c in engine.containers_in_network(network_id).await? {
@@ -223,17 +224,25 @@ async fn name_containers<K: Kernel>(
                 let mut aliases: Vec<String> =
                     c.names.iter().map(|n| n.trim_start_matches('/').to_string()).collect();
                 aliases.push(short(&c.id));
-                aliases.extend(attached.aliases.iter().cloned());
-                names.insert(attached.endpoint_id.clone(), aliases);
+                names.insert(attached.endpoint_id.clone(), (c.id.clone(), aliases));
             }
         }
     }
     let mut waiting = false;
     for (endpoint_id, _) in unnamed {
-        let Some(aliases) = names.remove(&endpoint_id) else {
+        let Some((container, mut aliases)) = names.remove(&endpoint_id) else {
             waiting = true;
             continue;
         };
+        // Network aliases (--network-alias, compose's service names) are
+        // only in the container's own record.
+        if let Some(full) = engine.container_inspect(&container).await? {
+            for attached in full.network_settings.networks.values() {
+                if attached.endpoint_id == endpoint_id {
+                    aliases.extend(attached.aliases.iter().cloned());
+                }
+            }
+        }
         let mut known = plugin.known.lock().await;
         let Some(ep) = known.saved.endpoints.get(&endpoint_id).cloned() else { continue };
         match plugin.handle.set_aliases(ep.network.clone(), ep.name.clone(), aliases).await {
