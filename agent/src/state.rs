@@ -130,19 +130,9 @@ impl Store {
                 )
             })?;
         let path = dir.join(STATE_FILE);
-        let state = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => State::default(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-            Ok(m) if m.len() > MAX_STATE_BYTES => {
-                bail!(
-                    "{} is {} bytes, larger than any state netdb writes; move it away",
-                    path.display(),
-                    m.len()
-                )
-            }
-            Ok(_) => {
-                let text = std::fs::read(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
+        let state = match read_bounded(&path, MAX_STATE_BYTES)? {
+            None => State::default(),
+            Some(text) => {
                 let state: State = serde_json::from_slice(&text).with_context(|| {
                     format!(
                         "{} is corrupt; move it away to start without local endpoints",
@@ -179,6 +169,25 @@ impl Store {
         let mut state = state.clone();
         state.version = VERSION;
         write_atomic(&self.dir, STATE_FILE, &serde_json::to_vec_pretty(&state)?)
+    }
+}
+
+/// The bytes of a file this agent wrote; `None` if there is none yet, an
+/// error if it is larger than `max` (not ours).
+pub(crate) fn read_bounded(path: &Path, max: u64) -> anyhow::Result<Option<Vec<u8>>> {
+    match std::fs::metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", path.display())),
+        Ok(m) if m.len() > max => {
+            bail!(
+                "{} is {} bytes, larger than any netdb writes; move it away",
+                path.display(),
+                m.len()
+            )
+        }
+        Ok(_) => {
+            std::fs::read(path).map(Some).with_context(|| format!("cannot read {}", path.display()))
+        }
     }
 }
 

@@ -153,13 +153,19 @@ fn three_hosts_ping_across_vxlan_and_the_kernel_follows_the_tables() {
     let h3c1 = eps.iter().find(|e| e.0 == "h3c1").unwrap();
     assert!(c.ping("h1c1", &h3c1.2), "h1c1 cannot reach h3c1 after h3's restart");
     assert!(c.ping("h3c2", &eps.iter().find(|e| e.0 == "h1c2").unwrap().2));
-    // The restarted agent lists exactly the same endpoints: none lost, none
-    // duplicated.
-    let mut after = c.endpoints(3);
-    after.sort();
+    // The restarted agent lists exactly the same endpoints once it synced:
+    // none lost, none duplicated. (Its kernel is in step before: it keeps
+    // its remote entries across the restart.)
     let mut before = eps.clone();
     before.sort();
-    assert_eq!(after, before);
+    let listed = || {
+        let mut after = c.endpoints(3);
+        after.sort();
+        after
+    };
+    until("h3 to list every endpoint again", Duration::from_secs(30), || listed() == before);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(listed(), before, "h3's list changed after it converged");
 
     // The network cannot go while endpoints exist.
     let err = c.refused(1, &["network", "rm", "demo"]);

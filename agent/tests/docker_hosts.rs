@@ -13,38 +13,10 @@ use std::time::{Duration, Instant};
 
 use netdb_chaos::cluster::{text, until};
 use netdb_chaos::dockerd::DockerHosts;
-use support::allowed;
 use support::cluster::BIN;
+use support::{allowed, docker_installed};
 
 mod support;
-
-/// Whether dockerd, containerd and the Docker CLI are installed; under CI,
-/// installs them (and busybox-static) if not.
-fn docker_installed(test: &str) -> bool {
-    let present = || {
-        ["dockerd", "containerd", "docker"].iter().all(|cmd| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {cmd}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    };
-    if present() {
-        return true;
-    }
-    if std::env::var_os("CI").is_none() {
-        eprintln!("SKIP {test}: needs dockerd (apt-get install -y docker.io busybox-static)");
-        return false;
-    }
-    let o = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "docker.io", "busybox-static"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .expect("run apt-get");
-    assert!(o.status.success(), "apt-get install docker.io busybox-static: {}", text(&o));
-    assert!(present(), "docker.io installed, yet dockerd, containerd or docker is missing");
-    true
-}
 
 #[test]
 fn two_docker_hosts_each_with_its_own_dockerd_namespace_and_agent() {

@@ -16,39 +16,13 @@ use std::time::{Duration, Instant};
 use netdb_chaos::cluster::{text, until};
 use netdb_chaos::dockerd::DockerHosts;
 use serde_json::Value;
-use support::allowed;
 use support::cluster::BIN;
+use support::{allowed, docker_installed};
 
 mod support;
 
 const SUBNET: &str = "10.20.0.0/24";
 const GATEWAY: &str = "10.20.0.1";
-
-/// Whether dockerd is installed; under CI, installs it if not.
-fn docker_installed(test: &str) -> bool {
-    let present = || {
-        ["dockerd", "containerd", "docker"].iter().all(|cmd| {
-            Command::new("sh")
-                .args(["-c", &format!("command -v {cmd}")])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        })
-    };
-    if present() {
-        return true;
-    }
-    if std::env::var_os("CI").is_none() {
-        eprintln!("SKIP {test}: needs dockerd (apt-get install -y docker.io busybox-static)");
-        return false;
-    }
-    let o = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "docker.io", "busybox-static"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .output()
-        .expect("run apt-get");
-    assert!(o.status.success(), "apt-get install docker.io busybox-static: {}", text(&o));
-    true
-}
 
 /// Runs `f`, printing both hosts' logs if it panics.
 fn with_logs<T>(hosts: &mut DockerHosts, f: impl FnOnce(&mut DockerHosts) -> T) -> T {
@@ -87,6 +61,13 @@ fn links(hosts: &DockerHosts, i: usize, prefix: &str) -> Vec<String> {
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
         .filter(|n| n.starts_with(prefix))
         .collect()
+}
+
+/// Whether host `i`'s Docker has a network named `network`.
+fn in_docker(hosts: &DockerHosts, i: usize, network: &str) -> bool {
+    hosts
+        .docker_ok(i, &["network", "ls", "--format", "{{.Name}}"])
+        .is_ok_and(|names| names.lines().any(|n| n == network))
 }
 
 /// The VNI of netdb network `network` as host `i` sees it.
@@ -173,14 +154,7 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
                 ],
             )
             .unwrap();
-        until("app in h2's Docker", wait, || {
-            hosts
-                .docker_ok(
-                    2,
-                    &["network", "ls", "--filter", "driver=netdb", "--format", "{{.Name}}"],
-                )
-                .is_ok_and(|names| names.lines().any(|n| n == "app"))
-        });
+        until("app in h2's Docker", wait, || in_docker(hosts, 2, "app"));
         let nets = hosts.cluster().json(2, &["network", "ls"]);
         assert!(nets.to_string().contains(SUBNET), "h2's netdb networks: {nets}");
 
@@ -298,11 +272,7 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
         hosts
             .docker_ok(1, &["network", "create", "-d", "netdb", "--subnet", "10.21.0.0/24", "dflt"])
             .unwrap();
-        until("dflt in h2's Docker", wait, || {
-            hosts
-                .docker_ok(2, &["network", "ls", "--format", "{{.Name}}"])
-                .is_ok_and(|names| names.lines().any(|n| n == "dflt"))
-        });
+        until("dflt in h2's Docker", wait, || in_docker(hosts, 2, "dflt"));
         let on_dflt = ["run", "-d", "--network", "dflt", "--dns=10.21.0.1"];
         hosts
             .docker_ok(1, &[&on_dflt[..], &["--name", "d1", &image, "sleep", "600"]].concat())
@@ -320,15 +290,12 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
         // A prune on h2 takes h1's network out of h2's Docker only, for
         // good; docker network rm on h1, which made it, removes it
         // everywhere.
-        let docker_nets = |h: &DockerHosts, i: usize| {
-            h.docker_ok(i, &["network", "ls", "--format", "{{.Name}}"]).unwrap_or_default()
-        };
         hosts.docker_ok(2, &["network", "prune", "-f"]).unwrap();
-        assert!(!docker_nets(hosts, 2).lines().any(|n| n == "dflt"), "prune kept dflt on h2");
-        assert!(docker_nets(hosts, 2).lines().any(|n| n == "app"), "prune took app, in use");
+        assert!(!in_docker(hosts, 2, "dflt"), "prune kept dflt on h2");
+        assert!(in_docker(hosts, 2, "app"), "prune took app, in use");
         std::thread::sleep(Duration::from_secs(5));
-        assert!(!docker_nets(hosts, 2).lines().any(|n| n == "dflt"), "dflt came back on h2");
-        assert!(docker_nets(hosts, 1).lines().any(|n| n == "dflt"), "h2's prune took dflt off h1");
+        assert!(!in_docker(hosts, 2, "dflt"), "dflt came back on h2");
+        assert!(in_docker(hosts, 1, "dflt"), "h2's prune took dflt off h1");
         assert!(hosts.cluster().json(2, &["network", "ls"]).to_string().contains("10.21.0.0/24"));
         hosts.docker_ok(1, &["network", "rm", "dflt"]).unwrap();
         until("dflt gone from netdb", wait, || {
@@ -372,11 +339,7 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
             until("app gone from netdb", wait, || {
                 !hosts.cluster().json(i, &["network", "ls"]).to_string().contains("\"app\"")
             });
-            until("app gone from Docker", wait, || {
-                hosts
-                    .docker_ok(i, &["network", "ls", "--format", "{{.Name}}"])
-                    .is_ok_and(|n| !n.lines().any(|n| n == "app"))
-            });
+            until("app gone from Docker", wait, || !in_docker(hosts, i, "app"));
             until("no bridge left", wait, || links(hosts, i, "ndbr").is_empty());
             let state = std::fs::read_to_string(hosts.data_dir(i).join("state.json")).unwrap();
             assert!(!state.contains("\"reserved\""), "h{i} keeps a reservation: {state}");

@@ -222,25 +222,16 @@ impl Engine {
         &self,
         id_or_name: &str,
     ) -> Result<Option<DockerNetwork>, EngineError> {
-        const CALL: &str = "network inspect";
         let path = format!("{API_PREFIX}/networks/{}", escape(id_or_name));
-        let (status, body) = self.send(CALL, Method::GET, path, None).await?;
-        if status == StatusCode::NOT_FOUND {
-            return Ok(None);
-        }
-        expect(CALL, status, &body, &[StatusCode::OK])?;
-        decode(CALL, &body).map(Some)
+        self.find("network inspect", path).await
     }
 
     /// The networks of a driver (without their containers: dockerd's list
     /// leaves them out).
     pub(crate) async fn networks(&self, driver: &str) -> Result<Vec<DockerNetwork>, EngineError> {
-        const CALL: &str = "network list";
         let filters = serde_json::json!({ "driver": [driver] }).to_string();
         let path = format!("{API_PREFIX}/networks?filters={}", escape(&filters));
-        let (status, body) = self.send(CALL, Method::GET, path, None).await?;
-        expect(CALL, status, &body, &[StatusCode::OK])?;
-        decode(CALL, &body)
+        self.get("network list", path).await
     }
 
     /// Creates a network and returns its ID; [`EngineError::Exists`] if the
@@ -285,12 +276,9 @@ impl Engine {
         &self,
         network_id: &str,
     ) -> Result<Vec<ContainerSummary>, EngineError> {
-        const CALL: &str = "container list";
         let filters = serde_json::json!({ "network": [network_id] }).to_string();
         let path = format!("{API_PREFIX}/containers/json?all=1&filters={}", escape(&filters));
-        let (status, body) = self.send(CALL, Method::GET, path, None).await?;
-        expect(CALL, status, &body, &[StatusCode::OK])?;
-        decode(CALL, &body)
+        self.get("container list", path).await
     }
 
     /// One container as inspected: unlike the list, with its network
@@ -302,14 +290,33 @@ impl Engine {
         &self,
         id: &str,
     ) -> Result<Option<ContainerSummary>, EngineError> {
-        const CALL: &str = "container inspect";
         let path = format!("{API_PREFIX}/containers/{}/json", escape(id));
-        let (status, body) = self.send(CALL, Method::GET, path, None).await?;
+        self.find("container inspect", path).await
+    }
+
+    /// GET `path`, which must answer 200 with a `T`.
+    async fn get<T: DeserializeOwned>(
+        &self,
+        call: &'static str,
+        path: String,
+    ) -> Result<T, EngineError> {
+        let (status, body) = self.send(call, Method::GET, path, None).await?;
+        expect(call, status, &body, &[StatusCode::OK])?;
+        decode(call, &body)
+    }
+
+    /// GET `path`: a `T`, or `None` on 404.
+    async fn find<T: DeserializeOwned>(
+        &self,
+        call: &'static str,
+        path: String,
+    ) -> Result<Option<T>, EngineError> {
+        let (status, body) = self.send(call, Method::GET, path, None).await?;
         if status == StatusCode::NOT_FOUND {
             return Ok(None);
         }
-        expect(CALL, status, &body, &[StatusCode::OK])?;
-        decode(CALL, &body).map(Some)
+        expect(call, status, &body, &[StatusCode::OK])?;
+        decode(call, &body).map(Some)
     }
 
     /// One request on a fresh connection, bounded in time and size.

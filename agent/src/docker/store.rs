@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
 
-use crate::state::write_atomic;
+use crate::state::{read_bounded, write_atomic};
 
 const FILE: &str = "docker.json";
 const VERSION: u32 = 1;
@@ -81,19 +81,9 @@ impl Store {
     pub(crate) fn open(dir: Option<&Path>) -> anyhow::Result<(Store, Saved)> {
         let Some(dir) = dir else { return Ok((Store { dir: None }, Saved::default())) };
         let path = dir.join(FILE);
-        let saved = match std::fs::metadata(&path) {
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Saved::default(),
-            Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
-            Ok(m) if m.len() > MAX_BYTES => {
-                bail!(
-                    "{} is {} bytes, larger than netdb writes; move it away",
-                    path.display(),
-                    m.len()
-                )
-            }
-            Ok(_) => {
-                let text = std::fs::read(&path)
-                    .with_context(|| format!("cannot read {}", path.display()))?;
+        let saved = match read_bounded(&path, MAX_BYTES)? {
+            None => Saved::default(),
+            Some(text) => {
                 let saved: Saved = serde_json::from_slice(&text).with_context(|| {
                     format!(
                         "{} is corrupt; move it away (Docker's netdb networks must then be created again)",

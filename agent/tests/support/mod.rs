@@ -19,6 +19,36 @@ pub(crate) fn allowed(test: &str) -> bool {
     false
 }
 
+/// Whether dockerd, containerd and the Docker CLI are installed: without
+/// them the test says SKIP and passes, except under CI (`CI` set), where
+/// they are installed (Debian's docker.io, and busybox-static for the test
+/// image).
+pub(crate) fn docker_installed(test: &str) -> bool {
+    let present = || {
+        ["dockerd", "containerd", "docker"].iter().all(|cmd| {
+            Command::new("sh")
+                .args(["-c", &format!("command -v {cmd}")])
+                .output()
+                .is_ok_and(|o| o.status.success())
+        })
+    };
+    if present() {
+        return true;
+    }
+    if std::env::var_os("CI").is_none() {
+        eprintln!("SKIP {test}: needs dockerd (apt-get install -y docker.io busybox-static)");
+        return false;
+    }
+    let o = Command::new("apt-get")
+        .args(["install", "-y", "-qq", "docker.io", "busybox-static"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .output()
+        .expect("run apt-get");
+    assert!(o.status.success(), "apt-get install docker.io busybox-static: {o:?}");
+    assert!(present(), "docker.io installed, yet dockerd, containerd or docker is missing");
+    true
+}
+
 /// A Python with `packages` from PyPI, in the virtualenv `name` under the
 /// target dir, kept across runs (a marker file says the install finished).
 /// `None` (the caller skips) when python3, venv or PyPI are missing, except
