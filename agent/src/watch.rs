@@ -70,14 +70,13 @@ impl Watcher {
         if *network != self.network || self.table.as_ref().is_some_and(|t| t != table) {
             return !self.tx.is_closed();
         }
-        match self.tx.try_send(Watched::Entry(ev.clone())) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                let _ = self.tx.try_send(Watched::FellBehind);
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        // The last place is the notice's: a full queue could not tell the
+        // client why its stream ended (it would look like a clean end).
+        if self.tx.capacity() <= 1 {
+            let _ = self.tx.try_send(Watched::FellBehind);
+            return false;
         }
+        self.tx.try_send(Watched::Entry(ev.clone())).is_ok()
     }
 
     /// Sends a notice about `network`; false if the watcher must be
@@ -88,5 +87,39 @@ impl Watcher {
         }
         let out = Watched::Notice { kind, network: self.network.clone(), text: text.into() };
         self.tx.try_send(out).is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+
+    fn entry(key: &str) -> Event {
+        Event::Entry {
+            network: "n".into(),
+            table: "t".into(),
+            key: key.into(),
+            value: Bytes::new(),
+            owner: "a".into(),
+            kind: netdb::EntryEventKind::Create,
+        }
+    }
+
+    #[test]
+    fn a_watcher_that_falls_behind_is_told_so_before_its_stream_ends() {
+        let (w, mut rx) = Watcher::new("n".into(), None, Vec::new());
+        let mut offered = 0;
+        while w.offer(&entry(&format!("k{offered}"))) {
+            offered += 1;
+        }
+        assert_eq!(offered, WATCH_BACKLOG - 1, "one place is kept for the notice");
+        drop(w);
+        let mut last = None;
+        while let Ok(m) = rx.try_recv() {
+            last = Some(m);
+        }
+        assert_eq!(last, Some(Watched::FellBehind));
     }
 }
