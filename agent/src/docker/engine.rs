@@ -23,9 +23,6 @@ use tokio::net::UnixStream;
 
 use super::null_as_default;
 
-/// Where dockerd listens unless told otherwise.
-pub(crate) const DEFAULT_SOCKET: &str = "/var/run/docker.sock";
-
 /// Engine API 1.41 is Docker 20.10's; newer daemons still serve it, and
 /// pinning it keeps the replies' shape the one these types expect.
 const API_PREFIX: &str = "/v1.41";
@@ -198,12 +195,6 @@ pub(crate) struct Engine {
     timeout: Duration,
 }
 
-impl Default for Engine {
-    fn default() -> Self {
-        Engine::new(DEFAULT_SOCKET)
-    }
-}
-
 impl Engine {
     pub(crate) fn new(socket: impl Into<PathBuf>) -> Engine {
         Engine { socket: socket.into(), timeout: TIMEOUT }
@@ -229,9 +220,7 @@ impl Engine {
     /// The networks of a driver (without their containers: dockerd's list
     /// leaves them out).
     pub(crate) async fn networks(&self, driver: &str) -> Result<Vec<DockerNetwork>, EngineError> {
-        let filters = serde_json::json!({ "driver": [driver] }).to_string();
-        let path = format!("{API_PREFIX}/networks?filters={}", escape(&filters));
-        self.get("network list", path).await
+        self.get("network list", filtered("/networks", "driver", driver)).await
     }
 
     /// Creates a network and returns its ID; [`EngineError::Exists`] if the
@@ -276,8 +265,7 @@ impl Engine {
         &self,
         network_id: &str,
     ) -> Result<Vec<ContainerSummary>, EngineError> {
-        let filters = serde_json::json!({ "network": [network_id] }).to_string();
-        let path = format!("{API_PREFIX}/containers/json?all=1&filters={}", escape(&filters));
+        let path = filtered("/containers/json", "network", network_id) + "&all=1";
         self.get("container list", path).await
     }
 
@@ -407,6 +395,13 @@ fn decode<T: DeserializeOwned>(call: &'static str, body: &[u8]) -> Result<T, Eng
     serde_json::from_slice(body).map_err(|source| EngineError::Decode { call, source })
 }
 
+/// `path` of the API listing only what has `key` = `value` (dockerd's
+/// `filters` query: a JSON map of lists, escaped).
+fn filtered(path: &str, key: &str, value: &str) -> String {
+    let filters = serde_json::json!({ key: [value] }).to_string();
+    format!("{API_PREFIX}{path}?filters={}", escape(&filters))
+}
+
 /// Percent-encodes all but RFC 3986's unreserved characters, which is right
 /// both for a path segment and for a query value.
 fn escape(s: &str) -> String {
@@ -437,7 +432,10 @@ pub(crate) mod tests {
         assert_eq!(escape(r#"{"driver":["netdb"]}"#), "%7B%22driver%22%3A%5B%22netdb%22%5D%7D");
         assert_eq!(escape("my-net_1.x~"), "my-net_1.x~");
         assert_eq!(escape("a/b é"), "a%2Fb%20%C3%A9");
-        assert_eq!(Engine::default().socket, Path::new("/var/run/docker.sock"));
+        assert_eq!(
+            filtered("/networks", "driver", "netdb"),
+            format!("{API_PREFIX}/networks?filters=%7B%22driver%22%3A%5B%22netdb%22%5D%7D")
+        );
     }
 
     #[test]

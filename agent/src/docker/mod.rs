@@ -41,7 +41,7 @@ pub(crate) async fn start(
 ) -> anyhow::Result<()> {
     let (store, saved) = store::Store::open(data_dir)?;
     let engine = engine::Engine::new(&settings.engine_socket);
-    let plugin = Arc::new(Plugin::new(handle, Some(engine), pool, Known::new(store, saved)));
+    let plugin = Arc::new(Plugin::new(handle, engine, pool, Known::new(store, saved)));
     let listener = http::bind(&settings.plugin_socket).await?;
     tracing::info!(socket = %settings.plugin_socket.display(), engine = %settings.engine_socket.display(), "serving Docker's network and IPAM plugins as netdb");
     tokio::spawn(http::serve(listener, plugin.clone()));

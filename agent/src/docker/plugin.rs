@@ -70,9 +70,8 @@ impl Known {
 /// Both drivers.
 pub(crate) struct Plugin<K: Kernel = Linux> {
     pub(crate) handle: Handle<K>,
-    /// Docker's Engine API, to read network and container names; `None`
-    /// when the agent was not told where it is.
-    pub(crate) engine: Option<Engine>,
+    /// Docker's Engine API, to read network and container names.
+    pub(crate) engine: Engine,
     /// Where a pool asked for without a subnet comes from.
     pool: (Subnet, u8),
     /// One call at a time: Docker's calls for one container come in order,
@@ -91,7 +90,7 @@ impl<K: Kernel> Handler for Plugin<K> {
 impl<K: Kernel> Plugin<K> {
     pub(crate) fn new(
         handle: Handle<K>,
-        engine: Option<Engine>,
+        engine: Engine,
         pool: (Subnet, u8),
         known: Known,
     ) -> Plugin<K> {
@@ -100,8 +99,8 @@ impl<K: Kernel> Plugin<K> {
 
     async fn dispatch(&self, method: &str, body: &[u8]) -> Reply {
         match method {
-            "Plugin.Activate" => ok(&ActivateResponse::network_and_ipam()),
-            "NetworkDriver.GetCapabilities" => ok(&CapabilitiesResponse {
+            "Plugin.Activate" => Reply::json(&ActivateResponse::network_and_ipam()),
+            "NetworkDriver.GetCapabilities" => Reply::json(&CapabilitiesResponse {
                 // "global" is refused outside Swarm; the connectivity
                 // scope is what makes Docker treat it as multi-host.
                 scope: Scope::Local,
@@ -127,8 +126,8 @@ impl<K: Kernel> Plugin<K> {
             "NetworkDriver.DiscoverNew" | "NetworkDriver.DiscoverDelete" => {
                 call(method, body, |_: DiscoveryNotification| async { Ok(Empty {}) }).await
             }
-            "IpamDriver.GetCapabilities" => ok(&IpamCapabilitiesResponse::default()),
-            "IpamDriver.GetDefaultAddressSpaces" => ok(&AddressSpacesResponse {
+            "IpamDriver.GetCapabilities" => Reply::json(&IpamCapabilitiesResponse::default()),
+            "IpamDriver.GetDefaultAddressSpaces" => Reply::json(&AddressSpacesResponse {
                 local_default_address_space: ADDRESS_SPACE.into(),
                 global_default_address_space: ADDRESS_SPACE.into(),
             }),
@@ -189,14 +188,8 @@ impl<K: Kernel> Plugin<K> {
     ) -> Result<RequestAddressResponse, Refusal> {
         let subnet = pool_subnet(&r.pool_id)?;
         if r.is_gateway() {
-            let gateway = subnet.gateway();
-            let given = r.address.split('/').next().unwrap_or_default();
-            if !given.is_empty() && given.parse::<Ipv4Addr>().ok() != Some(gateway) {
-                return Err(format!(
-                    "netdb networks use the subnet's first address, {gateway}, as gateway: drop --gateway {given}"
-                ));
-            }
-            return Ok(address(gateway, &subnet));
+            check_gateway(&subnet, &r.address)?;
+            return Ok(address(subnet.gateway(), &subnet));
         }
         let mut known = self.known.lock().await;
         let network = self.network_of_subnet(&mut known, &subnet).await?;
@@ -207,7 +200,7 @@ impl<K: Kernel> Plugin<K> {
 
     async fn release_address(&self, r: ReleaseAddressRequest) -> Result<Empty, Refusal> {
         let subnet = pool_subnet(&r.pool_id)?;
-        let Ok(ip) = r.address.split('/').next().unwrap_or_default().parse::<Ipv4Addr>() else {
+        let Ok(ip) = bare_ip(&r.address).parse::<Ipv4Addr>() else {
             return Err(format!("ReleaseAddress: {:?} is not an IPv4 address", r.address));
         };
         if ip == subnet.gateway() {
@@ -263,13 +256,7 @@ impl<K: Kernel> Plugin<K> {
             return Err("a netdb network has one subnet: give one --subnet".into());
         }
         let subnet: Subnet = data.pool.parse().map_err(|e| format!("subnet {}: {e}", data.pool))?;
-        let gateway = data.gateway.split('/').next().unwrap_or_default();
-        if !gateway.is_empty() && gateway.parse::<Ipv4Addr>().ok() != Some(subnet.gateway()) {
-            return Err(format!(
-                "netdb networks use the subnet's first address, {}, as gateway: drop --gateway {gateway}",
-                subnet.gateway()
-            ));
-        }
+        check_gateway(&subnet, &data.gateway)?;
         let generic = r.generic_options();
         let number = |key: &str| -> Result<Option<u32>, Refusal> {
             generic
@@ -277,7 +264,7 @@ impl<K: Kernel> Plugin<K> {
                 .map(|v| v.parse().map_err(|_| format!("-o {key}={v}: expected a number")))
                 .transpose()
         };
-        let net = KnownNetwork {
+        let mut net = KnownNetwork {
             name: generic.get(NETWORK_OPTION).cloned().unwrap_or_default(),
             subnet: subnet.to_string(),
             internal: r.options.get(INTERNAL_OPTION).and_then(|v| v.as_bool()).unwrap_or(false),
@@ -290,7 +277,6 @@ impl<K: Kernel> Plugin<K> {
         if known.saved.networks.get(&r.network_id) == Some(&net) {
             return Ok(Empty {});
         }
-        let mut net = net;
         if !net.name.is_empty() {
             net.origin = self.ensure_network(&net).await?;
             known.saved.declined.remove(&net.name);
@@ -343,13 +329,9 @@ impl<K: Kernel> Plugin<K> {
         if !net.name.is_empty() {
             return Ok(Some(net.name));
         }
-        let Some(engine) = &self.engine else {
-            return Err(format!(
-                "netdb cannot read Docker network {id}'s name: the agent was started without \
-                 access to Docker's API (--docker-socket); create the network with -o {NETWORK_OPTION}=NAME"
-            ));
-        };
-        let found = engine.network_inspect(id).await.map_err(|e| e.to_string())?;
+        let found = self.engine.network_inspect(id).await.map_err(|e| {
+            format!("{e}; or create the network with -o {NETWORK_OPTION}=NAME, which needs no name from Docker")
+        })?;
         let Some(docker) = found else { return Ok(None) };
         let mut named = KnownNetwork { name: docker.name.clone(), ..net };
         named.origin = self.ensure_network(&named).await?;
@@ -401,14 +383,14 @@ impl<K: Kernel> Plugin<K> {
         if let Some(ep) = known.saved.endpoints.get(&r.endpoint_id) {
             // Sent again (Docker retried after an error of ours): the
             // endpoint stands.
-            let mac = self.local_mac(&ep.network, &ep.name).await?;
-            return Ok(endpoint_reply(&iface, mac));
+            let found = self.local_docker_endpoint(&ep.network, &ep.name).await?;
+            return Ok(endpoint_reply(&iface, found.map(|e| e.mac)));
         }
         let network = self.network_of(&mut known, &r.network_id).await?;
         if !iface.address_ipv6.is_empty() {
             return Err("netdb networks are IPv4 only".into());
         }
-        let ip = iface.address.split('/').next().unwrap_or_default().to_string();
+        let ip = bare_ip(&iface.address).to_string();
         if ip.is_empty() {
             return Err("Docker gave the endpoint no IPv4 address: create the network with --ipam-driver netdb or --subnet".into());
         }
@@ -450,7 +432,6 @@ impl<K: Kernel> Plugin<K> {
             network,
             name,
             ifname: info.ifname.clone(),
-            ip: info.ip.clone(),
             joined: false,
             named: false,
         };
@@ -471,10 +452,6 @@ impl<K: Kernel> Plugin<K> {
         self.name_network(known, id)
             .await?
             .ok_or_else(|| format!("Docker does not know network {id} yet; try again"))
-    }
-
-    async fn local_mac(&self, network: &str, name: &str) -> Result<Option<String>, Refusal> {
-        Ok(self.local_docker_endpoint(network, name).await?.map(|e| e.mac))
     }
 
     /// This host's Docker endpoint `name` of `network`, if it exists.
@@ -572,7 +549,7 @@ where
         }
     };
     match f(req).await {
-        Ok(answer) => ok(&answer),
+        Ok(answer) => Reply::json(&answer),
         Err(why) => {
             tracing::warn!(method, error = %why, "Docker plugin call refused");
             Reply::error(method, &format!("netdb: {why}"))
@@ -580,8 +557,23 @@ where
     }
 }
 
-fn ok(answer: &impl Serialize) -> Reply {
-    Reply::json(answer)
+/// An address as Docker writes it, with or without its prefix length,
+/// without.
+pub(crate) fn bare_ip(text: &str) -> &str {
+    text.split_once('/').map_or(text, |(ip, _)| ip)
+}
+
+/// Refuses a gateway other than the subnet's first address (netdb's, on
+/// every host); none given is fine.
+fn check_gateway(subnet: &Subnet, given: &str) -> Result<(), Refusal> {
+    let given = bare_ip(given);
+    if given.is_empty() || given.parse::<Ipv4Addr>().ok() == Some(subnet.gateway()) {
+        return Ok(());
+    }
+    Err(format!(
+        "netdb networks use the subnet's first address, {}, as gateway: drop --gateway {given}",
+        subnet.gateway()
+    ))
 }
 
 fn pool_subnet(pool_id: &str) -> Result<Subnet, Refusal> {

@@ -48,9 +48,6 @@ pub(crate) struct KnownEndpoint {
     pub(crate) name: String,
     /// The veth end Docker moves into the container.
     pub(crate) ifname: String,
-    /// Its address.
-    #[serde(default)]
-    pub(crate) ip: String,
     /// The container joined (Join came).
     pub(crate) joined: bool,
     /// The container's names were read from Docker and published.

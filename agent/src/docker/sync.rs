@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use netdb_dataplane::Kernel;
 
 use super::engine::{self, Engine};
-use super::plugin::{NETWORK_OPTION, Plugin, short};
+use super::plugin::{NETWORK_OPTION, Plugin, bare_ip, short};
 
 /// How often Docker is looked at when nothing wakes the task.
 const PERIOD: Duration = Duration::from_secs(2);
@@ -29,7 +29,7 @@ const NAMING: Duration = Duration::from_millis(200);
 
 /// Runs for the agent's life.
 pub(crate) async fn run<K: Kernel>(plugin: Arc<Plugin<K>>) {
-    let Some(engine) = plugin.engine.clone() else { return };
+    let engine = &plugin.engine;
     let mut reachable = match engine.ping().await {
         Ok(()) => true,
         Err(e) => {
@@ -39,7 +39,7 @@ pub(crate) async fn run<K: Kernel>(plugin: Arc<Plugin<K>>) {
     };
     let mut state = Sweep::default();
     loop {
-        let busy = match pass(&plugin, &engine, &mut state).await {
+        let busy = match pass(&plugin, engine, &mut state).await {
             Ok(busy) => {
                 if !reachable {
                     tracing::info!("Docker's API answers again");
@@ -120,8 +120,7 @@ async fn sweep<K: Kernel>(
             Some(d) => {
                 for c in d.containers.values() {
                     seen_endpoints.insert(c.endpoint_id.clone());
-                    let ip = c.ipv4_address.split('/').next().unwrap_or_default();
-                    seen_ips.insert((name.clone(), ip.to_string()));
+                    seen_ips.insert((name.clone(), bare_ip(&c.ipv4_address).to_string()));
                 }
                 looked.insert(name);
             }
@@ -139,9 +138,15 @@ async fn sweep<K: Kernel>(
             .collect()
     };
     let mut still: BTreeSet<String> = BTreeSet::new();
+    // True once `key` has been unused for the grace; it counts as still
+    // unused either way.
+    let mut overdue = |key: String| {
+        let since = *unused.entry(key.clone()).or_insert(now);
+        still.insert(key);
+        now.duration_since(since) >= UNUSED_GRACE
+    };
     for (id, network, name) in stale_endpoints {
-        still.insert(id.clone());
-        if now.duration_since(*unused.entry(id.clone()).or_insert(now)) < UNUSED_GRACE {
+        if !overdue(id.clone()) {
             continue;
         }
         match plugin.handle.detach(network.clone(), name.clone()).await {
@@ -159,12 +164,9 @@ async fn sweep<K: Kernel>(
     }
     let reservations = plugin.handle.reservations().await.unwrap_or_default();
     for (network, ip) in reservations.into_iter().filter(|(n, _)| looked.contains(n)) {
-        let key = format!("{network}/{ip}");
-        if seen_ips.contains(&(network.clone(), ip.to_string())) {
-            continue;
-        }
-        still.insert(key.clone());
-        if now.duration_since(*unused.entry(key).or_insert(now)) < UNUSED_GRACE {
+        if seen_ips.contains(&(network.clone(), ip.to_string()))
+            || !overdue(format!("{network}/{ip}"))
+        {
             continue;
         }
         if let Ok(true) = plugin.handle.release(network.clone(), ip).await {

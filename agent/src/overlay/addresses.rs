@@ -11,7 +11,7 @@ use netdb::SharedTable;
 use netdb::ipam::{self, Claims};
 use netdb::netdefs::Effective;
 
-use super::attach::{Host, explicit_ip, network_synced, on};
+use super::attach::{Host, explicit_ip, free, network_synced, on};
 use super::desired::decode_route;
 use super::{Error, Hasher, Overlay, ROUTES_TABLE, saved_network};
 use crate::state::Reserved;
@@ -64,10 +64,7 @@ impl Overlay {
         node.join_network(now, network)?;
         let used = self.used_addresses(node, network);
         let picked = match explicit {
-            Some(ip) => match used.get(&ip) {
-                Some(holder) => Err(Error::AddressTaken { ip, holder: holder.clone() }),
-                None => Ok(Some(ip)),
-            },
+            Some(ip) => free(&used, ip).map(Some),
             None => self.allocate(node, now, &eff, &used),
         };
         let ip = match picked {

@@ -4,6 +4,7 @@
 //! itself ([`attach`], [`detach`]) runs wherever the caller is, reaching
 //! the overlay through a [`Host`].
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -395,10 +396,7 @@ impl Overlay {
         if self.is_reserved(network, ip) {
             used.remove(&ip);
         }
-        match used.remove(&ip) {
-            Some(holder) => Err(Error::AddressTaken { ip, holder }),
-            None => Ok(ip),
-        }
+        free(&used, ip)
     }
 
     /// This host's endpoints, attached and being attached.
@@ -663,6 +661,14 @@ pub(super) fn network_synced(node: &Node, network: &str) -> bool {
 
 /// True when the two subnets share an address: one holds the other's first
 /// address (the one before its gateway).
+/// `ip`, unless something in `used` holds it.
+pub(super) fn free(used: &BTreeMap<Ipv4Addr, String>, ip: Ipv4Addr) -> Result<Ipv4Addr, Error> {
+    match used.get(&ip) {
+        Some(holder) => Err(Error::AddressTaken { ip, holder: holder.clone() }),
+        None => Ok(ip),
+    }
+}
+
 /// An address asked for on `network`: in its subnet, and neither its
 /// network, gateway nor broadcast address.
 pub(super) fn explicit_ip(

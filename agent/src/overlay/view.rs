@@ -61,18 +61,7 @@ impl View {
     ) -> Option<Vec<(&str, &Names)>> {
         let network = self.gateways.get(&gateway)?;
         let theirs = self.docker.get(&from).filter(|nets| nets.contains(network))?;
-        let first = std::iter::once(network);
-        let others = theirs.iter();
-        let mut out: Vec<(&str, &Names)> = Vec::new();
-        for net in first.chain(others) {
-            if out.iter().any(|(n, _)| n == net) {
-                continue;
-            }
-            if let Some(names) = self.names.get(net) {
-                out.push((net, names));
-            }
-        }
-        Some(out)
+        Some(self.named(std::iter::once(network).chain(theirs)))
     }
 
     /// The containers' namespaces.
@@ -84,8 +73,16 @@ impl View {
     /// any of `paths` (one namespace may be known by several) is attached
     /// to, in attach order.
     pub(crate) fn networks_of(&self, paths: &[PathBuf]) -> Vec<(&str, &Names)> {
+        self.named(paths.iter().filter_map(|p| self.containers.get(p)).flatten())
+    }
+
+    /// `networks` with their names, each once, in the order given.
+    fn named<'a>(
+        &'a self,
+        networks: impl Iterator<Item = &'a String>,
+    ) -> Vec<(&'a str, &'a Names)> {
         let mut out: Vec<(&str, &Names)> = Vec::new();
-        for net in paths.iter().filter_map(|p| self.containers.get(p)).flatten() {
+        for net in networks {
             if out.iter().any(|(n, _)| n == net) {
                 continue;
             }
