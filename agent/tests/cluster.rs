@@ -1064,7 +1064,8 @@ fn forty_hosts_share_a_slash_24_and_a_new_host_reuses_the_addresses_of_one_that_
         .find_map(|n| {
             let start = Claims::default().free_block(&subnet, &format!("h{n}"))?;
             let holders = hosts_of_block.get(&start).filter(|h| h.len() == 1)?;
-            let x = *holders.first()?;
+            // h1 watches the rest of the test: it is not the one that goes.
+            let x = *holders.first().filter(|h| **h != 1)?;
             let all_there = attached
                 .iter()
                 .filter(|(h, _, _)| *h == x)
