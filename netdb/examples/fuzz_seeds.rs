@@ -107,7 +107,7 @@ fn exchange(
         match t {
             Transmit::Datagram { to, payload } if to == other.addr() => {
                 other.handle_datagram(now, from, &payload);
-                datagrams.push(payload);
+                datagrams.push(payload.to_vec());
             }
             Transmit::Sync { to, payload, .. } if to == other.addr() => {
                 other.handle_sync(now, from, &payload);

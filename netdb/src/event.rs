@@ -15,8 +15,10 @@ pub enum Transmit {
     Datagram {
         /// Where to send it.
         to: SocketAddr,
-        /// The datagram, sealed when keys are set.
-        payload: Vec<u8>,
+        /// The datagram, sealed when keys are set. Shared: a gossip packet
+        /// goes to several peers, and copies of a tick's packets were most
+        /// of an agent's heap during a burst.
+        payload: Bytes,
     },
     /// A push/pull frame. `opens` frames start an exchange (the shell opens
     /// a stream to `to`); the others answer on the stream that carried the

@@ -57,7 +57,7 @@ struct Host {
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
 enum Payload {
-    Datagram(Vec<u8>),
+    Datagram(bytes::Bytes),
     Sync(Vec<u8>),
 }
 
@@ -408,7 +408,7 @@ impl Sim {
                     self.trace.u64(now.as_nanos() as u64).u64(f.to as u64).u64(p.len() as u64);
                 node.handle_datagram(now, from, p);
                 if let Some(c) = self.capture.as_mut() {
-                    c.push((f.from, f.to, p.clone()));
+                    c.push((f.from, f.to, p.to_vec()));
                 }
             }
             Payload::Sync(p) => {
@@ -492,7 +492,8 @@ impl Sim {
                 1
             };
         let len = match &payload {
-            Payload::Datagram(p) | Payload::Sync(p) => p.len(),
+            Payload::Datagram(p) => p.len(),
+            Payload::Sync(p) => p.len(),
         };
         self.stats.bytes += len as u64;
         if lossy {

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use netdb_wire as wire;
 use prost::Message;
 use rand::RngExt;
@@ -181,12 +182,13 @@ impl Node {
         if entries.is_empty() {
             return false;
         }
-        let payload =
-            self.seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+        let payload: Bytes = self
+            .seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
                 network: network.into(),
                 root,
                 entries,
-            })));
+            })))
+            .into();
         debug_assert!(payload.len() <= self.cfg.packet_budget, "{} > budget", payload.len());
         for to in peers {
             *budget = budget.saturating_sub(payload.len());
@@ -221,7 +223,7 @@ impl Node {
                 entries: Vec::new(),
             })));
         self.stats.gossip_out.add(payload.len());
-        self.outbox.push_back(Transmit::Datagram { to, payload });
+        self.outbox.push_back(Transmit::Datagram { to, payload: payload.into() });
     }
 
     /// A peer's digest differs from ours: once the difference has outlived

@@ -44,7 +44,7 @@ impl Node {
     pub(super) fn send_control(&mut self, to: SocketAddr, body: wire::datagram::Body) {
         let payload = self.seal(codec::encode_datagram(body));
         self.stats.swim_out.add(payload.len());
-        self.outbox.push_back(Transmit::Datagram { to, payload });
+        self.outbox.push_back(Transmit::Datagram { to, payload: payload.into() });
     }
 
     pub(super) fn send_sync(
