@@ -24,6 +24,7 @@ mod metrics;
 mod output;
 mod overlay;
 mod reconcile;
+mod reflection;
 mod server;
 mod state;
 mod status;

@@ -18,6 +18,7 @@ use crate::accept::{self, AcceptStats};
 use crate::api::Api;
 use crate::config::Settings;
 use crate::endpoint::Endpoint;
+use crate::reflection;
 
 /// A running API server.
 pub(crate) struct Server {
@@ -30,16 +31,6 @@ impl Server {
     /// Starts the API server (with gRPC reflection) on `s.api`.
     pub(crate) async fn start<K: Kernel>(s: &Settings, api: Api<K>) -> anyhow::Result<Server> {
         let (stop, mut stopped) = watch::channel(false);
-        let reflection = || {
-            tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(netdb_api::FILE_DESCRIPTOR_SET)
-        };
-        let reflection_v1 =
-            reflection().build_v1().context("building the gRPC reflection service")?;
-        // grpcio-reflection's descriptor database, older grpcurl, Postman and
-        // evans still ask v1alpha.
-        let reflection_v1alpha =
-            reflection().build_v1alpha().context("building the gRPC reflection service")?;
         let mut builder = tonic::transport::Server::builder();
         if let Some(tls) = &s.api_tls {
             builder = builder.tls_config(tls.config()?).context("TLS for the API")?;
@@ -49,8 +40,8 @@ impl Server {
         // `accept::Limits` with any of them.
         let router = builder
             .add_service(NetdbServer::new(api))
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
+            .add_service(reflection::v1())
+            .add_service(reflection::v1alpha());
         let accepted = Arc::new(AcceptStats::default());
         let shutdown = async move {
             let _ = stopped.wait_for(|s| *s).await;
