@@ -45,6 +45,77 @@ pub fn encode_datagram(body: wire::datagram::Body) -> Vec<u8> {
     wire::Datagram { version: WIRE_VERSION, body: Some(body) }.encode_to_vec()
 }
 
+/// An entry encoded once when it is queued, without its residual reap
+/// time: a queued entry goes out up to a dozen times, and re-encoding it
+/// (and cloning its four fields) for every packet was a large part of a
+/// burst's CPU and heap.
+#[derive(Debug, Clone)]
+pub(crate) struct EncodedEntry {
+    fields: Bytes,
+    reap_at: Option<Duration>,
+}
+
+/// `Entry.reap_in_ms`'s field number.
+const REAP_IN_MS_FIELD: u32 = 8;
+/// `Gossip.entries`'s field number.
+const GOSSIP_ENTRIES_FIELD: u32 = 3;
+/// `Datagram.gossip`'s field number.
+const DATAGRAM_GOSSIP_FIELD: u32 = 3;
+
+impl EncodedEntry {
+    pub(crate) fn new(table: &str, key: &str, e: &Entry) -> EncodedEntry {
+        let fields = wire::Entry { reap_in_ms: 0, ..entry_to_wire(table, key, e, Duration::ZERO) };
+        EncodedEntry { fields: fields.encode_to_vec().into(), reap_at: e.reap_at }
+    }
+
+    /// Its length as an `Entry` at `now` (the residual only shrinks, so the
+    /// length at queueing bounds every later one).
+    fn len_at(&self, now: Duration) -> (usize, u64) {
+        let reap = residual_ms(self.reap_at, now);
+        let extra = if reap == 0 {
+            0
+        } else {
+            prost::encoding::key_len(REAP_IN_MS_FIELD) + varint_len(reap)
+        };
+        (self.fields.len() + extra, reap)
+    }
+
+    /// Bytes it adds to a gossip packet at `now`, its field tag included.
+    pub(crate) fn framed_len(&self, now: Duration) -> usize {
+        let (len, _) = self.len_at(now);
+        prost::encoding::key_len(GOSSIP_ENTRIES_FIELD) + varint_len(len as u64) + len
+    }
+}
+
+/// Encodes a gossip datagram (unsealed) around entries encoded when they
+/// were queued; decodes exactly as `encode_datagram` of the same `Gossip`.
+pub(crate) fn encode_gossip<'a>(
+    network: &str,
+    root: u64,
+    entries: impl Iterator<Item = &'a EncodedEntry> + Clone,
+    now: Duration,
+) -> Vec<u8> {
+    use prost::encoding::{WireType, encode_key, encode_varint};
+    let header = wire::Gossip { network: network.into(), root, entries: Vec::new() };
+    let gossip_len =
+        header.encoded_len() + entries.clone().map(|e| e.framed_len(now)).sum::<usize>();
+    let mut out = Vec::with_capacity(datagram_overhead(gossip_len) + gossip_len);
+    wire::Datagram { version: WIRE_VERSION, body: None }.encode_raw(&mut out);
+    encode_key(DATAGRAM_GOSSIP_FIELD, WireType::LengthDelimited, &mut out);
+    encode_varint(gossip_len as u64, &mut out);
+    header.encode_raw(&mut out);
+    for e in entries {
+        let (len, reap) = e.len_at(now);
+        encode_key(GOSSIP_ENTRIES_FIELD, WireType::LengthDelimited, &mut out);
+        encode_varint(len as u64, &mut out);
+        out.extend_from_slice(&e.fields);
+        if reap != 0 {
+            prost::encoding::uint64::encode(REAP_IN_MS_FIELD, &reap, &mut out);
+        }
+    }
+    out
+}
+
 /// Bytes a `Datagram` adds around a `Gossip` of `gossip_len` bytes.
 pub(crate) fn datagram_overhead(gossip_len: usize) -> usize {
     // version field (tag + up to 5 bytes varint) + body tag + length varint.
@@ -238,6 +309,39 @@ mod tests {
             root: 7,
             entries,
         }))
+    }
+
+    #[test]
+    fn gossip_of_encoded_entries_is_the_gossip_prost_encodes() {
+        let live = Entry {
+            value: Bytes::from_static(b"10.0.0.2"),
+            owner: "n1".into(),
+            incarnation: 9,
+            ltime: 300,
+            deleted: false,
+            reap_at: None,
+            hidden: false,
+        };
+        let reap_at = Some(Duration::from_secs(1800));
+        let tomb = Entry { deleted: true, reap_at, ltime: 301, ..live.clone() };
+        let queued = [EncodedEntry::new("eps", "a", &live), EncodedEntry::new("eps", "b", &tomb)];
+        let at_queueing: Vec<usize> = queued.iter().map(|e| e.framed_len(Duration::ZERO)).collect();
+        for now in [Duration::ZERO, Duration::from_millis(1234), Duration::from_secs(1800)] {
+            let bytes = encode_gossip("net", 42, queued.iter(), now);
+            let expected = encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+                network: "net".into(),
+                root: 42,
+                entries: vec![
+                    entry_to_wire("eps", "a", &live, now),
+                    entry_to_wire("eps", "b", &tomb, now),
+                ],
+            }));
+            assert_eq!(bytes, expected, "at {now:?}");
+            for (e, first) in queued.iter().zip(&at_queueing) {
+                assert!(e.framed_len(now) <= *first, "a queued entry never grows");
+            }
+        }
+        assert!(at_queueing[1] > at_queueing[0], "the reap time is counted");
     }
 
     #[test]

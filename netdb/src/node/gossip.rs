@@ -169,26 +169,15 @@ impl Node {
         let avail = budget_bytes
             .saturating_sub(header + codec::datagram_overhead(budget_bytes) + SEAL_OVERHEAD);
         let (ids, took) = st.queue.take(avail, |q| q.framed_len);
-        let entries: Vec<wire::Entry> = ids
-            .iter()
-            .filter_map(|&id| st.queue.get(id))
-            .map(|q| wire::Entry {
-                reap_in_ms: codec::residual_ms(q.reap_at, now),
-                ..q.entry.clone()
-            })
-            .collect();
+        let entries = ids.iter().filter_map(|&id| st.queue.get(id)).map(|q| &q.entry);
+        let any = entries.clone().next().is_some();
+        let plain = any.then(|| codec::encode_gossip(network, root, entries, now));
         st.queue.sent(&ids);
         self.stats.queue_oversized += took.oversized as u64;
-        if entries.is_empty() {
+        let Some(plain) = plain else {
             return false;
-        }
-        let payload: Bytes = self
-            .seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
-                network: network.into(),
-                root,
-                entries,
-            })))
-            .into();
+        };
+        let payload: Bytes = self.seal(plain).into();
         debug_assert!(payload.len() <= self.cfg.packet_budget, "{} > budget", payload.len());
         for to in peers {
             *budget = budget.saturating_sub(payload.len());

@@ -6,13 +6,12 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb_wire as wire;
-use prost::Message;
 
 use super::Node;
 use super::cluster::is_leave_record;
 use super::scope::Queued;
 use super::timers::Wake;
-use crate::codec::{self, entry_from_wire, entry_to_wire};
+use crate::codec::{EncodedEntry, entry_from_wire};
 use crate::event::{EntryEventKind, Event};
 use crate::membership::{Owner, Status};
 use crate::names::Scope;
@@ -100,17 +99,13 @@ impl Node {
     ) {
         let n = self.peers_of(scope).len() + 1;
         let limit = self.cfg.transmit_limit(n, relayed);
-        let entry = entry_to_wire(table, key, e, now);
-        let len = entry.encoded_len();
-        let framed_len = 1 + codec::varint_len(len as u64) + len;
+        let entry = EncodedEntry::new(table, key, e);
+        let framed_len = entry.framed_len(now);
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
-        let dropped = st.queue.push(
-            (table.into(), key.into()),
-            Queued { entry, reap_at: e.reap_at, framed_len },
-            limit,
-        );
+        let dropped =
+            st.queue.push((table.into(), key.into()), Queued { entry, framed_len }, limit);
         self.stats.queue_overflow += dropped as u64;
         self.arm_tick(now);
     }

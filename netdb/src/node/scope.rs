@@ -3,11 +3,11 @@
 
 use std::time::Duration;
 
-use netdb_wire as wire;
 use rand::RngExt;
 use rand::rngs::StdRng;
 
 use crate::broadcast::BroadcastQueue;
+use crate::codec::EncodedEntry;
 use crate::config::Config;
 use crate::digest::Digest;
 use crate::table::Tables;
@@ -15,8 +15,7 @@ use crate::table::Tables;
 /// An entry waiting in a broadcast queue.
 #[derive(Debug)]
 pub(super) struct Queued {
-    pub(super) entry: wire::Entry,
-    pub(super) reap_at: Option<Duration>,
+    pub(super) entry: EncodedEntry,
     /// Bytes it adds to a packet (field tag and length included); an upper
     /// bound, since the residual reap time only shrinks.
     pub(super) framed_len: usize,
