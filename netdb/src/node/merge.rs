@@ -141,14 +141,17 @@ impl Node {
         let Some(st) = self.scope(scope) else {
             return false;
         };
-        let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
-        entry.hidden = hidden;
+        // Most arrivals are copies of what we hold (every event reaches a
+        // node several times): they are turned away before anything is
+        // allocated for them.
         let held = st.data.get(&w.table, &w.key);
         if let Some(old) = held
-            && !entry.supersedes(old)
+            && (w.ltime, w.owner.as_str(), w.incarnation) <= old.version()
         {
             return false;
         }
+        let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
+        entry.hidden = hidden;
         // Only an earlier life of this process (a restart that kept its
         // incarnation) can have written our name with a later time than
         // ours: what we hold now is our word, and it must win everywhere.
