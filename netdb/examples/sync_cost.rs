@@ -3,10 +3,10 @@
 //! exchanges until both hold the same, and the wall time of the nodes'
 //! work (both in this thread; a real network adds a round trip per reply).
 //!
-//! `cargo run --release -p netdb --example sync_cost -- 100000 3`
-//! (table size, repetitions). D is 0, 1, 100 and 10,000: half are keys the
-//! opener lacks (the server rewrote them), half keys the server lacks (the
-//! opener wrote them).
+//! `cargo run --release -p netdb --example sync_cost -- 100000 3 [D...]`
+//! (table size, repetitions, differences: 0, 1, 100 and 10,000 unless
+//! given). Of D differences, half are keys the opener holds older (the
+//! server rewrote them), half keys the server lacks (the opener wrote them).
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -37,8 +37,7 @@ struct Cost {
 
 fn entries_in(payload: &[u8]) -> usize {
     match wire::SyncMessage::decode(payload).ok().and_then(|m| m.body) {
-        Some(B::Reply(r)) => r.entries.len(),
-        Some(B::Entries(e)) => e.entries.len(),
+        Some(B::Open(r) | B::Ask(r) | B::Answer(r)) => r.entries.len(),
         _ => 0,
     }
 }
@@ -107,6 +106,10 @@ fn main() {
     let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
     let size = args.next().unwrap_or(100_000);
     let reps = args.next().unwrap_or(3);
+    let mut ds: Vec<usize> = args.collect();
+    if ds.is_empty() {
+        ds = vec![0, 1, 100, 10_000];
+    }
     let cfg = Config {
         // The hint starts the exchange at once.
         mismatch_sync_after: Duration::ZERO,
@@ -157,7 +160,7 @@ fn main() {
         "wall ms"
     );
     let mut round = 0;
-    for d in [0, 1, 100, 10_000] {
+    for d in ds {
         for rep in 0..reps {
             round += 1;
             // Server-side rewrites (the opener lacks them), then the
