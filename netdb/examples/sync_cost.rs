@@ -58,6 +58,7 @@ fn pump(nodes: &mut [Node; 2], now: Duration, cost: &mut Cost) {
                 flow.frames += 1;
                 flow.entries += entries_in(&payload);
                 nodes[1 - i].handle_sync(now, from, &payload);
+                while nodes[1 - i].poll_event().is_some() {}
             }
         }
         if !moved {
@@ -92,10 +93,23 @@ fn sync_until_equal(nodes: &mut [Node; 2], now: Duration) -> Cost {
     cost
 }
 
+/// Drops the gossip of the writes (only the exchange may repair the
+/// difference) and the events (the shell's business).
 fn drain(nodes: &mut [Node; 2]) {
     for n in nodes.iter_mut() {
         while n.poll_transmit().is_some() {}
+        while n.poll_event().is_some() {}
     }
+}
+
+/// This process's resident set (both nodes and their tables), in MiB.
+fn resident_mib() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let kib = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok());
+    kib.map_or(f64::NAN, |k| k / 1024.0)
 }
 
 fn value(i: usize, round: usize) -> Bytes {
@@ -127,6 +141,7 @@ fn main() {
     }
     for i in 0..size {
         nodes[0].put(now, NET, "t", &format!("key-{i:08}"), value(i, 0)).unwrap();
+        drain(&mut nodes);
     }
     drain(&mut nodes);
     let fill = sync_until_equal(&mut nodes, now);
@@ -141,10 +156,12 @@ fn main() {
         reap_in_ms: 0,
     };
     println!(
-        "{size} entries of {} bytes on the wire; filling the second node took {} exchanges, {:.2}s",
+        "{size} entries of {} bytes on the wire; filling the second node took {} exchanges, \
+         {:.2}s; resident with both tables {:.1} MiB",
         sample.encoded_len(),
         fill.exchanges,
-        fill.wall.as_secs_f64()
+        fill.wall.as_secs_f64(),
+        resident_mib()
     );
     println!(
         "{:>6} {:>3} {:>5} {:>11} {:>6} {:>8} {:>11} {:>6} {:>8} {:>9}",
