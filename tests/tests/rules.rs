@@ -207,7 +207,7 @@ fn same_seed_same_run_bit_for_bit() {
 #[test]
 fn a_difference_larger_than_one_sync_frame_still_converges() {
     // 64 KiB frames against ~300 KB of entries: each exchange must carry
-    // other buckets, not the same first frame's worth again.
+    // what the last did not, not the same first frame's worth again.
     let cfg = Config { max_sync_frame: 64 * 1024, ..Config::default() };
     let mut sim = cluster(3, 47, cfg);
     sim.with_node(2, |n, now| n.leave_network(now, NET).unwrap());

@@ -68,6 +68,15 @@ struct Plan {
     descend: Vec<NodeId>,
 }
 
+/// A frame's arrival: when, from whom, for which exchange and scope.
+#[derive(Clone, Copy)]
+struct Arrival<'a> {
+    now: Duration,
+    from: SocketAddr,
+    id: u64,
+    scope: Scope<'a>,
+}
+
 fn frame(scope: Scope<'_>, sync_id: u64, body: B) -> wire::SyncMessage {
     wire::SyncMessage {
         version: codec::SYNC_VERSION,
@@ -86,11 +95,11 @@ fn framed_len(m: &impl Message) -> usize {
 impl Node {
     /// A validated push/pull message from `from`.
     pub(super) fn sync_message(&mut self, now: Duration, from: SocketAddr, m: wire::SyncMessage) {
-        let scope = Scope::from_wire(&m.network);
+        let at = Arrival { now, from, id: m.sync_id, scope: Scope::from_wire(&m.network) };
         match m.body {
-            Some(B::Open(r)) => self.serve_sync(now, from, m.sync_id, scope, &r),
-            Some(B::Ask(r)) => self.serve_more(now, from, m.sync_id, scope, &r),
-            Some(B::Answer(r)) => self.answered(now, from, m.sync_id, scope, &r),
+            Some(B::Open(r)) => self.serve_sync(at, &r),
+            Some(B::Ask(r)) => self.serve_more(at, &r),
+            Some(B::Answer(r)) => self.answered(at, &r),
             Some(B::Refused(why)) => match self.syncs.get(&m.sync_id) {
                 Some(out) if out.peer == from => {
                     if let Some(out) = self.syncs.remove(&m.sync_id) {
@@ -133,14 +142,8 @@ impl Node {
         }
     }
 
-    fn serve_sync(
-        &mut self,
-        now: Duration,
-        from: SocketAddr,
-        id: u64,
-        scope: Scope<'_>,
-        r: &wire::SyncRound,
-    ) {
+    fn serve_sync(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+        let Arrival { now, from, id, scope } = at;
         if self.serving.contains_key(&(from, id)) {
             return self.stats.drop(DropReason::UnexpectedSync);
         }
@@ -158,14 +161,8 @@ impl Node {
     }
 
     /// The opener's next frame of an exchange this node serves.
-    fn serve_more(
-        &mut self,
-        now: Duration,
-        from: SocketAddr,
-        id: u64,
-        scope: Scope<'_>,
-        r: &wire::SyncRound,
-    ) {
+    fn serve_more(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+        let Arrival { now, from, id, scope } = at;
         let key = (from, id);
         let joined = self.scope(scope).is_some();
         let rounds = match self.serving.get_mut(&key) {
@@ -196,14 +193,8 @@ impl Node {
 
     /// The peer answered an exchange this node opened: the next frame, the
     /// last one when it asks nothing of the peer.
-    fn answered(
-        &mut self,
-        now: Duration,
-        from: SocketAddr,
-        id: u64,
-        scope: Scope<'_>,
-        r: &wire::SyncRound,
-    ) {
+    fn answered(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+        let Arrival { now, from, id, scope } = at;
         let rounds = match self.syncs.get_mut(&id) {
             Some(out) if out.peer == from && out.scope.as_scope() == scope => {
                 out.rounds += 1;
@@ -514,22 +505,28 @@ mod tests {
         }
     }
 
-    fn pair() -> (Node, Node) {
-        let a = Node::new(
-            Config::default(),
-            "a",
-            1,
-            "127.0.0.1:7946".parse().unwrap(),
-            1,
-            Duration::ZERO,
-        );
-        let b = Node::new(Config::default(), "b", 1, PEER.parse().unwrap(), 2, Duration::ZERO);
-        let (mut a, mut b) = (a.unwrap(), b.unwrap());
+    /// Two nodes that hold the same `n` entries (b learned them from a's
+    /// exchange, which also tests filling an empty node in one exchange).
+    fn filled_pair(n: usize) -> (Node, Node) {
         let t = Duration::from_secs(1);
+        let node = |name, addr: &str, seed| {
+            Node::new(Config::default(), name, 1, addr.parse().unwrap(), seed, Duration::ZERO)
+                .unwrap()
+        };
+        let (mut a, mut b) = (node("a", "127.0.0.1:7946", 1), node("b", PEER, 2));
         for n in [&mut a, &mut b] {
             n.join_network(t, "net").unwrap();
+        }
+        for k in 0..n {
+            a.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v0")).unwrap();
+        }
+        for n in [&mut a, &mut b] {
             while n.poll_transmit().is_some() {}
         }
+        let net = Scope::Network("net");
+        a.start_sync(t, net, b.addr());
+        carry(&mut a, &mut b, t);
+        assert_eq!(a.root(net), b.root(net), "filled from empty in one exchange");
         (a, b)
     }
 
@@ -542,18 +539,10 @@ mod tests {
 
     #[test]
     fn divergent_tables_converge_in_one_exchange_both_ways() {
-        let (mut a, mut b) = pair();
+        let (mut a, mut b) = filled_pair(3000);
         let t = Duration::from_secs(1);
         let net = Scope::Network("net");
-        // A shared table (what b learns from a's first exchange), then
-        // writes on both sides: updates, new keys, deletes.
-        for k in 0..3000 {
-            a.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v0")).unwrap();
-        }
-        while a.poll_transmit().is_some() {}
-        a.start_sync(t, net, b.addr());
-        carry(&mut a, &mut b, t);
-        assert_eq!(a.root(net), b.root(net), "filled from empty in one exchange");
+        // Writes on both sides: updates, new keys, a delete.
         for k in 0..20 {
             a.put(t, "net", "t", &format!("k{}", k * 97), Bytes::from_static(b"v1")).unwrap();
             b.put(t, "net", "u", &format!("b{k}"), Bytes::from_static(b"new")).unwrap();
@@ -580,15 +569,9 @@ mod tests {
 
     #[test]
     fn equal_tables_exchange_only_the_top_level() {
-        let (mut a, mut b) = pair();
+        let (mut a, mut b) = filled_pair(500);
         let t = Duration::from_secs(1);
         let net = Scope::Network("net");
-        for k in 0..500 {
-            a.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v")).unwrap();
-        }
-        while a.poll_transmit().is_some() {}
-        a.start_sync(t, net, b.addr());
-        carry(&mut a, &mut b, t);
         b.start_sync(t, net, a.addr());
         let log = carry(&mut b, &mut a, t);
         let bodies: Vec<_> =
