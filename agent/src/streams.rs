@@ -266,3 +266,50 @@ async fn read_frame(
     r.read_exact(&mut bytes).await?;
     Ok(Some((bytes, budget)))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that answers every frame but the opener's last, and returns
+    /// what it read once the opener closes.
+    async fn answering_peer(listener: TcpListener) -> Vec<Vec<u8>> {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut r, mut w) = stream.into_split();
+        let mut got = Vec::new();
+        while let Ok(len) = r.read_u32().await {
+            let mut frame = vec![0u8; len as usize];
+            r.read_exact(&mut frame).await.expect("frame");
+            if frame != b"last" {
+                write_frame(&mut w, b"answer").await.expect("answer");
+            }
+            got.push(frame);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn an_opened_exchange_alternates_frames_until_the_last() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let to = listener.local_addr().expect("addr");
+        let peer = tokio::spawn(answering_peer(listener));
+        let (net_tx, mut net_rx) = mpsc::channel(16);
+        let mut streams = Streams::new(net_tx, Limits::new(1 << 20, Duration::from_secs(5)));
+        streams.route(to, 1, true, false, b"open".to_vec());
+        for (next, last) in [(&b"ask"[..], false), (b"last", true)] {
+            match net_rx.recv().await {
+                Some(NetMsg::Frame { from, bytes, .. }) => {
+                    assert_eq!((from, &bytes[..]), (to, &b"answer"[..]))
+                }
+                other => panic!("expected the peer's answer, got {other:?}"),
+            }
+            streams.route(to, 1, false, last, next.to_vec());
+        }
+        let got = peer.await.expect("peer");
+        assert_eq!(got, vec![b"open".to_vec(), b"ask".to_vec(), b"last".to_vec()]);
+        match net_rx.recv().await {
+            Some(NetMsg::Closed { key }) => assert_eq!(key, Key::Out(to, 1)),
+            other => panic!("expected a clean close, got {other:?}"),
+        }
+    }
+}
