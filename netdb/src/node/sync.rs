@@ -86,7 +86,7 @@ fn frame(scope: Scope<'_>, sync_id: u64, body: B) -> wire::SyncMessage {
     }
 }
 
-/// What an entry costs in a frame: its bytes, tag and length.
+/// What a field costs in its frame: its bytes, tag and length.
 fn framed_len(m: &impl Message) -> usize {
     let len = m.encoded_len();
     1 + codec::varint_len(len as u64) + len
