@@ -63,7 +63,7 @@ use crate::table::Entry;
 use merge::Via;
 use scope::ScopeState;
 pub use scope::{ScopeStats, SyncCounts};
-use sync::Outgoing;
+use sync::{Outgoing, Serving};
 use timers::{Timers, Wake};
 
 /// One member of a netdb cluster, without I/O: see the module's contract.
@@ -94,7 +94,7 @@ pub struct Node {
     rearm_suspects: bool,
     syncs: BTreeMap<u64, Outgoing>,
     next_sync_id: u64,
-    serving: BTreeMap<(SocketAddr, u64), ScopeId>,
+    serving: BTreeMap<(SocketAddr, u64), Serving>,
     seeds: Vec<SocketAddr>,
     join_delay: Duration,
     /// Invalidates older announce retries when the loop restarts.
