@@ -13,7 +13,7 @@ const N: usize = 8;
 #[test]
 fn a_stalled_node_accuses_no_member_that_answered_in_time() {
     let ms = Duration::from_millis;
-    // 40 ms each way: an ack comes 80 ms after the ping, inside the 150 ms
+    // 40 ms each way: an ack comes 80 ms after the ping, inside the
     // probe timeout, and a stall that starts in between finds it waiting.
     let net = NetConfig { latency: ms(40), jitter: ms(2), ..NetConfig::default() };
     let mut sim = Sim::new(5, Config::default(), net);
@@ -27,7 +27,7 @@ fn a_stalled_node_accuses_no_member_that_answered_in_time() {
     assert!(all_up.is_some(), "the cluster never formed");
     let slow = 3;
     for k in 0..60u64 {
-        // Stalls of 400 ms at varied phases of its probe rounds (300 ms).
+        // Stalls of 400 ms at varied phases of its probe rounds.
         sim.run_for(ms(1500 + (k * 37) % 300));
         sim.stall(slow);
         sim.run_for(ms(400));
