@@ -16,7 +16,15 @@ fn a_stalled_node_accuses_no_member_that_answered_in_time() {
     // 40 ms each way: an ack comes 80 ms after the ping, inside the
     // probe timeout, and a stall that starts in between finds it waiting.
     let net = NetConfig { latency: ms(40), jitter: ms(2), ..NetConfig::default() };
-    let mut sim = Sim::new(5, Config::default(), net);
+    // The fast probe timers (300 ms rounds, 150 ms timeout): with the
+    // default 500 ms rounds these stalls seldom straddle a judgement.
+    let cfg = Config {
+        probe_period: ms(300),
+        probe_rtt: ms(150),
+        suspicion_mult: 2.0,
+        ..Config::default()
+    };
+    let mut sim = Sim::new(5, cfg, net);
     for _ in 0..N {
         sim.add_node();
     }
