@@ -2,7 +2,10 @@
 //! first; each writes 100 entries into one table at once. Prints, as
 //! min / median / max over the nodes: time until a node holds all N×100,
 //! time until a deleted entry is gone, time until a SIGKILLed node's entries
-//! are gone, CPU during the write phase, peak RSS, idle CPU over 10 s.
+//! are gone, CPU during the write phase, peak RSS, idle CPU over 10 s
+//! (`NETDB_BENCH_IDLE_SECS` makes the idle phase longer, e.g. 600 with the
+//! CPUs kept busy to count false suspicions), and the suspicions started,
+//! members marked failed and late probe timers of the idle phase, summed.
 //!
 //! Every node is watched. The agent cuts a watcher that falls more than
 //! 4,096 events behind (at 100 agents the burst is 10,000 entries, and this
@@ -199,6 +202,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let victim = n - 1;
     let rss: Vec<f64> = pids.iter().map(|&p| status_mib(p, "VmHWM:")).collect();
     let anon: Vec<f64> = pids.iter().map(|&p| status_mib(p, "RssAnon:")).collect();
+    let before_kill = calm_counters(&mut clients, &(0..n).collect::<Vec<_>>()).await?;
     let t2 = Instant::now();
     procs.kill(victim);
     let prefix = format!("n{victim}-");
@@ -213,13 +217,21 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     .await;
     killed_gone.remove(victim);
 
-    // Idle: 10 s with nothing to do.
+    // Idle: 10 s (or as long as asked) with nothing to do.
+    let idle_secs: u64 =
+        std::env::var("NETDB_BENCH_IDLE_SECS").ok().and_then(|v| v.parse().ok()).unwrap_or(10);
     let live: Vec<u32> =
         pids.iter().enumerate().filter(|(i, _)| *i != victim).map(|(_, &p)| p).collect();
+    let live_clients: Vec<usize> = (0..n).filter(|&i| i != victim).collect();
+    let calm0 = calm_counters(&mut clients, &live_clients).await?;
     let idle0: Vec<f64> = live.iter().map(|&p| cpu_secs(p)).collect();
-    tokio::time::sleep(Duration::from_secs(10)).await;
-    let idle: Vec<f64> =
-        live.iter().zip(&idle0).map(|(&p, c0)| (cpu_secs(p) - c0) * 1000.0 / 10.0).collect();
+    tokio::time::sleep(Duration::from_secs(idle_secs)).await;
+    let idle: Vec<f64> = live
+        .iter()
+        .zip(&idle0)
+        .map(|(&p, c0)| (cpu_secs(p) - c0) * 1000.0 / idle_secs as f64)
+        .collect();
+    let calm1 = calm_counters(&mut clients, &live_clients).await?;
 
     println!(
         "netdb loopback benchmark: {n} agents, {PER_NODE} entries each ({} in all)",
@@ -233,6 +245,17 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     row("peak RSS per node (MiB)", rss);
     row("  of it private (anonymous) after writes (MiB)", anon);
     row("idle CPU per node (ms/s)", idle);
+    println!(
+        "before the kill, summed over the nodes: suspicions started {}, late probe timers {}",
+        before_kill[0], before_kill[2]
+    );
+    println!(
+        "over the {idle_secs} s idle phase, summed over the nodes: suspicions started {}, \
+         members marked failed {}, late probe timers {}",
+        calm1[0] - calm0[0],
+        calm1[1] - calm0[1],
+        calm1[2] - calm0[2]
+    );
     println!(
         "watch streams cut for falling behind and resumed: {}",
         resumed.load(Ordering::Relaxed)
@@ -268,6 +291,25 @@ async fn connect(path: &Path) -> Result<NetdbClient<Channel>, Box<dyn std::error
         }))
         .await?;
     Ok(NetdbClient::new(ch))
+}
+
+/// Suspicions started, members marked failed and late probe timers, summed
+/// over the nodes `which`.
+async fn calm_counters(
+    clients: &mut [NetdbClient<Channel>],
+    which: &[usize],
+) -> Result<[u64; 3], tonic::Status> {
+    let names = ["suspicions_started", "member_changes:failed", "late_probe_wakes"];
+    let mut sum = [0u64; 3];
+    for &i in which {
+        let counters = clients[i].stats(api::StatsRequest {}).await?.into_inner().counters;
+        for c in counters {
+            if let Some(k) = names.iter().position(|n| *n == c.name) {
+                sum[k] += c.value;
+            }
+        }
+    }
+    Ok(sum)
 }
 
 async fn all_alive(clients: &mut [NetdbClient<Channel>], n: usize) -> Result<bool, tonic::Status> {

@@ -265,6 +265,12 @@ fn registry(s: &Snapshot) -> Registry {
         "Calls the SWIM layer (foca) refused; each changed nothing",
         n.swim_errors,
     );
+    counter(
+        &mut r,
+        "suspicions_started",
+        "Members this node began to suspect because its own probe went unanswered (real failures or false accusations)",
+        n.suspicions_started,
+    );
     counters(
         &mut r,
         "member_changes",

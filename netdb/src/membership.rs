@@ -15,7 +15,7 @@ use foca::{Foca, NoCustomBroadcast, PostcardCodec};
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct Identity {
     pub name: String,
     pub incarnation: u64,

@@ -48,6 +48,8 @@ struct Host {
     addr: SocketAddr,
     node: Option<Node>,
     paused: bool,
+    /// Stalled (a loop starved of CPU): what arrived meanwhile, in order.
+    stalled: Option<Vec<Flight>>,
     incarnation: u64,
     /// Restarts that kept the incarnation.
     generation: u32,
@@ -174,6 +176,7 @@ impl Sim {
             addr,
             node: None,
             paused: false,
+            stalled: None,
             incarnation: 0,
             generation: 0,
             scheduled: None,
@@ -213,6 +216,7 @@ impl Sim {
         .expect("simulated node names are valid");
         h.node = Some(node);
         h.paused = false;
+        h.stalled = None;
         h.scheduled = None;
         self.after_input(i);
     }
@@ -293,6 +297,27 @@ impl Sim {
         self.hosts[i].paused = false;
         self.hosts[i].scheduled = None;
         self.reschedule(i);
+    }
+
+    /// Starves host `i` of CPU: what arrives waits unread and its timers
+    /// wait, until [`Sim::unstall`].
+    pub fn stall(&mut self, i: usize) {
+        self.hosts[i].stalled.get_or_insert_with(Vec::new);
+    }
+
+    /// Ends a stall the worst way for the host's judgement: its overdue
+    /// timers fire first, then it reads what arrived meanwhile.
+    pub fn unstall(&mut self, i: usize) {
+        let Some(backlog) = self.hosts[i].stalled.take() else { return };
+        self.hosts[i].scheduled = None;
+        let now = self.now;
+        if let Some(node) = self.hosts[i].node.as_mut() {
+            node.handle_timeout(now);
+            self.after_input(i);
+        }
+        for f in backlog {
+            self.deliver(f);
+        }
     }
 
     /// Splits the hosts: `group[i]` is host i's side; packets between
@@ -382,8 +407,8 @@ impl Sim {
                 return true; // superseded
             }
             host.scheduled = None;
-            if host.paused {
-                return true; // resumed later with `resume`
+            if host.paused || host.stalled.is_some() {
+                return true; // resumed later with `resume` or `unstall`
             }
             if let Some(node) = host.node.as_mut() {
                 node.handle_timeout(at);
@@ -397,6 +422,10 @@ impl Sim {
         let now = self.now;
         let from = self.hosts[f.from].addr;
         let host = &mut self.hosts[f.to];
+        if let Some(backlog) = host.stalled.as_mut() {
+            backlog.push(f);
+            return;
+        }
         let Some(node) = host.node.as_mut().filter(|_| !host.paused) else {
             self.stats.unreachable += 1;
             return;

@@ -226,6 +226,16 @@ pub struct Stats {
     /// Calls foca refused (a timer, an announce, a settings change, ...);
     /// each changed nothing.
     pub swim_errors: u64,
+    /// Members this node started suspecting because its own probe (and the
+    /// indirect ones) went unanswered. On a calm cluster this stays still:
+    /// each one is a real failure or a false accusation.
+    pub suspicions_started: u64,
+    /// Probe timers that fired later than `late_wake`: this node's loop was
+    /// behind, and its local health worsened.
+    pub late_probe_wakes: u64,
+    /// Members declared down by others while this node never saw them
+    /// suspected: their entries were held visible for a while.
+    pub unexpected_downs: u64,
     /// Drops by [`DropReason`], indexed by the reason's number.
     pub drops: [u64; DropReason::ALL.len()],
     /// Membership changes by [`MemberChange`], indexed by its number.

@@ -32,6 +32,7 @@ mod merge;
 mod owners;
 mod scope;
 mod send;
+mod suspicion;
 mod swim;
 mod sync;
 #[cfg(test)]
@@ -92,6 +93,7 @@ pub struct Node {
     /// This node renewed its identity: the suspicions foca still holds lost
     /// their timeouts and wait to be given new ones (see `swim::rearm`).
     rearm_suspects: bool,
+    suspicions: suspicion::Suspicions,
     syncs: BTreeMap<u64, Outgoing>,
     next_sync_id: u64,
     serving: BTreeMap<(SocketAddr, u64), Serving>,
@@ -181,6 +183,7 @@ impl Node {
             net_peers: None,
             swim_params: swim::swim_params(&cfg, 1),
             rearm_suspects: false,
+            suspicions: suspicion::Suspicions::default(),
             syncs: BTreeMap::new(),
             next_sync_id: 1,
             serving: BTreeMap::new(),
@@ -277,6 +280,7 @@ impl Node {
             return self.stats.drop(DropReason::TooLarge);
         }
         let Some(plain) = self.unseal(bytes) else { return };
+        self.suspicions.heard_from(from);
         let bytes = &plain[..];
         match codec::decode_datagram(&self.cfg, bytes) {
             Err(r) => self.stats.drop(r),
@@ -338,13 +342,9 @@ impl Node {
     pub fn handle_timeout(&mut self, now: Duration) {
         while let Some((at, wake)) = self.timers.pop_due(now) {
             match wake {
-                Wake::Swim(t) => {
-                    if !self.left {
-                        let r = self.swim.handle_timer(t, &mut self.rt);
-                        self.count_swim_error(r);
-                        self.drain_swim(now);
-                    }
-                }
+                Wake::Swim(t) => self.swim_timer(now, at, t, true),
+                Wake::SwimLate(t) => self.swim_timer(now, at, t, false),
+                Wake::DownHold(id) => self.down_hold_ended(now, &id),
                 Wake::Gossip => {
                     if self.tick_at == Some(at) {
                         self.tick_at = None;

@@ -2,6 +2,7 @@
 //! nodes, moving foca's effects (packets, timers, notifications) into the
 //! node, and keeping foca's settings in step with the cluster size.
 
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
@@ -11,6 +12,7 @@ use netdb_wire as wire;
 use rand::RngExt;
 
 use super::Node;
+use super::suspicion::{Held, judges_a_probe};
 use super::timers::Wake;
 use crate::codec;
 use crate::config::Config;
@@ -82,6 +84,10 @@ impl Node {
                 {
                     self.rearm(now, token);
                 }
+                if let Timer::ChangeSuspectToDown { member_id, .. } = &timer {
+                    self.suspicion_started(member_id);
+                }
+                let after = self.suspicions.stretch(&timer, after);
                 self.schedule(now + after, Wake::Swim(timer));
             }
             while let Some(n) = self.rt.to_notify() {
@@ -99,12 +105,13 @@ impl Node {
         match n {
             OwnedNotification::MemberUp(id) => {
                 self.cluster_peers.insert(id.addr);
+                self.suspicions.held.remove(&id.name);
                 self.owner_up(&id);
                 self.resize_swim();
             }
             OwnedNotification::MemberDown(id) => {
                 self.cluster_peers.remove(&id.addr);
-                self.owner_down(now, &id);
+                self.member_down(now, id);
                 self.resize_swim();
             }
             OwnedNotification::Rename(old, new) => {
@@ -121,6 +128,9 @@ impl Node {
             }
             OwnedNotification::Idle => self.start_announcing(now),
             OwnedNotification::Rejoin(id) => {
+                // Declared down: this node was too slow to answer, or cut
+                // off; either way its own judgement is suspect for a while.
+                self.suspicions.worse(self.cfg.max_local_health);
                 tracing::info!(
                     generation = id.generation,
                     "declared down by the cluster; rejoined"
@@ -138,8 +148,121 @@ impl Node {
         }
     }
 
-    /// Keeps foca's retransmissions and suspicion timeout in step with the
-    /// cluster size (they grow with log10 n).
+    /// Runs a foca timer due at `at`. A probe judged late may blame the
+    /// member for this node's own delay (its ack may be waiting unread), so
+    /// it is judged again a little later, once, and local health worsens.
+    pub(super) fn swim_timer(
+        &mut self,
+        now: Duration,
+        at: Duration,
+        timer: Timer<Identity>,
+        may_defer: bool,
+    ) {
+        if self.left {
+            return;
+        }
+        let judges = judges_a_probe(&timer);
+        let late = now.saturating_sub(at);
+        let on_time = late <= self.cfg.late_wake;
+        if judges && !on_time {
+            self.stats.late_probe_wakes += 1;
+            self.suspicions.worse(self.cfg.max_local_health);
+            if may_defer {
+                let again = now + late.min(self.cfg.probe_rtt);
+                self.schedule(again, Wake::SwimLate(timer));
+                return;
+            }
+        }
+        let probe_round = matches!(timer, Timer::ProbeRandomMember(_));
+        let started = self.stats.suspicions_started;
+        let r = self.swim.handle_timer(timer, &mut self.rt);
+        self.count_swim_error(r);
+        self.drain_swim(now);
+        if probe_round {
+            self.look_at_suspects();
+            if on_time && self.stats.suspicions_started == started {
+                self.suspicions.better();
+            }
+        }
+    }
+
+    /// foca asked for the timeout of a suspicion: this node's own probe of
+    /// `id` went unanswered (foca sets none for suspicions it only hears).
+    fn suspicion_started(&mut self, id: &Identity) {
+        if self.suspicions.own.insert(id.clone()) {
+            self.stats.suspicions_started += 1;
+            let health = self.suspicions.health();
+            tracing::debug!(member = %id.name, health, "probe failed; suspecting");
+        }
+    }
+
+    /// Forgets suspicions this node raised that ended. One that ended with
+    /// the member still active was refuted: this node's probe misjudged,
+    /// most likely from its own slowness.
+    fn look_at_suspects(&mut self) {
+        let mut suspect = BTreeSet::new();
+        let mut active = BTreeSet::new();
+        for m in self.swim.iter_members() {
+            if m.state() == foca::State::Suspect {
+                suspect.insert(m.id().clone());
+            }
+            active.insert(m.id());
+        }
+        let own = &self.suspicions.own;
+        let refuted = own.iter().filter(|id| !suspect.contains(*id) && active.contains(id)).count();
+        for _ in 0..refuted {
+            self.suspicions.worse(self.cfg.max_local_health);
+        }
+        self.suspicions.own.retain(|id| suspect.contains(id));
+    }
+
+    /// foca says `id` is down. Unless this node's own probe found it so,
+    /// the news may come from a host that was cut off and is back (at a
+    /// heal it declares down members others reached all along, suspicion
+    /// first, as for a real failure), so the member is asked directly (an
+    /// announce, answered by any live node) before its entries are hidden.
+    fn member_down(&mut self, now: Duration, id: Identity) {
+        let own = self.suspicions.own.remove(&id);
+        let alive = self
+            .owners
+            .get(&id.name)
+            .is_some_and(|o| o.status == Status::Alive && o.incarnation == id.incarnation);
+        if own || !alive || self.left {
+            return self.owner_down(now, &id);
+        }
+        self.stats.unexpected_downs += 1;
+        tracing::debug!(member = %id.name, "declared down by others; asking it");
+        let r = self.swim.announce(Identity::placeholder(id.addr), &mut self.rt);
+        self.count_swim_error(r);
+        let wait = self.cfg.probe_rtt * (1 + self.suspicions.health());
+        self.schedule(now + wait, Wake::DownHold(id.clone()));
+        let held = Held { id, answered: false, extended: false };
+        self.suspicions.held.insert(held.id.name.clone(), held);
+    }
+
+    /// A hold of a member declared down by others ended. Silent, it is down
+    /// here too; if it answered, it gets `unexpected_down_hold` to renew
+    /// its identity (which ends the hold: `MemberUp`).
+    pub(super) fn down_hold_ended(&mut self, now: Duration, id: &Identity) {
+        let Some(h) = self.suspicions.held.get_mut(&id.name).filter(|h| &h.id == id) else {
+            return;
+        };
+        if h.answered && !h.extended {
+            h.extended = true;
+            tracing::info!(member = %id.name, "declared down by others, but it answers here; held");
+            self.schedule(now + self.cfg.unexpected_down_hold, Wake::DownHold(id.clone()));
+            return;
+        }
+        self.suspicions.held.remove(&id.name);
+        let back = self
+            .swim
+            .iter_members()
+            .any(|m| m.id().name == id.name && m.id().incarnation == id.incarnation);
+        if !back {
+            self.owner_down(now, id);
+        }
+    }
+
     /// Gives every member foca still suspects a new suspicion timeout.
     /// Renewing the identity (after being declared down) makes foca ignore
     /// every timer it set before, so a member suspected just before (a
@@ -164,6 +287,8 @@ impl Node {
         }
     }
 
+    /// Keeps foca's retransmissions and suspicion timeout in step with the
+    /// cluster size (they grow with log10 n).
     fn resize_swim(&mut self) {
         let n = self.cluster_peers.len() as u32 + 1;
         let params = swim_params(&self.cfg, n);
@@ -184,11 +309,6 @@ impl Node {
     }
 }
 
-/// foca's retransmissions and suspicion timeout for a cluster of `n`:
-/// updates go out as often as table events (`retransmit_mult ×
-/// ceil(log10(n+1))`; foca's own default gives a single transmission to
-/// small clusters, which left some nodes unaware of a failure for many
-/// seconds), suspicion lasts `suspicion_mult × max(1, log10 n)` probes.
 /// The token a foca timer carries, if it carries one.
 fn token_of(timer: &Timer<Identity>) -> Option<foca::TimerToken> {
     match timer {
@@ -202,6 +322,11 @@ fn token_of(timer: &Timer<Identity>) -> Option<foca::TimerToken> {
     }
 }
 
+/// foca's retransmissions and suspicion timeout for a cluster of `n`:
+/// updates go out as often as table events (`retransmit_mult ×
+/// ceil(log10(n+1))`; foca's own default gives a single transmission to
+/// small clusters, which left some nodes unaware of a failure for many
+/// seconds), suspicion lasts `suspicion_mult × max(1, log10 n)` probes.
 pub(super) fn swim_params(cfg: &Config, n: u32) -> (u8, Duration) {
     let tx = cfg.transmit_limit(n as usize, false).clamp(1, u32::from(u8::MAX)) as u8;
     let scale = f64::from(n.max(1)).log10().max(1.0);

@@ -16,9 +16,21 @@ use crate::names::ScopeId;
 #[derive(Debug)]
 pub(super) enum Wake {
     Swim(Timer<Identity>),
+    /// A probe timer that fired late, run again once this node caught up
+    /// with its input (never deferred twice).
+    SwimLate(Timer<Identity>),
+    /// The end of the hold of a member declared down unexpectedly.
+    DownHold(Identity),
     Gossip,
-    Reap { scope: ScopeId, table: String, key: String },
-    Grace { name: String, incarnation: u64 },
+    Reap {
+        scope: ScopeId,
+        table: String,
+        key: String,
+    },
+    Grace {
+        name: String,
+        incarnation: u64,
+    },
     SyncTimeout(u64),
     ServeTimeout(SocketAddr, u64),
     JoinRetry(u64),
