@@ -2,21 +2,35 @@
 //! hashes. Two nodes with the same buckets hold the same entries (up to
 //! 64-bit hash collisions); a push/pull exchanges only differing buckets.
 
+use std::cell::Cell;
+
 use crate::hash::Hasher;
 
 pub(crate) const BUCKETS: usize = 256;
 pub(crate) const DIGEST_BYTES: usize = BUCKETS * 8;
 
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub(crate) struct Digest {
     buckets: Box<[u64; BUCKETS]>,
+    /// The root, once computed since the last change: every datagram sent
+    /// and received carries or compares it, and folding the 256 buckets
+    /// each time was the largest single cost of a 100-agent burst.
+    root: Cell<Option<u64>>,
 }
 
 impl Default for Digest {
     fn default() -> Self {
-        Digest { buckets: Box::new([0; BUCKETS]) }
+        Digest { buckets: Box::new([0; BUCKETS]), root: Cell::new(None) }
     }
 }
+
+impl PartialEq for Digest {
+    fn eq(&self, other: &Digest) -> bool {
+        self.buckets == other.buckets
+    }
+}
+
+impl Eq for Digest {}
 
 impl std::fmt::Debug for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,17 +45,24 @@ pub(crate) fn bucket_of(table: &str, key: &str) -> u8 {
 
 impl Digest {
     pub(crate) fn add(&mut self, bucket: u8, hash: u64) {
+        self.root.set(None);
         let b = &mut self.buckets[bucket as usize];
         *b = b.wrapping_add(hash);
     }
 
     pub(crate) fn remove(&mut self, bucket: u8, hash: u64) {
+        self.root.set(None);
         let b = &mut self.buckets[bucket as usize];
         *b = b.wrapping_sub(hash);
     }
 
     pub(crate) fn root(&self) -> u64 {
-        self.buckets.iter().fold(Hasher::default(), |h, b| h.u64(*b)).finish()
+        if let Some(root) = self.root.get() {
+            return root;
+        }
+        let root = self.buckets.iter().fold(Hasher::default(), |h, b| h.u64(*b)).finish();
+        self.root.set(Some(root));
+        root
     }
 
     pub(crate) fn to_bytes(&self) -> Vec<u8> {
@@ -114,6 +135,12 @@ mod tests {
         assert!(a.differing(&b).contains(3));
         b.add(3, 10);
         assert!(a.differing(&b).is_empty());
+        // The cached root follows every change.
+        let root = a.root();
+        a.add(5, 1);
+        assert_ne!(a.root(), root);
+        a.remove(5, 1);
+        assert_eq!(a.root(), root);
     }
 
     #[test]
