@@ -200,6 +200,10 @@ impl Node {
     /// the member still active was refuted: this node's probe misjudged,
     /// most likely from its own slowness.
     fn look_at_suspects(&mut self) {
+        // Nearly always none: no scan of the membership each probe round.
+        if self.suspicions.own.is_empty() {
+            return;
+        }
         let mut suspect = BTreeSet::new();
         let mut active = BTreeSet::new();
         for m in self.swim.iter_members() {
