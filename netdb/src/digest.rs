@@ -12,9 +12,9 @@ pub(crate) const DIGEST_BYTES: usize = BUCKETS * 8;
 #[derive(Clone)]
 pub(crate) struct Digest {
     buckets: Box<[u64; BUCKETS]>,
-    /// The root, once computed since the last change: every datagram sent
-    /// and received carries or compares it, and folding the 256 buckets
-    /// each time was the largest single cost of a 100-agent burst.
+    /// The root, once computed since the last change: every gossip datagram
+    /// sent carries it and every one received compares it, and between
+    /// changes there is nothing to fold the 256 buckets again for.
     root: Cell<Option<u64>>,
 }
 

@@ -233,8 +233,8 @@ pub struct Stats {
     /// Probe timers that fired later than `late_wake`: this node's loop was
     /// behind, and its local health worsened.
     pub late_probe_wakes: u64,
-    /// Members declared down by others while this node never saw them
-    /// suspected: their entries were held visible for a while.
+    /// Members declared down by others, not by this node's own probe: they
+    /// were asked directly before their entries were hidden.
     pub unexpected_downs: u64,
     /// Drops by [`DropReason`], indexed by the reason's number.
     pub drops: [u64; DropReason::ALL.len()],

@@ -659,8 +659,6 @@ pub(super) fn network_synced(node: &Node, network: &str) -> bool {
         || node.scope_stats(Scope::Network(network)).is_some_and(|s| s.synced)
 }
 
-/// True when the two subnets share an address: one holds the other's first
-/// address (the one before its gateway).
 /// `ip`, unless something in `used` holds it.
 pub(super) fn free(used: &BTreeMap<Ipv4Addr, String>, ip: Ipv4Addr) -> Result<Ipv4Addr, Error> {
     match used.get(&ip) {

@@ -1,8 +1,8 @@
 //! What this node makes of SWIM suspicions around foca: the ones it raised
 //! itself (counted; refuted ones mean its own probes misjudge), the downs
 //! it did not raise (held while the member is asked directly), and Lifeguard's
-//! local health score, which stretches its probe and suspicion timers while
-//! the node itself is slow.
+//! local health score, which stretches the suspicions it raises while the
+//! node itself is slow.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
