@@ -301,8 +301,8 @@ impl Agent {
                         tracing::debug!(peer = %to, error = %e, "UDP send failed");
                     }
                 }
-                Transmit::Sync { to, sync_id, opens, payload } => {
-                    self.streams.route(to, sync_id, opens, payload)
+                Transmit::Sync { to, sync_id, opens, closes, payload } => {
+                    self.streams.route(to, sync_id, opens, closes, payload)
                 }
             }
         }

@@ -17,9 +17,13 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 /// Streams served at once; more are closed on accept.
 const MAX_INBOUND: usize = 64;
 
-/// After the peer's reply, how long an exchange we opened waits for the
-/// core's final frame (there is none after a refusal).
-const FINAL_FRAME_WAIT: Duration = Duration::from_secs(2);
+/// After each peer frame, how long an exchange we opened waits for the
+/// core's next one (none comes after a refusal or a cut-off).
+const NEXT_FRAME_WAIT: Duration = Duration::from_secs(2);
+
+/// A frame for a stream, and whether it is our last of an exchange we
+/// opened.
+pub(crate) type Outgoing = (Vec<u8>, bool);
 
 /// Which stream a frame belongs to: one we accepted (the peer's address is
 /// unique per connection) or one we opened for an exchange.
@@ -43,7 +47,7 @@ pub(crate) enum NetMsg {
     Oversized,
     Opened {
         key: Key,
-        tx: mpsc::Sender<Vec<u8>>,
+        tx: mpsc::Sender<Outgoing>,
     },
     Closed {
         key: Key,
@@ -74,7 +78,7 @@ impl Limits {
 }
 
 pub(crate) struct Streams {
-    conns: HashMap<Key, mpsc::Sender<Vec<u8>>>,
+    conns: HashMap<Key, mpsc::Sender<Outgoing>>,
     net_tx: mpsc::Sender<NetMsg>,
     limits: Limits,
 }
@@ -85,23 +89,30 @@ impl Streams {
     }
 
     /// Sends a frame the core produced.
-    pub(crate) fn route(&mut self, to: SocketAddr, sync_id: u64, opens: bool, payload: Vec<u8>) {
+    pub(crate) fn route(
+        &mut self,
+        to: SocketAddr,
+        sync_id: u64,
+        opens: bool,
+        closes: bool,
+        payload: Vec<u8>,
+    ) {
+        let out = Key::Out(to, sync_id);
         if opens {
             let (tx, rx) = mpsc::channel(4);
-            let _ = tx.try_send(payload);
-            self.conns.insert(Key::Out(to, sync_id), tx);
+            let _ = tx.try_send((payload, closes));
+            self.conns.insert(out, tx);
             tokio::spawn(outbound(to, sync_id, rx, self.net_tx.clone(), self.limits.clone()));
-        } else if let Some(tx) = self.conns.remove(&Key::Out(to, sync_id)) {
-            // Our last frame of an exchange we opened.
-            let _ = tx.try_send(payload);
-        } else if let Some(tx) = self.conns.get(&Key::In(to)) {
-            let _ = tx.try_send(payload);
+        } else if closes && let Some(tx) = self.conns.remove(&out) {
+            let _ = tx.try_send((payload, true));
+        } else if let Some(tx) = self.conns.get(&out).or_else(|| self.conns.get(&Key::In(to))) {
+            let _ = tx.try_send((payload, false));
         } else {
             tracing::debug!(peer = %to, sync_id, "push/pull frame for a stream that is gone");
         }
     }
 
-    pub(crate) fn opened(&mut self, key: Key, tx: mpsc::Sender<Vec<u8>>) {
+    pub(crate) fn opened(&mut self, key: Key, tx: mpsc::Sender<Outgoing>) {
         self.conns.insert(key, tx);
     }
 
@@ -146,33 +157,36 @@ pub(crate) async fn accept_loop(
     }
 }
 
-/// An exchange we opened: our request, the peer's reply (or refusal), then
-/// at most one final frame from the core. The peer closing before it
-/// replied is a failure, so the core retries at once.
+/// An exchange we opened: frames alternate, ours then the peer's, until
+/// the core's last one, or until the core has no answer to the peer's
+/// (after a refusal). The peer closing before it answered is a failure,
+/// so the core retries at once.
 async fn outbound(
     to: SocketAddr,
     sync_id: u64,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Outgoing>,
     net_tx: mpsc::Sender<NetMsg>,
     limits: Limits,
 ) {
     let run = async {
         let stream = TcpStream::connect(to).await?;
         let (mut r, mut w) = stream.into_split();
-        if let Some(request) = rx.recv().await {
-            write_frame(&mut w, &request).await?;
-        }
-        let Some((bytes, budget)) = read_frame(&mut r, &limits, &net_tx).await? else {
-            return Err(io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "peer closed before replying",
-            ));
-        };
-        if net_tx.send(NetMsg::Frame { from: to, bytes, budget }).await.is_err() {
-            return Ok(());
-        }
-        if let Ok(Some(last)) = tokio::time::timeout(FINAL_FRAME_WAIT, rx.recv()).await {
-            write_frame(&mut w, &last).await?;
+        let mut next = rx.recv().await;
+        while let Some((frame, last)) = next {
+            write_frame(&mut w, &frame).await?;
+            if last {
+                break;
+            }
+            let Some((bytes, budget)) = read_frame(&mut r, &limits, &net_tx).await? else {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "peer closed before answering",
+                ));
+            };
+            if net_tx.send(NetMsg::Frame { from: to, bytes, budget }).await.is_err() {
+                return Ok(());
+            }
+            next = tokio::time::timeout(NEXT_FRAME_WAIT, rx.recv()).await.ok().flatten();
         }
         w.shutdown().await
     };
@@ -192,7 +206,7 @@ async fn outbound(
 async fn inbound(
     stream: TcpStream,
     from: SocketAddr,
-    mut rx: mpsc::Receiver<Vec<u8>>,
+    mut rx: mpsc::Receiver<Outgoing>,
     net_tx: &mpsc::Sender<NetMsg>,
     limits: &Limits,
 ) -> io::Result<()> {
@@ -206,7 +220,7 @@ async fn inbound(
         Ok::<_, io::Error>(())
     };
     let writer = async {
-        while let Some(frame) = rx.recv().await {
+        while let Some((frame, _)) = rx.recv().await {
             write_frame(&mut w, &frame).await?;
         }
         w.shutdown().await
@@ -251,4 +265,51 @@ async fn read_frame(
     let mut bytes = vec![0u8; len];
     r.read_exact(&mut bytes).await?;
     Ok(Some((bytes, budget)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that answers every frame but the opener's last, and returns
+    /// what it read once the opener closes.
+    async fn answering_peer(listener: TcpListener) -> Vec<Vec<u8>> {
+        let (stream, _) = listener.accept().await.expect("accept");
+        let (mut r, mut w) = stream.into_split();
+        let mut got = Vec::new();
+        while let Ok(len) = r.read_u32().await {
+            let mut frame = vec![0u8; len as usize];
+            r.read_exact(&mut frame).await.expect("frame");
+            if frame != b"last" {
+                write_frame(&mut w, b"answer").await.expect("answer");
+            }
+            got.push(frame);
+        }
+        got
+    }
+
+    #[tokio::test]
+    async fn an_opened_exchange_alternates_frames_until_the_last() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let to = listener.local_addr().expect("addr");
+        let peer = tokio::spawn(answering_peer(listener));
+        let (net_tx, mut net_rx) = mpsc::channel(16);
+        let mut streams = Streams::new(net_tx, Limits::new(1 << 20, Duration::from_secs(5)));
+        streams.route(to, 1, true, false, b"open".to_vec());
+        for (next, last) in [(&b"ask"[..], false), (b"last", true)] {
+            match net_rx.recv().await {
+                Some(NetMsg::Frame { from, bytes, .. }) => {
+                    assert_eq!((from, &bytes[..]), (to, &b"answer"[..]))
+                }
+                other => panic!("expected the peer's answer, got {other:?}"),
+            }
+            streams.route(to, 1, false, last, next.to_vec());
+        }
+        let got = peer.await.expect("peer");
+        assert_eq!(got, vec![b"open".to_vec(), b"ask".to_vec(), b"last".to_vec()]);
+        match net_rx.recv().await {
+            Some(NetMsg::Closed { key }) => assert_eq!(key, Key::Out(to, 1)),
+            other => panic!("expected a clean close, got {other:?}"),
+        }
+    }
 }

@@ -12,13 +12,17 @@ use netdb_wire as wire;
 use prost::Message;
 
 use crate::config::Config;
-use crate::digest::{DIGEST_BYTES, Digest};
+use crate::digest::{DEPTH, FANOUT, NodeId, Sum};
 use crate::names::{ClusterTable, Scope, valid_key, valid_name};
 use crate::stats::DropReason;
 use crate::table::Entry;
 
-/// Version of the gossip wire format; messages of another are dropped.
+/// Version of the datagram wire format; datagrams of another are dropped.
 pub const WIRE_VERSION: u32 = 1;
+/// Version of the push/pull frame format, apart from the datagrams' so a
+/// change here leaves membership and gossip working between versions;
+/// frames of another are dropped. 2: the hash-tree descent.
+pub const SYNC_VERSION: u32 = 2;
 /// Largest UDP payload; gossip packets are far smaller (`packet_budget`),
 /// but a peer may be configured with a larger budget than ours.
 pub const MAX_DATAGRAM: usize = 65_507;
@@ -169,44 +173,66 @@ pub fn decode_datagram(cfg: &Config, bytes: &[u8]) -> Result<Body, DropReason> {
 
 /// Decodes and validates a push/pull frame (already unsealed), likewise.
 pub fn decode_sync(cfg: &Config, bytes: &[u8]) -> Result<wire::SyncMessage, DropReason> {
+    use wire::sync_message::Body as B;
     if bytes.len() > cfg.max_sync_frame {
         return Err(DropReason::TooLarge);
     }
     let m = wire::SyncMessage::decode(bytes).map_err(|_| DropReason::Malformed)?;
-    if m.version != WIRE_VERSION {
+    if m.version != SYNC_VERSION {
         return Err(DropReason::BadVersion);
     }
     validate_network_name(cfg, &m.network)?;
-    let entries = match &m.body {
-        Some(wire::sync_message::Body::Request(d)) => {
-            check_digest(d)?;
-            &[][..]
+    match &m.body {
+        Some(B::Open(r) | B::Ask(r) | B::Answer(r)) => {
+            for b in &r.branches {
+                parse_branch(b).ok_or(DropReason::Malformed)?;
+            }
+            for w in &r.whole {
+                parse_node(w).ok_or(DropReason::Malformed)?;
+            }
+            for e in &r.entries {
+                validate_entry(cfg, &m.network, e)?;
+            }
         }
-        Some(wire::sync_message::Body::Reply(r)) => {
-            check_digest(r.digest.as_ref().ok_or(DropReason::Malformed)?)?;
-            &r.entries[..]
-        }
-        Some(wire::sync_message::Body::Entries(e)) => &e.entries[..],
-        Some(wire::sync_message::Body::Refused(reason)) => {
+        Some(B::Refused(reason)) => {
             if reason.len() > cfg.max_key_len {
                 return Err(DropReason::BadEntry);
             }
-            &[][..]
         }
         None => return Err(DropReason::Malformed),
-    };
-    for e in entries {
-        validate_entry(cfg, &m.network, e)?;
     }
     Ok(m)
 }
 
-pub(crate) fn parse_digest(d: &wire::Digest) -> Option<Digest> {
-    Digest::from_bytes(&d.buckets)
+pub(crate) fn parse_node(s: &wire::Subtree) -> Option<NodeId> {
+    NodeId::new(s.level, s.prefix)
 }
 
-fn check_digest(d: &wire::Digest) -> Result<(), DropReason> {
-    if d.buckets.len() == DIGEST_BYTES { Ok(()) } else { Err(DropReason::Malformed) }
+pub(crate) fn node_to_wire(id: NodeId) -> wire::Subtree {
+    wire::Subtree { level: id.level(), prefix: id.prefix() }
+}
+
+/// A branch's node (above the leaves) and its children's values.
+pub(crate) fn parse_branch(b: &wire::Branch) -> Option<(NodeId, [Sum; FANOUT])> {
+    let id = parse_node(b.node.as_ref()?)?;
+    if id.level() >= DEPTH || b.sums.len() != FANOUT * 8 || b.counts.len() != FANOUT {
+        return None;
+    }
+    let mut out = [Sum::default(); FANOUT];
+    for ((slot, chunk), count) in out.iter_mut().zip(b.sums.chunks_exact(8)).zip(&b.counts) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        *slot = Sum { sum: u64::from_le_bytes(word), count: *count };
+    }
+    Some((id, out))
+}
+
+pub(crate) fn branch_to_wire(id: NodeId, children: &[Sum; FANOUT]) -> wire::Branch {
+    wire::Branch {
+        node: Some(node_to_wire(id)),
+        sums: children.iter().flat_map(|c| c.sum.to_le_bytes()).collect::<Vec<u8>>().into(),
+        counts: children.iter().map(|c| c.count).collect(),
+    }
 }
 
 fn validate_network_name(cfg: &Config, network: &str) -> Result<(), DropReason> {
@@ -437,20 +463,49 @@ mod tests {
         );
     }
 
+    fn round(r: wire::SyncRound) -> Vec<u8> {
+        wire::SyncMessage {
+            version: SYNC_VERSION,
+            sync_id: 1,
+            network: "net".into(),
+            body: Some(wire::sync_message::Body::Ask(r)),
+        }
+        .encode_to_vec()
+    }
+
     #[test]
     fn sync_frames_are_bounded_and_checked() {
         let cfg = Config { max_sync_frame: 64, ..Config::default() };
         assert_eq!(decode_sync(&cfg, &[0u8; 65]).err(), Some(DropReason::TooLarge));
         let cfg = Config::default();
-        let short = wire::SyncMessage {
-            version: WIRE_VERSION,
-            sync_id: 1,
-            network: "net".into(),
-            body: Some(wire::sync_message::Body::Request(wire::Digest {
-                buckets: vec![0; 10].into(),
-            })),
+        let good = branch_to_wire(NodeId::ROOT, &[Sum { sum: 9, count: 1 }; FANOUT]);
+        assert_eq!(
+            parse_branch(&good).map(|(id, c)| (id, c[15])),
+            Some((NodeId::ROOT, Sum { sum: 9, count: 1 }))
+        );
+        let ok = wire::SyncRound { branches: vec![good.clone()], ..Default::default() };
+        assert!(decode_sync(&cfg, &round(ok)).is_ok());
+        let mut short = good.clone();
+        short.sums.truncate(10);
+        let mut few = good.clone();
+        few.counts.pop();
+        let mut leaf = good.clone();
+        leaf.node = Some(wire::Subtree { level: DEPTH, prefix: 0 });
+        let mut beyond = good.clone();
+        beyond.node = Some(wire::Subtree { level: 1, prefix: 16 });
+        let mut headless = good;
+        headless.node = None;
+        for b in [short, few, leaf, beyond, headless] {
+            let r = wire::SyncRound { branches: vec![b], ..Default::default() };
+            assert_eq!(decode_sync(&cfg, &round(r)).err(), Some(DropReason::Malformed));
+        }
+        let deep = wire::SyncRound {
+            whole: vec![wire::Subtree { level: DEPTH + 1, prefix: 0 }],
+            ..Default::default()
         };
-        assert_eq!(decode_sync(&cfg, &short.encode_to_vec()).err(), Some(DropReason::Malformed));
+        assert_eq!(decode_sync(&cfg, &round(deep)).err(), Some(DropReason::Malformed));
+        let old = wire::SyncMessage { version: 1, ..Default::default() };
+        assert_eq!(decode_sync(&cfg, &old.encode_to_vec()).err(), Some(DropReason::BadVersion));
     }
 
     #[test]

@@ -21,8 +21,9 @@ pub enum Transmit {
         payload: Bytes,
     },
     /// A push/pull frame. `opens` frames start an exchange (the shell opens
-    /// a stream to `to`); the others answer on the stream that carried the
-    /// same `sync_id` from `to`.
+    /// a stream to `to`); the others go on the stream that carried the same
+    /// `sync_id` from `to`. Frames alternate: each side sends one, then
+    /// waits for the other's, until the opener's `closes` frame.
     Sync {
         /// The peer of the exchange.
         to: SocketAddr,
@@ -30,6 +31,8 @@ pub enum Transmit {
         sync_id: u64,
         /// This frame starts the exchange.
         opens: bool,
+        /// The opener's last frame: the shell ends the stream after it.
+        closes: bool,
         /// The frame, sealed when keys are set.
         payload: Vec<u8>,
     },

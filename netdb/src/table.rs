@@ -7,12 +7,13 @@
 //! tombstone with the same ltime as a live entry hid it forever on some
 //! nodes and not on others.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
 
-use crate::digest::{Digest, bucket_of};
+use crate::digest::{Digest, NodeId, key_hash};
 use crate::hash::Hasher;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -54,7 +55,7 @@ impl Entry {
         !self.deleted && !self.hidden
     }
 
-    /// The entry's contribution to its bucket. The value is left out: the
+    /// The entry's contribution to the digest. The value is left out: the
     /// version identifies the write, and the write fixes the value.
     pub fn hash(&self, table: &str, key: &str) -> u64 {
         Hasher::default()
@@ -87,7 +88,10 @@ pub(crate) struct Change {
 /// All tables of one network (or of the cluster scope) and their digest.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
-    tables: BTreeMap<String, BTreeMap<String, Entry>>,
+    tables: BTreeMap<Arc<str>, BTreeMap<Arc<str>, Entry>>,
+    /// Every entry's (key hash, table, key), names shared with `tables`,
+    /// so a push/pull reads a subtree's entries without a table scan.
+    by_hash: BTreeSet<(u64, Arc<str>, Arc<str>)>,
     digest: Digest,
 }
 
@@ -107,34 +111,45 @@ impl Tables {
     }
 
     pub(crate) fn table(&self, table: &str) -> impl Iterator<Item = (&str, &Entry)> {
-        self.tables.get(table).into_iter().flat_map(|t| t.iter().map(|(k, e)| (k.as_str(), e)))
+        self.tables.get(table).into_iter().flat_map(|t| t.iter().map(|(k, e)| (&**k, e)))
     }
 
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
-        self.tables
-            .iter()
-            .flat_map(|(t, es)| es.iter().map(move |(k, e)| (t.as_str(), k.as_str(), e)))
+        self.tables.iter().flat_map(|(t, es)| es.iter().map(move |(k, e)| (&**t, &**k, e)))
+    }
+
+    /// The entries of one node of the digest's tree, hidden ones included.
+    pub(crate) fn under(&self, node: NodeId) -> impl Iterator<Item = (&str, &str, &Entry)> {
+        let (first, last) = node.hash_range();
+        let empty: Arc<str> = Arc::from("");
+        self.by_hash
+            .range((first, empty.clone(), empty)..)
+            .take_while(move |(h, _, _)| *h <= last)
+            .filter_map(|(_, t, k)| Some((&**t, &**k, self.get(t, k)?)))
     }
 
     fn count(&mut self, table: &str, key: &str, e: &Entry, add: bool) {
         if e.hidden {
             return;
         }
-        let (b, h) = (bucket_of(table, key), e.hash(table, key));
-        if add { self.digest.add(b, h) } else { self.digest.remove(b, h) }
+        let (k, h) = (key_hash(table, key), e.hash(table, key));
+        if add { self.digest.add(k, h) } else { self.digest.remove(k, h) }
     }
 
     /// Inserts or replaces, keeping the digest; returns the replaced entry.
     pub(crate) fn insert(&mut self, table: &str, key: &str, entry: Entry) -> Option<Entry> {
         self.count(table, key, &entry, true);
-        let t = match self.tables.get_mut(table) {
-            Some(t) => t,
-            None => self.tables.entry(table.to_owned()).or_default(),
+        let name = match self.tables.get_key_value(table) {
+            Some((name, _)) => name.clone(),
+            None => Arc::from(table),
         };
+        let t = self.tables.entry(name.clone()).or_default();
         let old = match t.get_mut(key) {
             Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
-                t.insert(key.to_owned(), entry);
+                let k: Arc<str> = Arc::from(key);
+                t.insert(k.clone(), entry);
+                self.by_hash.insert((key_hash(table, key), name, k));
                 None
             }
         };
@@ -145,11 +160,13 @@ impl Tables {
     }
 
     pub(crate) fn remove(&mut self, table: &str, key: &str) -> Option<Entry> {
+        let name = self.tables.get_key_value(table)?.0.clone();
         let t = self.tables.get_mut(table)?;
-        let old = t.remove(key)?;
+        let (k, old) = t.remove_entry(key)?;
         if t.is_empty() {
             self.tables.remove(table);
         }
+        self.by_hash.remove(&(key_hash(table, key), name, k));
         self.count(table, key, &old, false);
         Some(old)
     }
@@ -166,7 +183,7 @@ impl Tables {
             for (k, e) in es {
                 match f(t, k, e) {
                     Rewrite::Keep => {}
-                    r => todo.push((t.clone(), k.clone(), r)),
+                    r => todo.push((t.to_string(), k.to_string(), r)),
                 }
             }
         }
@@ -232,6 +249,12 @@ mod tests {
         assert_ne!(s1.digest(), s2.digest());
         s2.remove("t", "k1");
         assert_eq!(s1.digest(), s2.digest());
+        let listed: Vec<_> = s1.under(NodeId::ROOT).map(|(t, k, _)| (t, k)).collect();
+        assert_eq!(listed, vec![("t", "k2")], "the index follows removals");
+        let leaf = NodeId::at(crate::digest::DEPTH, key_hash("t", "k2"));
+        assert_eq!(s1.under(leaf).count(), 1);
+        let other = NodeId::at(crate::digest::DEPTH, !key_hash("t", "k2"));
+        assert_eq!(s1.under(other).count(), 0);
         assert_eq!(s1.digest().root(), {
             let mut s3 = Tables::default();
             s3.insert("t", "k2", e("b", 3, true));

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use netdb::codec::{self, WIRE_VERSION};
+use netdb::codec::{self, SYNC_VERSION};
 use netdb::sim::{NetConfig, Sim};
 use netdb::{Config, DropReason, Scope};
 use netdb_tests::*;
@@ -154,11 +154,12 @@ fn hostile_input_is_dropped_counted_and_changes_nothing() {
         sim.with_node(0, |n, now| n.handle_sync(now, from, g));
     }
     let unsolicited = wire::SyncMessage {
-        version: WIRE_VERSION,
+        version: SYNC_VERSION,
         sync_id: 777,
         network: NET.into(),
-        body: Some(wire::sync_message::Body::Entries(wire::SyncEntries {
+        body: Some(wire::sync_message::Body::Ask(wire::SyncRound {
             entries: vec![entry("n1", 50, "x")],
+            ..Default::default()
         })),
     };
     sim.with_node(0, |n, now| n.handle_sync(now, from, &unsolicited.encode_to_vec()));
@@ -206,7 +207,7 @@ fn same_seed_same_run_bit_for_bit() {
 #[test]
 fn a_difference_larger_than_one_sync_frame_still_converges() {
     // 64 KiB frames against ~300 KB of entries: each exchange must carry
-    // other buckets, not the same first frame's worth again.
+    // what the last did not, not the same first frame's worth again.
     let cfg = Config { max_sync_frame: 64 * 1024, ..Config::default() };
     let mut sim = cluster(3, 47, cfg);
     sim.with_node(2, |n, now| n.leave_network(now, NET).unwrap());

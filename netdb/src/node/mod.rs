@@ -64,7 +64,7 @@ use crate::table::Entry;
 use merge::Via;
 use scope::ScopeState;
 pub use scope::{ScopeStats, SyncCounts};
-use sync::Outgoing;
+use sync::{Outgoing, Serving};
 use timers::{Timers, Wake};
 
 /// One member of a netdb cluster, without I/O: see the module's contract.
@@ -96,7 +96,7 @@ pub struct Node {
     suspicions: suspicion::Suspicions,
     syncs: BTreeMap<u64, Outgoing>,
     next_sync_id: u64,
-    serving: BTreeMap<(SocketAddr, u64), ScopeId>,
+    serving: BTreeMap<(SocketAddr, u64), Serving>,
     seeds: Vec<SocketAddr>,
     join_delay: Duration,
     /// Invalidates older announce retries when the loop restarts.

@@ -52,10 +52,11 @@ impl Node {
         to: SocketAddr,
         sync_id: u64,
         opens: bool,
+        closes: bool,
         msg: wire::SyncMessage,
     ) {
         let payload = self.seal(msg.encode_to_vec());
         self.stats.sync_out.add(payload.len());
-        self.outbox.push_back(Transmit::Sync { to, sync_id, opens, payload });
+        self.outbox.push_back(Transmit::Sync { to, sync_id, opens, closes, payload });
     }
 }

@@ -1,29 +1,40 @@
-//! Push/pull anti-entropy. The opener sends its digest; the server answers
-//! with its digest and its entries in the buckets that differ; the opener
-//! merges them and sends back its own entries in those buckets. Exchanges
-//! are bounded (frames, concurrent serves) and time out.
+//! Push/pull anti-entropy: both ends descend their hash trees (see
+//! `digest`) where they differ, one level a frame, and swap the entries of
+//! the small nodes and leaves they end at. The opener sends the root's
+//! children; every frame answers the last one: the entries the peer lacks
+//! in the subtrees it sent whole, then for each node it sent that differs
+//! here, this side's entries (small node, or leaf) or children (large
+//! node). Equal tables cost the root's children and an empty answer; D
+//! differences cost O(D) entries and O(D) branches per level. Exchanges are
+//! bounded (frames, rounds, concurrent serves) and time out.
 
+use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use netdb_wire as wire;
 use netdb_wire::sync_message::Body as B;
 use prost::Message;
-use rand::RngExt;
 
 use super::Node;
 use super::merge::Via;
 use super::timers::Wake;
 use crate::codec::{self, entry_to_wire};
-use crate::digest::{BUCKETS, BucketSet, DIGEST_BYTES, bucket_of};
+use crate::digest::{DEPTH, FANOUT, NodeId, Step, step};
 use crate::names::{Scope, ScopeId};
 use crate::stats::DropReason;
+use crate::table::Version;
 
 /// Bound on push/pull exchanges this node serves at once.
 const MAX_SERVING: usize = 64;
 
-/// Room left in a sync frame for its header and digest.
-const DIGEST_SLACK: usize = DIGEST_BYTES + 256;
+/// Frames each side sends in one exchange at most: a descent takes one a
+/// level, then the entries, their answers and the close. A peer that goes
+/// on is cut off.
+const MAX_ROUNDS: u32 = DEPTH + 4;
+
+/// Room left in a sync frame for its header.
+const FRAME_SLACK: usize = 256;
 
 /// An exchange this node opened.
 #[derive(Debug)]
@@ -32,54 +43,63 @@ pub(super) struct Outgoing {
     pub(super) peer: SocketAddr,
     /// When it was opened, for the duration histogram.
     pub(super) started: Duration,
+    /// Answers received.
+    rounds: u32,
+}
+
+/// An exchange a peer opened with this node.
+#[derive(Debug)]
+pub(super) struct Serving {
+    scope: ScopeId,
+    /// Frames received.
+    rounds: u32,
+}
+
+/// What a round asks of this side, by node.
+#[derive(Default)]
+struct Plan {
+    /// The peer's whole subtrees: answer with what it lacks there.
+    answer: BTreeSet<NodeId>,
+    /// Send this side's entries whole; the peer answers.
+    whole: BTreeSet<NodeId>,
+    /// Send this side's entries; the peer holds none there.
+    give: BTreeSet<NodeId>,
+    /// Send this side's children.
+    descend: Vec<NodeId>,
+}
+
+/// A frame's arrival: when, from whom, for which exchange and scope.
+#[derive(Clone, Copy)]
+struct Arrival<'a> {
+    now: Duration,
+    from: SocketAddr,
+    id: u64,
+    scope: Scope<'a>,
+}
+
+fn frame(scope: Scope<'_>, sync_id: u64, body: B) -> wire::SyncMessage {
+    wire::SyncMessage {
+        version: codec::SYNC_VERSION,
+        sync_id,
+        network: scope.wire_name().into(),
+        body: Some(body),
+    }
+}
+
+/// What a field costs in its frame: its bytes, tag and length.
+fn framed_len(m: &impl Message) -> usize {
+    let len = m.encoded_len();
+    1 + codec::varint_len(len as u64) + len
 }
 
 impl Node {
     /// A validated push/pull message from `from`.
     pub(super) fn sync_message(&mut self, now: Duration, from: SocketAddr, m: wire::SyncMessage) {
-        let scope = Scope::from_wire(&m.network);
+        let at = Arrival { now, from, id: m.sync_id, scope: Scope::from_wire(&m.network) };
         match m.body {
-            Some(B::Request(d)) => self.serve_sync(now, from, m.sync_id, scope, &d),
-            Some(B::Reply(r)) => {
-                match self.syncs.get(&m.sync_id) {
-                    Some(out) if out.peer == from && out.scope.as_scope() == scope => {}
-                    _ => return self.stats.drop(DropReason::UnexpectedSync),
-                }
-                let started = self.syncs.remove(&m.sync_id).map_or(now, |out| out.started);
-                if self.scope(scope).is_none() {
-                    return self.stats.drop(DropReason::NotMember);
-                }
-                for e in &r.entries {
-                    self.apply_remote(now, scope, e, Via::Sync);
-                }
-                let theirs = r.digest.as_ref().and_then(codec::parse_digest).unwrap_or_default();
-                let Some(st) = self.scope_mut(scope) else { return };
-                st.synced = true;
-                st.syncs.completed += 1;
-                let differ = st.data.digest().differing(&theirs);
-                let entries = self.bucket_entries(now, scope, differ);
-                let msg = wire::SyncMessage {
-                    version: codec::WIRE_VERSION,
-                    sync_id: m.sync_id,
-                    network: m.network.clone(),
-                    body: Some(B::Entries(wire::SyncEntries { entries })),
-                };
-                self.send_sync(from, m.sync_id, false, msg);
-                self.stats.syncs_completed += 1;
-                self.stats.sync_seconds.observe(now.saturating_sub(started));
-            }
-            Some(B::Entries(es)) => {
-                match self.serving.remove(&(from, m.sync_id)) {
-                    Some(s) if s.as_scope() == scope && self.scope(scope).is_some() => {}
-                    _ => return self.stats.drop(DropReason::UnexpectedSync),
-                }
-                for e in &es.entries {
-                    self.apply_remote(now, scope, e, Via::Sync);
-                }
-                if let Some(st) = self.scope_mut(scope) {
-                    st.synced = true;
-                }
-            }
+            Some(B::Open(r)) => self.serve_sync(at, &r),
+            Some(B::Ask(r)) => self.serve_more(at, &r),
+            Some(B::Answer(r)) => self.answered(at, &r),
             Some(B::Refused(why)) => match self.syncs.get(&m.sync_id) {
                 Some(out) if out.peer == from => {
                     if let Some(out) = self.syncs.remove(&m.sync_id) {
@@ -100,18 +120,13 @@ impl Node {
         st.last_sync_at = Some(now);
         st.mismatch_since = None;
         st.syncs.started += 1;
-        let digest = st.data.digest().to_bytes();
+        let top = codec::branch_to_wire(NodeId::ROOT, &st.data.digest().children(NodeId::ROOT));
         let id = self.next_sync_id;
         self.next_sync_id += 1;
-        self.syncs.insert(id, Outgoing { scope: scope.to_id(), peer, started: now });
+        self.syncs.insert(id, Outgoing { scope: scope.to_id(), peer, started: now, rounds: 0 });
         self.stats.syncs_started += 1;
-        let msg = wire::SyncMessage {
-            version: codec::WIRE_VERSION,
-            sync_id: id,
-            network: scope.wire_name().into(),
-            body: Some(B::Request(wire::Digest { buckets: digest.into() })),
-        };
-        self.send_sync(peer, id, true, msg);
+        let open = wire::SyncRound { branches: vec![top], ..Default::default() };
+        self.send_sync(peer, id, true, false, frame(scope, id, B::Open(open)));
         self.schedule(now + self.cfg.sync_timeout, Wake::SyncTimeout(id));
     }
 
@@ -127,74 +142,167 @@ impl Node {
         }
     }
 
-    fn serve_sync(
-        &mut self,
-        now: Duration,
-        from: SocketAddr,
-        id: u64,
-        scope: Scope<'_>,
-        d: &wire::Digest,
-    ) {
-        let body = match (self.scope(scope), codec::parse_digest(d)) {
-            (Some(st), Some(theirs)) if self.serving.len() < MAX_SERVING => {
-                let mine = st.data.digest().clone();
-                let entries = self.bucket_entries(now, scope, mine.differing(&theirs));
-                self.serving.insert((from, id), scope.to_id());
-                self.schedule(now + self.cfg.sync_timeout, Wake::ServeTimeout(from, id));
-                self.stats.syncs_served += 1;
-                B::Reply(wire::SyncReply {
-                    digest: Some(wire::Digest { buckets: mine.to_bytes().into() }),
-                    entries,
-                })
-            }
-            (Some(_), Some(_)) => B::Refused("busy".into()),
-            _ => B::Refused("network not joined".into()),
+    fn serve_sync(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+        let Arrival { now, from, id, scope } = at;
+        if self.serving.contains_key(&(from, id)) {
+            return self.stats.drop(DropReason::UnexpectedSync);
+        }
+        let body = if self.scope(scope).is_none() {
+            B::Refused("network not joined".into())
+        } else if self.serving.len() >= MAX_SERVING {
+            B::Refused("busy".into())
+        } else {
+            self.serving.insert((from, id), Serving { scope: scope.to_id(), rounds: 1 });
+            self.schedule(now + self.cfg.sync_timeout, Wake::ServeTimeout(from, id));
+            self.stats.syncs_served += 1;
+            B::Answer(self.next_round(now, scope, r))
         };
-        let msg = wire::SyncMessage {
-            version: codec::WIRE_VERSION,
-            sync_id: id,
-            network: scope.wire_name().into(),
-            body: Some(body),
-        };
-        self.send_sync(from, id, false, msg);
+        self.send_sync(from, id, false, false, frame(scope, id, body));
     }
 
-    /// This node's digest-counted entries in the given buckets, up to what
-    /// fits in one frame. Whole buckets are taken from a random starting
-    /// bucket, so when a difference is larger than a frame, each exchange
-    /// carries other buckets and repeated exchanges cover them all.
-    fn bucket_entries(
+    /// The opener's next frame of an exchange this node serves.
+    fn serve_more(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+        let Arrival { now, from, id, scope } = at;
+        let key = (from, id);
+        let joined = self.scope(scope).is_some();
+        let rounds = match self.serving.get_mut(&key) {
+            Some(s) if s.scope.as_scope() == scope && joined => {
+                s.rounds += 1;
+                s.rounds
+            }
+            _ => return self.stats.drop(DropReason::UnexpectedSync),
+        };
+        if r.done || rounds > MAX_ROUNDS {
+            self.serving.remove(&key);
+        }
+        if rounds > MAX_ROUNDS {
+            return self.stats.drop(DropReason::UnexpectedSync);
+        }
+        if r.done {
+            for e in &r.entries {
+                self.apply_remote(now, scope, e, Via::Sync);
+            }
+            if let Some(st) = self.scope_mut(scope) {
+                st.synced = true;
+            }
+            return;
+        }
+        let answer = self.next_round(now, scope, r);
+        self.send_sync(from, id, false, false, frame(scope, id, B::Answer(answer)));
+    }
+
+    /// The peer answered an exchange this node opened: the next frame, the
+    /// last one when it asks nothing of the peer.
+    fn answered(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+        let Arrival { now, from, id, scope } = at;
+        let rounds = match self.syncs.get_mut(&id) {
+            Some(out) if out.peer == from && out.scope.as_scope() == scope => {
+                out.rounds += 1;
+                out.rounds
+            }
+            _ => return self.stats.drop(DropReason::UnexpectedSync),
+        };
+        if rounds > MAX_ROUNDS || self.scope(scope).is_none() {
+            if let Some(out) = self.syncs.remove(&id) {
+                self.sync_failed(&out, "the peer went on past the round limit");
+            }
+            return;
+        }
+        let mut next = self.next_round(now, scope, r);
+        next.done = next.branches.is_empty() && next.whole.is_empty();
+        let done = next.done;
+        self.send_sync(from, id, false, done, frame(scope, id, B::Ask(next)));
+        if !done {
+            return;
+        }
+        let started = self.syncs.remove(&id).map_or(now, |out| out.started);
+        if let Some(st) = self.scope_mut(scope) {
+            st.synced = true;
+            st.syncs.completed += 1;
+        }
+        self.stats.syncs_completed += 1;
+        self.stats.sync_seconds.observe(now.saturating_sub(started));
+    }
+
+    /// Takes a round's entries and answers it, within one frame: first the
+    /// entries the peer lacks in the subtrees it sent whole, then this
+    /// side's entries of the small nodes that differ (a subtree whole or
+    /// not at all, so the peer's answer is right), then the children of the
+    /// large ones. What does not fit waits for the next exchange.
+    fn next_round(
         &mut self,
         now: Duration,
         scope: Scope<'_>,
-        buckets: BucketSet,
-    ) -> Vec<wire::Entry> {
-        let mut out = Vec::new();
-        if buckets.is_empty() {
-            return out;
+        r: &wire::SyncRound,
+    ) -> wire::SyncRound {
+        for e in &r.entries {
+            self.apply_remote(now, scope, e, Via::Sync);
         }
-        let start = self.rng.random_range(0..=u8::MAX);
-        let limit = self.cfg.max_sync_frame.saturating_sub(DIGEST_SLACK);
+        let mut out = wire::SyncRound::default();
         let Some(st) = self.scope(scope) else {
             return out;
         };
-        let mut by_bucket: Vec<Vec<wire::Entry>> = vec![Vec::new(); BUCKETS];
-        for (table, key, e) in st.data.iter() {
-            let b = bucket_of(table, key);
-            if !e.hidden && buckets.contains(b) {
-                by_bucket[usize::from(b)].push(entry_to_wire(table, key, e, now));
+        let digest = st.data.digest();
+        let mut plan = Plan {
+            answer: r.whole.iter().filter_map(codec::parse_node).collect(),
+            ..Plan::default()
+        };
+        let mut seen = BTreeSet::new();
+        for (parent, theirs) in r.branches.iter().filter_map(codec::parse_branch) {
+            // A node's children are summed from its leaves: once a node.
+            if !seen.insert(parent) {
+                continue;
+            }
+            let mine = digest.children(parent);
+            for i in 0..FANOUT {
+                let id = parent.child(i);
+                match step(id, mine[i], theirs[i]) {
+                    Step::Same => {}
+                    Step::Descend => plan.descend.push(id),
+                    Step::Whole => _ = plan.whole.insert(id),
+                    Step::Give => _ = plan.give.insert(id),
+                }
             }
         }
-        let mut size = 0;
-        for i in 0..BUCKETS {
-            let bucket = std::mem::take(&mut by_bucket[(usize::from(start) + i) % BUCKETS]);
-            for w in bucket {
-                let len = w.encoded_len() + 8;
-                if size + len > limit {
-                    return out;
-                }
-                size += len;
-                out.push(w);
+        let theirs: HashMap<(&str, &str), Version<'_>> = r
+            .entries
+            .iter()
+            .map(|e| {
+                ((e.table.as_str(), e.key.as_str()), (e.ltime, e.owner.as_str(), e.incarnation))
+            })
+            .collect();
+        let mut room = self.cfg.max_sync_frame.saturating_sub(FRAME_SLACK);
+        let mut take = |len: usize| {
+            let fits = len <= room;
+            if fits {
+                room -= len;
+            }
+            fits
+        };
+        let counted = |id: &NodeId| st.data.under(*id).filter(|(_, _, e)| !e.hidden);
+        let lacked =
+            plan.answer.iter().flat_map(counted).filter(|(table, key, e)| {
+                theirs.get(&(*table, *key)).is_none_or(|v| e.version() > *v)
+            });
+        for (table, key, e) in lacked.chain(plan.give.iter().flat_map(counted)) {
+            let w = entry_to_wire(table, key, e, now);
+            if take(framed_len(&w)) {
+                out.entries.push(w);
+            }
+        }
+        for id in &plan.whole {
+            let es: Vec<wire::Entry> =
+                counted(id).map(|(table, key, e)| entry_to_wire(table, key, e, now)).collect();
+            let node = codec::node_to_wire(*id);
+            if take(framed_len(&node) + es.iter().map(framed_len).sum::<usize>()) {
+                out.whole.push(node);
+                out.entries.extend(es);
+            }
+        }
+        for id in plan.descend {
+            let b = codec::branch_to_wire(id, &digest.children(id));
+            if take(framed_len(&b)) {
+                out.branches.push(b);
             }
         }
         out
@@ -212,28 +320,27 @@ mod tests {
     use prost::Message;
 
     use super::super::test_support::{PEER, node};
+    use super::MAX_ROUNDS;
     use crate::codec;
-    use crate::digest::DIGEST_BYTES;
+    use crate::config::Config;
+    use crate::digest::{FANOUT, NodeId, Sum};
     use crate::event::Transmit;
     use crate::names::Scope;
-    use crate::node::SyncCounts;
+    use crate::node::{Node, SyncCounts};
     use crate::stats::DropReason;
 
-    fn frame(network: &str, sync_id: u64, body: B) -> Vec<u8> {
-        let msg = wire::SyncMessage {
-            version: codec::WIRE_VERSION,
-            sync_id,
-            network: network.into(),
-            body: Some(body),
-        };
-        msg.encode_to_vec()
+    fn bytes(network: &str, sync_id: u64, body: B) -> Vec<u8> {
+        super::frame(Scope::from_wire(network), sync_id, body).encode_to_vec()
     }
 
-    fn empty_digest() -> wire::Digest {
-        wire::Digest { buckets: vec![0u8; DIGEST_BYTES].into() }
+    /// An opening frame that holds nothing: every node the server holds
+    /// differs.
+    fn empty_open() -> B {
+        let top = codec::branch_to_wire(NodeId::ROOT, &[Sum::default(); FANOUT]);
+        B::Open(wire::SyncRound { branches: vec![top], ..Default::default() })
     }
 
-    fn replies(n: &mut crate::node::Node) -> Vec<wire::SyncMessage> {
+    fn replies(n: &mut Node) -> Vec<wire::SyncMessage> {
         std::iter::from_fn(|| n.poll_transmit())
             .filter_map(|t| match t {
                 Transmit::Sync { payload, opens: false, .. } => {
@@ -245,7 +352,7 @@ mod tests {
     }
 
     #[test]
-    fn a_request_is_answered_with_the_differing_entries() {
+    fn an_opening_frame_is_answered_with_the_differing_entries() {
         let mut n = node(Duration::from_secs(60));
         let t = Duration::from_secs(1);
         let from: SocketAddr = PEER.parse().unwrap();
@@ -253,41 +360,88 @@ mod tests {
         for k in 0..20 {
             n.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v")).unwrap();
         }
-        n.handle_sync(t, from, &frame("net", 7, B::Request(empty_digest())));
+        n.handle_sync(t, from, &bytes("net", 7, empty_open()));
         let out = replies(&mut n);
         assert_eq!(out.len(), 1);
-        let Some(B::Reply(r)) = &out[0].body else { panic!("not a reply: {:?}", out[0]) };
+        let Some(B::Answer(r)) = &out[0].body else { panic!("not an answer: {:?}", out[0]) };
         assert_eq!((out[0].sync_id, out[0].network.as_str()), (7, "net"));
-        assert_eq!(r.entries.len(), 20, "everything differs from an empty digest");
+        assert_eq!(r.entries.len(), 20, "the peer holds nothing: everything is given");
+        assert!(r.whole.is_empty() && r.branches.is_empty(), "and nothing asked back");
         assert_eq!(n.stats().syncs_served, 1);
         let st = n.scope_stats(Scope::Network("net")).unwrap();
         assert_eq!(st.tables, vec![("t".to_string(), 20)]);
         assert_eq!(st.syncs, SyncCounts::default(), "serving is not opening");
         assert_eq!(Some(st.root), n.root(Scope::Network("net")));
-        // The same peer's entries then close the exchange, once.
-        let entries = frame("net", 7, B::Entries(wire::SyncEntries { entries: Vec::new() }));
-        n.handle_sync(t, from, &entries);
+        // The same peer's last frame then closes the exchange, once.
+        let done = bytes("net", 7, B::Ask(wire::SyncRound { done: true, ..Default::default() }));
+        n.handle_sync(t, from, &done);
         assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 0);
-        n.handle_sync(t, from, &entries);
+        assert!(replies(&mut n).is_empty(), "nothing answers the last frame");
+        n.handle_sync(t, from, &done);
         assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 1);
     }
 
     #[test]
-    fn requests_for_unjoined_networks_are_refused_and_stray_replies_dropped() {
+    fn requests_for_unjoined_networks_are_refused_and_stray_answers_dropped() {
         let mut n = node(Duration::from_secs(60));
         let t = Duration::from_secs(1);
         let from: SocketAddr = PEER.parse().unwrap();
-        n.handle_sync(t, from, &frame("other", 3, B::Request(empty_digest())));
+        n.handle_sync(t, from, &bytes("other", 3, empty_open()));
         let out = replies(&mut n);
         assert!(matches!(&out[0].body, Some(B::Refused(why)) if why == "network not joined"));
-        let reply = wire::SyncReply { digest: Some(empty_digest()), entries: Vec::new() };
-        n.handle_sync(t, from, &frame("", 99, B::Reply(reply)));
+        n.handle_sync(t, from, &bytes("", 99, B::Answer(wire::SyncRound::default())));
         assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 1, "no such exchange");
+        n.handle_sync(t, from, &bytes("", 99, B::Ask(wire::SyncRound::default())));
+        assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 2, "none served either");
         assert_eq!(n.stats().syncs_completed, 0);
     }
 
+    #[test]
+    fn malformed_and_oversized_frames_are_counted_drops() {
+        let cfg = Config { max_sync_frame: 4096, ..Config::default() };
+        let mut n = Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO)
+            .unwrap();
+        let t = Duration::from_secs(1);
+        let from: SocketAddr = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        let mut bad = codec::branch_to_wire(NodeId::ROOT, &[Sum::default(); FANOUT]);
+        bad.counts.push(1);
+        let open = B::Open(wire::SyncRound { branches: vec![bad], ..Default::default() });
+        n.handle_sync(t, from, &bytes("net", 1, open));
+        assert_eq!(n.stats().dropped(DropReason::Malformed), 1);
+        let many = wire::SyncRound {
+            whole: vec![wire::Subtree { level: 1, prefix: 15 }; 1000],
+            ..Default::default()
+        };
+        n.handle_sync(t, from, &bytes("net", 2, B::Open(many)));
+        assert_eq!(n.stats().dropped(DropReason::TooLarge), 1);
+        assert!(replies(&mut n).is_empty());
+        assert_eq!(n.stats().syncs_served, 0);
+    }
+
+    #[test]
+    fn a_peer_that_goes_on_past_the_round_limit_is_cut_off() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from: SocketAddr = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        n.put(t, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
+        n.handle_sync(t, from, &bytes("net", 5, empty_open()));
+        let top = codec::branch_to_wire(NodeId::ROOT, &[Sum::default(); FANOUT]);
+        let again =
+            bytes("net", 5, B::Ask(wire::SyncRound { branches: vec![top], ..Default::default() }));
+        for _ in 1..MAX_ROUNDS {
+            n.handle_sync(t, from, &again);
+        }
+        assert_eq!(replies(&mut n).len() as u32, MAX_ROUNDS);
+        n.handle_sync(t, from, &again);
+        n.handle_sync(t, from, &again);
+        assert!(replies(&mut n).is_empty());
+        assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 2);
+    }
+
     /// The id of the exchange the node just opened.
-    fn opened(n: &mut crate::node::Node) -> u64 {
+    fn opened(n: &mut Node) -> u64 {
         std::iter::from_fn(|| n.poll_transmit())
             .find_map(|t| match t {
                 Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
@@ -304,8 +458,8 @@ mod tests {
         n.join_network(t, "net").unwrap();
         n.start_sync(t, Scope::Network("net"), from);
         let id = opened(&mut n);
-        let reply = wire::SyncReply { digest: Some(empty_digest()), entries: Vec::new() };
-        n.handle_sync(t + Duration::from_millis(30), from, &frame("net", id, B::Reply(reply)));
+        let answer = B::Answer(wire::SyncRound::default());
+        n.handle_sync(t + Duration::from_millis(30), from, &bytes("net", id, answer));
         let h = &n.stats().sync_seconds;
         assert_eq!((n.stats().syncs_completed, h.count()), (1, 1));
         assert_eq!(h.sum, Duration::from_millis(30));
@@ -314,11 +468,122 @@ mod tests {
 
         n.start_sync(t, Scope::Network("net"), from);
         let id = opened(&mut n);
-        n.handle_sync(t, from, &frame("net", id, B::Refused("busy".into())));
+        n.handle_sync(t, from, &bytes("net", id, B::Refused("busy".into())));
         n.start_sync(t, Scope::Network("net"), from);
         let id = opened(&mut n);
         n.abort_sync(id, "stream failed: connection refused");
         assert_eq!(n.stats().syncs_failed, 2);
         assert_eq!(n.stats().sync_seconds.count(), 1, "failures are not timed");
+    }
+
+    /// Frames of one exchange, as (from the opener, payload).
+    type Carried = Vec<(bool, wire::SyncMessage)>;
+
+    /// Carries frames between the opener `a` and server `b` until neither
+    /// sends one.
+    fn carry(a: &mut Node, b: &mut Node, t: Duration) -> Carried {
+        let mut log = Vec::new();
+        loop {
+            let mut moved = false;
+            for opener in [true, false] {
+                let (from, to) = if opener { (&mut *a, &mut *b) } else { (&mut *b, &mut *a) };
+                let addr = from.addr();
+                while let Some(tx) = from.poll_transmit() {
+                    let Transmit::Sync { payload, closes, .. } = tx else { continue };
+                    moved = true;
+                    let m = wire::SyncMessage::decode(&payload[..]).unwrap();
+                    if let Some(B::Ask(r)) = &m.body {
+                        assert_eq!(closes, r.done, "the shell ends the stream after the last");
+                    }
+                    log.push((opener, m));
+                    to.handle_sync(t, addr, &payload);
+                }
+            }
+            if !moved {
+                return log;
+            }
+        }
+    }
+
+    /// Two nodes that hold the same `n` entries (b learned them from a's
+    /// exchange, which also tests filling an empty node in one exchange).
+    fn filled_pair(n: usize) -> (Node, Node) {
+        let t = Duration::from_secs(1);
+        let node = |name, addr: &str, seed| {
+            Node::new(Config::default(), name, 1, addr.parse().unwrap(), seed, Duration::ZERO)
+                .unwrap()
+        };
+        let (mut a, mut b) = (node("a", "127.0.0.1:7946", 1), node("b", PEER, 2));
+        for n in [&mut a, &mut b] {
+            n.join_network(t, "net").unwrap();
+        }
+        for k in 0..n {
+            a.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v0")).unwrap();
+        }
+        for n in [&mut a, &mut b] {
+            while n.poll_transmit().is_some() {}
+        }
+        let net = Scope::Network("net");
+        a.start_sync(t, net, b.addr());
+        carry(&mut a, &mut b, t);
+        assert_eq!(a.root(net), b.root(net), "filled from empty in one exchange");
+        (a, b)
+    }
+
+    fn entries(r: &wire::SyncMessage) -> usize {
+        match &r.body {
+            Some(B::Open(r) | B::Ask(r) | B::Answer(r)) => r.entries.len(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn divergent_tables_converge_in_one_exchange_both_ways() {
+        let (mut a, mut b) = filled_pair(3000);
+        let t = Duration::from_secs(1);
+        let net = Scope::Network("net");
+        // Writes on both sides: updates, new keys, a delete.
+        for k in 0..20 {
+            a.put(t, "net", "t", &format!("k{}", k * 97), Bytes::from_static(b"v1")).unwrap();
+            b.put(t, "net", "u", &format!("b{k}"), Bytes::from_static(b"new")).unwrap();
+        }
+        a.delete(t, "net", "t", "k5").unwrap();
+        for n in [&mut a, &mut b] {
+            while n.poll_transmit().is_some() {}
+        }
+        assert_ne!(a.root(net), b.root(net));
+        b.start_sync(t, net, a.addr());
+        let log = carry(&mut b, &mut a, t);
+        assert_eq!(a.root(net), b.root(net), "one exchange repairs both sides");
+        assert_eq!(b.get("net", "t", "k97").map(|e| &e.value[..]), Some(&b"v1"[..]));
+        assert!(b.get("net", "t", "k5").is_none(), "the delete too");
+        assert_eq!(a.entries("net", "u").len(), 20);
+        let moved: usize = log.iter().map(|(_, m)| entries(m)).sum();
+        assert!(moved <= 200, "entries of the differing nodes only, not {moved}");
+        assert!(matches!(&log.last().unwrap().1.body, Some(B::Ask(r)) if r.done));
+        assert_eq!((b.stats().syncs_completed, a.stats().syncs_served), (1, 1));
+        assert_eq!(b.stats().dropped(DropReason::UnexpectedSync), 0);
+        assert_eq!(a.stats().dropped(DropReason::UnexpectedSync), 0);
+        assert!(b.scope_stats(net).unwrap().synced && a.scope_stats(net).unwrap().synced);
+    }
+
+    #[test]
+    fn equal_tables_exchange_only_the_top_level() {
+        let (mut a, mut b) = filled_pair(500);
+        let t = Duration::from_secs(1);
+        let net = Scope::Network("net");
+        b.start_sync(t, net, a.addr());
+        let log = carry(&mut b, &mut a, t);
+        let bodies: Vec<_> =
+            log.iter().map(|(opener, m)| (*opener, m.body.clone().unwrap())).collect();
+        let top = b.scope(net).unwrap().data.digest().children(NodeId::ROOT);
+        let top = codec::branch_to_wire(NodeId::ROOT, &top);
+        let expect = vec![
+            (true, B::Open(wire::SyncRound { branches: vec![top], ..Default::default() })),
+            (false, B::Answer(wire::SyncRound::default())),
+            (true, B::Ask(wire::SyncRound { done: true, ..Default::default() })),
+        ];
+        assert_eq!(bodies, expect);
+        assert_eq!(b.stats().syncs_completed, 1);
     }
 }
