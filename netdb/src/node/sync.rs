@@ -45,6 +45,8 @@ pub(super) struct Outgoing {
     pub(super) started: Duration,
     /// Answers received.
     rounds: u32,
+    /// Entries sent and received, for the log.
+    moved: Moved,
 }
 
 /// An exchange a peer opened with this node.
@@ -53,6 +55,23 @@ pub(super) struct Serving {
     scope: ScopeId,
     /// Frames received.
     rounds: u32,
+    moved: Moved,
+}
+
+/// Entries an exchange moved each way: the log line of a completed
+/// exchange tells a push/pull that repaired something from one that found
+/// nothing to move.
+#[derive(Debug, Default, Clone, Copy)]
+struct Moved {
+    sent: usize,
+    got: usize,
+}
+
+impl Moved {
+    fn add(&mut self, got: &wire::SyncRound, sent: &wire::SyncRound) {
+        self.got += got.entries.len();
+        self.sent += sent.entries.len();
+    }
 }
 
 /// What a round asks of this side, by node.
@@ -123,8 +142,18 @@ impl Node {
         let top = codec::branch_to_wire(NodeId::ROOT, &st.data.digest().children(NodeId::ROOT));
         let id = self.next_sync_id;
         self.next_sync_id += 1;
-        self.syncs.insert(id, Outgoing { scope: scope.to_id(), peer, started: now, rounds: 0 });
+        self.syncs.insert(
+            id,
+            Outgoing {
+                scope: scope.to_id(),
+                peer,
+                started: now,
+                rounds: 0,
+                moved: Moved::default(),
+            },
+        );
         self.stats.syncs_started += 1;
+        tracing::debug!(%peer, network = %scope, sync_id = id, "push/pull opened");
         let open = wire::SyncRound { branches: vec![top], ..Default::default() };
         self.send_sync(peer, id, true, false, frame(scope, id, B::Open(open)));
         self.schedule(now + self.cfg.sync_timeout, Wake::SyncTimeout(id));
@@ -145,6 +174,7 @@ impl Node {
     fn serve_sync(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
         let Arrival { now, from, id, scope } = at;
         if self.serving.contains_key(&(from, id)) {
+            tracing::debug!(peer = %from, sync_id = id, "push/pull opened twice; dropped");
             return self.stats.drop(DropReason::UnexpectedSync);
         }
         let body = if self.scope(scope).is_none() {
@@ -152,10 +182,13 @@ impl Node {
         } else if self.serving.len() >= MAX_SERVING {
             B::Refused("busy".into())
         } else {
-            self.serving.insert((from, id), Serving { scope: scope.to_id(), rounds: 1 });
             self.schedule(now + self.cfg.sync_timeout, Wake::ServeTimeout(from, id));
             self.stats.syncs_served += 1;
-            B::Answer(self.next_round(now, scope, r))
+            let answer = self.next_round(now, scope, r);
+            let mut moved = Moved::default();
+            moved.add(r, &answer);
+            self.serving.insert((from, id), Serving { scope: scope.to_id(), rounds: 1, moved });
+            B::Answer(answer)
         };
         self.send_sync(from, id, false, false, frame(scope, id, body));
     }
@@ -170,12 +203,14 @@ impl Node {
                 s.rounds += 1;
                 s.rounds
             }
-            _ => return self.stats.drop(DropReason::UnexpectedSync),
+            _ => {
+                tracing::debug!(peer = %from, sync_id = id, "push/pull frame of no exchange served");
+                return self.stats.drop(DropReason::UnexpectedSync);
+            }
         };
-        if r.done || rounds > MAX_ROUNDS {
-            self.serving.remove(&key);
-        }
         if rounds > MAX_ROUNDS {
+            self.serving.remove(&key);
+            tracing::debug!(peer = %from, sync_id = id, "push/pull went on past the round limit");
             return self.stats.drop(DropReason::UnexpectedSync);
         }
         if r.done {
@@ -185,9 +220,17 @@ impl Node {
             if let Some(st) = self.scope_mut(scope) {
                 st.synced = true;
             }
+            if let Some(mut s) = self.serving.remove(&key) {
+                s.moved.add(r, &wire::SyncRound::default());
+                let Moved { sent, got } = s.moved;
+                tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, "push/pull served");
+            }
             return;
         }
         let answer = self.next_round(now, scope, r);
+        if let Some(s) = self.serving.get_mut(&key) {
+            s.moved.add(r, &answer);
+        }
         self.send_sync(from, id, false, false, frame(scope, id, B::Answer(answer)));
     }
 
@@ -200,28 +243,45 @@ impl Node {
                 out.rounds += 1;
                 out.rounds
             }
-            _ => return self.stats.drop(DropReason::UnexpectedSync),
+            _ => {
+                tracing::debug!(peer = %from, sync_id = id, "push/pull answer of no exchange opened");
+                return self.stats.drop(DropReason::UnexpectedSync);
+            }
         };
-        if rounds > MAX_ROUNDS || self.scope(scope).is_none() {
+        let why = if rounds > MAX_ROUNDS {
+            Some("the peer went on past the round limit")
+        } else if self.scope(scope).is_none() {
+            Some("the network was left")
+        } else {
+            None
+        };
+        if let Some(why) = why {
             if let Some(out) = self.syncs.remove(&id) {
-                self.sync_failed(&out, "the peer went on past the round limit");
+                self.sync_failed(&out, why);
             }
             return;
         }
         let mut next = self.next_round(now, scope, r);
         next.done = next.branches.is_empty() && next.whole.is_empty();
         let done = next.done;
+        if let Some(out) = self.syncs.get_mut(&id) {
+            out.moved.add(r, &next);
+        }
         self.send_sync(from, id, false, done, frame(scope, id, B::Ask(next)));
         if !done {
             return;
         }
-        let started = self.syncs.remove(&id).map_or(now, |out| out.started);
+        let Some(out) = self.syncs.remove(&id) else {
+            return;
+        };
         if let Some(st) = self.scope_mut(scope) {
             st.synced = true;
             st.syncs.completed += 1;
         }
         self.stats.syncs_completed += 1;
-        self.stats.sync_seconds.observe(now.saturating_sub(started));
+        self.stats.sync_seconds.observe(now.saturating_sub(out.started));
+        let Moved { sent, got } = out.moved;
+        tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, "push/pull completed");
     }
 
     /// Takes a round's entries and answers it, within one frame: first the
