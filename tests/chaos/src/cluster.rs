@@ -95,6 +95,18 @@ impl Cluster {
         underlay: &str,
         agent_args: &[&str],
     ) -> Cluster {
+        // Before a Cluster exists, whose drop would tear the namespaces
+        // down: the same test run twice at once (two worktrees, say) shares
+        // the names, and each run's clean slate would delete the other's
+        // hosts under it, failing it in ways that look like a bug of the
+        // agent (a host's underlay gone in the middle of a test).
+        if let Some((dir, _)) = run_dirs(prefix).find(|(_, live)| *live) {
+            panic!(
+                "another test process runs the namespaces {prefix}-* ({}): one run of a \
+                 namespace test at a time per machine; wait for it, or kill it",
+                dir.display()
+            );
+        }
         let c = Cluster {
             prefix: prefix.into(),
             dir: run_dir(prefix),
@@ -500,19 +512,19 @@ pub(crate) fn run_dir(prefix: &str) -> String {
 /// The directories earlier runs with `prefix` left whose test process is
 /// gone (or is this one: the pid was reused).
 pub(crate) fn stale_run_dirs(prefix: &str) -> Vec<PathBuf> {
+    run_dirs(prefix).filter(|(_, live)| !live).map(|(dir, _)| dir).collect()
+}
+
+/// The run directories of `prefix`, each with whether its test process is
+/// another one still running.
+fn run_dirs(prefix: &str) -> impl Iterator<Item = (PathBuf, bool)> {
     let stem = format!("netdb-test-{prefix}-");
     let me = std::process::id();
-    let mut stale = Vec::new();
-    for entry in std::fs::read_dir("/tmp").into_iter().flatten().flatten() {
+    std::fs::read_dir("/tmp").into_iter().flatten().flatten().filter_map(move |entry| {
         let name = entry.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name.strip_prefix(&stem).and_then(|p| p.parse::<u32>().ok()) else {
-            continue;
-        };
-        if pid == me || !Path::new(&format!("/proc/{pid}")).exists() {
-            stale.push(entry.path());
-        }
-    }
-    stale
+        let pid = name.strip_prefix(&stem)?.parse::<u32>().ok()?;
+        Some((entry.path(), pid != me && Path::new(&format!("/proc/{pid}")).exists()))
+    })
 }
 
 /// Kills the agents a crashed earlier run with `prefix` left, and removes
@@ -555,7 +567,17 @@ impl Drop for Cluster {
         if std::thread::panicking() {
             eprintln!("{}", self.logs());
         }
-        self.script(&["down"]);
+        // Said, not panicked on (a drop may run while panicking): what a
+        // failed teardown leaves (namespaces) fails the next run's setup.
+        let o = self.script(&["down"]);
+        if !o.status.success() {
+            eprintln!(
+                "scripts/cluster down failed for {}: {}{}",
+                self.prefix,
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
     }
 }
 
@@ -626,4 +648,31 @@ pub fn all_endpoints_everywhere_of(c: &Cluster, hosts: usize, n: usize) -> Vec<E
         (1..=hosts).all(|h| c.endpoints(h).len() == n)
     });
     c.endpoints(1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clean_slate_refuses_a_prefix_another_live_process_runs() {
+        // pid 1 is alive and not this process: its run must be left alone.
+        let theirs = PathBuf::from("/tmp/netdb-test-ndlive-1");
+        std::fs::create_dir_all(&theirs).unwrap();
+        let taken = std::panic::catch_unwind(|| {
+            Cluster::clean_slate(Path::new("/bin/true"), "ndlive", "10.254.254", &[])
+        });
+        let still_there = theirs.exists();
+        std::fs::remove_dir_all(&theirs).unwrap();
+        let err = taken.err().expect("clean_slate refused");
+        let msg = err.downcast_ref::<String>().cloned().unwrap_or_default();
+        assert!(msg.contains("another test process runs the namespaces ndlive-*"), "{msg}");
+        assert!(still_there, "the live run's directory was kept");
+        // A dead process's directory is stale, not live.
+        let stale = PathBuf::from(format!("/tmp/netdb-test-ndlive-{}", u32::MAX - 1));
+        std::fs::create_dir_all(&stale).unwrap();
+        let dirs: Vec<_> = run_dirs("ndlive").collect();
+        std::fs::remove_dir_all(&stale).unwrap();
+        assert_eq!(dirs, vec![(stale, false)]);
+    }
 }
