@@ -16,6 +16,8 @@ use crate::digest::{DEPTH, FANOUT, NodeId, Sum};
 use crate::names::{ClusterTable, Scope, valid_key, valid_name};
 use crate::stats::DropReason;
 use crate::table::Entry;
+use crate::wireref::{self, DatagramRef};
+pub use crate::wireref::{EntryRef, GossipRef};
 
 /// Version of the datagram wire format; datagrams of another are dropped.
 pub const WIRE_VERSION: u32 = 1;
@@ -28,12 +30,12 @@ pub const SYNC_VERSION: u32 = 2;
 pub const MAX_DATAGRAM: usize = 65_507;
 
 #[derive(Debug)]
-/// A decoded, validated datagram.
-pub enum Body {
+/// A decoded, validated datagram; gossip is borrowed from its bytes.
+pub enum Body<'a> {
     /// SWIM (foca) payload.
     Swim(Bytes),
     /// Table gossip for one scope.
-    Gossip(wire::Gossip),
+    Gossip(GossipRef<'a>),
     /// A keyring command from a peer.
     KeyQuery(wire::KeyQuery),
     /// A peer's answer to a keyring command.
@@ -132,9 +134,21 @@ pub(crate) fn varint_len(v: u64) -> usize {
 
 /// Decodes and validates a datagram (already unsealed); any violation drops
 /// it whole, with the reason to count.
-pub fn decode_datagram(cfg: &Config, bytes: &[u8]) -> Result<Body, DropReason> {
+pub fn decode_datagram<'a>(cfg: &Config, bytes: &'a [u8]) -> Result<Body<'a>, DropReason> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(DropReason::TooLarge);
+    }
+    if let DatagramRef::Gossip { version, gossip } =
+        wireref::datagram(bytes).ok_or(DropReason::Malformed)?
+    {
+        if version != WIRE_VERSION {
+            return Err(DropReason::BadVersion);
+        }
+        validate_network_name(cfg, gossip.network)?;
+        for e in &gossip.entries {
+            validate_entry(cfg, gossip.network, e)?;
+        }
+        return Ok(Body::Gossip(gossip));
     }
     let d = wire::Datagram::decode(bytes).map_err(|_| DropReason::Malformed)?;
     if d.version != WIRE_VERSION {
@@ -142,13 +156,8 @@ pub fn decode_datagram(cfg: &Config, bytes: &[u8]) -> Result<Body, DropReason> {
     }
     match d.body {
         Some(wire::datagram::Body::Swim(b)) => Ok(Body::Swim(b)),
-        Some(wire::datagram::Body::Gossip(g)) => {
-            validate_network_name(cfg, &g.network)?;
-            for e in &g.entries {
-                validate_entry(cfg, &g.network, e)?;
-            }
-            Ok(Body::Gossip(g))
-        }
+        // Read in place above; prost cannot see gossip the reader did not.
+        Some(wire::datagram::Body::Gossip(_)) => Err(DropReason::Malformed),
         Some(wire::datagram::Body::KeyQuery(q)) => {
             if !valid_name(&q.origin, cfg.max_name_len) {
                 return Err(DropReason::BadName);
@@ -191,7 +200,7 @@ pub fn decode_sync(cfg: &Config, bytes: &[u8]) -> Result<wire::SyncMessage, Drop
                 parse_node(w).ok_or(DropReason::Malformed)?;
             }
             for e in &r.entries {
-                validate_entry(cfg, &m.network, e)?;
+                validate_entry(cfg, &m.network, &e.into())?;
             }
         }
         Some(B::Refused(reason)) => {
@@ -249,11 +258,11 @@ fn validate_network_name(cfg: &Config, network: &str) -> Result<(), DropReason> 
 pub(crate) fn validate_entry(
     cfg: &Config,
     network: &str,
-    e: &wire::Entry,
+    e: &EntryRef<'_>,
 ) -> Result<(), DropReason> {
-    if !valid_name(&e.table, cfg.max_name_len)
-        || !valid_name(&e.owner, cfg.max_name_len)
-        || !valid_key(&e.key, cfg.max_key_len)
+    if !valid_name(e.table, cfg.max_name_len)
+        || !valid_name(e.owner, cfg.max_name_len)
+        || !valid_key(e.key, cfg.max_key_len)
     {
         return Err(DropReason::BadName);
     }
@@ -261,14 +270,14 @@ pub(crate) fn validate_entry(
         return Err(DropReason::BadEntry);
     }
     if Scope::from_wire(network) == Scope::Cluster {
-        let table = ClusterTable::from_name(&e.table).ok_or(DropReason::BadName)?;
-        match table.key_owner(&e.key, cfg.max_name_len) {
+        let table = ClusterTable::from_name(e.table).ok_or(DropReason::BadName)?;
+        match table.key_owner(e.key, cfg.max_name_len) {
             Some(owner) if owner == e.owner => {}
             Some(_) => return Err(DropReason::ForgedOwner),
             None => return Err(DropReason::BadName),
         }
         if table == ClusterTable::Nodes && !e.deleted {
-            let r = wire::NodeRecord::decode(&e.value[..]).map_err(|_| DropReason::BadEntry)?;
+            let r = wire::NodeRecord::decode(e.value).map_err(|_| DropReason::BadEntry)?;
             r.addr.parse::<std::net::SocketAddr>().map_err(|_| DropReason::BadEntry)?;
         }
     }
@@ -276,12 +285,13 @@ pub(crate) fn validate_entry(
 }
 
 /// A validated wire entry as stored. A tombstone's lifetime counts down from
-/// the residual it arrived with, never from a fresh full lifetime.
-pub(crate) fn entry_from_wire(e: &wire::Entry, now: Duration, ttl: Duration) -> Entry {
+/// the residual it arrived with, never from a fresh full lifetime. The
+/// value is copied: a slice would keep its whole datagram or frame alive.
+pub(crate) fn entry_from_wire(e: &EntryRef<'_>, now: Duration, ttl: Duration) -> Entry {
     let residual = Duration::from_millis(e.reap_in_ms).min(ttl);
     Entry {
-        value: e.value.clone(),
-        owner: e.owner.clone(),
+        value: Bytes::copy_from_slice(e.value),
+        owner: e.owner.to_owned(),
         incarnation: e.incarnation,
         ltime: e.ltime,
         deleted: e.deleted,
@@ -392,7 +402,7 @@ mod tests {
             // then pass every check, and it must never panic.
             if let Ok(Body::Gossip(g)) = decode_datagram(&cfg, &bytes[..cut]) {
                 for e in &g.entries {
-                    assert!(validate_entry(&cfg, &g.network, e).is_ok());
+                    assert!(validate_entry(&cfg, g.network, e).is_ok());
                 }
             }
         }
@@ -443,22 +453,28 @@ mod tests {
     fn cluster_scope_entries_must_belong_to_their_owner() {
         let cfg = Config::default();
         let ok = entry(NETWORKS_TABLE, "net/n1", "n1");
-        assert!(validate_entry(&cfg, CLUSTER_WIRE, &ok).is_ok());
+        assert!(validate_entry(&cfg, CLUSTER_WIRE, &(&ok).into()).is_ok());
         let forged = entry(NETWORKS_TABLE, "net/n2", "n1");
         assert_eq!(
-            validate_entry(&cfg, CLUSTER_WIRE, &forged).err(),
+            validate_entry(&cfg, CLUSTER_WIRE, &(&forged).into()).err(),
             Some(DropReason::ForgedOwner)
         );
         let mut rec = entry(NODES_TABLE, "n2", "n1");
-        assert_eq!(validate_entry(&cfg, CLUSTER_WIRE, &rec).err(), Some(DropReason::ForgedOwner));
+        assert_eq!(
+            validate_entry(&cfg, CLUSTER_WIRE, &(&rec).into()).err(),
+            Some(DropReason::ForgedOwner)
+        );
         rec.key = "n1".into();
-        assert_eq!(validate_entry(&cfg, CLUSTER_WIRE, &rec).err(), Some(DropReason::BadEntry));
+        assert_eq!(
+            validate_entry(&cfg, CLUSTER_WIRE, &(&rec).into()).err(),
+            Some(DropReason::BadEntry)
+        );
         rec.value = wire::NodeRecord { addr: "127.0.0.1:7946".into(), ..Default::default() }
             .encode_to_vec()
             .into();
-        assert!(validate_entry(&cfg, CLUSTER_WIRE, &rec).is_ok());
+        assert!(validate_entry(&cfg, CLUSTER_WIRE, &(&rec).into()).is_ok());
         assert_eq!(
-            validate_entry(&cfg, CLUSTER_WIRE, &entry("other", "k", "n1")).err(),
+            validate_entry(&cfg, CLUSTER_WIRE, &(&entry("other", "k", "n1")).into()).err(),
             Some(DropReason::BadName)
         );
     }
@@ -535,7 +551,7 @@ mod tests {
         w.reap_in_ms = u64::MAX;
         let ttl = Duration::from_secs(60);
         let now = Duration::from_secs(100);
-        let e = entry_from_wire(&w, now, ttl);
+        let e = entry_from_wire(&(&w).into(), now, ttl);
         assert_eq!(e.reap_at, Some(now + ttl));
         let back = entry_to_wire("t", "k", &e, now + Duration::from_secs(10));
         assert_eq!(back.reap_in_ms, 50_000);

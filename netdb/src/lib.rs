@@ -20,6 +20,7 @@ mod membership;
 mod node;
 mod stats;
 mod table;
+mod wireref;
 
 pub mod codec;
 pub mod ipam;

@@ -13,6 +13,7 @@ use prost::Message;
 
 use super::Node;
 use super::timers::Wake;
+use crate::codec::EntryRef;
 use crate::error::Error;
 use crate::membership::{Owner, Status};
 use crate::names::{
@@ -234,11 +235,11 @@ pub(super) fn node_record(addr: SocketAddr, left: bool) -> wire::NodeRecord {
 }
 
 /// A node record that says its owner left.
-pub(super) fn is_leave_record(scope: Scope<'_>, w: &wire::Entry) -> bool {
+pub(super) fn is_leave_record(scope: Scope<'_>, w: &EntryRef<'_>) -> bool {
     scope == Scope::Cluster
-        && ClusterTable::from_name(&w.table) == Some(ClusterTable::Nodes)
+        && ClusterTable::from_name(w.table) == Some(ClusterTable::Nodes)
         && !w.deleted
-        && wire::NodeRecord::decode(&w.value[..]).is_ok_and(|r| r.left)
+        && wire::NodeRecord::decode(w.value).is_ok_and(|r| r.left)
 }
 
 #[cfg(test)]

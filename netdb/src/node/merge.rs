@@ -5,13 +5,12 @@
 use std::time::Duration;
 
 use bytes::Bytes;
-use netdb_wire as wire;
 
 use super::Node;
 use super::cluster::is_leave_record;
 use super::scope::Queued;
 use super::timers::Wake;
-use crate::codec::{EncodedEntry, entry_from_wire};
+use crate::codec::{EncodedEntry, EntryRef, entry_from_wire};
 use crate::event::{EntryEventKind, Event};
 use crate::membership::{Owner, Status};
 use crate::names::Scope;
@@ -115,7 +114,7 @@ impl Node {
         &mut self,
         now: Duration,
         scope: Scope<'_>,
-        w: &wire::Entry,
+        w: &EntryRef<'_>,
         via: Via,
     ) -> bool {
         // A corrupt or hostile time far ahead would pin every clock at the
@@ -131,25 +130,26 @@ impl Node {
                 return false;
             }
         };
+        let Some(st) = self.scope(scope) else {
+            return false;
+        };
+        // Most arrivals are copies of what we hold (every event reaches a
+        // node several times): they are turned away before anything else
+        // is looked up or allocated for them.
+        let held = st.data.get(w.table, w.key);
+        if let Some(old) = held
+            && (w.ltime, w.owner, w.incarnation) <= old.version()
+        {
+            return false;
+        }
         if let Scope::Network(net) = scope
-            && self.detached_before(net, &w.owner, w.incarnation, w.ltime)
+            && self.detached_before(net, w.owner, w.incarnation, w.ltime)
         {
             self.stats.drop(DropReason::DetachedOwner);
             return false;
         }
         self.clock.witness(w.ltime);
-        let Some(st) = self.scope(scope) else {
-            return false;
-        };
-        // Most arrivals are copies of what we hold (every event reaches a
-        // node several times): they are turned away before anything is
-        // allocated for them.
-        let held = st.data.get(&w.table, &w.key);
-        if let Some(old) = held
-            && (w.ltime, w.owner.as_str(), w.incarnation) <= old.version()
-        {
-            return false;
-        }
+        let held = self.scope(scope).and_then(|st| st.data.get(w.table, w.key));
         let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
         entry.hidden = hidden;
         // Only an earlier life of this process (a restart that kept its
@@ -162,7 +162,7 @@ impl Node {
         {
             let (value, deleted) = (mine.value.clone(), mine.deleted);
             self.stats.own_entries_restated += 1;
-            self.write(now, scope, &w.table, &w.key, value, deleted);
+            self.write(now, scope, w.table, w.key, value, deleted);
             return true;
         }
         match via {
@@ -170,14 +170,14 @@ impl Node {
             Via::Sync => self.stats.entries_from_sync += 1,
         }
         let relay = (via == Via::Gossip && !hidden).then_some(true);
-        self.store(now, scope, &w.table, &w.key, entry, relay);
+        self.store(now, scope, w.table, w.key, entry, relay);
         true
     }
 
     /// Decides whether entries of this owner are accepted, and whether they
     /// arrive hidden (owner failed). Learning of a newer incarnation removes
     /// the older one's entries.
-    fn admit_owner(&mut self, scope: Scope<'_>, w: &wire::Entry) -> Result<bool, DropReason> {
+    fn admit_owner(&mut self, scope: Scope<'_>, w: &EntryRef<'_>) -> Result<bool, DropReason> {
         if w.owner == self.name {
             return if w.incarnation < self.incarnation {
                 Err(DropReason::StaleIncarnation)
@@ -189,17 +189,17 @@ impl Node {
                 Ok(false)
             };
         }
-        match self.owners.get(&w.owner) {
+        match self.owners.get(w.owner) {
             None => {
                 self.owners.insert(
-                    w.owner.clone(),
+                    w.owner.to_owned(),
                     Owner { incarnation: w.incarnation, status: Status::Alive, addr: None },
                 );
                 Ok(false)
             }
             Some(o) if w.incarnation < o.incarnation => Err(DropReason::StaleIncarnation),
             Some(o) if w.incarnation > o.incarnation => {
-                self.new_incarnation(&w.owner.clone(), w.incarnation, None);
+                self.new_incarnation(w.owner, w.incarnation, None);
                 Ok(false)
             }
             Some(o) => match o.status {

@@ -295,7 +295,7 @@ impl Node {
             }
             Ok(Body::Gossip(g)) => {
                 self.stats.gossip_in.add(bytes.len());
-                let scope = Scope::from_wire(&g.network);
+                let scope = Scope::from_wire(g.network);
                 if self.scope(scope).is_none() {
                     return self.stats.drop(DropReason::NotMember);
                 }

@@ -215,7 +215,7 @@ impl Node {
         }
         if r.done {
             for e in &r.entries {
-                self.apply_remote(now, scope, e, Via::Sync);
+                self.apply_remote(now, scope, &e.into(), Via::Sync);
             }
             if let Some(st) = self.scope_mut(scope) {
                 st.synced = true;
@@ -296,7 +296,7 @@ impl Node {
         r: &wire::SyncRound,
     ) -> wire::SyncRound {
         for e in &r.entries {
-            self.apply_remote(now, scope, e, Via::Sync);
+            self.apply_remote(now, scope, &e.into(), Via::Sync);
         }
         let mut out = wire::SyncRound::default();
         let Some(st) = self.scope(scope) else {

@@ -1,0 +1,343 @@
+//! Gossip read in place: the entries of a gossip datagram borrowed from
+//! its bytes. A node receives every event several times over (each relay
+//! sends it on), and most copies are turned away by version; decoded with
+//! prost, each copy first cost three strings, a value and a vector, which
+//! made allocation the largest part of a 100-agent burst's CPU. Only an
+//! entry that is news is copied out (`codec::entry_from_wire`).
+//!
+//! The reader follows protobuf's rules as prost applies them to these
+//! messages: unknown fields are skipped, the last of a repeated singular
+//! field wins, strings must be UTF-8, a known field of the wrong wire type
+//! is malformed. Groups (wire types 3 and 4, deprecated and never sent by
+//! us) are malformed here, as is a gossip body that appears twice.
+
+use netdb_wire as wire;
+
+/// An entry as it sits in a datagram or a push/pull frame: the fields of
+/// `wire::Entry`, which documents them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct EntryRef<'a> {
+    pub table: &'a str,
+    pub key: &'a str,
+    pub value: &'a [u8],
+    pub owner: &'a str,
+    pub incarnation: u64,
+    pub ltime: u64,
+    pub deleted: bool,
+    pub reap_in_ms: u64,
+}
+
+impl<'a> From<&'a wire::Entry> for EntryRef<'a> {
+    fn from(e: &'a wire::Entry) -> Self {
+        EntryRef {
+            table: &e.table,
+            key: &e.key,
+            value: &e.value,
+            owner: &e.owner,
+            incarnation: e.incarnation,
+            ltime: e.ltime,
+            deleted: e.deleted,
+            reap_in_ms: e.reap_in_ms,
+        }
+    }
+}
+
+/// A gossip body read in place: the fields of `wire::Gossip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(missing_docs)]
+pub struct GossipRef<'a> {
+    pub network: &'a str,
+    pub root: u64,
+    pub entries: Vec<EntryRef<'a>>,
+}
+
+/// A datagram's body, as far as the fast path needs to know.
+pub(crate) enum DatagramRef<'a> {
+    Gossip {
+        version: u32,
+        gossip: GossipRef<'a>,
+    },
+    /// Not gossip: decoded the usual way.
+    Other,
+}
+
+/// Reads a datagram; `None` when it is malformed.
+pub(crate) fn datagram(bytes: &[u8]) -> Option<DatagramRef<'_>> {
+    let (mut version, mut gossip, mut other) = (0u32, None, false);
+    for field in Fields(bytes) {
+        match field? {
+            // prost keeps the low 32 bits of a uint32's varint.
+            (1, Value::Varint(v)) => version = v as u32,
+            (1, _) => return None,
+            (3, Value::Bytes(b)) if gossip.is_none() => {
+                gossip = Some(b);
+                other = false;
+            }
+            (3, _) => return None,
+            // A later body of another kind replaces the gossip, as in prost.
+            (2 | 4 | 5, _) => {
+                other = true;
+                gossip = None;
+            }
+            _ => {}
+        }
+    }
+    match (gossip, other) {
+        (Some(g), false) => Some(DatagramRef::Gossip { version, gossip: gossip_body(g)? }),
+        _ => Some(DatagramRef::Other),
+    }
+}
+
+fn gossip_body(bytes: &[u8]) -> Option<GossipRef<'_>> {
+    let mut g = GossipRef { network: "", root: 0, entries: Vec::new() };
+    for field in Fields(bytes) {
+        match field? {
+            (1, Value::Bytes(b)) => g.network = std::str::from_utf8(b).ok()?,
+            (2, Value::Fixed64(v)) => g.root = v,
+            (3, Value::Bytes(b)) => g.entries.push(entry(b)?),
+            (1..=3, _) => return None,
+            _ => {}
+        }
+    }
+    Some(g)
+}
+
+fn entry(bytes: &[u8]) -> Option<EntryRef<'_>> {
+    let mut e = EntryRef {
+        table: "",
+        key: "",
+        value: &[],
+        owner: "",
+        incarnation: 0,
+        ltime: 0,
+        deleted: false,
+        reap_in_ms: 0,
+    };
+    let text = |b| std::str::from_utf8(b).ok();
+    for field in Fields(bytes) {
+        match field? {
+            (1, Value::Bytes(b)) => e.table = text(b)?,
+            (2, Value::Bytes(b)) => e.key = text(b)?,
+            (3, Value::Bytes(b)) => e.value = b,
+            (4, Value::Bytes(b)) => e.owner = text(b)?,
+            (5, Value::Varint(v)) => e.incarnation = v,
+            (6, Value::Varint(v)) => e.ltime = v,
+            (7, Value::Varint(v)) => e.deleted = v != 0,
+            (8, Value::Varint(v)) => e.reap_in_ms = v,
+            (1..=8, _) => return None,
+            _ => {}
+        }
+    }
+    Some(e)
+}
+
+/// A field's value by wire type.
+#[derive(Debug)]
+enum Value<'a> {
+    Varint(u64),
+    Fixed64(u64),
+    Bytes(&'a [u8]),
+    Fixed32,
+}
+
+/// The fields of a message, in order; an item is `None` (and the last)
+/// where the bytes stop making sense.
+struct Fields<'a>(&'a [u8]);
+
+impl<'a> Iterator for Fields<'a> {
+    type Item = Option<(u32, Value<'a>)>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.0.is_empty() {
+            return None;
+        }
+        let field = self.field();
+        if field.is_none() {
+            self.0 = &[];
+        }
+        Some(field)
+    }
+}
+
+impl<'a> Fields<'a> {
+    fn field(&mut self) -> Option<(u32, Value<'a>)> {
+        let key = self.varint()?;
+        let number = u32::try_from(key >> 3).ok().filter(|&n| n != 0)?;
+        let value = match key & 7 {
+            0 => Value::Varint(self.varint()?),
+            1 => Value::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().ok()?)),
+            2 => {
+                let len = usize::try_from(self.varint()?).ok()?;
+                Value::Bytes(self.take(len)?)
+            }
+            5 => {
+                self.take(4)?;
+                Value::Fixed32
+            }
+            _ => return None,
+        };
+        Some((number, value))
+    }
+
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        if n > self.0.len() {
+            return None;
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Some(head)
+    }
+
+    /// A varint of at most 10 bytes, its tenth holding the top bit alone.
+    fn varint(&mut self) -> Option<u64> {
+        let mut v = 0u64;
+        for i in 0..10 {
+            let b = *self.0.get(i)?;
+            if i == 9 && b > 1 {
+                return None;
+            }
+            v |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                self.0 = &self.0[i + 1..];
+                return Some(v);
+            }
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use netdb_wire as wire;
+    use prost::Message;
+
+    use super::*;
+
+    /// A deterministic xorshift stream.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+    }
+
+    fn sample(rng: &mut Rng, entries: usize) -> wire::Gossip {
+        let mut text = |n: u64| format!("t{}é", rng.next() % n);
+        let entries = (0..entries)
+            .map(|_| wire::Entry {
+                table: text(10),
+                key: text(1_000_000),
+                value: vec![7; 40].into(),
+                owner: text(100),
+                incarnation: 1 << 40,
+                ltime: u64::MAX,
+                deleted: true,
+                reap_in_ms: 12_345,
+            })
+            .collect();
+        wire::Gossip { network: "net".into(), root: u64::MAX - 3, entries }
+    }
+
+    fn owned(g: &GossipRef<'_>) -> wire::Gossip {
+        let entries = g
+            .entries
+            .iter()
+            .map(|e| wire::Entry {
+                table: e.table.into(),
+                key: e.key.into(),
+                value: e.value.to_vec().into(),
+                owner: e.owner.into(),
+                incarnation: e.incarnation,
+                ltime: e.ltime,
+                deleted: e.deleted,
+                reap_in_ms: e.reap_in_ms,
+            })
+            .collect();
+        wire::Gossip { network: g.network.into(), root: g.root, entries }
+    }
+
+    fn read(bytes: &[u8]) -> Option<(u32, wire::Gossip)> {
+        match datagram(bytes)? {
+            DatagramRef::Gossip { version, gossip } => Some((version, owned(&gossip))),
+            DatagramRef::Other => None,
+        }
+    }
+
+    #[test]
+    fn reads_gossip_as_prost_decodes_it() {
+        let mut rng = Rng(7);
+        for n in [0, 1, 5, 30] {
+            let g = sample(&mut rng, n);
+            let bytes = crate::codec::encode_datagram(wire::datagram::Body::Gossip(g.clone()));
+            assert_eq!(read(&bytes), Some((crate::codec::WIRE_VERSION, g)));
+        }
+    }
+
+    #[test]
+    fn unknown_fields_are_skipped_and_the_last_scalar_wins() {
+        let e = wire::Entry { table: "t".into(), key: "k".into(), ltime: 1, ..Default::default() };
+        let mut raw = e.encode_to_vec();
+        // Field 9, each wire type we skip; then ltime again.
+        raw.extend([9 << 3, 0x96, 0x01]);
+        raw.extend([(9 << 3) | 1, 1, 2, 3, 4, 5, 6, 7, 8]);
+        raw.extend([(9 << 3) | 2, 2, b'x', b'y']);
+        raw.extend([(9 << 3) | 5, 1, 2, 3, 4]);
+        raw.extend([6 << 3, 42]);
+        let prost = wire::Entry::decode(&raw[..]).unwrap();
+        assert_eq!(prost.ltime, 42);
+        assert_eq!(entry(&raw), Some(EntryRef::from(&prost)));
+    }
+
+    #[test]
+    fn what_prost_refuses_is_refused_and_no_input_panics() {
+        let mut rng = Rng(11);
+        let g = sample(&mut rng, 6);
+        let bytes = crate::codec::encode_datagram(wire::datagram::Body::Gossip(g));
+        // Every truncation: where prost fails to decode, so do we.
+        for cut in 0..bytes.len() {
+            if wire::Datagram::decode(&bytes[..cut]).is_err() {
+                assert!(read(&bytes[..cut]).is_none(), "cut at {cut}");
+            }
+        }
+        // A string that is not UTF-8, and a known field of the wrong type.
+        let bad_utf8 = [(1 << 3) | 2, 1, 0xff];
+        assert!(wire::Entry::decode(&bad_utf8[..]).is_err());
+        assert_eq!(entry(&bad_utf8), None);
+        let wrong_type = [6 << 3 | 2, 1, 0];
+        assert!(wire::Entry::decode(&wrong_type[..]).is_err());
+        assert_eq!(entry(&wrong_type), None);
+        // An 11-byte varint, and a length past the end.
+        assert_eq!(
+            entry(&[6 << 3, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x02]),
+            None
+        );
+        assert_eq!(entry(&[(1 << 3) | 2, 5, b'a']), None);
+        for _ in 0..20_000 {
+            let len = (rng.next() % 64) as usize;
+            let junk: Vec<u8> = (0..len).map(|_| rng.next() as u8).collect();
+            let _ = datagram(&junk);
+        }
+    }
+
+    #[test]
+    fn other_bodies_are_left_to_prost() {
+        let swim = crate::codec::encode_datagram(wire::datagram::Body::Swim(vec![1, 2].into()));
+        assert!(matches!(datagram(&swim), Some(DatagramRef::Other)));
+        // Gossip, then a SWIM body: the last of a oneof wins, as in prost.
+        let mut both = crate::codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+            network: "n".into(),
+            ..Default::default()
+        }));
+        both.extend([(2 << 3) | 2, 1, 9]);
+        assert!(matches!(
+            wire::Datagram::decode(&both[..]).unwrap().body,
+            Some(wire::datagram::Body::Swim(_))
+        ));
+        assert!(matches!(datagram(&both), Some(DatagramRef::Other)));
+    }
+}
