@@ -404,15 +404,15 @@ pub(crate) struct AgentArgs {
     #[arg(long, env = "NETDB_FAILED_GRACE", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub failed_grace: Option<Duration>,
-    /// SWIM probe period [default: 500ms]
+    /// SWIM probe period [default: 300ms]
     #[arg(long, env = "NETDB_PROBE_PERIOD", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub probe_period: Option<Duration>,
-    /// SWIM probe round-trip timeout [default: 200ms]
+    /// SWIM probe round-trip timeout [default: 150ms]
     #[arg(long, env = "NETDB_PROBE_RTT", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]
     pub probe_rtt: Option<Duration>,
-    /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 3]
+    /// Suspicion lasts MULT x max(1, log10 n) probe periods [default: 2]
     #[arg(long, env = "NETDB_SUSPICION_MULT", help_heading = "Gossip tuning")]
     pub suspicion_mult: Option<f64>,
     /// Where this host's identity, networks and endpoints are kept across

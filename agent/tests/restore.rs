@@ -84,16 +84,20 @@ fn a_restarted_agent_keeps_its_containers_traffic_and_its_endpoints_everywhere()
         eprintln!("SIGKILLed agent ready again in {:?}", t.elapsed());
         std::thread::sleep(Duration::from_secs(2));
 
-        // SIGTERM (an upgrade's stop: with endpoints, it does not leave).
+        // SIGTERM (an upgrade's stop: with endpoints, it does not leave),
+        // and a start as soon as it exited, as a supervisor told by
+        // SIGCHLD does. The agent is not our child: it is reaped by
+        // whichever process adopted it, which may take its time (over a
+        // second in some sandboxes), so its exit is seen in its state.
         let pid = std::fs::read_to_string(format!("{}/h1.pid", c.dir)).unwrap();
+        let t = Instant::now();
         ok("kill", &["-TERM", pid.trim()]);
-        until("h1's agent to exit", Duration::from_secs(10), || {
-            !std::path::Path::new(&format!("/proc/{}", pid.trim())).exists()
-        });
+        let exited = until("h1's agent to exit", Duration::from_secs(10), || exited(pid.trim()));
         c.start(1);
         until("h1 back in the API", Duration::from_secs(10), || {
             c.cli(1, &["health"]).status.success()
         });
+        eprintln!("SIGTERMed agent exited within {exited:?}, ready again in {:?}", t.elapsed());
         std::thread::sleep(Duration::from_secs(2));
         done.store(true, Ordering::Relaxed);
         sampler.join().unwrap()
@@ -131,4 +135,13 @@ fn a_restarted_agent_keeps_its_containers_traffic_and_its_endpoints_everywhere()
     assert_eq!(life(1), before, "the same incarnation, alive, as h2 sees it");
     let resumed = c.logs().matches("resumed=true").count();
     assert_eq!(resumed, 2, "both restarts resumed the saved life");
+}
+
+/// Whether process `pid` ended: gone, or a zombie waiting to be reaped.
+fn exited(pid: &str) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which is in parentheses.
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+        Err(_) => true,
+    }
 }

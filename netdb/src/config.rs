@@ -52,15 +52,18 @@ pub struct Config {
     /// partition reconnects (NetworkDB: 1 s).
     pub reconnect_interval: Duration,
     /// SWIM probe period and round-trip timeout (NetworkDB: 1 s, 500 ms).
-    /// Halved here: a failed node's entries must be gone within seconds.
-    /// A kill costs about one period until someone probes the victim, one
-    /// until the probe is judged, the suspicion and the news' spread
-    /// (docs/performance.md): 300 ms, 150 ms and `suspicion_mult` 2 find
-    /// it in under 2 s at 30 nodes, but then a 2-node cluster declares a
-    /// member failed 0.9 s into a restart, and the agent's restart test
-    /// (1.8 s between stop and start) expects none. A busy node judges its
-    /// late probes again and stretches its suspicions (`late_wake`,
-    /// `max_local_health`) instead of accusing healthy ones.
+    /// Under a third of that here: a failed node's entries must be gone
+    /// within seconds. A kill costs about one period until someone probes
+    /// the victim, one until the probe is judged, the suspicion and the
+    /// news' spread (docs/performance.md): 300 ms, 150 ms and
+    /// `suspicion_mult` 2 find it in about 1.5 s at 30 nodes. A stopped
+    /// member is declared failed about 0.9 s after its stop at the
+    /// earliest (a probe sent just after it, judged at the period's end,
+    /// then 2 × 300 ms of suspicion), and an agent is back in its cluster
+    /// some 20 ms after its exec: a supervisor's restart (systemd waits
+    /// 100 ms) goes unnoticed. A busy node judges its late probes again and
+    /// stretches its suspicions (`late_wake`, `max_local_health`) instead
+    /// of accusing healthy ones.
     pub probe_period: Duration,
     /// Time a probe waits for its ack before asking others to probe.
     pub probe_rtt: Duration,
@@ -130,9 +133,9 @@ impl Default for Config {
             join_retry: Duration::from_secs(1),
             join_retry_max: Duration::from_secs(30),
             reconnect_interval: Duration::from_secs(1),
-            probe_period: Duration::from_millis(500),
-            probe_rtt: Duration::from_millis(200),
-            suspicion_mult: 3.0,
+            probe_period: Duration::from_millis(300),
+            probe_rtt: Duration::from_millis(150),
+            suspicion_mult: 2.0,
             late_wake: Duration::from_millis(100),
             max_local_health: 3,
             unexpected_down_hold: Duration::from_secs(3),
