@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb::sim::{NetConfig, Sim};
-use netdb::{Config, MemberState};
+use netdb::{Config, MemberState, Scope};
 
 fn main() {
     let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
@@ -44,7 +44,8 @@ fn main() {
     while done.iter().any(Option::is_none) && sim.now() - start < Duration::from_secs(60) {
         sim.run_for(Duration::from_millis(20));
         for (i, d) in done.iter_mut().enumerate() {
-            if d.is_none() && sim.node(i).unwrap().entries("bench", "t").len() == n * per {
+            let held = sim.node(i).unwrap().scope_stats(Scope::Network("bench"));
+            if d.is_none() && held.is_some_and(|s| s.tables == [("t".to_string(), n * per)]) {
                 *d = Some(sim.now() - start);
             }
         }

@@ -45,6 +45,31 @@ impl Hasher {
     }
 }
 
+/// The same hash for `HashMap`s of table keys: fixed, so a simulated
+/// node's maps behave the same in every run (`RandomState` draws its keys
+/// from the OS), and safe unseeded for the reason above.
+#[derive(Clone, Copy)]
+pub(crate) struct MapHasher(u64);
+
+impl Default for MapHasher {
+    fn default() -> Self {
+        MapHasher(FNV_OFFSET)
+    }
+}
+
+impl std::hash::Hasher for MapHasher {
+    fn write(&mut self, data: &[u8]) {
+        for &b in data {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(FNV_PRIME);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        mix(self.0)
+    }
+}
+
 /// SplitMix64's finaliser.
 pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);

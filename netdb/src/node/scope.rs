@@ -77,7 +77,7 @@ impl ScopeState {
     pub(super) fn stats(&self) -> ScopeStats {
         let mut tables: Vec<(String, usize)> = Vec::new();
         let mut kept = 0;
-        for (table, _, e) in self.data.iter() {
+        for (table, _, e) in self.data.unordered() {
             if !e.visible() {
                 kept += 1;
                 continue;
