@@ -34,7 +34,11 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     /// an example of one)
     ///
     /// It's a good idea to have this type as lean as possible
-    type Addr: PartialEq;
+    ///
+    /// Ordered so that members can be found by address without a scan
+    /// (netdb's patch: foca 2.0.0 searched its member list linearly on
+    /// every message).
+    type Addr: PartialEq + Ord + Clone;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///

@@ -2,7 +2,7 @@
  * License, v. 2.0. If a copy of the MPL was not distributed with this
  * file, You can obtain one at https://mozilla.org/MPL/2.0/. */
 extern crate alloc;
-use alloc::vec::Vec;
+use alloc::{collections::BTreeMap, vec::Vec};
 
 use rand::{
     RngExt,
@@ -133,14 +133,19 @@ impl<T> Member<T> {
     }
 }
 
-pub(crate) struct Members<T> {
+pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
     cursor: usize,
     num_active: usize,
+    // netdb's patch: where each member sits in `inner`, by address. foca
+    // 2.0.0 found members with a linear scan on every message received
+    // (the sender is applied as alive), which dominated simulations of
+    // thousands of members.
+    index: BTreeMap<T::Addr, usize>,
 }
 
 #[cfg(test)]
-impl<T> Members<T> {
+impl<T: crate::Identity> Members<T> {
     pub(crate) fn len(&self) -> usize {
         self.inner.len()
     }
@@ -160,11 +165,25 @@ where
         //     inner is always empty outside of tests
         let num_active = inner.iter().filter(|member| member.is_active()).count();
 
-        Self {
+        let mut members = Self {
             cursor: 0,
             num_active,
             inner,
+            index: BTreeMap::new(),
+        };
+        members.reindex();
+        members
+    }
+
+    fn reindex(&mut self) {
+        self.index.clear();
+        for (pos, member) in self.inner.iter().enumerate() {
+            self.index.insert(member.id.addr(), pos);
         }
+    }
+
+    fn position(&self, addr: &T::Addr) -> Option<usize> {
+        self.index.get(addr).copied()
     }
 
     // Next member that's considered active
@@ -173,6 +192,7 @@ where
         // Round-robin with a shuffle at the end
         if self.cursor >= self.inner.len() {
             self.inner.shuffle(&mut rng);
+            self.reindex();
             self.cursor = 0;
         }
 
@@ -219,6 +239,26 @@ where
     ) where
         F: Fn(&Member<T>) -> bool,
     {
+        // netdb's patch: when most members qualify, random positions are
+        // drawn (without replacement, rejecting those that do not
+        // qualify) instead of scanning every member. A few failed draws
+        // fall back to the scan below.
+        let first = output.len();
+        if wanted > 0 && self.inner.len() / 4 >= wanted {
+            let mut attempts = wanted.saturating_mul(4).saturating_add(8);
+            while output.len() - first < wanted && attempts > 0 {
+                attempts -= 1;
+                let member = &self.inner[rng.random_range(0..self.inner.len())];
+                if picker(member) && !output[first..].iter().any(|m| m.id == member.id) {
+                    output.push(member.clone());
+                }
+            }
+            if output.len() - first == wanted {
+                return;
+            }
+            output.truncate(first);
+        }
+
         // Basic reservoir sampling
         let mut num_chosen = 0;
         let mut num_seen = 0;
@@ -235,7 +275,7 @@ where
             } else {
                 let replace_at = rng.random_range(0..num_seen);
                 if replace_at < wanted {
-                    output[replace_at] = member.clone();
+                    output[first + replace_at] = member.clone();
                 }
             }
         }
@@ -247,6 +287,11 @@ where
         output: &mut Vec<Member<T>>,
         rng: impl RngExt,
     ) {
+        // netdb's patch: nothing to scan for when every member is active
+        // (this runs every second when announcing to down members is on).
+        if self.num_active == self.inner.len() {
+            return;
+        }
         self.choose_members(wanted, output, rng, |member| !member.is_active());
     }
 
@@ -265,12 +310,17 @@ where
     }
 
     pub(crate) fn remove_if_down(&mut self, id: &T) -> Option<Member<T>> {
-        let position = self
-            .inner
-            .iter()
-            .position(|member| &member.id == id && member.state == State::Down);
-
-        position.map(|pos| self.inner.swap_remove(pos))
+        let pos = self.position(&id.addr())?;
+        let member = &self.inner[pos];
+        if &member.id != id || member.state != State::Down {
+            return None;
+        }
+        self.index.remove(&id.addr());
+        let removed = self.inner.swap_remove(pos);
+        if let Some(moved) = self.inner.get(pos) {
+            self.index.insert(moved.id.addr(), pos);
+        }
+        Some(removed)
     }
 
     pub(crate) fn iter_active(&self) -> impl Iterator<Item = &Member<T>> {
@@ -278,9 +328,9 @@ where
     }
 
     pub(crate) fn is_active(&self, id: &T) -> bool {
-        self.inner
-            .iter()
-            .any(|member| &member.id == id && member.is_active())
+        self.position(&id.addr())
+            .map(|pos| &self.inner[pos])
+            .is_some_and(|member| &member.id == id && member.is_active())
     }
 
     pub(crate) fn apply_existing_if<F: Fn(&Member<T>) -> bool>(
@@ -289,9 +339,8 @@ where
         condition: F,
     ) -> Option<ApplySummary<T>> {
         if let Some(known_member) = self
-            .inner
-            .iter_mut()
-            .find(|member| member.id.addr() == update.id().addr())
+            .position(&update.id().addr())
+            .map(|pos| &mut self.inner[pos])
         {
             let id_conflict = known_member.id != update.id;
 
@@ -363,6 +412,7 @@ where
                 let is_active_now = update.is_active();
 
                 // Insert at the end and swap with a random position.
+                let addr = update.id().addr();
                 self.inner.push(update);
                 let inserted_at = self.inner.len() - 1;
 
@@ -371,6 +421,11 @@ where
                     .unwrap_or(inserted_at);
 
                 self.inner.swap(swap_idx, inserted_at);
+                self.index.insert(addr, swap_idx);
+                if swap_idx != inserted_at {
+                    self.index
+                        .insert(self.inner[inserted_at].id.addr(), inserted_at);
+                }
 
                 if is_active_now {
                     self.num_active = self.num_active.saturating_add(1);
