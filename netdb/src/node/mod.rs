@@ -30,6 +30,8 @@ mod gossip;
 mod keys;
 mod merge;
 mod owners;
+#[cfg(feature = "sim")]
+mod preload;
 mod scope;
 mod send;
 mod suspicion;
