@@ -182,6 +182,8 @@ fn run(n: usize, opts: &Opts) {
     }
 
     if let Some(calm) = opts.calm {
+        // What the 30 % loss left (suspicions being refuted) settles first.
+        sim.run_for(Duration::from_secs(30));
         let t = Instant::now();
         sim.net.loss = 0.1;
         let before = Totals::of(&sim);
