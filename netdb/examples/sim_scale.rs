@@ -108,17 +108,37 @@ impl Totals {
     }
 }
 
-/// The resident set of this process, from /proc (0 where there is none).
-fn rss_bytes() -> u64 {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
+/// State a node keeps per member, measured (docs/performance.md): the
+/// simulator's memory grows as N².
+const BYTES_PER_MEMBER: u64 = 1_500;
+
+/// A `kB` field of a /proc file, in bytes (0 where there is none).
+fn proc_kb(file: &str, field: &str) -> u64 {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
 
+/// The resident set of this process.
+fn rss_bytes() -> u64 {
+    proc_kb("/proc/self/status", "VmRSS:")
+}
+
 fn run(n: usize, opts: &Opts) {
+    // The machine is shared: a size that cannot fit is refused, not left
+    // to the OOM killer, which may pick someone else's process.
+    let need = BYTES_PER_MEMBER * (n * n) as u64;
+    let available = proc_kb("/proc/meminfo", "MemAvailable:");
+    if available > 0 && need > available * 3 / 4 {
+        println!(
+            "N={n}: skipped: needs about {:.1} GB ({BYTES_PER_MEMBER} B per node per member), {:.1} GB available",
+            need as f64 / 1e9,
+            available as f64 / 1e9
+        );
+        return;
+    }
     let rss0 = rss_bytes();
     let wall = Instant::now();
     let mut cfg = Config::default();
