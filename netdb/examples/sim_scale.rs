@@ -175,11 +175,13 @@ fn run(n: usize, opts: &Opts) {
     );
 
     let t = Instant::now();
-    let (busy, writes, copies) = writes_at(&mut sim, 100, window);
+    let b = writes_at(&mut sim, 100, window);
     println!(
-        "N={n}: 100 writes/s {}; copies per write per node {:.2}; {:.1}s wall",
-        busy.rate(n, window),
-        copies as f64 / writes as f64 / n as f64,
+        "N={n}: 100 writes/s {}; copies per write per node {:.2}; missing 5 s after: {} of {}; {:.1}s wall",
+        b.busy.rate(n, window),
+        b.copies as f64 / b.writes as f64 / n as f64,
+        b.missing,
+        b.writes * n as u64,
         t.elapsed().as_secs_f64()
     );
 
@@ -236,10 +238,19 @@ fn spread_one(sim: &mut Sim, key: &str) -> (Option<Duration>, Totals) {
     (took, Totals::of(sim).since(before))
 }
 
-/// Random nodes write `per_sec` new entries a second for `d`: the traffic
-/// over `d`, the writes, and the copies received beyond the first once the
-/// gossip of them is over.
-fn writes_at(sim: &mut Sim, per_sec: u32, d: Duration) -> (Totals, u64, u64) {
+/// What a burst of writes cost and reached.
+struct Burst {
+    /// The counters' growth while writing.
+    busy: Totals,
+    writes: u64,
+    /// Copies received beyond the first, once the gossip is over.
+    copies: u64,
+    /// (node, write) pairs still missing 5 s after the last write.
+    missing: u64,
+}
+
+/// Random nodes write `per_sec` new entries a second for `d`.
+fn writes_at(sim: &mut Sim, per_sec: u32, d: Duration) -> Burst {
     let mut rng = StdRng::seed_from_u64(sim.len() as u64);
     let gap = Duration::from_secs(1) / per_sec;
     let before = Totals::of(sim);
@@ -255,5 +266,12 @@ fn writes_at(sim: &mut Sim, per_sec: u32, d: Duration) -> (Totals, u64, u64) {
     }
     let busy = Totals::of(sim).since(before);
     sim.run_for(Duration::from_secs(5));
-    (busy, writes, Totals::of(sim).since(before).copies)
+    let copies = Totals::of(sim).since(before).copies;
+    let held = |i: usize| {
+        sim.node(i).map_or(0, |x| {
+            (0..writes).filter(|w| x.get(NET, "t", &format!("w{w}")).is_some()).count()
+        })
+    };
+    let missing = (0..sim.len()).map(|i| writes - held(i) as u64).sum();
+    Burst { busy, writes, copies, missing }
 }
