@@ -69,6 +69,9 @@ pub use scope::{ScopeStats, SyncCounts};
 use sync::Outgoing;
 use timers::{Timers, Wake};
 
+/// Room an empty event queue keeps.
+const IDLE_EVENTS: usize = 64;
+
 /// One member of a netdb cluster, without I/O: see the module's contract.
 pub struct Node {
     cfg: Config,
@@ -260,7 +263,13 @@ impl Node {
 
     /// The next event; call until `None` after every input.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > IDLE_EVENTS {
+            // A join into a large cluster queues an event per member; the
+            // queue would keep that room for the node's whole life.
+            self.events.shrink_to(IDLE_EVENTS);
+        }
+        e
     }
 
     /// The time at which [`Node::handle_timeout`] must be called next;
