@@ -110,7 +110,7 @@ impl Totals {
 
 /// State a node keeps per member, measured (docs/performance.md): the
 /// simulator's memory grows as N².
-const BYTES_PER_MEMBER: u64 = 1_500;
+const BYTES_PER_MEMBER: u64 = 1_300;
 
 /// A `kB` field of a /proc file, in bytes (0 where there is none).
 fn proc_kb(file: &str, field: &str) -> u64 {
