@@ -263,6 +263,31 @@ impl Sim {
         }
     }
 
+    /// Makes the running hosts a cluster that formed long ago, every host
+    /// attached to `networks` (see `node::preload`): forming one by joins
+    /// costs O(n²) gossip, most of a run at thousands of nodes. The tables
+    /// are filled at once; foca learns the members host after host across
+    /// one probe period, so the probe rounds do not tick in step.
+    pub fn form_converged(&mut self, networks: &[&str]) {
+        let hosts = self.running();
+        for &i in &hosts {
+            for net in networks {
+                self.with_node(i, |n, now| n.join_network(now, net)).expect("valid network name");
+            }
+        }
+        let now = self.now;
+        let cluster: Vec<_> =
+            hosts.iter().filter_map(|&i| self.node(i)).map(|n| n.introduction(now)).collect();
+        for &i in &hosts {
+            self.with_node(i, |n, now| n.learn_cluster_tables(now, &cluster));
+        }
+        let step = self.cfg.probe_period / hosts.len().max(1) as u32;
+        for &i in &hosts {
+            self.with_node(i, |n, now| n.learn_members(now, &cluster));
+            self.run_for(step);
+        }
+    }
+
     /// Kills host `i`'s process: no goodbye, state lost.
     pub fn crash(&mut self, i: usize) {
         self.hosts[i].node = None;

@@ -210,6 +210,9 @@ pub struct Stats {
     pub entries_from_gossip: u64,
     /// Entries that were news to this node and arrived by push/pull.
     pub entries_from_sync: u64,
+    /// Entries a gossip packet brought that this node already held (that
+    /// version or a newer one): the redundancy of epidemic spread.
+    pub gossip_copies: u64,
     /// Push/pull exchanges this node opened.
     pub syncs_started: u64,
     /// Opened exchanges that completed.

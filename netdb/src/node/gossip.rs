@@ -30,16 +30,32 @@ impl Node {
         self.net_peers.as_ref().and_then(|m| m.get(network)).map(Vec::as_slice).unwrap_or(&[])
     }
 
+    /// `k` distinct peers of a scope, uniformly at random. Positions are
+    /// drawn without copying the peer list: a packet costs O(k²) with k
+    /// the fan-out, not O(n) in the cluster size.
     pub(super) fn choose_peers(&mut self, scope: Scope<'_>, k: usize) -> Vec<SocketAddr> {
-        let mut peers = self.peers_of(scope).to_vec();
-        let k = k.min(peers.len());
-        // Partial Fisher-Yates: the first k are a uniform sample.
-        for i in 0..k {
-            let j = self.rng.random_range(i..peers.len());
-            peers.swap(i, j);
+        let n = self.peers_of(scope).len();
+        let k = k.min(n);
+        let mut picked: Vec<usize> = Vec::with_capacity(k);
+        if 2 * k <= n {
+            while picked.len() < k {
+                let j = self.rng.random_range(0..n);
+                if !picked.contains(&j) {
+                    picked.push(j);
+                }
+            }
+        } else {
+            // Partial Fisher-Yates: the first k are a uniform sample.
+            let mut all: Vec<usize> = (0..n).collect();
+            for i in 0..k {
+                let j = self.rng.random_range(i..n);
+                all.swap(i, j);
+            }
+            all.truncate(k);
+            picked = all;
         }
-        peers.truncate(k);
-        peers
+        let peers = self.peers_of(scope);
+        picked.into_iter().map(|j| peers[j]).collect()
     }
 
     /// Makes sure a gossip tick comes when there is something to do: within

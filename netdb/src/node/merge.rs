@@ -123,6 +123,18 @@ impl Node {
             self.stats.drop(DropReason::BadEntry);
             return false;
         }
+        // Most arrivals are exact copies of what this node holds (every
+        // event reaches a node many times): they are turned away before
+        // the owner's state is looked up. A copy changes nothing the owner
+        // checks below could: holding that very write means its owner was
+        // admitted in that incarnation and none newer is known.
+        let held = self.scope(scope).and_then(|st| st.data.get(w.table, w.key));
+        if held.is_some_and(|old| old.version() == (w.ltime, w.owner, w.incarnation)) {
+            if via == Via::Gossip {
+                self.stats.gossip_copies += 1;
+            }
+            return false;
+        }
         let hidden = match self.admit_owner(scope, w) {
             Ok(hidden) => hidden,
             Err(r) => {
@@ -133,12 +145,11 @@ impl Node {
         let Some(st) = self.scope(scope) else {
             return false;
         };
-        // Most arrivals are copies of what we hold (every event reaches a
-        // node several times): they are turned away before anything else
-        // is looked up or allocated for them.
+        // An older version: turned away before anything else is looked up
+        // or allocated for it.
         let held = st.data.get(w.table, w.key);
         if let Some(old) = held
-            && (w.ltime, w.owner, w.incarnation) <= old.version()
+            && (w.ltime, w.owner, w.incarnation) < old.version()
         {
             return false;
         }

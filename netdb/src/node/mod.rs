@@ -30,6 +30,8 @@ mod gossip;
 mod keys;
 mod merge;
 mod owners;
+#[cfg(feature = "sim")]
+mod preload;
 mod scope;
 mod send;
 mod suspicion;
@@ -66,6 +68,9 @@ use scope::ScopeState;
 pub use scope::{ScopeStats, SyncCounts};
 use sync::{Outgoing, Serving};
 use timers::{Timers, Wake};
+
+/// Room an empty event queue keeps.
+const IDLE_EVENTS: usize = 64;
 
 /// One member of a netdb cluster, without I/O: see the module's contract.
 pub struct Node {
@@ -258,7 +263,13 @@ impl Node {
 
     /// The next event; call until `None` after every input.
     pub fn poll_event(&mut self) -> Option<Event> {
-        self.events.pop_front()
+        let e = self.events.pop_front();
+        if e.is_none() && self.events.capacity() > IDLE_EVENTS {
+            // A join into a large cluster queues an event per member; the
+            // queue would keep that room for the node's whole life.
+            self.events.shrink_to(IDLE_EVENTS);
+        }
+        e
     }
 
     /// The time at which [`Node::handle_timeout`] must be called next;

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::num::{NonZeroU8, NonZeroU32, NonZeroUsize};
 use std::time::Duration;
 
-use foca::{OwnedNotification, Timer};
+use foca::{AccumulatingRuntime, OwnedNotification, Timer};
 use netdb_wire as wire;
 use rand::RngExt;
 
@@ -21,6 +21,9 @@ use crate::membership::{Identity, Status};
 
 /// Known nodes (besides the seeds) an announce round knocks on.
 const KNOCK_KNOWN: usize = 3;
+
+/// Effects drained at once past which foca's runtime queues are renewed.
+const IDLE_RUNTIME: usize = 256;
 
 impl Node {
     /// Knocks on the seeds' doors and on a few other nodes this node has
@@ -71,9 +74,11 @@ impl Node {
     /// Moves foca's effects out of its runtime: packets to the outbox,
     /// timers to the scheduler, notifications into the owner life cycle.
     pub(super) fn drain_swim(&mut self, now: Duration) {
+        let mut drained = 0usize;
         loop {
             let mut progressed = false;
             while let Some((to, data)) = self.rt.to_send() {
+                drained += 1;
                 progressed = true;
                 self.send_control(to.addr, wire::datagram::Body::Swim(data));
             }
@@ -91,12 +96,18 @@ impl Node {
                 self.schedule(now + after, Wake::Swim(timer));
             }
             while let Some(n) = self.rt.to_notify() {
+                drained += 1;
                 progressed = true;
                 self.swim_notification(now, n);
             }
             if !progressed {
                 break;
             }
+        }
+        if drained > IDLE_RUNTIME && self.rt.backlog() == 0 {
+            // A feed of a large cluster leaves room for a notification per
+            // member in foca's queues, which would keep it for good.
+            self.rt = AccumulatingRuntime::new();
         }
         self.arm_tick(now);
     }
