@@ -346,7 +346,13 @@ impl Linux {
     /// existing bridge's addresses are left to reconcile.
     pub(crate) async fn ensure_bridge(&self, net: &Network) -> Result<u32, Error> {
         let br = bridge_name(net.vni);
-        let bridge = LinkBridge::new(&br).mtu(net.mtu).build();
+        // A bridge whose address was never set takes the lowest of its
+        // ports' addresses, so the gateway's MAC changed whenever a
+        // container with a lower one came or went, and the containers'
+        // ARP entries for the gateway (their DNS, their way out) pointed
+        // nowhere until they aged out, about 30 s. Set at creation, the
+        // address stays (Docker's bridge driver does the same).
+        let bridge = LinkBridge::new(&br).mtu(net.mtu).address(random_mac()).build();
         let created = match self.handle().link().add(bridge).execute().await {
             Ok(()) => true,
             other => {
@@ -964,4 +970,15 @@ impl Kernel for Linux {
     ) -> impl Future<Output = Result<ReconcileReport, Error>> + Send {
         Linux::reconcile(self, desired)
     }
+}
+
+/// A random locally administered unicast MAC. `RandomState` is the
+/// standard library's per-process random key source; its hash of nothing
+/// is 64 random bits.
+fn random_mac() -> Vec<u8> {
+    use std::hash::{BuildHasher, Hasher};
+    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
+    let mut mac = bits.to_le_bytes()[..6].to_vec();
+    mac[0] = (mac[0] & 0xfe) | 0x02;
+    mac
 }

@@ -550,6 +550,20 @@ fn the_bridge_holds_exactly_the_gateway_address() {
     assert!(is_up(&ip(&["-n", &host, "link", "show", "ndbr4242"])));
     assert_eq!(k.reconcile(&first).changes(), 0, "in step");
 
+    // The gateway's MAC stays when a port with a lower one joins (a bridge
+    // takes its lowest port's address unless its own was set): containers
+    // keep reaching the gateway without waiting for their ARP to age.
+    let mac = || {
+        let link = ip(&["-n", &host, "-o", "link", "show", "ndbr4242"]);
+        link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string()
+    };
+    let before = mac();
+    let low = ["link", "add", "ndlow", "address", "02:00:00:00:00:01", "type", "veth"];
+    ip(&[&["-n", host.as_str()], &low[..], &["peer", "name", "ndlowp"]].concat());
+    ip(&["-n", &host, "link", "set", "ndlow", "master", "ndbr4242", "up"]);
+    assert_eq!(mac(), before, "the bridge kept its address");
+    ip(&["-n", &host, "link", "del", "ndlow"]);
+
     // Moved, with an address added by hand besides: exactly the new one.
     ip(&["-n", &host, "addr", "add", "10.77.9.9/16", "dev", "ndbr4242"]);
     let r = k.reconcile(&with(Some((addr(254), 24))));
