@@ -239,12 +239,8 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
         until("late to ping web by name", wait, || pings(hosts, 2, "late", "web"));
 
         // dockerd restarted under running containers (live restore): they
-        // keep running and keep their connectivity, and the agent still
-        // answers for their names at the gateway. Asked there directly:
-        // Docker's own resolver in the container (127.0.0.11, which
-        // forwards to the gateway) comes back on dockerd's schedule, not
-        // ours; in one failed run it still timed out 30 s after the restart
-        // while the gateway answered (Docker 20.10).
+        // keep running and keep their connectivity, and their names
+        // resolve, at the gateway and through Docker's resolver.
         let started =
             |h: &DockerHosts| h.docker_ok(2, &["inspect", "-f", "{{.State.StartedAt}}", "client"]);
         let before_restart = started(hosts).unwrap();
@@ -256,6 +252,9 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
         until("client to resolve web at the gateway after dockerd's restart", wait, || {
             let o = hosts.docker(2, &["exec", "client", "nslookup", "web", GATEWAY]);
             o.status.success() && text(&o).contains(&web)
+        });
+        until("client to ping web by name after dockerd's restart", wait, || {
+            pings(hosts, 2, "client", "web")
         });
         let vni = nets_vni(hosts, 2, "app");
         let web_mac = hosts
