@@ -218,18 +218,7 @@ mod tests {
     use std::collections::{BTreeMap, BTreeSet};
 
     use super::*;
-
-    /// A deterministic xorshift stream.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::hash::Rng;
 
     fn build(entries: &BTreeMap<u64, u64>) -> Digest {
         let mut d = Digest::default();

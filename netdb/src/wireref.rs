@@ -213,18 +213,7 @@ mod tests {
     use prost::Message;
 
     use super::*;
-
-    /// A deterministic xorshift stream.
-    struct Rng(u64);
-
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-    }
+    use crate::hash::Rng;
 
     fn sample(rng: &mut Rng, entries: usize) -> wire::Gossip {
         let mut text = |n: u64| format!("t{}é", rng.next() % n);
