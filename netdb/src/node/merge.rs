@@ -153,6 +153,14 @@ impl Node {
         {
             return false;
         }
+        // Only an earlier life of this process (a restart that kept its
+        // incarnation) can have written our name with a later time than
+        // ours: what we hold now is our word, and it must win everywhere.
+        // What we do not hold, that life wrote and no one has undone: it is
+        // ours again (the store below).
+        let ours = held
+            .filter(|e| w.owner == self.name && e.owner == self.name)
+            .map(|e| (e.value.clone(), e.deleted));
         if let Scope::Network(net) = scope
             && self.detached_before(net, w.owner, w.incarnation, w.ltime)
         {
@@ -160,22 +168,13 @@ impl Node {
             return false;
         }
         self.clock.witness(w.ltime);
-        let held = self.scope(scope).and_then(|st| st.data.get(w.table, w.key));
-        let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
-        entry.hidden = hidden;
-        // Only an earlier life of this process (a restart that kept its
-        // incarnation) can have written our name with a later time than
-        // ours: what we hold now is our word, and it must win everywhere.
-        // What we do not hold, that life wrote and no one has undone: it is
-        // ours again (the store below).
-        if w.owner == self.name
-            && let Some(mine) = held.filter(|e| e.owner == self.name)
-        {
-            let (value, deleted) = (mine.value.clone(), mine.deleted);
+        if let Some((value, deleted)) = ours {
             self.stats.own_entries_restated += 1;
             self.write(now, scope, w.table, w.key, value, deleted);
             return true;
         }
+        let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
+        entry.hidden = hidden;
         match via {
             Via::Gossip => self.stats.entries_from_gossip += 1,
             Via::Sync => self.stats.entries_from_sync += 1,
