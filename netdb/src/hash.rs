@@ -20,19 +20,19 @@ impl Default for Hasher {
 
 impl Hasher {
     /// Adds a byte string (its length first).
-    pub fn bytes(mut self, data: &[u8]) -> Self {
+    pub fn bytes(self, data: &[u8]) -> Self {
         // Length first, so ("ab","c") and ("a","bc") differ.
-        self = self.u64(data.len() as u64);
-        for &b in data {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(FNV_PRIME);
-        }
-        self
+        self.u64(data.len() as u64).feed(data)
     }
 
     /// Adds a number.
-    pub fn u64(mut self, v: u64) -> Self {
-        for b in v.to_le_bytes() {
+    pub fn u64(self, v: u64) -> Self {
+        self.feed(&v.to_le_bytes())
+    }
+
+    /// FNV-1a over `data`, nothing framed.
+    fn feed(mut self, data: &[u8]) -> Self {
+        for &b in data {
             self.0 ^= u64::from(b);
             self.0 = self.0.wrapping_mul(FNV_PRIME);
         }
@@ -48,25 +48,16 @@ impl Hasher {
 /// The same hash for `HashMap`s of table keys: fixed, so a simulated
 /// node's maps behave the same in every run (`RandomState` draws its keys
 /// from the OS), and safe unseeded for the reason above.
-#[derive(Clone, Copy)]
-pub(crate) struct MapHasher(u64);
-
-impl Default for MapHasher {
-    fn default() -> Self {
-        MapHasher(FNV_OFFSET)
-    }
-}
+#[derive(Clone, Copy, Default)]
+pub(crate) struct MapHasher(Hasher);
 
 impl std::hash::Hasher for MapHasher {
     fn write(&mut self, data: &[u8]) {
-        for &b in data {
-            self.0 ^= u64::from(b);
-            self.0 = self.0.wrapping_mul(FNV_PRIME);
-        }
+        self.0 = self.0.feed(data);
     }
 
     fn finish(&self) -> u64 {
-        mix(self.0)
+        self.0.finish()
     }
 }
 

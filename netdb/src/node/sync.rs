@@ -220,9 +220,9 @@ impl Node {
             if let Some(st) = self.scope_mut(scope) {
                 st.synced = true;
             }
-            if let Some(mut s) = self.serving.remove(&key) {
-                s.moved.add(r, &wire::SyncRound::default());
+            if let Some(s) = self.serving.remove(&key) {
                 let Moved { sent, got } = s.moved;
+                let got = got + r.entries.len();
                 tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, "push/pull served");
             }
             return;
