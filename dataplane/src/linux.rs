@@ -1,6 +1,6 @@
 //! The plan carried out over rtnetlink.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
@@ -50,6 +50,8 @@ pub struct Linux {
     /// to it means the table still holds that ruleset (nft prints rules in
     /// its own layout, so the generated text is never compared directly).
     loaded: Mutex<Option<(String, String)>>,
+    /// Bridges whose MAC this process has pinned (see `ensure_bridge`).
+    pinned: Mutex<HashSet<u32>>,
 }
 
 type Op = Pin<Box<dyn Future<Output = (Kind, Result<(), Error>)> + Send + 'static>>;
@@ -61,7 +63,11 @@ fn op(kind: Kind, f: impl Future<Output = Result<(), Error>> + Send + 'static) -
 impl Linux {
     /// Must be called inside a tokio runtime.
     pub fn new() -> Result<Linux, Error> {
-        Ok(Linux { conn: netns::here()?, loaded: Mutex::new(None) })
+        Ok(Linux {
+            conn: netns::here()?,
+            loaded: Mutex::new(None),
+            pinned: Mutex::new(HashSet::new()),
+        })
     }
 
     fn handle(&self) -> &Handle {
@@ -181,6 +187,12 @@ impl Linux {
         observed.netns_gone = gone_namespaces(desired);
         let p = plan(desired, &observed);
         let mut report = ReconcileReport::default();
+        let kept = observed.networks.iter().filter(|(vni, _)| desired.contains_key(vni));
+        for (vni, br) in kept.filter_map(|(vni, n)| Some((*vni, n.bridge?))) {
+            if let Err(e) = self.pin_mac(br, &bridge_name(vni)).await {
+                fail(&mut report, &e);
+            }
+        }
         if p.is_empty() {
             report.elapsed = started.elapsed();
             return Ok(report);
@@ -366,7 +378,35 @@ impl Linux {
         if let (true, Some(addr)) = (created, net.gateway) {
             self.bridge_address_add(ix, net.vni, addr).await?;
         }
+        if created {
+            self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(ix);
+        } else {
+            self.pin_mac(ix, &br).await?;
+        }
         Ok(ix)
+    }
+
+    /// A bridge made by an older version has no MAC of its own and follows
+    /// its lowest port's. Setting its current address once marks it as
+    /// chosen, which the kernel then keeps: its gateway MAC stops moving
+    /// without changing now. Once per bridge and process, because each set
+    /// also flushes the bridge's neighbour entries.
+    async fn pin_mac(&self, ix: u32, br: &str) -> Result<(), Error> {
+        if self.pinned.lock().unwrap_or_else(|p| p.into_inner()).contains(&ix) {
+            return Ok(());
+        }
+        let mut links = self.handle().link().get().match_index(ix).execute();
+        let msg = links.try_next().await.map_err(|e| Error::netlink(format!("read {br}"), e))?;
+        let mac = msg.into_iter().flat_map(|m| m.attributes).find_map(|a| match a {
+            LinkAttribute::Address(mac) => Some(mac),
+            _ => None,
+        });
+        if let Some(mac) = mac {
+            let set = LinkUnspec::new_with_index(ix).address(mac).build();
+            self.set_link(set, format!("pin the MAC of {br}")).await?;
+        }
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(ix);
+        Ok(())
     }
 
     /// Gives network `vni`'s bridge (index `ix`) an address, and keeps it

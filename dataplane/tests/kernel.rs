@@ -583,3 +583,44 @@ fn the_bridge_holds_exactly_the_gateway_address() {
     });
     assert_eq!(ipv4_of(&host, "ndbr4242"), ["10.77.0.1/24"]);
 }
+
+#[test]
+fn a_bridge_made_before_macs_were_set_stops_following_its_ports() {
+    if !allowed("a_bridge_made_before_macs_were_set_stops_following_its_ports") {
+        return;
+    }
+    let ns = Namespaces::new("gwpin", &["host"]);
+    let host = ns.0[0].clone();
+    let mac = |dev: &str| {
+        let link = ip(&["-n", &host, "-o", "link", "show", dev]);
+        link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string()
+    };
+    let port = |name: &str, addr: &str| {
+        let add = ["link", "add", name, "address", addr, "type", "veth", "peer", "name"];
+        ip(&[&["-n", host.as_str()], &add[..], &[&format!("{name}p")]].concat());
+        ip(&["-n", &host, "link", "set", name, "master", "ndbr4242", "up"]);
+    };
+    // As older versions made it: no address of its own, so it follows its
+    // lowest port. Found either by a reconcile that completes the network
+    // (its VXLAN device missing) or by one that finds it complete.
+    let old_bridge = |ports: &[&str]| {
+        ip(&["-n", &host, "link", "add", "ndbr4242", "mtu", "1450", "type", "bridge"]);
+        port(ports[0], "02:00:00:00:00:10");
+        port(ports[1], "02:00:00:00:00:08");
+        assert_eq!(mac("ndbr4242"), "02:00:00:00:00:08", "an unpinned bridge follows");
+    };
+    let desired: Desired = [(4242, network(&[], &[]))].into();
+    for (round, created) in [(0, 1), (1, 0)] {
+        let (hi, mid, low) = [("ndhi", "ndmid", "ndlow"), ("ndhi2", "ndmid2", "ndlow2")][round];
+        old_bridge(&[hi, mid]);
+        if created == 0 {
+            ip(&["-n", &host, "link", "set", "ndvx4242", "master", "ndbr4242", "up"]);
+        }
+        // A new reconciler each round: a restarted agent.
+        let r = Reconciler::new(ns.path(0)).reconcile(&desired);
+        assert_eq!((r.created, r.failed), (created, 0), "{r:?}");
+        port(low, "02:00:00:00:00:01");
+        assert_eq!(mac("ndbr4242"), "02:00:00:00:00:08", "round {round}: pinned where it was");
+        ip(&["-n", &host, "link", "del", "ndbr4242"]);
+    }
+}
