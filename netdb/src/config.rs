@@ -67,6 +67,18 @@ pub struct Config {
     pub probe_period: Duration,
     /// Time a probe waits for its ack before asking others to probe.
     pub probe_rtt: Duration,
+    /// Every other probe goes to the next live member in address order
+    /// (the rest stay random): each member is then probed at least every
+    /// second period, where random probing leaves it unprobed for a period
+    /// with probability about 1/e and a crash's first probe waits a
+    /// geometric number of periods (docs/performance.md, the kill tail).
+    pub ring_probes: bool,
+    /// A member heard to be suspect is probed by this node at its next
+    /// turn: a crash is then timed out by every member's own probe, not
+    /// only by its first suspecter's (a member that missed every copy of
+    /// the Down news waited for its own probe round, seconds), while a
+    /// suspect that answers (a healed partition's stale news) stays alive.
+    pub probe_heard_suspects: bool,
     /// Suspicion lasts `suspicion_mult × max(1, log10 n) × probe_period`
     /// (NetworkDB: 4 × 1 s, stretched up to 6× by Lifeguard), times this
     /// node's local health factor. Only the nodes whose own probes failed
@@ -135,6 +147,8 @@ impl Default for Config {
             reconnect_interval: Duration::from_secs(1),
             probe_period: Duration::from_millis(300),
             probe_rtt: Duration::from_millis(150),
+            ring_probes: true,
+            probe_heard_suspects: true,
             suspicion_mult: 2.0,
             late_wake: Duration::from_millis(100),
             max_local_health: 3,

@@ -353,6 +353,8 @@ pub(super) fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
     let mut c = foca::Config::new_lan(n);
     c.probe_period = cfg.probe_period;
     c.probe_rtt = cfg.probe_rtt;
+    c.ring_probes = cfg.ring_probes;
+    c.probe_heard_suspects = cfg.probe_heard_suspects;
     let (tx, suspicion) = swim_params(cfg, n.get());
     c.max_transmissions = NonZeroU8::new(tx).unwrap_or(NonZeroU8::MIN);
     c.suspect_to_down_after = suspicion;

@@ -186,6 +186,30 @@ pub struct Config {
     /// This feature is an extension to the SWIM protocol and should be left
     /// disabled if you're aiming at pure SWIM behavior.
     pub periodic_gossip: Option<PeriodicParams>,
+
+    /// netdb's patch: every other probe goes to the next active member
+    /// after this one in address order (wrapping), the rest stay random.
+    ///
+    /// Random probing leaves a given member unprobed for a whole period
+    /// with probability about 1/e whatever the cluster size, so the wait
+    /// until a crashed member is first probed is geometric and its tail
+    /// dominates failure detection. Along the ring every active member is
+    /// probed by its predecessor at least every second period (when views
+    /// agree), which bounds that wait; the random half keeps the many
+    /// independent observers SWIM relies on when views differ.
+    pub ring_probes: bool,
+
+    /// netdb's patch: a member heard to be suspect is probed by this node
+    /// at its next probe turn (a few at a time), instead of the ring or a
+    /// random member.
+    ///
+    /// SWIM sets the suspicion timer only on the members whose own probe
+    /// failed; the others wait for the Down news, and a member that misses
+    /// every copy of it keeps the crashed member until its own probe round
+    /// reaches it (seconds, in a large cluster). Probing a heard suspect
+    /// makes each member find a crash with its own timer; a suspect that
+    /// answers (a healed partition's stale news) is left alone.
+    pub probe_heard_suspects: bool,
 }
 
 /// Configuration for a task that should happen periodically
@@ -222,6 +246,9 @@ impl Config {
             periodic_announce: None,
             periodic_announce_to_down_members: None,
             periodic_gossip: None,
+
+            ring_probes: false,
+            probe_heard_suspects: false,
         }
     }
 
@@ -291,6 +318,9 @@ impl Config {
                 frequency: Duration::from_millis(200),
                 num_members: NonZeroUsize::new(3).unwrap(),
             }),
+
+            ring_probes: false,
+            probe_heard_suspects: false,
         }
     }
 
@@ -333,6 +363,9 @@ impl Config {
                 frequency: Duration::from_millis(500),
                 num_members: NonZeroUsize::new(4).unwrap(),
             }),
+
+            ring_probes: false,
+            probe_heard_suspects: false,
         }
     }
 

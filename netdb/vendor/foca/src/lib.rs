@@ -198,7 +198,18 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
 
     broadcast_handler: B,
     custom_broadcasts: Broadcasts<B::Key>,
+
+    // netdb's patch: whether the next probe goes along the address ring
+    // (`Config::ring_probes`).
+    ring_turn: bool,
+    // netdb's patch: members heard to be suspect, to probe next
+    // (`Config::probe_heard_suspects`), at most `MAX_HEARD_SUSPECTS`.
+    heard_suspects: Vec<T>,
 }
+
+// A burst of suspicions probes a few suspects, not the whole backlog:
+// the others are left to their suspecters' timers and the Down news.
+const MAX_HEARD_SUSPECTS: usize = 4;
 
 impl<T, C, RNG> Foca<T, C, RNG, NoCustomBroadcast>
 where
@@ -266,6 +277,8 @@ where
             updates: Broadcasts::new(),
             send_buf: Vec::with_capacity(max_bytes),
             custom_broadcasts: Broadcasts::new(),
+            ring_turn: false,
+            heard_suspects: Vec::new(),
             broadcast_handler,
         }
     }
@@ -1184,7 +1197,24 @@ where
             }
         }
 
-        if let Some(member) = self.members.next(&mut self.rng) {
+        let mut heard = None;
+        while let Some(id) = self.heard_suspects.pop() {
+            heard = self.members.suspect(&id);
+            if heard.is_some() {
+                break;
+            }
+        }
+        if heard.is_none() {
+            self.ring_turn = self.config.ring_probes && !self.ring_turn;
+        }
+        let member = if heard.is_some() {
+            heard
+        } else if self.ring_turn {
+            self.members.successor(&self.identity.addr())
+        } else {
+            self.members.next(&mut self.rng)
+        };
+        if let Some(member) = member {
             let member_id = member.id().clone();
             let probe_number = self.probe.start(member.clone());
 
@@ -1228,6 +1258,16 @@ where
     ) -> Result<bool> {
         debug_assert_ne!(&self.identity, update.id());
         let summary = self.members.apply(update.clone(), &mut self.rng);
+        let heard_suspect = self.config.probe_heard_suspects
+            && update.state() == State::Suspect
+            && summary.apply_successful
+            && summary.is_active_now;
+        if heard_suspect
+            && self.heard_suspects.len() < MAX_HEARD_SUSPECTS
+            && !self.heard_suspects.contains(update.id())
+        {
+            self.heard_suspects.push(update.id().clone());
+        }
 
         let update_is_active = match summary.conflict {
             member::ConflictResult::Lost | member::ConflictResult::FailedCondition => false,
@@ -1535,6 +1575,15 @@ where
             || (header.message == Message::Announce
                 // Then we accept it if DST is one of our _possible_
                 // identities
+                && self.identity.addr() == header.dst.addr())
+            // netdb's patch: or a probe of a previous identity at our
+            // address. At a partition's heal every member renews its
+            // identity, and one that has not heard another's renewal yet
+            // probes the old identity: refused, the probe failed and a
+            // live member was declared down. Answered, the prober learns
+            // our identity from the ack's header (the old one is
+            // replaced, so its failed probe suspects no one).
+            || (matches!(header.message, Message::Ping(_) | Message::IndirectPing { .. })
                 && self.identity.addr() == header.dst.addr())
     }
 
@@ -2878,6 +2927,60 @@ mod tests {
     }
 
     #[test]
+    fn probes_alternate_ring_and_random_and_heard_suspects_go_first() {
+        let config = Config {
+            ring_probes: true,
+            probe_heard_suspects: true,
+            ..config()
+        };
+        let mut foca = Foca::new(ID::new(1), config, rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        // What is heard comes through its own runtime: `probe` holds the
+        // other.
+        let mut news = AccumulatingRuntime::new();
+        for id in 2..=11 {
+            foca.apply(Member::alive(ID::new(id)), &mut news)
+                .expect("infallible");
+        }
+        let timer = Timer::ProbeRandomMember(foca.timer_token());
+        let mut probe = |foca: &mut Foca<ID, BadCodec, SmallRng, NoCustomBroadcast>| {
+            // The previous probe is left incomplete, which is reported
+            // and does not stop the next one.
+            let _ = foca.handle_timer(timer.clone(), &mut runtime);
+            *foca.probe().target().expect("a probe started")
+        };
+        // The ring's turn: the next address after ours.
+        assert_eq!(probe(&mut foca), ID::new(2));
+        let random = (0..6).map(|_| probe(&mut foca)).collect::<Vec<_>>();
+        assert_eq!(
+            random.iter().step_by(2).copied().collect::<Vec<_>>(),
+            vec![random[0], random[2], random[4]],
+        );
+        assert!(
+            random.iter().skip(1).step_by(2).all(|id| *id == ID::new(2)),
+            "every other probe follows the ring: {random:?}"
+        );
+        assert!(
+            random.iter().step_by(2).any(|id| *id != ID::new(2)),
+            "the others are random: {random:?}"
+        );
+
+        // Next is a random turn; a heard suspect goes before it, and the
+        // turn is kept.
+        foca.apply(Member::new(ID::new(7), 0, State::Suspect), &mut news)
+            .expect("infallible");
+        assert_eq!(probe(&mut foca), ID::new(7), "the heard suspect first");
+        let _ = probe(&mut foca);
+        // A suspect refuted before its turn is not probed for it: the
+        // ring's turn comes as due.
+        foca.apply(Member::new(ID::new(8), 0, State::Suspect), &mut news)
+            .expect("infallible");
+        foca.apply(Member::new(ID::new(8), 1, State::Alive), &mut news)
+            .expect("infallible");
+        assert_eq!(probe(&mut foca), ID::new(2));
+    }
+
+    #[test]
     fn probe_ping_ack_cycle() {
         let (mut foca, probed, send_indirect_probe) = craft_probing_foca(5, config());
         let mut runtime = AccumulatingRuntime::new();
@@ -3060,6 +3163,31 @@ mod tests {
 
         let (header, _updates) = decode(runtime.take_data(ID::new(2)).unwrap());
         assert_eq!(header.message, Message::Ack(probe_number));
+    }
+
+    #[test]
+    fn a_ping_to_our_previous_identity_is_answered_from_the_current_one() {
+        // Renewed: same address, next generation.
+        let mut foca = Foca::new(ID::new_with_bump(1, 1), config(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        let ping = |dst: ID| {
+            let header = Header {
+                src: ID::new(2),
+                src_incarnation: Incarnation::default(),
+                dst,
+                message: Message::Ping(7),
+            };
+            encode((header, Vec::new()))
+        };
+        assert_eq!(Ok(()), foca.handle_data(&ping(ID::new(1)), &mut runtime));
+        let (header, _updates) = decode(runtime.take_data(ID::new(2)).expect("answered"));
+        assert_eq!(header.message, Message::Ack(7));
+        assert_eq!(header.src, ID::new_with_bump(1, 1), "from the current identity");
+
+        // A ping to another address is still not ours.
+        runtime.clear();
+        assert_eq!(Ok(()), foca.handle_data(&ping(ID::new(3)), &mut runtime));
+        assert!(runtime.take_data(ID::new(2)).is_none());
     }
 
     #[test]

@@ -230,6 +230,25 @@ where
         }
     }
 
+    /// netdb's patch: the first active member after `addr` in address
+    /// order, wrapping around (`Config::ring_probes`).
+    pub(crate) fn successor(&self, addr: &T::Addr) -> Option<&Member<T>> {
+        use core::ops::Bound::{Excluded, Unbounded};
+        let after = self.index.range((Excluded(addr), Unbounded));
+        let before = self.index.range(..addr);
+        after
+            .chain(before)
+            .filter_map(|(_, &pos)| self.inner.get(pos))
+            .find(|m| m.is_active())
+    }
+
+    /// netdb's patch: the member of identity `id`, if it is suspect.
+    pub(crate) fn suspect(&self, id: &T) -> Option<&Member<T>> {
+        self.position(&id.addr())
+            .and_then(|pos| self.inner.get(pos))
+            .filter(|m| &m.id == id && m.state == State::Suspect)
+    }
+
     fn choose_members<F>(
         &self,
         wanted: usize,
@@ -804,6 +823,34 @@ mod tests {
                 "next() should yield the same member if its the only active"
             );
         }
+    }
+
+    #[test]
+    fn successor_is_the_next_active_address_wrapping_around() {
+        let mut rng = SmallRng::seed_from_u64(0xF0CA);
+        let mut members = Members::new(Vec::from([
+            Member::alive(Id("b")),
+            Member::down(Id("d")),
+            Member::suspect(Id("e")),
+            Member::alive(Id("g")),
+        ]));
+        let next = |m: &Members<Id>, of| m.successor(&of).map(|m| m.id);
+        assert_eq!(next(&members, "a"), Some(Id("b")));
+        assert_eq!(next(&members, "b"), Some(Id("e")), "skips the down one");
+        assert_eq!(next(&members, "c"), Some(Id("e")), "a suspect is still probed");
+        assert_eq!(next(&members, "g"), Some(Id("b")), "wraps around");
+        assert_eq!(next(&members, "h"), Some(Id("b")), "wraps around");
+        // A shuffle by `next` changes positions, not the ring.
+        for _ in 0..10 {
+            let _ = members.next(&mut rng);
+        }
+        assert_eq!(next(&members, "f"), Some(Id("g")));
+        assert_eq!(next(&members, "b"), Some(Id("e")));
+        let _ = members.apply(Member::new(Id("e"), 1, State::Down), &mut rng);
+        assert_eq!(next(&members, "b"), Some(Id("g")));
+
+        let alone = Members::new(Vec::from([Member::down(Id("x"))]));
+        assert_eq!(next(&alone, "a"), None, "no active member");
     }
 
     #[test]
