@@ -271,26 +271,30 @@ fn sock(dir: &Path, i: usize) -> PathBuf {
     dir.join(format!("n{i}.sock"))
 }
 
+/// The agent's API, once it answers: its socket file appears at bind,
+/// a moment before it listens (refused meanwhile, seen on a loaded machine).
 async fn connect(path: &Path) -> Result<NetdbClient<Channel>, Box<dyn std::error::Error>> {
     let start = Instant::now();
-    while !path.exists() {
-        if start.elapsed() > Duration::from_secs(20) {
-            return Err(format!("agent socket {} never appeared", path.display()).into());
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let path = path.to_path_buf();
-    let ch = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_| {
-            let path = path.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(path).await?,
-                ))
+    loop {
+        let sock = path.to_path_buf();
+        let attempt = Endpoint::try_from("http://[::]:50051")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let sock = sock.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(sock).await?,
+                    ))
+                }
+            }))
+            .await;
+        match attempt {
+            Ok(ch) => return Ok(NetdbClient::new(ch)),
+            Err(e) if start.elapsed() > Duration::from_secs(20) => {
+                return Err(format!("agent API {} never answered: {e}", path.display()).into());
             }
-        }))
-        .await?;
-    Ok(NetdbClient::new(ch))
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
 }
 
 /// Suspicions started, members marked failed and late probe timers, summed
