@@ -73,10 +73,11 @@ pub struct Config {
     /// with probability about 1/e and a crash's first probe waits a
     /// geometric number of periods (docs/performance.md, the kill tail).
     pub ring_probes: bool,
-    /// A member heard to be suspect is probed by this node at its next
-    /// turn: a crash is then timed out by every member's own probe, not
-    /// only by its first suspecter's (a member that missed every copy of
-    /// the Down news waited for its own probe round, seconds), while a
+    /// A member heard to be suspect that is still suspect once its Down
+    /// is overdue (the suspicion timeout and a probe period after the
+    /// news) is probed by this node at its next turn: a member that missed
+    /// every copy of the Down news then times the crash out with its own
+    /// probe instead of waiting for its own probe round (seconds), while a
     /// suspect that answers (a healed partition's stale news) stays alive.
     pub probe_heard_suspects: bool,
     /// Suspicion lasts `suspicion_mult × max(1, log10 n) × probe_period`

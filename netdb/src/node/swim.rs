@@ -332,7 +332,8 @@ fn token_of(timer: &Timer<Identity>) -> Option<foca::TimerToken> {
         | Timer::PeriodicAnnounceDown(t)
         | Timer::PeriodicGossip(t)
         | Timer::SendIndirectProbe { token: t, .. }
-        | Timer::ChangeSuspectToDown { token: t, .. } => Some(*t),
+        | Timer::ChangeSuspectToDown { token: t, .. }
+        | Timer::ProbeHeardSuspect { token: t, .. } => Some(*t),
         Timer::RemoveDown(_) => None,
     }
 }

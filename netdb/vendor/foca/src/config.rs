@@ -199,15 +199,18 @@ pub struct Config {
     /// independent observers SWIM relies on when views differ.
     pub ring_probes: bool,
 
-    /// netdb's patch: a member heard to be suspect is probed by this node
-    /// at its next probe turn (a few at a time), instead of the ring or a
-    /// random member.
+    /// netdb's patch: a member heard to be suspect that is still suspect
+    /// (neither refuted nor Down) once `suspect_to_down_after` and a probe
+    /// period have passed is probed by this node at its next probe turn (a
+    /// few at a time), instead of the ring or a random member.
     ///
     /// SWIM sets the suspicion timer only on the members whose own probe
     /// failed; the others wait for the Down news, and a member that misses
     /// every copy of it keeps the crashed member until its own probe round
-    /// reaches it (seconds, in a large cluster). Probing a heard suspect
-    /// makes each member find a crash with its own timer; a suspect that
+    /// reaches it (seconds, in a large cluster). Probing the suspect when
+    /// the news is overdue bounds that; waiting until then leaves the
+    /// usual case alone (every hearer probing at once raised more timers
+    /// that a refutation, under heavy loss, could miss); a suspect that
     /// answers (a healed partition's stale news) is left alone.
     pub probe_heard_suspects: bool,
 }

@@ -202,8 +202,9 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
     // netdb's patch: whether the next probe goes along the address ring
     // (`Config::ring_probes`).
     ring_turn: bool,
-    // netdb's patch: members heard to be suspect, to probe next
-    // (`Config::probe_heard_suspects`), at most `MAX_HEARD_SUSPECTS`.
+    // netdb's patch: members heard to be suspect whose Down is overdue, to
+    // probe next (`Config::probe_heard_suspects`), at most
+    // `MAX_HEARD_SUSPECTS`.
     heard_suspects: Vec<T>,
 }
 
@@ -740,6 +741,24 @@ where
 
                 Ok(())
             }
+            Timer::ProbeHeardSuspect {
+                member_id,
+                incarnation,
+                token,
+            } => {
+                let overdue = self
+                    .members
+                    .suspect(&member_id)
+                    .is_some_and(|m| m.incarnation() == incarnation);
+                if token == self.timer_token
+                    && overdue
+                    && self.heard_suspects.len() < MAX_HEARD_SUSPECTS
+                    && !self.heard_suspects.contains(&member_id)
+                {
+                    self.heard_suspects.push(member_id);
+                }
+                Ok(())
+            }
             Timer::RemoveDown(down) => {
                 if let Some(_removed) = self.members.remove_if_down(&down) {
                     #[cfg(feature = "tracing")]
@@ -1254,7 +1273,7 @@ where
         &mut self,
         update: Member<T>,
         do_broadcast: bool,
-        runtime: impl Runtime<T>,
+        mut runtime: impl Runtime<T>,
     ) -> Result<bool> {
         debug_assert_ne!(&self.identity, update.id());
         let summary = self.members.apply(update.clone(), &mut self.rng);
@@ -1262,11 +1281,15 @@ where
             && update.state() == State::Suspect
             && summary.apply_successful
             && summary.is_active_now;
-        if heard_suspect
-            && self.heard_suspects.len() < MAX_HEARD_SUSPECTS
-            && !self.heard_suspects.contains(update.id())
-        {
-            self.heard_suspects.push(update.id().clone());
+        if heard_suspect {
+            runtime.submit_after(
+                Timer::ProbeHeardSuspect {
+                    member_id: update.id().clone(),
+                    incarnation: update.incarnation(),
+                    token: self.timer_token,
+                },
+                self.config.suspect_to_down_after + self.config.probe_period,
+            );
         }
 
         let update_is_active = match summary.conflict {
@@ -2927,13 +2950,13 @@ mod tests {
     }
 
     #[test]
-    fn probes_alternate_ring_and_random_and_heard_suspects_go_first() {
+    fn probes_alternate_ring_and_random_and_overdue_suspects_go_first() {
         let config = Config {
             ring_probes: true,
             probe_heard_suspects: true,
             ..config()
         };
-        let mut foca = Foca::new(ID::new(1), config, rng(), codec());
+        let mut foca = Foca::new(ID::new(1), config.clone(), rng(), codec());
         let mut runtime = AccumulatingRuntime::new();
         // What is heard comes through its own runtime: `probe` holds the
         // other.
@@ -2965,18 +2988,31 @@ mod tests {
             "the others are random: {random:?}"
         );
 
-        // Next is a random turn; a heard suspect goes before it, and the
-        // turn is kept.
+        // A heard suspicion whose Down is overdue: the suspect is probed
+        // before the next turn (a random one), and the turn is kept. Until
+        // it is overdue the turns go on (the ring's, here).
+        let overdue = config.suspect_to_down_after + config.probe_period;
+        let token = foca.timer_token();
+        let heard = |id: u8| Timer::ProbeHeardSuspect {
+            member_id: ID::new(id),
+            incarnation: 0,
+            token,
+        };
+        let _ = probe(&mut foca);
         foca.apply(Member::new(ID::new(7), 0, State::Suspect), &mut news)
             .expect("infallible");
-        assert_eq!(probe(&mut foca), ID::new(7), "the heard suspect first");
+        expect_scheduling!(news, heard(7), overdue);
+        assert_eq!(probe(&mut foca), ID::new(2), "not before it is overdue");
+        assert_eq!(Ok(()), foca.handle_timer(heard(7), &mut news));
+        assert_eq!(probe(&mut foca), ID::new(7), "the overdue suspect first");
         let _ = probe(&mut foca);
-        // A suspect refuted before its turn is not probed for it: the
+        // A suspect refuted before its time is not probed for it: the
         // ring's turn comes as due.
         foca.apply(Member::new(ID::new(8), 0, State::Suspect), &mut news)
             .expect("infallible");
         foca.apply(Member::new(ID::new(8), 1, State::Alive), &mut news)
             .expect("infallible");
+        assert_eq!(Ok(()), foca.handle_timer(heard(8), &mut news));
         assert_eq!(probe(&mut foca), ID::new(2));
     }
 

@@ -260,6 +260,18 @@ pub enum Timer<T> {
     /// This event will never be emitted if [`crate::Config::remove_down_after`]
     /// is set to `None`.
     RemoveDown(T),
+
+    /// netdb's patch: a suspicion heard about member `T` has neither been
+    /// refuted nor ended in its Down by now; probe it at the next turn
+    /// (`crate::Config::probe_heard_suspects`).
+    ProbeHeardSuspect {
+        /// The suspected member
+        member_id: T,
+        /// Its incarnation when the suspicion was heard
+        incarnation: Incarnation,
+        /// See `TimerToken`
+        token: TimerToken,
+    },
 }
 
 impl<T> Timer<T> {
@@ -279,6 +291,7 @@ impl<T> Timer<T> {
             Self::PeriodicGossip(_) => 4,
             Self::RemoveDown(_) => 5,
             Self::PeriodicAnnounceDown(_) => 6,
+            Self::ProbeHeardSuspect { .. } => 7,
         }
     }
 }
