@@ -225,21 +225,19 @@ fn registry(s: &Snapshot) -> Registry {
         n.gossip_copies,
     );
     let tr = &n.tree;
+    let tree = [
+        ("ihave", tr.ihave_sent, tr.ihave_received),
+        ("graft", tr.graft_sent, tr.graft_received),
+        ("prune", tr.prune_sent, tr.prune_received),
+    ];
     counters(
         &mut r,
         "tree_messages",
         "Push tree control messages (--push-tree) by kind and direction",
-        [
-            ("ihave", "out", tr.ihave_sent),
-            ("ihave", "in", tr.ihave_received),
-            ("graft", "out", tr.graft_sent),
-            ("graft", "in", tr.graft_received),
-            ("prune", "out", tr.prune_sent),
-            ("prune", "in", tr.prune_received),
-        ]
-        .into_iter()
-        .map(|(kind, dir, v)| (labels([("kind", kind), ("direction", dir)]), v))
-        .collect(),
+        tree.iter()
+            .flat_map(|&(kind, sent, received)| [(kind, "out", sent), (kind, "in", received)])
+            .map(|(kind, dir, v)| (labels([("kind", kind), ("direction", dir)]), v))
+            .collect(),
     );
     counters(
         &mut r,
