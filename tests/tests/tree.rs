@@ -55,7 +55,7 @@ fn copies_per_event(sim: &mut Sim, rounds: usize) -> f64 {
 }
 
 #[test]
-fn the_tree_forms_and_copies_fall_to_about_one_per_event() {
+fn the_tree_forms_and_copies_fall_to_a_few_per_event() {
     let tree = copies_per_event(&mut formed(tree_config(), 1), 6);
     let epidemic = copies_per_event(&mut formed(Config::default(), 1), 6);
     // Two eager links kept per node (`MIN_EAGER`) cost about a copy more
