@@ -178,6 +178,7 @@ impl Node {
             return self.stats.drop(DropReason::NotMember);
         }
         let (max, wait) = (self.cfg.max_queue_len, self.cfg.tree_graft_after);
+        let on = self.cfg.push_tree;
         let Some(st) = self.scope_mut(scope) else {
             return self.stats.drop(DropReason::NotMember);
         };
@@ -185,7 +186,9 @@ impl Node {
             st.tree.remove_eager(from);
         }
         let mut overflow = 0;
-        for id in &t.have {
+        // Without the switch no tick would ever graft what is recorded.
+        let have = if on { t.have.as_slice() } else { &[] };
+        for id in have {
             let held = st.data.get(&id.table, &id.key).map(|e| e.ltime);
             if held.is_some_and(|l| l >= id.ltime) {
                 continue;
@@ -528,6 +531,22 @@ mod tests {
         assert_eq!(answer, vec!["k".to_string()]);
         let st = n.networks.get("net").unwrap();
         assert_eq!(st.tree.eager(), &[peer]);
+    }
+
+    #[test]
+    fn without_the_switch_announcements_are_ignored_and_grafts_answered() {
+        let mut n = tree_node();
+        n.cfg.push_tree = false;
+        let peer = PEER.parse().unwrap();
+        let t = Duration::from_secs(1);
+        n.put(t, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
+        while n.poll_transmit().is_some() {}
+        n.handle_datagram(t, peer, &tree("net", vec![id("a", 5)], vec![id("k", 1)]));
+        let answered = std::iter::from_fn(|| n.poll_transmit()).count();
+        assert!(answered > 0, "the graft is answered");
+        let sent = run(&mut n, t, t + Duration::from_secs(3));
+        assert!(!sent.iter().any(|b| matches!(b, wire::datagram::Body::Tree(_))), "no graft");
+        assert!(n.networks.get("net").unwrap().tree.next_graft().is_none(), "nothing recorded");
     }
 
     #[test]
