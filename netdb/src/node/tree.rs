@@ -5,14 +5,19 @@
 //! random peers `relay_mult × ceil(log10 n)` times, so each node receives
 //! it a dozen or more times, and each copy costs a datagram, an unseal and
 //! a lookup to turn away. The tree sends a new event once, to the few
-//! peers of the scope's eager set, announces it (IHAVE) to as many others,
-//! and shapes itself from what arrives:
+//! peers of the scope's eager set, announces it (IHAVE) to
+//! `tree_lazy_fanout` others, and shapes itself from what arrives (links
+//! are symmetric, both ends change them):
 //! - a gossip datagram that brought only copies prunes the link it came
-//!   on: the receiver sends PRUNE, the sender drops it from its eager set;
+//!   on (PRUNE), down to `MIN_EAGER` links a node;
 //! - an announced version still missing `tree_graft_after` later is
 //!   grafted: the node asks the announcer (GRAFT), which sends what it
 //!   holds of those keys from its table (the current version, not a
-//!   message cache) and pushes to the node eagerly from then on.
+//!   message cache), and the link becomes eager.
+//!
+//! docs/performance.md ("Fewer copies per event") has what it costs: far
+//! fewer copies, a slower spread under loss and a slow formation by joins,
+//! which is why it is off by default.
 //!
 //! An event's id is (table, key, ltime): a node holds it if it holds the
 //! key at that Lamport time or later. Ids carry the key itself, so neither
