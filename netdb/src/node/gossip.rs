@@ -185,7 +185,9 @@ impl Node {
             Some(st) if tree => st.tree.eager().to_vec(),
             _ => self.choose_peers(scope, self.cfg.gossip_fanout),
         };
-        if peers.is_empty() && !tree {
+        // The tree's eager set is empty only when the scope has no peer
+        // (a tick tops it up first): either way the events wait for one.
+        if peers.is_empty() {
             return false;
         }
         let network = scope.wire_name();

@@ -281,6 +281,13 @@ impl Node {
         if announce.is_empty() {
             return;
         }
+        if self.peers_of(scope).is_empty() {
+            // Alone (joining): announced once someone is there to hear it.
+            if let Some(st) = self.scope_mut(scope) {
+                st.tree.announce = announce;
+            }
+            return;
+        }
         let eager = self.scope(scope).map(|st| st.tree.eager.clone()).unwrap_or_default();
         let fanout = self.cfg.tree_lazy_fanout;
         let mut lazy = self.choose_peers(scope, fanout + eager.len());
@@ -427,11 +434,21 @@ mod tests {
     /// A node with the tree on, joined to "net", with PEER ("peer") and
     /// three more peers attached to it.
     fn tree_node() -> Node {
+        let mut n = lone_tree_node();
+        attach_peers(&mut n, Duration::ZERO);
+        n
+    }
+
+    /// A node with the tree on, joined to "net", alone.
+    fn lone_tree_node() -> Node {
         let cfg = Config { push_tree: true, ..Config::default() };
         let mut n = Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO)
             .unwrap();
-        let t = Duration::ZERO;
-        n.join_network(t, "net").unwrap();
+        n.join_network(Duration::ZERO, "net").unwrap();
+        n
+    }
+
+    fn attach_peers(n: &mut Node, t: Duration) {
         for (name, addr) in [("peer", PEER), ("p3", "127.0.0.3:7946"), ("p4", "127.0.0.4:7946")]
             .into_iter()
             .chain([("p5", "127.0.0.5:7946")])
@@ -445,7 +462,6 @@ mod tests {
             n.handle_datagram(t, addr.parse().unwrap(), &gossip("", vec![attach, rec]));
         }
         assert_eq!(n.network_peers("net").len(), 4);
-        n
     }
 
     fn tree(network: &str, have: Vec<wire::TreeId>, graft: Vec<wire::TreeId>) -> Vec<u8> {
@@ -552,6 +568,24 @@ mod tests {
         let sent = run(&mut n, t, t + Duration::from_secs(3));
         assert!(!sent.iter().any(|b| matches!(b, wire::datagram::Body::Tree(_))), "no graft");
         assert!(n.networks.get("net").unwrap().tree.next_graft().is_none(), "nothing recorded");
+    }
+
+    #[test]
+    fn a_write_made_alone_is_pushed_and_announced_once_peers_come() {
+        let mut n = lone_tree_node();
+        let t = Duration::from_secs(1);
+        n.put(t, "net", "t", "early", Bytes::from_static(b"v")).unwrap();
+        assert!(run(&mut n, t, t + Duration::from_secs(2)).is_empty(), "no one to send to");
+        let later = t + Duration::from_secs(2);
+        attach_peers(&mut n, later);
+        let sent = run(&mut n, later, later + Duration::from_secs(1));
+        let pushed = sent.iter().any(|b| {
+            matches!(b, wire::datagram::Body::Gossip(g) if g.entries.iter().any(|e| e.key == "early"))
+        });
+        let announced = sent.iter().any(|b| {
+            matches!(b, wire::datagram::Body::Tree(t) if t.have.iter().any(|i| i.key == "early"))
+        });
+        assert!(pushed && announced, "pushed {pushed}, announced {announced}");
     }
 
     #[test]
