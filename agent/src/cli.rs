@@ -392,6 +392,12 @@ pub(crate) struct AgentArgs {
     /// Transmissions of an own event: MULT x ceil(log10(n+1)) [default: 4]
     #[arg(long, env = "NETDB_RETRANSMIT_MULT", help_heading = "Gossip tuning")]
     pub retransmit_mult: Option<u32>,
+    /// Eager/lazy push tree: each event once along a tree, ids to a few
+    /// other peers, missed ones grafted (fewer copies per event; every
+    /// member should run it, though mixed clusters work)
+    #[arg(long, env = "NETDB_PUSH_TREE", help_heading = "Gossip tuning")]
+    #[serde(default)]
+    pub push_tree: bool,
     /// Periodic push/pull per network [default: 30s]
     #[arg(long, env = "NETDB_SYNC_INTERVAL", value_parser = duration::parse, help_heading = "Gossip tuning")]
     #[serde(default, deserialize_with = "duration::de_opt")]

@@ -118,6 +118,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
         probe_rtt,
         suspicion_mult
     );
+    core.push_tree = cli.push_tree || file.push_tree;
     check(&core)?;
     let key_file = cli.key_file.or(file.key_file);
     let secret_file = cli.cluster_secret_file.or(file.cluster_secret_file);
@@ -390,7 +391,7 @@ mod tests {
         let file = dir.join("agent.toml");
         std::fs::write(
             &file,
-            "name = \"from-file\"\nsync-interval = \"5s\"\napi = \"unix:/tmp/f.sock\"\n",
+            "name = \"from-file\"\nsync-interval = \"5s\"\napi = \"unix:/tmp/f.sock\"\npush-tree = true\n",
         )
         .unwrap();
         let mut a = args("from-flag", "127.0.0.1:7000");
@@ -401,6 +402,7 @@ mod tests {
         assert_eq!(s.api.to_string(), "unix:/tmp/f.sock");
         assert_eq!(s.advertise, "127.0.0.1:7000".parse().unwrap());
         assert_eq!(s.core.gossip_interval, netdb::Config::default().gossip_interval);
+        assert!(s.core.push_tree, "a switch set in the file");
         std::fs::remove_dir_all(dir).unwrap();
     }
 

@@ -218,6 +218,27 @@ fn registry(s: &Snapshot) -> Registry {
             (labels([("via", "sync")]), n.entries_from_sync),
         ],
     );
+    counter(
+        &mut r,
+        "gossip_copies",
+        "Entries gossip brought that this node already held: the redundancy of the spread",
+        n.gossip_copies,
+    );
+    let tr = &n.tree;
+    let tree = [
+        ("ihave", tr.ihave_sent, tr.ihave_received),
+        ("graft", tr.graft_sent, tr.graft_received),
+        ("prune", tr.prune_sent, tr.prune_received),
+    ];
+    counters(
+        &mut r,
+        "tree_messages",
+        "Push tree control messages (--push-tree) by kind and direction",
+        tree.iter()
+            .flat_map(|&(kind, sent, received)| [(kind, "out", sent), (kind, "in", received)])
+            .map(|(kind, dir, v)| (labels([("kind", kind), ("direction", dir)]), v))
+            .collect(),
+    );
     counters(
         &mut r,
         "drops",
@@ -405,6 +426,8 @@ mod tests {
         n.gossip_out.add(50);
         n.drop(netdb::DropReason::Forged);
         n.syncs_started = 2;
+        n.gossip_copies = 9;
+        n.tree.graft_received = 3;
         n.syncs_completed = 2;
         n.sync_seconds.observe(Duration::from_millis(3));
         n.sync_seconds.observe(Duration::from_secs(20));
@@ -429,6 +452,9 @@ mod tests {
         has(&text, "netdb_messages_total{kind=\"gossip\",direction=\"out\"} 2");
         has(&text, "netdb_message_bytes_total{kind=\"gossip\",direction=\"out\"} 150");
         has(&text, "netdb_drops_total{reason=\"forged\"} 1");
+        has(&text, "netdb_gossip_copies_total 9");
+        has(&text, "netdb_tree_messages_total{kind=\"graft\",direction=\"in\"} 3");
+        has(&text, "netdb_tree_messages_total{kind=\"prune\",direction=\"out\"} 0");
         has(&text, "netdb_drops_total{reason=\"malformed\"} 0");
         has(&text, "netdb_member_changes_total{change=\"failed\"} 1");
         has(&text, "netdb_broadcast_queue_length{scope=\"(cluster)\"} 4");

@@ -286,6 +286,43 @@ fn five_agents_share_entries_and_handle_kill_leave_and_restart() {
 }
 
 #[test]
+fn agents_with_the_push_tree_converge() {
+    // 127.0.6.x. Six, so that each agent has peers outside its eager set
+    // (it keeps at least two and starts with three).
+    let n = 6;
+    let mut c = Cluster::empty(6, n);
+    for i in 0..n {
+        c.spawn_with(i, &["--push-tree"]);
+    }
+    c.wait("every agent sees all members alive", Duration::from_secs(30), |c| {
+        (0..n).all(|i| c.alive_members(i).len() == n)
+    });
+    for i in 0..n {
+        c.json(i, &["network", "join", "net"]);
+    }
+    c.wait("every agent sees its peers in net", Duration::from_secs(20), |c| {
+        (0..n).all(|i| {
+            c.json(i, &["network", "ls"])[0]["peers"].as_array().map_or(0, |p| p.len()) == n - 1
+        })
+    });
+    let mut want = Vec::new();
+    for round in 0..5 {
+        for i in 0..n {
+            let key = format!("n{}-{round}", i + 1);
+            c.json(i, &["table", "put", "net", "t", &key, "v"]);
+            want.push(key);
+        }
+    }
+    want.sort();
+    c.wait("every agent holds every entry", Duration::from_secs(20), |c| {
+        (0..n).all(|i| c.keys(i) == want)
+    });
+    let tree: u64 =
+        (0..n).map(|i| c.stat(i, "tree_ihave_sent") + c.stat(i, "tree_prune_sent")).sum();
+    assert!(tree > 0, "the agents ran the tree (announcements or prunes sent)");
+}
+
+#[test]
 fn garbage_datagrams_and_streams_are_counted_and_change_nothing() {
     let c = Cluster::start(62, 3);
     for i in 0..3 {

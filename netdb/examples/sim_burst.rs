@@ -2,19 +2,19 @@
 //! PER entries at once; prints when each node held all N×PER (min / median
 //! / max), so protocol effects can be told apart from process effects.
 //!
-//! `cargo run --release -p netdb --example sim_burst -- 30 100`
+//! `cargo run --release -p netdb --example sim_burst -- [--relay-mult K] [--tree] 30 100`
 
 use std::time::Duration;
 
 use bytes::Bytes;
-use netdb::sim::{NetConfig, Sim};
-use netdb::{Config, MemberState, Scope};
+use netdb::sim::{NetConfig, Sim, config_from_args};
+use netdb::{MemberState, Scope, TreeCounts};
 
 fn main() {
-    let mut args = std::env::args().skip(1).filter_map(|a| a.parse::<usize>().ok());
+    let (cfg, rest) = config_from_args(std::env::args().skip(1));
+    let mut args = rest.into_iter().filter_map(|a| a.parse::<usize>().ok());
     let n = args.next().unwrap_or(30);
     let per = args.next().unwrap_or(100);
-    let cfg = Config::default();
     let mut sim = Sim::new(5, cfg, NetConfig::default());
     for _ in 0..n {
         sim.add_node();
@@ -63,5 +63,23 @@ fn main() {
         s0.entries_from_gossip,
         s0.entries_from_sync,
         s0.syncs_started
+    );
+    let (mut copies, mut bytes, mut tree) = (0u64, 0u64, TreeCounts::default());
+    for i in 0..n {
+        let s = sim.node(i).unwrap().stats();
+        copies += s.gossip_copies;
+        bytes += s.gossip_out.bytes + s.sync_out.bytes;
+        tree.ihave_sent += s.tree.ihave_sent;
+        tree.graft_sent += s.tree.graft_sent;
+        tree.prune_sent += s.tree.prune_sent;
+    }
+    println!(
+        "copies per entry per node {:.2}; gossip and push/pull sent {:.1} MB in all; \
+         tree: {} ihave, {} graft, {} prune sent",
+        copies as f64 / (n * n * per) as f64,
+        bytes as f64 / 1e6,
+        tree.ihave_sent,
+        tree.graft_sent,
+        tree.prune_sent
     );
 }

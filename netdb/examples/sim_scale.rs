@@ -13,14 +13,14 @@
 //!   over N) and the wall time of each phase; `--form-only` stops there.
 //!
 //! `--relay-mult K` overrides `Config::relay_mult`, to weigh copies
-//! against spread.
+//! against spread; `--tree` turns on the eager/lazy push tree.
 //!
 //! `cargo run --release -p netdb --features sim --example sim_scale -- [--calm 600] [--form-only] [--relay-mult K] 100 1000`
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use netdb::sim::{NetConfig, Sim};
+use netdb::sim::{NetConfig, Sim, config_from_args};
 use netdb::{Config, MemberChange};
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
@@ -28,16 +28,16 @@ use rand::{RngExt, SeedableRng};
 const NET: &str = "net";
 
 fn main() {
-    let mut opts = Opts { calm: None, form_only: false, relay_mult: None };
+    let (cfg, rest) = config_from_args(std::env::args().skip(1));
+    let mut opts = Opts { calm: None, form_only: false, cfg };
     let mut sizes = Vec::new();
-    let mut args = std::env::args().skip(1);
+    let mut args = rest.into_iter();
     while let Some(a) = args.next() {
         match a.as_str() {
             "--calm" => {
                 opts.calm = args.next().and_then(|s| s.parse().ok()).map(Duration::from_secs)
             }
             "--form-only" => opts.form_only = true,
-            "--relay-mult" => opts.relay_mult = args.next().and_then(|s| s.parse().ok()),
             n => sizes.extend(n.parse::<usize>().ok()),
         }
     }
@@ -54,8 +54,8 @@ struct Opts {
     calm: Option<Duration>,
     /// Only form the cluster and report its memory.
     form_only: bool,
-    /// Overrides `Config::relay_mult` (relay transmissions per event).
-    relay_mult: Option<u32>,
+    /// The nodes' settings (`--relay-mult`, `--tree`).
+    cfg: Config,
 }
 
 /// Sums of the node counters that the scenarios read.
@@ -141,9 +141,7 @@ fn run(n: usize, opts: &Opts) {
     }
     let rss0 = rss_bytes();
     let wall = Instant::now();
-    let mut cfg = Config::default();
-    cfg.relay_mult = opts.relay_mult.unwrap_or(cfg.relay_mult);
-    let mut sim = Sim::new(11 + n as u64, cfg, NetConfig::default());
+    let mut sim = Sim::new(11 + n as u64, opts.cfg.clone(), NetConfig::default());
     for _ in 0..n {
         sim.add_node();
     }

@@ -2,18 +2,19 @@
 //! time and gossip rounds until 50 %, 99 % and 100 % of the nodes hold it,
 //! on a clean network and with 20 % loss, and the wall time of each run.
 //!
-//! `cargo run --release -p netdb --example sim_spread -- 200 1000`
+//! `cargo run --release -p netdb --example sim_spread -- [--tree] [--relay-mult K] 200 1000`
 
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use netdb::sim::{NetConfig, Sim};
+use netdb::sim::{NetConfig, Sim, config_from_args};
 use netdb::{Config, MemberState};
 
 const NET: &str = "net";
 
 fn main() {
-    let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let (cfg, rest) = config_from_args(std::env::args().skip(1));
+    let sizes: Vec<usize> = rest.iter().filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![200, 1000] } else { sizes };
     println!(
         "{:>6} {:>5} {:>22} {:>22} {:>22} {:>9} {:>9} {:>9}",
@@ -21,16 +22,15 @@ fn main() {
     );
     for &n in &sizes {
         for loss in [0.0, 0.2] {
-            run(n, loss);
+            run(n, loss, &cfg);
         }
     }
 }
 
-fn run(n: usize, loss: f64) {
+fn run(n: usize, loss: f64, cfg: &Config) {
     let wall = Instant::now();
-    let cfg = Config::default();
     let tick = cfg.gossip_interval;
-    let mut sim = Sim::new(7 + n as u64, cfg, NetConfig::default());
+    let mut sim = Sim::new(7 + n as u64, cfg.clone(), NetConfig::default());
     for _ in 0..n {
         sim.add_node();
     }

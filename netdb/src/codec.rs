@@ -40,7 +40,15 @@ pub enum Body<'a> {
     KeyQuery(wire::KeyQuery),
     /// A peer's answer to a keyring command.
     KeyAck(wire::KeyAck),
+    /// Push tree control: announcements, grafts, a prune.
+    Tree(wire::Tree),
 }
+
+/// Most event ids one push tree message may carry: more than a packet
+/// budget's worth (an id takes at least 6 bytes), so an honest peer never
+/// reaches it, and a hostile one cannot make a node look up or answer
+/// thousands of keys with one datagram.
+pub const MAX_TREE_IDS: usize = 256;
 
 /// Most fingerprints and error bytes a keyring answer may carry.
 const MAX_ACK_KEYS: usize = 64;
@@ -175,6 +183,22 @@ pub fn decode_datagram<'a>(cfg: &Config, bytes: &'a [u8]) -> Result<Body<'a>, Dr
                 return Err(DropReason::BadEntry);
             }
             Ok(Body::KeyAck(a))
+        }
+        Some(wire::datagram::Body::Tree(t)) => {
+            validate_network_name(cfg, &t.network)?;
+            if t.have.len() + t.graft.len() > MAX_TREE_IDS {
+                return Err(DropReason::TooLarge);
+            }
+            for id in t.have.iter().chain(&t.graft) {
+                if !valid_name(&id.table, cfg.max_name_len) || !valid_key(&id.key, cfg.max_key_len)
+                {
+                    return Err(DropReason::BadName);
+                }
+                if id.ltime == 0 {
+                    return Err(DropReason::BadEntry);
+                }
+            }
+            Ok(Body::Tree(t))
         }
         None => Err(DropReason::Malformed),
     }

@@ -26,6 +26,22 @@ pub struct Config {
     /// ceil(log10(n+1))`. Relays need fewer: every node that learns an
     /// event relays it, and anti-entropy repairs the rest.
     pub relay_mult: u32,
+    /// Eager/lazy push tree (Plumtree) instead of repeated random fan-out:
+    /// a new event goes once to a few eager peers, its id to a few lazy
+    /// ones, a copy prunes the link it came on and a missed event is
+    /// grafted in (`node::tree`). Off: a node of either kind understands
+    /// the other's messages, so it can be turned on node by node.
+    pub push_tree: bool,
+    /// With the push tree, how long a version announced to this node may
+    /// stay missing before it asks the announcer for it: about the time an
+    /// eager push takes to arrive (a tick at each hop), so a graft is sent
+    /// only when the eager path really missed.
+    pub tree_graft_after: Duration,
+    /// With the push tree, peers outside the eager set each new event's id
+    /// is announced to. A node that neither the tree nor an announcement
+    /// reaches waits for anti-entropy (seconds): with k announcements per
+    /// event from every node, that is about e^-k of the nodes.
+    pub tree_lazy_fanout: usize,
     /// Events a broadcast queue holds before dropping the oldest (counted);
     /// dropped events are repaired by anti-entropy.
     pub max_queue_len: usize,
@@ -136,6 +152,9 @@ impl Default for Config {
             tick_byte_budget: 256 * 1024,
             retransmit_mult: 4,
             relay_mult: 2,
+            push_tree: false,
+            tree_graft_after: Duration::from_millis(400),
+            tree_lazy_fanout: 6,
             max_queue_len: 100_000,
             sync_interval: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(10),

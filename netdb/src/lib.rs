@@ -42,5 +42,7 @@ pub use keyops::{ClockSample, KeyOp, KeyReply, KeyReport};
 pub use membership::{MemberInfo, MemberState};
 pub use names::{Scope, SharedTable};
 pub use node::{Node, ScopeStats, SyncCounts};
-pub use stats::{DropReason, Histogram, MemberChange, SYNC_SECONDS_BOUNDS, Stats, Traffic};
+pub use stats::{
+    DropReason, Histogram, MemberChange, SYNC_SECONDS_BOUNDS, Stats, Traffic, TreeCounts,
+};
 pub use table::Entry;

@@ -18,6 +18,34 @@ use crate::hash::Hasher;
 use crate::names::Scope;
 use crate::node::Node;
 
+/// The default `Config` with the protocol switches an example's command
+/// line gives (`--relay-mult K`, `--tree`, `--graft-after-ms MS`, `--lazy-fanout K`), and the other arguments in
+/// their order, so every example compares the same variants the same way.
+pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<String>) {
+    let mut cfg = Config::default();
+    let mut rest = Vec::new();
+    let mut args = args.into_iter();
+    while let Some(a) = args.next() {
+        match a.as_str() {
+            "--relay-mult" => {
+                cfg.relay_mult = args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.relay_mult)
+            }
+            "--tree" => cfg.push_tree = true,
+            "--lazy-fanout" => {
+                cfg.tree_lazy_fanout =
+                    args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.tree_lazy_fanout)
+            }
+            "--graft-after-ms" => {
+                if let Some(ms) = args.next().and_then(|s| s.parse().ok()) {
+                    cfg.tree_graft_after = Duration::from_millis(ms);
+                }
+            }
+            _ => rest.push(a),
+        }
+    }
+    (cfg, rest)
+}
+
 /// How the virtual network treats packets. Push/pull frames ride a
 /// reliable stream: never lost or duplicated, but cut by partitions.
 #[derive(Debug, Clone)]

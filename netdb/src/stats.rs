@@ -191,6 +191,24 @@ impl Traffic {
     }
 }
 
+/// Push tree control messages, by kind and direction: a message counts
+/// once per kind it carries (announcements, grafts, a prune).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TreeCounts {
+    /// IHAVE batches sent.
+    pub ihave_sent: u64,
+    /// IHAVE batches received.
+    pub ihave_received: u64,
+    /// GRAFTs sent: events announced and still missing after a while.
+    pub graft_sent: u64,
+    /// GRAFTs received (each answered with the entries asked for).
+    pub graft_received: u64,
+    /// PRUNEs sent: an eager peer brought only copies.
+    pub prune_sent: u64,
+    /// PRUNEs received.
+    pub prune_received: u64,
+}
+
 /// Counters a node keeps about itself.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Stats {
@@ -213,6 +231,8 @@ pub struct Stats {
     /// Entries a gossip packet brought that this node already held (that
     /// version or a newer one): the redundancy of epidemic spread.
     pub gossip_copies: u64,
+    /// Push tree control messages sent and received (`Config::push_tree`).
+    pub tree: TreeCounts,
     /// Push/pull exchanges this node opened.
     pub syncs_started: u64,
     /// Opened exchanges that completed.

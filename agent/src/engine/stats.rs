@@ -101,6 +101,13 @@ impl Tallies {
         for (name, v) in [
             ("entries_from_gossip", s.entries_from_gossip),
             ("entries_from_sync", s.entries_from_sync),
+            ("gossip_copies", s.gossip_copies),
+            ("tree_ihave_sent", s.tree.ihave_sent),
+            ("tree_ihave_received", s.tree.ihave_received),
+            ("tree_graft_sent", s.tree.graft_sent),
+            ("tree_graft_received", s.tree.graft_received),
+            ("tree_prune_sent", s.tree.prune_sent),
+            ("tree_prune_received", s.tree.prune_received),
             ("syncs_started", s.syncs_started),
             ("syncs_completed", s.syncs_completed),
             ("syncs_failed", s.syncs_failed),

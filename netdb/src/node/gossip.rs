@@ -12,7 +12,7 @@ use rand::RngExt;
 
 use super::Node;
 use super::timers::Wake;
-use crate::codec;
+use crate::codec::{self, EncodedEntry};
 use crate::event::Transmit;
 use crate::keyring::SEAL_OVERHEAD;
 use crate::names::{Scope, ScopeId};
@@ -70,7 +70,7 @@ impl Node {
         }
         let pending: Vec<ScopeId> = self
             .scopes()
-            .filter(|(_, st)| !st.queue.is_empty() || st.needs_sync)
+            .filter(|(_, st)| !st.queue.is_empty() || st.needs_sync || st.tree.has_work())
             .map(|(s, _)| s.to_id())
             .collect();
         // Work without a peer to do it with waits for the idle ticks.
@@ -79,7 +79,13 @@ impl Node {
         let at = if busy {
             soonest
         } else {
-            let idle = self.scopes().map(|(_, st)| st.next_digest.min(st.next_periodic_sync)).min();
+            let idle = self
+                .scopes()
+                .map(|(_, st)| {
+                    let graft = st.tree.next_graft().unwrap_or(Duration::MAX);
+                    st.next_digest.min(st.next_periodic_sync).min(graft)
+                })
+                .min();
             idle.unwrap_or(now + self.cfg.digest_interval).max(soonest)
         };
         if self.tick_at.is_none_or(|t| at < t) {
@@ -104,6 +110,11 @@ impl Node {
         // Round-robin one packet per scope until the tick's byte budget or
         // every queue is spent, so no network starves another.
         let mut budget = self.cfg.tick_byte_budget;
+        if self.cfg.push_tree && !self.left {
+            for id in &ids {
+                self.tree_tick(now, id.as_scope(), &mut budget);
+            }
+        }
         let mut sent_any = vec![false; ids.len()];
         loop {
             let mut progressed = false;
@@ -169,38 +180,75 @@ impl Node {
         if self.scope(scope).is_none_or(|st| st.queue.is_empty()) {
             return false;
         }
-        let peers = self.choose_peers(scope, self.cfg.gossip_fanout);
+        let tree = self.cfg.push_tree;
+        let peers = match self.scope(scope) {
+            Some(st) if tree => st.tree.eager().to_vec(),
+            _ => self.choose_peers(scope, self.cfg.gossip_fanout),
+        };
+        // The tree's eager set is empty only when the scope has no peer
+        // (a tick tops it up first): either way the events wait for one.
         if peers.is_empty() {
             return false;
         }
-        let budget_bytes = self.cfg.packet_budget;
+        let network = scope.wire_name();
+        let avail = self.gossip_room(network);
         let Some(st) = self.scope_mut(scope) else {
             return false;
         };
         let root = st.data.digest().root();
-        let network = scope.wire_name();
-        let header =
-            wire::Gossip { network: network.into(), root, entries: Vec::new() }.encoded_len();
-        // The datagram wrapper's length prefix takes at most 3 bytes here.
-        let avail = budget_bytes
-            .saturating_sub(header + codec::datagram_overhead(budget_bytes) + SEAL_OVERHEAD);
         let (ids, took) = st.queue.take(avail, |q| q.framed_len);
-        let entries = ids.iter().filter_map(|&id| st.queue.get(id)).map(|q| &q.entry);
-        let any = entries.clone().next().is_some();
-        let plain = any.then(|| codec::encode_gossip(network, root, entries, now));
+        let queued: Vec<(EncodedEntry, Option<SocketAddr>)> = ids
+            .iter()
+            .filter_map(|&id| st.queue.get(id))
+            .map(|q| (q.entry.clone(), q.from))
+            .collect();
         st.queue.sent(&ids);
         self.stats.queue_oversized += took.oversized as u64;
-        let Some(plain) = plain else {
+        if queued.is_empty() {
             return false;
-        };
-        let payload: Bytes = self.seal(plain).into();
-        debug_assert!(payload.len() <= self.cfg.packet_budget, "{} > budget", payload.len());
+        }
+        // One encoding for every peer, except that the tree does not push
+        // an event back to the peer it came from (that peer would take the
+        // copy for a redundant link and prune it).
+        let mut shared: Option<Bytes> = None;
         for to in peers {
+            let back = tree && queued.iter().any(|(_, from)| *from == Some(to));
+            let payload = match &shared {
+                Some(p) if !back => p.clone(),
+                _ => {
+                    let mut entries = queued
+                        .iter()
+                        .filter(|(_, from)| !back || *from != Some(to))
+                        .map(|(e, _)| e)
+                        .peekable();
+                    if entries.peek().is_none() {
+                        continue;
+                    }
+                    let plain = codec::encode_gossip(network, root, entries, now);
+                    let p: Bytes = self.seal(plain).into();
+                    if !back {
+                        shared = Some(p.clone());
+                    }
+                    p
+                }
+            };
+            debug_assert!(payload.len() <= self.cfg.packet_budget, "{} > budget", payload.len());
             *budget = budget.saturating_sub(payload.len());
             self.stats.gossip_out.add(payload.len());
-            self.outbox.push_back(Transmit::Datagram { to, payload: payload.clone() });
+            self.outbox.push_back(Transmit::Datagram { to, payload });
         }
         true
+    }
+
+    /// Room for entries in a gossip datagram of `network`, after its
+    /// header, framing and seal.
+    pub(super) fn gossip_room(&self, network: &str) -> usize {
+        let budget = self.cfg.packet_budget;
+        // Any nonzero root: a zero one would be left out of the encoding.
+        let header =
+            wire::Gossip { network: network.into(), root: 1, entries: Vec::new() }.encoded_len();
+        // The datagram wrapper's length prefix takes at most 3 bytes here.
+        budget.saturating_sub(header + codec::datagram_overhead(budget) + SEAL_OVERHEAD)
     }
 
     /// With nothing queued, a scope still tells one random peer its digest

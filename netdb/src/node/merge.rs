@@ -2,6 +2,7 @@
 //! remote entry admitted by its owner's state and merged by version, the
 //! store that queues news for gossip and emits events, and tombstone reaps.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -21,7 +22,8 @@ use crate::table::{Change, Entry, Rewrite};
 /// (the digest comparison spreads repairs without flooding the queues).
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(super) enum Via {
-    Gossip,
+    /// In a gossip datagram from this peer.
+    Gossip(SocketAddr),
     Sync,
 }
 
@@ -55,11 +57,12 @@ impl Node {
             reap_at: deleted.then(|| now + self.cfg.tombstone_ttl),
             hidden: false,
         };
-        self.store(now, scope, table, key, entry, Some(false));
+        self.store(now, scope, table, key, entry, Some(None));
     }
 
     /// Stores an entry that won the merge; `relay` queues it for gossip
-    /// (`Some(relayed)`).
+    /// (`Some(None)` for a write here, `Some(Some(peer))` for news from a
+    /// peer).
     fn store(
         &mut self,
         now: Duration,
@@ -67,14 +70,14 @@ impl Node {
         table: &str,
         key: &str,
         entry: Entry,
-        relay: Option<bool>,
+        relay: Option<Option<SocketAddr>>,
     ) {
         if let Some(at) = entry.reap_at {
             let wake = Wake::Reap { scope: scope.to_id(), table: table.into(), key: key.into() };
             self.schedule(at, wake);
         }
-        if let Some(relayed) = relay {
-            self.enqueue(now, scope, table, key, &entry, relayed);
+        if let Some(from) = relay {
+            self.enqueue(now, scope, table, key, &entry, from);
         }
         let Some(st) = self.scope_mut(scope) else {
             return;
@@ -94,17 +97,24 @@ impl Node {
         table: &str,
         key: &str,
         e: &Entry,
-        relayed: bool,
+        from: Option<SocketAddr>,
     ) {
         let n = self.peers_of(scope).len() + 1;
-        let limit = self.cfg.transmit_limit(n, relayed);
+        // The tree pushes an event once to each eager peer; its repairs are
+        // grafts and push/pull, not repetition.
+        let limit = if self.cfg.push_tree {
+            self.tree_learned(scope, table, key, e.ltime);
+            1
+        } else {
+            self.cfg.transmit_limit(n, from.is_some())
+        };
         let entry = EncodedEntry::new(table, key, e);
         let framed_len = entry.framed_len(now);
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
         let dropped =
-            st.queue.push((table.into(), key.into()), Queued { entry, framed_len }, limit);
+            st.queue.push((table.into(), key.into()), Queued { entry, framed_len, from }, limit);
         self.stats.queue_overflow += dropped as u64;
         self.arm_tick(now);
     }
@@ -130,7 +140,7 @@ impl Node {
         // admitted in that incarnation and none newer is known.
         let held = self.scope(scope).and_then(|st| st.data.get(w.table, w.key));
         if held.is_some_and(|old| old.version() == (w.ltime, w.owner, w.incarnation)) {
-            if via == Via::Gossip {
+            if via != Via::Sync {
                 self.stats.gossip_copies += 1;
             }
             return false;
@@ -175,11 +185,16 @@ impl Node {
         }
         let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
         entry.hidden = hidden;
-        match via {
-            Via::Gossip => self.stats.entries_from_gossip += 1,
-            Via::Sync => self.stats.entries_from_sync += 1,
-        }
-        let relay = (via == Via::Gossip && !hidden).then_some(true);
+        let relay = match via {
+            Via::Gossip(from) => {
+                self.stats.entries_from_gossip += 1;
+                (!hidden).then_some(Some(from))
+            }
+            Via::Sync => {
+                self.stats.entries_from_sync += 1;
+                None
+            }
+        };
         self.store(now, scope, w.table, w.key, entry, relay);
         true
     }

@@ -40,6 +40,7 @@ mod sync;
 #[cfg(test)]
 mod test_support;
 mod timers;
+mod tree;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -310,13 +311,21 @@ impl Node {
                 if self.scope(scope).is_none() {
                     return self.stats.drop(DropReason::NotMember);
                 }
+                let copies = self.stats.gossip_copies;
+                let mut news = false;
                 for e in &g.entries {
-                    self.apply_remote(now, scope, e, Via::Gossip);
+                    news |= self.apply_remote(now, scope, e, Via::Gossip(from));
                 }
+                let copies = self.stats.gossip_copies > copies;
+                self.tree_received(scope, from, news, copies);
                 self.compare_root(now, scope, g.root, from);
             }
             Ok(Body::KeyQuery(q)) => self.handle_key_query(now, from, q),
             Ok(Body::KeyAck(a)) => self.handle_key_ack(now, from, a),
+            Ok(Body::Tree(t)) => {
+                self.stats.gossip_in.add(bytes.len());
+                self.handle_tree(now, from, t);
+            }
         }
     }
 

@@ -1,6 +1,7 @@
 //! What a node keeps per scope besides the tables: the broadcast queue and
 //! the bookkeeping that decides when to send a digest or start a push/pull.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use rand::RngExt;
@@ -12,6 +13,8 @@ use crate::config::Config;
 use crate::digest::Digest;
 use crate::table::Tables;
 
+use super::tree::PushTree;
+
 /// An entry waiting in a broadcast queue.
 #[derive(Debug)]
 pub(super) struct Queued {
@@ -19,6 +22,9 @@ pub(super) struct Queued {
     /// Bytes it adds to a packet (field tag and length included); an upper
     /// bound, since the residual reap time only shrinks.
     pub(super) framed_len: usize,
+    /// The peer it came from (None: written here): the push tree does not
+    /// push it back there.
+    pub(super) from: Option<SocketAddr>,
 }
 
 /// (table, key): a newer event of the same entry replaces the queued one.
@@ -28,6 +34,8 @@ pub(super) type QueueKey = (String, String);
 pub(super) struct ScopeState {
     pub(super) data: Tables,
     pub(super) queue: BroadcastQueue<QueueKey, Queued>,
+    /// The push tree's links and pending control (`Config::push_tree`).
+    pub(super) tree: PushTree,
     pub(super) last_root: u64,
     pub(super) root_changed_at: Duration,
     pub(super) mismatch_since: Option<Duration>,
@@ -105,6 +113,7 @@ impl ScopeState {
         ScopeState {
             data: Tables::default(),
             queue: BroadcastQueue::new(cfg.max_queue_len),
+            tree: PushTree::new(cfg),
             last_root: Digest::default().root(),
             root_changed_at: now,
             mismatch_since: None,
