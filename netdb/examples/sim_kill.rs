@@ -13,20 +13,18 @@
 
 use std::time::{Duration, Instant};
 
-use netdb::sim::{NetConfig, Sim};
+use netdb::sim::{NetConfig, Sim, config_from_args};
 use netdb::{Config, MemberState};
 
 const TARGET: Duration = Duration::from_millis(2500);
 const STEP: Duration = Duration::from_millis(10);
 
 fn main() {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (cfg, args) = config_from_args(std::env::args().skip(1));
     let nums: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let n = nums.first().copied().unwrap_or(30) as usize;
     let seeds = nums.get(1).copied().unwrap_or(400);
-    let ring = !args.iter().any(|a| a == "--random-probes");
-    let heard = !args.iter().any(|a| a == "--no-heard-probes");
-    let cfg = Config { ring_probes: ring, probe_heard_suspects: heard, ..Config::default() };
+    let (ring, heard) = (cfg.ring_probes, cfg.probe_heard_suspects);
     let wall = Instant::now();
     let (mut first, mut last) = (Vec::new(), Vec::new());
     let mut stragglers = Vec::new();

@@ -19,8 +19,10 @@ use crate::names::Scope;
 use crate::node::Node;
 
 /// The default `Config` with the protocol switches an example's command
-/// line gives (`--relay-mult K`, `--tree`, `--graft-after-ms MS`, `--lazy-fanout K`), and the other arguments in
-/// their order, so every example compares the same variants the same way.
+/// line gives (`--relay-mult K`, `--tree`, `--graft-after-ms MS`,
+/// `--lazy-fanout K`, `--random-probes`, `--no-heard-probes`), and the
+/// other arguments in their order, so every example compares the same
+/// variants the same way.
 pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<String>) {
     let mut cfg = Config::default();
     let mut rest = Vec::new();
@@ -31,6 +33,8 @@ pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<
                 cfg.relay_mult = args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.relay_mult)
             }
             "--tree" => cfg.push_tree = true,
+            "--random-probes" => cfg.ring_probes = false,
+            "--no-heard-probes" => cfg.probe_heard_suspects = false,
             "--lazy-fanout" => {
                 cfg.tree_lazy_fanout =
                     args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.tree_lazy_fanout)
