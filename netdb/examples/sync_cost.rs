@@ -141,12 +141,15 @@ fn main() {
     for n in nodes.iter_mut() {
         n.join_network(now, NET).unwrap();
     }
+    let empty = resident_mib();
     for i in 0..size {
         nodes[0].put(now, NET, "t", &format!("key-{i:08}"), value(i, 0)).unwrap();
         drain(&mut nodes);
     }
     drain(&mut nodes);
+    let one = resident_mib();
     let fill = sync_until_equal(&mut nodes, now);
+    let both = resident_mib();
     let sample = wire::Entry {
         table: "t".into(),
         key: format!("key-{:08}", 0),
@@ -159,11 +162,13 @@ fn main() {
     };
     println!(
         "{size} entries of {} bytes on the wire; filling the second node took {} exchanges, \
-         {:.2}s; resident with both tables {:.1} MiB",
+         {:.2}s; resident with both tables {both:.1} MiB: {:.1} MiB the written table, {:.1} MiB \
+         the pulled one",
         sample.encoded_len(),
         fill.exchanges,
         fill.wall.as_secs_f64(),
-        resident_mib()
+        one - empty,
+        both - one,
     );
     println!(
         "{:>6} {:>3} {:>5} {:>11} {:>6} {:>8} {:>11} {:>6} {:>8} {:>9}",
