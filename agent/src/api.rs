@@ -140,7 +140,7 @@ fn entry(table: &str, key: &str, e: &netdb::Entry) -> api::Entry {
         table: table.into(),
         key: key.into(),
         value: e.value.clone(),
-        owner: e.owner.clone(),
+        owner: e.owner.to_string(),
         ltime: e.ltime,
     }
 }

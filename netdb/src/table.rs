@@ -7,12 +7,13 @@
 //! tombstone with the same ltime as a live entry hid it forever on some
 //! nodes and not on others.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 
 use crate::digest::{Digest, NodeId, key_hash};
 use crate::hash::{Hasher, MapHasher};
@@ -23,8 +24,9 @@ use crate::hash::{Hasher, MapHasher};
 pub struct Entry {
     /// The value (the last one, for a tombstone).
     pub value: Bytes,
-    /// The node that wrote it.
-    pub owner: String,
+    /// The node that wrote it; one allocation per owner in a network,
+    /// shared by its entries there.
+    pub owner: Arc<str>,
     /// The owner's incarnation at the write.
     pub incarnation: u64,
     /// The write's Lamport time.
@@ -90,7 +92,10 @@ pub(crate) struct Change {
 /// entry and write looks its key up, and in a sorted map those lookups'
 /// string compares were a quarter of a 100-agent burst's CPU. Listings
 /// sort (`Tables::table`, `Tables::iter`), so callers still see key order.
-type Keyed = HashMap<Arc<str>, Entry, BuildHasherDefault<MapHasher>>;
+/// The entries lie in one vector and the hash table holds their positions:
+/// a hash map of entries doubles its buckets at a power of two, so at a
+/// million keys it held 2^21 buckets of 113 bytes, 237 bytes an entry.
+type Keyed = IndexMap<Arc<str>, Entry, BuildHasherDefault<MapHasher>>;
 
 /// All tables of one network (or of the cluster scope) and their digest.
 #[derive(Debug, Default)]
@@ -99,6 +104,9 @@ pub(crate) struct Tables {
     /// Every entry's (key hash, table, key), names shared with `tables`,
     /// so a push/pull reads a subtree's entries without a table scan.
     by_hash: BTreeSet<(u64, Arc<str>, Arc<str>)>,
+    /// The owners of the entries held, each once: a network holds entries
+    /// of a few owners, and a string each cost 56 bytes an entry.
+    owners: HashSet<Arc<str>, BuildHasherDefault<MapHasher>>,
     digest: Digest,
 }
 
@@ -110,7 +118,7 @@ impl Tables {
     /// Entries held, tombstones and hidden ones included.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.tables.values().map(HashMap::len).sum()
+        self.tables.values().map(IndexMap::len).sum()
     }
 
     pub(crate) fn get(&self, table: &str, key: &str) -> Option<&Entry> {
@@ -151,8 +159,29 @@ impl Tables {
         if add { self.digest.add(k, h) } else { self.digest.remove(k, h) }
     }
 
+    /// The shared copy of `owner`.
+    fn intern(&mut self, owner: Arc<str>) -> Arc<str> {
+        match self.owners.get(&*owner) {
+            Some(held) => held.clone(),
+            None => {
+                self.owners.insert(owner.clone());
+                owner
+            }
+        }
+    }
+
+    /// Forgets an owner whose last entry here is `gone` (taken out), so
+    /// the set holds only owners of held entries.
+    fn release(&mut self, gone: &Entry) {
+        // The set's copy and `gone`'s: no entry here holds it.
+        if Arc::strong_count(&gone.owner) == 2 {
+            self.owners.remove(&*gone.owner);
+        }
+    }
+
     /// Inserts or replaces, keeping the digest; returns the replaced entry.
-    pub(crate) fn insert(&mut self, table: &str, key: &str, entry: Entry) -> Option<Entry> {
+    pub(crate) fn insert(&mut self, table: &str, key: &str, mut entry: Entry) -> Option<Entry> {
+        entry.owner = self.intern(entry.owner);
         self.count(table, key, &entry, true);
         let name = match self.tables.get_key_value(table) {
             Some((name, _)) => name.clone(),
@@ -170,6 +199,7 @@ impl Tables {
         };
         if let Some(o) = &old {
             self.count(table, key, o, false);
+            self.release(o);
         }
         old
     }
@@ -177,12 +207,14 @@ impl Tables {
     pub(crate) fn remove(&mut self, table: &str, key: &str) -> Option<Entry> {
         let name = self.tables.get_key_value(table)?.0.clone();
         let t = self.tables.get_mut(table)?;
-        let (k, old) = t.remove_entry(key)?;
+        // The order of a table's vector is no order callers see.
+        let (k, old) = t.swap_remove_entry(key)?;
         if t.is_empty() {
             self.tables.remove(table);
         }
         self.by_hash.remove(&(key_hash(table, key), name, k));
         self.count(table, key, &old, false);
+        self.release(&old);
         Some(old)
     }
 
@@ -266,7 +298,7 @@ mod tests {
         hidden.hidden = true;
         s1.insert("u", "k", hidden);
         assert_eq!(s1.digest(), s2.digest(), "hidden entries are not in the digest");
-        assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".to_string()));
+        assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".into()));
         s1.remove("t", "k1");
         assert_ne!(s1.digest(), s2.digest());
         s2.remove("t", "k1");
@@ -285,12 +317,31 @@ mod tests {
     }
 
     #[test]
+    fn owners_are_held_once_and_forgotten_with_their_last_entry() {
+        let mut s = Tables::default();
+        s.insert("t", "a", e("x", 1, false));
+        s.insert("u", "b", e("x", 2, false));
+        s.insert("t", "c", e("y", 3, false));
+        let (a, b) = (s.get("t", "a").unwrap(), s.get("u", "b").unwrap());
+        assert!(Arc::ptr_eq(&a.owner, &b.owner), "one string for x's entries");
+        assert_eq!(s.owners.len(), 2);
+        s.insert("t", "c", e("x", 4, false));
+        assert_eq!(s.owners.len(), 1, "y's last entry was replaced");
+        s.remove("t", "a");
+        s.remove("u", "b");
+        assert_eq!(s.owners.len(), 1, "x still holds c");
+        let c = s.remove("t", "c").unwrap();
+        assert!(s.owners.is_empty());
+        assert_eq!(&*c.owner, "x");
+    }
+
+    #[test]
     fn rewrite_reports_changes_and_keeps_digest() {
         let mut s = Tables::default();
         s.insert("t", "a", e("x", 1, false));
         s.insert("t", "b", e("y", 2, false));
         let changes =
-            s.rewrite(|_, _, en| if en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
+            s.rewrite(|_, _, en| if &*en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].key, "a");
         let mut only_b = Tables::default();

@@ -244,7 +244,7 @@ impl Overlay {
         let name = &e.def.name;
         let local = self.local_count(name);
         let mut hosts: BTreeSet<String> =
-            node.entries(name, ROUTES_TABLE).iter().map(|(_, en)| en.owner.clone()).collect();
+            node.entries(name, ROUTES_TABLE).iter().map(|(_, en)| en.owner.to_string()).collect();
         if local > 0 {
             hosts.insert(self.me.clone());
         }
