@@ -412,6 +412,27 @@ impl<K: Kernel> Netdb for Api<K> {
         Ok(Response::new(api::PutReply { written }))
     }
 
+    async fn import(
+        &self,
+        req: Request<tonic::Streaming<api::PutRequest>>,
+    ) -> Result<Response<api::PutReply>, Status> {
+        let mut stream = req.into_inner();
+        let mut written = 0u32;
+        while let Some(r) = stream.message().await? {
+            let entries = r.entries.into_iter().map(|kv| (kv.key, kv.value)).collect();
+            written = match self.core.put(r.network, r.table, entries).await {
+                Ok(n) => written.saturating_add(n),
+                // The count of the whole stream, not of its last request.
+                Err(engine::Error::PutStopped { written: n, source }) => {
+                    let written = written.saturating_add(n);
+                    return Err(core_status(engine::Error::PutStopped { written, source }));
+                }
+                Err(e) => return Err(core_status(e)),
+            };
+        }
+        Ok(Response::new(api::PutReply { written }))
+    }
+
     async fn get(&self, req: Request<api::KeyRequest>) -> Result<Response<api::Entry>, Status> {
         let r = req.into_inner();
         let found =
