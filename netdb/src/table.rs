@@ -104,6 +104,9 @@ type Keyed = IndexMap<Box<str>, Entry, BuildHasherDefault<MapHasher>>;
 struct Table {
     entries: Keyed,
     by_hash: BTreeSet<(u64, usize)>,
+    /// Visible entries, kept as they change: counting a million entries
+    /// for every `network ls` or inspect held the agent's loop.
+    visible: usize,
 }
 
 /// All tables of one network (or of the cluster scope) and their digest.
@@ -141,8 +144,13 @@ impl Tables {
         self.tables.iter().flat_map(|(t, es)| sorted(&es.entries).map(move |(k, e)| (&**t, k, e)))
     }
 
-    /// Every entry, in table order but keys in no order: for counts and
-    /// scans that need no sort (a million-entry table sorts in a second).
+    /// Each table's visible entries and entries held, in table order.
+    pub(crate) fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.tables.iter().map(|(name, t)| (name.as_str(), t.visible, t.entries.len()))
+    }
+
+    /// Every entry, in table order but keys in no order: for scans that
+    /// need no sort (a million-entry table sorts in a second).
     pub(crate) fn unordered(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
         self.tables.iter().flat_map(|(t, es)| es.entries.iter().map(move |(k, e)| (&**t, &**k, e)))
     }
@@ -216,6 +224,7 @@ impl Tables {
             self.tables.insert(table.into(), Table::default());
         }
         let t = self.tables.get_mut(table)?;
+        t.visible += usize::from(entry.visible());
         let old = match t.entries.get_mut(key) {
             Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
@@ -225,6 +234,7 @@ impl Tables {
             }
         };
         if let Some(o) = &old {
+            t.visible -= usize::from(o.visible());
             self.count(table, key, o, false);
             self.release(o);
         }
@@ -236,6 +246,7 @@ impl Tables {
         // The order of a table's vector is no order callers see; the last
         // entry takes the removed one's place, and its index entry follows.
         let (i, _, old) = t.entries.swap_remove_full(key)?;
+        t.visible -= usize::from(old.visible());
         t.by_hash.remove(&(key_hash(table, key), i));
         let moved = t.entries.len();
         if let Some((k, _)) = t.entries.get_index(i) {
@@ -371,6 +382,26 @@ mod tests {
             let leaf = NodeId::at(crate::digest::DEPTH, *h);
             assert!(s.under(leaf).any(|(lt, lk, _)| (lt, lk) == (*t, k.as_str())), "{t}/{k}");
         }
+    }
+
+    #[test]
+    fn counts_follow_writes_tombstones_hidden_entries_and_removals() {
+        let mut s = Tables::default();
+        s.insert("t", "a", e("x", 1, false));
+        s.insert("t", "b", e("x", 2, false));
+        s.insert("u", "c", e("x", 3, true));
+        let mut hidden = e("y", 4, false);
+        hidden.hidden = true;
+        s.insert("u", "d", hidden);
+        assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 2, 2), ("u", 0, 2)]);
+        s.insert("t", "a", e("x", 5, true));
+        s.insert("u", "c", e("x", 6, false));
+        s.remove("u", "d");
+        s.insert("t", "z", e("x", 7, false));
+        s.remove("t", "z");
+        assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 1, 2), ("u", 1, 1)]);
+        s.rewrite(|_, _, _| Rewrite::Remove);
+        assert_eq!(s.counts().count(), 0);
     }
 
     #[test]
