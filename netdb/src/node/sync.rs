@@ -416,7 +416,7 @@ mod tests {
     use netdb_wire::sync_message::Body as B;
     use prost::Message;
 
-    use super::super::test_support::{PEER, node};
+    use super::super::test_support::{PEER, node, peer_entry};
     use super::MAX_ROUNDS;
     use crate::codec;
     use crate::config::Config;
@@ -669,6 +669,27 @@ mod tests {
             std::iter::from_fn(|| a.poll_transmit())
                 .all(|t| !matches!(t, Transmit::Sync { opens: true, .. }))
         );
+    }
+
+    #[test]
+    fn a_peer_that_always_says_cut_holds_the_node_for_a_bounded_burst() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from: SocketAddr = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        n.start_sync(t, Scope::Network("net"), from);
+        let mut opened_in_a_row = 0;
+        while let Some(id) = std::iter::from_fn(|| n.poll_transmit()).find_map(|t| match t {
+            Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
+            _ => None,
+        }) {
+            opened_in_a_row += 1;
+            assert!(opened_in_a_row <= 100, "no end to the burst");
+            let e = peer_entry("t", &format!("k{id}"), Bytes::from_static(b"v"), id + 1, false);
+            let answer = wire::SyncRound { entries: vec![e], cut: true, ..Default::default() };
+            n.handle_sync(t, from, &bytes("net", id, B::Answer(answer)));
+        }
+        assert_eq!(opened_in_a_row, super::MAX_CONTINUED + 1, "the first and its followers");
     }
 
     fn entries(r: &wire::SyncMessage) -> usize {
