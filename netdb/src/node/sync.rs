@@ -539,12 +539,15 @@ mod tests {
 
     /// The id of the exchange the node just opened.
     fn opened(n: &mut Node) -> u64 {
-        std::iter::from_fn(|| n.poll_transmit())
-            .find_map(|t| match t {
-                Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
-                _ => None,
-            })
-            .expect("a request")
+        next_opened(n).expect("a request")
+    }
+
+    /// The id of the next exchange the node opened, if it opened one.
+    fn next_opened(n: &mut Node) -> Option<u64> {
+        std::iter::from_fn(|| n.poll_transmit()).find_map(|t| match t {
+            Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
+            _ => None,
+        })
     }
 
     #[test]
@@ -665,10 +668,7 @@ mod tests {
         // The answer asked nothing, so the exchange ends, and with nothing
         // moved another would be the same.
         assert_eq!(a.stats().syncs_completed, 1);
-        assert!(
-            std::iter::from_fn(|| a.poll_transmit())
-                .all(|t| !matches!(t, Transmit::Sync { opens: true, .. }))
-        );
+        assert_eq!(next_opened(&mut a), None);
     }
 
     #[test]
@@ -679,10 +679,7 @@ mod tests {
         n.join_network(t, "net").unwrap();
         n.start_sync(t, Scope::Network("net"), from);
         let mut opened_in_a_row = 0;
-        while let Some(id) = std::iter::from_fn(|| n.poll_transmit()).find_map(|t| match t {
-            Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
-            _ => None,
-        }) {
+        while let Some(id) = next_opened(&mut n) {
             opened_in_a_row += 1;
             assert!(opened_in_a_row <= 100, "no end to the burst");
             let e = peer_entry("t", &format!("k{id}"), Bytes::from_static(b"v"), id + 1, false);
