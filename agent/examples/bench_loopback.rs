@@ -18,14 +18,16 @@
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use netdb_api::{self as api, netdb_client::NetdbClient};
 use tokio::sync::mpsc;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
+
+mod bench_support;
+use bench_support::{Procs, check_time, connect, cpu_secs, spawn_agent, status_mib};
 
 const NET: &str = "bench";
 const TABLE: &str = "t";
@@ -71,28 +73,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     std::fs::create_dir_all(&dir)?;
     let mut procs = Procs { children: Vec::new(), dir: dir.clone() };
     for i in 0..n {
-        let log = std::fs::File::create(dir.join(format!("n{i}.log")))?;
-        let child = Command::new(&bin)
-            .args([
-                "--api",
-                &format!("unix:{}", sock(&dir, i).display()),
-                "agent",
-                "--no-dataplane",
-            ])
-            .args([
-                "--name",
-                &format!("n{i}"),
-                "--bind",
-                &addr(i),
-                "--join",
-                &addr(0),
-                "--log",
-                "warn",
-            ])
-            .args(&extra)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?;
+        let join = ["--join".to_string(), addr(0)];
+        let child = spawn_agent(&bin, &dir, &format!("n{i}"), &addr(i), join.iter().chain(&extra))?;
         procs.children.push(Some(child));
     }
     let mut clients = Vec::new();
@@ -268,33 +250,7 @@ fn addr(i: usize) -> String {
 }
 
 fn sock(dir: &Path, i: usize) -> PathBuf {
-    dir.join(format!("n{i}.sock"))
-}
-
-/// The agent's API, once it answers: its socket file appears at bind,
-/// a moment before it listens (refused meanwhile, seen on a loaded machine).
-async fn connect(path: &Path) -> Result<NetdbClient<Channel>, Box<dyn std::error::Error>> {
-    let start = Instant::now();
-    loop {
-        let sock = path.to_path_buf();
-        let attempt = Endpoint::try_from("http://[::]:50051")?
-            .connect_with_connector(tower::service_fn(move |_| {
-                let sock = sock.clone();
-                async move {
-                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                        tokio::net::UnixStream::connect(sock).await?,
-                    ))
-                }
-            }))
-            .await;
-        match attempt {
-            Ok(ch) => return Ok(NetdbClient::new(ch)),
-            Err(e) if start.elapsed() > Duration::from_secs(20) => {
-                return Err(format!("agent API {} never answered: {e}", path.display()).into());
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
+    bench_support::sock(dir, &format!("n{i}"))
 }
 
 /// Suspicions started, members marked failed and late probe timers, summed
@@ -336,18 +292,6 @@ async fn all_peered(clients: &mut [NetdbClient<Channel>], n: usize) -> Result<bo
     Ok(true)
 }
 
-fn check_time(
-    what: &str,
-    since: Instant,
-    limit: Duration,
-) -> Result<(), Box<dyn std::error::Error>> {
-    if since.elapsed() > limit {
-        Err(format!("{what} did not converge in {limit:?}").into())
-    } else {
-        Ok(())
-    }
-}
-
 /// Applies watch events to `held` and shows each, with what its node now
 /// holds, to `done`, until it returns true or `limit` passes.
 async fn collect(
@@ -375,26 +319,6 @@ async fn collect(
     }
 }
 
-/// CPU seconds a process has run: the scheduler's nanosecond count
-/// (/proc/PID/schedstat), far finer than the 10 ms ticks of /proc/PID/stat.
-fn cpu_secs(pid: u32) -> f64 {
-    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
-        .ok()
-        .and_then(|s| s.split_whitespace().next().and_then(|ns| ns.parse::<f64>().ok()))
-        .map_or(0.0, |ns| ns / 1e9)
-}
-
-/// A memory figure of /proc/PID/status, in MiB.
-fn status_mib(pid: u32, field: &str) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(0.0, |kb| kb / 1024.0)
-}
-
 fn row_secs(name: &str, v: &[Option<Duration>]) {
     let reached: Vec<f64> = v.iter().flatten().map(Duration::as_secs_f64).collect();
     if reached.len() < v.len() {
@@ -409,28 +333,4 @@ fn row(name: &str, mut v: Vec<f64>) {
     }
     v.sort_by(f64::total_cmp);
     println!("{name:<44} {:>10.3} {:>10.3} {:>10.3}", v[0], v[v.len() / 2], v[v.len() - 1]);
-}
-
-/// Every process it starts, it stops.
-struct Procs {
-    children: Vec<Option<Child>>,
-    dir: PathBuf,
-}
-
-impl Procs {
-    fn kill(&mut self, i: usize) {
-        if let Some(mut c) = self.children[i].take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Drop for Procs {
-    fn drop(&mut self) {
-        for i in 0..self.children.len() {
-            self.kill(i);
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }

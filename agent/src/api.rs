@@ -140,7 +140,7 @@ fn entry(table: &str, key: &str, e: &netdb::Entry) -> api::Entry {
         table: table.into(),
         key: key.into(),
         value: e.value.clone(),
-        owner: e.owner.clone(),
+        owner: e.owner.to_string(),
         ltime: e.ltime,
     }
 }
@@ -409,6 +409,27 @@ impl<K: Kernel> Netdb for Api<K> {
         let r = req.into_inner();
         let entries = r.entries.into_iter().map(|kv| (kv.key, kv.value)).collect();
         let written = self.core.put(r.network, r.table, entries).await.map_err(core_status)?;
+        Ok(Response::new(api::PutReply { written }))
+    }
+
+    async fn import(
+        &self,
+        req: Request<tonic::Streaming<api::PutRequest>>,
+    ) -> Result<Response<api::PutReply>, Status> {
+        let mut stream = req.into_inner();
+        let mut written = 0u32;
+        while let Some(r) = stream.message().await? {
+            let entries = r.entries.into_iter().map(|kv| (kv.key, kv.value)).collect();
+            written = match self.core.put(r.network, r.table, entries).await {
+                Ok(n) => written.saturating_add(n),
+                // The count of the whole stream, not of its last request.
+                Err(engine::Error::PutStopped { written: n, source }) => {
+                    let written = written.saturating_add(n);
+                    return Err(core_status(engine::Error::PutStopped { written, source }));
+                }
+                Err(e) => return Err(core_status(e)),
+            };
+        }
         Ok(Response::new(api::PutReply { written }))
     }
 

@@ -313,6 +313,24 @@ pub(crate) enum TableCmd {
         network: String,
         table: String,
     },
+    /// Write many entries in one streaming call: "KEY VALUE" lines from a
+    /// file (- = stdin), or COUNT generated ones (KEY-PREFIX and a
+    /// zero-padded number, a VALUE-SIZE byte value).
+    Import {
+        network: String,
+        table: String,
+        #[arg(long, required_unless_present = "generate")]
+        file: Option<PathBuf>,
+        #[arg(long, value_name = "COUNT", conflicts_with = "file")]
+        generate: Option<u32>,
+        #[arg(long, default_value = "key-", requires = "generate")]
+        key_prefix: String,
+        #[arg(long, default_value_t = 100, requires = "generate")]
+        value_size: usize,
+        /// Entries per request of the stream.
+        #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+        batch: u32,
+    },
 }
 
 /// Agent settings. Each is a flag, a `NETDB_*` environment variable, or a

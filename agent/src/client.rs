@@ -243,18 +243,7 @@ async fn table(c: &mut NetdbClient<Channel>, out: Output, cmd: TableCmd) -> anyh
     match cmd {
         TableCmd::Put { network, table, key, value, file } => {
             let entries = match (file, key, value) {
-                (Some(path), _, _) => {
-                    let mut text = String::new();
-                    if path.as_os_str() == "-" {
-                        std::io::stdin()
-                            .read_to_string(&mut text)
-                            .context("reading entries from stdin")?;
-                    } else {
-                        text = std::fs::read_to_string(&path)
-                            .with_context(|| format!("cannot read {}", path.display()))?;
-                    }
-                    parse_bulk(&text).map_err(|e| anyhow!("{}: {e}", path.display()))?
-                }
+                (Some(path), _, _) => read_bulk(&path)?,
                 (None, Some(key), Some(value)) => {
                     vec![api::KeyValue { key, value: value.into_bytes().into() }]
                 }
@@ -266,10 +255,21 @@ async fn table(c: &mut NetdbClient<Channel>, out: Output, cmd: TableCmd) -> anyh
                 .map_err(rpc)?
                 .into_inner()
                 .written;
-            match out {
-                Output::Json => print_json(&json!({ "written": n })),
-                Output::Table => println!("wrote {n} entr{}", if n == 1 { "y" } else { "ies" }),
-            }
+            wrote(out, n);
+        }
+        TableCmd::Import { network, table, file, generate, key_prefix, value_size, batch } => {
+            let entries = match (file, generate) {
+                (Some(path), _) => read_bulk(&path)?,
+                (None, Some(count)) => generated(&key_prefix, value_size, count),
+                (None, None) => return Err(anyhow!("give --file F or --generate N")),
+            };
+            let n = c
+                .import(tokio_stream::iter(batches(network, table, entries, batch as usize)))
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .written;
+            wrote(out, n);
         }
         TableCmd::Get { network, table, key } => {
             let e = c
@@ -481,6 +481,52 @@ pub(crate) fn show_skew(ms: i64) -> String {
 /// Parses "KEY VALUE" lines for bulk puts: the key is the first word, the
 /// value the rest of the line; blank lines and lines starting with # are
 /// skipped.
+fn wrote(out: Output, n: u32) {
+    match out {
+        Output::Json => print_json(&json!({ "written": n })),
+        Output::Table => println!("wrote {n} entr{}", if n == 1 { "y" } else { "ies" }),
+    }
+}
+
+/// "KEY VALUE" lines from a file, or stdin for `-`.
+fn read_bulk(path: &std::path::Path) -> anyhow::Result<Vec<api::KeyValue>> {
+    let mut text = String::new();
+    if path.as_os_str() == "-" {
+        std::io::stdin().read_to_string(&mut text).context("reading entries from stdin")?;
+    } else {
+        text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+    }
+    parse_bulk(&text).map_err(|e| anyhow!("{}: {e}", path.display()))
+}
+
+/// `count` entries for loads and benchmarks: keys numbered after `prefix`,
+/// values of `size` bytes that carry the number, so each differs.
+fn generated(prefix: &str, size: usize, count: u32) -> Vec<api::KeyValue> {
+    (0..count)
+        .map(|i| {
+            let mut value = format!("{i:010}-").into_bytes();
+            value.resize(size, b'v');
+            api::KeyValue { key: format!("{prefix}{i:010}"), value: value.into() }
+        })
+        .collect()
+}
+
+/// The stream of an import: `per` entries a request.
+fn batches(
+    network: String,
+    table: String,
+    entries: Vec<api::KeyValue>,
+    per: usize,
+) -> impl Iterator<Item = api::PutRequest> {
+    let mut entries = entries.into_iter().peekable();
+    std::iter::from_fn(move || {
+        entries.peek()?;
+        let batch: Vec<_> = entries.by_ref().take(per).collect();
+        Some(api::PutRequest { network: network.clone(), table: table.clone(), entries: batch })
+    })
+}
+
 fn parse_bulk(text: &str) -> Result<Vec<api::KeyValue>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -502,6 +548,17 @@ fn parse_bulk(text: &str) -> Result<Vec<api::KeyValue>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imports_go_in_batches_of_generated_entries() {
+        let kv = generated("k-", 16, 5);
+        assert_eq!(kv[3].key, "k-0000000003");
+        assert_eq!(kv[3].value, Bytes::from("0000000003-vvvvv"));
+        let sizes: Vec<usize> =
+            batches("n".into(), "t".into(), kv, 2).map(|r| r.entries.len()).collect();
+        assert_eq!(sizes, vec![2, 2, 1]);
+        assert_eq!(batches("n".into(), "t".into(), Vec::new(), 2).count(), 0);
+    }
 
     #[test]
     fn bulk_lines_split_at_the_first_space() {

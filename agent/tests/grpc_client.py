@@ -60,6 +60,21 @@ class Api:
         )
         return rpc(self.message(method, **fields))
 
+    def import_(self, requests):
+        """A client-streaming Import of put requests."""
+        rpc = self.channel.stream_unary(
+            f"/{SERVICE}/Import",
+            request_serializer=lambda m: m.SerializeToString(),
+            response_deserializer=self._reply_class("Import").FromString,
+        )
+        return rpc(iter(requests), timeout=30)
+
+    def put_request(self, network, table, entries):
+        req = self.message("Put", network=network, table=table)
+        for k, v in entries:
+            req.entries.add(key=k, value=v)
+        return req
+
     def put(self, network, table, entries):
         req = self.message("Put", network=network, table=table)
         for k, v in entries:
@@ -142,6 +157,24 @@ def basic(api, members, network, tag):
     got = api.call("Get", network=network, table=table, key="k1")
     assert got.value == b"v1b", got
     print("ok watch saw create, update, delete")
+
+    # A client stream of 50 requests of 100 entries, then one that stops at
+    # a refused table: the error counts what the whole stream wrote.
+    batch = lambda b: api.put_request(
+        network, f"i-{tag}", [(f"i{b:02}-{i:03}", b"x" * 100) for i in range(100)]
+    )
+    assert api.import_(batch(b) for b in range(50)).written == 5000
+    dump = api.call("Dump", network=network, table=f"i-{tag}").entries
+    assert len(dump) == 5000, len(dump)
+    bad = api.put_request(network, "", [("k", b"v")])
+    try:
+        api.import_([batch(50), bad, batch(51)])
+        raise AssertionError("an import into an invalid table was accepted")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.INVALID_ARGUMENT, (e.code(), e.details())
+        assert "100 entries written before it" in e.details(), e.details()
+        stopped = e.details()
+    print("ok import streamed 5,000 entries; a refused one stops it:", stopped)
 
 
 def hard(api, network):

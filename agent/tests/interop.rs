@@ -116,8 +116,13 @@ fn python_grpcio_with_default_options_works_on_the_socket_and_on_tcp() {
     a.wait_alive(&sock, 2);
 
     let out = run_python(&py, &sock, "unix", "p1,p2", true);
-    for check in ["3 MB put and dumped", "100 concurrent calls", "12 KB of metadata", "400 events"]
-    {
+    for check in [
+        "import streamed",
+        "3 MB put and dumped",
+        "100 concurrent calls",
+        "12 KB of metadata",
+        "400 events",
+    ] {
         assert!(out.contains(check), "{check}: {out}");
     }
     run_python(&py, tcp, "tcp", "p1,p2", false);

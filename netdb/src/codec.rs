@@ -315,7 +315,7 @@ pub(crate) fn entry_from_wire(e: &EntryRef<'_>, now: Duration, ttl: Duration) ->
     let residual = Duration::from_millis(e.reap_in_ms).min(ttl);
     Entry {
         value: Bytes::copy_from_slice(e.value),
-        owner: e.owner.to_owned(),
+        owner: e.owner.into(),
         incarnation: e.incarnation,
         ltime: e.ltime,
         deleted: e.deleted,
@@ -329,7 +329,7 @@ pub(crate) fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) ->
         table: table.to_owned(),
         key: key.to_owned(),
         value: e.value.clone(),
-        owner: e.owner.clone(),
+        owner: e.owner.to_string(),
         incarnation: e.incarnation,
         ltime: e.ltime,
         deleted: e.deleted,

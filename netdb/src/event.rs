@@ -116,7 +116,7 @@ impl Event {
         e: &Entry,
         kind: EntryEventKind,
     ) -> Option<Event> {
-        let (key, owner, value) = (key.to_string(), e.owner.clone(), e.value.clone());
+        let (key, owner, value) = (key.to_string(), e.owner.to_string(), e.value.clone());
         Some(match scope {
             Scope::Network(network) => Event::Entry {
                 network: network.into(),

@@ -7,12 +7,13 @@
 //! tombstone with the same ltime as a live entry hid it forever on some
 //! nodes and not on others.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use indexmap::IndexMap;
 
 use crate::digest::{Digest, NodeId, key_hash};
 use crate::hash::{Hasher, MapHasher};
@@ -23,8 +24,9 @@ use crate::hash::{Hasher, MapHasher};
 pub struct Entry {
     /// The value (the last one, for a tombstone).
     pub value: Bytes,
-    /// The node that wrote it.
-    pub owner: String,
+    /// The node that wrote it; one allocation per owner in a network,
+    /// shared by its entries there.
+    pub owner: Arc<str>,
     /// The owner's incarnation at the write.
     pub incarnation: u64,
     /// The write's Lamport time.
@@ -90,15 +92,30 @@ pub(crate) struct Change {
 /// entry and write looks its key up, and in a sorted map those lookups'
 /// string compares were a quarter of a 100-agent burst's CPU. Listings
 /// sort (`Tables::table`, `Tables::iter`), so callers still see key order.
-type Keyed = HashMap<Arc<str>, Entry, BuildHasherDefault<MapHasher>>;
+/// The entries lie in one vector and the hash table holds their positions:
+/// a hash map of entries doubles its buckets at a power of two, so at a
+/// million keys it held 2^21 buckets of 113 bytes, 237 bytes an entry.
+type Keyed = IndexMap<Box<str>, Entry, BuildHasherDefault<MapHasher>>;
+
+/// One table: its entries, and their positions by key hash, so a push/pull
+/// reads a subtree's entries without a table scan. A position (16 bytes
+/// with its hash) instead of the names (40) saves a third of the index.
+#[derive(Debug, Default)]
+struct Table {
+    entries: Keyed,
+    by_hash: BTreeSet<(u64, usize)>,
+    /// Visible entries, kept as they change: counting a million entries
+    /// for every `network ls` or inspect held the agent's loop.
+    visible: usize,
+}
 
 /// All tables of one network (or of the cluster scope) and their digest.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
-    tables: BTreeMap<Arc<str>, Keyed>,
-    /// Every entry's (key hash, table, key), names shared with `tables`,
-    /// so a push/pull reads a subtree's entries without a table scan.
-    by_hash: BTreeSet<(u64, Arc<str>, Arc<str>)>,
+    tables: BTreeMap<String, Table>,
+    /// The owners of the entries held, each once: a network holds entries
+    /// of a few owners, and a string each cost 56 bytes an entry.
+    owners: HashSet<Arc<str>, BuildHasherDefault<MapHasher>>,
     digest: Digest,
 }
 
@@ -110,37 +127,65 @@ impl Tables {
     /// Entries held, tombstones and hidden ones included.
     #[cfg(test)]
     fn len(&self) -> usize {
-        self.tables.values().map(HashMap::len).sum()
+        self.tables.values().map(|t| t.entries.len()).sum()
     }
 
     pub(crate) fn get(&self, table: &str, key: &str) -> Option<&Entry> {
-        self.tables.get(table)?.get(key)
+        self.tables.get(table)?.entries.get(key)
     }
 
     /// One table's entries in key order.
     pub(crate) fn table(&self, table: &str) -> impl Iterator<Item = (&str, &Entry)> {
-        self.tables.get(table).into_iter().flat_map(sorted)
+        self.tables.get(table).into_iter().flat_map(|t| sorted(&t.entries))
     }
 
     /// Every entry in (table, key) order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
-        self.tables.iter().flat_map(|(t, es)| sorted(es).map(move |(k, e)| (&**t, k, e)))
+        self.tables.iter().flat_map(|(t, es)| sorted(&es.entries).map(move |(k, e)| (&**t, k, e)))
     }
 
-    /// Every entry, in table order but keys in no order: for counts and
-    /// scans that need no sort (a million-entry table sorts in a second).
+    /// Each table's visible entries and entries held, in table order.
+    pub(crate) fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
+        self.tables.iter().map(|(name, t)| (name.as_str(), t.visible, t.entries.len()))
+    }
+
+    /// Every entry, in table order but keys in no order: for scans that
+    /// need no sort (a million-entry table sorts in a second).
     pub(crate) fn unordered(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
-        self.tables.iter().flat_map(|(t, es)| es.iter().map(move |(k, e)| (&**t, &**k, e)))
+        self.tables.iter().flat_map(|(t, es)| es.entries.iter().map(move |(k, e)| (&**t, &**k, e)))
     }
 
-    /// The entries of one node of the digest's tree, hidden ones included.
+    /// The entries of one node of the digest's tree, hidden ones included,
+    /// in (key hash, table) order: each table's in hash order, merged.
     pub(crate) fn under(&self, node: NodeId) -> impl Iterator<Item = (&str, &str, &Entry)> {
         let (first, last) = node.hash_range();
-        let empty: Arc<str> = Arc::from("");
-        self.by_hash
-            .range((first, empty.clone(), empty)..)
-            .take_while(move |(h, _, _)| *h <= last)
-            .filter_map(|(_, t, k)| Some((&**t, &**k, self.get(t, k)?)))
+        let mut each: Vec<_> = self
+            .tables
+            .iter()
+            .map(|(name, t)| {
+                t.by_hash
+                    .range((first, 0)..=(last, usize::MAX))
+                    .filter_map(|&(h, i)| {
+                        let (k, e) = t.entries.get_index(i)?;
+                        Some((h, name.as_str(), &**k, e))
+                    })
+                    .peekable()
+            })
+            .collect();
+        std::iter::from_fn(move || {
+            // Tables come in name order, so the first lowest hash is the
+            // (hash, table) order's next.
+            let mut next: Option<(u64, usize)> = None;
+            for (j, it) in each.iter_mut().enumerate() {
+                if let Some(&(h, ..)) = it.peek()
+                    && next.is_none_or(|(best, _)| h < best)
+                {
+                    next = Some((h, j));
+                }
+            }
+            let (_, t, k, e) = each[next?.1].next()?;
+            Some((t, k, e))
+        })
     }
 
     fn count(&mut self, table: &str, key: &str, e: &Entry, add: bool) {
@@ -151,38 +196,69 @@ impl Tables {
         if add { self.digest.add(k, h) } else { self.digest.remove(k, h) }
     }
 
+    /// The shared copy of `owner`.
+    fn intern(&mut self, owner: Arc<str>) -> Arc<str> {
+        match self.owners.get(&*owner) {
+            Some(held) => held.clone(),
+            None => {
+                self.owners.insert(owner.clone());
+                owner
+            }
+        }
+    }
+
+    /// Forgets an owner whose last entry here is `gone` (taken out), so
+    /// the set holds only owners of held entries.
+    fn release(&mut self, gone: &Entry) {
+        // The set's copy and `gone`'s: no entry here holds it.
+        if Arc::strong_count(&gone.owner) == 2 {
+            self.owners.remove(&*gone.owner);
+        }
+    }
+
     /// Inserts or replaces, keeping the digest; returns the replaced entry.
-    pub(crate) fn insert(&mut self, table: &str, key: &str, entry: Entry) -> Option<Entry> {
+    pub(crate) fn insert(&mut self, table: &str, key: &str, mut entry: Entry) -> Option<Entry> {
+        entry.owner = self.intern(entry.owner);
         self.count(table, key, &entry, true);
-        let name = match self.tables.get_key_value(table) {
-            Some((name, _)) => name.clone(),
-            None => Arc::from(table),
-        };
-        let t = self.tables.entry(name.clone()).or_default();
-        let old = match t.get_mut(key) {
+        if !self.tables.contains_key(table) {
+            self.tables.insert(table.into(), Table::default());
+        }
+        let t = self.tables.get_mut(table)?;
+        t.visible += usize::from(entry.visible());
+        let old = match t.entries.get_mut(key) {
             Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
-                let k: Arc<str> = Arc::from(key);
-                t.insert(k.clone(), entry);
-                self.by_hash.insert((key_hash(table, key), name, k));
+                let (i, _) = t.entries.insert_full(key.into(), entry);
+                t.by_hash.insert((key_hash(table, key), i));
                 None
             }
         };
         if let Some(o) = &old {
+            t.visible -= usize::from(o.visible());
             self.count(table, key, o, false);
+            self.release(o);
         }
         old
     }
 
     pub(crate) fn remove(&mut self, table: &str, key: &str) -> Option<Entry> {
-        let name = self.tables.get_key_value(table)?.0.clone();
         let t = self.tables.get_mut(table)?;
-        let (k, old) = t.remove_entry(key)?;
-        if t.is_empty() {
+        // The order of a table's vector is no order callers see; the last
+        // entry takes the removed one's place, and its index entry follows.
+        let (i, _, old) = t.entries.swap_remove_full(key)?;
+        t.visible -= usize::from(old.visible());
+        t.by_hash.remove(&(key_hash(table, key), i));
+        let moved = t.entries.len();
+        if let Some((k, _)) = t.entries.get_index(i) {
+            let h = key_hash(table, k);
+            t.by_hash.remove(&(h, moved));
+            t.by_hash.insert((h, i));
+        }
+        if t.entries.is_empty() {
             self.tables.remove(table);
         }
-        self.by_hash.remove(&(key_hash(table, key), name, k));
         self.count(table, key, &old, false);
+        self.release(&old);
         Some(old)
     }
 
@@ -266,7 +342,7 @@ mod tests {
         hidden.hidden = true;
         s1.insert("u", "k", hidden);
         assert_eq!(s1.digest(), s2.digest(), "hidden entries are not in the digest");
-        assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".to_string()));
+        assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".into()));
         s1.remove("t", "k1");
         assert_ne!(s1.digest(), s2.digest());
         s2.remove("t", "k1");
@@ -285,12 +361,75 @@ mod tests {
     }
 
     #[test]
+    fn the_hash_index_follows_entries_moved_by_removals() {
+        let mut s = Tables::default();
+        let mut held = BTreeSet::new();
+        for i in 0..60 {
+            let (t, k) = (["t", "u"][i % 2], format!("k{i}"));
+            s.insert(t, &k, e("a", i as u64, false));
+            held.insert((key_hash(t, &k), t, k));
+        }
+        for i in (0..60).step_by(3) {
+            let (t, k) = (["t", "u"][i % 2], format!("k{i}"));
+            s.remove(t, &k);
+            held.remove(&(key_hash(t, &k), t, k));
+        }
+        let listed: Vec<_> =
+            s.under(NodeId::ROOT).map(|(t, k, _)| (key_hash(t, k), t, k)).collect();
+        let expect: Vec<_> = held.iter().map(|(h, t, k)| (*h, *t, k.as_str())).collect();
+        assert_eq!(listed, expect, "every entry once, in (hash, table) order");
+        for (h, t, k) in &held {
+            let leaf = NodeId::at(crate::digest::DEPTH, *h);
+            assert!(s.under(leaf).any(|(lt, lk, _)| (lt, lk) == (*t, k.as_str())), "{t}/{k}");
+        }
+    }
+
+    #[test]
+    fn counts_follow_writes_tombstones_hidden_entries_and_removals() {
+        let mut s = Tables::default();
+        s.insert("t", "a", e("x", 1, false));
+        s.insert("t", "b", e("x", 2, false));
+        s.insert("u", "c", e("x", 3, true));
+        let mut hidden = e("y", 4, false);
+        hidden.hidden = true;
+        s.insert("u", "d", hidden);
+        assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 2, 2), ("u", 0, 2)]);
+        s.insert("t", "a", e("x", 5, true));
+        s.insert("u", "c", e("x", 6, false));
+        s.remove("u", "d");
+        s.insert("t", "z", e("x", 7, false));
+        s.remove("t", "z");
+        assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 1, 2), ("u", 1, 1)]);
+        s.rewrite(|_, _, _| Rewrite::Remove);
+        assert_eq!(s.counts().count(), 0);
+    }
+
+    #[test]
+    fn owners_are_held_once_and_forgotten_with_their_last_entry() {
+        let mut s = Tables::default();
+        s.insert("t", "a", e("x", 1, false));
+        s.insert("u", "b", e("x", 2, false));
+        s.insert("t", "c", e("y", 3, false));
+        let (a, b) = (s.get("t", "a").unwrap(), s.get("u", "b").unwrap());
+        assert!(Arc::ptr_eq(&a.owner, &b.owner), "one string for x's entries");
+        assert_eq!(s.owners.len(), 2);
+        s.insert("t", "c", e("x", 4, false));
+        assert_eq!(s.owners.len(), 1, "y's last entry was replaced");
+        s.remove("t", "a");
+        s.remove("u", "b");
+        assert_eq!(s.owners.len(), 1, "x still holds c");
+        let c = s.remove("t", "c").unwrap();
+        assert!(s.owners.is_empty());
+        assert_eq!(&*c.owner, "x");
+    }
+
+    #[test]
     fn rewrite_reports_changes_and_keeps_digest() {
         let mut s = Tables::default();
         s.insert("t", "a", e("x", 1, false));
         s.insert("t", "b", e("y", 2, false));
         let changes =
-            s.rewrite(|_, _, en| if en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
+            s.rewrite(|_, _, en| if &*en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].key, "a");
         let mut only_b = Tables::default();

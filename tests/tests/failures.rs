@@ -30,7 +30,7 @@ fn versions_of(sim: &Sim, observer: usize, owner: &str) -> Vec<(String, u64, u64
         .unwrap()
         .entries(NET, TABLE)
         .into_iter()
-        .filter(|(_, e)| e.owner == owner)
+        .filter(|(_, e)| &*e.owner == owner)
         .map(|(k, e)| (k.to_string(), e.ltime, e.incarnation))
         .collect()
 }
@@ -152,7 +152,7 @@ fn restart_without_state_removes_the_earlier_generation_everywhere() {
     for i in 0..N {
         let raw = sim.node(i).unwrap().raw_entries(NET);
         assert!(
-            raw.iter().all(|(_, _, e)| e.owner != "n5" || e.incarnation == 2),
+            raw.iter().all(|(_, _, e)| &*e.owner != "n5" || e.incarnation == 2),
             "n{i} holds nothing of n5's first incarnation, not even hidden"
         );
     }
@@ -223,7 +223,7 @@ fn restart_with_state_keeps_the_entries_everywhere_and_its_newest_word_wins() {
     let restarted = sim.node(VICTIM).unwrap();
     assert!(restarted.networks().contains(&"plain"), "joined again by itself");
     let p = restarted.get("plain", TABLE, "p").unwrap();
-    assert_eq!((p.owner.as_str(), &p.value), ("n5", &value(VICTIM, 9, 1)), "taken back");
+    assert_eq!((&*p.owner, &p.value), ("n5", &value(VICTIM, 9, 1)), "taken back");
     for i in 0..N {
         let raw = sim.node(i).unwrap().raw_entries(NET);
         let deleted = raw.iter().find(|(_, k, _)| *k == key(VICTIM, 0));
@@ -257,8 +257,11 @@ fn leaving_a_network_tombstones_the_nodes_entries_there() {
     await_converged(&mut sim, &rest, &without_owner(&want, VICTIM), Duration::from_secs(30));
     for &i in &rest {
         let n = sim.node(i).unwrap();
-        let tombs =
-            n.raw_entries(NET).into_iter().filter(|(_, _, e)| e.owner == "n5").collect::<Vec<_>>();
+        let tombs = n
+            .raw_entries(NET)
+            .into_iter()
+            .filter(|(_, _, e)| &*e.owner == "n5")
+            .collect::<Vec<_>>();
         assert_eq!(tombs.len(), 5);
         assert!(tombs.iter().all(|(_, _, e)| e.deleted && e.reap_at.is_some()));
         assert!(!n.network_peers(NET).contains(&"n5".to_string()));

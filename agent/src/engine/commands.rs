@@ -115,7 +115,7 @@ impl Core {
                 table: t.into(),
                 key: k.into(),
                 kind: EntryEventKind::Create,
-                owner: e.owner.clone(),
+                owner: e.owner.to_string(),
                 value: e.value.clone(),
             })
             .collect();

@@ -719,7 +719,7 @@ mod tests {
         let p = h.parts();
         let claims: Vec<_> = p.node.shared_entries(SharedTable::Ipam);
         assert_eq!(claims.len(), 1);
-        assert!(claims[0].0.starts_with("blue:") && claims[0].1.owner == "h1");
+        assert!(claims[0].0.starts_with("blue:") && &*claims[0].1.owner == "h1");
 
         let route = p.node.get("blue", ROUTES_TABLE, "h1/web").expect("route published");
         let route = wire::Route::decode(&route.value[..]).unwrap();
@@ -1010,7 +1010,7 @@ mod tests {
         p.node
             .shared_entries(SharedTable::Ipam)
             .into_iter()
-            .filter(|(_, e)| !e.deleted && e.owner == owner)
+            .filter(|(_, e)| !e.deleted && &*e.owner == owner)
             .map(|(k, _)| k.to_string())
             .collect()
     }

@@ -49,7 +49,7 @@ impl Overlay {
         let remotes = node
             .entries(name, ROUTES_TABLE)
             .into_iter()
-            .filter(|(_, e)| e.owner != self.me)
+            .filter(|(_, e)| *e.owner != *self.me)
             .filter_map(|(_, e)| decode_route(&e.value))
             .filter(|r| r.host != tunnel && eff.subnet.contains(r.ip))
             .collect();

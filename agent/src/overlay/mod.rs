@@ -446,7 +446,7 @@ impl Overlay {
                     continue;
                 }
                 for (key, e) in node.entries(net, ENDPOINTS_TABLE) {
-                    if e.owner == self.me {
+                    if *e.owner == *self.me {
                         continue;
                     }
                     let Ok(rec) = wire::ServiceRecord::decode(&e.value[..]) else { continue };
@@ -468,7 +468,7 @@ impl Overlay {
                     out.push(EndpointInfo {
                         network: net.into(),
                         name: rec.name,
-                        host: e.owner.clone(),
+                        host: e.owner.to_string(),
                         ip: rec.ip,
                         prefix,
                         mac,

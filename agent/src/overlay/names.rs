@@ -69,7 +69,7 @@ impl Names {
             for (name, alias) in names {
                 by_name.entry(name).or_default().push(Holder {
                     endpoint: rec.name.clone(),
-                    host: e.owner.clone(),
+                    host: e.owner.to_string(),
                     alias,
                     ltime: e.ltime,
                     failed: e.hidden,

@@ -155,7 +155,7 @@ impl Overlay {
         for net in node.networks().into_iter().filter(|n| resolved.networks.contains_key(*n)) {
             for table in [ROUTES_TABLE, ENDPOINTS_TABLE] {
                 for (key, e) in node.entries(net, table) {
-                    if e.owner == self.me && !known.contains(&(net, key.to_string())) {
+                    if *e.owner == *self.me && !known.contains(&(net, key.to_string())) {
                         unknown.push((net.to_string(), table, key.to_string()));
                     }
                 }

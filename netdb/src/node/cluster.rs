@@ -162,9 +162,9 @@ impl Node {
             Some(ClusterTable::Networks) => {
                 self.net_peers = None;
                 let Some((net, _)) = parse_attachment_key(key) else { return };
-                if e.deleted && e.owner != self.name {
+                if e.deleted && *e.owner != *self.name {
                     self.detach(now, net, &e.owner.clone(), e.incarnation, e.ltime);
-                } else if !e.deleted && e.owner == self.name && !self.networks.contains_key(net) {
+                } else if !e.deleted && *e.owner == *self.name && !self.networks.contains_key(net) {
                     // Joined by an earlier life of this process (a restart
                     // that kept its state): joined again, so the entries it
                     // wrote there come back by push/pull.
@@ -174,12 +174,12 @@ impl Node {
                     }
                 }
             }
-            Some(ClusterTable::Nodes) if e.owner != self.name && !e.deleted => {
+            Some(ClusterTable::Nodes) if *e.owner != *self.name && !e.deleted => {
                 let Ok(rec) = wire::NodeRecord::decode(&e.value[..]) else {
                     return;
                 };
                 let addr = rec.addr.parse().ok();
-                if let Some(o) = self.owners.get_mut(&e.owner)
+                if let Some(o) = self.owners.get_mut(&*e.owner)
                     && o.incarnation == e.incarnation
                     && addr.is_some()
                 {
@@ -208,7 +208,7 @@ impl Node {
             return;
         };
         let changes = st.data.rewrite(|_, _, e| {
-            if e.owner == owner && e.incarnation == incarnation && e.ltime < ltime && !e.deleted {
+            if &*e.owner == owner && e.incarnation == incarnation && e.ltime < ltime && !e.deleted {
                 Rewrite::Replace(Entry {
                     ltime,
                     deleted: true,

@@ -97,9 +97,9 @@ impl Node {
         let st = self.networks.get(network).ok_or_else(|| Error::NotJoined(network.into()))?;
         if let Some(e) = st.data.get(table, key)
             && e.visible()
-            && e.owner != self.name
+            && *e.owner != *self.name
         {
-            return Err(Error::NotOwner { key: key.into(), owner: e.owner.clone() });
+            return Err(Error::NotOwner { key: key.into(), owner: e.owner.to_string() });
         }
         self.write(now, Scope::Network(network), table, key, value, false);
         Ok(())
@@ -117,9 +117,9 @@ impl Node {
         self.check_entry_args(network, table, key)?;
         let st = self.networks.get(network).ok_or_else(|| Error::NotJoined(network.into()))?;
         let value = match st.data.get(table, key) {
-            Some(e) if e.visible() && e.owner == self.name => e.value.clone(),
+            Some(e) if e.visible() && *e.owner == *self.name => e.value.clone(),
             Some(e) if e.visible() => {
-                return Err(Error::NotOwner { key: key.into(), owner: e.owner.clone() });
+                return Err(Error::NotOwner { key: key.into(), owner: e.owner.to_string() });
             }
             _ => {
                 return Err(Error::NotFound { table: table.into(), key: key.into() });

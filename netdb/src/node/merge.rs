@@ -50,7 +50,7 @@ impl Node {
         }
         let entry = Entry {
             value,
-            owner: self.name.clone(),
+            owner: self.name.as_str().into(),
             incarnation: self.incarnation,
             ltime: self.clock.tick(),
             deleted,
@@ -169,7 +169,7 @@ impl Node {
         // What we do not hold, that life wrote and no one has undone: it is
         // ours again (the store below).
         let ours = held
-            .filter(|e| w.owner == self.name && e.owner == self.name)
+            .filter(|e| w.owner == self.name && *e.owner == *self.name)
             .map(|e| (e.value.clone(), e.deleted));
         if let Scope::Network(net) = scope
             && self.detached_before(net, w.owner, w.incarnation, w.ltime)
@@ -297,7 +297,7 @@ impl Node {
             };
             let changes = st
                 .data
-                .rewrite(|t, _, e| if e.owner == owner { f(scope, t, e) } else { Rewrite::Keep });
+                .rewrite(|t, _, e| if &*e.owner == owner { f(scope, t, e) } else { Rewrite::Keep });
             if changes.is_empty() {
                 continue;
             }

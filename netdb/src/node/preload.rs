@@ -32,7 +32,7 @@ impl Node {
             .cluster
             .data
             .iter()
-            .filter(|(_, _, e)| e.owner == self.name)
+            .filter(|(_, _, e)| *e.owner == *self.name)
             .map(|(t, k, e)| entry_to_wire(t, k, e, now))
             .collect();
         Introduction { id: self.swim.identity().clone(), entries }

@@ -85,14 +85,10 @@ impl ScopeState {
     pub(super) fn stats(&self) -> ScopeStats {
         let mut tables: Vec<(String, usize)> = Vec::new();
         let mut kept = 0;
-        for (table, _, e) in self.data.unordered() {
-            if !e.visible() {
-                kept += 1;
-                continue;
-            }
-            match tables.last_mut() {
-                Some((t, n)) if t == table => *n += 1,
-                _ => tables.push((table.to_string(), 1)),
+        for (table, visible, held) in self.data.counts() {
+            kept += held - visible;
+            if visible > 0 {
+                tables.push((table.to_string(), visible));
             }
         }
         ScopeStats {

@@ -36,6 +36,12 @@ const MAX_ROUNDS: u32 = DEPTH + 4;
 /// Room left in a sync frame for its header.
 const FRAME_SLACK: usize = 256;
 
+/// Exchanges opened back to back after cut ones, at most, before the
+/// scope waits for its next push/pull: a million entries take about 23
+/// exchanges of 4 MiB, and a peer that keeps saying it was cut must not
+/// hold this node in exchanges for ever.
+const MAX_CONTINUED: u32 = 64;
+
 /// An exchange this node opened.
 #[derive(Debug)]
 pub(super) struct Outgoing {
@@ -47,6 +53,10 @@ pub(super) struct Outgoing {
     rounds: u32,
     /// Entries sent and received, for the log.
     moved: Moved,
+    /// A frame of it, either way, left out what did not fit.
+    cut: bool,
+    /// Exchanges opened back to back before this one, each cut.
+    continued: u32,
 }
 
 /// An exchange a peer opened with this node.
@@ -133,6 +143,11 @@ impl Node {
 
     /// Opens an exchange of a scope with `peer`.
     pub(super) fn start_sync(&mut self, now: Duration, scope: Scope<'_>, peer: SocketAddr) {
+        self.open_sync(now, scope, peer, 0);
+    }
+
+    /// Opens an exchange, the `continued`th back to back after cut ones.
+    fn open_sync(&mut self, now: Duration, scope: Scope<'_>, peer: SocketAddr, continued: u32) {
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
@@ -150,10 +165,12 @@ impl Node {
                 started: now,
                 rounds: 0,
                 moved: Moved::default(),
+                cut: false,
+                continued,
             },
         );
         self.stats.syncs_started += 1;
-        tracing::debug!(%peer, network = %scope, sync_id = id, "push/pull opened");
+        tracing::debug!(%peer, network = %scope, sync_id = id, continued, "push/pull opened");
         let open = wire::SyncRound { branches: vec![top], ..Default::default() };
         self.send_sync(peer, id, true, false, frame(scope, id, B::Open(open)));
         self.schedule(now + self.cfg.sync_timeout, Wake::SyncTimeout(id));
@@ -235,7 +252,10 @@ impl Node {
     }
 
     /// The peer answered an exchange this node opened: the next frame, the
-    /// last one when it asks nothing of the peer.
+    /// last one when it asks nothing of the peer. An exchange that was cut
+    /// and moved entries is followed at once by the next one, with the same
+    /// peer: the difference left is known, and waiting for the next
+    /// push/pull would leave a node far behind for minutes.
     fn answered(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
         let Arrival { now, from, id, scope } = at;
         let rounds = match self.syncs.get_mut(&id) {
@@ -266,6 +286,7 @@ impl Node {
         let done = next.done;
         if let Some(out) = self.syncs.get_mut(&id) {
             out.moved.add(r, &next);
+            out.cut |= r.cut || next.cut;
         }
         self.send_sync(from, id, false, done, frame(scope, id, B::Ask(next)));
         if !done {
@@ -281,14 +302,23 @@ impl Node {
         self.stats.syncs_completed += 1;
         self.stats.sync_seconds.observe(now.saturating_sub(out.started));
         let Moved { sent, got } = out.moved;
-        tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, "push/pull completed");
+        let cut = out.cut;
+        tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, cut, "push/pull completed");
+        // An exchange that moved nothing would move nothing again.
+        if cut && sent + got > 0 && out.continued < MAX_CONTINUED && !self.left {
+            self.open_sync(now, scope, from, out.continued + 1);
+        }
     }
 
     /// Takes a round's entries and answers it, within one frame: first the
     /// entries the peer lacks in the subtrees it sent whole, then this
     /// side's entries of the small nodes that differ (a subtree whole or
     /// not at all, so the peer's answer is right), then the children of the
-    /// large ones. What does not fit waits for the next exchange.
+    /// large ones. What does not fit waits for the next exchange, and the
+    /// round says it was cut. Entries stop at the first that does not fit:
+    /// filling an empty peer gives the whole table, and turning each of a
+    /// million entries into its wire form to find a few more that fit cost
+    /// more than the exchange.
     fn next_round(
         &mut self,
         now: Duration,
@@ -332,10 +362,13 @@ impl Node {
             })
             .collect();
         let mut room = self.cfg.max_sync_frame.saturating_sub(FRAME_SLACK);
+        let mut cut = false;
         let mut take = |len: usize| {
             let fits = len <= room;
             if fits {
                 room -= len;
+            } else {
+                cut = true;
             }
             fits
         };
@@ -346,25 +379,29 @@ impl Node {
             });
         for (table, key, e) in lacked.chain(plan.give.iter().flat_map(counted)) {
             let w = entry_to_wire(table, key, e, now);
-            if take(framed_len(&w)) {
-                out.entries.push(w);
+            if !take(framed_len(&w)) {
+                break;
             }
+            out.entries.push(w);
         }
         for id in &plan.whole {
             let es: Vec<wire::Entry> =
                 counted(id).map(|(table, key, e)| entry_to_wire(table, key, e, now)).collect();
             let node = codec::node_to_wire(*id);
-            if take(framed_len(&node) + es.iter().map(framed_len).sum::<usize>()) {
-                out.whole.push(node);
-                out.entries.extend(es);
+            if !take(framed_len(&node) + es.iter().map(framed_len).sum::<usize>()) {
+                break;
             }
+            out.whole.push(node);
+            out.entries.extend(es);
         }
         for id in plan.descend {
             let b = codec::branch_to_wire(id, &digest.children(id));
-            if take(framed_len(&b)) {
-                out.branches.push(b);
+            if !take(framed_len(&b)) {
+                break;
             }
+            out.branches.push(b);
         }
+        out.cut = cut;
         out
     }
 }
@@ -379,7 +416,7 @@ mod tests {
     use netdb_wire::sync_message::Body as B;
     use prost::Message;
 
-    use super::super::test_support::{PEER, node};
+    use super::super::test_support::{PEER, node, peer_entry};
     use super::MAX_ROUNDS;
     use crate::codec;
     use crate::config::Config;
@@ -502,12 +539,15 @@ mod tests {
 
     /// The id of the exchange the node just opened.
     fn opened(n: &mut Node) -> u64 {
-        std::iter::from_fn(|| n.poll_transmit())
-            .find_map(|t| match t {
-                Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
-                _ => None,
-            })
-            .expect("a request")
+        next_opened(n).expect("a request")
+    }
+
+    /// The id of the next exchange the node opened, if it opened one.
+    fn next_opened(n: &mut Node) -> Option<u64> {
+        std::iter::from_fn(|| n.poll_transmit()).find_map(|t| match t {
+            Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
+            _ => None,
+        })
     }
 
     #[test]
@@ -565,13 +605,12 @@ mod tests {
         }
     }
 
-    /// Two nodes that hold the same `n` entries (b learned them from a's
-    /// exchange, which also tests filling an empty node in one exchange).
-    fn filled_pair(n: usize) -> (Node, Node) {
+    /// Two nodes in network "net", `a` holding `n` entries and `b` none,
+    /// their gossip of them dropped.
+    fn full_and_empty(cfg: Config, n: usize) -> (Node, Node) {
         let t = Duration::from_secs(1);
         let node = |name, addr: &str, seed| {
-            Node::new(Config::default(), name, 1, addr.parse().unwrap(), seed, Duration::ZERO)
-                .unwrap()
+            Node::new(cfg.clone(), name, 1, addr.parse().unwrap(), seed, Duration::ZERO).unwrap()
         };
         let (mut a, mut b) = (node("a", "127.0.0.1:7946", 1), node("b", PEER, 2));
         for n in [&mut a, &mut b] {
@@ -583,11 +622,71 @@ mod tests {
         for n in [&mut a, &mut b] {
             while n.poll_transmit().is_some() {}
         }
+        (a, b)
+    }
+
+    /// Two nodes that hold the same `n` entries (b learned them from a's
+    /// exchange, which also tests filling an empty node in one exchange).
+    fn filled_pair(n: usize) -> (Node, Node) {
+        let (mut a, mut b) = full_and_empty(Config::default(), n);
         let net = Scope::Network("net");
-        a.start_sync(t, net, b.addr());
-        carry(&mut a, &mut b, t);
+        a.start_sync(Duration::from_secs(1), net, b.addr());
+        carry(&mut a, &mut b, Duration::from_secs(1));
         assert_eq!(a.root(net), b.root(net), "filled from empty in one exchange");
         (a, b)
+    }
+
+    #[test]
+    fn a_node_far_behind_is_filled_by_exchanges_back_to_back() {
+        // Frames of 16 KiB hold about 700 of these entries: 5,000 take
+        // seven exchanges, and no timer runs between them.
+        let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
+        let (mut a, mut b) = full_and_empty(cfg, 5000);
+        let net = Scope::Network("net");
+        b.start_sync(Duration::from_secs(1), net, a.addr());
+        let log = carry(&mut b, &mut a, Duration::from_secs(1));
+        assert_eq!(a.root(net), b.root(net), "filled in one burst");
+        assert_eq!(b.entries("net", "t").len(), 5000);
+        let opened = log.iter().filter(|(_, m)| matches!(m.body, Some(B::Open(_)))).count();
+        assert!(opened >= 5, "the frames were cut: {opened} exchanges");
+        assert_eq!(b.stats().syncs_started, opened as u64);
+        assert_eq!(b.stats().syncs_completed, opened as u64);
+        let cut = log.iter().filter(|(_, m)| matches!(&m.body, Some(B::Answer(r)) if r.cut));
+        assert_eq!(cut.count(), opened - 1, "every answer but the last says it was cut");
+        assert_eq!(a.stats().dropped(DropReason::UnexpectedSync), 0);
+    }
+
+    #[test]
+    fn a_cut_exchange_that_moved_nothing_is_not_followed() {
+        let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
+        let (mut a, b) = full_and_empty(cfg, 10);
+        let t = Duration::from_secs(1);
+        a.start_sync(t, Scope::Network("net"), b.addr());
+        let id = opened(&mut a);
+        let cut = B::Answer(wire::SyncRound { cut: true, ..Default::default() });
+        a.handle_sync(t, b.addr(), &bytes("net", id, cut));
+        // The answer asked nothing, so the exchange ends, and with nothing
+        // moved another would be the same.
+        assert_eq!(a.stats().syncs_completed, 1);
+        assert_eq!(next_opened(&mut a), None);
+    }
+
+    #[test]
+    fn a_peer_that_always_says_cut_holds_the_node_for_a_bounded_burst() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from: SocketAddr = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        n.start_sync(t, Scope::Network("net"), from);
+        let mut opened_in_a_row = 0;
+        while let Some(id) = next_opened(&mut n) {
+            opened_in_a_row += 1;
+            assert!(opened_in_a_row <= 100, "no end to the burst");
+            let e = peer_entry("t", &format!("k{id}"), Bytes::from_static(b"v"), id + 1, false);
+            let answer = wire::SyncRound { entries: vec![e], cut: true, ..Default::default() };
+            n.handle_sync(t, from, &bytes("net", id, B::Answer(answer)));
+        }
+        assert_eq!(opened_in_a_row, super::MAX_CONTINUED + 1, "the first and its followers");
     }
 
     fn entries(r: &wire::SyncMessage) -> usize {

@@ -1,0 +1,117 @@
+//! What the loopback benchmarks share: starting agents and stopping them,
+//! connecting to their API sockets, reading a process's CPU and memory.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use netdb_api::netdb_client::NetdbClient;
+use tonic::transport::{Channel, Endpoint};
+
+/// The API socket of agent `name` in `dir`.
+pub(crate) fn sock(dir: &Path, name: &str) -> PathBuf {
+    dir.join(format!("{name}.sock"))
+}
+
+/// Starts agent `name` on `bind` (no data plane, warnings logged to
+/// `dir/NAME.log`, its API on `dir/NAME.sock`).
+pub(crate) fn spawn_agent<S: AsRef<std::ffi::OsStr>>(
+    bin: &Path,
+    dir: &Path,
+    name: &str,
+    bind: &str,
+    extra: impl IntoIterator<Item = S>,
+) -> std::io::Result<Child> {
+    let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
+    Command::new(bin)
+        .args(["--api", &format!("unix:{}", sock(dir, name).display()), "agent", "--no-dataplane"])
+        .args(["--name", name, "--bind", bind, "--log", "warn"])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+}
+
+/// The agent's API, once it answers: its socket file appears at bind,
+/// a moment before it listens (refused meanwhile, seen on a loaded machine).
+pub(crate) async fn connect(
+    path: &Path,
+) -> Result<NetdbClient<Channel>, Box<dyn std::error::Error>> {
+    let start = Instant::now();
+    loop {
+        let sock = path.to_path_buf();
+        let attempt = Endpoint::try_from("http://[::]:50051")?
+            .connect_with_connector(tower::service_fn(move |_| {
+                let sock = sock.clone();
+                async move {
+                    Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                        tokio::net::UnixStream::connect(sock).await?,
+                    ))
+                }
+            }))
+            .await;
+        match attempt {
+            Ok(ch) => return Ok(NetdbClient::new(ch)),
+            Err(e) if start.elapsed() > Duration::from_secs(20) => {
+                return Err(format!("agent API {} never answered: {e}", path.display()).into());
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+}
+
+pub(crate) fn check_time(
+    what: &str,
+    since: Instant,
+    limit: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    if since.elapsed() > limit {
+        Err(format!("{what} did not converge in {limit:?}").into())
+    } else {
+        Ok(())
+    }
+}
+
+/// CPU seconds a process has run: the scheduler's nanosecond count
+/// (/proc/PID/schedstat), far finer than the 10 ms ticks of /proc/PID/stat.
+pub(crate) fn cpu_secs(pid: u32) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/schedstat"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|ns| ns.parse::<f64>().ok()))
+        .map_or(0.0, |ns| ns / 1e9)
+}
+
+/// A memory figure of /proc/PID/status, in MiB.
+pub(crate) fn status_mib(pid: u32, field: &str) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|kb| kb.parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+/// Every process it starts, it stops.
+pub(crate) struct Procs {
+    pub(crate) children: Vec<Option<Child>>,
+    pub(crate) dir: PathBuf,
+}
+
+impl Procs {
+    pub(crate) fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.children[i].take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for i in 0..self.children.len() {
+            self.kill(i);
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
