@@ -472,6 +472,12 @@ fn ipv4_of(netns: &str, link: &str) -> Vec<String> {
         .collect()
 }
 
+/// The MAC address of a link of namespace `netns`.
+fn mac_of(netns: &str, link: &str) -> String {
+    let out = ip(&["-n", netns, "-o", "link", "show", link]);
+    out.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string()
+}
+
 #[test]
 fn a_docker_endpoint_is_left_for_docker_and_orphaned_with_its_namespace() {
     if !allowed("a_docker_endpoint_is_left_for_docker_and_orphaned_with_its_namespace") {
@@ -553,10 +559,7 @@ fn the_bridge_holds_exactly_the_gateway_address() {
     // The gateway's MAC stays when a port with a lower one joins (a bridge
     // takes its lowest port's address unless its own was set): containers
     // keep reaching the gateway without waiting for their ARP to age.
-    let mac = || {
-        let link = ip(&["-n", &host, "-o", "link", "show", "ndbr4242"]);
-        link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string()
-    };
+    let mac = || mac_of(&host, "ndbr4242");
     let before = mac();
     let low = ["link", "add", "ndlow", "address", "02:00:00:00:00:01", "type", "veth"];
     ip(&[&["-n", host.as_str()], &low[..], &["peer", "name", "ndlowp"]].concat());
@@ -591,10 +594,7 @@ fn a_bridge_made_before_macs_were_set_stops_following_its_ports() {
     }
     let ns = Namespaces::new("gwpin", &["host"]);
     let host = ns.0[0].clone();
-    let mac = |dev: &str| {
-        let link = ip(&["-n", &host, "-o", "link", "show", dev]);
-        link.split_whitespace().skip_while(|w| *w != "link/ether").nth(1).unwrap().to_string()
-    };
+    let mac = |dev: &str| mac_of(&host, dev);
     let port = |name: &str, addr: &str| {
         let add = ["link", "add", name, "address", addr, "type", "veth", "peer", "name"];
         ip(&[&["-n", host.as_str()], &add[..], &[&format!("{name}p")]].concat());
