@@ -22,7 +22,13 @@ pub(crate) const SMALL: u32 = 4;
 
 /// Hash of a key: its place in the tree. All versions of a key share it.
 pub(crate) fn key_hash(table: &str, key: &str) -> u64 {
-    Hasher::default().bytes(table.as_bytes()).bytes(key.as_bytes()).finish()
+    key_prefix(table, key).finish()
+}
+
+/// The hasher that has read a table and a key: its `finish` is the key
+/// hash, and an entry's hash goes on from it.
+pub(crate) fn key_prefix(table: &str, key: &str) -> Hasher {
+    Hasher::default().bytes(table.as_bytes()).bytes(key.as_bytes())
 }
 
 /// The sum of a set of entry hashes and its size.

@@ -15,7 +15,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use indexmap::IndexMap;
 
-use crate::digest::{Digest, NodeId, key_hash};
+use crate::digest::{Digest, NodeId, key_hash, key_prefix};
 use crate::hash::{Hasher, MapHasher};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,9 +61,13 @@ impl Entry {
     /// The entry's contribution to the digest. The value is left out: the
     /// version identifies the write, and the write fixes the value.
     pub fn hash(&self, table: &str, key: &str) -> u64 {
-        Hasher::default()
-            .bytes(table.as_bytes())
-            .bytes(key.as_bytes())
+        self.hash_after(key_prefix(table, key))
+    }
+
+    /// The hash, from the hasher that has read the table and the key
+    /// (`key_prefix`, whose `finish` is the key hash).
+    fn hash_after(&self, prefix: Hasher) -> u64 {
+        prefix
             .bytes(self.owner.as_bytes())
             .u64(self.incarnation)
             .u64(self.ltime)
@@ -188,11 +192,11 @@ impl Tables {
         })
     }
 
-    fn count(&mut self, table: &str, key: &str, e: &Entry, add: bool) {
+    fn count(&mut self, prefix: Hasher, e: &Entry, add: bool) {
         if e.hidden {
             return;
         }
-        let (k, h) = (key_hash(table, key), e.hash(table, key));
+        let (k, h) = (prefix.finish(), e.hash_after(prefix));
         if add { self.digest.add(k, h) } else { self.digest.remove(k, h) }
     }
 
@@ -219,23 +223,24 @@ impl Tables {
     /// Inserts or replaces, keeping the digest; returns the replaced entry.
     pub(crate) fn insert(&mut self, table: &str, key: &str, mut entry: Entry) -> Option<Entry> {
         entry.owner = self.intern(entry.owner);
-        self.count(table, key, &entry, true);
-        if !self.tables.contains_key(table) {
-            self.tables.insert(table.into(), Table::default());
-        }
-        let t = self.tables.get_mut(table)?;
+        let prefix = key_prefix(table, key);
+        self.count(prefix, &entry, true);
+        let t = match self.tables.get_mut(table) {
+            Some(t) => t,
+            None => self.tables.entry(table.into()).or_default(),
+        };
         t.visible += usize::from(entry.visible());
         let old = match t.entries.get_mut(key) {
             Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
                 let (i, _) = t.entries.insert_full(key.into(), entry);
-                t.by_hash.insert((key_hash(table, key), i));
+                t.by_hash.insert((prefix.finish(), i));
                 None
             }
         };
         if let Some(o) = &old {
             t.visible -= usize::from(o.visible());
-            self.count(table, key, o, false);
+            self.count(prefix, o, false);
             self.release(o);
         }
         old
@@ -247,7 +252,8 @@ impl Tables {
         // entry takes the removed one's place, and its index entry follows.
         let (i, _, old) = t.entries.swap_remove_full(key)?;
         t.visible -= usize::from(old.visible());
-        t.by_hash.remove(&(key_hash(table, key), i));
+        let prefix = key_prefix(table, key);
+        t.by_hash.remove(&(prefix.finish(), i));
         let moved = t.entries.len();
         if let Some((k, _)) = t.entries.get_index(i) {
             let h = key_hash(table, k);
@@ -257,7 +263,7 @@ impl Tables {
         if t.entries.is_empty() {
             self.tables.remove(table);
         }
-        self.count(table, key, &old, false);
+        self.count(prefix, &old, false);
         self.release(&old);
         Some(old)
     }

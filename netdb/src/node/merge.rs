@@ -99,13 +99,13 @@ impl Node {
         e: &Entry,
         from: Option<SocketAddr>,
     ) {
-        let n = self.peers_of(scope).len() + 1;
         // The tree pushes an event once to each eager peer; its repairs are
         // grafts and push/pull, not repetition.
         let limit = if self.cfg.push_tree {
             self.tree_learned(scope, table, key, e.ltime);
             1
         } else {
+            let n = self.peers_of(scope).len() + 1;
             self.cfg.transmit_limit(n, from.is_some())
         };
         let entry = EncodedEntry::new(table, key, e);
