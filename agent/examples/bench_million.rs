@@ -157,7 +157,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (mut held, mut counting, mut polls) = (0, Duration::ZERO, 0);
     while held < u64::from(n) {
         check_time("b's pull", pull_start, Duration::from_secs(600))?;
-        // Counting scans b's table on its loop: not too often.
+        // Each poll is a call on b's loop, which the pull shares: its time
+        // is printed so it can be told apart from the pull's.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let t = Instant::now();
         held = count(&mut b, BULK).await?;

@@ -35,6 +35,12 @@ impl<K: Kernel> Api<K> {
         Api { log: Some(log), ..self }
     }
 
+    /// Writes one put request's entries (Put, and each request of Import).
+    async fn put_request(&self, r: api::PutRequest) -> Result<u32, engine::Error> {
+        let entries = r.entries.into_iter().map(|kv| (kv.key, kv.value)).collect();
+        self.core.put(r.network, r.table, entries).await
+    }
+
     /// Runs one keyring command on every live member to its end.
     async fn key_step(&self, op: KeyOp) -> Result<api::KeyStep, Status> {
         let action = op.to_string();
@@ -406,9 +412,7 @@ impl<K: Kernel> Netdb for Api<K> {
     }
 
     async fn put(&self, req: Request<api::PutRequest>) -> Result<Response<api::PutReply>, Status> {
-        let r = req.into_inner();
-        let entries = r.entries.into_iter().map(|kv| (kv.key, kv.value)).collect();
-        let written = self.core.put(r.network, r.table, entries).await.map_err(core_status)?;
+        let written = self.put_request(req.into_inner()).await.map_err(core_status)?;
         Ok(Response::new(api::PutReply { written }))
     }
 
@@ -419,8 +423,7 @@ impl<K: Kernel> Netdb for Api<K> {
         let mut stream = req.into_inner();
         let mut written = 0u32;
         while let Some(r) = stream.message().await? {
-            let entries = r.entries.into_iter().map(|kv| (kv.key, kv.value)).collect();
-            written = match self.core.put(r.network, r.table, entries).await {
+            written = match self.put_request(r).await {
                 Ok(n) => written.saturating_add(n),
                 // The count of the whole stream, not of its last request.
                 Err(engine::Error::PutStopped { written: n, source }) => {

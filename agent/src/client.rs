@@ -258,9 +258,9 @@ async fn table(c: &mut NetdbClient<Channel>, out: Output, cmd: TableCmd) -> anyh
             wrote(out, n);
         }
         TableCmd::Import { network, table, file, generate, key_prefix, value_size, batch } => {
-            let entries = match (file, generate) {
-                (Some(path), _) => read_bulk(&path)?,
-                (None, Some(count)) => generated(&key_prefix, value_size, count),
+            let entries: Box<dyn Iterator<Item = api::KeyValue> + Send> = match (file, generate) {
+                (Some(path), _) => Box::new(read_bulk(&path)?.into_iter()),
+                (None, Some(count)) => Box::new(generated(key_prefix, value_size, count)),
                 (None, None) => return Err(anyhow!("give --file F or --generate N")),
             };
             let n = c
@@ -478,9 +478,7 @@ pub(crate) fn show_skew(ms: i64) -> String {
     }
 }
 
-/// Parses "KEY VALUE" lines for bulk puts: the key is the first word, the
-/// value the rest of the line; blank lines and lines starting with # are
-/// skipped.
+/// Reports how many entries a put or an import wrote.
 fn wrote(out: Output, n: u32) {
     match out {
         Output::Json => print_json(&json!({ "written": n })),
@@ -501,25 +499,28 @@ fn read_bulk(path: &std::path::Path) -> anyhow::Result<Vec<api::KeyValue>> {
 }
 
 /// `count` entries for loads and benchmarks: keys numbered after `prefix`,
-/// values of `size` bytes that carry the number, so each differs.
-fn generated(prefix: &str, size: usize, count: u32) -> Vec<api::KeyValue> {
-    (0..count)
-        .map(|i| {
-            let mut value = format!("{i:010}-").into_bytes();
-            value.resize(size, b'v');
-            api::KeyValue { key: format!("{prefix}{i:010}"), value: value.into() }
-        })
-        .collect()
+/// values of `size` bytes that carry the number, so each differs. Made as
+/// they are sent, not all held first (a million is 150 MB).
+fn generated(
+    prefix: String,
+    size: usize,
+    count: u32,
+) -> impl Iterator<Item = api::KeyValue> + Send + 'static {
+    (0..count).map(move |i| {
+        let mut value = format!("{i:010}-").into_bytes();
+        value.resize(size, b'v');
+        api::KeyValue { key: format!("{prefix}{i:010}"), value: value.into() }
+    })
 }
 
 /// The stream of an import: `per` entries a request.
 fn batches(
     network: String,
     table: String,
-    entries: Vec<api::KeyValue>,
+    entries: impl Iterator<Item = api::KeyValue>,
     per: usize,
 ) -> impl Iterator<Item = api::PutRequest> {
-    let mut entries = entries.into_iter().peekable();
+    let mut entries = entries.peekable();
     std::iter::from_fn(move || {
         entries.peek()?;
         let batch: Vec<_> = entries.by_ref().take(per).collect();
@@ -527,6 +528,9 @@ fn batches(
     })
 }
 
+/// Parses "KEY VALUE" lines for bulk puts: the key is the first word, the
+/// value the rest of the line; blank lines and lines starting with # are
+/// skipped.
 fn parse_bulk(text: &str) -> Result<Vec<api::KeyValue>, String> {
     let mut out = Vec::new();
     for (n, line) in text.lines().enumerate() {
@@ -551,13 +555,13 @@ mod tests {
 
     #[test]
     fn imports_go_in_batches_of_generated_entries() {
-        let kv = generated("k-", 16, 5);
+        let kv: Vec<_> = generated("k-".into(), 16, 5).collect();
         assert_eq!(kv[3].key, "k-0000000003");
         assert_eq!(kv[3].value, Bytes::from("0000000003-vvvvv"));
         let sizes: Vec<usize> =
-            batches("n".into(), "t".into(), kv, 2).map(|r| r.entries.len()).collect();
+            batches("n".into(), "t".into(), kv.into_iter(), 2).map(|r| r.entries.len()).collect();
         assert_eq!(sizes, vec![2, 2, 1]);
-        assert_eq!(batches("n".into(), "t".into(), Vec::new(), 2).count(), 0);
+        assert_eq!(batches("n".into(), "t".into(), std::iter::empty(), 2).count(), 0);
     }
 
     #[test]

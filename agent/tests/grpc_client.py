@@ -76,10 +76,7 @@ class Api:
         return req
 
     def put(self, network, table, entries):
-        req = self.message("Put", network=network, table=table)
-        for k, v in entries:
-            req.entries.add(key=k, value=v)
-        return self.unary("Put")(req, timeout=30)
+        return self.unary("Put")(self.put_request(network, table, entries), timeout=30)
 
 
 class Watcher:
