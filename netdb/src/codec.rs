@@ -101,6 +101,12 @@ impl EncodedEntry {
     }
 }
 
+/// What a field costs in its frame: its bytes, tag and length.
+pub(crate) fn framed_len(m: &impl Message) -> usize {
+    let len = m.encoded_len();
+    1 + varint_len(len as u64) + len
+}
+
 /// Encodes a gossip datagram (unsealed) around entries encoded when they
 /// were queued; decodes exactly as `encode_datagram` of the same `Gossip`.
 pub(crate) fn encode_gossip<'a>(

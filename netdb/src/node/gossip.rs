@@ -11,10 +11,10 @@ use prost::Message;
 use rand::RngExt;
 
 use super::Node;
+use super::send::datagram_room;
 use super::timers::Wake;
 use crate::codec::{self, EncodedEntry};
 use crate::event::Transmit;
-use crate::keyring::SEAL_OVERHEAD;
 use crate::names::{Scope, ScopeId};
 
 impl Node {
@@ -247,8 +247,7 @@ impl Node {
         // Any nonzero root: a zero one would be left out of the encoding.
         let header =
             wire::Gossip { network: network.into(), root: 1, entries: Vec::new() }.encoded_len();
-        // The datagram wrapper's length prefix takes at most 3 bytes here.
-        budget.saturating_sub(header + codec::datagram_overhead(budget) + SEAL_OVERHEAD)
+        datagram_room(budget, header)
     }
 
     /// With nothing queued, a scope still tells one random peer its digest

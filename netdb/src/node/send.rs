@@ -11,6 +11,13 @@ use rand::RngExt;
 use super::Node;
 use crate::codec;
 use crate::event::Transmit;
+use crate::keyring::SEAL_OVERHEAD;
+
+/// Room for a message's contents in a datagram of `budget` bytes, after
+/// `header` bytes of its own, the datagram's framing and the seal.
+pub(super) fn datagram_room(budget: usize, header: usize) -> usize {
+    budget.saturating_sub(header + codec::datagram_overhead(budget) + SEAL_OVERHEAD)
+}
 
 impl Node {
     /// Seals an outgoing message when keys are set.

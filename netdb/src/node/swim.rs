@@ -12,11 +12,10 @@ use netdb_wire as wire;
 use rand::RngExt;
 
 use super::Node;
+use super::send::datagram_room;
 use super::suspicion::{Held, judges_a_probe};
 use super::timers::Wake;
-use crate::codec;
 use crate::config::Config;
-use crate::keyring::SEAL_OVERHEAD;
 use crate::membership::{Identity, Status};
 
 /// Known nodes (besides the seeds) an announce round knocks on.
@@ -367,9 +366,7 @@ pub(super) fn swim_config(cfg: &Config, cluster_size: u32) -> foca::Config {
     });
     c.periodic_gossip = None;
     // foca's packet rides inside a Datagram: leave room for its framing.
-    let room = cfg
-        .packet_budget
-        .saturating_sub(codec::datagram_overhead(cfg.packet_budget) + SEAL_OVERHEAD);
+    let room = datagram_room(cfg.packet_budget, 0);
     c.max_packet_size = NonZeroUsize::new(room.max(256)).unwrap_or(NonZeroUsize::MIN);
     c
 }
@@ -379,6 +376,8 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+    use crate::codec;
+    use crate::keyring::SEAL_OVERHEAD;
 
     #[test]
     fn foca_settings_follow_the_cluster_size() {

@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use netdb_wire as wire;
 use netdb_wire::sync_message::Body as B;
-use prost::Message;
 
 use super::Node;
 use super::merge::Via;
@@ -113,12 +112,6 @@ fn frame(scope: Scope<'_>, sync_id: u64, body: B) -> wire::SyncMessage {
         network: scope.wire_name().into(),
         body: Some(body),
     }
-}
-
-/// What a field costs in its frame: its bytes, tag and length.
-fn framed_len(m: &impl Message) -> usize {
-    let len = m.encoded_len();
-    1 + codec::varint_len(len as u64) + len
 }
 
 impl Node {
@@ -383,7 +376,7 @@ impl Node {
             });
         for (table, key, e) in lacked.chain(plan.give.iter().flat_map(counted)) {
             let w = entry_to_wire(table, key, e, now);
-            if !take(framed_len(&w)) {
+            if !take(codec::framed_len(&w)) {
                 break;
             }
             out.entries.push(w);
@@ -392,7 +385,7 @@ impl Node {
             let es: Vec<wire::Entry> =
                 counted(id).map(|(table, key, e)| entry_to_wire(table, key, e, now)).collect();
             let node = codec::node_to_wire(*id);
-            if !take(framed_len(&node) + es.iter().map(framed_len).sum::<usize>()) {
+            if !take(codec::framed_len(&node) + es.iter().map(codec::framed_len).sum::<usize>()) {
                 break;
             }
             out.whole.push(node);
@@ -400,7 +393,7 @@ impl Node {
         }
         for id in plan.descend {
             let b = codec::branch_to_wire(id, &digest.children(id));
-            if !take(framed_len(&b)) {
+            if !take(codec::framed_len(&b)) {
                 break;
             }
             out.branches.push(b);

@@ -37,10 +37,10 @@ use netdb_wire as wire;
 use prost::Message;
 
 use super::Node;
+use super::send::datagram_room;
 use crate::codec::{self, EncodedEntry};
 use crate::config::Config;
 use crate::event::Transmit;
-use crate::keyring::SEAL_OVERHEAD;
 use crate::names::Scope;
 use crate::stats::DropReason;
 
@@ -334,18 +334,11 @@ impl Node {
     /// Splits ids into messages that fit a packet.
     fn tree_chunks(&self, scope: Scope<'_>, ids: Vec<wire::TreeId>) -> Vec<Vec<wire::TreeId>> {
         let header = wire::Tree { network: scope.wire_name().into(), ..Default::default() };
-        let avail = self.cfg.packet_budget.saturating_sub(
-            header.encoded_len()
-                + codec::datagram_overhead(self.cfg.packet_budget)
-                + SEAL_OVERHEAD
-                + 2,
-        );
+        let avail = datagram_room(self.cfg.packet_budget, header.encoded_len() + 2);
         let mut out: Vec<Vec<wire::TreeId>> = Vec::new();
         let mut left = 0;
         for id in ids {
-            let n = prost::encoding::key_len(2)
-                + codec::varint_len(id.encoded_len() as u64)
-                + id.encoded_len();
+            let n = codec::framed_len(&id);
             let last = out.last().map_or(0, Vec::len);
             if out.is_empty() || n > left || last >= codec::MAX_TREE_IDS {
                 out.push(Vec::new());
@@ -396,8 +389,8 @@ impl Node {
         while start < entries.len() {
             let mut end = start;
             let mut left = avail;
-            while end < entries.len() && entries[end].framed_len(now) <= left {
-                left -= entries[end].framed_len(now);
+            while let Some(n) = entries.get(end).map(|e| e.framed_len(now)).filter(|&n| n <= left) {
+                left -= n;
                 end += 1;
             }
             if end == start {
