@@ -228,8 +228,9 @@ pub struct Stats {
     pub entries_from_gossip: u64,
     /// Entries that were news to this node and arrived by push/pull.
     pub entries_from_sync: u64,
-    /// Entries a gossip packet brought that this node already held (that
-    /// version or a newer one): the redundancy of epidemic spread.
+    /// Entries a gossip packet brought that this node already held, that
+    /// very version: the redundancy of epidemic spread (older versions are
+    /// not counted).
     pub gossip_copies: u64,
     /// Push tree control messages sent and received (`Config::push_tree`).
     pub tree: TreeCounts,

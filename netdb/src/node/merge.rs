@@ -27,6 +27,17 @@ pub(super) enum Via {
     Sync,
 }
 
+/// What merging a received entry did.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum Merged {
+    /// Stored (or our own entry restated): news.
+    News,
+    /// The very version held here: a copy (what the push tree prunes on).
+    Copy,
+    /// Older than what is held, or refused.
+    Nothing,
+}
+
 /// Largest step ahead of the local clock an entry's time may take (about a
 /// trillion writes): far beyond any real cluster, far below the top.
 const MAX_LTIME_JUMP: u64 = 1 << 40;
@@ -119,19 +130,19 @@ impl Node {
         self.arm_tick(now);
     }
 
-    /// Merges an entry that came from a peer; returns whether it was news.
+    /// Merges an entry that came from a peer.
     pub(super) fn apply_remote(
         &mut self,
         now: Duration,
         scope: Scope<'_>,
         w: &EntryRef<'_>,
         via: Via,
-    ) -> bool {
+    ) -> Merged {
         // A corrupt or hostile time far ahead would pin every clock at the
         // top, where distinct writes share a version.
         if w.ltime > self.clock.time().saturating_add(MAX_LTIME_JUMP) {
             self.stats.drop(DropReason::BadEntry);
-            return false;
+            return Merged::Nothing;
         }
         // Most arrivals are exact copies of what this node holds (every
         // event reaches a node many times): they are turned away before
@@ -143,17 +154,17 @@ impl Node {
             if via != Via::Sync {
                 self.stats.gossip_copies += 1;
             }
-            return false;
+            return Merged::Copy;
         }
         let hidden = match self.admit_owner(scope, w) {
             Ok(hidden) => hidden,
             Err(r) => {
                 self.stats.drop(r);
-                return false;
+                return Merged::Nothing;
             }
         };
         let Some(st) = self.scope(scope) else {
-            return false;
+            return Merged::Nothing;
         };
         // An older version: turned away before anything else is looked up
         // or allocated for it.
@@ -161,7 +172,7 @@ impl Node {
         if let Some(old) = held
             && (w.ltime, w.owner, w.incarnation) < old.version()
         {
-            return false;
+            return Merged::Nothing;
         }
         // Only an earlier life of this process (a restart that kept its
         // incarnation) can have written our name with a later time than
@@ -175,13 +186,13 @@ impl Node {
             && self.detached_before(net, w.owner, w.incarnation, w.ltime)
         {
             self.stats.drop(DropReason::DetachedOwner);
-            return false;
+            return Merged::Nothing;
         }
         self.clock.witness(w.ltime);
         if let Some((value, deleted)) = ours {
             self.stats.own_entries_restated += 1;
             self.write(now, scope, w.table, w.key, value, deleted);
-            return true;
+            return Merged::News;
         }
         let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
         entry.hidden = hidden;
@@ -196,7 +207,7 @@ impl Node {
             }
         };
         self.store(now, scope, w.table, w.key, entry, relay);
-        true
+        Merged::News
     }
 
     /// Decides whether entries of this owner are accepted, and whether they

@@ -64,7 +64,7 @@ use crate::names::{NODES_TABLE, Scope, ScopeId, valid_name};
 use crate::stats::{DropReason, Stats};
 use crate::table::Entry;
 
-use merge::Via;
+use merge::{Merged, Via};
 use scope::ScopeState;
 pub use scope::{ScopeStats, SyncCounts};
 use sync::{Outgoing, Serving};
@@ -311,12 +311,14 @@ impl Node {
                 if self.scope(scope).is_none() {
                     return self.stats.drop(DropReason::NotMember);
                 }
-                let copies = self.stats.gossip_copies;
-                let mut news = false;
+                let (mut news, mut copies) = (false, false);
                 for e in &g.entries {
-                    news |= self.apply_remote(now, scope, e, Via::Gossip(from));
+                    match self.apply_remote(now, scope, e, Via::Gossip(from)) {
+                        Merged::News => news = true,
+                        Merged::Copy => copies = true,
+                        Merged::Nothing => {}
+                    }
                 }
-                let copies = self.stats.gossip_copies > copies;
                 self.tree_received(scope, from, news, copies);
                 self.compare_root(now, scope, g.root, from);
             }
