@@ -445,12 +445,16 @@ mod tests {
             .collect()
     }
 
-    #[test]
-    fn an_opening_frame_is_answered_with_the_differing_entries() {
+    /// A node at 1 s that joined "net", and the peer of its exchanges.
+    fn joined() -> (Node, Duration, SocketAddr) {
         let mut n = node(Duration::from_secs(60));
         let t = Duration::from_secs(1);
-        let from: SocketAddr = PEER.parse().unwrap();
         n.join_network(t, "net").unwrap();
+        (n, t, PEER.parse().unwrap())
+    }
+    #[test]
+    fn an_opening_frame_is_answered_with_the_differing_entries() {
+        let (mut n, t, from) = joined();
         for k in 0..20 {
             n.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v")).unwrap();
         }
@@ -515,10 +519,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_goes_on_past_the_round_limit_is_cut_off() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from: SocketAddr = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
+        let (mut n, t, from) = joined();
         n.put(t, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
         n.handle_sync(t, from, &bytes("net", 5, empty_open()));
         let top = codec::branch_to_wire(NodeId::ROOT, &[Sum::default(); FANOUT]);
@@ -549,10 +550,7 @@ mod tests {
 
     #[test]
     fn opened_exchanges_are_timed_when_they_complete_and_counted_when_they_fail() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from: SocketAddr = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
+        let (mut n, t, from) = joined();
         n.start_sync(t, Scope::Network("net"), from);
         let id = opened(&mut n);
         let answer = B::Answer(wire::SyncRound::default());
@@ -670,10 +668,7 @@ mod tests {
 
     #[test]
     fn a_peer_that_always_says_cut_holds_the_node_for_a_bounded_burst() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from: SocketAddr = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
+        let (mut n, t, from) = joined();
         n.start_sync(t, Scope::Network("net"), from);
         let mut opened_in_a_row = 0;
         while let Some(id) = next_opened(&mut n) {
