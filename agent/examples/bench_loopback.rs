@@ -6,6 +6,8 @@
 //! (`NETDB_BENCH_IDLE_SECS` makes the idle phase longer, e.g. 600 with the
 //! CPUs kept busy to count false suspicions), and the suspicions started,
 //! members marked failed and late probe timers of the idle phase, summed.
+//! `NETDB_BENCH_NET=127.0.6` puts the agents on another /24 of loopback, so
+//! two runs on one machine do not collide.
 //!
 //! Every node is watched. The agent cuts a watcher that falls more than
 //! 4,096 events behind (at 100 agents the burst is 10,000 entries, and this
@@ -246,7 +248,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 }
 
 fn addr(i: usize) -> String {
-    format!("127.0.2.{}:7946", i + 1)
+    let net = std::env::var("NETDB_BENCH_NET").unwrap_or_else(|_| "127.0.2".to_string());
+    format!("{net}.{}:7946", i + 1)
 }
 
 fn sock(dir: &Path, i: usize) -> PathBuf {
