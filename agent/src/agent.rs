@@ -39,6 +39,10 @@ pub(crate) async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Resul
 /// Least time between two overlay upkeep passes.
 const UPKEEP: Duration = Duration::from_millis(100);
 
+/// Most datagrams read in one turn of the loop: enough to pay its cost
+/// once for many, few enough that timers and API calls wait little.
+const RECV_BATCH: usize = 32;
+
 /// How often the wall clock is read for the key epoch.
 const EPOCH_CHECK: Duration = Duration::from_millis(500);
 
@@ -221,8 +225,9 @@ impl Agent {
         loop {
             let wake = self.wake_at();
             let check_at = self.schedule.as_ref().map(|e| e.check_at);
+            let mut received = 0;
             tokio::select! {
-                r = self.udp.recv_from(&mut self.buf) => self.on_datagram(r),
+                r = self.udp.recv_from(&mut self.buf) => received = self.on_datagrams(r),
                 Some(msg) = self.net_rx.recv() => self.on_stream(msg),
                 Some(cmd) = self.commands.recv() => cmd.apply(&mut self.core),
                 _ = tokio::time::sleep_until(wake.into()) => self.core.handle_timeout(),
@@ -231,6 +236,12 @@ impl Agent {
                 _ = self.sigint.recv() => self.on_signal(),
             }
             self.flush().await;
+            // A batch counts against tokio's cooperative budget as so many
+            // single receives would: under a flood the API's and the
+            // push/pull streams' tasks still get their turns as often.
+            for _ in 1..received {
+                tokio::task::coop::consume_budget().await;
+            }
             if self.leaving.is_some_and(|at| Instant::now() >= at) {
                 break;
             }
@@ -248,10 +259,35 @@ impl Agent {
         }
     }
 
-    fn on_datagram(&mut self, r: io::Result<(usize, SocketAddr)>) {
+    /// A datagram, and those already waiting behind it (up to
+    /// `RECV_BATCH`): the loop's turn (its select with two timers, the
+    /// flush, the upkeep check) is paid once for all of them; under a
+    /// burst the socket holds many. Returns how many were handled.
+    fn on_datagrams(&mut self, first: io::Result<(usize, SocketAddr)>) -> usize {
+        let mut handled = 0;
+        let mut r = first;
+        while self.on_datagram(r) {
+            handled += 1;
+            if handled == RECV_BATCH {
+                break;
+            }
+            r = self.udp.try_recv_from(&mut self.buf);
+        }
+        handled
+    }
+
+    /// One datagram received; false when the socket had none or failed.
+    fn on_datagram(&mut self, r: io::Result<(usize, SocketAddr)>) -> bool {
         match r {
-            Ok((n, from)) => self.core.handle_datagram(from, &self.buf[..n]),
-            Err(e) => tracing::debug!(error = %e, "UDP receive failed"),
+            Ok((n, from)) => {
+                self.core.handle_datagram(from, &self.buf[..n]);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive failed");
+                false
+            }
         }
     }
 
