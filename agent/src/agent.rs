@@ -225,9 +225,8 @@ impl Agent {
         loop {
             let wake = self.wake_at();
             let check_at = self.schedule.as_ref().map(|e| e.check_at);
-            let mut received = 0;
             tokio::select! {
-                r = self.udp.recv_from(&mut self.buf) => received = self.on_datagrams(r),
+                r = self.udp.recv_from(&mut self.buf) => self.on_datagrams(r),
                 Some(msg) = self.net_rx.recv() => self.on_stream(msg),
                 Some(cmd) = self.commands.recv() => cmd.apply(&mut self.core),
                 _ = tokio::time::sleep_until(wake.into()) => self.core.handle_timeout(),
@@ -236,12 +235,6 @@ impl Agent {
                 _ = self.sigint.recv() => self.on_signal(),
             }
             self.flush().await;
-            // A batch counts against tokio's cooperative budget as so many
-            // single receives would: under a flood the API's and the
-            // push/pull streams' tasks still get their turns as often.
-            for _ in 1..received {
-                tokio::task::coop::consume_budget().await;
-            }
             if self.leaving.is_some_and(|at| Instant::now() >= at) {
                 break;
             }
@@ -262,18 +255,21 @@ impl Agent {
     /// A datagram, and those already waiting behind it (up to
     /// `RECV_BATCH`): the loop's turn (its select with two timers, the
     /// flush, the upkeep check) is paid once for all of them; under a
-    /// burst the socket holds many. Returns how many were handled.
-    fn on_datagrams(&mut self, first: io::Result<(usize, SocketAddr)>) -> usize {
-        let mut handled = 0;
-        let mut r = first;
-        while self.on_datagram(r) {
-            handled += 1;
-            if handled == RECV_BATCH {
-                break;
-            }
-            r = self.udp.try_recv_from(&mut self.buf);
+    /// burst the socket holds many. The batch is not charged to tokio's
+    /// cooperative budget datagram by datagram: doing so made the loop
+    /// yield every 128 datagrams, and the watch streams then went out in
+    /// many small writes, which doubled the agents' CPU per datagram in
+    /// the 100-agent burst (docs/performance.md).
+    fn on_datagrams(&mut self, first: io::Result<(usize, SocketAddr)>) {
+        if !self.on_datagram(first) {
+            return;
         }
-        handled
+        for _ in 1..RECV_BATCH {
+            let r = self.udp.try_recv_from(&mut self.buf);
+            if !self.on_datagram(r) {
+                return;
+            }
+        }
     }
 
     /// One datagram received; false when the socket had none or failed.
