@@ -7,8 +7,9 @@
 //! has an intrusive doubly linked list through the slab, so insert, replace,
 //! take and requeue are all O(1) (plus the few list heads walked on take).
 
-use std::collections::HashMap;
 use std::hash::Hash;
+
+use indexmap::{Equivalent, IndexMap};
 
 const NIL: u32 = u32::MAX;
 
@@ -18,6 +19,10 @@ struct Slot<K, V> {
     item: Option<V>,
     transmits: u32,
     limit: u32,
+    /// Copies of this very event heard from peers since it was queued.
+    heard: u32,
+    /// Heard often enough: leaves at its next send.
+    quenched: bool,
     prev: u32,
     next: u32,
     /// In a level list.
@@ -46,7 +51,9 @@ pub(crate) struct TakeStats {
 pub(crate) struct BroadcastQueue<K, V> {
     slots: Vec<Slot<K, V>>,
     free: Vec<u32>,
-    index: HashMap<K, u32>,
+    /// Slot of each queued key. Looked up with borrowed keys
+    /// (`Equivalent`), so a copy heard costs no allocation.
+    index: IndexMap<K, u32>,
     levels: Vec<List>,
     len: usize,
     max_len: usize,
@@ -57,7 +64,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
         BroadcastQueue {
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::new(),
+            index: IndexMap::new(),
             levels: Vec::new(),
             len: 0,
             max_len: max_len.max(1),
@@ -87,6 +94,8 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
                 s.item = Some(item);
                 s.transmits = 0;
                 s.limit = limit.max(1);
+                s.heard = 0;
+                s.quenched = false;
                 id
             }
             None => {
@@ -95,6 +104,8 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
                     item: Some(item),
                     transmits: 0,
                     limit: limit.max(1),
+                    heard: 0,
+                    quenched: false,
                     prev: NIL,
                     next: NIL,
                     linked: false,
@@ -122,7 +133,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     }
 
     /// Drops the queued event of `key`, if any.
-    pub(crate) fn invalidate(&mut self, key: &K) -> bool {
+    pub(crate) fn invalidate<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> bool {
         match self.index.get(key) {
             Some(&id) => {
                 self.unlink(id);
@@ -131,6 +142,38 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
             }
             None => false,
         }
+    }
+
+    /// A peer sent this node a copy of `key`'s queued event (if `eligible`
+    /// says it counts): once `after` copies were heard, the event leaves
+    /// the queue, at once if it was sent already (true), else after its
+    /// first send, so every node that learns an event passes it on at
+    /// least once. Every copy is a peer that holds the event and relays
+    /// it: an event heard often is held widely, and more transmissions
+    /// would mostly make more copies. An event that copies seldom reach (a
+    /// lossy network, few relays) keeps its transmissions.
+    pub(crate) fn heard<Q: ?Sized + Hash + Equivalent<K>>(
+        &mut self,
+        key: &Q,
+        after: u32,
+        eligible: impl Fn(&V) -> bool,
+    ) -> bool {
+        let Some(&id) = self.index.get(key) else { return false };
+        let s = &mut self.slots[id as usize];
+        if !s.item.as_ref().is_some_and(eligible) {
+            return false;
+        }
+        s.heard += 1;
+        if s.heard < after {
+            return false;
+        }
+        if s.transmits == 0 {
+            s.quenched = true;
+            return false;
+        }
+        self.unlink(id);
+        self.release(id);
+        true
     }
 
     /// Takes events for one packet: fewest-sent first, each fitting in what
@@ -190,7 +233,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
             s.transmits += 1;
             if s.item.is_none() {
                 self.free.push(id);
-            } else if s.transmits >= s.limit {
+            } else if s.transmits >= s.limit || s.quenched {
                 self.release(id);
             } else {
                 self.link_front(id);
@@ -249,7 +292,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     fn release(&mut self, id: u32) {
         let s = &mut self.slots[id as usize];
         if let Some(k) = s.key.take() {
-            self.index.remove(&k);
+            self.index.swap_remove(&k);
         }
         s.item = None;
         if !s.in_flight {
@@ -320,6 +363,36 @@ mod tests {
         q.sent(&ids);
         assert_eq!(q.len(), 2);
         assert_eq!(drain_once(&mut q, 100), vec![3, 2]);
+    }
+
+    #[test]
+    fn an_event_heard_often_enough_leaves_the_queue() {
+        let mut q = BroadcastQueue::new(100);
+        q.push("a", 1, 10);
+        q.push("b", 2, 10);
+        drain_once(&mut q, 100);
+        assert!(!q.heard(&"a", 2, |_| true), "one copy is not enough");
+        assert!(!q.heard(&"missing", 2, |_| true));
+        assert!(!q.heard(&"b", 2, |v| *v != 2), "b's copies do not count");
+        assert!(!q.heard(&"b", 2, |v| *v != 2));
+        assert!(q.heard(&"a", 2, |_| true));
+        assert_eq!(q.len(), 1);
+        assert_eq!(drain_once(&mut q, 100), vec![2]);
+        // A newer event of the key starts its count again.
+        q.push("b", 3, 10);
+        assert!(!q.heard(&"b", 2, |_| true));
+    }
+
+    #[test]
+    fn an_event_heard_before_its_first_send_is_sent_once() {
+        let mut q = BroadcastQueue::new(100);
+        q.push("a", 1, 10);
+        assert!(!q.heard(&"a", 1, |_| true));
+        assert_eq!(q.len(), 1);
+        assert_eq!(drain_once(&mut q, 100), vec![1]);
+        assert!(q.is_empty(), "gone after that send");
+        q.push("b", 2, 10);
+        assert_eq!(drain_once(&mut q, 100), vec![2], "its slot is reused cleanly");
     }
 
     #[test]

@@ -26,6 +26,17 @@ pub struct Config {
     /// ceil(log10(n+1))`. Relays need fewer: every node that learns an
     /// event relays it, and anti-entropy repairs the rest.
     pub relay_mult: u32,
+    /// Copies of a relayed event heard from peers after which this node
+    /// stops sending it, once it sent it at least once (0: never; it goes
+    /// out `relay_mult × ceil(log10(n+1))` times). A copy is a peer that
+    /// holds the event and relays it: after a few, most of the scope holds
+    /// it, and the last holes are push/pull's (`mismatch_sync_after`).
+    /// Where copies come seldom (loss, few relays) the event keeps its
+    /// transmissions: the redundancy follows the network instead of being
+    /// set for the worst. A node's own writes keep all theirs. 3 halves
+    /// the copies a node receives in the 100-agent burst
+    /// (docs/performance.md, "CPU per received entry").
+    pub quench_after: u32,
     /// Eager/lazy push tree (Plumtree) instead of repeated random fan-out:
     /// a new event goes once to a few eager peers, its id to a few lazy
     /// ones, a copy prunes the link it came on and a missed event is
@@ -50,7 +61,11 @@ pub struct Config {
     /// A push/pull that has not finished by then counts as failed.
     pub sync_timeout: Duration,
     /// How long a digest mismatch with a peer must last before it starts a
-    /// push/pull (updates in flight make digests differ briefly).
+    /// push/pull (updates in flight make digests differ briefly): a gossip
+    /// interval, the time an update in flight takes to arrive. It was 1 s;
+    /// with `quench_after` gossip stops once most nodes hold an event and
+    /// leaves the last few holes to push/pull, which then closed them
+    /// seconds late (docs/performance.md, "CPU per received entry").
     pub mismatch_sync_after: Duration,
     /// A node with an empty queue still sends its digest this often per
     /// network, so a divergence is noticed in about a second.
@@ -152,13 +167,14 @@ impl Default for Config {
             tick_byte_budget: 256 * 1024,
             retransmit_mult: 4,
             relay_mult: 2,
+            quench_after: 3,
             push_tree: false,
             tree_graft_after: Duration::from_millis(400),
             tree_lazy_fanout: 6,
             max_queue_len: 100_000,
             sync_interval: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(10),
-            mismatch_sync_after: Duration::from_secs(1),
+            mismatch_sync_after: Duration::from_millis(200),
             digest_interval: Duration::from_secs(1),
             tombstone_ttl: Duration::from_secs(30 * 60),
             failed_grace: Duration::from_secs(10 * 60),

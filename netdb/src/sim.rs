@@ -19,8 +19,9 @@ use crate::names::Scope;
 use crate::node::Node;
 
 /// The default `Config` with the protocol switches an example's command
-/// line gives (`--relay-mult K`, `--tree`, `--graft-after-ms MS`,
-/// `--lazy-fanout K`, `--random-probes`, `--no-heard-probes`), and the
+/// line gives (`--relay-mult K`, `--quench K`, `--mismatch-ms MS`,
+/// `--tree`, `--graft-after-ms MS`, `--lazy-fanout K`, `--random-probes`,
+/// `--no-heard-probes`), and the
 /// other arguments in their order, so every example compares the same
 /// variants the same way.
 pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<String>) {
@@ -33,6 +34,15 @@ pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<
                 cfg.relay_mult = args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.relay_mult)
             }
             "--tree" => cfg.push_tree = true,
+            "--mismatch-ms" => {
+                if let Some(ms) = args.next().and_then(|s| s.parse().ok()) {
+                    cfg.mismatch_sync_after = Duration::from_millis(ms);
+                }
+            }
+            "--quench" => {
+                cfg.quench_after =
+                    args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.quench_after)
+            }
             "--random-probes" => cfg.ring_probes = false,
             "--no-heard-probes" => cfg.probe_heard_suspects = false,
             "--lazy-fanout" => {

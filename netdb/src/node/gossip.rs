@@ -11,6 +11,7 @@ use prost::Message;
 use rand::RngExt;
 
 use super::Node;
+use super::scope::QueueKeyRef;
 use super::send::datagram_room;
 use super::timers::Wake;
 use crate::codec::{self, EncodedEntry};
@@ -240,6 +241,20 @@ impl Node {
         true
     }
 
+    /// A peer sent a copy of the version held here: it counts towards
+    /// ending the queued relay's transmissions (`Config::quench_after`).
+    /// Not with the push tree, whose one push per eager link is the tree
+    /// itself.
+    pub(super) fn heard_copy(&mut self, scope: Scope<'_>, table: &str, key: &str) {
+        let after = self.cfg.quench_after;
+        if after == 0 || self.cfg.push_tree {
+            return;
+        }
+        if let Some(st) = self.scope_mut(scope) {
+            st.queue.heard(&QueueKeyRef(table, key), after, |q| q.from.is_some());
+        }
+    }
+
     /// Room for entries in a gossip datagram of `network`, after its
     /// header, framing and seal.
     pub(super) fn gossip_room(&self, network: &str) -> usize {
@@ -322,18 +337,76 @@ mod tests {
 
     use super::super::test_support::{PEER, gossip, node, peer_entry};
     use crate::event::Transmit;
-    use crate::names::{NETWORKS_TABLE, NODES_TABLE};
+    use crate::names::{NETWORKS_TABLE, NODES_TABLE, Scope};
+
+    /// A node attached to "net" with "peer", holding the peer's entry
+    /// "net"/"t"/"k" as news (queued for relay) from one datagram.
+    fn relaying(quench_after: u32) -> (crate::Node, Vec<u8>) {
+        // Ten transmissions, one packet a tick: a tick sends it once.
+        let cfg = crate::Config {
+            quench_after,
+            relay_mult: 10,
+            tick_byte_budget: 1,
+            ..crate::Config::default()
+        };
+        let mut n =
+            crate::Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO)
+                .unwrap();
+        join_with_peer(&mut n, Duration::ZERO);
+        let news = gossip("net", vec![peer_entry("t", "k", Bytes::from_static(b"v"), 3, false)]);
+        n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
+        (n, news)
+    }
+
+    /// Joins "net" and hears that the peer is attached to it, so there is
+    /// someone to send to.
+    fn join_with_peer(n: &mut crate::Node, t: Duration) {
+        n.join_network(t, "net").unwrap();
+        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
+        let record = wire::NodeRecord { addr: PEER.into(), ..Default::default() };
+        let rec = peer_entry(NODES_TABLE, "peer", record.encode_to_vec().into(), 2, false);
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("", vec![attach, rec]));
+    }
+
+    fn queued(n: &crate::Node) -> usize {
+        n.queue_lengths().iter().find(|(s, _)| *s == Scope::Network("net")).map_or(0, |(_, l)| *l)
+    }
+
+    /// Queued events after the node's next gossip tick.
+    fn queued_after_a_tick(n: &mut crate::Node) -> usize {
+        n.handle_timeout(n.config().gossip_interval);
+        while n.poll_transmit().is_some() {}
+        queued(n)
+    }
+
+    #[test]
+    fn a_relayed_event_is_sent_once_more_after_copies_of_it_come_back() {
+        let (mut n, news) = relaying(3);
+        for _ in 0..3 {
+            n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
+        }
+        assert_eq!(queued(&n), 1, "never sent yet: it still goes out once");
+        assert_eq!(queued_after_a_tick(&mut n), 0, "sent, and three copies heard");
+        let (mut n, news) = relaying(3);
+        for _ in 0..2 {
+            n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
+        }
+        assert_eq!(queued_after_a_tick(&mut n), 1, "two copies are not enough");
+        n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
+        assert_eq!(queued(&n), 0, "sent before: the third copy ends it at once");
+        // Without the quench the copies change nothing.
+        let (mut n, news) = relaying(0);
+        for _ in 0..5 {
+            n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
+        }
+        assert_eq!(queued_after_a_tick(&mut n), 1);
+    }
 
     #[test]
     fn gossip_packets_never_exceed_the_budget() {
         let mut n = node(Duration::from_secs(60));
         let t = Duration::ZERO;
-        n.join_network(t, "net").unwrap();
-        // A peer attached to the network, so there is someone to send to.
-        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
-        let record = wire::NodeRecord { addr: PEER.into(), ..Default::default() };
-        let rec = peer_entry(NODES_TABLE, "peer", record.encode_to_vec().into(), 2, false);
-        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("", vec![attach, rec]));
+        join_with_peer(&mut n, t);
         assert_eq!(n.network_peers("net"), vec!["peer".to_string()]);
         // Values of every size up to the limit, some larger than a packet.
         for i in 0..300usize {

@@ -315,7 +315,10 @@ impl Node {
                 for e in &g.entries {
                     match self.apply_remote(now, scope, e, Via::Gossip(from)) {
                         Merged::News => news = true,
-                        Merged::Copy => copies = true,
+                        Merged::Copy => {
+                            copies = true;
+                            self.heard_copy(scope, e.table, e.key);
+                        }
                         Merged::Nothing => {}
                     }
                 }

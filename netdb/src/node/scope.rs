@@ -1,8 +1,11 @@
 //! What a node keeps per scope besides the tables: the broadcast queue and
 //! the bookkeeping that decides when to send a digest or start a push/pull.
 
+use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::time::Duration;
+
+use indexmap::Equivalent;
 
 use rand::RngExt;
 use rand::rngs::StdRng;
@@ -29,6 +32,24 @@ pub(super) struct Queued {
 
 /// (table, key): a newer event of the same entry replaces the queued one.
 pub(super) type QueueKey = (String, String);
+
+/// A borrowed (table, key), to look a `QueueKey` up without allocating.
+#[derive(Clone, Copy)]
+pub(super) struct QueueKeyRef<'a>(pub(super) &'a str, pub(super) &'a str);
+
+impl Hash for QueueKeyRef<'_> {
+    /// As a tuple of strings hashes, field by field.
+    fn hash<H: Hasher>(&self, h: &mut H) {
+        self.0.hash(h);
+        self.1.hash(h);
+    }
+}
+
+impl Equivalent<QueueKey> for QueueKeyRef<'_> {
+    fn equivalent(&self, k: &QueueKey) -> bool {
+        self.0 == k.0 && self.1 == k.1
+    }
+}
 
 #[derive(Debug)]
 pub(super) struct ScopeState {
