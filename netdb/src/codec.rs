@@ -334,7 +334,9 @@ pub(crate) fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) ->
     wire::Entry {
         table: table.to_owned(),
         key: key.to_owned(),
-        value: e.value.clone(),
+        // Copied: a clone would give the stored value a shared header
+        // for life (`Tables::insert`).
+        value: Bytes::copy_from_slice(&e.value),
         owner: e.owner.to_string(),
         incarnation: e.incarnation,
         ltime: e.ltime,
