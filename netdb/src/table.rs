@@ -323,11 +323,13 @@ impl Tables {
         if add { self.digest.add(k, h) } else { self.digest.remove(k, h) }
     }
 
-    /// The shared copy of `owner`.
-    fn intern(&mut self, owner: Arc<str>) -> Arc<str> {
-        match self.owners.get(&*owner) {
+    /// The shared copy of `owner`, made with its first entry here (the
+    /// caller stores an entry of it).
+    pub(crate) fn intern(&mut self, owner: &str) -> Arc<str> {
+        match self.owners.get(owner) {
             Some(held) => held.clone(),
             None => {
+                let owner: Arc<str> = owner.into();
                 self.owners.insert(owner.clone());
                 owner
             }
@@ -343,14 +345,18 @@ impl Tables {
         }
     }
 
-    /// Inserts or replaces, keeping the digest; returns the replaced entry.
-    pub(crate) fn insert(&mut self, table: &str, key: &str, mut entry: Entry) -> Option<Entry> {
-        entry.owner = self.intern(entry.owner);
-        // A `Bytes` made from a vector gets a shared header (a 32-byte
-        // chunk) at its first clone, and keeps it for life: the caller's
-        // value is cloned for events, so the table keeps a copy of its own
-        // that is never cloned (`codec::entry_to_wire` copies too).
-        entry.value = Bytes::copy_from_slice(&entry.value);
+    /// Inserts or replaces a copy of `entry`, keeping the digest; returns
+    /// the replaced entry. The value is copied: a `Bytes` made from a
+    /// vector gets a shared header (a 32-byte chunk) at its first clone and
+    /// keeps it for life, so the table keeps a copy of its own that is
+    /// never cloned (`codec::entry_to_wire` copies too), and the caller's
+    /// goes to the change's event.
+    pub(crate) fn insert(&mut self, table: &str, key: &str, entry: &Entry) -> Option<Entry> {
+        let entry = Entry {
+            value: Bytes::copy_from_slice(&entry.value),
+            owner: self.intern(&entry.owner),
+            ..*entry
+        };
         let prefix = key_prefix(table, key);
         self.count(prefix, &entry, true);
         let t = match self.tables.get_mut(table) {
@@ -421,7 +427,7 @@ impl Tables {
         let mut changes = Vec::with_capacity(todo.len());
         for (table, key, r) in todo {
             let (before, after) = match r {
-                Rewrite::Replace(e) => (self.insert(&table, &key, e.clone()), Some(e)),
+                Rewrite::Replace(e) => (self.insert(&table, &key, &e), Some(e)),
                 Rewrite::Remove => (self.remove(&table, &key), None),
                 Rewrite::Keep => continue,
             };
@@ -473,16 +479,16 @@ mod tests {
     #[test]
     fn digest_tracks_inserts_replacements_removals_and_hidden_entries() {
         let (mut s1, mut s2) = (Tables::default(), Tables::default());
-        s1.insert("t", "k1", e("a", 1, false));
-        s1.insert("t", "k1", e("a", 2, false));
-        s1.insert("t", "k2", e("b", 3, true));
-        s2.insert("t", "k2", e("b", 3, true));
-        s2.insert("t", "k1", e("a", 2, false));
+        s1.insert("t", "k1", &e("a", 1, false));
+        s1.insert("t", "k1", &e("a", 2, false));
+        s1.insert("t", "k2", &e("b", 3, true));
+        s2.insert("t", "k2", &e("b", 3, true));
+        s2.insert("t", "k1", &e("a", 2, false));
         assert_eq!(s1.digest(), s2.digest());
         assert_eq!(s1.len(), 2);
         let mut hidden = e("c", 4, false);
         hidden.hidden = true;
-        s1.insert("u", "k", hidden);
+        s1.insert("u", "k", &hidden);
         assert_eq!(s1.digest(), s2.digest(), "hidden entries are not in the digest");
         assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".into()));
         s1.remove("t", "k1");
@@ -497,7 +503,7 @@ mod tests {
         assert_eq!(s1.under(other).count(), 0);
         assert_eq!(s1.digest().root(), {
             let mut s3 = Tables::default();
-            s3.insert("t", "k2", e("b", 3, true));
+            s3.insert("t", "k2", &e("b", 3, true));
             s3.digest().root()
         });
     }
@@ -511,7 +517,7 @@ mod tests {
         let mut held = BTreeSet::new();
         for i in 0..n {
             let (t, k) = (["t", "u"][i % 2], format!("k{i}"));
-            s.insert(t, &k, e("a", i as u64, false));
+            s.insert(t, &k, &e("a", i as u64, false));
             held.insert((key_hash(t, &k), t, k));
         }
         for i in (0..n).step_by(3) {
@@ -532,17 +538,17 @@ mod tests {
     #[test]
     fn counts_follow_writes_tombstones_hidden_entries_and_removals() {
         let mut s = Tables::default();
-        s.insert("t", "a", e("x", 1, false));
-        s.insert("t", "b", e("x", 2, false));
-        s.insert("u", "c", e("x", 3, true));
+        s.insert("t", "a", &e("x", 1, false));
+        s.insert("t", "b", &e("x", 2, false));
+        s.insert("u", "c", &e("x", 3, true));
         let mut hidden = e("y", 4, false);
         hidden.hidden = true;
-        s.insert("u", "d", hidden);
+        s.insert("u", "d", &hidden);
         assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 2, 2), ("u", 0, 2)]);
-        s.insert("t", "a", e("x", 5, true));
-        s.insert("u", "c", e("x", 6, false));
+        s.insert("t", "a", &e("x", 5, true));
+        s.insert("u", "c", &e("x", 6, false));
         s.remove("u", "d");
-        s.insert("t", "z", e("x", 7, false));
+        s.insert("t", "z", &e("x", 7, false));
         s.remove("t", "z");
         assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 1, 2), ("u", 1, 1)]);
         s.rewrite(|_, _, _| Rewrite::Remove);
@@ -555,7 +561,7 @@ mod tests {
         let keys: Vec<String> = (0..40).map(|n| "é".repeat(n / 2) + &"k".repeat(n % 2)).collect();
         let mut s = Tables::default();
         for (i, k) in keys.iter().enumerate() {
-            s.insert("t", k, e("x", i as u64 + 1, false));
+            s.insert("t", k, &e("x", i as u64 + 1, false));
         }
         for (i, k) in keys.iter().enumerate() {
             assert_eq!(s.get("t", k).map(|e| e.ltime), Some(i as u64 + 1), "{k:?}");
@@ -573,13 +579,13 @@ mod tests {
     #[test]
     fn owners_are_held_once_and_forgotten_with_their_last_entry() {
         let mut s = Tables::default();
-        s.insert("t", "a", e("x", 1, false));
-        s.insert("u", "b", e("x", 2, false));
-        s.insert("t", "c", e("y", 3, false));
+        s.insert("t", "a", &e("x", 1, false));
+        s.insert("u", "b", &e("x", 2, false));
+        s.insert("t", "c", &e("y", 3, false));
         let (a, b) = (s.get("t", "a").unwrap(), s.get("u", "b").unwrap());
         assert!(Arc::ptr_eq(&a.owner, &b.owner), "one string for x's entries");
         assert_eq!(s.owners.len(), 2);
-        s.insert("t", "c", e("x", 4, false));
+        s.insert("t", "c", &e("x", 4, false));
         assert_eq!(s.owners.len(), 1, "y's last entry was replaced");
         s.remove("t", "a");
         s.remove("u", "b");
@@ -592,14 +598,14 @@ mod tests {
     #[test]
     fn rewrite_reports_changes_and_keeps_digest() {
         let mut s = Tables::default();
-        s.insert("t", "a", e("x", 1, false));
-        s.insert("t", "b", e("y", 2, false));
+        s.insert("t", "a", &e("x", 1, false));
+        s.insert("t", "b", &e("y", 2, false));
         let changes =
             s.rewrite(|_, _, en| if &*en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].key, "a");
         let mut only_b = Tables::default();
-        only_b.insert("t", "b", e("y", 2, false));
+        only_b.insert("t", "b", &e("y", 2, false));
         assert_eq!(s.digest(), only_b.digest());
         assert_eq!(s.len(), 1);
     }
