@@ -5,6 +5,7 @@
 //! a message that fails any check is dropped whole, before it changes any
 //! state.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -317,11 +318,16 @@ pub(crate) fn validate_entry(
 /// A validated wire entry as stored. A tombstone's lifetime counts down from
 /// the residual it arrived with, never from a fresh full lifetime. The
 /// value is copied: a slice would keep its whole datagram or frame alive.
-pub(crate) fn entry_from_wire(e: &EntryRef<'_>, now: Duration, ttl: Duration) -> Entry {
+pub(crate) fn entry_from_wire(
+    e: &EntryRef<'_>,
+    owner: Arc<str>,
+    now: Duration,
+    ttl: Duration,
+) -> Entry {
     let residual = Duration::from_millis(e.reap_in_ms).min(ttl);
     Entry {
         value: Bytes::copy_from_slice(e.value),
-        owner: e.owner.into(),
+        owner,
         incarnation: e.incarnation,
         ltime: e.ltime,
         deleted: e.deleted,
@@ -334,7 +340,9 @@ pub(crate) fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) ->
     wire::Entry {
         table: table.to_owned(),
         key: key.to_owned(),
-        value: e.value.clone(),
+        // Copied: a clone would give the stored value a shared header
+        // for life (`Tables::insert`).
+        value: Bytes::copy_from_slice(&e.value),
         owner: e.owner.to_string(),
         incarnation: e.incarnation,
         ltime: e.ltime,
@@ -581,7 +589,7 @@ mod tests {
         w.reap_in_ms = u64::MAX;
         let ttl = Duration::from_secs(60);
         let now = Duration::from_secs(100);
-        let e = entry_from_wire(&(&w).into(), now, ttl);
+        let e = entry_from_wire(&(&w).into(), w.owner.as_str().into(), now, ttl);
         assert_eq!(e.reap_at, Some(now + ttl));
         let back = entry_to_wire("t", "k", &e, now + Duration::from_secs(10));
         assert_eq!(back.reap_in_ms, 50_000);

@@ -54,7 +54,13 @@ pub struct Config {
     /// event from every node, that is about e^-k of the nodes.
     pub tree_lazy_fanout: usize,
     /// Events a broadcast queue holds before dropping the oldest (counted);
-    /// dropped events are repaired by anti-entropy.
+    /// dropped events are repaired by anti-entropy (the gossip that goes
+    /// on carries the digest root, and a peer that sees it differ pulls).
+    /// An event queued costs about 500 bytes (its encoding, its key twice,
+    /// its slot): the bound is above a 100-agent burst (10,000 events),
+    /// and the rest of a bulk import goes by push/pull, as Serf's bounded
+    /// queue (4,096) leaves it to anti-entropy; 100,000 held 50 MB after
+    /// a million-entry import.
     pub max_queue_len: usize,
     /// Periodic push/pull per network (NetworkDB: 30 s).
     pub sync_interval: Duration,
@@ -171,7 +177,7 @@ impl Default for Config {
             push_tree: false,
             tree_graft_after: Duration::from_millis(400),
             tree_lazy_fanout: 6,
-            max_queue_len: 100_000,
+            max_queue_len: 16_384,
             sync_interval: Duration::from_secs(30),
             sync_timeout: Duration::from_secs(10),
             mismatch_sync_after: Duration::from_millis(200),

@@ -96,18 +96,8 @@ impl NodeId {
         NodeId { level, prefix }
     }
 
-    /// The key hashes this node holds, first and last.
-    pub(crate) fn hash_range(self) -> (u64, u64) {
-        let bits = self.level * FANOUT_BITS;
-        if bits == 0 {
-            return (0, u64::MAX);
-        }
-        let first = self.prefix << (64 - bits);
-        (first, first | (u64::MAX >> bits))
-    }
-
     /// The leaves below this node, as a range of leaf numbers.
-    fn leaves(self) -> std::ops::RangeInclusive<u16> {
+    pub(crate) fn leaves(self) -> std::ops::RangeInclusive<u16> {
         let shift = (DEPTH - self.level) * FANOUT_BITS;
         let first = self.prefix << shift;
         let last = first | ((1u64 << shift) - 1);
@@ -130,7 +120,7 @@ impl std::fmt::Debug for Digest {
     }
 }
 
-fn leaf_of(key_hash: u64) -> u16 {
+pub(crate) fn leaf_of(key_hash: u64) -> u16 {
     (key_hash >> (64 - DEPTH * FANOUT_BITS)) as u16
 }
 
@@ -366,8 +356,6 @@ mod tests {
         assert_eq!(NodeId::at(1, k).child(0xb), NodeId::at(2, k));
         assert_eq!(NodeId::at(DEPTH, k).leaves(), 0xabcd..=0xabcd);
         assert_eq!(NodeId::ROOT.leaves(), 0..=0xffff);
-        assert_eq!(NodeId::ROOT.hash_range(), (0, u64::MAX));
-        let (first, last) = NodeId::at(2, k).hash_range();
-        assert_eq!((first, last), (0xab00_0000_0000_0000, 0xabff_ffff_ffff_ffff));
+        assert_eq!(NodeId::at(2, k).leaves(), 0xab00..=0xabff);
     }
 }

@@ -6,7 +6,6 @@ use bytes::Bytes;
 
 use crate::membership::MemberState;
 use crate::names::{Scope, SharedTable};
-use crate::table::Entry;
 
 /// A packet or frame for the shell to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -113,10 +112,11 @@ impl Event {
         scope: Scope<'_>,
         table: &str,
         key: &str,
-        e: &Entry,
+        owner: &str,
+        value: Bytes,
         kind: EntryEventKind,
     ) -> Option<Event> {
-        let (key, owner, value) = (key.to_string(), e.owner.to_string(), e.value.clone());
+        let (key, owner) = (key.to_string(), owner.to_string());
         Some(match scope {
             Scope::Network(network) => Event::Entry {
                 network: network.into(),

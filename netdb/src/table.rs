@@ -7,7 +7,8 @@
 //! tombstone with the same ltime as a live entry hid it forever on some
 //! nodes and not on others.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::btree_map::Entry::{Occupied, Vacant};
+use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use indexmap::IndexMap;
 
-use crate::digest::{Digest, NodeId, key_hash, key_prefix};
+use crate::digest::{Digest, NodeId, key_hash, key_prefix, leaf_of};
 use crate::hash::{Hasher, MapHasher};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -92,6 +93,74 @@ pub(crate) struct Change {
     pub after: Option<Entry>,
 }
 
+/// A table's key: held in place up to 22 bytes (a container's endpoint
+/// id, a name, an address), saving the 16-byte pointer and the 32-byte
+/// chunk a boxed string costs each of a million entries.
+#[derive(Debug, Clone)]
+enum Key {
+    Inline { len: u8, bytes: [u8; INLINE_KEY] },
+    Boxed(Box<str>),
+}
+
+/// Longest key held in place: with its length and the variant's tag, the
+/// size of a boxed string's pointer and length plus 8.
+const INLINE_KEY: usize = 22;
+
+impl Key {
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `str`, so it is UTF-8.
+            Key::Inline { len, bytes } => {
+                std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
+                    .unwrap_or_default()
+            }
+            Key::Boxed(b) => b,
+        }
+    }
+}
+
+impl From<&str> for Key {
+    fn from(k: &str) -> Key {
+        match u8::try_from(k.len()) {
+            Ok(len) if k.len() <= INLINE_KEY => {
+                let mut bytes = [0; INLINE_KEY];
+                bytes[..k.len()].copy_from_slice(k.as_bytes());
+                Key::Inline { len, bytes }
+            }
+            _ => Key::Boxed(k.into()),
+        }
+    }
+}
+
+impl std::ops::Deref for Key {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// Lookups by `&str` go through `Borrow`, so hash and equality are the
+/// string's.
+impl std::borrow::Borrow<str> for Key {
+    fn borrow(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl std::hash::Hash for Key {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialEq for Key {
+    fn eq(&self, other: &Key) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Key {}
+
 /// One table's entries by key. Hashed: every gossiped copy, push/pull
 /// entry and write looks its key up, and in a sorted map those lookups'
 /// string compares were a quarter of a 100-agent burst's CPU. Listings
@@ -99,15 +168,62 @@ pub(crate) struct Change {
 /// The entries lie in one vector and the hash table holds their positions:
 /// a hash map of entries doubles its buckets at a power of two, so at a
 /// million keys it held 2^21 buckets of 113 bytes, 237 bytes an entry.
-type Keyed = IndexMap<Box<str>, Entry, BuildHasherDefault<MapHasher>>;
+type Keyed = IndexMap<Key, Entry, BuildHasherDefault<MapHasher>>;
 
-/// One table: its entries, and their positions by key hash, so a push/pull
-/// reads a subtree's entries without a table scan. A position (16 bytes
-/// with its hash) instead of the names (40) saves a third of the index.
+/// The positions of a table's entries in one leaf of the digest's tree.
+/// A small table has one entry in most of its leaves, which needs no
+/// vector; a million entries fill the 65,536 leaves about 15 each.
+#[derive(Debug)]
+enum Leaf {
+    One(usize),
+    Many(Vec<usize>),
+}
+
+impl Leaf {
+    fn positions(&self) -> &[usize] {
+        match self {
+            Leaf::One(i) => std::slice::from_ref(i),
+            Leaf::Many(v) => v,
+        }
+    }
+
+    fn add(&mut self, i: usize) {
+        match self {
+            Leaf::One(j) => *self = Leaf::Many(vec![*j, i]),
+            Leaf::Many(v) => v.push(i),
+        }
+    }
+
+    /// Drops position `i`; false when nothing is left.
+    fn remove(&mut self, i: usize) -> bool {
+        let Leaf::Many(v) = self else {
+            return false;
+        };
+        v.retain(|&j| j != i);
+        if let [only] = v[..] {
+            *self = Leaf::One(only);
+        }
+        true
+    }
+
+    fn moved(&mut self, from: usize, to: usize) {
+        match self {
+            Leaf::One(j) if *j == from => *j = to,
+            Leaf::One(_) => {}
+            Leaf::Many(v) => v.iter_mut().filter(|j| **j == from).for_each(|j| *j = to),
+        }
+    }
+}
+
+/// One table: its entries, and their positions by digest leaf, so a
+/// push/pull reads a subtree's entries without a table scan. By leaf, not
+/// in a set ordered by key hash: the set's 16 bytes an entry in B-tree
+/// nodes filled half to two thirds cost 25-35 bytes an entry, the leaves
+/// about 10 at a million entries.
 #[derive(Debug, Default)]
 struct Table {
     entries: Keyed,
-    by_hash: BTreeSet<(u64, usize)>,
+    by_leaf: BTreeMap<u16, Leaf>,
     /// Visible entries, kept as they change: counting a million entries
     /// for every `network ls` or inspect held the agent's loop.
     visible: usize,
@@ -160,26 +276,30 @@ impl Tables {
     }
 
     /// The entries of one node of the digest's tree, hidden ones included,
-    /// in (key hash, table) order: each table's in hash order, merged.
+    /// in (leaf, table) order, a table's entries in a leaf as they came.
+    /// Any fixed order serves a push/pull (a cut answer's rest is found by
+    /// the digest next time); this one needs no hashing, sorting or
+    /// allocation per leaf, which were a tenth of serving a fill.
     pub(crate) fn under(&self, node: NodeId) -> impl Iterator<Item = (&str, &str, &Entry)> {
-        let (first, last) = node.hash_range();
         let mut each: Vec<_> = self
             .tables
             .iter()
             .map(|(name, t)| {
-                t.by_hash
-                    .range((first, 0)..=(last, usize::MAX))
-                    .filter_map(|&(h, i)| {
-                        let (k, e) = t.entries.get_index(i)?;
-                        Some((h, name.as_str(), &**k, e))
+                t.by_leaf
+                    .range(node.leaves())
+                    .flat_map(move |(&leaf, held)| {
+                        held.positions().iter().filter_map(move |&i| {
+                            let (k, e) = t.entries.get_index(i)?;
+                            Some((leaf, name.as_str(), &**k, e))
+                        })
                     })
                     .peekable()
             })
             .collect();
         std::iter::from_fn(move || {
-            // Tables come in name order, so the first lowest hash is the
-            // (hash, table) order's next.
-            let mut next: Option<(u64, usize)> = None;
+            // Tables come in name order, so the first lowest leaf is the
+            // (leaf, table) order's next.
+            let mut next: Option<(u16, usize)> = None;
             for (j, it) in each.iter_mut().enumerate() {
                 if let Some(&(h, ..)) = it.peek()
                     && next.is_none_or(|(best, _)| h < best)
@@ -200,11 +320,13 @@ impl Tables {
         if add { self.digest.add(k, h) } else { self.digest.remove(k, h) }
     }
 
-    /// The shared copy of `owner`.
-    fn intern(&mut self, owner: Arc<str>) -> Arc<str> {
-        match self.owners.get(&*owner) {
+    /// The shared copy of `owner`, made with its first entry here (the
+    /// caller stores an entry of it).
+    pub(crate) fn intern(&mut self, owner: &str) -> Arc<str> {
+        match self.owners.get(owner) {
             Some(held) => held.clone(),
             None => {
+                let owner: Arc<str> = owner.into();
                 self.owners.insert(owner.clone());
                 owner
             }
@@ -220,9 +342,18 @@ impl Tables {
         }
     }
 
-    /// Inserts or replaces, keeping the digest; returns the replaced entry.
-    pub(crate) fn insert(&mut self, table: &str, key: &str, mut entry: Entry) -> Option<Entry> {
-        entry.owner = self.intern(entry.owner);
+    /// Inserts or replaces a copy of `entry`, keeping the digest; returns
+    /// the replaced entry. The value is copied: a `Bytes` made from a
+    /// vector gets a shared header (a 32-byte chunk) at its first clone and
+    /// keeps it for life, so the table keeps a copy of its own that is
+    /// never cloned (`codec::entry_to_wire` copies too), and the caller's
+    /// goes to the change's event.
+    pub(crate) fn insert(&mut self, table: &str, key: &str, entry: &Entry) -> Option<Entry> {
+        let entry = Entry {
+            value: Bytes::copy_from_slice(&entry.value),
+            owner: self.intern(&entry.owner),
+            ..*entry
+        };
         let prefix = key_prefix(table, key);
         self.count(prefix, &entry, true);
         let t = match self.tables.get_mut(table) {
@@ -234,7 +365,10 @@ impl Tables {
             Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
                 let (i, _) = t.entries.insert_full(key.into(), entry);
-                t.by_hash.insert((prefix.finish(), i));
+                match t.by_leaf.entry(leaf_of(prefix.finish())) {
+                    Vacant(v) => _ = v.insert(Leaf::One(i)),
+                    Occupied(o) => o.into_mut().add(i),
+                }
                 None
             }
         };
@@ -253,12 +387,15 @@ impl Tables {
         let (i, _, old) = t.entries.swap_remove_full(key)?;
         t.visible -= usize::from(old.visible());
         let prefix = key_prefix(table, key);
-        t.by_hash.remove(&(prefix.finish(), i));
+        let leaf = leaf_of(prefix.finish());
+        if t.by_leaf.get_mut(&leaf).is_some_and(|l| !l.remove(i)) {
+            t.by_leaf.remove(&leaf);
+        }
         let moved = t.entries.len();
-        if let Some((k, _)) = t.entries.get_index(i) {
-            let h = key_hash(table, k);
-            t.by_hash.remove(&(h, moved));
-            t.by_hash.insert((h, i));
+        if let Some((k, _)) = t.entries.get_index(i)
+            && let Some(l) = t.by_leaf.get_mut(&leaf_of(key_hash(table, k)))
+        {
+            l.moved(moved, i);
         }
         if t.entries.is_empty() {
             self.tables.remove(table);
@@ -287,7 +424,7 @@ impl Tables {
         let mut changes = Vec::with_capacity(todo.len());
         for (table, key, r) in todo {
             let (before, after) = match r {
-                Rewrite::Replace(e) => (self.insert(&table, &key, e.clone()), Some(e)),
+                Rewrite::Replace(e) => (self.insert(&table, &key, &e), Some(e)),
                 Rewrite::Remove => (self.remove(&table, &key), None),
                 Rewrite::Keep => continue,
             };
@@ -306,6 +443,8 @@ fn sorted(t: &Keyed) -> std::vec::IntoIter<(&str, &Entry)> {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn e(owner: &str, ltime: u64, deleted: bool) -> Entry {
@@ -337,16 +476,16 @@ mod tests {
     #[test]
     fn digest_tracks_inserts_replacements_removals_and_hidden_entries() {
         let (mut s1, mut s2) = (Tables::default(), Tables::default());
-        s1.insert("t", "k1", e("a", 1, false));
-        s1.insert("t", "k1", e("a", 2, false));
-        s1.insert("t", "k2", e("b", 3, true));
-        s2.insert("t", "k2", e("b", 3, true));
-        s2.insert("t", "k1", e("a", 2, false));
+        s1.insert("t", "k1", &e("a", 1, false));
+        s1.insert("t", "k1", &e("a", 2, false));
+        s1.insert("t", "k2", &e("b", 3, true));
+        s2.insert("t", "k2", &e("b", 3, true));
+        s2.insert("t", "k1", &e("a", 2, false));
         assert_eq!(s1.digest(), s2.digest());
         assert_eq!(s1.len(), 2);
         let mut hidden = e("c", 4, false);
         hidden.hidden = true;
-        s1.insert("u", "k", hidden);
+        s1.insert("u", "k", &hidden);
         assert_eq!(s1.digest(), s2.digest(), "hidden entries are not in the digest");
         assert_eq!(s1.remove("u", "k").map(|e| e.owner), Some("c".into()));
         s1.remove("t", "k1");
@@ -361,29 +500,36 @@ mod tests {
         assert_eq!(s1.under(other).count(), 0);
         assert_eq!(s1.digest().root(), {
             let mut s3 = Tables::default();
-            s3.insert("t", "k2", e("b", 3, true));
+            s3.insert("t", "k2", &e("b", 3, true));
             s3.digest().root()
         });
     }
 
     #[test]
     fn the_hash_index_follows_entries_moved_by_removals() {
+        // Enough entries that most of the 65,536 leaves of each table hold
+        // several, and removals move positions within and across leaves.
+        let n = 300_000;
         let mut s = Tables::default();
         let mut held = BTreeSet::new();
-        for i in 0..60 {
+        for i in 0..n {
             let (t, k) = (["t", "u"][i % 2], format!("k{i}"));
-            s.insert(t, &k, e("a", i as u64, false));
+            s.insert(t, &k, &e("a", i as u64, false));
             held.insert((key_hash(t, &k), t, k));
         }
-        for i in (0..60).step_by(3) {
+        for i in (0..n).step_by(3) {
             let (t, k) = (["t", "u"][i % 2], format!("k{i}"));
             s.remove(t, &k);
             held.remove(&(key_hash(t, &k), t, k));
         }
         let listed: Vec<_> =
             s.under(NodeId::ROOT).map(|(t, k, _)| (key_hash(t, k), t, k)).collect();
-        let expect: Vec<_> = held.iter().map(|(h, t, k)| (*h, *t, k.as_str())).collect();
-        assert_eq!(listed, expect, "every entry once, in (hash, table) order");
+        let order: Vec<_> = listed.iter().map(|&(h, t, _)| (leaf_of(h), t)).collect();
+        assert!(order.is_sorted(), "in (leaf, table) order");
+        assert_eq!(listed.len(), held.len(), "every entry once");
+        let listed: BTreeSet<_> = listed.into_iter().collect();
+        let expect: BTreeSet<_> = held.iter().map(|(h, t, k)| (*h, *t, k.as_str())).collect();
+        assert_eq!(listed, expect);
         for (h, t, k) in &held {
             let leaf = NodeId::at(crate::digest::DEPTH, *h);
             assert!(s.under(leaf).any(|(lt, lk, _)| (lt, lk) == (*t, k.as_str())), "{t}/{k}");
@@ -393,17 +539,17 @@ mod tests {
     #[test]
     fn counts_follow_writes_tombstones_hidden_entries_and_removals() {
         let mut s = Tables::default();
-        s.insert("t", "a", e("x", 1, false));
-        s.insert("t", "b", e("x", 2, false));
-        s.insert("u", "c", e("x", 3, true));
+        s.insert("t", "a", &e("x", 1, false));
+        s.insert("t", "b", &e("x", 2, false));
+        s.insert("u", "c", &e("x", 3, true));
         let mut hidden = e("y", 4, false);
         hidden.hidden = true;
-        s.insert("u", "d", hidden);
+        s.insert("u", "d", &hidden);
         assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 2, 2), ("u", 0, 2)]);
-        s.insert("t", "a", e("x", 5, true));
-        s.insert("u", "c", e("x", 6, false));
+        s.insert("t", "a", &e("x", 5, true));
+        s.insert("u", "c", &e("x", 6, false));
         s.remove("u", "d");
-        s.insert("t", "z", e("x", 7, false));
+        s.insert("t", "z", &e("x", 7, false));
         s.remove("t", "z");
         assert_eq!(s.counts().collect::<Vec<_>>(), vec![("t", 1, 2), ("u", 1, 1)]);
         s.rewrite(|_, _, _| Rewrite::Remove);
@@ -411,15 +557,36 @@ mod tests {
     }
 
     #[test]
+    fn keys_short_and_long_are_found_listed_and_removed() {
+        assert_eq!(size_of::<Key>(), 24, "a key costs no more than a string's header");
+        let keys: Vec<String> = (0..40).map(|n| "é".repeat(n / 2) + &"k".repeat(n % 2)).collect();
+        let mut s = Tables::default();
+        for (i, k) in keys.iter().enumerate() {
+            s.insert("t", k, &e("x", i as u64 + 1, false));
+        }
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(s.get("t", k).map(|e| e.ltime), Some(i as u64 + 1), "{k:?}");
+        }
+        let mut sorted_keys = keys.clone();
+        sorted_keys.sort();
+        let listed: Vec<&str> = s.table("t").map(|(k, _)| k).collect();
+        assert_eq!(listed, sorted_keys);
+        for k in &keys {
+            assert!(s.remove("t", k).is_some(), "{k:?}");
+        }
+        assert_eq!(s.len(), 0);
+    }
+
+    #[test]
     fn owners_are_held_once_and_forgotten_with_their_last_entry() {
         let mut s = Tables::default();
-        s.insert("t", "a", e("x", 1, false));
-        s.insert("u", "b", e("x", 2, false));
-        s.insert("t", "c", e("y", 3, false));
+        s.insert("t", "a", &e("x", 1, false));
+        s.insert("u", "b", &e("x", 2, false));
+        s.insert("t", "c", &e("y", 3, false));
         let (a, b) = (s.get("t", "a").unwrap(), s.get("u", "b").unwrap());
         assert!(Arc::ptr_eq(&a.owner, &b.owner), "one string for x's entries");
         assert_eq!(s.owners.len(), 2);
-        s.insert("t", "c", e("x", 4, false));
+        s.insert("t", "c", &e("x", 4, false));
         assert_eq!(s.owners.len(), 1, "y's last entry was replaced");
         s.remove("t", "a");
         s.remove("u", "b");
@@ -432,14 +599,14 @@ mod tests {
     #[test]
     fn rewrite_reports_changes_and_keeps_digest() {
         let mut s = Tables::default();
-        s.insert("t", "a", e("x", 1, false));
-        s.insert("t", "b", e("y", 2, false));
+        s.insert("t", "a", &e("x", 1, false));
+        s.insert("t", "b", &e("y", 2, false));
         let changes =
             s.rewrite(|_, _, en| if &*en.owner == "x" { Rewrite::Remove } else { Rewrite::Keep });
         assert_eq!(changes.len(), 1);
         assert_eq!(changes[0].key, "a");
         let mut only_b = Tables::default();
-        only_b.insert("t", "b", e("y", 2, false));
+        only_b.insert("t", "b", &e("y", 2, false));
         assert_eq!(s.digest(), only_b.digest());
         assert_eq!(s.len(), 1);
     }

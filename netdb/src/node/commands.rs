@@ -71,7 +71,15 @@ impl Node {
         let scope = Scope::Network(network);
         for (table, key, e) in st.data.iter() {
             if e.visible() {
-                self.events.extend(Event::entry(scope, table, key, e, EntryEventKind::Delete));
+                let (owner, value) = (&e.owner, e.value.clone());
+                self.events.extend(Event::entry(
+                    scope,
+                    table,
+                    key,
+                    owner,
+                    value,
+                    EntryEventKind::Delete,
+                ));
             }
         }
         self.syncs.retain(|_, o| o.scope.as_scope() != scope);

@@ -93,10 +93,12 @@ impl Node {
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
-        let after = entry.clone();
-        let before = st.data.insert(table, key, entry);
-        self.emit_change(scope, table, key, before.as_ref(), Some(&after));
-        if scope == Scope::Cluster {
+        let before = st.data.insert(table, key, &entry);
+        // The table holds a copy; this one goes to the event whole, not
+        // cloned (a clone would allocate the value a shared header).
+        let cluster = (scope == Scope::Cluster).then(|| entry.clone());
+        self.emit_change(scope, table, key, before.as_ref(), Some(entry));
+        if let Some(after) = cluster {
             self.cluster_entry_changed(now, table, key, &after);
         }
     }
@@ -194,7 +196,14 @@ impl Node {
             self.write(now, scope, w.table, w.key, value, deleted);
             return Merged::News;
         }
-        let mut entry = entry_from_wire(w, now, self.cfg.tombstone_ttl);
+        let ttl = self.cfg.tombstone_ttl;
+        let Some(st) = self.scope_mut(scope) else {
+            return Merged::Nothing;
+        };
+        // The table's copy of the owner's name: a received entry of a known
+        // owner allocates none.
+        let owner = st.data.intern(w.owner);
+        let mut entry = entry_from_wire(w, owner, now, ttl);
         entry.hidden = hidden;
         let relay = match via {
             Via::Gossip(from) => {
@@ -271,25 +280,27 @@ impl Node {
         table: &str,
         key: &str,
         before: Option<&Entry>,
-        after: Option<&Entry>,
+        after: Option<Entry>,
     ) {
         let was = before.is_some_and(Entry::visible);
-        let (kind, e) = match (was, after.filter(|e| e.visible())) {
-            (false, Some(e)) => (EntryEventKind::Create, e),
-            (true, Some(e)) => (EntryEventKind::Update, e),
-            (true, None) => match (after, before) {
-                (Some(a), _) => (EntryEventKind::Delete, a),
-                (None, Some(b)) => (EntryEventKind::Delete, b),
-                (None, None) => return,
-            },
-            (false, None) => return,
+        let kind = match (was, after.as_ref().is_some_and(Entry::visible)) {
+            (false, true) => EntryEventKind::Create,
+            (true, true) => EntryEventKind::Update,
+            (true, false) => EntryEventKind::Delete,
+            (false, false) => return,
         };
-        self.events.extend(Event::entry(scope, table, key, e, kind));
+        // A delete shows the tombstone's value, or the removed entry's.
+        let (owner, value) = match (after, before) {
+            (Some(a), _) => (a.owner, a.value),
+            (None, Some(b)) => (b.owner.clone(), b.value.clone()),
+            (None, None) => return,
+        };
+        self.events.extend(Event::entry(scope, table, key, &owner, value, kind));
     }
 
     pub(super) fn emit_changes(&mut self, scope: Scope<'_>, changes: &[Change]) {
         for c in changes {
-            self.emit_change(scope, &c.table, &c.key, c.before.as_ref(), c.after.as_ref());
+            self.emit_change(scope, &c.table, &c.key, c.before.as_ref(), c.after.clone());
         }
     }
 
