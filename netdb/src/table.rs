@@ -301,10 +301,10 @@ impl Tables {
             // (leaf, table) order's next.
             let mut next: Option<(u16, usize)> = None;
             for (j, it) in each.iter_mut().enumerate() {
-                if let Some(&(h, ..)) = it.peek()
-                    && next.is_none_or(|(best, _)| h < best)
+                if let Some(&(leaf, ..)) = it.peek()
+                    && next.is_none_or(|(best, _)| leaf < best)
                 {
-                    next = Some((h, j));
+                    next = Some((leaf, j));
                 }
             }
             let (_, t, k, e) = each[next?.1].next()?;

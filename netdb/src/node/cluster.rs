@@ -225,7 +225,7 @@ impl Node {
                 Wake::Reap { scope: scope.to_id(), table: c.table.clone(), key: c.key.clone() };
             self.schedule(now + ttl, wake);
         }
-        self.emit_changes(scope, &changes);
+        self.emit_changes(scope, changes);
     }
 }
 

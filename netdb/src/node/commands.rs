@@ -71,15 +71,10 @@ impl Node {
         let scope = Scope::Network(network);
         for (table, key, e) in st.data.iter() {
             if e.visible() {
-                let (owner, value) = (&e.owner, e.value.clone());
-                self.events.extend(Event::entry(
-                    scope,
-                    table,
-                    key,
-                    owner,
-                    value,
-                    EntryEventKind::Delete,
-                ));
+                let value = e.value.clone();
+                let event =
+                    Event::entry(scope, table, key, &e.owner, value, EntryEventKind::Delete);
+                self.events.extend(event);
             }
         }
         self.syncs.retain(|_, o| o.scope.as_scope() != scope);

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::Node;
 use super::cluster::is_leave_record;
-use super::scope::Queued;
+use super::scope::{QueueKeyRef, Queued};
 use super::timers::Wake;
 use crate::codec::{EncodedEntry, EntryRef, entry_from_wire};
 use crate::event::{EntryEventKind, Event};
@@ -267,7 +267,7 @@ impl Node {
         let due = matches!(st.data.get(table, key), Some(e) if e.deleted && e.reap_at.is_some_and(|at| at <= now));
         if due {
             st.data.remove(table, key);
-            st.queue.invalidate(&(table.to_string(), key.to_string()));
+            st.queue.invalidate(&QueueKeyRef(table, key));
             if scope == Scope::Cluster {
                 self.cluster_entry_removed(table);
             }
@@ -298,9 +298,9 @@ impl Node {
         self.events.extend(Event::entry(scope, table, key, &owner, value, kind));
     }
 
-    pub(super) fn emit_changes(&mut self, scope: Scope<'_>, changes: &[Change]) {
+    pub(super) fn emit_changes(&mut self, scope: Scope<'_>, changes: Vec<Change>) {
         for c in changes {
-            self.emit_change(scope, &c.table, &c.key, c.before.as_ref(), c.after.clone());
+            self.emit_change(scope, &c.table, &c.key, c.before.as_ref(), c.after);
         }
     }
 
@@ -325,10 +325,10 @@ impl Node {
             }
             for c in &changes {
                 if c.after.as_ref().is_none_or(|e| e.hidden) {
-                    st.queue.invalidate(&(c.table.clone(), c.key.clone()));
+                    st.queue.invalidate(&QueueKeyRef(&c.table, &c.key));
                 }
             }
-            self.emit_changes(scope, &changes);
+            self.emit_changes(scope, changes);
         }
         self.net_peers = None;
     }
