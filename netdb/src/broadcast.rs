@@ -7,9 +7,11 @@
 //! has an intrusive doubly linked list through the slab, so insert, replace,
 //! take and requeue are all O(1) (plus the few list heads walked on take).
 
-use std::hash::Hash;
+use std::hash::{BuildHasherDefault, Hash};
 
 use indexmap::{Equivalent, IndexMap};
+
+use crate::hash::MapHasher;
 
 const NIL: u32 = u32::MAX;
 
@@ -52,8 +54,10 @@ pub(crate) struct BroadcastQueue<K, V> {
     slots: Vec<Slot<K, V>>,
     free: Vec<u32>,
     /// Slot of each queued key. Looked up with borrowed keys
-    /// (`Equivalent`), so a copy heard costs no allocation.
-    index: IndexMap<K, u32>,
+    /// (`Equivalent`), so a copy heard costs no allocation; hashed with
+    /// the fixed word-at-a-time `MapHasher`, not std's seeded SipHash,
+    /// which every copy heard paid.
+    index: IndexMap<K, u32, BuildHasherDefault<MapHasher>>,
     levels: Vec<List>,
     len: usize,
     max_len: usize,
@@ -64,7 +68,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
         BroadcastQueue {
             slots: Vec::new(),
             free: Vec::new(),
-            index: IndexMap::new(),
+            index: IndexMap::default(),
             levels: Vec::new(),
             len: 0,
             max_len: max_len.max(1),

@@ -45,19 +45,46 @@ impl Hasher {
     }
 }
 
-/// The same hash for `HashMap`s of table keys: fixed, so a simulated
-/// node's maps behave the same in every run (`RandomState` draws its keys
-/// from the OS), and safe unseeded for the reason above.
+/// A hash for this process's own maps and filters, never sent: fixed, so
+/// a simulated node's maps behave the same in every run (`RandomState`
+/// draws its keys from the OS), and safe unseeded for the reason above.
+/// Word at a time (FxHash's step), where the digest's FNV takes a multiply
+/// a byte: every gossiped copy hashes its key here, and FNV's chain of
+/// dependent multiplies over a 20-byte key was most of the lookup's cost.
 #[derive(Clone, Copy, Default)]
-pub(crate) struct MapHasher(Hasher);
+pub(crate) struct MapHasher(u64);
+
+impl MapHasher {
+    fn word(&mut self, w: u64) {
+        self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
+    }
+}
 
 impl std::hash::Hasher for MapHasher {
     fn write(&mut self, data: &[u8]) {
-        self.0 = self.0.feed(data);
+        let mut words = data.chunks_exact(8);
+        for w in &mut words {
+            self.word(u64::from_le_bytes(w.try_into().unwrap_or_default()));
+        }
+        let rest = words.remainder();
+        if !rest.is_empty() {
+            let mut last = [0; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            self.word(u64::from_le_bytes(last));
+        }
+    }
+
+    fn write_u64(&mut self, v: u64) {
+        self.word(v);
+    }
+
+    fn write_usize(&mut self, v: usize) {
+        self.word(v as u64);
     }
 
     fn finish(&self) -> u64 {
-        self.0.finish()
+        // Hash tables take their control bits from the top: mix them all.
+        mix(self.0)
     }
 }
 

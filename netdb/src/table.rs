@@ -107,15 +107,34 @@ enum Key {
 const INLINE_KEY: usize = 22;
 
 impl Key {
-    fn as_str(&self) -> &str {
+    fn as_bytes(&self) -> &[u8] {
         match self {
-            // Copied whole from a `str`, so it is UTF-8.
-            Key::Inline { len, bytes } => {
-                std::str::from_utf8(bytes.get(..usize::from(*len)).unwrap_or_default())
-                    .unwrap_or_default()
-            }
-            Key::Boxed(b) => b,
+            Key::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
+            Key::Boxed(b) => b.as_bytes(),
         }
+    }
+
+    fn as_str(&self) -> &str {
+        // Copied whole from a `str`, so it is UTF-8.
+        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
+    }
+}
+
+/// A key looked up by its text: hashed and compared as bytes, as `Key`
+/// is, because checking an inline key's UTF-8 on every compare of every
+/// gossiped copy's lookup cost more than the compare.
+#[derive(Hash)]
+struct KeyRef<'a>(&'a [u8]);
+
+impl<'a> KeyRef<'a> {
+    fn of(key: &'a str) -> KeyRef<'a> {
+        KeyRef(key.as_bytes())
+    }
+}
+
+impl indexmap::Equivalent<Key> for KeyRef<'_> {
+    fn equivalent(&self, key: &Key) -> bool {
+        self.0 == key.as_bytes()
     }
 }
 
@@ -139,23 +158,15 @@ impl std::ops::Deref for Key {
     }
 }
 
-/// Lookups by `&str` go through `Borrow`, so hash and equality are the
-/// string's.
-impl std::borrow::Borrow<str> for Key {
-    fn borrow(&self) -> &str {
-        self.as_str()
-    }
-}
-
 impl std::hash::Hash for Key {
     fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        self.as_str().hash(state);
+        KeyRef(self.as_bytes()).hash(state);
     }
 }
 
 impl PartialEq for Key {
     fn eq(&self, other: &Key) -> bool {
-        self.as_str() == other.as_str()
+        self.as_bytes() == other.as_bytes()
     }
 }
 
@@ -251,7 +262,7 @@ impl Tables {
     }
 
     pub(crate) fn get(&self, table: &str, key: &str) -> Option<&Entry> {
-        self.tables.get(table)?.entries.get(key)
+        self.tables.get(table)?.entries.get(&KeyRef::of(key))
     }
 
     /// One table's entries in key order.
@@ -361,7 +372,7 @@ impl Tables {
             None => self.tables.entry(table.into()).or_default(),
         };
         t.visible += usize::from(entry.visible());
-        let old = match t.entries.get_mut(key) {
+        let old = match t.entries.get_mut(&KeyRef::of(key)) {
             Some(slot) => Some(std::mem::replace(slot, entry)),
             None => {
                 let (i, _) = t.entries.insert_full(key.into(), entry);
@@ -384,7 +395,7 @@ impl Tables {
         let t = self.tables.get_mut(table)?;
         // The order of a table's vector is no order callers see; the last
         // entry takes the removed one's place, and its index entry follows.
-        let (i, _, old) = t.entries.swap_remove_full(key)?;
+        let (i, _, old) = t.entries.swap_remove_full(&KeyRef::of(key))?;
         t.visible -= usize::from(old.visible());
         let prefix = key_prefix(table, key);
         let leaf = leaf_of(prefix.finish());
