@@ -11,7 +11,7 @@ use prost::Message;
 use rand::RngExt;
 
 use super::Node;
-use super::scope::QueueKeyRef;
+use super::scope::queue_key;
 use super::send::datagram_room;
 use super::timers::Wake;
 use crate::codec::{self, EncodedEntry};
@@ -251,7 +251,7 @@ impl Node {
             return;
         }
         if let Some(st) = self.scope_mut(scope) {
-            st.queue.heard(&QueueKeyRef(table, key), after, |q| q.from.is_some());
+            st.queue.heard(&queue_key(table, key), after, |q| q.from.is_some());
         }
     }
 

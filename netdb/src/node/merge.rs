@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::Node;
 use super::cluster::is_leave_record;
-use super::scope::{QueueKeyRef, Queued};
+use super::scope::{Queued, queue_key};
 use super::timers::Wake;
 use crate::codec::{EncodedEntry, EntryRef, entry_from_wire};
 use crate::event::{EntryEventKind, Event};
@@ -127,7 +127,7 @@ impl Node {
             return;
         };
         let dropped =
-            st.queue.push((table.into(), key.into()), Queued { entry, framed_len, from }, limit);
+            st.queue.push(queue_key(table, key), Queued { entry, framed_len, from }, limit);
         self.stats.queue_overflow += dropped as u64;
         self.arm_tick(now);
     }
@@ -267,7 +267,7 @@ impl Node {
         let due = matches!(st.data.get(table, key), Some(e) if e.deleted && e.reap_at.is_some_and(|at| at <= now));
         if due {
             st.data.remove(table, key);
-            st.queue.invalidate(&QueueKeyRef(table, key));
+            st.queue.invalidate(&queue_key(table, key));
             if scope == Scope::Cluster {
                 self.cluster_entry_removed(table);
             }
@@ -325,7 +325,7 @@ impl Node {
             }
             for c in &changes {
                 if c.after.as_ref().is_none_or(|e| e.hidden) {
-                    st.queue.invalidate(&QueueKeyRef(&c.table, &c.key));
+                    st.queue.invalidate(&queue_key(&c.table, &c.key));
                 }
             }
             self.emit_changes(scope, changes);
