@@ -68,6 +68,18 @@ pub(crate) struct Owner {
     pub incarnation: u64,
     pub status: Status,
     pub addr: Option<SocketAddr>,
+    /// The last membership state logged and counted, with its
+    /// incarnation: events repeat a state, changes are counted once. Here
+    /// rather than in a map of its own, which cost every member a second
+    /// copy of its name and a B-tree slot (about 90 bytes).
+    pub reported: Option<(u64, MemberState)>,
+}
+
+impl Owner {
+    /// An owner first heard of, nothing reported yet.
+    pub(crate) fn new(incarnation: u64, addr: Option<SocketAddr>) -> Owner {
+        Owner { incarnation, status: Status::Alive, addr, reported: None }
+    }
 }
 
 /// Member state as users see it (`netdb members`).

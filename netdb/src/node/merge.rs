@@ -236,10 +236,7 @@ impl Node {
         }
         match self.owners.get(w.owner) {
             None => {
-                self.owners.insert(
-                    w.owner.to_owned(),
-                    Owner { incarnation: w.incarnation, status: Status::Alive, addr: None },
-                );
+                self.owners.insert(w.owner.to_owned(), Owner::new(w.incarnation, None));
                 Ok(false)
             }
             Some(o) if w.incarnation < o.incarnation => Err(DropReason::StaleIncarnation),

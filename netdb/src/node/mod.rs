@@ -89,9 +89,6 @@ pub struct Node {
     /// Joined user networks, by name.
     networks: BTreeMap<String, ScopeState>,
     owners: BTreeMap<String, Owner>,
-    /// The last membership state logged and counted per member, with its
-    /// incarnation: events repeat a state, changes are counted once.
-    reported: BTreeMap<String, (u64, MemberState)>,
     cluster_peers: PeerSet,
     net_peers: Option<BTreeMap<String, Vec<SocketAddr>>>,
     /// foca's cluster-size dependent settings in force.
@@ -184,7 +181,6 @@ impl Node {
             cluster,
             networks: BTreeMap::new(),
             owners: BTreeMap::new(),
-            reported: BTreeMap::new(),
             cluster_peers: PeerSet::default(),
             net_peers: None,
             swim_params: swim::swim_params(&cfg, 1),
@@ -209,10 +205,7 @@ impl Node {
             wall_origin_ms: 0,
             cfg,
         };
-        node.owners.insert(
-            node.name.clone(),
-            Owner { incarnation, status: Status::Alive, addr: Some(addr) },
-        );
+        node.owners.insert(node.name.clone(), Owner::new(incarnation, Some(addr)));
         let record = cluster::node_record(addr, false);
         let me = node.name.clone();
         node.write(now, Scope::Cluster, NODES_TABLE, &me, record.encode_to_vec().into(), false);

@@ -14,10 +14,14 @@ use crate::stats::MemberChange;
 use crate::table::{Entry, Rewrite};
 
 impl Node {
+    /// Reports `name`'s new state (the owner is known: every caller has
+    /// just updated it).
     fn member_event(&mut self, name: &str, state: MemberState) {
-        let (addr, incarnation) =
-            self.owners.get(name).map_or((None, 0), |o| (o.addr, o.incarnation));
-        let prior = self.reported.insert(name.into(), (incarnation, state));
+        let Some(o) = self.owners.get_mut(name) else {
+            return;
+        };
+        let (addr, incarnation) = (o.addr, o.incarnation);
+        let prior = o.reported.replace((incarnation, state));
         if let Some(change) = member_change(prior, incarnation, state) {
             self.stats.member_changes[change as usize] += 1;
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
@@ -62,11 +66,7 @@ impl Node {
             }
             None => {}
         }
-        let o = self.owners.entry(id.name.clone()).or_insert(Owner {
-            incarnation: id.incarnation,
-            status: Status::Alive,
-            addr: None,
-        });
+        let o = self.owners.entry(id.name.clone()).or_insert(Owner::new(id.incarnation, None));
         o.status = Status::Alive;
         o.addr = Some(id.addr);
         self.net_peers = None;
@@ -140,11 +140,7 @@ impl Node {
         incarnation: u64,
         addr: Option<SocketAddr>,
     ) {
-        let o = self.owners.entry(name.into()).or_insert(Owner {
-            incarnation,
-            status: Status::Alive,
-            addr,
-        });
+        let o = self.owners.entry(name.into()).or_insert(Owner::new(incarnation, addr));
         o.incarnation = incarnation;
         o.status = Status::Alive;
         if addr.is_some() {
