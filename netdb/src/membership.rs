@@ -9,6 +9,7 @@
 
 use std::hash::{BuildHasher, BuildHasherDefault};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{Foca, NoCustomBroadcast, PostcardCodec};
@@ -20,7 +21,11 @@ use crate::hash::MapHasher;
 
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct Identity {
-    pub name: String,
+    /// Shared by every copy foca and the owners' map keep (`rc` encodes it
+    /// as a plain string): a member's identity is cloned into each update
+    /// about it, and a simulated cluster's nodes all hold the one string
+    /// each member's introduction carried.
+    pub name: Arc<str>,
     pub incarnation: u64,
     pub generation: u32,
     pub addr: SocketAddr,
@@ -46,7 +51,7 @@ impl Identity {
     /// What we know of a seed before it answers: only its address. foca
     /// accepts an announce addressed to any identity with its address.
     pub(crate) fn placeholder(addr: SocketAddr) -> Self {
-        Identity { name: String::new(), incarnation: 0, generation: 0, addr }
+        Identity { name: "".into(), incarnation: 0, generation: 0, addr }
     }
 }
 

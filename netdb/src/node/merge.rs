@@ -236,7 +236,7 @@ impl Node {
         }
         match self.owners.get(w.owner) {
             None => {
-                self.owners.insert(w.owner.to_owned(), Owner::new(w.incarnation, None));
+                self.owners.insert(w.owner.into(), Owner::new(w.incarnation, None));
                 Ok(false)
             }
             Some(o) if w.incarnation < o.incarnation => Err(DropReason::StaleIncarnation),

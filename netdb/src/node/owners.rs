@@ -34,7 +34,7 @@ impl Node {
     /// foca says `id` is up: a new owner, a newer incarnation, or a failed
     /// owner back (its hidden entries become visible again, unchanged).
     pub(super) fn owner_up(&mut self, id: &Identity) {
-        if id.name == self.name || !valid_name(&id.name, self.cfg.max_name_len) {
+        if *id.name == *self.name || !valid_name(&id.name, self.cfg.max_name_len) {
             return;
         }
         let known = self.owners.get(&id.name).map(|o| (o.incarnation, o.status));
@@ -89,7 +89,7 @@ impl Node {
                 Rewrite::Keep
             }
         });
-        let wake = Wake::Grace { name: id.name.clone(), incarnation: inc };
+        let wake = Wake::Grace { name: id.name.to_string(), incarnation: inc };
         self.schedule(now + self.cfg.failed_grace, wake);
         self.member_event(&id.name, MemberState::Failed);
     }
