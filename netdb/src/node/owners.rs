@@ -3,6 +3,7 @@
 //! by a newer incarnation (the older one's entries removed for good).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
@@ -14,6 +15,16 @@ use crate::stats::MemberChange;
 use crate::table::{Entry, Rewrite};
 
 impl Node {
+    /// The owners' map's copy of `name`, which every entry of the owner in
+    /// every scope shares: a string a member on each node (on all nodes in
+    /// the simulator, whose members' names come from one place), where
+    /// each scope's tables kept one of their own (about 60 bytes a member
+    /// in the cluster scope). Entries are only stored of owners the map
+    /// holds (`admit_owner`, this node's own name).
+    pub(super) fn owner_name(&self, name: &str) -> Arc<str> {
+        self.owners.get_key_value(name).map_or_else(|| name.into(), |(k, _)| k.clone())
+    }
+
     /// Reports `name`'s new state (the owner is known: every caller has
     /// just updated it).
     fn member_event(&mut self, name: &str, state: MemberState) {
@@ -214,6 +225,27 @@ mod tests {
         let members = n.members();
         let peer = members.iter().find(|m| m.name == "peer").expect("known");
         assert_eq!(peer.incarnation, 2);
+    }
+
+    #[test]
+    fn an_owners_entries_share_the_owners_map_string() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        let two = ["a", "b"].map(|k| peer_entry("t", k, Bytes::from_static(b"1"), 2, false));
+        n.handle_datagram(t, from, &gossip("net", two.to_vec()));
+        n.put(t, "net", "t", "mine", Bytes::from_static(b"2")).unwrap();
+        let shared = |name: &str| n.owners.get_key_value(name).map(|(k, _)| k.clone()).unwrap();
+        let (peer, me) = (shared("peer"), shared("solo"));
+        let net = &n.networks["net"].data;
+        for k in ["a", "b"] {
+            assert!(std::sync::Arc::ptr_eq(&net.get("t", k).unwrap().owner, &peer), "{k}");
+        }
+        let own = [net.get("t", "mine"), n.cluster.data.get(crate::names::NODES_TABLE, "solo")];
+        for e in own {
+            assert!(std::sync::Arc::ptr_eq(&e.unwrap().owner, &me), "own entries too");
+        }
     }
 
     fn wire_entry_of_incarnation(incarnation: u64, key: &str) -> netdb_wire::Entry {
