@@ -183,11 +183,9 @@ fn member_change(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bytes::Bytes;
 
-    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use super::super::test_support::{gossip, node_in_net, peer_entry};
     use super::member_change;
     use crate::membership::MemberState::{Alive, Failed, Left};
     use crate::stats::{DropReason, MemberChange};
@@ -207,10 +205,7 @@ mod tests {
 
     #[test]
     fn a_newer_incarnation_removes_what_the_older_wrote() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
+        let (mut n, t, from) = node_in_net();
         let first = peer_entry("t", "a", Bytes::from_static(b"1"), 2, false);
         n.handle_datagram(t, from, &gossip("net", vec![first.clone()]));
         assert!(n.get("net", "t", "a").is_some());
@@ -229,10 +224,7 @@ mod tests {
 
     #[test]
     fn an_owners_entries_share_the_owners_map_string() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
+        let (mut n, t, from) = node_in_net();
         let two = ["a", "b"].map(|k| peer_entry("t", k, Bytes::from_static(b"1"), 2, false));
         n.handle_datagram(t, from, &gossip("net", two.to_vec()));
         n.put(t, "net", "t", "mine", Bytes::from_static(b"2")).unwrap();
