@@ -7,17 +7,25 @@
 //! and renews itself, and at each restart that kept the state; neither
 //! touches its entries.
 
-use std::collections::HashMap;
+use std::hash::{BuildHasher, BuildHasherDefault};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{Foca, NoCustomBroadcast, PostcardCodec};
+use hashbrown::HashTable;
 use rand::rngs::StdRng;
 use serde::{Deserialize, Serialize};
 
+use crate::hash::MapHasher;
+
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub(crate) struct Identity {
-    pub name: String,
+    /// Shared by every copy foca and the owners' map keep (`rc` encodes it
+    /// as a plain string): a member's identity is cloned into each update
+    /// about it, and a simulated cluster's nodes all hold the one string
+    /// each member's introduction carried.
+    pub name: Arc<str>,
     pub incarnation: u64,
     pub generation: u32,
     pub addr: SocketAddr,
@@ -43,7 +51,7 @@ impl Identity {
     /// What we know of a seed before it answers: only its address. foca
     /// accepts an announce addressed to any identity with its address.
     pub(crate) fn placeholder(addr: SocketAddr) -> Self {
-        Identity { name: String::new(), incarnation: 0, generation: 0, addr }
+        Identity { name: "".into(), incarnation: 0, generation: 0, addr }
     }
 }
 
@@ -68,6 +76,18 @@ pub(crate) struct Owner {
     pub incarnation: u64,
     pub status: Status,
     pub addr: Option<SocketAddr>,
+    /// The last membership state logged and counted, with its
+    /// incarnation: events repeat a state, changes are counted once. Here
+    /// rather than in a map of its own, which cost every member a second
+    /// copy of its name and a B-tree slot (about 90 bytes).
+    pub reported: Option<(u64, MemberState)>,
+}
+
+impl Owner {
+    /// An owner first heard of, nothing reported yet.
+    pub(crate) fn new(incarnation: u64, addr: Option<SocketAddr>) -> Owner {
+        Owner { incarnation, status: Status::Alive, addr, reported: None }
+    }
 }
 
 /// Member state as users see it (`netdb members`).
@@ -115,26 +135,53 @@ pub struct MemberInfo {
 }
 
 /// A set of addresses with O(1) insert, remove and uniform random choice;
-/// iteration order is insertion history, so it is deterministic.
+/// iteration order is insertion history, so it is deterministic. The
+/// addresses lie in a vector, and a hash table holds their positions (4
+/// bytes a slot): a map from address to position beside the vector cost
+/// about 84 bytes a member, on every node for every member.
 #[derive(Debug, Default, Clone)]
 pub(crate) struct PeerSet {
     list: Vec<SocketAddr>,
-    pos: HashMap<SocketAddr, usize>,
+    pos: HashTable<u32>,
+}
+
+fn addr_hash(a: &SocketAddr) -> u64 {
+    BuildHasherDefault::<MapHasher>::default().hash_one(a)
 }
 
 impl PeerSet {
-    pub(crate) fn insert(&mut self, a: SocketAddr) {
-        if !self.pos.contains_key(&a) {
-            self.pos.insert(a, self.list.len());
-            self.list.push(a);
-        }
+    fn find(&self, a: &SocketAddr) -> Option<usize> {
+        let list = &self.list;
+        self.pos.find(addr_hash(a), |&i| list.get(i as usize) == Some(a)).map(|&i| i as usize)
     }
 
+    pub(crate) fn insert(&mut self, a: SocketAddr) {
+        if self.find(&a).is_some() {
+            return;
+        }
+        // A cluster of 2^32 members is out of reach: every one of them is
+        // in this vector.
+        let Ok(i) = u32::try_from(self.list.len()) else {
+            return;
+        };
+        let list = &self.list;
+        self.pos.insert_unique(addr_hash(&a), i, |&j| addr_hash(&list[j as usize]));
+        self.list.push(a);
+    }
+
+    /// The last address takes the removed one's place.
     pub(crate) fn remove(&mut self, a: &SocketAddr) {
-        if let Some(i) = self.pos.remove(a) {
-            self.list.swap_remove(i);
-            if let Some(moved) = self.list.get(i) {
-                self.pos.insert(*moved, i);
+        let list = &self.list;
+        let Ok(found) = self.pos.find_entry(addr_hash(a), |&i| list.get(i as usize) == Some(a))
+        else {
+            return;
+        };
+        let (i, _) = found.remove();
+        self.list.swap_remove(i as usize);
+        if let Some(moved) = self.list.get(i as usize) {
+            let last = self.list.len() as u32;
+            if let Some(p) = self.pos.find_mut(addr_hash(moved), |&j| j == last) {
+                *p = i;
             }
         }
     }
@@ -189,5 +236,29 @@ mod tests {
             s.remove(x);
         }
         assert!(s.as_slice().is_empty());
+    }
+
+    #[test]
+    fn peer_set_index_follows_swap_removals() {
+        let mut s = PeerSet::default();
+        let mut model = std::collections::BTreeSet::new();
+        let mut rng = crate::hash::Rng(7);
+        for _ in 0..5000 {
+            let r = rng.next();
+            let a: SocketAddr = format!("10.0.{}.1:7946", r % 200).parse().unwrap();
+            if r & (1 << 40) == 0 {
+                s.insert(a);
+                model.insert(a);
+            } else {
+                s.remove(&a);
+                model.remove(&a);
+            }
+            assert_eq!(s.len(), model.len());
+        }
+        for (i, a) in s.as_slice().iter().enumerate() {
+            assert_eq!(s.find(a), Some(i), "{a} found where it lies");
+        }
+        let listed: std::collections::BTreeSet<_> = s.as_slice().iter().copied().collect();
+        assert_eq!(listed, model);
     }
 }

@@ -7,8 +7,8 @@
 //! tombstone with the same ltime as a live entry hid it forever on some
 //! nodes and not on others.
 
+use std::collections::BTreeMap;
 use std::collections::btree_map::Entry::{Occupied, Vacant};
-use std::collections::{BTreeMap, HashSet};
 use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,8 +25,8 @@ use crate::hash::{Hasher, MapHasher};
 pub struct Entry {
     /// The value (the last one, for a tombstone).
     pub value: Bytes,
-    /// The node that wrote it; one allocation per owner in a network,
-    /// shared by its entries there.
+    /// The node that wrote it; one allocation per owner on a node, shared
+    /// by its entries in every scope (`Node::owner_name`).
     pub owner: Arc<str>,
     /// The owner's incarnation at the write.
     pub incarnation: u64,
@@ -244,9 +244,6 @@ struct Table {
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
     tables: BTreeMap<String, Table>,
-    /// The owners of the entries held, each once: a network holds entries
-    /// of a few owners, and a string each cost 56 bytes an entry.
-    owners: HashSet<Arc<str>, BuildHasherDefault<MapHasher>>,
     digest: Digest,
 }
 
@@ -331,28 +328,6 @@ impl Tables {
         if add { self.digest.add(k, h) } else { self.digest.remove(k, h) }
     }
 
-    /// The shared copy of `owner`, made with its first entry here (the
-    /// caller stores an entry of it).
-    pub(crate) fn intern(&mut self, owner: &str) -> Arc<str> {
-        match self.owners.get(owner) {
-            Some(held) => held.clone(),
-            None => {
-                let owner: Arc<str> = owner.into();
-                self.owners.insert(owner.clone());
-                owner
-            }
-        }
-    }
-
-    /// Forgets an owner whose last entry here is `gone` (taken out), so
-    /// the set holds only owners of held entries.
-    fn release(&mut self, gone: &Entry) {
-        // The set's copy and `gone`'s: no entry here holds it.
-        if Arc::strong_count(&gone.owner) == 2 {
-            self.owners.remove(&*gone.owner);
-        }
-    }
-
     /// Inserts or replaces a copy of `entry`, keeping the digest; returns
     /// the replaced entry. The value is copied: a `Bytes` made from a
     /// vector gets a shared header (a 32-byte chunk) at its first clone and
@@ -362,7 +337,8 @@ impl Tables {
     pub(crate) fn insert(&mut self, table: &str, key: &str, entry: &Entry) -> Option<Entry> {
         let entry = Entry {
             value: Bytes::copy_from_slice(&entry.value),
-            owner: self.intern(&entry.owner),
+            // Shared: the node gives each owner's entries one string.
+            owner: entry.owner.clone(),
             ..*entry
         };
         let prefix = key_prefix(table, key);
@@ -386,7 +362,6 @@ impl Tables {
         if let Some(o) = &old {
             t.visible -= usize::from(o.visible());
             self.count(prefix, o, false);
-            self.release(o);
         }
         old
     }
@@ -412,7 +387,6 @@ impl Tables {
             self.tables.remove(table);
         }
         self.count(prefix, &old, false);
-        self.release(&old);
         Some(old)
     }
 
@@ -586,25 +560,6 @@ mod tests {
             assert!(s.remove("t", k).is_some(), "{k:?}");
         }
         assert_eq!(s.len(), 0);
-    }
-
-    #[test]
-    fn owners_are_held_once_and_forgotten_with_their_last_entry() {
-        let mut s = Tables::default();
-        s.insert("t", "a", &e("x", 1, false));
-        s.insert("u", "b", &e("x", 2, false));
-        s.insert("t", "c", &e("y", 3, false));
-        let (a, b) = (s.get("t", "a").unwrap(), s.get("u", "b").unwrap());
-        assert!(Arc::ptr_eq(&a.owner, &b.owner), "one string for x's entries");
-        assert_eq!(s.owners.len(), 2);
-        s.insert("t", "c", &e("x", 4, false));
-        assert_eq!(s.owners.len(), 1, "y's last entry was replaced");
-        s.remove("t", "a");
-        s.remove("u", "b");
-        assert_eq!(s.owners.len(), 1, "x still holds c");
-        let c = s.remove("t", "c").unwrap();
-        assert!(s.owners.is_empty());
-        assert_eq!(&*c.owner, "x");
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl Node {
     /// objects is then as good as the cluster's.
     pub fn cluster_synced(&self) -> bool {
         self.cluster.synced
-            || !self.owners.iter().any(|(n, o)| *n != self.name && o.status == Status::Alive)
+            || !self.owners.iter().any(|(n, o)| **n != *self.name && o.status == Status::Alive)
     }
 
     /// Names of the live nodes this node gossips `network` to.

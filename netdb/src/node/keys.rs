@@ -22,12 +22,12 @@ impl Node {
             return Err(Error::Left);
         }
         let mut to = Audience::default();
-        for (name, o) in self.owners.iter().filter(|(n, _)| **n != self.name) {
+        for (name, o) in self.owners.iter().filter(|(n, _)| ***n != *self.name) {
             match (o.status, o.addr) {
                 (Status::Alive, Some(addr)) => {
-                    to.alive.insert(name.clone(), addr);
+                    to.alive.insert(name.to_string(), addr);
                 }
-                (Status::Failed { .. }, _) => to.failed.push(name.clone()),
+                (Status::Failed { .. }, _) => to.failed.push(name.to_string()),
                 _ => {}
             }
         }
@@ -52,7 +52,7 @@ impl Node {
     pub(super) fn handle_key_query(&mut self, now: Duration, from: SocketAddr, q: wire::KeyQuery) {
         let origin_alive = self
             .owners
-            .get(&q.origin)
+            .get(q.origin.as_str())
             .is_some_and(|o| o.incarnation == q.incarnation && o.status == Status::Alive);
         let me = self.local(now);
         let max_age = self.cfg.key_query_max_age;

@@ -61,7 +61,7 @@ impl Node {
         }
         let entry = Entry {
             value,
-            owner: self.name.as_str().into(),
+            owner: self.owner_name(&self.name),
             incarnation: self.incarnation,
             ltime: self.clock.tick(),
             deleted,
@@ -197,12 +197,10 @@ impl Node {
             return Merged::News;
         }
         let ttl = self.cfg.tombstone_ttl;
-        let Some(st) = self.scope_mut(scope) else {
+        if self.scope(scope).is_none() {
             return Merged::Nothing;
-        };
-        // The table's copy of the owner's name: a received entry of a known
-        // owner allocates none.
-        let owner = st.data.intern(w.owner);
+        }
+        let owner = self.owner_name(w.owner);
         let mut entry = entry_from_wire(w, owner, now, ttl);
         entry.hidden = hidden;
         let relay = match via {
@@ -236,10 +234,7 @@ impl Node {
         }
         match self.owners.get(w.owner) {
             None => {
-                self.owners.insert(
-                    w.owner.to_owned(),
-                    Owner { incarnation: w.incarnation, status: Status::Alive, addr: None },
-                );
+                self.owners.insert(w.owner.into(), Owner::new(w.incarnation, None));
                 Ok(false)
             }
             Some(o) if w.incarnation < o.incarnation => Err(DropReason::StaleIncarnation),

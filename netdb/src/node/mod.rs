@@ -44,6 +44,7 @@ mod tree;
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use foca::AccumulatingRuntime;
@@ -88,10 +89,8 @@ pub struct Node {
     cluster: ScopeState,
     /// Joined user networks, by name.
     networks: BTreeMap<String, ScopeState>,
-    owners: BTreeMap<String, Owner>,
-    /// The last membership state logged and counted per member, with its
-    /// incarnation: events repeat a state, changes are counted once.
-    reported: BTreeMap<String, (u64, MemberState)>,
+    /// Keyed by the name foca's identity of the member holds, shared.
+    owners: BTreeMap<Arc<str>, Owner>,
     cluster_peers: PeerSet,
     net_peers: Option<BTreeMap<String, Vec<SocketAddr>>>,
     /// foca's cluster-size dependent settings in force.
@@ -184,7 +183,6 @@ impl Node {
             cluster,
             networks: BTreeMap::new(),
             owners: BTreeMap::new(),
-            reported: BTreeMap::new(),
             cluster_peers: PeerSet::default(),
             net_peers: None,
             swim_params: swim::swim_params(&cfg, 1),
@@ -209,10 +207,7 @@ impl Node {
             wall_origin_ms: 0,
             cfg,
         };
-        node.owners.insert(
-            node.name.clone(),
-            Owner { incarnation, status: Status::Alive, addr: Some(addr) },
-        );
+        node.owners.insert(node.name.as_str().into(), Owner::new(incarnation, Some(addr)));
         let record = cluster::node_record(addr, false);
         let me = node.name.clone();
         node.write(now, Scope::Cluster, NODES_TABLE, &me, record.encode_to_vec().into(), false);
@@ -509,18 +504,18 @@ impl Node {
                 .map(|r| r.version)
                 .unwrap_or_default();
             let info = MemberInfo {
-                name: name.clone(),
+                name: name.to_string(),
                 addr: o.addr,
                 incarnation: o.incarnation,
                 generation: 0,
                 state,
                 version,
             };
-            out.insert(name.clone(), info);
+            out.insert(name.to_string(), info);
         }
         for m in self.swim.iter_membership_state() {
             let id = m.id();
-            if let Some(info) = out.get_mut(&id.name)
+            if let Some(info) = out.get_mut(&*id.name)
                 && info.incarnation == id.incarnation
             {
                 info.generation = id.generation;

@@ -3,6 +3,7 @@
 //! by a newer incarnation (the older one's entries removed for good).
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::Node;
@@ -14,10 +15,24 @@ use crate::stats::MemberChange;
 use crate::table::{Entry, Rewrite};
 
 impl Node {
+    /// The owners' map's copy of `name`, which every entry of the owner in
+    /// every scope shares: a string a member on each node (on all nodes in
+    /// the simulator, whose members' names come from one place), where
+    /// each scope's tables kept one of their own (about 60 bytes a member
+    /// in the cluster scope). Entries are only stored of owners the map
+    /// holds (`admit_owner`, this node's own name).
+    pub(super) fn owner_name(&self, name: &str) -> Arc<str> {
+        self.owners.get_key_value(name).map_or_else(|| name.into(), |(k, _)| k.clone())
+    }
+
+    /// Reports `name`'s new state (the owner is known: every caller has
+    /// just updated it).
     fn member_event(&mut self, name: &str, state: MemberState) {
-        let (addr, incarnation) =
-            self.owners.get(name).map_or((None, 0), |o| (o.addr, o.incarnation));
-        let prior = self.reported.insert(name.into(), (incarnation, state));
+        let Some(o) = self.owners.get_mut(name) else {
+            return;
+        };
+        let (addr, incarnation) = (o.addr, o.incarnation);
+        let prior = o.reported.replace((incarnation, state));
         if let Some(change) = member_change(prior, incarnation, state) {
             self.stats.member_changes[change as usize] += 1;
             let addr = addr.map(|a| a.to_string()).unwrap_or_default();
@@ -30,7 +45,7 @@ impl Node {
     /// foca says `id` is up: a new owner, a newer incarnation, or a failed
     /// owner back (its hidden entries become visible again, unchanged).
     pub(super) fn owner_up(&mut self, id: &Identity) {
-        if id.name == self.name || !valid_name(&id.name, self.cfg.max_name_len) {
+        if *id.name == *self.name || !valid_name(&id.name, self.cfg.max_name_len) {
             return;
         }
         let known = self.owners.get(&id.name).map(|o| (o.incarnation, o.status));
@@ -62,11 +77,7 @@ impl Node {
             }
             None => {}
         }
-        let o = self.owners.entry(id.name.clone()).or_insert(Owner {
-            incarnation: id.incarnation,
-            status: Status::Alive,
-            addr: None,
-        });
+        let o = self.owners.entry(id.name.clone()).or_insert(Owner::new(id.incarnation, None));
         o.status = Status::Alive;
         o.addr = Some(id.addr);
         self.net_peers = None;
@@ -89,7 +100,7 @@ impl Node {
                 Rewrite::Keep
             }
         });
-        let wake = Wake::Grace { name: id.name.clone(), incarnation: inc };
+        let wake = Wake::Grace { name: id.name.to_string(), incarnation: inc };
         self.schedule(now + self.cfg.failed_grace, wake);
         self.member_event(&id.name, MemberState::Failed);
     }
@@ -140,11 +151,7 @@ impl Node {
         incarnation: u64,
         addr: Option<SocketAddr>,
     ) {
-        let o = self.owners.entry(name.into()).or_insert(Owner {
-            incarnation,
-            status: Status::Alive,
-            addr,
-        });
+        let o = self.owners.entry(name.into()).or_insert(Owner::new(incarnation, addr));
         o.incarnation = incarnation;
         o.status = Status::Alive;
         if addr.is_some() {
@@ -176,11 +183,9 @@ fn member_change(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use bytes::Bytes;
 
-    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use super::super::test_support::{gossip, node_in_net, peer_entry};
     use super::member_change;
     use crate::membership::MemberState::{Alive, Failed, Left};
     use crate::stats::{DropReason, MemberChange};
@@ -200,10 +205,7 @@ mod tests {
 
     #[test]
     fn a_newer_incarnation_removes_what_the_older_wrote() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
+        let (mut n, t, from) = node_in_net();
         let first = peer_entry("t", "a", Bytes::from_static(b"1"), 2, false);
         n.handle_datagram(t, from, &gossip("net", vec![first.clone()]));
         assert!(n.get("net", "t", "a").is_some());
@@ -218,6 +220,24 @@ mod tests {
         let members = n.members();
         let peer = members.iter().find(|m| m.name == "peer").expect("known");
         assert_eq!(peer.incarnation, 2);
+    }
+
+    #[test]
+    fn an_owners_entries_share_the_owners_map_string() {
+        let (mut n, t, from) = node_in_net();
+        let two = ["a", "b"].map(|k| peer_entry("t", k, Bytes::from_static(b"1"), 2, false));
+        n.handle_datagram(t, from, &gossip("net", two.to_vec()));
+        n.put(t, "net", "t", "mine", Bytes::from_static(b"2")).unwrap();
+        let shared = |name: &str| n.owners.get_key_value(name).map(|(k, _)| k.clone()).unwrap();
+        let (peer, me) = (shared("peer"), shared("solo"));
+        let net = &n.networks["net"].data;
+        for k in ["a", "b"] {
+            assert!(std::sync::Arc::ptr_eq(&net.get("t", k).unwrap().owner, &peer), "{k}");
+        }
+        let own = [net.get("t", "mine"), n.cluster.data.get(crate::names::NODES_TABLE, "solo")];
+        for e in own {
+            assert!(std::sync::Arc::ptr_eq(&e.unwrap().owner, &me), "own entries too");
+        }
     }
 
     fn wire_entry_of_incarnation(incarnation: u64, key: &str) -> netdb_wire::Entry {

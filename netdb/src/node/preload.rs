@@ -14,7 +14,7 @@ use super::Node;
 use super::merge::Via;
 use crate::broadcast::BroadcastQueue;
 use crate::codec::entry_to_wire;
-use crate::membership::Identity;
+use crate::membership::{Identity, Owner};
 use crate::names::Scope;
 
 /// What a member tells a joining node about itself: its SWIM identity and
@@ -43,6 +43,11 @@ impl Node {
     pub(crate) fn learn_cluster_tables(&mut self, now: Duration, cluster: &[Introduction]) {
         let me = self.addr;
         for m in cluster.iter().filter(|m| m.id.addr != me) {
+            // The owner record its first entry would make, keyed by the
+            // name its identity carries, as `owner_up` keys it: one string
+            // for every node that knows the member.
+            let owner = Owner::new(m.id.incarnation, None);
+            self.owners.entry(m.id.name.clone()).or_insert(owner);
             for e in &m.entries {
                 self.apply_remote(now, Scope::Cluster, &e.into(), Via::Sync);
             }

@@ -37,7 +37,7 @@ impl Node {
         let mut known: Vec<SocketAddr> = self
             .owners
             .iter()
-            .filter(|(name, o)| *name != &self.name && o.status != Status::Left)
+            .filter(|(name, o)| ***name != *self.name && o.status != Status::Left)
             .filter_map(|(_, o)| o.addr)
             .filter(|a| !targets.contains(a))
             .collect();
@@ -115,7 +115,7 @@ impl Node {
         match n {
             OwnedNotification::MemberUp(id) => {
                 self.cluster_peers.insert(id.addr);
-                self.suspicions.held.remove(&id.name);
+                self.suspicions.held.remove(&*id.name);
                 self.owner_up(&id);
                 self.resize_swim();
             }
@@ -251,14 +251,14 @@ impl Node {
         let wait = self.cfg.probe_rtt * (1 + self.suspicions.health());
         self.schedule(now + wait, Wake::DownHold(id.clone()));
         let held = Held { id, answered: false, extended: false };
-        self.suspicions.held.insert(held.id.name.clone(), held);
+        self.suspicions.held.insert(held.id.name.to_string(), held);
     }
 
     /// A hold of a member declared down by others ended. Silent, it is down
     /// here too; if it answered, it gets `unexpected_down_hold` to renew
     /// its identity (which ends the hold: `MemberUp`).
     pub(super) fn down_hold_ended(&mut self, now: Duration, id: &Identity) {
-        let Some(h) = self.suspicions.held.get_mut(&id.name).filter(|h| &h.id == id) else {
+        let Some(h) = self.suspicions.held.get_mut(&*id.name).filter(|h| &h.id == id) else {
             return;
         };
         if h.answered && !h.extended {
@@ -267,7 +267,7 @@ impl Node {
             self.schedule(now + self.cfg.unexpected_down_hold, Wake::DownHold(id.clone()));
             return;
         }
-        self.suspicions.held.remove(&id.name);
+        self.suspicions.held.remove(&*id.name);
         let back = self
             .swim
             .iter_members()

@@ -1,5 +1,6 @@
 //! Helpers the node's unit tests share.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -16,6 +17,15 @@ pub(super) const PEER: &str = "127.0.0.2:7946";
 pub(super) fn node(ttl: Duration) -> Node {
     let cfg = Config { tombstone_ttl: ttl, ..Config::default() };
     Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO).unwrap()
+}
+
+/// A lone node (tombstones live a minute) that joined "net" at 1 s, the
+/// time, and the peer's address.
+pub(super) fn node_in_net() -> (Node, Duration, SocketAddr) {
+    let mut n = node(Duration::from_secs(60));
+    let t = Duration::from_secs(1);
+    n.join_network(t, "net").unwrap();
+    (n, t, PEER.parse().unwrap())
 }
 
 /// A plaintext gossip datagram for `network` ("" is the cluster scope).

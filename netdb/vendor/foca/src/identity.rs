@@ -35,10 +35,10 @@ pub trait Identity: Clone + Eq + fmt::Debug {
     ///
     /// It's a good idea to have this type as lean as possible
     ///
-    /// Ordered so that members can be found by address without a scan
-    /// (netdb's patch: foca 2.0.0 searched its member list linearly on
-    /// every message).
-    type Addr: PartialEq + Ord + Clone;
+    /// Hashed so that members can be found by address without a scan,
+    /// and ordered for the address ring (netdb's patch: foca 2.0.0
+    /// searched its member list linearly on every message).
+    type Addr: PartialEq + Ord + Clone + core::hash::Hash;
 
     /// Opt-in on auto-rejoining by providing a new identity.
     ///

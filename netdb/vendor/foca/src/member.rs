@@ -2,7 +2,10 @@
  * License, v. 2.0. If a copy of the MPL was not distributed with this
  * file, You can obtain one at https://mozilla.org/MPL/2.0/. */
 extern crate alloc;
-use alloc::{collections::BTreeMap, vec::Vec};
+use alloc::vec::Vec;
+use core::hash::{Hash, Hasher};
+
+use hashbrown::HashTable;
 
 use rand::{
     RngExt,
@@ -137,11 +140,68 @@ pub(crate) struct Members<T: crate::Identity> {
     pub(crate) inner: Vec<Member<T>>,
     cursor: usize,
     num_active: usize,
-    // netdb's patch: where each member sits in `inner`, by address. foca
-    // 2.0.0 found members with a linear scan on every message received
-    // (the sender is applied as alive), which dominated simulations of
-    // thousands of members.
-    index: BTreeMap<T::Addr, usize>,
+    // netdb's patch: where each member sits in `inner`, a hash table of
+    // positions by address. foca 2.0.0 found members with a linear scan on
+    // every message received (the sender is applied as alive), which
+    // dominated simulations of thousands of members. A map from address
+    // to position cost 64 bytes a member, this about 8.
+    index: HashTable<u32>,
+    // netdb's patch: the ring successor of an address (`successor`), kept
+    // as members come and go; `None` when it must be found again.
+    ring: Option<Ring<T::Addr>>,
+}
+
+/// netdb's patch: the first active member after `from` in address order.
+struct Ring<A> {
+    from: A,
+    next: Option<A>,
+}
+
+impl<A: Ord> Ring<A> {
+    /// True when `a` comes before `b` going round the ring from `from`.
+    fn before(&self, a: &A, b: &A) -> bool {
+        (a < &self.from, a) < (b < &self.from, b)
+    }
+
+    /// An active member at `a` appeared.
+    fn offer(&mut self, a: A) {
+        if a == self.from {
+            return;
+        }
+        match &self.next {
+            Some(next) if !self.before(&a, next) => {}
+            _ => self.next = Some(a),
+        }
+    }
+}
+
+/// netdb's patch: FNV-1a with SplitMix64's finaliser, for the address
+/// index (no_std has no hasher, and the index needs good low bits).
+struct AddrHasher(u64);
+
+impl Hasher for AddrHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        z ^ (z >> 31)
+    }
+}
+
+fn addr_hash<A: Hash>(a: &A) -> u64 {
+    let mut h = AddrHasher(0xcbf2_9ce4_8422_2325);
+    a.hash(&mut h);
+    h.finish()
+}
+
+fn member_hash<T: crate::Identity>(m: &Member<T>) -> u64 {
+    addr_hash(&m.id.addr())
 }
 
 #[cfg(test)]
@@ -169,7 +229,8 @@ where
             cursor: 0,
             num_active,
             inner,
-            index: BTreeMap::new(),
+            index: HashTable::new(),
+            ring: None,
         };
         members.reindex();
         members
@@ -177,13 +238,41 @@ where
 
     fn reindex(&mut self) {
         self.index.clear();
-        for (pos, member) in self.inner.iter().enumerate() {
-            self.index.insert(member.id.addr(), pos);
+        let inner = &self.inner;
+        for (pos, member) in inner.iter().enumerate() {
+            // Positions fit in 32 bits: no cluster has 4 billion members.
+            self.index.insert_unique(member_hash(member), pos as u32, |&i| {
+                member_hash(&inner[i as usize])
+            });
         }
     }
 
     fn position(&self, addr: &T::Addr) -> Option<usize> {
-        self.index.get(addr).copied()
+        let inner = &self.inner;
+        self.index
+            .find(addr_hash(addr), |&i| inner[i as usize].id.addr() == *addr)
+            .map(|&i| i as usize)
+    }
+
+    /// netdb's patch: the member at `moved` was at `was`.
+    fn moved(&mut self, was: usize, moved: usize) {
+        let h = member_hash(&self.inner[moved]);
+        if let Some(p) = self.index.find_mut(h, |&i| i as usize == was) {
+            *p = moved as u32;
+        }
+    }
+
+    /// netdb's patch: the active set changed at `addr`; `now_active` is
+    /// whether the member there is active now.
+    fn ring_changed(&mut self, addr: T::Addr, now_active: bool) {
+        let Some(ring) = &mut self.ring else {
+            return;
+        };
+        if now_active {
+            ring.offer(addr);
+        } else if ring.next.as_ref() == Some(&addr) {
+            self.ring = None;
+        }
     }
 
     // Next member that's considered active
@@ -232,14 +321,19 @@ where
 
     /// netdb's patch: the first active member after `addr` in address
     /// order, wrapping around (`Config::ring_probes`).
-    pub(crate) fn successor(&self, addr: &T::Addr) -> Option<&Member<T>> {
-        use core::ops::Bound::{Excluded, Unbounded};
-        let after = self.index.range((Excluded(addr), Unbounded));
-        let before = self.index.range(..addr);
-        after
-            .chain(before)
-            .filter_map(|(_, &pos)| self.inner.get(pos))
-            .find(|m| m.is_active())
+    /// Found by a scan of the members only when the one found before went
+    /// down or left, or `addr` changed; new and returning members are
+    /// compared with it as they come.
+    pub(crate) fn successor(&mut self, addr: &T::Addr) -> Option<&Member<T>> {
+        if self.ring.as_ref().is_none_or(|r| r.from != *addr) {
+            let mut ring = Ring { from: addr.clone(), next: None };
+            for m in self.inner.iter().filter(|m| m.is_active()) {
+                ring.offer(m.id.addr());
+            }
+            self.ring = Some(ring);
+        }
+        let next = self.ring.as_ref()?.next.as_ref()?;
+        self.inner.get(self.position(next)?)
     }
 
     /// netdb's patch: the member of identity `id`, if it is suspect.
@@ -334,10 +428,12 @@ where
         if &member.id != id || member.state != State::Down {
             return None;
         }
-        self.index.remove(&id.addr());
+        if let Ok(found) = self.index.find_entry(member_hash(member), |&i| i as usize == pos) {
+            found.remove();
+        }
         let removed = self.inner.swap_remove(pos);
-        if let Some(moved) = self.inner.get(pos) {
-            self.index.insert(moved.id.addr(), pos);
+        if pos < self.inner.len() {
+            self.moved(self.inner.len(), pos);
         }
         Some(removed)
     }
@@ -403,8 +499,9 @@ where
 
             let is_active_now = known_member.is_active();
             let changed_active_set = is_active_now != was_active;
-
+            let addr = known_member.id.addr();
             if changed_active_set {
+                self.ring_changed(addr, is_active_now);
                 // XXX Overzealous checking
                 if is_active_now {
                     self.num_active = self.num_active.saturating_add(1);
@@ -440,10 +537,17 @@ where
                     .unwrap_or(inserted_at);
 
                 self.inner.swap(swap_idx, inserted_at);
-                self.index.insert(addr, swap_idx);
+                // The member moved out of `swap_idx` first: until the new
+                // one is indexed, only it is indexed at that position.
                 if swap_idx != inserted_at {
-                    self.index
-                        .insert(self.inner[inserted_at].id.addr(), inserted_at);
+                    self.moved(swap_idx, inserted_at);
+                }
+                let inner = &self.inner;
+                self.index.insert_unique(addr_hash(&addr), swap_idx as u32, |&i| {
+                    member_hash(&inner[i as usize])
+                });
+                if is_active_now {
+                    self.ring_changed(addr, true);
                 }
 
                 if is_active_now {
@@ -834,23 +938,59 @@ mod tests {
             Member::suspect(Id("e")),
             Member::alive(Id("g")),
         ]));
-        let next = |m: &Members<Id>, of| m.successor(&of).map(|m| m.id);
-        assert_eq!(next(&members, "a"), Some(Id("b")));
-        assert_eq!(next(&members, "b"), Some(Id("e")), "skips the down one");
-        assert_eq!(next(&members, "c"), Some(Id("e")), "a suspect is still probed");
-        assert_eq!(next(&members, "g"), Some(Id("b")), "wraps around");
-        assert_eq!(next(&members, "h"), Some(Id("b")), "wraps around");
+        let next = |m: &mut Members<Id>, of| m.successor(&of).map(|m| m.id);
+        assert_eq!(next(&mut members, "a"), Some(Id("b")));
+        assert_eq!(next(&mut members, "b"), Some(Id("e")), "skips the down one");
+        assert_eq!(next(&mut members, "c"), Some(Id("e")), "a suspect is still probed");
+        assert_eq!(next(&mut members, "g"), Some(Id("b")), "wraps around");
+        assert_eq!(next(&mut members, "h"), Some(Id("b")), "wraps around");
         // A shuffle by `next` changes positions, not the ring.
         for _ in 0..10 {
             let _ = members.next(&mut rng);
         }
-        assert_eq!(next(&members, "f"), Some(Id("g")));
-        assert_eq!(next(&members, "b"), Some(Id("e")));
+        assert_eq!(next(&mut members, "f"), Some(Id("g")));
+        assert_eq!(next(&mut members, "b"), Some(Id("e")));
         let _ = members.apply(Member::new(Id("e"), 1, State::Down), &mut rng);
-        assert_eq!(next(&members, "b"), Some(Id("g")));
+        assert_eq!(next(&mut members, "b"), Some(Id("g")), "the successor went down");
+        let _ = members.apply(Member::alive(Id("c")), &mut rng);
+        assert_eq!(next(&mut members, "b"), Some(Id("c")), "a new member in between");
+        let _ = members.apply(Member::alive(Id("a")), &mut rng);
+        assert_eq!(next(&mut members, "b"), Some(Id("c")), "a new member elsewhere");
 
-        let alone = Members::new(Vec::from([Member::down(Id("x"))]));
-        assert_eq!(next(&alone, "a"), None, "no active member");
+        let mut alone = Members::new(Vec::from([Member::down(Id("x"))]));
+        assert_eq!(next(&mut alone, "a"), None, "no active member");
+        let _ = alone.apply(Member::alive(Id("y")), &mut rng);
+        assert_eq!(next(&mut alone, "a"), Some(Id("y")), "the first active member");
+    }
+
+    #[test]
+    fn index_and_ring_follow_random_changes() {
+        const NAMES: [&str; 12] = ["a", "b", "c", "d", "e", "f", "g", "h", "i", "j", "k", "l"];
+        let mut rng = SmallRng::seed_from_u64(0xF0CA);
+        let mut members = Members::new(Vec::new());
+        for step in 0..4000 {
+            let id = Id(NAMES[rng.random_range(0..NAMES.len())]);
+            let incarnation = rng.random_range(0..4);
+            match rng.random_range(0..5) {
+                0 => _ = members.apply(Member::new(id, incarnation, State::Alive), &mut rng),
+                1 => _ = members.apply(Member::new(id, incarnation, State::Suspect), &mut rng),
+                2 => _ = members.apply(Member::new(id, incarnation, State::Down), &mut rng),
+                3 => _ = members.remove_if_down(&id),
+                _ => _ = members.next(&mut rng),
+            }
+            for (pos, m) in members.inner.iter().enumerate() {
+                assert_eq!(members.position(&m.id.addr()), Some(pos), "step {step}");
+            }
+            let from = if step % 2 == 0 { "f" } else { NAMES[step % NAMES.len()] };
+            let active = members.inner.iter().filter(|m| m.is_active()).map(|m| m.id.0);
+            let expect = active
+                .clone()
+                .filter(|&a| a > from)
+                .min()
+                .or_else(|| active.filter(|&a| a < from).min());
+            let got = members.successor(&from).map(|m| m.id.0);
+            assert_eq!(got, expect, "step {step}, from {from}");
+        }
     }
 
     #[test]
