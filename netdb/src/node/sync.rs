@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use netdb_wire as wire;
 use netdb_wire::sync_message::Body as B;
+use prost::Message;
 
 use super::Node;
 use super::merge::Via;
 use super::timers::Wake;
-use crate::codec::{self, entry_to_wire};
+use crate::codec::{self, EntryOut, RoundKind, RoundOut};
 use crate::digest::{DEPTH, FANOUT, NodeId, Step, step};
 use crate::names::{Scope, ScopeId};
 use crate::stats::DropReason;
@@ -77,10 +78,17 @@ struct Moved {
 }
 
 impl Moved {
-    fn add(&mut self, got: &wire::SyncRound, sent: &wire::SyncRound) {
+    fn add(&mut self, got: &wire::SyncRound, sent: usize) {
         self.got += got.entries.len();
-        self.sent += sent.entries.len();
+        self.sent += sent;
     }
+}
+
+/// What this side's next frame of an exchange holds, beside its bytes.
+struct Sent {
+    entries: usize,
+    done: bool,
+    cut: bool,
 }
 
 /// What a round asks of this side, by node.
@@ -105,13 +113,15 @@ struct Arrival<'a> {
     scope: Scope<'a>,
 }
 
-fn frame(scope: Scope<'_>, sync_id: u64, body: B) -> wire::SyncMessage {
+/// A refusal to serve an exchange.
+fn refusal(scope: Scope<'_>, sync_id: u64, why: &str) -> Vec<u8> {
     wire::SyncMessage {
         version: codec::SYNC_VERSION,
         sync_id,
         network: scope.wire_name().into(),
-        body: Some(body),
+        body: Some(B::Refused(why.into())),
     }
+    .encode_to_vec()
 }
 
 impl Node {
@@ -164,8 +174,9 @@ impl Node {
         );
         self.stats.syncs_started += 1;
         tracing::debug!(%peer, network = %scope, sync_id = id, continued, "push/pull opened");
-        let open = wire::SyncRound { branches: vec![top], ..Default::default() };
-        self.send_sync(peer, id, true, false, frame(scope, id, B::Open(open)));
+        let open = RoundOut { branches: vec![top], ..Default::default() };
+        let open = codec::encode_round(scope.wire_name(), id, RoundKind::Open, open);
+        self.send_sync(peer, id, true, false, open);
         self.schedule(now + self.cfg.sync_timeout, Wake::SyncTimeout(id));
     }
 
@@ -187,20 +198,20 @@ impl Node {
             tracing::debug!(peer = %from, sync_id = id, "push/pull opened twice; dropped");
             return self.stats.drop(DropReason::UnexpectedSync);
         }
-        let body = if self.scope(scope).is_none() {
-            B::Refused("network not joined".into())
+        let plain = if self.scope(scope).is_none() {
+            refusal(scope, id, "network not joined")
         } else if self.serving.len() >= MAX_SERVING {
-            B::Refused("busy".into())
+            refusal(scope, id, "busy")
         } else {
             self.schedule(now + self.cfg.sync_timeout, Wake::ServeTimeout(from, id));
             self.stats.syncs_served += 1;
-            let answer = self.next_round(now, scope, r);
+            let (answer, sent) = self.next_frame(at, RoundKind::Answer, r);
             let mut moved = Moved::default();
-            moved.add(r, &answer);
+            moved.add(r, sent.entries);
             self.serving.insert((from, id), Serving { scope: scope.to_id(), rounds: 1, moved });
-            B::Answer(answer)
+            answer
         };
-        self.send_sync(from, id, false, false, frame(scope, id, body));
+        self.send_sync(from, id, false, false, plain);
     }
 
     /// The opener's next frame of an exchange this node serves.
@@ -237,11 +248,11 @@ impl Node {
             }
             return;
         }
-        let answer = self.next_round(now, scope, r);
+        let (answer, sent) = self.next_frame(at, RoundKind::Answer, r);
         if let Some(s) = self.serving.get_mut(&key) {
-            s.moved.add(r, &answer);
+            s.moved.add(r, sent.entries);
         }
-        self.send_sync(from, id, false, false, frame(scope, id, B::Answer(answer)));
+        self.send_sync(from, id, false, false, answer);
     }
 
     /// The peer answered an exchange this node opened: the next frame, the
@@ -274,14 +285,13 @@ impl Node {
             }
             return;
         }
-        let mut next = self.next_round(now, scope, r);
-        next.done = next.branches.is_empty() && next.whole.is_empty();
-        let done = next.done;
+        let (next, sent) = self.next_frame(at, RoundKind::Ask, r);
+        let done = sent.done;
         if let Some(out) = self.syncs.get_mut(&id) {
-            out.moved.add(r, &next);
-            out.cut |= r.cut || next.cut;
+            out.moved.add(r, sent.entries);
+            out.cut |= r.cut || sent.cut;
         }
-        self.send_sync(from, id, false, done, frame(scope, id, B::Ask(next)));
+        self.send_sync(from, id, false, done, next);
         if !done {
             return;
         }
@@ -303,25 +313,37 @@ impl Node {
         }
     }
 
-    /// Takes a round's entries and answers it, within one frame: first the
+    /// Takes a round's entries and encodes this side's next frame of the
+    /// exchange, of `kind`: an opener's `Ask` is its last (`done`) when it
+    /// asks nothing of the peer.
+    fn next_frame(
+        &mut self,
+        at: Arrival<'_>,
+        kind: RoundKind,
+        r: &wire::SyncRound,
+    ) -> (Vec<u8>, Sent) {
+        let Arrival { now, id, scope, .. } = at;
+        for e in &r.entries {
+            self.apply_remote(now, scope, &e.into(), Via::Sync);
+        }
+        let mut round = self.next_round(now, scope, r);
+        round.done = kind == RoundKind::Ask && round.branches.is_empty() && round.whole.is_empty();
+        let sent = Sent { entries: round.entries.len(), done: round.done, cut: round.cut };
+        (codec::encode_round(scope.wire_name(), id, kind, round), sent)
+    }
+
+    /// Answers a round (its entries taken), within one frame: first the
     /// entries the peer lacks in the subtrees it sent whole, then this
     /// side's entries of the small nodes that differ (a subtree whole or
     /// not at all, so the peer's answer is right), then the children of the
     /// large ones. What does not fit waits for the next exchange, and the
     /// round says it was cut. Entries stop at the first that does not fit:
-    /// filling an empty peer gives the whole table, and turning each of a
-    /// million entries into its wire form to find a few more that fit cost
-    /// more than the exchange.
-    fn next_round(
-        &mut self,
-        now: Duration,
-        scope: Scope<'_>,
-        r: &wire::SyncRound,
-    ) -> wire::SyncRound {
-        for e in &r.entries {
-            self.apply_remote(now, scope, &e.into(), Via::Sync);
-        }
-        let mut out = wire::SyncRound::default();
+    /// filling an empty peer gives the whole table, and sizing each of a
+    /// million entries to find a few more that fit cost more than the
+    /// exchange. The entries stay borrowed from the table until the frame
+    /// is encoded.
+    fn next_round(&self, now: Duration, scope: Scope<'_>, r: &wire::SyncRound) -> RoundOut<'_> {
+        let mut out = RoundOut::default();
         let Some(st) = self.scope(scope) else {
             return out;
         };
@@ -375,17 +397,18 @@ impl Node {
                 theirs.get(&(*table, *key)).is_none_or(|v| e.version() > *v)
             });
         for (table, key, e) in lacked.chain(plan.give.iter().flat_map(counted)) {
-            let w = entry_to_wire(table, key, e, now);
-            if !take(codec::framed_len(&w)) {
+            let w = EntryOut::new(table, key, e, now);
+            if !take(w.framed_len()) {
                 break;
             }
             out.entries.push(w);
         }
         for id in &plan.whole {
-            let es: Vec<wire::Entry> =
-                counted(id).map(|(table, key, e)| entry_to_wire(table, key, e, now)).collect();
+            let es: Vec<EntryOut<'_>> =
+                counted(id).map(|(table, key, e)| EntryOut::new(table, key, e, now)).collect();
             let node = codec::node_to_wire(*id);
-            if !take(codec::framed_len(&node) + es.iter().map(codec::framed_len).sum::<usize>()) {
+            if !take(codec::framed_len(&node) + es.iter().map(EntryOut::framed_len).sum::<usize>())
+            {
                 break;
             }
             out.whole.push(node);
@@ -424,7 +447,13 @@ mod tests {
     use crate::stats::DropReason;
 
     fn bytes(network: &str, sync_id: u64, body: B) -> Vec<u8> {
-        super::frame(Scope::from_wire(network), sync_id, body).encode_to_vec()
+        wire::SyncMessage {
+            version: codec::SYNC_VERSION,
+            sync_id,
+            network: network.into(),
+            body: Some(body),
+        }
+        .encode_to_vec()
     }
 
     /// An opening frame that holds nothing: every node the server holds
