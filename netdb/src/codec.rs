@@ -488,6 +488,9 @@ pub(crate) fn entry_from_wire(
     }
 }
 
+/// A stored entry as a `wire::Entry`: what the simulator's preload hands
+/// over, and what the tests compare `EntryOut` with.
+#[cfg(any(test, feature = "sim"))]
 pub(crate) fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) -> wire::Entry {
     wire::Entry {
         table: table.to_owned(),
