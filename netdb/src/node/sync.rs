@@ -149,6 +149,16 @@ impl Node {
         self.open_sync(now, scope, peer, 0);
     }
 
+    /// An exchange of the scope is under way, opened here or by a peer.
+    /// One is enough: both ends repair, so a second one, with the same peer
+    /// or another, carries entries the first brings. A new node's fill ran
+    /// both ways at once (its pull, and the full node's push on hearing
+    /// its root), and half the table crossed twice.
+    pub(super) fn exchanging(&self, scope: Scope<'_>) -> bool {
+        self.syncs.values().any(|o| o.scope.as_scope() == scope)
+            || self.serving.values().any(|s| s.scope.as_scope() == scope)
+    }
+
     /// Opens an exchange, the `continued`th back to back after cut ones.
     fn open_sync(&mut self, now: Duration, scope: Scope<'_>, peer: SocketAddr, continued: u32) {
         let Some(st) = self.scope_mut(scope) else {
@@ -307,8 +317,12 @@ impl Node {
         let Moved { sent, got } = out.moved;
         let cut = out.cut;
         tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, cut, "push/pull completed");
-        // An exchange that moved nothing would move nothing again.
-        if cut && sent + got > 0 && out.continued < MAX_CONTINUED && !self.left {
+        // An exchange that moved nothing would move nothing again. Two
+        // bursts of a scope at once, one each way, carry the same entries:
+        // the end with the higher address leaves it to the other's.
+        let more = cut && sent + got > 0 && out.continued < MAX_CONTINUED;
+        let yields = self.exchanging(scope) && self.addr > from;
+        if more && !self.left && !yields {
             self.open_sync(now, scope, from, out.continued + 1);
         }
     }
@@ -436,7 +450,7 @@ mod tests {
     use netdb_wire::sync_message::Body as B;
     use prost::Message;
 
-    use super::super::test_support::{PEER, node, peer_entry};
+    use super::super::test_support::{PEER, gossip, node, peer_entry};
     use super::MAX_ROUNDS;
     use crate::codec;
     use crate::config::Config;
@@ -708,6 +722,40 @@ mod tests {
             n.handle_sync(t, from, &bytes("net", id, B::Answer(answer)));
         }
         assert_eq!(opened_in_a_row, super::MAX_CONTINUED + 1, "the first and its followers");
+    }
+
+    #[test]
+    fn a_fill_opened_from_both_ends_at_once_crosses_once() {
+        let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
+        let (mut a, mut b) = full_and_empty(cfg, 5000);
+        let (t, net) = (Duration::from_secs(1), Scope::Network("net"));
+        // b pulls as it joins; a pushes, having heard b's root.
+        b.start_sync(t, net, a.addr());
+        a.start_sync(t, net, b.addr());
+        let mut log = carry(&mut b, &mut a, t);
+        log.extend(carry(&mut a, &mut b, t));
+        assert_eq!(a.root(net), b.root(net));
+        // The first exchange each way carries the same ~700 entries; then
+        // one burst goes on alone (both: about 9,600).
+        let moved: usize = log.iter().map(|(_, m)| entries(m)).sum();
+        assert!(moved < 6000, "one burst, not two: {moved} entries moved for 5,000");
+    }
+
+    #[test]
+    fn a_node_serving_an_exchange_of_a_scope_opens_none_for_a_differing_root() {
+        let (mut n, t, from) = joined();
+        n.put(t, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
+        while n.poll_transmit().is_some() {}
+        n.handle_sync(t, from, &bytes("net", 7, empty_open()));
+        // The peer's root (that of an empty table) differs, long enough.
+        for ms in [0, 300, 600, 2000] {
+            n.handle_datagram(t + Duration::from_millis(ms), from, &gossip("net", vec![]));
+        }
+        assert_eq!(next_opened(&mut n), None, "the exchange served repairs the difference");
+        let done = wire::SyncRound { done: true, ..Default::default() };
+        n.handle_sync(t + Duration::from_secs(2), from, &bytes("net", 7, B::Ask(done)));
+        n.handle_datagram(t + Duration::from_secs(3), from, &gossip("net", vec![]));
+        assert!(next_opened(&mut n).is_some(), "once it is over, a difference is pulled");
     }
 
     fn entries(r: &wire::SyncMessage) -> usize {
