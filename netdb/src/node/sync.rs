@@ -260,6 +260,7 @@ impl Node {
             }
             if let Some(st) = self.scope_mut(scope) {
                 st.synced = true;
+                st.last_sync_at = Some(now);
             }
             if let Some(s) = self.serving.remove(&key) {
                 let Moved { sent, got } = s.moved;
@@ -351,6 +352,12 @@ impl Node {
         let Arrival { now, id, scope, .. } = at;
         for e in &r.entries {
             self.apply_remote(now, scope, &e.into(), Via::Sync);
+        }
+        // A burst's exchanges follow each other on new streams: between a
+        // served one's end and the next's opening, a differing root heard
+        // from the peer is the one the burst is repairing.
+        if let Some(st) = self.scope_mut(scope) {
+            st.last_sync_at = Some(now);
         }
         let mut round = self.next_round(now, scope, r);
         let kind = match reply {
@@ -806,8 +813,12 @@ mod tests {
         }
         assert_eq!(next_opened(&mut n), None, "the exchange served repairs the difference");
         let done = wire::SyncRound { done: true, ..Default::default() };
-        n.handle_sync(t + Duration::from_secs(2), from, &bytes("net", 7, B::Ask(done)));
-        n.handle_datagram(t + Duration::from_secs(3), from, &gossip("net", vec![]));
+        let end = t + Duration::from_secs(2);
+        n.handle_sync(end, from, &bytes("net", 7, B::Ask(done)));
+        // The next exchange of a burst would be on its way.
+        n.handle_datagram(end + Duration::from_millis(100), from, &gossip("net", vec![]));
+        assert_eq!(next_opened(&mut n), None, "the gap between a burst's exchanges");
+        n.handle_datagram(end + Duration::from_secs(1), from, &gossip("net", vec![]));
         assert!(next_opened(&mut n).is_some(), "once it is over, a difference is pulled");
     }
 
