@@ -18,7 +18,7 @@ use crate::names::{ClusterTable, Scope, valid_key, valid_name};
 use crate::stats::DropReason;
 use crate::table::Entry;
 use crate::wireref::{self, DatagramRef};
-pub use crate::wireref::{EntryRef, GossipRef};
+pub use crate::wireref::{EntryRef, GossipRef, RoundRef, SyncBodyRef, SyncRef};
 
 /// Version of the datagram wire format; datagrams of another are dropped.
 pub const WIRE_VERSION: u32 = 1;
@@ -363,19 +363,19 @@ pub fn decode_datagram<'a>(cfg: &Config, bytes: &'a [u8]) -> Result<Body<'a>, Dr
     }
 }
 
-/// Decodes and validates a push/pull frame (already unsealed), likewise.
-pub fn decode_sync(cfg: &Config, bytes: &[u8]) -> Result<wire::SyncMessage, DropReason> {
-    use wire::sync_message::Body as B;
+/// Decodes and validates a push/pull frame (already unsealed), likewise;
+/// its entries are borrowed from `bytes`.
+pub fn decode_sync<'a>(cfg: &Config, bytes: &'a [u8]) -> Result<SyncRef<'a>, DropReason> {
     if bytes.len() > cfg.max_sync_frame {
         return Err(DropReason::TooLarge);
     }
-    let m = wire::SyncMessage::decode(bytes).map_err(|_| DropReason::Malformed)?;
+    let m = wireref::sync_message(bytes).ok_or(DropReason::Malformed)?;
     if m.version != SYNC_VERSION {
         return Err(DropReason::BadVersion);
     }
-    validate_network_name(cfg, &m.network)?;
+    validate_network_name(cfg, m.network)?;
     match &m.body {
-        Some(B::Open(r) | B::Ask(r) | B::Answer(r)) => {
+        Some(SyncBodyRef::Open(r) | SyncBodyRef::Ask(r) | SyncBodyRef::Answer(r)) => {
             for b in &r.branches {
                 parse_branch(b).ok_or(DropReason::Malformed)?;
             }
@@ -383,10 +383,10 @@ pub fn decode_sync(cfg: &Config, bytes: &[u8]) -> Result<wire::SyncMessage, Drop
                 parse_node(w).ok_or(DropReason::Malformed)?;
             }
             for e in &r.entries {
-                validate_entry(cfg, &m.network, &e.into())?;
+                validate_entry(cfg, m.network, e)?;
             }
         }
-        Some(B::Refused(reason)) => {
+        Some(SyncBodyRef::Refused(reason)) => {
             if reason.len() > cfg.max_key_len {
                 return Err(DropReason::BadEntry);
             }

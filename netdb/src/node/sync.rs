@@ -19,7 +19,7 @@ use prost::Message;
 use super::Node;
 use super::merge::Via;
 use super::timers::Wake;
-use crate::codec::{self, EntryOut, RoundKind, RoundOut};
+use crate::codec::{self, EntryOut, RoundKind, RoundOut, RoundRef, SyncBodyRef, SyncRef};
 use crate::digest::{DEPTH, FANOUT, NodeId, Step, step};
 use crate::names::{Scope, ScopeId};
 use crate::stats::DropReason;
@@ -78,7 +78,7 @@ struct Moved {
 }
 
 impl Moved {
-    fn add(&mut self, got: &wire::SyncRound, sent: usize) {
+    fn add(&mut self, got: &RoundRef<'_>, sent: usize) {
         self.got += got.entries.len();
         self.sent += sent;
     }
@@ -136,13 +136,13 @@ fn refusal(scope: Scope<'_>, sync_id: u64, why: &str) -> Vec<u8> {
 
 impl Node {
     /// A validated push/pull message from `from`.
-    pub(super) fn sync_message(&mut self, now: Duration, from: SocketAddr, m: wire::SyncMessage) {
-        let at = Arrival { now, from, id: m.sync_id, scope: Scope::from_wire(&m.network) };
+    pub(super) fn sync_message(&mut self, now: Duration, from: SocketAddr, m: SyncRef<'_>) {
+        let at = Arrival { now, from, id: m.sync_id, scope: Scope::from_wire(m.network) };
         match m.body {
-            Some(B::Open(r)) => self.serve_sync(at, &r),
-            Some(B::Ask(r)) => self.serve_more(at, &r),
-            Some(B::Answer(r)) => self.answered(at, &r),
-            Some(B::Refused(why)) => match self.syncs.get(&m.sync_id) {
+            Some(SyncBodyRef::Open(r)) => self.serve_sync(at, &r),
+            Some(SyncBodyRef::Ask(r)) => self.serve_more(at, &r),
+            Some(SyncBodyRef::Answer(r)) => self.answered(at, &r),
+            Some(SyncBodyRef::Refused(why)) => match self.syncs.get(&m.sync_id) {
                 Some(out) if out.peer == from => {
                     if let Some(out) = self.syncs.remove(&m.sync_id) {
                         self.sync_failed(&out, &format!("refused by the peer: {why}"));
@@ -212,7 +212,7 @@ impl Node {
         }
     }
 
-    fn serve_sync(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+    fn serve_sync(&mut self, at: Arrival<'_>, r: &RoundRef<'_>) {
         let Arrival { now, from, id, scope } = at;
         if self.serving.contains_key(&(from, id)) {
             tracing::debug!(peer = %from, sync_id = id, "push/pull opened twice; dropped");
@@ -235,7 +235,7 @@ impl Node {
     }
 
     /// The opener's next frame of an exchange this node serves.
-    fn serve_more(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+    fn serve_more(&mut self, at: Arrival<'_>, r: &RoundRef<'_>) {
         let Arrival { now, from, id, scope } = at;
         let key = (from, id);
         let joined = self.scope(scope).is_some();
@@ -256,7 +256,7 @@ impl Node {
         }
         if r.done {
             for e in &r.entries {
-                self.apply_remote(now, scope, &e.into(), Via::Sync);
+                self.apply_remote(now, scope, e, Via::Sync);
             }
             if let Some(st) = self.scope_mut(scope) {
                 st.synced = true;
@@ -281,7 +281,7 @@ impl Node {
     /// and moved entries is followed at once by the next one, with the same
     /// peer: the difference left is known, and waiting for the next
     /// push/pull would leave a node far behind for minutes.
-    fn answered(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+    fn answered(&mut self, at: Arrival<'_>, r: &RoundRef<'_>) {
         let Arrival { now, from, id, scope } = at;
         let rounds = match self.syncs.get_mut(&id) {
             Some(out) if out.peer == from && out.scope.as_scope() == scope => {
@@ -343,15 +343,10 @@ impl Node {
     /// Takes a round's entries and encodes this side's next frame of the
     /// exchange: an opener's is its last (`done`) when it asks nothing of
     /// the peer.
-    fn next_frame(
-        &mut self,
-        at: Arrival<'_>,
-        reply: Reply,
-        r: &wire::SyncRound,
-    ) -> (Vec<u8>, Sent) {
+    fn next_frame(&mut self, at: Arrival<'_>, reply: Reply, r: &RoundRef<'_>) -> (Vec<u8>, Sent) {
         let Arrival { now, id, scope, .. } = at;
         for e in &r.entries {
-            self.apply_remote(now, scope, &e.into(), Via::Sync);
+            self.apply_remote(now, scope, e, Via::Sync);
         }
         // A burst's exchanges follow each other on new streams: between a
         // served one's end and the next's opening, a differing root heard
@@ -388,7 +383,7 @@ impl Node {
     /// million entries to find a few more that fit cost more than the
     /// exchange. The entries stay borrowed from the table until the frame
     /// is encoded.
-    fn next_round(&self, now: Duration, scope: Scope<'_>, r: &wire::SyncRound) -> RoundOut<'_> {
+    fn next_round(&self, now: Duration, scope: Scope<'_>, r: &RoundRef<'_>) -> RoundOut<'_> {
         let mut out = RoundOut::default();
         let Some(st) = self.scope(scope) else {
             return out;
@@ -422,9 +417,7 @@ impl Node {
             .entries
             .iter()
             .filter(|_| answered)
-            .map(|e| {
-                ((e.table.as_str(), e.key.as_str()), (e.ltime, e.owner.as_str(), e.incarnation))
-            })
+            .map(|e| ((e.table, e.key), (e.ltime, e.owner, e.incarnation)))
             .collect();
         let mut room = self.cfg.max_sync_frame.saturating_sub(FRAME_SLACK);
         let mut cut = false;
