@@ -688,6 +688,14 @@ mod tests {
         (a, b)
     }
 
+    /// `full_and_empty` with 16 KiB frames (about 700 of these entries), so
+    /// a fill of `n` takes a burst of exchanges; at 1 s, in "net".
+    fn far_behind(n: usize) -> (Node, Node, Duration, Scope<'static>) {
+        let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
+        let (a, b) = full_and_empty(cfg, n);
+        (a, b, Duration::from_secs(1), Scope::Network("net"))
+    }
+
     /// Two nodes that hold the same `n` entries (b learned them from a's
     /// exchange, which also tests filling an empty node in one exchange).
     fn filled_pair(n: usize) -> (Node, Node) {
@@ -751,9 +759,7 @@ mod tests {
 
     #[test]
     fn a_fill_opened_from_both_ends_at_once_crosses_once() {
-        let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
-        let (mut a, mut b) = full_and_empty(cfg, 5000);
-        let (t, net) = (Duration::from_secs(1), Scope::Network("net"));
+        let (mut a, mut b, t, net) = far_behind(5000);
         // b pulls as it joins; a pushes, having heard b's root.
         b.start_sync(t, net, a.addr());
         a.start_sync(t, net, b.addr());
@@ -768,9 +774,7 @@ mod tests {
 
     #[test]
     fn entries_pushed_in_a_cut_exchange_are_answered_before_the_next_opens() {
-        let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
-        let (mut a, mut b) = full_and_empty(cfg, 5000);
-        let (t, net) = (Duration::from_secs(1), Scope::Network("net"));
+        let (mut a, mut b, t, net) = far_behind(5000);
         a.start_sync(t, net, b.addr());
         let log = carry(&mut a, &mut b, t);
         assert_eq!(a.root(net), b.root(net), "pushed in one burst");
