@@ -153,7 +153,7 @@ impl Node {
 
     /// Periodic and pending push/pull for one scope.
     fn scope_maintenance(&mut self, now: Duration, scope: Scope<'_>) {
-        let busy = self.syncs.values().any(|o| o.scope.as_scope() == scope);
+        let busy = self.exchanging(scope);
         let sync_interval = self.cfg.sync_interval;
         let Some(st) = self.scope_mut(scope) else {
             return;
@@ -303,7 +303,7 @@ impl Node {
         from: SocketAddr,
     ) {
         let delay = self.cfg.mismatch_sync_after;
-        let busy = self.syncs.values().any(|o| o.scope.as_scope() == scope);
+        let busy = self.exchanging(scope);
         let Some(st) = self.scope_mut(scope) else {
             return;
         };

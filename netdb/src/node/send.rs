@@ -5,7 +5,6 @@ use std::borrow::Cow;
 use std::net::SocketAddr;
 
 use netdb_wire as wire;
-use prost::Message;
 use rand::RngExt;
 
 use super::Node;
@@ -60,9 +59,9 @@ impl Node {
         sync_id: u64,
         opens: bool,
         closes: bool,
-        msg: wire::SyncMessage,
+        plain: Vec<u8>,
     ) {
-        let payload = self.seal(msg.encode_to_vec());
+        let payload = self.seal(plain);
         self.stats.sync_out.add(payload.len());
         self.outbox.push_back(Transmit::Sync { to, sync_id, opens, closes, payload });
     }

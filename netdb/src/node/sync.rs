@@ -14,11 +14,12 @@ use std::time::Duration;
 
 use netdb_wire as wire;
 use netdb_wire::sync_message::Body as B;
+use prost::Message;
 
 use super::Node;
 use super::merge::Via;
 use super::timers::Wake;
-use crate::codec::{self, entry_to_wire};
+use crate::codec::{self, EntryOut, RoundKind, RoundOut, RoundRef, SyncBodyRef, SyncRef};
 use crate::digest::{DEPTH, FANOUT, NodeId, Step, step};
 use crate::names::{Scope, ScopeId};
 use crate::stats::DropReason;
@@ -77,10 +78,27 @@ struct Moved {
 }
 
 impl Moved {
-    fn add(&mut self, got: &wire::SyncRound, sent: &wire::SyncRound) {
+    fn add(&mut self, got: &RoundRef<'_>, sent: usize) {
         self.got += got.entries.len();
-        self.sent += sent.entries.len();
+        self.sent += sent;
     }
+}
+
+/// What this side's next frame of an exchange holds, beside its bytes.
+struct Sent {
+    entries: usize,
+    done: bool,
+    cut: bool,
+}
+
+/// Which frame of an exchange this side makes next.
+#[derive(Clone, Copy)]
+enum Reply {
+    /// The server's answer to the opener's frame.
+    Answer,
+    /// The opener's next frame; `cut`: the exchange left something out so
+    /// far.
+    Ask { cut: bool },
 }
 
 /// What a round asks of this side, by node.
@@ -105,24 +123,26 @@ struct Arrival<'a> {
     scope: Scope<'a>,
 }
 
-fn frame(scope: Scope<'_>, sync_id: u64, body: B) -> wire::SyncMessage {
+/// A refusal to serve an exchange.
+fn refusal(scope: Scope<'_>, sync_id: u64, why: &str) -> Vec<u8> {
     wire::SyncMessage {
         version: codec::SYNC_VERSION,
         sync_id,
         network: scope.wire_name().into(),
-        body: Some(body),
+        body: Some(B::Refused(why.into())),
     }
+    .encode_to_vec()
 }
 
 impl Node {
     /// A validated push/pull message from `from`.
-    pub(super) fn sync_message(&mut self, now: Duration, from: SocketAddr, m: wire::SyncMessage) {
-        let at = Arrival { now, from, id: m.sync_id, scope: Scope::from_wire(&m.network) };
+    pub(super) fn sync_message(&mut self, now: Duration, from: SocketAddr, m: SyncRef<'_>) {
+        let at = Arrival { now, from, id: m.sync_id, scope: Scope::from_wire(m.network) };
         match m.body {
-            Some(B::Open(r)) => self.serve_sync(at, &r),
-            Some(B::Ask(r)) => self.serve_more(at, &r),
-            Some(B::Answer(r)) => self.answered(at, &r),
-            Some(B::Refused(why)) => match self.syncs.get(&m.sync_id) {
+            Some(SyncBodyRef::Open(r)) => self.serve_sync(at, &r),
+            Some(SyncBodyRef::Ask(r)) => self.serve_more(at, &r),
+            Some(SyncBodyRef::Answer(r)) => self.answered(at, &r),
+            Some(SyncBodyRef::Refused(why)) => match self.syncs.get(&m.sync_id) {
                 Some(out) if out.peer == from => {
                     if let Some(out) = self.syncs.remove(&m.sync_id) {
                         self.sync_failed(&out, &format!("refused by the peer: {why}"));
@@ -137,6 +157,16 @@ impl Node {
     /// Opens an exchange of a scope with `peer`.
     pub(super) fn start_sync(&mut self, now: Duration, scope: Scope<'_>, peer: SocketAddr) {
         self.open_sync(now, scope, peer, 0);
+    }
+
+    /// An exchange of the scope is under way, opened here or by a peer.
+    /// One is enough: both ends repair, so a second one, with the same peer
+    /// or another, carries entries the first brings. A new node's fill ran
+    /// both ways at once (its pull, and the full node's push on hearing
+    /// its root), and half the table crossed twice.
+    pub(super) fn exchanging(&self, scope: Scope<'_>) -> bool {
+        self.syncs.values().any(|o| o.scope.as_scope() == scope)
+            || self.serving.values().any(|s| s.scope.as_scope() == scope)
     }
 
     /// Opens an exchange, the `continued`th back to back after cut ones.
@@ -164,8 +194,9 @@ impl Node {
         );
         self.stats.syncs_started += 1;
         tracing::debug!(%peer, network = %scope, sync_id = id, continued, "push/pull opened");
-        let open = wire::SyncRound { branches: vec![top], ..Default::default() };
-        self.send_sync(peer, id, true, false, frame(scope, id, B::Open(open)));
+        let open = RoundOut { branches: vec![top], ..Default::default() };
+        let open = codec::encode_round(scope.wire_name(), id, RoundKind::Open, open);
+        self.send_sync(peer, id, true, false, open);
         self.schedule(now + self.cfg.sync_timeout, Wake::SyncTimeout(id));
     }
 
@@ -181,30 +212,30 @@ impl Node {
         }
     }
 
-    fn serve_sync(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+    fn serve_sync(&mut self, at: Arrival<'_>, r: &RoundRef<'_>) {
         let Arrival { now, from, id, scope } = at;
         if self.serving.contains_key(&(from, id)) {
             tracing::debug!(peer = %from, sync_id = id, "push/pull opened twice; dropped");
             return self.stats.drop(DropReason::UnexpectedSync);
         }
-        let body = if self.scope(scope).is_none() {
-            B::Refused("network not joined".into())
+        let plain = if self.scope(scope).is_none() {
+            refusal(scope, id, "network not joined")
         } else if self.serving.len() >= MAX_SERVING {
-            B::Refused("busy".into())
+            refusal(scope, id, "busy")
         } else {
             self.schedule(now + self.cfg.sync_timeout, Wake::ServeTimeout(from, id));
             self.stats.syncs_served += 1;
-            let answer = self.next_round(now, scope, r);
+            let (answer, sent) = self.next_frame(at, Reply::Answer, r);
             let mut moved = Moved::default();
-            moved.add(r, &answer);
+            moved.add(r, sent.entries);
             self.serving.insert((from, id), Serving { scope: scope.to_id(), rounds: 1, moved });
-            B::Answer(answer)
+            answer
         };
-        self.send_sync(from, id, false, false, frame(scope, id, body));
+        self.send_sync(from, id, false, false, plain);
     }
 
     /// The opener's next frame of an exchange this node serves.
-    fn serve_more(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+    fn serve_more(&mut self, at: Arrival<'_>, r: &RoundRef<'_>) {
         let Arrival { now, from, id, scope } = at;
         let key = (from, id);
         let joined = self.scope(scope).is_some();
@@ -225,10 +256,11 @@ impl Node {
         }
         if r.done {
             for e in &r.entries {
-                self.apply_remote(now, scope, &e.into(), Via::Sync);
+                self.apply_remote(now, scope, e, Via::Sync);
             }
             if let Some(st) = self.scope_mut(scope) {
                 st.synced = true;
+                st.last_sync_at = Some(now);
             }
             if let Some(s) = self.serving.remove(&key) {
                 let Moved { sent, got } = s.moved;
@@ -237,11 +269,11 @@ impl Node {
             }
             return;
         }
-        let answer = self.next_round(now, scope, r);
+        let (answer, sent) = self.next_frame(at, Reply::Answer, r);
         if let Some(s) = self.serving.get_mut(&key) {
-            s.moved.add(r, &answer);
+            s.moved.add(r, sent.entries);
         }
-        self.send_sync(from, id, false, false, frame(scope, id, B::Answer(answer)));
+        self.send_sync(from, id, false, false, answer);
     }
 
     /// The peer answered an exchange this node opened: the next frame, the
@@ -249,7 +281,7 @@ impl Node {
     /// and moved entries is followed at once by the next one, with the same
     /// peer: the difference left is known, and waiting for the next
     /// push/pull would leave a node far behind for minutes.
-    fn answered(&mut self, at: Arrival<'_>, r: &wire::SyncRound) {
+    fn answered(&mut self, at: Arrival<'_>, r: &RoundRef<'_>) {
         let Arrival { now, from, id, scope } = at;
         let rounds = match self.syncs.get_mut(&id) {
             Some(out) if out.peer == from && out.scope.as_scope() == scope => {
@@ -274,14 +306,14 @@ impl Node {
             }
             return;
         }
-        let mut next = self.next_round(now, scope, r);
-        next.done = next.branches.is_empty() && next.whole.is_empty();
-        let done = next.done;
+        let cut = self.syncs.get(&id).is_some_and(|out| out.cut) || r.cut;
+        let (next, sent) = self.next_frame(at, Reply::Ask { cut }, r);
+        let done = sent.done;
         if let Some(out) = self.syncs.get_mut(&id) {
-            out.moved.add(r, &next);
-            out.cut |= r.cut || next.cut;
+            out.moved.add(r, sent.entries);
+            out.cut |= r.cut || sent.cut;
         }
-        self.send_sync(from, id, false, done, frame(scope, id, B::Ask(next)));
+        self.send_sync(from, id, false, done, next);
         if !done {
             return;
         }
@@ -297,31 +329,62 @@ impl Node {
         let Moved { sent, got } = out.moved;
         let cut = out.cut;
         tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, cut, "push/pull completed");
-        // An exchange that moved nothing would move nothing again.
-        if cut && sent + got > 0 && out.continued < MAX_CONTINUED && !self.left {
+        // An exchange that moved nothing would move nothing again. Two
+        // bursts of a scope at once, one each way, carry the same entries:
+        // the end that gave more leaves it to the one behind (on a tie, the
+        // higher address yields).
+        let more = cut && sent + got > 0 && out.continued < MAX_CONTINUED;
+        let yields = self.exchanging(scope) && (sent, self.addr) > (got, from);
+        if more && !self.left && !yields {
             self.open_sync(now, scope, from, out.continued + 1);
         }
     }
 
-    /// Takes a round's entries and answers it, within one frame: first the
+    /// Takes a round's entries and encodes this side's next frame of the
+    /// exchange: an opener's is its last (`done`) when it asks nothing of
+    /// the peer.
+    fn next_frame(&mut self, at: Arrival<'_>, reply: Reply, r: &RoundRef<'_>) -> (Vec<u8>, Sent) {
+        let Arrival { now, id, scope, .. } = at;
+        for e in &r.entries {
+            self.apply_remote(now, scope, e, Via::Sync);
+        }
+        // A burst's exchanges follow each other on new streams: between a
+        // served one's end and the next's opening, a differing root heard
+        // from the peer is the one the burst is repairing.
+        if let Some(st) = self.scope_mut(scope) {
+            st.last_sync_at = Some(now);
+        }
+        let mut round = self.next_round(now, scope, r);
+        let kind = match reply {
+            Reply::Answer => RoundKind::Answer,
+            Reply::Ask { cut } => {
+                // Nothing answers the last frame, and the next exchange of
+                // a cut one opens on another stream: at the peer it could
+                // overtake entries sent last, and be answered from the
+                // state before them (a push of a million entries moved
+                // 1.27 million). Entries of a cut exchange are answered
+                // first, if only with an empty frame.
+                let pushed = !round.entries.is_empty() && (cut || round.cut);
+                round.done = round.branches.is_empty() && round.whole.is_empty() && !pushed;
+                RoundKind::Ask
+            }
+        };
+        let sent = Sent { entries: round.entries.len(), done: round.done, cut: round.cut };
+        (codec::encode_round(scope.wire_name(), id, kind, round), sent)
+    }
+
+    /// Answers a round (its entries taken), within one frame: first the
     /// entries the peer lacks in the subtrees it sent whole, then this
     /// side's entries of the small nodes that differ (a subtree whole or
     /// not at all, so the peer's answer is right), then the children of the
     /// large ones. What does not fit waits for the next exchange, and the
     /// round says it was cut. Entries stop at the first that does not fit:
-    /// filling an empty peer gives the whole table, and turning each of a
-    /// million entries into its wire form to find a few more that fit cost
-    /// more than the exchange.
-    fn next_round(
-        &mut self,
-        now: Duration,
-        scope: Scope<'_>,
-        r: &wire::SyncRound,
-    ) -> wire::SyncRound {
-        for e in &r.entries {
-            self.apply_remote(now, scope, &e.into(), Via::Sync);
-        }
-        let mut out = wire::SyncRound::default();
+    /// filling an empty peer gives the whole table, and sizing each of a
+    /// million entries to find a few more that fit cost more than the
+    /// exchange. The entries stay borrowed from the table until the frame
+    /// is encoded.
+    fn next_round(&self, now: Duration, scope: Scope<'_>, r: &RoundRef<'_>) -> RoundOut<'_> {
+        let mut out = RoundOut::default();
         let Some(st) = self.scope(scope) else {
             return out;
         };
@@ -354,9 +417,7 @@ impl Node {
             .entries
             .iter()
             .filter(|_| answered)
-            .map(|e| {
-                ((e.table.as_str(), e.key.as_str()), (e.ltime, e.owner.as_str(), e.incarnation))
-            })
+            .map(|e| ((e.table, e.key), (e.ltime, e.owner, e.incarnation)))
             .collect();
         let mut room = self.cfg.max_sync_frame.saturating_sub(FRAME_SLACK);
         let mut cut = false;
@@ -375,17 +436,18 @@ impl Node {
                 theirs.get(&(*table, *key)).is_none_or(|v| e.version() > *v)
             });
         for (table, key, e) in lacked.chain(plan.give.iter().flat_map(counted)) {
-            let w = entry_to_wire(table, key, e, now);
-            if !take(codec::framed_len(&w)) {
+            let w = EntryOut::new(table, key, e, now);
+            if !take(w.framed_len()) {
                 break;
             }
             out.entries.push(w);
         }
         for id in &plan.whole {
-            let es: Vec<wire::Entry> =
-                counted(id).map(|(table, key, e)| entry_to_wire(table, key, e, now)).collect();
+            let es: Vec<EntryOut<'_>> =
+                counted(id).map(|(table, key, e)| EntryOut::new(table, key, e, now)).collect();
             let node = codec::node_to_wire(*id);
-            if !take(codec::framed_len(&node) + es.iter().map(codec::framed_len).sum::<usize>()) {
+            if !take(codec::framed_len(&node) + es.iter().map(EntryOut::framed_len).sum::<usize>())
+            {
                 break;
             }
             out.whole.push(node);
@@ -413,7 +475,7 @@ mod tests {
     use netdb_wire::sync_message::Body as B;
     use prost::Message;
 
-    use super::super::test_support::{PEER, node, peer_entry};
+    use super::super::test_support::{PEER, gossip, node, peer_entry};
     use super::MAX_ROUNDS;
     use crate::codec;
     use crate::config::Config;
@@ -424,7 +486,13 @@ mod tests {
     use crate::stats::DropReason;
 
     fn bytes(network: &str, sync_id: u64, body: B) -> Vec<u8> {
-        super::frame(Scope::from_wire(network), sync_id, body).encode_to_vec()
+        wire::SyncMessage {
+            version: codec::SYNC_VERSION,
+            sync_id,
+            network: network.into(),
+            body: Some(body),
+        }
+        .encode_to_vec()
     }
 
     /// An opening frame that holds nothing: every node the server holds
@@ -620,6 +688,14 @@ mod tests {
         (a, b)
     }
 
+    /// `full_and_empty` with 16 KiB frames (about 700 of these entries), so
+    /// a fill of `n` takes a burst of exchanges; at 1 s, in "net".
+    fn far_behind(n: usize) -> (Node, Node, Duration, Scope<'static>) {
+        let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
+        let (a, b) = full_and_empty(cfg, n);
+        (a, b, Duration::from_secs(1), Scope::Network("net"))
+    }
+
     /// Two nodes that hold the same `n` entries (b learned them from a's
     /// exchange, which also tests filling an empty node in one exchange).
     fn filled_pair(n: usize) -> (Node, Node) {
@@ -679,6 +755,68 @@ mod tests {
             n.handle_sync(t, from, &bytes("net", id, B::Answer(answer)));
         }
         assert_eq!(opened_in_a_row, super::MAX_CONTINUED + 1, "the first and its followers");
+    }
+
+    #[test]
+    fn a_fill_opened_from_both_ends_at_once_crosses_once() {
+        let (mut a, mut b, t, net) = far_behind(5000);
+        // b pulls as it joins; a pushes, having heard b's root.
+        b.start_sync(t, net, a.addr());
+        a.start_sync(t, net, b.addr());
+        let mut log = carry(&mut b, &mut a, t);
+        log.extend(carry(&mut a, &mut b, t));
+        assert_eq!(a.root(net), b.root(net));
+        // The first exchange each way carries the same ~700 entries; then
+        // one burst goes on alone (both: about 9,600).
+        let moved: usize = log.iter().map(|(_, m)| entries(m)).sum();
+        assert!(moved < 6000, "one burst, not two: {moved} entries moved for 5,000");
+    }
+
+    #[test]
+    fn entries_pushed_in_a_cut_exchange_are_answered_before_the_next_opens() {
+        let (mut a, mut b, t, net) = far_behind(5000);
+        a.start_sync(t, net, b.addr());
+        let log = carry(&mut a, &mut b, t);
+        assert_eq!(a.root(net), b.root(net), "pushed in one burst");
+        let mut pushed = 0;
+        for (i, (_, m)) in log.iter().enumerate() {
+            let Some(B::Ask(r)) = &m.body else { continue };
+            if r.entries.is_empty() {
+                continue;
+            }
+            pushed += 1;
+            match log.get(i + 1) {
+                Some((opener, next)) => assert!(
+                    !opener && matches!(next.body, Some(B::Answer(_))),
+                    "pushed entries are answered before anything else: {next:?}"
+                ),
+                None => assert!(r.done, "only the last exchange, not cut, ends with entries"),
+            }
+        }
+        assert!(pushed >= 5, "the frames were cut: {pushed} pushes");
+        let moved: usize = log.iter().map(|(_, m)| entries(m)).sum();
+        assert!(moved < 5100, "each entry crosses once: {moved} moved for 5,000");
+    }
+
+    #[test]
+    fn a_node_serving_an_exchange_of_a_scope_opens_none_for_a_differing_root() {
+        let (mut n, t, from) = joined();
+        n.put(t, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
+        while n.poll_transmit().is_some() {}
+        n.handle_sync(t, from, &bytes("net", 7, empty_open()));
+        // The peer's root (that of an empty table) differs, long enough.
+        for ms in [0, 300, 600, 2000] {
+            n.handle_datagram(t + Duration::from_millis(ms), from, &gossip("net", vec![]));
+        }
+        assert_eq!(next_opened(&mut n), None, "the exchange served repairs the difference");
+        let done = wire::SyncRound { done: true, ..Default::default() };
+        let end = t + Duration::from_secs(2);
+        n.handle_sync(end, from, &bytes("net", 7, B::Ask(done)));
+        // The next exchange of a burst would be on its way.
+        n.handle_datagram(end + Duration::from_millis(100), from, &gossip("net", vec![]));
+        assert_eq!(next_opened(&mut n), None, "the gap between a burst's exchanges");
+        n.handle_datagram(end + Duration::from_secs(1), from, &gossip("net", vec![]));
+        assert!(next_opened(&mut n).is_some(), "once it is over, a difference is pulled");
     }
 
     fn entries(r: &wire::SyncMessage) -> usize {
