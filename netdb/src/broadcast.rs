@@ -7,9 +7,8 @@
 //! has an intrusive doubly linked list through the slab, so insert, replace,
 //! take and requeue are all O(1) (plus the few list heads walked on take).
 
+use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hash};
-
-use indexmap::{Equivalent, IndexMap};
 
 use crate::hash::MapHasher;
 
@@ -53,11 +52,9 @@ pub(crate) struct TakeStats {
 pub(crate) struct BroadcastQueue<K, V> {
     slots: Vec<Slot<K, V>>,
     free: Vec<u32>,
-    /// Slot of each queued key. Looked up with borrowed keys
-    /// (`Equivalent`), so a copy heard costs no allocation; hashed with
-    /// the fixed word-at-a-time `MapHasher`, not std's seeded SipHash,
-    /// which every copy heard paid.
-    index: IndexMap<K, u32, BuildHasherDefault<MapHasher>>,
+    /// Slot of each queued key, hashed with the fixed word-at-a-time
+    /// `MapHasher`, not std's seeded SipHash, which every copy heard paid.
+    index: HashMap<K, u32, BuildHasherDefault<MapHasher>>,
     levels: Vec<List>,
     len: usize,
     max_len: usize,
@@ -68,7 +65,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
         BroadcastQueue {
             slots: Vec::new(),
             free: Vec::new(),
-            index: IndexMap::default(),
+            index: HashMap::default(),
             levels: Vec::new(),
             len: 0,
             max_len: max_len.max(1),
@@ -137,7 +134,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     }
 
     /// Drops the queued event of `key`, if any.
-    pub(crate) fn invalidate<Q: ?Sized + Hash + Equivalent<K>>(&mut self, key: &Q) -> bool {
+    pub(crate) fn invalidate(&mut self, key: &K) -> bool {
         match self.index.get(key) {
             Some(&id) => {
                 self.unlink(id);
@@ -156,12 +153,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     /// it: an event heard often is held widely, and more transmissions
     /// would mostly make more copies. An event that copies seldom reach (a
     /// lossy network, few relays) keeps its transmissions.
-    pub(crate) fn heard<Q: ?Sized + Hash + Equivalent<K>>(
-        &mut self,
-        key: &Q,
-        after: u32,
-        eligible: impl Fn(&V) -> bool,
-    ) -> bool {
+    pub(crate) fn heard(&mut self, key: &K, after: u32, eligible: impl Fn(&V) -> bool) -> bool {
         let Some(&id) = self.index.get(key) else { return false };
         let s = &mut self.slots[id as usize];
         if !s.item.as_ref().is_some_and(eligible) {
@@ -296,7 +288,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     fn release(&mut self, id: u32) {
         let s = &mut self.slots[id as usize];
         if let Some(k) = s.key.take() {
-            self.index.swap_remove(&k);
+            self.index.remove(&k);
         }
         s.item = None;
         if !s.in_flight {
