@@ -7,17 +7,18 @@
 //! tombstone with the same ltime as a live entry hid it forever on some
 //! nodes and not on others.
 
+mod keyed;
+
 use std::collections::BTreeMap;
 use std::collections::btree_map::Entry::{Occupied, Vacant};
-use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use indexmap::IndexMap;
 
 use crate::digest::{Digest, NodeId, key_hash, key_prefix, leaf_of};
-use crate::hash::{Hasher, MapHasher};
+use crate::hash::Hasher;
+use keyed::Keyed;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 /// An entry as a node stores it: the value and the version of the write
@@ -92,94 +93,6 @@ pub(crate) struct Change {
     pub before: Option<Entry>,
     pub after: Option<Entry>,
 }
-
-/// A table's key: held in place up to 22 bytes (a container's endpoint
-/// id, a name, an address), saving the 16-byte pointer and the 32-byte
-/// chunk a boxed string costs each of a million entries.
-#[derive(Debug, Clone)]
-enum Key {
-    Inline { len: u8, bytes: [u8; INLINE_KEY] },
-    Boxed(Box<str>),
-}
-
-/// Longest key held in place: with its length and the variant's tag, the
-/// size of a boxed string's pointer and length plus 8.
-const INLINE_KEY: usize = 22;
-
-impl Key {
-    fn as_bytes(&self) -> &[u8] {
-        match self {
-            Key::Inline { len, bytes } => bytes.get(..usize::from(*len)).unwrap_or_default(),
-            Key::Boxed(b) => b.as_bytes(),
-        }
-    }
-
-    fn as_str(&self) -> &str {
-        // Copied whole from a `str`, so it is UTF-8.
-        std::str::from_utf8(self.as_bytes()).unwrap_or_default()
-    }
-}
-
-/// A key looked up by its text: hashed and compared as bytes, as `Key`
-/// is, because checking an inline key's UTF-8 on every compare of every
-/// gossiped copy's lookup cost more than the compare.
-#[derive(Hash)]
-struct KeyRef<'a>(&'a [u8]);
-
-impl<'a> KeyRef<'a> {
-    fn of(key: &'a str) -> KeyRef<'a> {
-        KeyRef(key.as_bytes())
-    }
-}
-
-impl indexmap::Equivalent<Key> for KeyRef<'_> {
-    fn equivalent(&self, key: &Key) -> bool {
-        self.0 == key.as_bytes()
-    }
-}
-
-impl From<&str> for Key {
-    fn from(k: &str) -> Key {
-        match u8::try_from(k.len()) {
-            Ok(len) if k.len() <= INLINE_KEY => {
-                let mut bytes = [0; INLINE_KEY];
-                bytes[..k.len()].copy_from_slice(k.as_bytes());
-                Key::Inline { len, bytes }
-            }
-            _ => Key::Boxed(k.into()),
-        }
-    }
-}
-
-impl std::ops::Deref for Key {
-    type Target = str;
-    fn deref(&self) -> &str {
-        self.as_str()
-    }
-}
-
-impl std::hash::Hash for Key {
-    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
-        KeyRef(self.as_bytes()).hash(state);
-    }
-}
-
-impl PartialEq for Key {
-    fn eq(&self, other: &Key) -> bool {
-        self.as_bytes() == other.as_bytes()
-    }
-}
-
-impl Eq for Key {}
-
-/// One table's entries by key. Hashed: every gossiped copy, push/pull
-/// entry and write looks its key up, and in a sorted map those lookups'
-/// string compares were a quarter of a 100-agent burst's CPU. Listings
-/// sort (`Tables::table`, `Tables::iter`), so callers still see key order.
-/// The entries lie in one vector and the hash table holds their positions:
-/// a hash map of entries doubles its buckets at a power of two, so at a
-/// million keys it held 2^21 buckets of 113 bytes, 237 bytes an entry.
-type Keyed = IndexMap<Key, Entry, BuildHasherDefault<MapHasher>>;
 
 /// The positions of a table's entries in one leaf of the digest's tree.
 /// A small table has one entry in most of its leaves, which needs no
@@ -259,7 +172,13 @@ impl Tables {
     }
 
     pub(crate) fn get(&self, table: &str, key: &str) -> Option<&Entry> {
-        self.tables.get(table)?.entries.get(&KeyRef::of(key))
+        self.tables.get(table)?.entries.get(key)
+    }
+
+    /// Whether `key` holds that very version: the copy check every
+    /// gossiped arrival goes through ([`Keyed::holds`]).
+    pub(crate) fn holds(&self, table: &str, key: &str, version: Version<'_>) -> bool {
+        self.tables.get(table).is_some_and(|t| t.entries.holds(key, version))
     }
 
     /// One table's entries in key order.
@@ -280,7 +199,7 @@ impl Tables {
     /// Every entry, in table order but keys in no order: for scans that
     /// need no sort (a million-entry table sorts in a second).
     pub(crate) fn unordered(&self) -> impl Iterator<Item = (&str, &str, &Entry)> {
-        self.tables.iter().flat_map(|(t, es)| es.entries.iter().map(move |(k, e)| (&**t, &**k, e)))
+        self.tables.iter().flat_map(|(t, es)| es.entries.iter().map(move |(k, e)| (&**t, k, e)))
     }
 
     /// The entries of one node of the digest's tree, hidden ones included,
@@ -298,7 +217,7 @@ impl Tables {
                     .flat_map(move |(&leaf, held)| {
                         held.positions().iter().filter_map(move |&i| {
                             let (k, e) = t.entries.get_index(i)?;
-                            Some((leaf, name.as_str(), &**k, e))
+                            Some((leaf, name.as_str(), k, e))
                         })
                     })
                     .peekable()
@@ -348,17 +267,13 @@ impl Tables {
             None => self.tables.entry(table.into()).or_default(),
         };
         t.visible += usize::from(entry.visible());
-        let old = match t.entries.get_mut(&KeyRef::of(key)) {
-            Some(slot) => Some(std::mem::replace(slot, entry)),
-            None => {
-                let (i, _) = t.entries.insert_full(key.into(), entry);
-                match t.by_leaf.entry(leaf_of(prefix.finish())) {
-                    Vacant(v) => _ = v.insert(Leaf::One(i)),
-                    Occupied(o) => o.into_mut().add(i),
-                }
-                None
+        let (i, old) = t.entries.insert(key, entry);
+        if old.is_none() {
+            match t.by_leaf.entry(leaf_of(prefix.finish())) {
+                Vacant(v) => _ = v.insert(Leaf::One(i)),
+                Occupied(o) => o.into_mut().add(i),
             }
-        };
+        }
         if let Some(o) = &old {
             t.visible -= usize::from(o.visible());
             self.count(prefix, o, false);
@@ -370,7 +285,7 @@ impl Tables {
         let t = self.tables.get_mut(table)?;
         // The order of a table's vector is no order callers see; the last
         // entry takes the removed one's place, and its index entry follows.
-        let (i, _, old) = t.entries.swap_remove_full(&KeyRef::of(key))?;
+        let (i, old) = t.entries.swap_remove(key)?;
         t.visible -= usize::from(old.visible());
         let prefix = key_prefix(table, key);
         let leaf = leaf_of(prefix.finish());
@@ -421,7 +336,7 @@ impl Tables {
 
 /// A table's entries in key order.
 fn sorted(t: &Keyed) -> std::vec::IntoIter<(&str, &Entry)> {
-    let mut v: Vec<(&str, &Entry)> = t.iter().map(|(k, e)| (&**k, e)).collect();
+    let mut v: Vec<(&str, &Entry)> = t.iter().collect();
     v.sort_unstable_by_key(|(k, _)| *k);
     v.into_iter()
 }
@@ -543,7 +458,6 @@ mod tests {
 
     #[test]
     fn keys_short_and_long_are_found_listed_and_removed() {
-        assert_eq!(size_of::<Key>(), 24, "a key costs no more than a string's header");
         let keys: Vec<String> = (0..40).map(|n| "é".repeat(n / 2) + &"k".repeat(n % 2)).collect();
         let mut s = Tables::default();
         for (i, k) in keys.iter().enumerate() {

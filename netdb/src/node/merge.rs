@@ -151,8 +151,8 @@ impl Node {
         // the owner's state is looked up. A copy changes nothing the owner
         // checks below could: holding that very write means its owner was
         // admitted in that incarnation and none newer is known.
-        let held = self.scope(scope).and_then(|st| st.data.get(w.table, w.key));
-        if held.is_some_and(|old| old.version() == (w.ltime, w.owner, w.incarnation)) {
+        let version = (w.ltime, w.owner, w.incarnation);
+        if self.scope(scope).is_some_and(|st| st.data.holds(w.table, w.key, version)) {
             if via != Via::Sync {
                 self.stats.gossip_copies += 1;
             }
