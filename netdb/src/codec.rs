@@ -303,13 +303,19 @@ pub(crate) fn varint_len(v: u64) -> usize {
 }
 
 /// Decodes and validates a datagram (already unsealed); any violation drops
-/// it whole, with the reason to count.
-pub fn decode_datagram<'a>(cfg: &Config, bytes: &'a [u8]) -> Result<Body<'a>, DropReason> {
+/// it whole, with the reason to count. A gossip body's entries are read
+/// into `entries`, emptied first (a caller reading many datagrams passes
+/// the last one's back, `wireref::emptied`, to spare an allocation each).
+pub fn decode_datagram<'a>(
+    cfg: &Config,
+    bytes: &'a [u8],
+    entries: Vec<EntryRef<'a>>,
+) -> Result<Body<'a>, DropReason> {
     if bytes.len() > MAX_DATAGRAM {
         return Err(DropReason::TooLarge);
     }
     if let DatagramRef::Gossip { version, gossip } =
-        wireref::datagram(bytes).ok_or(DropReason::Malformed)?
+        wireref::datagram(bytes, entries).ok_or(DropReason::Malformed)?
     {
         if version != WIRE_VERSION {
             return Err(DropReason::BadVersion);
@@ -648,7 +654,7 @@ mod tests {
     fn good_gossip_round_trips() {
         let cfg = Config::default();
         let bytes = gossip("net", vec![entry("t", "k", "n1")]);
-        match decode_datagram(&cfg, &bytes) {
+        match decode_datagram(&cfg, &bytes, Vec::new()) {
             Ok(Body::Gossip(g)) => {
                 assert_eq!(g.root, 7);
                 assert_eq!(g.entries[0].key, "k");
@@ -664,14 +670,14 @@ mod tests {
         for cut in 0..bytes.len() {
             // A prefix may decode (protobuf fields are optional), but it must
             // then pass every check, and it must never panic.
-            if let Ok(Body::Gossip(g)) = decode_datagram(&cfg, &bytes[..cut]) {
+            if let Ok(Body::Gossip(g)) = decode_datagram(&cfg, &bytes[..cut], Vec::new()) {
                 for e in &g.entries {
                     assert!(validate_entry(&cfg, g.network, e).is_ok());
                 }
             }
         }
         assert_eq!(
-            decode_datagram(&cfg, &bytes[..bytes.len() - 1]).err(),
+            decode_datagram(&cfg, &bytes[..bytes.len() - 1], Vec::new()).err(),
             Some(DropReason::Malformed)
         );
     }
@@ -680,37 +686,40 @@ mod tests {
     fn oversized_and_bad_fields_are_rejected() {
         let cfg = Config::default();
         assert_eq!(
-            decode_datagram(&cfg, &vec![0u8; MAX_DATAGRAM + 1]).err(),
+            decode_datagram(&cfg, &vec![0u8; MAX_DATAGRAM + 1], Vec::new()).err(),
             Some(DropReason::TooLarge)
         );
         let mut big = entry("t", "k", "n1");
         big.value = Bytes::from(vec![0u8; cfg.max_value_len + 1]);
         assert_eq!(
-            decode_datagram(&cfg, &gossip("net", vec![big])).err(),
+            decode_datagram(&cfg, &gossip("net", vec![big]), Vec::new()).err(),
             Some(DropReason::BadEntry)
         );
         let mut zero = entry("t", "k", "n1");
         zero.ltime = 0;
         assert_eq!(
-            decode_datagram(&cfg, &gossip("net", vec![zero])).err(),
+            decode_datagram(&cfg, &gossip("net", vec![zero]), Vec::new()).err(),
             Some(DropReason::BadEntry)
         );
         assert_eq!(
-            decode_datagram(&cfg, &gossip("bad/net", vec![])).err(),
+            decode_datagram(&cfg, &gossip("bad/net", vec![]), Vec::new()).err(),
             Some(DropReason::BadName)
         );
         assert_eq!(
-            decode_datagram(&cfg, &gossip("net", vec![entry("t", "", "n1")])).err(),
+            decode_datagram(&cfg, &gossip("net", vec![entry("t", "", "n1")]), Vec::new()).err(),
             Some(DropReason::BadName)
         );
         assert_eq!(
-            decode_datagram(&cfg, &gossip("net", vec![entry("t", "k\n", "n1")])).err(),
+            decode_datagram(&cfg, &gossip("net", vec![entry("t", "k\n", "n1")]), Vec::new()).err(),
             Some(DropReason::BadName)
         );
         let v2 =
             wire::Datagram { version: 2, body: Some(wire::datagram::Body::Swim(Bytes::new())) };
-        assert_eq!(decode_datagram(&cfg, &v2.encode_to_vec()).err(), Some(DropReason::BadVersion));
-        assert_eq!(decode_datagram(&cfg, &[]).err(), Some(DropReason::BadVersion));
+        assert_eq!(
+            decode_datagram(&cfg, &v2.encode_to_vec(), Vec::new()).err(),
+            Some(DropReason::BadVersion)
+        );
+        assert_eq!(decode_datagram(&cfg, &[], Vec::new()).err(), Some(DropReason::BadVersion));
     }
 
     #[test]
@@ -803,7 +812,7 @@ mod tests {
                     x as u8
                 })
                 .collect();
-            let _ = decode_datagram(&cfg, &buf);
+            let _ = decode_datagram(&cfg, &buf, Vec::new());
             let _ = decode_sync(&cfg, &buf);
         }
     }

@@ -4,5 +4,5 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let cfg = netdb::Config::default();
-    let _ = netdb::codec::decode_datagram(&cfg, data);
+    let _ = netdb::codec::decode_datagram(&cfg, data, Vec::new());
 });

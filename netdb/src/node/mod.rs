@@ -54,7 +54,7 @@ use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};
 
 use crate::clock::LamportClock;
-use crate::codec::{self, Body};
+use crate::codec::{self, Body, EntryRef};
 use crate::config::Config;
 use crate::error::Error;
 use crate::event::{Event, Transmit};
@@ -64,6 +64,7 @@ use crate::membership::{Identity, MemberInfo, MemberState, Owner, PeerSet, Statu
 use crate::names::{NODES_TABLE, Scope, ScopeId, valid_name};
 use crate::stats::{DropReason, Stats};
 use crate::table::Entry;
+use crate::wireref;
 
 use merge::{Merged, Via};
 use scope::ScopeState;
@@ -113,6 +114,9 @@ pub struct Node {
     active: bool,
     left: bool,
     outbox: VecDeque<Transmit>,
+    /// Room for the entries of the next gossip datagram read
+    /// (`wireref::emptied`).
+    entry_room: Vec<EntryRef<'static>>,
     events: VecDeque<Event>,
     stats: Stats,
     keyring: Option<Keyring>,
@@ -199,6 +203,7 @@ impl Node {
             active: false,
             left: false,
             outbox: VecDeque::new(),
+            entry_room: Vec::new(),
             events: VecDeque::new(),
             stats: Stats::default(),
             keyring: None,
@@ -289,7 +294,8 @@ impl Node {
         let Some(plain) = self.unseal(bytes) else { return };
         self.suspicions.heard_from(from);
         let bytes = &plain[..];
-        match codec::decode_datagram(&self.cfg, bytes) {
+        let room = wireref::emptied(std::mem::take(&mut self.entry_room));
+        match codec::decode_datagram(&self.cfg, bytes, room) {
             Err(r) => self.stats.drop(r),
             Ok(Body::Swim(data)) => {
                 self.stats.swim_in.add(bytes.len());
@@ -319,6 +325,7 @@ impl Node {
                 }
                 self.tree_received(scope, from, news, copies);
                 self.compare_root(now, scope, g.root, from);
+                self.entry_room = wireref::emptied(g.entries);
             }
             Ok(Body::KeyQuery(q)) => self.handle_key_query(now, from, q),
             Ok(Body::KeyAck(a)) => self.handle_key_ack(now, from, a),
