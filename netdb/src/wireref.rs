@@ -213,6 +213,48 @@ const BLANK: EntryRef<'static> = EntryRef {
 };
 
 fn entry(bytes: &[u8]) -> Option<EntryRef<'_>> {
+    in_order(bytes).or_else(|| any_entry(bytes))
+}
+
+/// An entry laid out as every encoder of ours and prost write one: known
+/// fields only, each at most once, in field order. Read straight through,
+/// without the general reader's loop and dispatch per field, which with
+/// its varints took a fifth of a burst's instructions (`sim_burst` under
+/// cachegrind). `None` for any other layout, and for bad bytes, which the
+/// general reader then reads (and refuses) as before.
+fn in_order(bytes: &[u8]) -> Option<EntryRef<'_>> {
+    let mut r = Fields(bytes);
+    let mut e = BLANK;
+    let text = |b| std::str::from_utf8(b).ok();
+    if r.key(1, 2) {
+        e.table = text(r.len_delimited()?)?;
+    }
+    if r.key(2, 2) {
+        e.key = text(r.len_delimited()?)?;
+    }
+    if r.key(3, 2) {
+        e.value = r.len_delimited()?;
+    }
+    if r.key(4, 2) {
+        e.owner = text(r.len_delimited()?)?;
+    }
+    if r.key(5, 0) {
+        e.incarnation = r.varint()?;
+    }
+    if r.key(6, 0) {
+        e.ltime = r.varint()?;
+    }
+    if r.key(7, 0) {
+        e.deleted = r.varint()? != 0;
+    }
+    if r.key(8, 0) {
+        e.reap_in_ms = r.varint()?;
+    }
+    r.0.is_empty().then_some(e)
+}
+
+/// An entry in any layout protobuf allows.
+fn any_entry(bytes: &[u8]) -> Option<EntryRef<'_>> {
     let mut e = BLANK;
     let text = |b| std::str::from_utf8(b).ok();
     for field in Fields(bytes) {
@@ -268,10 +310,7 @@ impl<'a> Fields<'a> {
         let value = match key & 7 {
             0 => Value::Varint(self.varint()?),
             1 => Value::Fixed64(u64::from_le_bytes(self.take(8)?.try_into().ok()?)),
-            2 => {
-                let len = usize::try_from(self.varint()?).ok()?;
-                Value::Bytes(self.take(len)?)
-            }
+            2 => Value::Bytes(self.len_delimited()?),
             5 => {
                 self.take(4)?;
                 Value::Fixed32
@@ -279,6 +318,23 @@ impl<'a> Fields<'a> {
             _ => return None,
         };
         Some((number, value))
+    }
+
+    /// Steps over the next field's key if it is `number` of `wire_type`
+    /// (one byte: fields up to 15).
+    fn key(&mut self, number: u8, wire_type: u8) -> bool {
+        match self.0.split_first() {
+            Some((&b, rest)) if b == number << 3 | wire_type => {
+                self.0 = rest;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn len_delimited(&mut self) -> Option<&'a [u8]> {
+        let len = usize::try_from(self.varint()?).ok()?;
+        self.take(len)
     }
 
     fn take(&mut self, n: usize) -> Option<&'a [u8]> {
@@ -292,6 +348,13 @@ impl<'a> Fields<'a> {
 
     /// A varint of at most 10 bytes, its tenth holding the top bit alone.
     fn varint(&mut self) -> Option<u64> {
+        // Nearly every key and length of a gossip entry is one byte.
+        if let Some((&b, rest)) = self.0.split_first()
+            && b < 0x80
+        {
+            self.0 = rest;
+            return Some(u64::from(b));
+        }
         let mut v = 0u64;
         for i in 0..10 {
             let b = *self.0.get(i)?;
@@ -474,6 +537,41 @@ mod tests {
             let bytes = crate::codec::encode_datagram(wire::datagram::Body::Gossip(g.clone()));
             assert_eq!(read(&bytes), Some((crate::codec::WIRE_VERSION, g)));
         }
+    }
+
+    #[test]
+    fn entries_in_field_order_read_as_the_general_reader_reads_them() {
+        let mut rng = Rng(11);
+        let mut fast = 0;
+        for i in 0..30_000u64 {
+            let mut e = sample(&mut rng, 1).entries.remove(0);
+            // Fields at their defaults are left out by the encoder.
+            match i % 4 {
+                0 => (e.deleted, e.reap_in_ms) = (false, 0),
+                1 => (e.table, e.value) = (String::new(), bytes::Bytes::new()),
+                2 => e.value = vec![1; 300].into(),
+                _ => {}
+            }
+            let mut bytes = e.encode_to_vec();
+            assert_eq!(in_order(&bytes), Some(EntryRef::from(&e)), "as encoded");
+            let at = (rng.next() as usize) % bytes.len();
+            match rng.next() % 4 {
+                0 => bytes[at] = rng.next() as u8,
+                1 => bytes.truncate(at),
+                2 => bytes.insert(at, rng.next() as u8),
+                _ => {
+                    let other = (rng.next() as usize) % bytes.len();
+                    bytes.swap(at, other);
+                }
+            }
+            let general = any_entry(&bytes);
+            if let Some(e) = in_order(&bytes) {
+                fast += 1;
+                assert_eq!(Some(e), general, "{bytes:?}");
+            }
+            assert_eq!(entry(&bytes), general, "{bytes:?}");
+        }
+        assert!(fast > 1_000, "damaged entries the fast reader still took: {fast}");
     }
 
     #[test]
