@@ -11,7 +11,7 @@ use super::Node;
 use super::cluster::is_leave_record;
 use super::scope::{Queued, queue_key};
 use super::timers::Wake;
-use crate::codec::{EncodedEntry, EntryRef, entry_from_wire};
+use crate::codec::{self, EncodedEntry, EntryRef, entry_from_wire};
 use crate::event::{EntryEventKind, Event};
 use crate::membership::{Owner, Status};
 use crate::names::Scope;
@@ -157,6 +157,14 @@ impl Node {
                 self.stats.gossip_copies += 1;
             }
             return Merged::Copy;
+        }
+        // Push/pull frames are checked whole as they are read; gossip
+        // entries here, past the copies (`codec::decode_datagram`).
+        if via != Via::Sync
+            && let Err(r) = codec::validate_entry(&self.cfg, scope.wire_name(), w)
+        {
+            self.stats.drop(r);
+            return Merged::Nothing;
         }
         let hidden = match self.admit_owner(scope, w) {
             Ok(hidden) => hidden,
@@ -374,6 +382,25 @@ mod tests {
         n.put(t, "net", "t", "k", Bytes::from_static(b"mine")).unwrap();
         let e = n.get("net", "t", "k").expect("visible");
         assert!(e.ltime > 1_000);
+    }
+
+    #[test]
+    fn a_bad_gossip_entry_is_skipped_and_counted_and_its_neighbours_merged() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        n.join_network(t, "net").unwrap();
+        let good = peer_entry("t", "k", Bytes::from_static(b"v"), 5, false);
+        let bad_key = peer_entry("t", "k\n", Bytes::new(), 5, false);
+        let no_time = peer_entry("t", "k2", Bytes::new(), 0, false);
+        let datagram = gossip("net", vec![bad_key, good.clone(), no_time]);
+        n.handle_datagram(t, PEER.parse().unwrap(), &datagram);
+        assert_eq!(n.stats().dropped(DropReason::BadName), 1);
+        assert_eq!(n.stats().dropped(DropReason::BadEntry), 1);
+        let held: Vec<_> = n.raw_entries("net").into_iter().map(|(_, k, _)| k).collect();
+        assert_eq!(held, vec!["k".to_string()]);
+        // Its copy is turned away as one, not checked again.
+        n.handle_datagram(t, PEER.parse().unwrap(), &gossip("net", vec![good]));
+        assert_eq!(n.stats().gossip_copies, 1);
     }
 
     #[test]

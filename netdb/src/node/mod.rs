@@ -283,7 +283,9 @@ impl Node {
     // ----- inputs --------------------------------------------------------
 
     /// A UDP datagram from `from`. Anything that does not open, decode or
-    /// validate is counted in [`Stats`] by reason and changes nothing.
+    /// validate is counted in [`Stats`] by reason and changes nothing; a
+    /// gossip entry that breaks the entry rules is counted and skipped, and
+    /// the others of its datagram are merged.
     pub fn handle_datagram(&mut self, now: Duration, from: SocketAddr, bytes: &[u8]) {
         if self.left {
             return;
