@@ -6,17 +6,17 @@
 //! and burned a core under load. Events live in a slab; each transmit count
 //! has an intrusive doubly linked list through the slab, so insert, replace,
 //! take and requeue are all O(1) (plus the few list heads walked on take).
+//! Events are keyed by a 64-bit hash of what they are about (the caller's:
+//! two keys sharing one share a place, so the caller picks a hash wide
+//! enough that this does not happen in practice).
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hash};
-
-use crate::hash::MapHasher;
+use crate::slots::{self, Slots};
 
 const NIL: u32 = u32::MAX;
 
 #[derive(Debug)]
-struct Slot<K, V> {
-    key: Option<K>,
+struct Slot<V> {
+    key: Option<u64>,
     item: Option<V>,
     transmits: u32,
     limit: u32,
@@ -48,24 +48,41 @@ pub(crate) struct TakeStats {
     pub oversized: usize,
 }
 
+/// Where a queued key's event is. Every copy a node receives looks its
+/// key up here (`heard`), so the key is compared in place (`slots`).
+#[derive(Debug, Clone, Copy, Default)]
+struct Place {
+    key: u64,
+    /// One more than the event's slot; 0: empty.
+    id: u32,
+}
+
+impl slots::Slot for Place {
+    fn is_empty(&self) -> bool {
+        self.id == 0
+    }
+
+    fn hash(&self) -> u64 {
+        self.key
+    }
+}
+
 #[derive(Debug)]
-pub(crate) struct BroadcastQueue<K, V> {
-    slots: Vec<Slot<K, V>>,
+pub(crate) struct BroadcastQueue<V> {
+    slots: Vec<Slot<V>>,
     free: Vec<u32>,
-    /// Slot of each queued key, hashed with the fixed word-at-a-time
-    /// `MapHasher`, not std's seeded SipHash, which every copy heard paid.
-    index: HashMap<K, u32, BuildHasherDefault<MapHasher>>,
+    index: Slots<Place>,
     levels: Vec<List>,
     len: usize,
     max_len: usize,
 }
 
-impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
+impl<V> BroadcastQueue<V> {
     pub(crate) fn new(max_len: usize) -> Self {
         BroadcastQueue {
             slots: Vec::new(),
             free: Vec::new(),
-            index: HashMap::default(),
+            index: Slots::default(),
             levels: Vec::new(),
             len: 0,
             max_len: max_len.max(1),
@@ -83,15 +100,15 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     /// Queues `item` to be sent `limit` times, replacing any queued event of
     /// the same key. Returns how many events were dropped to stay within the
     /// length bound (the most-sent first).
-    pub(crate) fn push(&mut self, key: K, item: V, limit: u32) -> usize {
-        if let Some(&old) = self.index.get(&key) {
+    pub(crate) fn push(&mut self, key: u64, item: V, limit: u32) -> usize {
+        if let Some(old) = self.queued(key) {
             self.unlink(old);
             self.release(old);
         }
         let id = match self.free.pop() {
             Some(id) => {
                 let s = &mut self.slots[id as usize];
-                s.key = Some(key.clone());
+                s.key = Some(key);
                 s.item = Some(item);
                 s.transmits = 0;
                 s.limit = limit.max(1);
@@ -101,7 +118,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
             }
             None => {
                 self.slots.push(Slot {
-                    key: Some(key.clone()),
+                    key: Some(key),
                     item: Some(item),
                     transmits: 0,
                     limit: limit.max(1),
@@ -115,7 +132,7 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.insert(key, id);
+        self.index.put(Place { key, id: id + 1 }, |p| p.key == key);
         self.link_front(id);
         self.len += 1;
         let mut dropped = 0;
@@ -134,9 +151,9 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     }
 
     /// Drops the queued event of `key`, if any.
-    pub(crate) fn invalidate(&mut self, key: &K) -> bool {
-        match self.index.get(key) {
-            Some(&id) => {
+    pub(crate) fn invalidate(&mut self, key: u64) -> bool {
+        match self.queued(key) {
+            Some(id) => {
                 self.unlink(id);
                 self.release(id);
                 true
@@ -153,8 +170,8 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
     /// it: an event heard often is held widely, and more transmissions
     /// would mostly make more copies. An event that copies seldom reach (a
     /// lossy network, few relays) keeps its transmissions.
-    pub(crate) fn heard(&mut self, key: &K, after: u32, eligible: impl Fn(&V) -> bool) -> bool {
-        let Some(&id) = self.index.get(key) else { return false };
+    pub(crate) fn heard(&mut self, key: u64, after: u32, eligible: impl Fn(&V) -> bool) -> bool {
+        let Some(id) = self.queued(key) else { return false };
         let s = &mut self.slots[id as usize];
         if !s.item.as_ref().is_some_and(eligible) {
             return false;
@@ -284,11 +301,19 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
         self.len -= 1;
     }
 
+    /// The slot of `key`'s queued event.
+    fn queued(&self, key: u64) -> Option<u32> {
+        let i = self.index.find(key, |p| p.key == key)?;
+        Some(self.index.get(i).id - 1)
+    }
+
     /// Frees an unlinked slot.
     fn release(&mut self, id: u32) {
         let s = &mut self.slots[id as usize];
-        if let Some(k) = s.key.take() {
-            self.index.remove(&k);
+        if let Some(k) = s.key.take()
+            && let Some(i) = self.index.find(k, |p| p.key == k)
+        {
+            self.index.vacate(i);
         }
         s.item = None;
         if !s.in_flight {
@@ -301,7 +326,12 @@ impl<K: Hash + Eq + Clone, V> BroadcastQueue<K, V> {
 mod tests {
     use super::*;
 
-    fn drain_once(q: &mut BroadcastQueue<&'static str, usize>, budget: usize) -> Vec<usize> {
+    /// A test's key: the queue takes hashes.
+    fn k(name: &str) -> u64 {
+        crate::hash::Hasher::default().bytes(name.as_bytes()).finish()
+    }
+
+    fn drain_once(q: &mut BroadcastQueue<usize>, budget: usize) -> Vec<usize> {
         let (ids, _) = q.take(budget, |v| *v);
         let items = ids.iter().map(|&i| *q.get(i).unwrap()).collect();
         q.sent(&ids);
@@ -311,8 +341,8 @@ mod tests {
     #[test]
     fn each_event_is_sent_exactly_its_limit() {
         let mut q = BroadcastQueue::new(100);
-        q.push("a", 10, 3);
-        q.push("b", 20, 1);
+        q.push(k("a"), 10, 3);
+        q.push(k("b"), 20, 1);
         let mut sends = 0;
         while !q.is_empty() {
             sends += drain_once(&mut q, 1000).len();
@@ -323,23 +353,23 @@ mod tests {
     #[test]
     fn newer_event_replaces_queued_one() {
         let mut q = BroadcastQueue::new(100);
-        q.push("k", 1, 5);
-        q.push("other", 2, 5);
-        q.push("k", 3, 5);
+        q.push(k("k"), 1, 5);
+        q.push(k("other"), 2, 5);
+        q.push(k("k"), 3, 5);
         assert_eq!(q.len(), 2);
         let items = drain_once(&mut q, 1000);
         assert_eq!(items, vec![3, 2], "newest first, old value of k gone");
-        assert!(q.invalidate(&"k"));
-        assert!(!q.invalidate(&"k"));
+        assert!(q.invalidate(k("k")));
+        assert!(!q.invalidate(k("k")));
         assert_eq!(q.len(), 1);
     }
 
     #[test]
     fn least_sent_first_and_budget_respected() {
         let mut q = BroadcastQueue::new(100);
-        q.push("old", 5, 10);
+        q.push(k("old"), 5, 10);
         drain_once(&mut q, 100); // "old" now sent once
-        q.push("new", 5, 10);
+        q.push(k("new"), 5, 10);
         assert_eq!(drain_once(&mut q, 5), vec![5]);
         // "new" (0 sends) went first; now both have 1 send.
         let (ids, _) = q.take(7, |v| *v);
@@ -351,10 +381,10 @@ mod tests {
     #[test]
     fn replacing_an_in_flight_event_keeps_ids_stable() {
         let mut q = BroadcastQueue::new(100);
-        q.push("k", 1, 5);
+        q.push(k("k"), 1, 5);
         let (ids, _) = q.take(100, |v| *v);
-        q.push("k", 2, 5);
-        q.push("j", 3, 5);
+        q.push(k("k"), 2, 5);
+        q.push(k("j"), 3, 5);
         assert_eq!(q.get(ids[0]), None, "the replaced event is gone");
         q.sent(&ids);
         assert_eq!(q.len(), 2);
@@ -364,38 +394,38 @@ mod tests {
     #[test]
     fn an_event_heard_often_enough_leaves_the_queue() {
         let mut q = BroadcastQueue::new(100);
-        q.push("a", 1, 10);
-        q.push("b", 2, 10);
+        q.push(k("a"), 1, 10);
+        q.push(k("b"), 2, 10);
         drain_once(&mut q, 100);
-        assert!(!q.heard(&"a", 2, |_| true), "one copy is not enough");
-        assert!(!q.heard(&"missing", 2, |_| true));
-        assert!(!q.heard(&"b", 2, |v| *v != 2), "b's copies do not count");
-        assert!(!q.heard(&"b", 2, |v| *v != 2));
-        assert!(q.heard(&"a", 2, |_| true));
+        assert!(!q.heard(k("a"), 2, |_| true), "one copy is not enough");
+        assert!(!q.heard(k("missing"), 2, |_| true));
+        assert!(!q.heard(k("b"), 2, |v| *v != 2), "b's copies do not count");
+        assert!(!q.heard(k("b"), 2, |v| *v != 2));
+        assert!(q.heard(k("a"), 2, |_| true));
         assert_eq!(q.len(), 1);
         assert_eq!(drain_once(&mut q, 100), vec![2]);
         // A newer event of the key starts its count again.
-        q.push("b", 3, 10);
-        assert!(!q.heard(&"b", 2, |_| true));
+        q.push(k("b"), 3, 10);
+        assert!(!q.heard(k("b"), 2, |_| true));
     }
 
     #[test]
     fn an_event_heard_before_its_first_send_is_sent_once() {
         let mut q = BroadcastQueue::new(100);
-        q.push("a", 1, 10);
-        assert!(!q.heard(&"a", 1, |_| true));
+        q.push(k("a"), 1, 10);
+        assert!(!q.heard(k("a"), 1, |_| true));
         assert_eq!(q.len(), 1);
         assert_eq!(drain_once(&mut q, 100), vec![1]);
         assert!(q.is_empty(), "gone after that send");
-        q.push("b", 2, 10);
+        q.push(k("b"), 2, 10);
         assert_eq!(drain_once(&mut q, 100), vec![2], "its slot is reused cleanly");
     }
 
     #[test]
     fn oversized_events_are_dropped_and_counted() {
         let mut q = BroadcastQueue::new(100);
-        q.push("huge", 5000, 3);
-        q.push("small", 10, 3);
+        q.push(k("huge"), 5000, 3);
+        q.push(k("small"), 10, 3);
         let (ids, stats) = q.take(1400, |v| *v);
         assert_eq!(stats.oversized, 1);
         assert_eq!(ids.len(), 1);
@@ -406,22 +436,22 @@ mod tests {
     #[test]
     fn length_bound_drops_most_sent_events() {
         let mut q = BroadcastQueue::new(2);
-        q.push("a", 1, 10);
+        q.push(k("a"), 1, 10);
         drain_once(&mut q, 100);
-        q.push("b", 1, 10);
-        assert_eq!(q.push("c", 1, 10), 1);
+        q.push(k("b"), 1, 10);
+        assert_eq!(q.push(k("c"), 1, 10), 1);
         assert_eq!(q.len(), 2);
-        assert!(!q.invalidate(&"a"), "a was sent most, so it went");
-        assert!(q.invalidate(&"b") && q.invalidate(&"c"));
+        assert!(!q.invalidate(k("a")), "a was sent most, so it went");
+        assert!(q.invalidate(k("b")) && q.invalidate(k("c")));
     }
 
     #[test]
     fn replace_is_constant_time_under_a_large_queue() {
         // 200k replacements of 100k distinct keys: quadratic work would not
         // finish in a test's time; this is O(n).
-        let mut q: BroadcastQueue<u32, u32> = BroadcastQueue::new(1_000_000);
+        let mut q: BroadcastQueue<u32> = BroadcastQueue::new(1_000_000);
         for i in 0..200_000u32 {
-            q.push(i % 100_000, i, 4);
+            q.push(u64::from(i % 100_000), i, 4);
         }
         assert_eq!(q.len(), 100_000);
         let (ids, _) = q.take(10, |_| 1);

@@ -18,6 +18,7 @@ mod hash;
 mod keyops;
 mod membership;
 mod node;
+mod slots;
 mod stats;
 mod table;
 mod wireref;

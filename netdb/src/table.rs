@@ -347,7 +347,7 @@ mod tests {
 
     use super::*;
 
-    fn e(owner: &str, ltime: u64, deleted: bool) -> Entry {
+    pub(super) fn e(owner: &str, ltime: u64, deleted: bool) -> Entry {
         Entry {
             value: Bytes::from(format!("{owner}@{ltime}")),
             owner: owner.into(),

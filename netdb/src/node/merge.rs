@@ -270,7 +270,7 @@ impl Node {
         let due = matches!(st.data.get(table, key), Some(e) if e.deleted && e.reap_at.is_some_and(|at| at <= now));
         if due {
             st.data.remove(table, key);
-            st.queue.invalidate(&queue_key(table, key));
+            st.queue.invalidate(queue_key(table, key));
             if scope == Scope::Cluster {
                 self.cluster_entry_removed(table);
             }
@@ -328,7 +328,7 @@ impl Node {
             }
             for c in &changes {
                 if c.after.as_ref().is_none_or(|e| e.hidden) {
-                    st.queue.invalidate(&queue_key(&c.table, &c.key));
+                    st.queue.invalidate(queue_key(&c.table, &c.key));
                 }
             }
             self.emit_changes(scope, changes);

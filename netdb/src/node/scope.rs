@@ -37,9 +37,7 @@ pub(super) struct Queued {
 /// most `max_queue_len`) sharing 64 bits would share a slot, the later
 /// event replacing the other's relay: the digest is exact, and push/pull
 /// repairs what gossip then misses.
-pub(super) type QueueKey = u64;
-
-pub(super) fn queue_key(table: &str, key: &str) -> QueueKey {
+pub(super) fn queue_key(table: &str, key: &str) -> u64 {
     let mut h = MapHasher::default();
     for s in [table, key] {
         // Lengths first: the hasher pads a string's last word with zeros.
@@ -52,7 +50,7 @@ pub(super) fn queue_key(table: &str, key: &str) -> QueueKey {
 #[derive(Debug)]
 pub(super) struct ScopeState {
     pub(super) data: Tables,
-    pub(super) queue: BroadcastQueue<QueueKey, Queued>,
+    pub(super) queue: BroadcastQueue<Queued>,
     /// The push tree's links and pending control (`Config::push_tree`).
     pub(super) tree: PushTree,
     pub(super) last_root: u64,

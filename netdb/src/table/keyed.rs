@@ -19,6 +19,7 @@ use std::hash::Hasher as _;
 
 use super::{Entry, Version};
 use crate::hash::MapHasher;
+use crate::slots::{self, Slots};
 
 /// A table's key: held in place up to 22 bytes (a container's endpoint
 /// id, a name, an address), saving the 16-byte pointer and the 32-byte
@@ -67,21 +68,25 @@ struct Slot {
     version: u64,
     /// One more than the entry's position; 0: the slot is empty.
     pos: u32,
-    /// The key's hash folded to 32 bits ([`tag`]); its low bits are the
-    /// slot where probing for the key starts.
+    /// The key's hash folded to 32 bits ([`tag`]).
     tag: u32,
 }
 
-/// The index is grown before it is fuller than this (3/4): linear
-/// probing's runs grow fast past it.
-const MAX_LOAD: (usize, usize) = (3, 4);
+impl slots::Slot for Slot {
+    fn is_empty(&self) -> bool {
+        self.pos == 0
+    }
+
+    fn hash(&self) -> u64 {
+        u64::from(self.tag)
+    }
+}
 
 /// A table's entries, in no order callers see, and their index.
 #[derive(Debug, Default)]
 pub(super) struct Keyed {
     entries: Vec<(Key, Entry)>,
-    /// Empty, or a power of two long.
-    slots: Vec<Slot>,
+    slots: Slots<Slot>,
 }
 
 fn tag(key: &[u8]) -> u32 {
@@ -103,6 +108,11 @@ fn print((ltime, owner, incarnation): Version<'_>) -> u64 {
     h.finish()
 }
 
+/// Whether slot `s` is the one of `key`.
+fn is_key(entries: &[(Key, Entry)], s: &Slot, key: &[u8]) -> bool {
+    entries.get(s.pos as usize - 1).is_some_and(|(k, _)| k.as_bytes() == key)
+}
+
 impl Keyed {
     pub(super) fn len(&self) -> usize {
         self.entries.len()
@@ -120,96 +130,44 @@ impl Keyed {
         self.entries.get(i).map(|(k, e)| (k.as_str(), e))
     }
 
-    fn mask(&self) -> usize {
-        self.slots.len().wrapping_sub(1)
-    }
-
-    /// The slot holding `key`, or the empty slot where probing for it
-    /// stopped. The index must not be empty.
-    fn probe(&self, key: &[u8], tag: u32) -> Result<usize, usize> {
-        let mask = self.mask();
-        let mut i = tag as usize & mask;
-        // The load limit leaves a quarter empty, so the walk ends.
-        loop {
-            let s = self.slots[i];
-            if s.pos == 0 {
-                return Err(i);
-            }
-            if s.tag == tag && self.key_at(s).is_some_and(|k| k.as_bytes() == key) {
-                return Ok(i);
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// The slot holding `key`.
+    /// The slot of `key`.
     fn find(&self, key: &str) -> Option<usize> {
-        if self.slots.is_empty() {
-            return None;
-        }
-        self.probe(key.as_bytes(), tag(key.as_bytes())).ok()
-    }
-
-    fn key_at(&self, s: Slot) -> Option<&Key> {
-        self.entries.get(s.pos as usize - 1).map(|(k, _)| k)
+        let (key, tag) = (key.as_bytes(), tag(key.as_bytes()));
+        self.slots.find(tag.into(), |s| s.tag == tag && is_key(&self.entries, s, key))
     }
 
     pub(super) fn get(&self, key: &str) -> Option<&Entry> {
         let i = self.find(key)?;
-        self.entries.get(self.slots[i].pos as usize - 1).map(|(_, e)| e)
+        self.entries.get(self.slots.get(i).pos as usize - 1).map(|(_, e)| e)
     }
 
     /// Whether the entry of `key` is at `version`. A slot of the key's
     /// tag and the version's fingerprint answers yes without the entry
     /// being read; any other answer is exact.
     pub(super) fn holds(&self, key: &str, version: Version<'_>) -> bool {
-        if self.slots.is_empty() {
-            return false;
-        }
         let (key, tag, print) = (key.as_bytes(), tag(key.as_bytes()), print(version));
-        let mask = self.mask();
-        let mut i = tag as usize & mask;
-        loop {
-            let s = self.slots[i];
-            if s.pos == 0 {
-                return false;
-            }
-            if s.tag == tag {
-                if s.version == print {
-                    return true;
-                }
-                if self.key_at(s).is_some_and(|k| k.as_bytes() == key) {
-                    return false;
-                }
-            }
-            i = (i + 1) & mask;
-        }
+        let hit = |s: &Slot| s.tag == tag && (s.version == print || is_key(&self.entries, s, key));
+        self.slots.find(tag.into(), hit).is_some_and(|i| self.slots.get(i).version == print)
     }
 
     /// Inserts or replaces; returns the entry's position and the replaced
     /// entry.
     pub(super) fn insert(&mut self, key: &str, entry: Entry) -> (usize, Option<Entry>) {
-        let over = |slots: usize| (self.entries.len() + 1) * MAX_LOAD.1 > slots * MAX_LOAD.0;
-        if over(self.slots.len()) {
-            self.grow();
-        }
         let tag = tag(key.as_bytes());
-        let version = print(entry.version());
-        match self.probe(key.as_bytes(), tag) {
-            Ok(i) => {
-                let s = &mut self.slots[i];
-                s.version = version;
-                let at = s.pos as usize - 1;
-                let old = std::mem::replace(&mut self.entries[at].1, entry);
-                (at, Some(old))
+        // Positions fit: four billion entries of a table would not fit in
+        // any memory first.
+        let new = Slot { version: print(entry.version()), pos: self.entries.len() as u32 + 1, tag };
+        let entries = &self.entries;
+        let (i, old) = self.slots.put(new, |s| s.tag == tag && is_key(entries, s, key.as_bytes()));
+        match old {
+            Some(old) => {
+                self.slots.get_mut(i).pos = old.pos;
+                let at = old.pos as usize - 1;
+                (at, Some(std::mem::replace(&mut self.entries[at].1, entry)))
             }
-            Err(i) => {
-                let at = self.entries.len();
-                // Positions fit: four billion entries of a table would
-                // not fit in any memory first.
-                self.slots[i] = Slot { version, pos: (at + 1) as u32, tag };
+            None => {
                 self.entries.push((key.into(), entry));
-                (at, None)
+                (self.entries.len() - 1, None)
             }
         }
     }
@@ -218,69 +176,17 @@ impl Keyed {
     /// that position and the entry.
     pub(super) fn swap_remove(&mut self, key: &str) -> Option<(usize, Entry)> {
         let i = self.find(key)?;
-        let at = self.slots[i].pos as usize - 1;
-        self.vacate(i);
+        let at = self.slots.get(i).pos as usize - 1;
+        self.slots.vacate(i);
         let last = self.entries.len() - 1;
         if at != last {
-            let moved = self.slot_of(last)?;
-            self.slots[moved].pos = (at + 1) as u32;
+            let (moved, _) = &self.entries[last];
+            let pos = last as u32 + 1;
+            let j = self.slots.find(tag(moved.as_bytes()).into(), |s| s.pos == pos)?;
+            self.slots.get_mut(j).pos = at as u32 + 1;
         }
         let (_, entry) = self.entries.swap_remove(at);
         Some((at, entry))
-    }
-
-    /// The slot pointing at position `at`.
-    fn slot_of(&self, at: usize) -> Option<usize> {
-        let (key, _) = self.entries.get(at)?;
-        let mask = self.mask();
-        let mut i = tag(key.as_bytes()) as usize & mask;
-        loop {
-            let s = self.slots[i];
-            if s.pos as usize == at + 1 {
-                return Some(i);
-            }
-            if s.pos == 0 {
-                return None;
-            }
-            i = (i + 1) & mask;
-        }
-    }
-
-    /// Empties slot `hole`, shifting back the slots after it that probing
-    /// would no longer reach across the gap (no tombstones to sweep).
-    fn vacate(&mut self, mut hole: usize) {
-        let mask = self.mask();
-        let mut j = hole;
-        loop {
-            j = (j + 1) & mask;
-            let s = self.slots[j];
-            if s.pos == 0 {
-                break;
-            }
-            let home = s.tag as usize & mask;
-            // It may fill the hole if the hole lies on its probe path,
-            // between its home and where it sits.
-            if hole.wrapping_sub(home) & mask < j.wrapping_sub(home) & mask {
-                self.slots[hole] = s;
-                hole = j;
-            }
-        }
-        self.slots[hole] = Slot::default();
-    }
-
-    fn grow(&mut self) {
-        let len = (self.slots.len() * 2).max(8);
-        let mut slots = vec![Slot::default(); len];
-        let mask = len - 1;
-        for (at, (k, e)) in self.entries.iter().enumerate() {
-            let tag = tag(k.as_bytes());
-            let mut i = tag as usize & mask;
-            while slots[i].pos != 0 {
-                i = (i + 1) & mask;
-            }
-            slots[i] = Slot { version: print(e.version()), pos: (at + 1) as u32, tag };
-        }
-        self.slots = slots;
     }
 }
 
@@ -288,21 +194,11 @@ impl Keyed {
 mod tests {
     use std::collections::BTreeMap;
 
-    use bytes::Bytes;
-
     use super::*;
     use crate::hash::Rng;
 
     fn e(owner: &str, ltime: u64) -> Entry {
-        Entry {
-            value: Bytes::new(),
-            owner: owner.into(),
-            incarnation: 1,
-            ltime,
-            deleted: false,
-            reap_at: None,
-            hidden: false,
-        }
+        super::super::tests::e(owner, ltime, false)
     }
 
     #[test]
@@ -340,7 +236,7 @@ mod tests {
         for key in model.keys().cloned().collect::<Vec<_>>() {
             assert!(k.swap_remove(&key).is_some());
         }
-        assert!(k.is_empty() && k.slots.iter().all(|s| s.pos == 0));
+        assert!(k.is_empty() && k.slots.used() == 0);
     }
 
     fn check(k: &Keyed, model: &BTreeMap<String, u64>) {
@@ -356,10 +252,8 @@ mod tests {
         let mut listed: Vec<_> = k.iter().map(|(key, e)| (key.to_string(), e.ltime)).collect();
         listed.sort();
         assert_eq!(listed, model.iter().map(|(k, &v)| (k.clone(), v)).collect::<Vec<_>>());
-        let used: Vec<_> = k.slots.iter().filter(|s| s.pos != 0).map(|s| s.pos).collect();
-        assert_eq!(used.len(), k.len(), "one slot per entry");
-        assert!(used.iter().all(|&p| p as usize <= k.len()));
-        assert!(k.len() * MAX_LOAD.1 <= k.slots.len() * MAX_LOAD.0);
+        assert_eq!(k.slots.used(), k.len(), "one slot per entry");
+        assert!(k.len() * 4 <= k.slots.len() * 3, "at most three quarters used");
     }
 
     #[test]
