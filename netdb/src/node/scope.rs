@@ -56,6 +56,8 @@ pub(super) struct ScopeState {
     pub(super) last_root: u64,
     pub(super) root_changed_at: Duration,
     pub(super) mismatch_since: Option<Duration>,
+    /// Peers heard with a root equal to `last_root` since it was reached.
+    pub(super) roots_matched: u32,
     pub(super) last_sync_at: Option<Duration>,
     pub(super) next_periodic_sync: Duration,
     pub(super) next_digest: Duration,
@@ -130,6 +132,7 @@ impl ScopeState {
             last_root: Digest::default().root(),
             root_changed_at: now,
             mismatch_since: None,
+            roots_matched: 0,
             last_sync_at: None,
             synced: false,
             next_periodic_sync: now + cfg.sync_interval + jitter(rng, cfg.sync_interval / 4),
