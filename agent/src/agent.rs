@@ -20,7 +20,6 @@ use tokio::sync::{Mutex, mpsc};
 use crate::api::Api;
 use crate::cli::AgentArgs;
 use crate::config::{self, Settings};
-use crate::datagrams;
 use crate::dns::Dns;
 use crate::endpoint::Endpoint;
 use crate::engine::{self, Commands, Core, KernelStats};
@@ -40,6 +39,10 @@ pub(crate) async fn run(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Resul
 /// Least time between two overlay upkeep passes.
 const UPKEEP: Duration = Duration::from_millis(100);
 
+/// Most datagrams read in one turn of the loop: enough to pay its cost
+/// once for many, few enough that timers and API calls wait little.
+const RECV_BATCH: usize = 32;
+
 /// How often the wall clock is read for the key epoch.
 const EPOCH_CHECK: Duration = Duration::from_millis(500);
 
@@ -49,8 +52,7 @@ pub(crate) struct Agent {
     core: Core,
     commands: Commands,
     udp: UdpSocket,
-    rx: datagrams::Receiver,
-    tx: datagrams::Sender,
+    buf: Vec<u8>,
     net_rx: mpsc::Receiver<NetMsg>,
     streams: Streams,
     server: Server,
@@ -79,7 +81,7 @@ impl Agent {
     pub(crate) async fn start(args: AgentArgs, api: Option<Endpoint>) -> anyhow::Result<Agent> {
         let s = config::resolve(args, api)?;
         let log = logging::init(&s.log, s.log_format)?;
-        let udp = datagrams::bind(s.bind).map_err(|e| bind_error("UDP", s.bind, e))?;
+        let udp = bind_udp(s.bind).map_err(|e| bind_error("UDP", s.bind, e))?;
         let tcp = TcpListener::bind(s.bind).await.map_err(|e| bind_error("TCP", s.bind, e))?;
         let kernel = start_dataplane(&s)?;
         // The host's state outlives the process where the data plane runs,
@@ -203,8 +205,7 @@ impl Agent {
             core,
             commands,
             udp,
-            rx: datagrams::Receiver::new(),
-            tx: datagrams::Sender::new(),
+            buf: vec![0u8; netdb::codec::MAX_DATAGRAM],
             net_rx,
             streams,
             server,
@@ -225,7 +226,7 @@ impl Agent {
             let wake = self.wake_at();
             let check_at = self.schedule.as_ref().map(|e| e.check_at);
             tokio::select! {
-                Ok(()) = self.udp.readable() => self.on_datagrams(),
+                r = self.udp.recv_from(&mut self.buf) => self.on_datagrams(r),
                 Some(msg) = self.net_rx.recv() => self.on_stream(msg),
                 Some(cmd) = self.commands.recv() => cmd.apply(&mut self.core),
                 _ = tokio::time::sleep_until(wake.into()) => self.core.handle_timeout(),
@@ -251,35 +252,37 @@ impl Agent {
         }
     }
 
-    /// The datagrams waiting on the socket, until it is empty or a
-    /// batch's worth (`RECV_BATCH`) was read: the loop's turn (its select
-    /// with two timers, the flush, the upkeep check) is paid once for all
-    /// of them; under a burst the socket holds many. A short read is
-    /// followed by another: only WouldBlock clears tokio's readiness, and
-    /// without it the next turn would be spent learning that the socket
-    /// is empty. The batch is not charged to tokio's cooperative budget
-    /// datagram by datagram: doing so made the loop yield every 128
-    /// datagrams, and the watch streams then went out in many small
-    /// writes, which doubled the agents' CPU per datagram in the 100-agent
-    /// burst (docs/performance.md).
-    fn on_datagrams(&mut self) {
-        let mut read = 0;
-        while read < datagrams::RECV_BATCH {
-            match self.rx.recv(&self.udp) {
-                // The kernel fails rather than read none; a zero would
-                // only spin here.
-                Ok(0) => return,
-                Ok(n) => {
-                    read += n;
-                    for (from, datagram) in self.rx.datagrams() {
-                        self.core.handle_datagram(from, datagram);
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    tracing::debug!(error = %e, "UDP receive failed");
-                    return;
-                }
+    /// A datagram, and those already waiting behind it (up to
+    /// `RECV_BATCH`): the loop's turn (its select with two timers, the
+    /// flush, the upkeep check) is paid once for all of them; under a
+    /// burst the socket holds many. The batch is not charged to tokio's
+    /// cooperative budget datagram by datagram: doing so made the loop
+    /// yield every 128 datagrams, and the watch streams then went out in
+    /// many small writes, which doubled the agents' CPU per datagram in
+    /// the 100-agent burst (docs/performance.md).
+    fn on_datagrams(&mut self, first: io::Result<(usize, SocketAddr)>) {
+        if !self.on_datagram(first) {
+            return;
+        }
+        for _ in 1..RECV_BATCH {
+            let r = self.udp.try_recv_from(&mut self.buf);
+            if !self.on_datagram(r) {
+                return;
+            }
+        }
+    }
+
+    /// One datagram received; false when the socket had none or failed.
+    fn on_datagram(&mut self, r: io::Result<(usize, SocketAddr)>) -> bool {
+        match r {
+            Ok((n, from)) => {
+                self.core.handle_datagram(from, &self.buf[..n]);
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                tracing::debug!(error = %e, "UDP receive failed");
+                false
             }
         }
     }
@@ -325,14 +328,16 @@ impl Agent {
     async fn flush(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
             match t {
-                Transmit::Datagram { to, payload } => self.tx.push(to, payload),
+                Transmit::Datagram { to, payload } => {
+                    if let Err(e) = self.udp.send_to(&payload, to).await {
+                        tracing::debug!(peer = %to, error = %e, "UDP send failed");
+                    }
+                }
                 Transmit::Sync { to, sync_id, opens, closes, payload } => {
                     self.streams.route(to, sync_id, opens, closes, payload)
                 }
             }
         }
-        // Failures are logged there, as they were one send at a time.
-        self.tx.send(&self.udp).await;
         self.core.dispatch_events();
         // Overlay upkeep reads whole tables: at most every UPKEEP, however
         // many events arrive.
@@ -423,3 +428,22 @@ impl JoinLog {
         }
     }
 }
+
+/// The gossip socket, with buffers large enough to absorb a burst of
+/// packets from many peers (the kernel caps them at net.core.rmem_max and
+/// wmem_max; a smaller buffer only means more loss for push/pull to mend).
+fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if let Err(e) = sock.set_recv_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the UDP receive buffer");
+    }
+    if let Err(e) = sock.set_send_buffer_size(UDP_BUFFER) {
+        tracing::debug!(error = %e, "cannot enlarge the UDP send buffer");
+    }
+    sock.set_nonblocking(true)?;
+    sock.bind(&addr.into())?;
+    UdpSocket::from_std(sock.into())
+}
+
+const UDP_BUFFER: usize = 4 << 20;

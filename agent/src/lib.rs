@@ -8,7 +8,6 @@ mod api;
 mod cli;
 mod client;
 mod config;
-mod datagrams;
 mod dns;
 mod docker;
 mod doctor;
