@@ -316,16 +316,17 @@ impl Node {
         if mine != st.last_root {
             st.last_root = mine;
             st.root_changed_at = now;
-            st.roots_matched = 0;
+            st.roots_matched.clear();
         }
         if mine == theirs {
             st.mismatch_since = None;
-            st.roots_matched = st.roots_matched.saturating_add(1);
-            if let Some((after, max_len)) = quench
-                && st.roots_matched >= after
-                && !st.queue.is_empty()
-            {
-                st.queue = BroadcastQueue::new(max_len);
+            if let Some((after, max_len)) = quench {
+                if !st.roots_matched.contains(&from) && st.roots_matched.len() < after as usize {
+                    st.roots_matched.push(from);
+                }
+                if st.roots_matched.len() >= after as usize && !st.queue.is_empty() {
+                    st.queue = BroadcastQueue::new(max_len);
+                }
             }
             return;
         }
@@ -438,23 +439,25 @@ mod tests {
     #[test]
     fn peers_with_this_nodes_root_empty_its_queue() {
         let peer = PEER.parse().unwrap();
+        let others: Vec<std::net::SocketAddr> =
+            ["10.0.0.3:7946", "10.0.0.4:7946"].iter().map(|a| a.parse().unwrap()).collect();
         let (mut n, _) = relaying(3);
         n.put(Duration::ZERO, "net", "t", "mine", Bytes::from_static(b"v")).unwrap();
         let equal = digest(root(&n));
-        for _ in 0..2 {
+        for _ in 0..3 {
             n.handle_datagram(Duration::ZERO, peer, &equal);
         }
-        n.handle_datagram(Duration::ZERO, peer, &digest(root(&n) ^ 1));
-        assert_eq!(queued(&n), 2, "two peers holding it all are not enough");
-        n.handle_datagram(Duration::ZERO, peer, &equal);
-        assert_eq!(queued(&n), 0, "the third ends the relay and the own write alike");
+        n.handle_datagram(Duration::ZERO, others[0], &equal);
+        n.handle_datagram(Duration::ZERO, others[1], &digest(root(&n) ^ 1));
+        assert_eq!(queued(&n), 2, "one peer's datagrams count once: two peers are not enough");
+        n.handle_datagram(Duration::ZERO, others[1], &equal);
+        assert_eq!(queued(&n), 0, "the third peer ends the relay and the own write alike");
         // Matches of an older root do not count towards the new one.
         let (mut n, _) = relaying(3);
-        for _ in 0..2 {
-            n.handle_datagram(Duration::ZERO, peer, &digest(root(&n)));
-        }
-        n.put(Duration::ZERO, "net", "t", "mine", Bytes::from_static(b"v")).unwrap();
         n.handle_datagram(Duration::ZERO, peer, &digest(root(&n)));
+        n.handle_datagram(Duration::ZERO, others[0], &digest(root(&n)));
+        n.put(Duration::ZERO, "net", "t", "mine", Bytes::from_static(b"v")).unwrap();
+        n.handle_datagram(Duration::ZERO, others[1], &digest(root(&n)));
         assert_eq!(queued(&n), 2);
         // Without the quench equal roots change nothing.
         let (mut n, _) = relaying(0);
