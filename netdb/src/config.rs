@@ -35,11 +35,7 @@ pub struct Config {
     /// transmissions: the redundancy follows the network instead of being
     /// set for the worst. A node's own writes keep all theirs. 3 halves
     /// the copies a node receives in the 100-agent burst
-    /// (docs/performance.md, "CPU per received entry"). As many peers
-    /// heard with this node's very digest root (each holds every event
-    /// queued here) empty the scope's queue, own writes included: a
-    /// burst's relays went on for a second after every node held all but
-    /// a few entries, and half the burst's copies came then.
+    /// (docs/performance.md, "CPU per received entry").
     pub quench_after: u32,
     /// Eager/lazy push tree (Plumtree) instead of repeated random fan-out:
     /// a new event goes once to a few eager peers, its id to a few lazy
@@ -76,8 +72,6 @@ pub struct Config {
     /// with `quench_after` gossip stops once most nodes hold an event and
     /// leaves the last few holes to push/pull, which then closed them
     /// seconds late (docs/performance.md, "CPU per received entry").
-    /// Its waits are met from three quarters on (`Node::compare_root`):
-    /// roots arrive at the peers' ticks, a gossip interval apart.
     pub mismatch_sync_after: Duration,
     /// A node with an empty queue still sends its digest this often per
     /// network, so a divergence is noticed in about a second.

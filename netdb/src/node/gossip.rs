@@ -14,7 +14,6 @@ use super::Node;
 use super::scope::queue_key;
 use super::send::datagram_room;
 use super::timers::Wake;
-use crate::broadcast::BroadcastQueue;
 use crate::codec::{self, EncodedEntry};
 use crate::event::Transmit;
 use crate::names::{Scope, ScopeId};
@@ -295,9 +294,7 @@ impl Node {
     }
 
     /// A peer's digest differs from ours: once the difference has outlived
-    /// the updates in flight, push/pull with that peer. Equal, the peer
-    /// holds every event queued here: `quench_after` such peers since the
-    /// root last changed empty the scope's queue (`Config::quench_after`).
+    /// the updates in flight, push/pull with that peer.
     pub(super) fn compare_root(
         &mut self,
         now: Duration,
@@ -307,8 +304,6 @@ impl Node {
     ) {
         let delay = self.cfg.mismatch_sync_after;
         let busy = self.exchanging(scope);
-        let quench = (self.cfg.quench_after > 0 && !self.cfg.push_tree)
-            .then_some((self.cfg.quench_after, self.cfg.max_queue_len));
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
@@ -316,30 +311,14 @@ impl Node {
         if mine != st.last_root {
             st.last_root = mine;
             st.root_changed_at = now;
-            st.roots_matched.clear();
         }
         if mine == theirs {
             st.mismatch_since = None;
-            if let Some((after, max_len)) = quench {
-                if !st.roots_matched.contains(&from) && st.roots_matched.len() < after as usize {
-                    st.roots_matched.push(from);
-                }
-                if st.roots_matched.len() >= after as usize && !st.queue.is_empty() {
-                    st.queue = BroadcastQueue::new(max_len);
-                }
-            }
             return;
         }
         let since = *st.mismatch_since.get_or_insert(now);
-        let long = now.saturating_sub(since) >= delay * 5;
-        // Roots arrive with gossip, at the peers' ticks a gossip interval
-        // apart: a wait of exactly `delay` since one tick's arrival was
-        // missed at the next by their jitter (a packet's latency, an
-        // exchange's frames) and took a second interval, a burst's last
-        // holes waiting in steps of two ticks. Each wait is met from three
-        // quarters of it on.
-        let delay = delay - delay / 4;
         let settled = now.saturating_sub(st.root_changed_at) >= delay;
+        let long = now.saturating_sub(since) >= delay * 5;
         let recent = st.last_sync_at.is_some_and(|t| now.saturating_sub(t) < delay);
         if busy || recent || now.saturating_sub(since) < delay || !(settled || long) {
             return;
@@ -421,50 +400,6 @@ mod tests {
             n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
         }
         assert_eq!(queued_after_a_tick(&mut n), 1);
-    }
-
-    /// A gossip datagram of no entries whose sender's root is `root`.
-    fn digest(root: u64) -> Vec<u8> {
-        crate::codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
-            network: "net".into(),
-            root,
-            entries: Vec::new(),
-        }))
-    }
-
-    fn root(n: &crate::Node) -> u64 {
-        n.scope_stats(Scope::Network("net")).unwrap().root
-    }
-
-    #[test]
-    fn peers_with_this_nodes_root_empty_its_queue() {
-        let peer = PEER.parse().unwrap();
-        let others: Vec<std::net::SocketAddr> =
-            ["10.0.0.3:7946", "10.0.0.4:7946"].iter().map(|a| a.parse().unwrap()).collect();
-        let (mut n, _) = relaying(3);
-        n.put(Duration::ZERO, "net", "t", "mine", Bytes::from_static(b"v")).unwrap();
-        let equal = digest(root(&n));
-        for _ in 0..3 {
-            n.handle_datagram(Duration::ZERO, peer, &equal);
-        }
-        n.handle_datagram(Duration::ZERO, others[0], &equal);
-        n.handle_datagram(Duration::ZERO, others[1], &digest(root(&n) ^ 1));
-        assert_eq!(queued(&n), 2, "one peer's datagrams count once: two peers are not enough");
-        n.handle_datagram(Duration::ZERO, others[1], &equal);
-        assert_eq!(queued(&n), 0, "the third peer ends the relay and the own write alike");
-        // Matches of an older root do not count towards the new one.
-        let (mut n, _) = relaying(3);
-        n.handle_datagram(Duration::ZERO, peer, &digest(root(&n)));
-        n.handle_datagram(Duration::ZERO, others[0], &digest(root(&n)));
-        n.put(Duration::ZERO, "net", "t", "mine", Bytes::from_static(b"v")).unwrap();
-        n.handle_datagram(Duration::ZERO, others[1], &digest(root(&n)));
-        assert_eq!(queued(&n), 2);
-        // Without the quench equal roots change nothing.
-        let (mut n, _) = relaying(0);
-        for _ in 0..5 {
-            n.handle_datagram(Duration::ZERO, peer, &digest(root(&n)));
-        }
-        assert_eq!(queued(&n), 1);
     }
 
     #[test]
