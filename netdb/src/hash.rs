@@ -58,6 +58,14 @@ impl MapHasher {
     fn word(&mut self, w: u64) {
         self.0 = (self.0.rotate_left(5) ^ w).wrapping_mul(0x517c_c1b7_2722_0a95);
     }
+
+    /// Adds a string that other input follows, its length first: `write`
+    /// pads the last word with zeros, so "k" and "k\0" would hash alike,
+    /// and so would ("ab", "c") and ("a", "bc").
+    pub(crate) fn text(&mut self, s: &str) {
+        std::hash::Hasher::write_usize(self, s.len());
+        std::hash::Hasher::write(self, s.as_bytes());
+    }
 }
 
 impl std::hash::Hasher for MapHasher {

@@ -296,8 +296,7 @@ impl Node {
         let Some(plain) = self.unseal(bytes) else { return };
         self.suspicions.heard_from(from);
         let bytes = &plain[..];
-        let room = wireref::emptied(std::mem::take(&mut self.entry_room));
-        match codec::decode_datagram(&self.cfg, bytes, room) {
+        match codec::decode_datagram(&self.cfg, bytes, std::mem::take(&mut self.entry_room)) {
             Err(r) => self.stats.drop(r),
             Ok(Body::Swim(data)) => {
                 self.stats.swim_in.add(bytes.len());

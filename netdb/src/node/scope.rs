@@ -39,11 +39,8 @@ pub(super) struct Queued {
 /// repairs what gossip then misses.
 pub(super) fn queue_key(table: &str, key: &str) -> u64 {
     let mut h = MapHasher::default();
-    for s in [table, key] {
-        // Lengths first: the hasher pads a string's last word with zeros.
-        h.write_usize(s.len());
-        h.write(s.as_bytes());
-    }
+    h.text(table);
+    h.text(key);
     h.finish()
 }
 

@@ -101,8 +101,7 @@ fn tag(key: &[u8]) -> u32 {
 /// for a copy: the digests then differ and push/pull repairs it.
 fn print((ltime, owner, incarnation): Version<'_>) -> u64 {
     let mut h = MapHasher::default();
-    h.write_usize(owner.len());
-    h.write(owner.as_bytes());
+    h.text(owner);
     h.write_u64(incarnation);
     h.write_u64(ltime);
     h.finish()
