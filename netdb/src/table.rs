@@ -181,6 +181,13 @@ impl Tables {
         self.tables.get(table).is_some_and(|t| t.entries.holds(key, version))
     }
 
+    #[cfg(test)]
+    pub(crate) fn forge_print(&mut self, table: &str, key: &str, version: Version<'_>) {
+        if let Some(t) = self.tables.get_mut(table) {
+            t.entries.forge_print(key, version);
+        }
+    }
+
     /// One table's entries in key order.
     pub(crate) fn table(&self, table: &str) -> impl Iterator<Item = (&str, &Entry)> {
         self.tables.get(table).into_iter().flat_map(|t| sorted(&t.entries))

@@ -9,7 +9,7 @@ use bytes::Bytes;
 
 use super::Node;
 use super::cluster::is_leave_record;
-use super::scope::{Queued, queue_key};
+use super::scope::{Queued, ScopeState, queue_key};
 use super::timers::Wake;
 use crate::codec::{self, EncodedEntry, EntryRef, entry_from_wire};
 use crate::event::{EntryEventKind, Event};
@@ -152,7 +152,14 @@ impl Node {
         // checks below could: holding that very write means its owner was
         // admitted in that incarnation and none newer is known.
         let version = (w.ltime, w.owner, w.incarnation);
-        if self.scope(scope).is_some_and(|st| st.data.holds(w.table, w.key, version)) {
+        // Gossip recognises a copy by its version's fingerprint, which a
+        // new version shares with odds of 2^-64; push/pull compares the
+        // versions themselves, so it repairs what such a match turned away.
+        let held = |st: &ScopeState| match via {
+            Via::Sync => st.data.get(w.table, w.key).is_some_and(|e| e.version() == version),
+            _ => st.data.holds(w.table, w.key, version),
+        };
+        if self.scope(scope).is_some_and(held) {
             if via != Via::Sync {
                 self.stats.gossip_copies += 1;
             }

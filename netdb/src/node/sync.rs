@@ -728,6 +728,27 @@ mod tests {
     }
 
     #[test]
+    fn push_pull_takes_a_version_gossip_mistook_for_a_copy() {
+        let (mut n, t, from) = joined();
+        let net = Scope::Network("net");
+        let value = |n: &Node| n.get("net", "t", "k").map(|e| e.value.clone());
+        let old = peer_entry("t", "k", Bytes::from_static(b"old"), 5, false);
+        n.handle_datagram(t, from, &gossip("net", vec![old]));
+        // The match a 64-bit fingerprint allows once in 2^64: the slot
+        // claims the next version.
+        n.scope_mut(net).unwrap().data.forge_print("t", "k", (6, "peer", 1));
+        let new = peer_entry("t", "k", Bytes::from_static(b"new"), 6, false);
+        n.handle_datagram(t, from, &gossip("net", vec![new.clone()]));
+        assert_eq!(n.stats().gossip_copies, 1, "gossip took it for a copy");
+        assert_eq!(value(&n), Some(Bytes::from_static(b"old")));
+        n.start_sync(t, net, from);
+        let id = opened(&mut n);
+        let answer = wire::SyncRound { entries: vec![new], ..Default::default() };
+        n.handle_sync(t, from, &bytes("net", id, B::Answer(answer)));
+        assert_eq!(value(&n), Some(Bytes::from_static(b"new")), "push/pull compared the versions");
+    }
+
+    #[test]
     fn a_cut_exchange_that_moved_nothing_is_not_followed() {
         let cfg = Config { max_sync_frame: 16 * 1024, ..Config::default() };
         let (mut a, b) = full_and_empty(cfg, 10);

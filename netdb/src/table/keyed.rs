@@ -98,7 +98,8 @@ fn tag(key: &[u8]) -> u32 {
 
 /// A version's fingerprint. Two versions of one key share it with odds of
 /// 2^-64, and a false match would only make a node take a new version
-/// for a copy: the digests then differ and push/pull repairs it.
+/// for a copy: the digests then differ and push/pull, which compares
+/// versions exactly (`Node::apply_remote`), repairs it.
 fn print((ltime, owner, incarnation): Version<'_>) -> u64 {
     let mut h = MapHasher::default();
     h.text(owner);
@@ -147,6 +148,16 @@ impl Keyed {
         let (key, tag, print) = (key.as_bytes(), tag(key.as_bytes()), print(version));
         let hit = |s: &Slot| s.tag == tag && (s.version == print || is_key(&self.entries, s, key));
         self.slots.find(tag.into(), hit).is_some_and(|i| self.slots.get(i).version == print)
+    }
+
+    /// Makes `key`'s slot carry `version`'s fingerprint whatever its entry
+    /// holds: the false match a fingerprint allows, for the tests of what
+    /// repairs one.
+    #[cfg(test)]
+    pub(super) fn forge_print(&mut self, key: &str, version: Version<'_>) {
+        if let Some(i) = self.find(key) {
+            self.slots.get_mut(i).version = print(version);
+        }
     }
 
     /// Inserts or replaces; returns the entry's position and the replaced
