@@ -17,6 +17,7 @@ use tokio::net::{TcpListener, UdpSocket};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::alarm::Alarm;
 use crate::api::Api;
 use crate::cli::AgentArgs;
 use crate::config::{self, Settings};
@@ -58,6 +59,7 @@ pub(crate) struct Agent {
     server: Server,
     sigterm: Signal,
     sigint: Signal,
+    alarm: Alarm,
     /// When to exit, once leaving.
     leaving: Option<Instant>,
     join_log: JoinLog,
@@ -211,6 +213,8 @@ impl Agent {
             server,
             sigterm: signal(SignalKind::terminate())?,
             sigint: signal(SignalKind::interrupt())?,
+            alarm: Alarm::new()
+                .map_err(|e| anyhow!("cannot create the agent's timer (timerfd): {e}"))?,
             leaving: None,
             join_log: JoinLog::new(&s),
             next_upkeep: Instant::now(),
@@ -223,14 +227,12 @@ impl Agent {
     /// Ends after a signal (and the leave's last gossip rounds).
     pub(crate) async fn run(mut self) -> anyhow::Result<()> {
         loop {
-            let wake = self.wake_at();
-            let check_at = self.schedule.as_ref().map(|e| e.check_at);
+            self.alarm.set(self.wake_at())?;
             tokio::select! {
                 r = self.udp.recv_from(&mut self.buf) => self.on_datagrams(r),
                 Some(msg) = self.net_rx.recv() => self.on_stream(msg),
                 Some(cmd) = self.commands.recv() => cmd.apply(&mut self.core),
-                _ = tokio::time::sleep_until(wake.into()) => self.core.handle_timeout(),
-                _ = sleep_until(check_at) => self.check_epoch(),
+                r = self.alarm.fired() => self.on_alarm(r)?,
                 _ = self.sigterm.recv() => self.on_signal(),
                 _ = self.sigint.recv() => self.on_signal(),
             }
@@ -243,13 +245,24 @@ impl Agent {
         Ok(())
     }
 
-    /// The node's next timer, the next upkeep, or the exit, whichever is
-    /// first.
+    /// The node's next timer, the next upkeep, the key schedule's next
+    /// look at the clock, or the exit, whichever is first.
     fn wake_at(&self) -> Instant {
-        match (self.core.next_wake(self.next_upkeep), self.leaving) {
-            (Some(a), Some(b)) => a.min(b),
-            (a, b) => a.or(b).unwrap_or_else(|| Instant::now() + Duration::from_secs(3600)),
+        let check = self.schedule.as_ref().map(|e| e.check_at);
+        [self.core.next_wake(self.next_upkeep), self.leaving, check]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(3600))
+    }
+
+    fn on_alarm(&mut self, fired: io::Result<()>) -> anyhow::Result<()> {
+        fired.map_err(|e| anyhow!("the agent's timer (timerfd) failed: {e}"))?;
+        self.core.handle_timeout();
+        if self.schedule.as_ref().is_some_and(|e| Instant::now() >= e.check_at) {
+            self.check_epoch();
         }
+        Ok(())
     }
 
     /// A datagram, and those already waiting behind it (up to
@@ -359,14 +372,6 @@ impl Agent {
             let _ = std::fs::remove_file(path);
         }
         tracing::info!("left the cluster; bye");
-    }
-}
-
-/// Sleeps until `at`; forever without one.
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
     }
 }
 

@@ -4,6 +4,7 @@
 
 mod accept;
 mod agent;
+mod alarm;
 mod api;
 mod cli;
 mod client;
