@@ -92,7 +92,11 @@ impl Node {
                     self.suspicion_started(member_id);
                 }
                 let after = self.suspicions.stretch(&timer, after);
-                self.schedule(now + after, Wake::Swim(timer));
+                if matches!(timer, Timer::SendIndirectProbe { .. }) {
+                    self.timers.schedule_lazy(now + after, Wake::Swim(timer));
+                } else {
+                    self.schedule(now + after, Wake::Swim(timer));
+                }
             }
             while let Some(n) = self.rt.to_notify() {
                 drained += 1;
@@ -171,7 +175,11 @@ impl Node {
         if self.left {
             return;
         }
-        let judges = judges_a_probe(&timer);
+        // A probe timeout whose probe was answered waits on nothing, so it
+        // cannot be late (it is not woken for: `Node::poll_timeout`).
+        let answered =
+            matches!(timer, Timer::SendIndirectProbe { .. }) && self.swim.probe_answered();
+        let judges = judges_a_probe(&timer) && !answered;
         let late = now.saturating_sub(at);
         let on_time = late <= self.cfg.late_wake;
         if judges && !on_time {

@@ -66,6 +66,10 @@ impl Ord for Scheduled {
 #[derive(Debug, Default)]
 pub(super) struct Timers {
     heap: BinaryHeap<Reverse<Scheduled>>,
+    /// One wake-up that may come late: it is not waited for while the
+    /// caller says it has nothing to do, and comes out at the next
+    /// wake-up instead, still before anything due after it.
+    lazy: Option<Scheduled>,
     seq: u64,
 }
 
@@ -75,17 +79,33 @@ impl Timers {
         self.heap.push(Reverse(Scheduled { at, seq: self.seq, wake }));
     }
 
-    /// When the earliest wake-up is due.
-    pub(super) fn next(&self) -> Option<Duration> {
-        self.heap.peek().map(|Reverse(s)| s.at)
+    /// Schedules the one lazy wake-up; one held already keeps its time
+    /// with the others.
+    pub(super) fn schedule_lazy(&mut self, at: Duration, wake: Wake) {
+        self.seq += 1;
+        if let Some(old) = self.lazy.replace(Scheduled { at, seq: self.seq, wake }) {
+            self.heap.push(Reverse(old));
+        }
+    }
+
+    /// When the earliest wake-up is due, the lazy one counted only if it
+    /// `waits`.
+    pub(super) fn next(&self, waits: bool) -> Option<Duration> {
+        let lazy = self.lazy.as_ref().filter(|_| waits).map(|s| s.at);
+        let heap = self.heap.peek().map(|Reverse(s)| s.at);
+        lazy.into_iter().chain(heap).min()
     }
 
     /// The earliest wake-up due at `now`, with the time it was due.
     pub(super) fn pop_due(&mut self, now: Duration) -> Option<(Duration, Wake)> {
-        if self.next()? > now {
-            return None;
-        }
-        self.heap.pop().map(|Reverse(s)| (s.at, s.wake))
+        let heap = self.heap.peek().map(|Reverse(s)| (s.at, s.seq)).filter(|&(at, _)| at <= now);
+        let lazy = self.lazy.as_ref().map(|s| (s.at, s.seq)).filter(|&(at, _)| at <= now);
+        let s = match (lazy, heap) {
+            (Some(l), h) if h.is_none_or(|h| l < h) => self.lazy.take(),
+            (_, Some(_)) => self.heap.pop().map(|Reverse(s)| s),
+            _ => None,
+        }?;
+        Some((s.at, s.wake))
     }
 }
 
@@ -104,15 +124,37 @@ mod tests {
         t.schedule(ms(10), Wake::JoinRetry(2));
         t.schedule(ms(10), Wake::JoinRetry(3));
         t.schedule(ms(20), Wake::JoinRetry(4));
-        assert_eq!(t.next(), Some(ms(10)));
+        assert_eq!(t.next(true), Some(ms(10)));
         let mut order = Vec::new();
         while let Some((at, Wake::JoinRetry(n))) = t.pop_due(ms(20)) {
             order.push((at, n));
         }
         assert_eq!(order, vec![(ms(10), 2), (ms(10), 3), (ms(20), 4)]);
         assert!(t.pop_due(ms(29)).is_none(), "not before its time");
-        assert_eq!(t.next(), Some(ms(30)));
+        assert_eq!(t.next(true), Some(ms(30)));
         assert!(matches!(t.pop_due(ms(31)), Some((_, Wake::JoinRetry(1)))));
-        assert_eq!(t.next(), None);
+        assert_eq!(t.next(true), None);
+    }
+
+    #[test]
+    fn a_lazy_wakeup_is_waited_for_only_when_asked_and_keeps_its_place() {
+        let mut t = Timers::default();
+        t.schedule_lazy(ms(10), Wake::JoinRetry(1));
+        t.schedule(ms(20), Wake::JoinRetry(2));
+        assert_eq!(t.next(true), Some(ms(10)));
+        assert_eq!(t.next(false), Some(ms(20)), "not waited for");
+        // Taken at the next wake-up, before what is due after it.
+        let order: Vec<_> = std::iter::from_fn(|| t.pop_due(ms(25)))
+            .map(|(at, w)| (at, matches!(w, Wake::JoinRetry(1))))
+            .collect();
+        assert_eq!(order, vec![(ms(10), true), (ms(20), false)]);
+        // A second lazy one sends the first to the others, on time.
+        t.schedule_lazy(ms(30), Wake::JoinRetry(3));
+        t.schedule_lazy(ms(40), Wake::JoinRetry(4));
+        assert_eq!(t.next(false), Some(ms(30)));
+        assert!(matches!(t.pop_due(ms(35)), Some((_, Wake::JoinRetry(3)))));
+        assert!(t.pop_due(ms(35)).is_none(), "the lazy one is not due yet");
+        assert!(matches!(t.pop_due(ms(40)), Some((_, Wake::JoinRetry(4)))));
+        assert_eq!(t.next(true), None);
     }
 }

@@ -832,6 +832,15 @@ where
         }
     }
 
+    /// netdb's patch: whether the probe in flight has its ack (direct or
+    /// indirect). Its `SendIndirectProbe` timer then only marks the probe
+    /// cycle complete, so a runtime may hand it in at its next wake-up
+    /// instead of waking for it, as long as it comes before the next
+    /// `ProbeRandomMember`.
+    pub fn probe_answered(&self) -> bool {
+        self.probe.succeeded()
+    }
+
     /// Reports the current length of the cluster updates queue.
     ///
     /// Updates are transmitted [`Config::max_transmissions`] times
