@@ -234,9 +234,10 @@ fn endpoint(e: EndpointInfo) -> api::EndpointInfo {
 fn watched(w: Watched) -> Result<api::WatchEvent, Status> {
     match w {
         Watched::Entry(Event::Entry { network, table, key, kind, owner, value }) => {
+            let (table, owner) = (String::from(&*table), String::from(&*owner));
             Ok(api::WatchEvent {
                 event: kind.as_str().into(),
-                network,
+                network: String::from(&*network),
                 entry: Some(api::Entry { table, key, value, owner, ltime: 0 }),
             })
         }

@@ -57,33 +57,42 @@ impl Watcher {
     ) -> (Watcher, mpsc::Receiver<Watched>) {
         let (tx, rx) = mpsc::channel(snapshot.len() + WATCH_BACKLOG);
         let w = Watcher { network, table, tx };
-        for ev in &snapshot {
-            w.offer(ev);
+        for ev in snapshot {
+            if w.wants(&ev) {
+                w.send(ev);
+            }
         }
         (w, rx)
     }
 
-    /// Offers an event; false if the watcher is gone or stuck and must be
-    /// dropped.
-    pub(crate) fn offer(&self, ev: &Event) -> bool {
-        let Event::Entry { network, table, .. } = ev else { return true };
-        if *network != self.network || self.table.as_ref().is_some_and(|t| t != table) {
-            return !self.tx.is_closed();
-        }
+    /// Whether `ev` is an entry event this watcher receives.
+    pub(crate) fn wants(&self, ev: &Event) -> bool {
+        matches!(ev, Event::Entry { network, table, .. }
+            if **network == *self.network && self.table.as_deref().is_none_or(|t| t == &**table))
+    }
+
+    /// False once the stream's receiver is gone.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.tx.is_closed()
+    }
+
+    /// Sends an event it [`wants`](Self::wants); false if the watcher is
+    /// gone or stuck and must be dropped.
+    pub(crate) fn send(&self, ev: Event) -> bool {
         // The last place is the notice's: a full queue could not tell the
         // client why its stream ended (it would look like a clean end).
         if self.tx.capacity() <= 1 {
             let _ = self.tx.try_send(Watched::FellBehind);
             return false;
         }
-        self.tx.try_send(Watched::Entry(ev.clone())).is_ok()
+        self.tx.try_send(Watched::Entry(ev)).is_ok()
     }
 
     /// Sends a notice about `network`; false if the watcher must be
     /// dropped.
     pub(crate) fn notice(&self, kind: Notice, network: &str, text: &str) -> bool {
         if network != self.network {
-            return !self.tx.is_closed();
+            return self.is_open();
         }
         let out = Watched::Notice { kind, network: self.network.clone(), text: text.into() };
         self.tx.try_send(out).is_ok()
@@ -96,9 +105,9 @@ mod tests {
 
     use super::*;
 
-    fn entry(key: &str) -> Event {
+    fn entry(network: &str, key: &str) -> Event {
         Event::Entry {
-            network: "n".into(),
+            network: network.into(),
             table: "t".into(),
             key: key.into(),
             value: Bytes::new(),
@@ -108,10 +117,20 @@ mod tests {
     }
 
     #[test]
+    fn a_watcher_wants_entry_events_of_its_network_and_table_only() {
+        let (all, _rx) = Watcher::new("n".into(), None, Vec::new());
+        let (one, _rx2) = Watcher::new("n".into(), Some("u".into()), Vec::new());
+        assert!(all.wants(&entry("n", "k")));
+        assert!(!all.wants(&entry("m", "k")));
+        assert!(!one.wants(&entry("n", "k")), "table t, not u");
+        assert!(!all.wants(&Event::KeyringChanged));
+    }
+
+    #[test]
     fn a_watcher_that_falls_behind_is_told_so_before_its_stream_ends() {
         let (w, mut rx) = Watcher::new("n".into(), None, Vec::new());
         let mut offered = 0;
-        while w.offer(&entry(&format!("k{offered}"))) {
+        while w.send(entry("n", &format!("k{offered}"))) {
             offered += 1;
         }
         assert_eq!(offered, WATCH_BACKLOG - 1, "one place is kept for the notice");

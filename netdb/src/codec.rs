@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{BufMut, Bytes};
 use netdb_wire as wire;
 use prost::Message;
 
@@ -63,10 +63,12 @@ pub fn encode_datagram(body: wire::datagram::Body) -> Vec<u8> {
 /// An entry encoded once when it is queued, without its residual reap
 /// time: a queued entry goes out up to a dozen times, and re-encoding it
 /// (and cloning its four fields) for every packet was a large part of a
-/// burst's CPU and heap.
+/// burst's CPU and heap. In an `Arc`, made in one allocation: a packet's
+/// entries are cloned out of the queue, and a `Bytes` made from a vector
+/// allocates a shared header at its first clone.
 #[derive(Debug, Clone)]
 pub(crate) struct EncodedEntry {
-    fields: Bytes,
+    fields: Arc<[u8]>,
     reap_at: Option<Duration>,
 }
 
@@ -78,14 +80,18 @@ const GOSSIP_ENTRIES_FIELD: u32 = 3;
 const DATAGRAM_GOSSIP_FIELD: u32 = 3;
 
 impl EncodedEntry {
-    /// Made through `wire::Entry` and prost, not `EntryOut`: written
-    /// straight, the agent filled by a million-entry import held 8-10 MiB
-    /// more after it (287-288 MiB in three runs of `scripts/bench-million`
-    /// against 276 in two), though the queue holds the same bytes; not
-    /// explained (where the allocator puts the values, presumably).
+    /// Written by `EntryOut` (the bytes prost writes for the
+    /// `wire::Entry`) straight into its buffer: through a `wire::Entry`,
+    /// its four fields were four allocations more for each stored entry.
     pub(crate) fn new(table: &str, key: &str, e: &Entry) -> EncodedEntry {
-        let fields = wire::Entry { reap_in_ms: 0, ..entry_to_wire(table, key, e, Duration::ZERO) };
-        EncodedEntry { fields: fields.encode_to_vec().into(), reap_at: e.reap_at }
+        let out = EntryOut { table, key, e, reap_in_ms: 0 };
+        let mut fields: Arc<[u8]> = std::iter::repeat_n(0, out.len()).collect();
+        // A fresh `Arc` has no other owner.
+        if let Some(mut buf) = Arc::get_mut(&mut fields) {
+            out.encode(&mut buf);
+            debug_assert!(buf.is_empty(), "EntryOut::len and encode agree");
+        }
+        EncodedEntry { fields, reap_at: e.reap_at }
     }
 
     /// Its length as an `Entry` at `now` (the residual only shrinks, so the
@@ -151,7 +157,7 @@ impl<'a> EntryOut<'a> {
         prost::encoding::key_len(ROUND_ENTRIES_FIELD) + varint_len(len as u64) + len
     }
 
-    fn encode(&self, out: &mut Vec<u8>) {
+    fn encode(&self, out: &mut impl BufMut) {
         for (number, f) in self.fields() {
             f.encode(number, out);
         }
@@ -177,7 +183,7 @@ impl Field<'_> {
         }
     }
 
-    fn encode(self, number: u32, out: &mut Vec<u8>) {
+    fn encode(self, number: u32, out: &mut impl BufMut) {
         use prost::encoding::{WireType, encode_key, encode_varint};
         match self {
             Field::Varint(0) | Field::Bytes([]) => {}
@@ -188,7 +194,7 @@ impl Field<'_> {
             Field::Bytes(b) => {
                 encode_key(number, WireType::LengthDelimited, out);
                 encode_varint(b.len() as u64, out);
-                out.extend_from_slice(b);
+                out.put_slice(b);
             }
         }
     }
@@ -498,6 +504,9 @@ pub(crate) fn entry_from_wire(
     }
 }
 
+/// A stored entry as a `wire::Entry` (the simulator's preloaded cluster;
+/// the tests' reference for `EntryOut`).
+#[cfg(any(test, feature = "sim"))]
 pub(crate) fn entry_to_wire(table: &str, key: &str, e: &Entry, now: Duration) -> wire::Entry {
     wire::Entry {
         table: table.to_owned(),

@@ -1,11 +1,12 @@
 //! What a node hands its shell: packets to send and events to act on.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::membership::MemberState;
-use crate::names::{Scope, SharedTable};
+use crate::names::SharedTable;
 
 /// A packet or frame for the shell to send.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -60,21 +61,25 @@ impl EntryEventKind {
 }
 
 /// Something the shell may act on; drained with `Node::poll_event`.
+///
+/// An entry event's names (network, table, owner) are the node's own,
+/// shared: an event costs one allocation, for its key, where a copy of
+/// each name cost four, most of storing an entry's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     /// A visible entry of a joined network appeared, changed or went away
     /// (deleted, or its owner failed, left or was replaced).
     Entry {
         /// The network.
-        network: String,
+        network: Arc<str>,
         /// The table.
-        table: String,
+        table: Arc<str>,
         /// The entry's key.
         key: String,
         /// What happened.
         kind: EntryEventKind,
         /// The node that owns the entry.
-        owner: String,
+        owner: Arc<str>,
         /// The value (the last one, for a delete).
         value: Bytes,
     },
@@ -87,7 +92,7 @@ pub enum Event {
         /// What happened.
         kind: EntryEventKind,
         /// The node whose copy it is.
-        owner: String,
+        owner: Arc<str>,
         /// The value (the last one, for a delete).
         value: Bytes,
     },
@@ -106,29 +111,26 @@ pub enum Event {
 }
 
 impl Event {
-    /// The event for an entry of a network or a shared table; `None` for
-    /// the cluster scope's own bookkeeping (node records, attachments).
+    /// The event for an entry of a network (`network`) or a shared table
+    /// (`None`: the cluster scope); `None` for the cluster scope's own
+    /// bookkeeping (node records, attachments).
     pub(crate) fn entry(
-        scope: Scope<'_>,
-        table: &str,
+        network: Option<Arc<str>>,
+        table: Arc<str>,
         key: &str,
-        owner: &str,
+        owner: Arc<str>,
         value: Bytes,
         kind: EntryEventKind,
     ) -> Option<Event> {
-        let (key, owner) = (key.to_string(), owner.to_string());
-        Some(match scope {
-            Scope::Network(network) => Event::Entry {
-                network: network.into(),
-                table: table.into(),
-                key,
+        Some(match network {
+            Some(network) => Event::Entry { network, table, key: key.into(), kind, owner, value },
+            None => Event::Shared {
+                table: SharedTable::from_name(&table)?,
+                key: key.into(),
                 kind,
                 owner,
                 value,
             },
-            Scope::Cluster => {
-                Event::Shared { table: SharedTable::from_name(table)?, key, kind, owner, value }
-            }
         })
     }
 }

@@ -156,7 +156,8 @@ struct Table {
 /// All tables of one network (or of the cluster scope) and their digest.
 #[derive(Debug, Default)]
 pub(crate) struct Tables {
-    tables: BTreeMap<String, Table>,
+    /// Keyed by shared names: entry events carry them.
+    tables: BTreeMap<Arc<str>, Table>,
     digest: Digest,
 }
 
@@ -173,6 +174,11 @@ impl Tables {
 
     pub(crate) fn get(&self, table: &str, key: &str) -> Option<&Entry> {
         self.tables.get(table)?.entries.get(key)
+    }
+
+    /// The table's name as held here, if it holds any entry.
+    pub(crate) fn table_name(&self, table: &str) -> Option<&Arc<str>> {
+        self.tables.get_key_value(table).map(|(name, _)| name)
     }
 
     /// Whether `key` holds that very version: the copy check every
@@ -200,7 +206,7 @@ impl Tables {
 
     /// Each table's visible entries and entries held, in table order.
     pub(crate) fn counts(&self) -> impl Iterator<Item = (&str, usize, usize)> {
-        self.tables.iter().map(|(name, t)| (name.as_str(), t.visible, t.entries.len()))
+        self.tables.iter().map(|(name, t)| (&**name, t.visible, t.entries.len()))
     }
 
     /// Every entry, in table order but keys in no order: for scans that
@@ -224,7 +230,7 @@ impl Tables {
                     .flat_map(move |(&leaf, held)| {
                         held.positions().iter().filter_map(move |&i| {
                             let (k, e) = t.entries.get_index(i)?;
-                            Some((leaf, name.as_str(), k, e))
+                            Some((leaf, &**name, k, e))
                         })
                     })
                     .peekable()
@@ -258,7 +264,7 @@ impl Tables {
     /// the replaced entry. The value is copied: a `Bytes` made from a
     /// vector gets a shared header (a 32-byte chunk) at its first clone and
     /// keeps it for life, so the table keeps a copy of its own that is
-    /// never cloned (`codec::entry_to_wire` copies too), and the caller's
+    /// never cloned (a queued relay is written from it, `codec::EntryOut`), and the caller's
     /// goes to the change's event.
     pub(crate) fn insert(&mut self, table: &str, key: &str, entry: &Entry) -> Option<Entry> {
         let entry = Entry {

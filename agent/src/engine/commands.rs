@@ -1,6 +1,8 @@
 //! What the API asks of the core, one method per request; each runs on the
 //! loop at the core's current time.
 
+use std::sync::Arc;
+
 use bytes::Bytes;
 use netdb::{Entry, EntryEventKind, Event, MemberInfo};
 use netdb_dataplane::Desired;
@@ -105,17 +107,18 @@ impl Core {
         table: Option<String>,
     ) -> Result<mpsc::Receiver<Watched>, Error> {
         self.node.check_joined(&network)?;
+        let name: Arc<str> = network.as_str().into();
         let snapshot: Vec<Event> = self
             .node
             .raw_entries(&network)
             .into_iter()
             .filter(|(t, _, e)| e.visible() && table.as_deref().is_none_or(|want| want == *t))
             .map(|(t, k, e)| Event::Entry {
-                network: network.clone(),
+                network: name.clone(),
                 table: t.into(),
                 key: k.into(),
                 kind: EntryEventKind::Create,
-                owner: e.owner.to_string(),
+                owner: e.owner.clone(),
                 value: e.value.clone(),
             })
             .collect();

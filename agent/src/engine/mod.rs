@@ -211,7 +211,20 @@ impl Core {
             return self.save_keyring();
         }
         self.overlay.observe(&ev);
-        self.watchers.retain(|w| w.offer(&ev));
+        // The last watcher of the event takes it and the others get copies:
+        // a copy is an allocation per string, and one more for the value's
+        // shared header; every event of a watched network went to its one
+        // watcher as a copy.
+        let mut wanted = self.watchers.iter().filter(|w| w.wants(&ev)).count();
+        let mut ev = Some(ev);
+        self.watchers.retain(|w| match &ev {
+            Some(e) if w.wants(e) => {
+                wanted -= 1;
+                let mine = if wanted == 0 { ev.take() } else { ev.clone() };
+                mine.is_some_and(|e| w.send(e))
+            }
+            _ => w.is_open(),
+        });
     }
 
     /// Writes the keyring back, so a restart after a rotation holds the

@@ -396,7 +396,7 @@ impl Overlay {
         }
         let relevant = match ev {
             Event::Shared { .. } => true,
-            Event::Entry { table, .. } => table == ROUTES_TABLE,
+            Event::Entry { table, .. } => &**table == ROUTES_TABLE,
             _ => false,
         };
         if relevant {
@@ -405,7 +405,7 @@ impl Overlay {
         }
         // Names are no kernel matter, but a name held twice is a conflict
         // to find, and the route may have arrived before its record.
-        if matches!(ev, Event::Entry { table, .. } if table == ENDPOINTS_TABLE) {
+        if matches!(ev, Event::Entry { table, .. } if &**table == ENDPOINTS_TABLE) {
             self.dirty = true;
         }
     }

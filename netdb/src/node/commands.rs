@@ -3,6 +3,7 @@
 //! first and, when refused, changes nothing.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -65,16 +66,23 @@ impl Node {
     /// needed), and this node forgets the network's tables.
     pub fn leave_network(&mut self, now: Duration, network: &str) -> Result<(), Error> {
         self.check_network(network)?;
-        let Some(st) = self.networks.remove(network) else {
+        let Some((name, st)) = self.networks.remove_entry(network) else {
             return Err(Error::NotJoined(network.into()));
         };
         let scope = Scope::Network(network);
         for (table, key, e) in st.data.iter() {
             if e.visible() {
-                let value = e.value.clone();
-                let event =
-                    Event::entry(scope, table, key, &e.owner, value, EntryEventKind::Delete);
-                self.events.extend(event);
+                let table = st.data.table_name(table).map_or_else(|| table.into(), Arc::clone);
+                let (owner, value) = (e.owner.clone(), e.value.clone());
+                let kind = EntryEventKind::Delete;
+                self.events.extend(Event::entry(
+                    Some(name.clone()),
+                    table,
+                    key,
+                    owner,
+                    value,
+                    kind,
+                ));
             }
         }
         self.syncs.retain(|_, o| o.scope.as_scope() != scope);

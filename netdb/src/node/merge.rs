@@ -305,7 +305,18 @@ impl Node {
             (None, Some(b)) => (b.owner.clone(), b.value.clone()),
             (None, None) => return,
         };
-        self.events.extend(Event::entry(scope, table, key, &owner, value, kind));
+        let network = match scope {
+            Scope::Cluster => None,
+            Scope::Network(n) => {
+                Some(self.networks.get_key_value(n).map_or_else(|| n.into(), |(k, _)| k.clone()))
+            }
+        };
+        // A table left empty by the change is gone, and its name with it.
+        let table = match self.scope(scope).and_then(|st| st.data.table_name(table)) {
+            Some(name) => name.clone(),
+            None => table.into(),
+        };
+        self.events.extend(Event::entry(network, table, key, owner, value, kind));
     }
 
     pub(super) fn emit_changes(&mut self, scope: Scope<'_>, changes: Vec<Change>) {

@@ -89,7 +89,8 @@ pub struct Node {
     /// The cluster scope: every member holds it.
     cluster: ScopeState,
     /// Joined user networks, by name.
-    networks: BTreeMap<String, ScopeState>,
+    /// Keyed by shared names: entry events carry them.
+    networks: BTreeMap<Arc<str>, ScopeState>,
     /// Keyed by the name foca's identity of the member holds, shared.
     owners: BTreeMap<Arc<str>, Owner>,
     cluster_peers: PeerSet,
@@ -481,7 +482,7 @@ impl Node {
 
     /// Joined networks, in name order.
     pub fn networks(&self) -> Vec<&str> {
-        self.networks.keys().map(String::as_str).collect()
+        self.networks.keys().map(|n| &**n).collect()
     }
 
     /// Digest root of a scope as this node holds it (entries of live
