@@ -189,24 +189,6 @@ impl<V> BroadcastQueue<V> {
         true
     }
 
-    /// Drops every queued event sent at least once; events not yet sent
-    /// stay. Returns how many were dropped.
-    pub(crate) fn drop_sent(&mut self) -> usize {
-        let mut dropped = 0;
-        for level in 1..self.levels.len() {
-            loop {
-                let id = self.levels[level].head;
-                if id == NIL {
-                    break;
-                }
-                self.unlink(id);
-                self.release(id);
-                dropped += 1;
-            }
-        }
-        dropped
-    }
-
     /// Takes events for one packet: fewest-sent first, each fitting in what
     /// is left of `budget` by `size`. The events stay owned by the queue
     /// until `sent` or `requeue`; read them with `get`.
@@ -437,27 +419,6 @@ mod tests {
         assert!(q.is_empty(), "gone after that send");
         q.push(k("b"), 2, 10);
         assert_eq!(drain_once(&mut q, 100), vec![2], "its slot is reused cleanly");
-    }
-
-    #[test]
-    fn drop_sent_keeps_only_events_never_sent() {
-        let mut q = BroadcastQueue::new(100);
-        for (name, v) in [("a", 1), ("b", 2)] {
-            q.push(k(name), v, 10);
-        }
-        for _ in 0..2 {
-            drain_once(&mut q, 100);
-        }
-        q.push(k("c"), 3, 10);
-        let (in_flight, _) = q.take(1, |_| 1);
-        q.push(k("d"), 4, 10);
-        assert_eq!(q.drop_sent(), 2, "a and b, sent twice each");
-        assert_eq!(q.len(), 1, "d waits; c is in flight");
-        q.sent(&in_flight);
-        assert_eq!(q.drop_sent(), 1, "c, once sent");
-        assert_eq!(drain_once(&mut q, 100), vec![4], "d keeps its sends");
-        assert_eq!(q.drop_sent(), 1);
-        assert!(q.is_empty());
     }
 
     #[test]

@@ -35,12 +35,7 @@ pub struct Config {
     /// transmissions: the redundancy follows the network instead of being
     /// set for the worst. A node's own writes keep all theirs. 3 halves
     /// the copies a node receives in the 100-agent burst
-    /// (docs/performance.md, "CPU per received entry"). As many peers
-    /// heard with this node's very digest root (each holds every event
-    /// queued here) end the events already sent once, own writes
-    /// included: a burst's relays went on after every node held all but a
-    /// few entries. Events not yet sent keep all their transmissions, so a
-    /// lone event's spread is never cut.
+    /// (docs/performance.md, "CPU per received entry").
     pub quench_after: u32,
     /// Eager/lazy push tree (Plumtree) instead of repeated random fan-out:
     /// a new event goes once to a few eager peers, its id to a few lazy

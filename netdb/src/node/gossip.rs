@@ -294,10 +294,7 @@ impl Node {
     }
 
     /// A peer's digest differs from ours: once the difference has outlived
-    /// the updates in flight, push/pull with that peer. Equal, the peer
-    /// holds every event queued here: from `quench_after` such peers since
-    /// the root last changed, the events sent at least once leave the
-    /// queue (`BroadcastQueue::drop_sent`).
+    /// the updates in flight, push/pull with that peer.
     pub(super) fn compare_root(
         &mut self,
         now: Duration,
@@ -307,7 +304,6 @@ impl Node {
     ) {
         let delay = self.cfg.mismatch_sync_after;
         let busy = self.exchanging(scope);
-        let quench = if self.cfg.push_tree { 0 } else { self.cfg.quench_after as usize };
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
@@ -315,24 +311,9 @@ impl Node {
         if mine != st.last_root {
             st.last_root = mine;
             st.root_changed_at = now;
-            st.roots_matched.clear();
         }
         if mine == theirs {
             st.mismatch_since = None;
-            // Peers are counted once each (one peer's many datagrams say
-            // only that it holds everything), and the queue is cut once
-            // per root. An event not yet sent keeps its transmissions: at
-            // rest a lone event goes out all of them at its first tick, so
-            // it is never cut, and every node that learns an event passes
-            // it on; in a burst the tick's budget holds relays back for
-            // ticks, and those sent already are what peers holding
-            // everything make redundant.
-            if quench > 0 && st.roots_matched.len() < quench && !st.roots_matched.contains(&from) {
-                st.roots_matched.push(from);
-                if st.roots_matched.len() == quench {
-                    st.queue.drop_sent();
-                }
-            }
             return;
         }
         let since = *st.mismatch_since.get_or_insert(now);
@@ -419,61 +400,6 @@ mod tests {
             n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
         }
         assert_eq!(queued_after_a_tick(&mut n), 1);
-    }
-
-    /// A gossip datagram of no entries whose sender's root is `root`.
-    fn digest(root: u64) -> Vec<u8> {
-        crate::codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
-            network: "net".into(),
-            root,
-            entries: Vec::new(),
-        }))
-    }
-
-    fn root(n: &crate::Node) -> u64 {
-        n.scope_stats(Scope::Network("net")).unwrap().root
-    }
-
-    #[test]
-    fn peers_with_this_nodes_root_end_the_sent_events() {
-        let peer = PEER.parse().unwrap();
-        let others: Vec<std::net::SocketAddr> =
-            ["10.0.0.3:7946", "10.0.0.4:7946"].iter().map(|a| a.parse().unwrap()).collect();
-        // After the tick that sends the relay.
-        let t = crate::Config::default().gossip_interval;
-        let (mut n, _) = relaying(3);
-        assert_eq!(queued_after_a_tick(&mut n), 1, "the relay, sent once");
-        let equal = digest(root(&n));
-        for _ in 0..3 {
-            n.handle_datagram(t, peer, &equal);
-        }
-        n.handle_datagram(t, others[0], &equal);
-        n.handle_datagram(t, others[1], &digest(root(&n) ^ 1));
-        assert_eq!(queued(&n), 1, "one peer's datagrams count once: two peers are not enough");
-        n.handle_datagram(t, others[1], &equal);
-        assert_eq!(queued(&n), 0, "the third peer ends the relay");
-        // An event not sent yet keeps its sends, a write here as a relay.
-        let (mut n, _) = relaying(3);
-        n.put(t, "net", "t", "mine", Bytes::from_static(b"v")).unwrap();
-        for from in [peer, others[0], others[1]] {
-            n.handle_datagram(t, from, &digest(root(&n)));
-        }
-        assert_eq!(queued(&n), 2);
-        // Matches of an older root do not count towards the new one.
-        let (mut n, _) = relaying(3);
-        queued_after_a_tick(&mut n);
-        n.handle_datagram(t, peer, &digest(root(&n)));
-        n.handle_datagram(t, others[0], &digest(root(&n)));
-        n.put(t, "net", "t", "mine", Bytes::from_static(b"v")).unwrap();
-        n.handle_datagram(t, others[1], &digest(root(&n)));
-        assert_eq!(queued(&n), 2);
-        // Without the quench equal roots change nothing.
-        let (mut n, _) = relaying(0);
-        queued_after_a_tick(&mut n);
-        for from in [peer, others[0], others[1]] {
-            n.handle_datagram(t, from, &digest(root(&n)));
-        }
-        assert_eq!(queued(&n), 1);
     }
 
     #[test]

@@ -53,9 +53,6 @@ pub(super) struct ScopeState {
     pub(super) last_root: u64,
     pub(super) root_changed_at: Duration,
     pub(super) mismatch_since: Option<Duration>,
-    /// Distinct peers heard with a root equal to `last_root` since it was
-    /// reached, up to `Config::quench_after`.
-    pub(super) roots_matched: Vec<SocketAddr>,
     pub(super) last_sync_at: Option<Duration>,
     pub(super) next_periodic_sync: Duration,
     pub(super) next_digest: Duration,
@@ -130,7 +127,6 @@ impl ScopeState {
             last_root: Digest::default().root(),
             root_changed_at: now,
             mismatch_since: None,
-            roots_matched: Vec::new(),
             last_sync_at: None,
             synced: false,
             next_periodic_sync: now + cfg.sync_interval + jitter(rng, cfg.sync_interval / 4),
