@@ -20,8 +20,6 @@ struct Slot<V> {
     item: Option<V>,
     transmits: u32,
     limit: u32,
-    /// Copies of this very event heard from peers since it was queued.
-    heard: u32,
     /// Heard often enough: leaves at its next send.
     quenched: bool,
     prev: u32,
@@ -49,12 +47,19 @@ pub(crate) struct TakeStats {
 }
 
 /// Where a queued key's event is. Every copy a node receives looks its
-/// key up here (`heard`), so the key is compared in place (`slots`).
+/// key up here (`heard`), so the key is compared in place (`slots`), and
+/// the copy is counted in place too: reading the event's slot as well was
+/// a second cache miss per copy, a third of the time the 100-agent burst
+/// spent handling datagrams outside the merge (docs/performance.md).
 #[derive(Debug, Clone, Copy, Default)]
 struct Place {
     key: u64,
     /// One more than the event's slot; 0: empty.
     id: u32,
+    /// Copies of this very event heard from peers since it was queued.
+    heard: u16,
+    /// Whether copies count (`push`).
+    counts: bool,
 }
 
 impl slots::Slot for Place {
@@ -98,9 +103,10 @@ impl<V> BroadcastQueue<V> {
     }
 
     /// Queues `item` to be sent `limit` times, replacing any queued event of
-    /// the same key. Returns how many events were dropped to stay within the
+    /// the same key; copies of it heard from peers quench it if it `counts`
+    /// (`heard`). Returns how many events were dropped to stay within the
     /// length bound (the most-sent first).
-    pub(crate) fn push(&mut self, key: u64, item: V, limit: u32) -> usize {
+    pub(crate) fn push(&mut self, key: u64, item: V, limit: u32, counts: bool) -> usize {
         if let Some(old) = self.queued(key) {
             self.unlink(old);
             self.release(old);
@@ -112,7 +118,6 @@ impl<V> BroadcastQueue<V> {
                 s.item = Some(item);
                 s.transmits = 0;
                 s.limit = limit.max(1);
-                s.heard = 0;
                 s.quenched = false;
                 id
             }
@@ -122,7 +127,6 @@ impl<V> BroadcastQueue<V> {
                     item: Some(item),
                     transmits: 0,
                     limit: limit.max(1),
-                    heard: 0,
                     quenched: false,
                     prev: NIL,
                     next: NIL,
@@ -132,7 +136,7 @@ impl<V> BroadcastQueue<V> {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.put(Place { key, id: id + 1 }, |p| p.key == key);
+        self.index.put(Place { key, id: id + 1, heard: 0, counts }, |p| p.key == key);
         self.link_front(id);
         self.len += 1;
         let mut dropped = 0;
@@ -162,24 +166,27 @@ impl<V> BroadcastQueue<V> {
         }
     }
 
-    /// A peer sent this node a copy of `key`'s queued event (if `eligible`
-    /// says it counts): once `after` copies were heard, the event leaves
+    /// A peer sent this node a copy of `key`'s queued event (if it
+    /// counts: `push`): once `after` copies were heard, the event leaves
     /// the queue, at once if it was sent already (true), else after its
     /// first send, so every node that learns an event passes it on at
     /// least once. Every copy is a peer that holds the event and relays
     /// it: an event heard often is held widely, and more transmissions
     /// would mostly make more copies. An event that copies seldom reach (a
     /// lossy network, few relays) keeps its transmissions.
-    pub(crate) fn heard(&mut self, key: u64, after: u32, eligible: impl Fn(&V) -> bool) -> bool {
-        let Some(id) = self.queued(key) else { return false };
+    /// The count stops at 65,535: `after` above it is never reached.
+    pub(crate) fn heard(&mut self, key: u64, after: u32) -> bool {
+        let Some(i) = self.index.find(key, |p| p.key == key) else { return false };
+        let p = self.index.get_mut(i);
+        if !p.counts {
+            return false;
+        }
+        p.heard = p.heard.saturating_add(1);
+        if u32::from(p.heard) < after {
+            return false;
+        }
+        let id = p.id - 1;
         let s = &mut self.slots[id as usize];
-        if !s.item.as_ref().is_some_and(eligible) {
-            return false;
-        }
-        s.heard += 1;
-        if s.heard < after {
-            return false;
-        }
         if s.transmits == 0 {
             s.quenched = true;
             return false;
@@ -341,8 +348,8 @@ mod tests {
     #[test]
     fn each_event_is_sent_exactly_its_limit() {
         let mut q = BroadcastQueue::new(100);
-        q.push(k("a"), 10, 3);
-        q.push(k("b"), 20, 1);
+        q.push(k("a"), 10, 3, true);
+        q.push(k("b"), 20, 1, true);
         let mut sends = 0;
         while !q.is_empty() {
             sends += drain_once(&mut q, 1000).len();
@@ -353,9 +360,9 @@ mod tests {
     #[test]
     fn newer_event_replaces_queued_one() {
         let mut q = BroadcastQueue::new(100);
-        q.push(k("k"), 1, 5);
-        q.push(k("other"), 2, 5);
-        q.push(k("k"), 3, 5);
+        q.push(k("k"), 1, 5, true);
+        q.push(k("other"), 2, 5, true);
+        q.push(k("k"), 3, 5, true);
         assert_eq!(q.len(), 2);
         let items = drain_once(&mut q, 1000);
         assert_eq!(items, vec![3, 2], "newest first, old value of k gone");
@@ -367,9 +374,9 @@ mod tests {
     #[test]
     fn least_sent_first_and_budget_respected() {
         let mut q = BroadcastQueue::new(100);
-        q.push(k("old"), 5, 10);
+        q.push(k("old"), 5, 10, true);
         drain_once(&mut q, 100); // "old" now sent once
-        q.push(k("new"), 5, 10);
+        q.push(k("new"), 5, 10, true);
         assert_eq!(drain_once(&mut q, 5), vec![5]);
         // "new" (0 sends) went first; now both have 1 send.
         let (ids, _) = q.take(7, |v| *v);
@@ -381,10 +388,10 @@ mod tests {
     #[test]
     fn replacing_an_in_flight_event_keeps_ids_stable() {
         let mut q = BroadcastQueue::new(100);
-        q.push(k("k"), 1, 5);
+        q.push(k("k"), 1, 5, true);
         let (ids, _) = q.take(100, |v| *v);
-        q.push(k("k"), 2, 5);
-        q.push(k("j"), 3, 5);
+        q.push(k("k"), 2, 5, true);
+        q.push(k("j"), 3, 5, true);
         assert_eq!(q.get(ids[0]), None, "the replaced event is gone");
         q.sent(&ids);
         assert_eq!(q.len(), 2);
@@ -394,38 +401,38 @@ mod tests {
     #[test]
     fn an_event_heard_often_enough_leaves_the_queue() {
         let mut q = BroadcastQueue::new(100);
-        q.push(k("a"), 1, 10);
-        q.push(k("b"), 2, 10);
+        q.push(k("a"), 1, 10, true);
+        q.push(k("b"), 2, 10, false);
         drain_once(&mut q, 100);
-        assert!(!q.heard(k("a"), 2, |_| true), "one copy is not enough");
-        assert!(!q.heard(k("missing"), 2, |_| true));
-        assert!(!q.heard(k("b"), 2, |v| *v != 2), "b's copies do not count");
-        assert!(!q.heard(k("b"), 2, |v| *v != 2));
-        assert!(q.heard(k("a"), 2, |_| true));
+        assert!(!q.heard(k("a"), 2), "one copy is not enough");
+        assert!(!q.heard(k("missing"), 2));
+        assert!(!q.heard(k("b"), 2), "b's copies do not count");
+        assert!(!q.heard(k("b"), 2));
+        assert!(q.heard(k("a"), 2));
         assert_eq!(q.len(), 1);
         assert_eq!(drain_once(&mut q, 100), vec![2]);
         // A newer event of the key starts its count again.
-        q.push(k("b"), 3, 10);
-        assert!(!q.heard(k("b"), 2, |_| true));
+        q.push(k("b"), 3, 10, true);
+        assert!(!q.heard(k("b"), 2));
     }
 
     #[test]
     fn an_event_heard_before_its_first_send_is_sent_once() {
         let mut q = BroadcastQueue::new(100);
-        q.push(k("a"), 1, 10);
-        assert!(!q.heard(k("a"), 1, |_| true));
+        q.push(k("a"), 1, 10, true);
+        assert!(!q.heard(k("a"), 1));
         assert_eq!(q.len(), 1);
         assert_eq!(drain_once(&mut q, 100), vec![1]);
         assert!(q.is_empty(), "gone after that send");
-        q.push(k("b"), 2, 10);
+        q.push(k("b"), 2, 10, true);
         assert_eq!(drain_once(&mut q, 100), vec![2], "its slot is reused cleanly");
     }
 
     #[test]
     fn oversized_events_are_dropped_and_counted() {
         let mut q = BroadcastQueue::new(100);
-        q.push(k("huge"), 5000, 3);
-        q.push(k("small"), 10, 3);
+        q.push(k("huge"), 5000, 3, true);
+        q.push(k("small"), 10, 3, true);
         let (ids, stats) = q.take(1400, |v| *v);
         assert_eq!(stats.oversized, 1);
         assert_eq!(ids.len(), 1);
@@ -436,10 +443,10 @@ mod tests {
     #[test]
     fn length_bound_drops_most_sent_events() {
         let mut q = BroadcastQueue::new(2);
-        q.push(k("a"), 1, 10);
+        q.push(k("a"), 1, 10, true);
         drain_once(&mut q, 100);
-        q.push(k("b"), 1, 10);
-        assert_eq!(q.push(k("c"), 1, 10), 1);
+        q.push(k("b"), 1, 10, true);
+        assert_eq!(q.push(k("c"), 1, 10, true), 1);
         assert_eq!(q.len(), 2);
         assert!(!q.invalidate(k("a")), "a was sent most, so it went");
         assert!(q.invalidate(k("b")) && q.invalidate(k("c")));
@@ -451,7 +458,7 @@ mod tests {
         // finish in a test's time; this is O(n).
         let mut q: BroadcastQueue<u32> = BroadcastQueue::new(1_000_000);
         for i in 0..200_000u32 {
-            q.push(u64::from(i % 100_000), i, 4);
+            q.push(u64::from(i % 100_000), i, 4, true);
         }
         assert_eq!(q.len(), 100_000);
         let (ids, _) = q.take(10, |_| 1);

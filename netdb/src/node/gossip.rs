@@ -252,7 +252,7 @@ impl Node {
             return;
         }
         if let Some(st) = self.scope_mut(scope) {
-            st.queue.heard(queue_key(table, key), after, |q| q.from.is_some());
+            st.queue.heard(queue_key(table, key), after);
         }
     }
 

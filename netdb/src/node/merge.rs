@@ -126,8 +126,11 @@ impl Node {
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
+        // Copies heard quench relays only: a node's own writes keep all
+        // their transmissions (`Config::quench_after`).
+        let relay = from.is_some();
         let dropped =
-            st.queue.push(queue_key(table, key), Queued { entry, framed_len, from }, limit);
+            st.queue.push(queue_key(table, key), Queued { entry, framed_len, from }, limit, relay);
         self.stats.queue_overflow += dropped as u64;
         self.arm_tick(now);
     }
