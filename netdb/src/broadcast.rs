@@ -176,7 +176,7 @@ impl<V> BroadcastQueue<V> {
     /// lossy network, few relays) keeps its transmissions.
     /// The count stops at 65,535: `after` above it is never reached.
     pub(crate) fn heard(&mut self, key: u64, after: u32) -> bool {
-        let Some(i) = self.index.find(key, |p| p.key == key) else { return false };
+        let Some(i) = self.place(key) else { return false };
         let p = self.index.get_mut(i);
         if !p.counts {
             return false;
@@ -310,18 +310,22 @@ impl<V> BroadcastQueue<V> {
 
     /// The slot of `key`'s queued event.
     fn queued(&self, key: u64) -> Option<u32> {
-        let i = self.index.find(key, |p| p.key == key)?;
-        Some(self.index.get(i).id - 1)
+        self.place(key).map(|i| self.index.get(i).id - 1)
+    }
+
+    /// The index's place of `key`.
+    fn place(&self, key: u64) -> Option<usize> {
+        self.index.find(key, |p| p.key == key)
     }
 
     /// Frees an unlinked slot.
     fn release(&mut self, id: u32) {
-        let s = &mut self.slots[id as usize];
-        if let Some(k) = s.key.take()
-            && let Some(i) = self.index.find(k, |p| p.key == k)
+        if let Some(k) = self.slots[id as usize].key.take()
+            && let Some(i) = self.place(k)
         {
             self.index.vacate(i);
         }
+        let s = &mut self.slots[id as usize];
         s.item = None;
         if !s.in_flight {
             self.free.push(id);

@@ -176,9 +176,11 @@ impl Tables {
         self.tables.get(table)?.entries.get(key)
     }
 
-    /// The table's name as held here, if it holds any entry.
-    pub(crate) fn table_name(&self, table: &str) -> Option<&Arc<str>> {
-        self.tables.get_key_value(table).map(|(name, _)| name)
+    /// The table's name as held here, shared; a new one for a table no
+    /// longer held (a change that empties a table removes it, its name
+    /// with it).
+    pub(crate) fn shared_name(&self, table: &str) -> Arc<str> {
+        self.tables.get_key_value(table).map_or_else(|| table.into(), |(name, _)| name.clone())
     }
 
     /// Whether `key` holds that very version: the copy check every

@@ -3,7 +3,6 @@
 //! first and, when refused, changes nothing.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -72,7 +71,7 @@ impl Node {
         let scope = Scope::Network(network);
         for (table, key, e) in st.data.iter() {
             if e.visible() {
-                let table = st.data.table_name(table).map_or_else(|| table.into(), Arc::clone);
+                let table = st.data.shared_name(table);
                 let (owner, value) = (e.owner.clone(), e.value.clone());
                 let kind = EntryEventKind::Delete;
                 self.events.extend(Event::entry(

@@ -314,11 +314,7 @@ impl Node {
                 Some(self.networks.get_key_value(n).map_or_else(|| n.into(), |(k, _)| k.clone()))
             }
         };
-        // A table left empty by the change is gone, and its name with it.
-        let table = match self.scope(scope).and_then(|st| st.data.table_name(table)) {
-            Some(name) => name.clone(),
-            None => table.into(),
-        };
+        let table = self.scope(scope).map_or_else(|| table.into(), |st| st.data.shared_name(table));
         self.events.extend(Event::entry(network, table, key, owner, value, kind));
     }
 
