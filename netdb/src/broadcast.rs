@@ -46,19 +46,13 @@ pub(crate) struct TakeStats {
     pub oversized: usize,
 }
 
-/// Where a queued key's event is. Every copy a node receives looks its
-/// key up here (`heard`), so the key is compared in place (`slots`), and
-/// the copy is counted in place too: reading the event's slot as well was
-/// a second cache miss per copy, a third of the time the 100-agent burst
-/// spent handling datagrams outside the merge (docs/performance.md).
+/// Where a queued key's event is, its key compared in place (`slots`).
 #[derive(Debug, Clone, Copy, Default)]
 struct Place {
     key: u64,
     /// One more than the event's slot; 0: empty.
     id: u32,
-    /// Copies of this very event heard from peers since it was queued.
-    heard: u16,
-    /// Whether copies count (`push`).
+    /// Whether copies heard quench it (`push`).
     counts: bool,
 }
 
@@ -104,7 +98,7 @@ impl<V> BroadcastQueue<V> {
 
     /// Queues `item` to be sent `limit` times, replacing any queued event of
     /// the same key; copies of it heard from peers quench it if it `counts`
-    /// (`heard`). Returns how many events were dropped to stay within the
+    /// (`quench`). Returns how many events were dropped to stay within the
     /// length bound (the most-sent first).
     pub(crate) fn push(&mut self, key: u64, item: V, limit: u32, counts: bool) -> usize {
         if let Some(old) = self.queued(key) {
@@ -136,7 +130,7 @@ impl<V> BroadcastQueue<V> {
                 (self.slots.len() - 1) as u32
             }
         };
-        self.index.put(Place { key, id: id + 1, heard: 0, counts }, |p| p.key == key);
+        self.index.put(Place { key, id: id + 1, counts }, |p| p.key == key);
         self.link_front(id);
         self.len += 1;
         let mut dropped = 0;
@@ -166,23 +160,20 @@ impl<V> BroadcastQueue<V> {
         }
     }
 
-    /// A peer sent this node a copy of `key`'s queued event (if it
-    /// counts: `push`): once `after` copies were heard, the event leaves
-    /// the queue, at once if it was sent already (true), else after its
-    /// first send, so every node that learns an event passes it on at
-    /// least once. Every copy is a peer that holds the event and relays
-    /// it: an event heard often is held widely, and more transmissions
-    /// would mostly make more copies. An event that copies seldom reach (a
-    /// lossy network, few relays) keeps its transmissions.
-    /// The count stops at 65,535: `after` above it is never reached.
-    pub(crate) fn heard(&mut self, key: u64, after: u32) -> bool {
+    /// Peers sent this node enough copies of `key`'s queued event (if it
+    /// counts: `push`): it leaves the queue, at once if it was sent
+    /// already (true), else after its first send, so every node that
+    /// learns an event passes it on at least once. Every copy is a peer
+    /// that holds the event and relays it: an event heard often is held
+    /// widely, and more transmissions would mostly make more copies. An
+    /// event that copies seldom reach (a lossy network, few relays) keeps
+    /// its transmissions. The caller counts the copies where it recognises
+    /// them (`Tables::copy_heard`), so this index is read once an event,
+    /// not once a copy.
+    pub(crate) fn quench(&mut self, key: u64) -> bool {
         let Some(i) = self.place(key) else { return false };
-        let p = self.index.get_mut(i);
+        let p = self.index.get(i);
         if !p.counts {
-            return false;
-        }
-        p.heard = p.heard.saturating_add(1);
-        if u32::from(p.heard) < after {
             return false;
         }
         let id = p.id - 1;
@@ -403,28 +394,30 @@ mod tests {
     }
 
     #[test]
-    fn an_event_heard_often_enough_leaves_the_queue() {
+    fn a_quenched_event_leaves_the_queue_unless_its_copies_do_not_count() {
         let mut q = BroadcastQueue::new(100);
         q.push(k("a"), 1, 10, true);
         q.push(k("b"), 2, 10, false);
         drain_once(&mut q, 100);
-        assert!(!q.heard(k("a"), 2), "one copy is not enough");
-        assert!(!q.heard(k("missing"), 2));
-        assert!(!q.heard(k("b"), 2), "b's copies do not count");
-        assert!(!q.heard(k("b"), 2));
-        assert!(q.heard(k("a"), 2));
+        assert!(!q.quench(k("missing")));
+        assert!(!q.quench(k("b")), "b's copies do not count");
+        assert!(q.quench(k("a")));
+        assert!(!q.quench(k("a")), "gone");
         assert_eq!(q.len(), 1);
         assert_eq!(drain_once(&mut q, 100), vec![2]);
-        // A newer event of the key starts its count again.
+        // A newer event of the key counts if it says so, and is new: it
+        // goes out once more.
         q.push(k("b"), 3, 10, true);
-        assert!(!q.heard(k("b"), 2));
+        assert!(!q.quench(k("b")));
+        assert_eq!(drain_once(&mut q, 100), vec![3]);
+        assert!(q.is_empty());
     }
 
     #[test]
-    fn an_event_heard_before_its_first_send_is_sent_once() {
+    fn an_event_quenched_before_its_first_send_is_sent_once() {
         let mut q = BroadcastQueue::new(100);
         q.push(k("a"), 1, 10, true);
-        assert!(!q.heard(k("a"), 1));
+        assert!(!q.quench(k("a")));
         assert_eq!(q.len(), 1);
         assert_eq!(drain_once(&mut q, 100), vec![1]);
         assert!(q.is_empty(), "gone after that send");

@@ -27,8 +27,9 @@ pub struct Config {
     /// event relays it, and anti-entropy repairs the rest.
     pub relay_mult: u32,
     /// Copies of a relayed event heard from peers after which this node
-    /// stops sending it, once it sent it at least once (0: never; it goes
-    /// out `relay_mult × ceil(log10(n+1))` times). A copy is a peer that
+    /// stops sending it, once it sent it at least once (0, or above 255
+    /// where the count stops: never; it goes out `relay_mult ×
+    /// ceil(log10(n+1))` times). A copy is a peer that
     /// holds the event and relays it: after a few, most of the scope holds
     /// it, and the last holes are push/pull's (`mismatch_sync_after`).
     /// Where copies come seldom (loss, few relays) the event keeps its

@@ -183,10 +183,16 @@ impl Tables {
         self.tables.get_key_value(table).map_or_else(|| table.into(), |(name, _)| name.clone())
     }
 
-    /// Whether `key` holds that very version: the copy check every
-    /// gossiped arrival goes through ([`Keyed::holds`]).
-    pub(crate) fn holds(&self, table: &str, key: &str, version: Version<'_>) -> bool {
-        self.tables.get(table).is_some_and(|t| t.entries.holds(key, version))
+    /// Whether `key` holds that very version, and if so how many copies
+    /// of it were heard, this one included: the copy check every gossiped
+    /// arrival goes through ([`Keyed::copy_heard`]).
+    pub(crate) fn copy_heard(
+        &mut self,
+        table: &str,
+        key: &str,
+        version: Version<'_>,
+    ) -> Option<u8> {
+        self.tables.get_mut(table)?.entries.copy_heard(key, version)
     }
 
     #[cfg(test)]

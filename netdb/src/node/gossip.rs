@@ -242,17 +242,16 @@ impl Node {
         true
     }
 
-    /// A peer sent a copy of the version held here: it counts towards
-    /// ending the queued relay's transmissions (`Config::quench_after`).
-    /// Not with the push tree, whose one push per eager link is the tree
-    /// itself.
-    pub(super) fn heard_copy(&mut self, scope: Scope<'_>, table: &str, key: &str) {
-        let after = self.cfg.quench_after;
-        if after == 0 || self.cfg.push_tree {
+    /// Peers sent `heard` copies of the version held here: enough of them
+    /// end the queued relay's transmissions (`Config::quench_after`; the
+    /// count stops at 255, so a larger setting never does). Not with the
+    /// push tree, whose one push per eager link is the tree itself.
+    pub(super) fn heard_copies(&mut self, scope: Scope<'_>, table: &str, key: &str, heard: u8) {
+        if self.cfg.quench_after != u32::from(heard) || self.cfg.push_tree {
             return;
         }
         if let Some(st) = self.scope_mut(scope) {
-            st.queue.heard(queue_key(table, key), after);
+            st.queue.quench(queue_key(table, key));
         }
     }
 

@@ -158,14 +158,22 @@ impl Node {
         // Gossip recognises a copy by its version's fingerprint, which a
         // new version shares with odds of 2^-64; push/pull compares the
         // versions themselves, so it repairs what such a match turned away.
-        let held = |st: &ScopeState| match via {
-            Via::Sync => st.data.get(w.table, w.key).is_some_and(|e| e.version() == version),
-            _ => st.data.holds(w.table, w.key, version),
-        };
-        if self.scope(scope).is_some_and(held) {
-            if via != Via::Sync {
-                self.stats.gossip_copies += 1;
+        let copy = match via {
+            Via::Sync => self.scope(scope).is_some_and(|st: &ScopeState| {
+                st.data.get(w.table, w.key).is_some_and(|e| e.version() == version)
+            }),
+            Via::Gossip(_) => {
+                let heard = self
+                    .scope_mut(scope)
+                    .and_then(|st| st.data.copy_heard(w.table, w.key, version));
+                if let Some(heard) = heard {
+                    self.stats.gossip_copies += 1;
+                    self.heard_copies(scope, w.table, w.key, heard);
+                }
+                heard.is_some()
             }
+        };
+        if copy {
             return Merged::Copy;
         }
         // Push/pull frames are checked whole as they are read; gossip

@@ -321,10 +321,7 @@ impl Node {
                 for e in &g.entries {
                     match self.apply_remote(now, scope, e, Via::Gossip(from)) {
                         Merged::News => news = true,
-                        Merged::Copy => {
-                            copies = true;
-                            self.heard_copy(scope, e.table, e.key);
-                        }
+                        Merged::Copy => copies = true,
                         Merged::Nothing => {}
                     }
                 }

@@ -7,7 +7,8 @@
 //! three cache misses (the control bytes, the index, the entry), 17 % of an
 //! agent's CPU in the 100-agent burst, where a hundred processes share two
 //! cores and every lookup finds its lines cold. Here a copy is recognised
-//! from its slot alone, one line: [`Keyed::holds`].
+//! from its slot alone, one line, which also counts it:
+//! [`Keyed::copy_heard`].
 //!
 //! Hashed, not sorted: in a sorted map the lookups' string compares were a
 //! quarter of that burst's CPU (listings sort on demand instead). Entries
@@ -64,7 +65,8 @@ impl From<&str> for Key {
 /// One place of the index. Sixteen bytes, four to a cache line.
 #[derive(Debug, Clone, Copy, Default)]
 struct Slot {
-    /// Fingerprint of the entry's version ([`print`]).
+    /// Fingerprint of the entry's version ([`print`]) in the high bits,
+    /// copies of it heard in the low ones ([`HEARD`]).
     version: u64,
     /// One more than the entry's position; 0: the slot is empty.
     pos: u32,
@@ -96,17 +98,25 @@ fn tag(key: &[u8]) -> u32 {
     (h ^ (h >> 32)) as u32
 }
 
-/// A version's fingerprint. Two versions of one key share it with odds of
-/// 2^-64, and a false match would only make a node take a new version
-/// for a copy: the digests then differ and push/pull, which compares
-/// versions exactly (`Node::apply_remote`), repairs it.
+/// A version's fingerprint, its low [`HEARD`] bits clear. Two versions of
+/// one key share it with odds of 2^-56, and a false match would only make
+/// a node take a new version for a copy: the digests then differ and
+/// push/pull, which compares versions exactly (`Node::apply_remote`),
+/// repairs it.
 fn print((ltime, owner, incarnation): Version<'_>) -> u64 {
     let mut h = MapHasher::default();
     h.text(owner);
     h.write_u64(incarnation);
     h.write_u64(ltime);
-    h.finish()
+    h.finish() & !HEARD
 }
+
+/// The bits of a slot's `version` that count the copies of it heard,
+/// up to 255. They sit in the line the copy check reads anyway: counted
+/// in the broadcast queue's index, every copy read a second cold line
+/// there, half the time the 100-agent burst spent in handling datagrams
+/// outside the merge (docs/performance.md).
+const HEARD: u64 = 0xff;
 
 /// Whether slot `s` is the one of `key`.
 fn is_key(entries: &[(Key, Entry)], s: &Slot, key: &[u8]) -> bool {
@@ -141,13 +151,23 @@ impl Keyed {
         self.entries.get(self.slots.get(i).pos as usize - 1).map(|(_, e)| e)
     }
 
-    /// Whether the entry of `key` is at `version`. A slot of the key's
-    /// tag and the version's fingerprint answers yes without the entry
-    /// being read; any other answer is exact.
-    pub(super) fn holds(&self, key: &str, version: Version<'_>) -> bool {
+    /// Whether the entry of `key` is at `version`: if so, one more copy
+    /// of it was heard, and the count since the version came is returned
+    /// (it stops at 255). A slot of the key's tag and the version's
+    /// fingerprint answers without the entry being read; any other answer
+    /// is exact.
+    pub(super) fn copy_heard(&mut self, key: &str, version: Version<'_>) -> Option<u8> {
         let (key, tag, print) = (key.as_bytes(), tag(key.as_bytes()), print(version));
-        let hit = |s: &Slot| s.tag == tag && (s.version == print || is_key(&self.entries, s, key));
-        self.slots.find(tag.into(), hit).is_some_and(|i| self.slots.get(i).version == print)
+        let entries = &self.entries;
+        let hit =
+            |s: &Slot| s.tag == tag && (s.version & !HEARD == print || is_key(entries, s, key));
+        let s = self.slots.get_mut(self.slots.find(tag.into(), hit)?);
+        if s.version & !HEARD != print {
+            return None;
+        }
+        let heard = (s.version & HEARD).saturating_add(1).min(HEARD);
+        s.version = print | heard;
+        Some(heard as u8)
     }
 
     /// Makes `key`'s slot carry `version`'s fingerprint whatever its entry
@@ -171,7 +191,13 @@ impl Keyed {
         let (i, old) = self.slots.put(new, |s| s.tag == tag && is_key(entries, s, key.as_bytes()));
         match old {
             Some(old) => {
-                self.slots.get_mut(i).pos = old.pos;
+                let s = self.slots.get_mut(i);
+                s.pos = old.pos;
+                // The same version written again (hidden or shown) keeps
+                // its count: the copies heard were of that very write.
+                if old.version & !HEARD == s.version {
+                    s.version = old.version;
+                }
                 let at = old.pos as usize - 1;
                 (at, Some(std::mem::replace(&mut self.entries[at].1, entry)))
             }
@@ -239,31 +265,53 @@ mod tests {
                 }
             }
             if step.is_multiple_of(5_000) {
-                check(&k, &model);
+                check(&mut k, &model);
             }
         }
-        check(&k, &model);
+        check(&mut k, &model);
         for key in model.keys().cloned().collect::<Vec<_>>() {
             assert!(k.swap_remove(&key).is_some());
         }
         assert!(k.is_empty() && k.slots.used() == 0);
     }
 
-    fn check(k: &Keyed, model: &BTreeMap<String, u64>) {
+    fn check(k: &mut Keyed, model: &BTreeMap<String, u64>) {
         assert_eq!(k.len(), model.len());
         for (key, &lt) in model {
             assert_eq!(k.get(key).map(|e| e.ltime), Some(lt), "{key}");
-            assert!(k.holds(key, (lt, "o", 1)), "{key} at its version");
-            assert!(!k.holds(key, (lt + 1, "o", 1)), "{key} at another time");
-            assert!(!k.holds(key, (lt, "p", 1)), "{key} of another owner");
-            assert!(!k.holds(key, (lt, "o", 2)), "{key} of another incarnation");
+            assert!(k.copy_heard(key, (lt, "o", 1)).is_some(), "{key} at its version");
+            assert_eq!(k.copy_heard(key, (lt + 1, "o", 1)), None, "{key} at another time");
+            assert_eq!(k.copy_heard(key, (lt, "p", 1)), None, "{key} of another owner");
+            assert_eq!(k.copy_heard(key, (lt, "o", 2)), None, "{key} of another incarnation");
         }
-        assert!(k.get("absent").is_none() && !k.holds("absent", (1, "o", 1)));
+        assert!(k.get("absent").is_none() && k.copy_heard("absent", (1, "o", 1)).is_none());
         let mut listed: Vec<_> = k.iter().map(|(key, e)| (key.to_string(), e.ltime)).collect();
         listed.sort();
         assert_eq!(listed, model.iter().map(|(k, &v)| (k.clone(), v)).collect::<Vec<_>>());
         assert_eq!(k.slots.used(), k.len(), "one slot per entry");
         assert!(k.len() * 4 <= k.slots.len() * 3, "at most three quarters used");
+    }
+
+    #[test]
+    fn copies_are_counted_per_version_up_to_255() {
+        let mut k = Keyed::default();
+        k.insert("a", e("o", 1));
+        k.insert("b", e("o", 1));
+        assert_eq!(k.copy_heard("a", (1, "o", 1)), Some(1));
+        assert_eq!(k.copy_heard("a", (1, "o", 1)), Some(2));
+        assert_eq!(k.copy_heard("b", (1, "o", 1)), Some(1), "each key its own count");
+        assert_eq!(k.copy_heard("a", (2, "o", 1)), None, "not the version held: not counted");
+        k.insert("a", e("o", 1));
+        assert_eq!(k.copy_heard("a", (1, "o", 1)), Some(3), "the same write again keeps its count");
+        k.insert("a", e("o", 2));
+        assert_eq!(k.copy_heard("a", (1, "o", 1)), None, "the old version is no copy");
+        assert_eq!(k.copy_heard("a", (2, "o", 1)), Some(1), "a new version starts again");
+        for _ in 0..300 {
+            k.copy_heard("a", (2, "o", 1));
+        }
+        assert_eq!(k.copy_heard("a", (2, "o", 1)), Some(255), "the count stops at its top");
+        assert_eq!(k.get("a").map(|e| e.ltime), Some(2), "counting leaves the entry alone");
+        assert!(k.copy_heard("a", (2, "o", 1)).is_some(), "and the version's match");
     }
 
     #[test]
