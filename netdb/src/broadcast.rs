@@ -96,6 +96,11 @@ impl<V> BroadcastQueue<V> {
         self.len == 0
     }
 
+    /// Whether some queued event was never sent.
+    pub(crate) fn has_unsent(&self) -> bool {
+        self.levels.first().is_some_and(|l| l.head != NIL)
+    }
+
     /// Queues `item` to be sent `limit` times, replacing any queued event of
     /// the same key; copies of it heard from peers quench it if it `counts`
     /// (`quench`). Returns how many events were dropped to stay within the
@@ -229,6 +234,27 @@ impl<V> BroadcastQueue<V> {
             }
         }
         (taken, stats)
+    }
+
+    /// Events never sent that fit in `budget`, in `take`'s order, left
+    /// queued and uncounted: a look at the news, not a transmission.
+    pub(crate) fn unsent(&self, budget: usize, size: impl Fn(&V) -> usize) -> Vec<u32> {
+        let mut seen = Vec::new();
+        let mut left = budget;
+        let mut cur = self.levels.first().map_or(NIL, |l| l.head);
+        while cur != NIL {
+            let s = &self.slots[cur as usize];
+            if let Some(item) = s.item.as_ref() {
+                let n = size(item);
+                if n > left {
+                    break;
+                }
+                left -= n;
+                seen.push(cur);
+            }
+            cur = s.next;
+        }
+        seen
     }
 
     pub(crate) fn get(&self, id: u32) -> Option<&V> {

@@ -34,6 +34,7 @@ pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<
                 cfg.relay_mult = args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.relay_mult)
             }
             "--tree" => cfg.push_tree = true,
+            "--no-early-news" => cfg.early_news = false,
             "--mismatch-ms" => {
                 if let Some(ms) = args.next().and_then(|s| s.parse().ok()) {
                     cfg.mismatch_sync_after = Duration::from_millis(ms);

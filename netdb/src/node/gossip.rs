@@ -18,6 +18,16 @@ use crate::codec::{self, EncodedEntry};
 use crate::event::Transmit;
 use crate::names::{Scope, ScopeId};
 
+/// Which queued events a packet carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pick {
+    /// The tick's: fewest sent first, each send counted.
+    Due,
+    /// Events never sent, ahead of a far tick, not counted: the tick still
+    /// sends them, so what copies quench is unchanged (`Config::early_news`).
+    News,
+}
+
 impl Node {
     /// Where a scope's gossip goes: every live member for the cluster
     /// scope, the live attached peers for a network.
@@ -106,6 +116,9 @@ impl Node {
         }
         let ids = self.scope_ids();
         for id in &ids {
+            if let Some(st) = self.scope_mut(id.as_scope()) {
+                st.news_sent = false;
+            }
             self.scope_maintenance(now, id.as_scope());
         }
         // Round-robin one packet per scope until the tick's byte budget or
@@ -145,6 +158,50 @@ impl Node {
         self.arm_tick(now);
     }
 
+    /// Whether the next tick is far enough off for news to go before it
+    /// (`Config::early_news`).
+    fn tick_far(&self, now: Duration) -> bool {
+        self.tick_at.is_some_and(|t| t > now + self.cfg.gossip_interval / 4)
+    }
+
+    /// `scope` queued an event while none waited unsent: if the next tick
+    /// is far, it goes once this input is handled, with whatever news the
+    /// rest of it brings (`Wake::News` at `now`). Not while unsent events
+    /// wait: that is a burst, whose ticks are busy already.
+    pub(super) fn arm_news(&mut self, now: Duration, scope: Scope<'_>) {
+        if !self.cfg.early_news || self.cfg.push_tree || self.news_due || !self.tick_far(now) {
+            return;
+        }
+        if self.scope(scope).is_some_and(|st| !st.news_sent && st.queue.has_unsent()) {
+            self.news_due = true;
+            self.schedule(now, Wake::News);
+        }
+    }
+
+    /// One packet of news per scope that has some and sent none early
+    /// since the last tick. Paced by the tick: a burst's news mostly waits
+    /// for it, and adds one packet per interval at most.
+    pub(super) fn send_news(&mut self, now: Duration) {
+        if !self.tick_far(now) {
+            return; // the tick comes soon and takes it
+        }
+        // One packet a scope: the tick's byte budget is not this one's.
+        let mut unmetered = usize::MAX;
+        for id in self.scope_ids() {
+            let scope = id.as_scope();
+            if !self.scope(scope).is_some_and(|st| !st.news_sent && st.queue.has_unsent()) {
+                continue;
+            }
+            if self.send_queued(now, scope, &mut unmetered, Pick::News) {
+                let next = now + self.cfg.digest_interval;
+                if let Some(st) = self.scope_mut(scope) {
+                    st.news_sent = true;
+                    st.next_digest = next;
+                }
+            }
+        }
+    }
+
     /// Sends everything queued for a scope, ignoring the tick's pacing (used
     /// when leaving).
     pub(super) fn gossip_scope(&mut self, now: Duration, scope: Scope<'_>, budget: &mut usize) {
@@ -178,6 +235,17 @@ impl Node {
     /// Builds and sends one packet of queued events; false if nothing left
     /// to send or no peer to send to.
     fn send_packet(&mut self, now: Duration, scope: Scope<'_>, budget: &mut usize) -> bool {
+        self.send_queued(now, scope, budget, Pick::Due)
+    }
+
+    /// Builds and sends one packet of `pick`'s events.
+    fn send_queued(
+        &mut self,
+        now: Duration,
+        scope: Scope<'_>,
+        budget: &mut usize,
+        pick: Pick,
+    ) -> bool {
         if self.scope(scope).is_none_or(|st| st.queue.is_empty()) {
             return false;
         }
@@ -197,15 +265,26 @@ impl Node {
             return false;
         };
         let root = st.data.digest().root();
-        let (ids, took) = st.queue.take(avail, |q| q.framed_len);
+        let ids = match pick {
+            Pick::Due => {
+                let (ids, took) = st.queue.take(avail, |q| q.framed_len);
+                self.stats.queue_oversized += took.oversized as u64;
+                ids
+            }
+            Pick::News => st.queue.unsent(avail, |q| q.framed_len),
+        };
+        let Some(st) = self.scope_mut(scope) else {
+            return false;
+        };
         // Sized at once: collected from a filter, it grew by doubling, a
         // few reallocations a packet.
         let mut queued: Vec<(EncodedEntry, Option<SocketAddr>)> = Vec::with_capacity(ids.len());
         queued.extend(
             ids.iter().filter_map(|&id| st.queue.get(id)).map(|q| (q.entry.clone(), q.from)),
         );
-        st.queue.sent(&ids);
-        self.stats.queue_oversized += took.oversized as u64;
+        if pick == Pick::Due {
+            st.queue.sent(&ids);
+        }
         if queued.is_empty() {
             return false;
         }
@@ -400,6 +479,94 @@ mod tests {
             n.handle_datagram(Duration::ZERO, PEER.parse().unwrap(), &news);
         }
         assert_eq!(queued_after_a_tick(&mut n), 1);
+    }
+
+    /// The keys of "net" entries in the datagrams the node sends at `t`
+    /// (plaintext: no cluster key), one list per datagram.
+    fn sent_at(n: &mut crate::Node, t: Duration) -> Vec<Vec<String>> {
+        n.handle_timeout(t);
+        let mut out = Vec::new();
+        while let Some(tx) = n.poll_transmit() {
+            let Transmit::Datagram { payload, .. } = tx else { continue };
+            let Ok(d) = wire::Datagram::decode(&payload[..]) else { continue };
+            if let Some(wire::datagram::Body::Gossip(g)) = d.body
+                && g.network == "net"
+                && !g.entries.is_empty()
+            {
+                out.push(g.entries.into_iter().map(|e| e.key).collect());
+            }
+        }
+        out
+    }
+
+    /// A node attached to "net" with "peer" whose queue there is spent;
+    /// the time of its last tick.
+    fn at_rest(cfg: crate::Config) -> (crate::Node, Duration) {
+        let mut n =
+            crate::Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO)
+                .unwrap();
+        join_with_peer(&mut n, Duration::ZERO);
+        let mut t = Duration::ZERO;
+        for _ in 0..100 {
+            t += n.config().gossip_interval;
+            sent_at(&mut n, t);
+            if queued(&n) == 0 {
+                return (n, t);
+            }
+        }
+        panic!("the queue of \"net\" never emptied");
+    }
+
+    fn news(key: &str, ltime: u64) -> Vec<u8> {
+        gossip("net", vec![peer_entry("t", key, Bytes::from_static(b"v"), ltime, false)])
+    }
+
+    #[test]
+    fn news_goes_out_at_once_when_the_tick_is_far_and_the_tick_still_sends_it() {
+        let (mut n, last) = at_rest(crate::Config::default());
+        let interval = n.config().gossip_interval;
+        let peer = PEER.parse().unwrap();
+        let ms = Duration::from_millis;
+        n.handle_datagram(last + ms(10), peer, &news("a", 10));
+        assert_eq!(sent_at(&mut n, last + ms(10)), vec![vec!["a".to_string()]]);
+        assert_eq!(queued(&n), 1, "the early copy is not one of its transmissions");
+        n.handle_datagram(last + ms(20), peer, &news("b", 11));
+        assert!(sent_at(&mut n, last + ms(20)).is_empty(), "one early packet an interval");
+        let tick = sent_at(&mut n, last + interval);
+        assert!(
+            tick.iter().all(|keys| keys.contains(&"a".to_string()) && keys.contains(&"b".into())),
+            "the tick sends both: {tick:?}"
+        );
+        // A tick that comes soon takes the news itself.
+        let next = last + interval * 2;
+        n.handle_datagram(next - ms(30), peer, &news("c", 12));
+        assert!(sent_at(&mut n, next - ms(30)).is_empty());
+        assert!(!sent_at(&mut n, next).is_empty());
+    }
+
+    #[test]
+    fn news_waits_for_the_tick_when_unsent_events_wait_or_early_news_is_off() {
+        let ms = Duration::from_millis;
+        let peer = PEER.parse().unwrap();
+        let off = crate::Config { early_news: false, ..crate::Config::default() };
+        let (mut n, last) = at_rest(off);
+        n.handle_datagram(last + ms(10), peer, &news("a", 10));
+        assert!(sent_at(&mut n, last + ms(10)).is_empty(), "off: the tick sends it");
+        // A burst: one packet a tick leaves events unsent between ticks.
+        let one_packet = crate::Config { tick_byte_budget: 1, ..crate::Config::default() };
+        let (mut n, last) = at_rest(one_packet);
+        let burst: Vec<_> = (0..200)
+            .map(|i| {
+                peer_entry("t", &format!("k{i:03}"), Bytes::from(vec![b'v'; 40]), 10 + i, false)
+            })
+            .collect();
+        n.handle_datagram(last + ms(10), peer, &gossip("net", burst));
+        assert_eq!(sent_at(&mut n, last + ms(10)).len(), 1, "the first of the burst, early");
+        let tick = last + n.config().gossip_interval;
+        assert_eq!(sent_at(&mut n, tick).len(), 1, "a tick's packet");
+        let later = tick + ms(10);
+        n.handle_datagram(later, peer, &news("late", 500));
+        assert!(sent_at(&mut n, later).is_empty(), "unsent events wait: the ticks are busy");
     }
 
     #[test]

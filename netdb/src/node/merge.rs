@@ -129,10 +129,14 @@ impl Node {
         // Copies heard quench relays only: a node's own writes keep all
         // their transmissions (`Config::quench_after`).
         let relay = from.is_some();
+        let news_alone = !st.queue.has_unsent();
         let dropped =
             st.queue.push(queue_key(table, key), Queued { entry, framed_len, from }, limit, relay);
         self.stats.queue_overflow += dropped as u64;
         self.arm_tick(now);
+        if news_alone {
+            self.arm_news(now, scope);
+        }
     }
 
     /// Merges an entry that came from a peer.

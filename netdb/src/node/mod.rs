@@ -112,6 +112,8 @@ pub struct Node {
     /// the last one ran (ticks are at least a gossip interval apart).
     tick_at: Option<Duration>,
     last_tick: Option<Duration>,
+    /// A `Wake::News` is in the scheduler.
+    news_due: bool,
     active: bool,
     left: bool,
     outbox: VecDeque<Transmit>,
@@ -201,6 +203,7 @@ impl Node {
             join_token: 0,
             tick_at: None,
             last_tick: None,
+            news_due: false,
             active: false,
             left: false,
             outbox: VecDeque::new(),
@@ -379,6 +382,10 @@ impl Node {
                         self.tick_at = None;
                         self.gossip_tick(now);
                     }
+                }
+                Wake::News => {
+                    self.news_due = false;
+                    self.send_news(now);
                 }
                 Wake::Reap { scope, table, key } => {
                     self.reap(now, scope.as_scope(), &table, &key);

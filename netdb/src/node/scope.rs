@@ -56,6 +56,8 @@ pub(super) struct ScopeState {
     pub(super) last_sync_at: Option<Duration>,
     pub(super) next_periodic_sync: Duration,
     pub(super) next_digest: Duration,
+    /// News went out early since the last tick (`Config::early_news`).
+    pub(super) news_sent: bool,
     /// Sync with the next peer that appears (joined, rejoined, or a sync
     /// failed).
     pub(super) needs_sync: bool,
@@ -131,6 +133,7 @@ impl ScopeState {
             synced: false,
             next_periodic_sync: now + cfg.sync_interval + jitter(rng, cfg.sync_interval / 4),
             next_digest: now,
+            news_sent: false,
             needs_sync: true,
             syncs: SyncCounts::default(),
         }

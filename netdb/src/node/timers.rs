@@ -22,6 +22,9 @@ pub(super) enum Wake {
     /// The end of the hold of a member declared down unexpectedly.
     DownHold(Identity),
     Gossip,
+    /// Events not yet sent wait for a tick that is far off
+    /// (`Config::early_news`).
+    News,
     Reap {
         scope: ScopeId,
         table: String,
