@@ -204,6 +204,40 @@ fn same_seed_same_run_bit_for_bit() {
     assert_ne!(a.0, c.0, "a different seed takes a different path");
 }
 
+/// A digest alone (the sender had nothing queued) that differs from a
+/// root which has not moved since the last comparison: nothing is in
+/// flight either way, so the push/pull starts at once. A root that just
+/// moved waits for the difference to outlast the updates in flight.
+#[test]
+fn a_lone_digest_against_a_settled_root_starts_a_push_pull_at_once() {
+    let all = [0, 1, 2];
+    let mut sim = cluster(all.len(), 71, Config::default());
+    write_entries(&mut sim, &all, 2, 1);
+    await_converged(&mut sim, &all, &expected(&all, 2, 1), Duration::from_secs(30));
+    sim.run_for(Duration::from_secs(3));
+    let digest = |root| {
+        codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+            network: NET.into(),
+            root,
+            entries: Vec::new(),
+        }))
+    };
+    let root = |sim: &Sim| sim.node(2).unwrap().scope_stats(Scope::Network(NET)).unwrap().root;
+    let started = |sim: &Sim| sim.node(2).unwrap().stats().syncs_started;
+    // A matching digest first, so node 2 has compared its present root.
+    sim.inject(1, 2, &digest(root(&sim)));
+    sim.run_for(Duration::from_millis(300));
+    let before = started(&sim);
+    sim.inject(1, 2, &digest(root(&sim) ^ 1));
+    assert_eq!(started(&sim), before + 1, "a settled difference is repaired at once");
+
+    sim.run_for(Duration::from_secs(3));
+    sim.with_node(2, |n, now| n.put(now, NET, TABLE, "fresh", Bytes::from_static(b"v")).unwrap());
+    let before = started(&sim);
+    sim.inject(1, 2, &digest(root(&sim) ^ 1));
+    assert_eq!(started(&sim), before, "its root just moved: updates may be in flight");
+}
+
 #[test]
 fn a_difference_larger_than_one_sync_frame_still_converges() {
     // 64 KiB frames against ~300 KB of entries: each exchange must carry

@@ -373,13 +373,19 @@ impl Node {
     }
 
     /// A peer's digest differs from ours: once the difference has outlived
-    /// the updates in flight, push/pull with that peer.
+    /// the updates in flight, push/pull with that peer. A digest alone
+    /// (`idle`: the peer had nothing queued to send) against a root of
+    /// ours that has not moved for `mismatch_sync_after` is such a
+    /// difference already: nothing is in flight either way. Waiting for a
+    /// second mismatch there left a node that every copy of an event
+    /// missed without it for seconds, digests coming once a second.
     pub(super) fn compare_root(
         &mut self,
         now: Duration,
         scope: Scope<'_>,
         theirs: u64,
         from: SocketAddr,
+        idle: bool,
     ) {
         let delay = self.cfg.mismatch_sync_after;
         let busy = self.exchanging(scope);
@@ -399,7 +405,8 @@ impl Node {
         let settled = now.saturating_sub(st.root_changed_at) >= delay;
         let long = now.saturating_sub(since) >= delay * 5;
         let recent = st.last_sync_at.is_some_and(|t| now.saturating_sub(t) < delay);
-        if busy || recent || now.saturating_sub(since) < delay || !(settled || long) {
+        let lasted = now.saturating_sub(since) >= delay || (idle && settled);
+        if busy || recent || !lasted || !(settled || long) {
             return;
         }
         self.start_sync(now, scope, from);

@@ -329,7 +329,7 @@ impl Node {
                     }
                 }
                 self.tree_received(scope, from, news, copies);
-                self.compare_root(now, scope, g.root, from);
+                self.compare_root(now, scope, g.root, from, g.entries.is_empty());
                 self.entry_room = wireref::emptied(g.entries);
             }
             Ok(Body::KeyQuery(q)) => self.handle_key_query(now, from, q),
