@@ -145,6 +145,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Write phase: every node puts 100 entries at the same moment.
     let all: Vec<usize> = (0..n).collect();
+    let mut traffic0_each = Vec::with_capacity(n);
+    for i in 0..n {
+        traffic0_each.push(sum_counters(&mut clients, &[i], &TRAFFIC).await?);
+    }
     let traffic0 = sum_counters(&mut clients, &all, &TRAFFIC).await?;
     let cpu0: Vec<f64> = pids.iter().map(|&p| cpu_secs(p)).collect();
     let own0 = cpu_secs(std::process::id());
@@ -167,7 +171,12 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // When a node held 99 %: tells the bulk of the spread from its tail
     // (the last entries, often left to push/pull).
     let mut most = vec![None; n];
+    // Each node's last 1 %, as it came: whose entries, and when.
+    let mut tail: Vec<Vec<(String, Duration)>> = vec![Vec::new(); n];
     collect(&mut rx, &mut held, Duration::from_secs(120), |s, keys| {
+        if most[s.node].is_some() && full[s.node].is_none() {
+            tail[s.node].push((s.key.clone(), s.at - t0));
+        }
         if most[s.node].is_none() && keys.len() * 100 >= n * PER_NODE * 99 {
             most[s.node] = Some(s.at - t0);
         }
@@ -181,6 +190,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let own_write = cpu_secs(std::process::id()) - own0;
     let own_waited = run_queue_secs() - waited0;
     let traffic1 = sum_counters(&mut clients, &all, &TRAFFIC).await?;
+    let slowest = (0..n).max_by_key(|&i| full[i]).unwrap_or(0);
+    let mut slowest_traffic = sum_counters(&mut clients, &[slowest], &TRAFFIC).await?;
+    for (c, c0) in slowest_traffic.iter_mut().zip(traffic0_each[slowest]) {
+        *c -= c0;
+    }
 
     // One delete.
     let t1 = Instant::now();
@@ -256,6 +270,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         per_node(4) / (n * PER_NODE) as f64,
         per_node(5),
     );
+    report_tail(slowest, &tail[slowest], &slowest_traffic);
     println!(
         "this benchmark during the write phase (draining the watches): CPU {own_write:.2} s, \
          waiting for a CPU {own_waited:.2} s"
@@ -276,6 +291,28 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         resumed.load(Ordering::Relaxed)
     );
     Ok(())
+}
+
+/// The slowest node's last 1 %: when it came and from whose writes, and
+/// what the node did meanwhile, to tell a lost round from a slow sync.
+fn report_tail(node: usize, tail: &[(String, Duration)], traffic: &[u64; TRAFFIC.len()]) {
+    let mut owners: Vec<&str> =
+        tail.iter().map(|(k, _)| k.split_once('-').map_or(k.as_str(), |(o, _)| o)).collect();
+    owners.sort_unstable();
+    owners.dedup();
+    let span = match (tail.first(), tail.last()) {
+        (Some((_, a)), Some((_, b))) => format!("{:.3}-{:.3} s", a.as_secs_f64(), b.as_secs_f64()),
+        _ => "none".into(),
+    };
+    println!(
+        "slowest node n{node}: its last {} entries came at {span}, written by {}; it learned \
+         {} entries from gossip and {} from push/pull, and started {} push/pulls",
+        tail.len(),
+        owners.join(" "),
+        traffic[2],
+        traffic[3],
+        traffic[5],
+    );
 }
 
 /// Runs this process before the agents: it reads every watch, and the

@@ -8,13 +8,18 @@ use std::time::{Duration, Instant};
 use netdb_api::netdb_client::NetdbClient;
 use tonic::transport::{Channel, Endpoint};
 
+fn log_filter() -> Option<String> {
+    std::env::var("NETDB_BENCH_LOG").ok()
+}
+
 /// The API socket of agent `name` in `dir`.
 pub(crate) fn sock(dir: &Path, name: &str) -> PathBuf {
     dir.join(format!("{name}.sock"))
 }
 
 /// Starts agent `name` on `bind` (no data plane, warnings logged to
-/// `dir/NAME.log`, its API on `dir/NAME.sock`).
+/// `dir/NAME.log`, its API on `dir/NAME.sock`). `NETDB_BENCH_LOG` sets
+/// another log filter (e.g. `netdb=debug`), and then the logs are kept.
 pub(crate) fn spawn_agent<S: AsRef<std::ffi::OsStr>>(
     bin: &Path,
     dir: &Path,
@@ -25,7 +30,7 @@ pub(crate) fn spawn_agent<S: AsRef<std::ffi::OsStr>>(
     let log = std::fs::File::create(dir.join(format!("{name}.log")))?;
     Command::new(bin)
         .args(["--api", &format!("unix:{}", sock(dir, name).display()), "agent", "--no-dataplane"])
-        .args(["--name", name, "--bind", bind, "--log", "warn"])
+        .args(["--name", name, "--bind", bind, "--log", &log_filter().unwrap_or("warn".into())])
         .args(extra)
         .stdout(Stdio::null())
         .stderr(log)
@@ -112,6 +117,10 @@ impl Drop for Procs {
         for i in 0..self.children.len() {
             self.kill(i);
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+        if log_filter().is_some() {
+            eprintln!("agent logs kept in {}", self.dir.display());
+        } else {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
     }
 }
