@@ -147,10 +147,7 @@ impl Node {
         }
         for (id, sent) in ids.iter().zip(sent_any) {
             if sent {
-                let next = now + self.cfg.digest_interval;
-                if let Some(st) = self.scope_mut(id.as_scope()) {
-                    st.next_digest = next;
-                }
+                self.digest_went(now, id.as_scope());
             } else {
                 self.send_digest(now, id.as_scope());
             }
@@ -164,15 +161,16 @@ impl Node {
         self.tick_at.is_some_and(|t| t > now + self.cfg.gossip_interval / 4)
     }
 
-    /// `scope` queued an event while none waited unsent: if the next tick
-    /// is far, it goes once this input is handled, with whatever news the
-    /// rest of it brings (`Wake::News` at `now`). Not while unsent events
-    /// wait: that is a burst, whose ticks are busy already.
+    /// `scope` queued an event while none waited unsent (the caller knows;
+    /// not while others wait: that is a burst, whose ticks are busy
+    /// already): if the next tick is far, it goes once this input is
+    /// handled, with whatever news the rest of it brings (`Wake::News` at
+    /// `now`).
     pub(super) fn arm_news(&mut self, now: Duration, scope: Scope<'_>) {
         if !self.cfg.early_news || self.cfg.push_tree || self.news_due || !self.tick_far(now) {
             return;
         }
-        if self.scope(scope).is_some_and(|st| !st.news_sent && st.queue.has_unsent()) {
+        if self.scope(scope).is_some_and(|st| !st.news_sent) {
             self.news_due = true;
             self.schedule(now, Wake::News);
         }
@@ -193,10 +191,9 @@ impl Node {
                 continue;
             }
             if self.send_queued(now, scope, &mut unmetered, Pick::News) {
-                let next = now + self.cfg.digest_interval;
+                self.digest_went(now, scope);
                 if let Some(st) = self.scope_mut(scope) {
                     st.news_sent = true;
-                    st.next_digest = next;
                 }
             }
         }
@@ -344,6 +341,34 @@ impl Node {
         datagram_room(budget, header)
     }
 
+    /// Every gossip packet carries the scope's root, so one that went (or
+    /// a digest) puts off the next lone digest a whole `digest_interval`.
+    fn digest_went(&mut self, now: Duration, scope: Scope<'_>) {
+        let next = now + self.cfg.digest_interval;
+        if let Some(st) = self.scope_mut(scope) {
+            st.next_digest = next;
+        }
+    }
+
+    /// A push/pull moved entries: there were holes, the burst's misses
+    /// spread over the nodes, and both ends may still share some (what
+    /// neither held). The root goes to another random peer once the
+    /// repairs around it are done, instead of at the next lone digest; a
+    /// peer that holds what both lacked then opens the push/pull (a lone
+    /// digest against a settled root). Before, such a node waited for
+    /// digests, which come once a second (30 agents: in about one burst of
+    /// six, one node a second after the rest).
+    pub(super) fn digest_soon(&mut self, now: Duration, scope: Scope<'_>) {
+        // A tick sends a digest due within half an interval: not before
+        // the peers' own repairs of the same moment are that far behind
+        // (a push/pull just ended puts off the next, `compare_root`).
+        let at = now + self.cfg.mismatch_sync_after + self.cfg.gossip_interval / 2;
+        if let Some(st) = self.scope_mut(scope) {
+            st.next_digest = st.next_digest.min(at);
+        }
+        self.arm_tick(now);
+    }
+
     /// With nothing queued, a scope still tells one random peer its digest
     /// every `digest_interval`, so divergence is noticed within seconds.
     fn send_digest(&mut self, now: Duration, scope: Scope<'_>) {
@@ -355,10 +380,7 @@ impl Node {
             return;
         }
         let root = st.data.digest().root();
-        let next = now + self.cfg.digest_interval;
-        if let Some(st) = self.scope_mut(scope) {
-            st.next_digest = next;
-        }
+        self.digest_went(now, scope);
         let Some(to) = self.choose_peers(scope, 1).pop() else {
             return;
         };
@@ -522,6 +544,106 @@ mod tests {
             }
         }
         panic!("the queue of \"net\" never emptied");
+    }
+
+    /// A peer's answer to an exchange, holding `entries`: the last frame
+    /// when the node asks nothing more.
+    fn answer(scope: Scope<'_>, sync_id: u64, entries: Vec<wire::Entry>) -> Vec<u8> {
+        let round = wire::SyncRound { entries, ..Default::default() };
+        wire::SyncMessage {
+            version: crate::codec::SYNC_VERSION,
+            sync_id,
+            network: scope.wire_name().into(),
+            body: Some(wire::sync_message::Body::Answer(round)),
+        }
+        .encode_to_vec()
+    }
+
+    /// Runs the node's timers up to `until`, each exchange it opens
+    /// answered at once as if the peer held the same; the times it sent a
+    /// "net" digest (gossip without entries).
+    fn digests_until(n: &mut crate::Node, until: Duration) -> Vec<Duration> {
+        let mut sent = Vec::new();
+        for _ in 0..10_000 {
+            let Some(t) = n.poll_timeout().filter(|t| *t <= until) else {
+                return sent;
+            };
+            n.handle_timeout(t);
+            while let Some(tx) = n.poll_transmit() {
+                let payload = match tx {
+                    Transmit::Sync { to, sync_id, opens: true, payload, .. } => {
+                        let Ok(m) = wire::SyncMessage::decode(&payload[..]) else { continue };
+                        n.handle_sync(
+                            t,
+                            to,
+                            &answer(Scope::from_wire(&m.network), sync_id, vec![]),
+                        );
+                        continue;
+                    }
+                    Transmit::Datagram { payload, .. } => payload,
+                    Transmit::Sync { .. } => continue,
+                };
+                let Ok(d) = wire::Datagram::decode(&payload[..]) else { continue };
+                if let Some(wire::datagram::Body::Gossip(g)) = d.body
+                    && g.network == "net"
+                    && g.entries.is_empty()
+                {
+                    sent.push(t);
+                }
+            }
+        }
+        panic!("timers up to {until:?} never ran out");
+    }
+
+    /// A push/pull that brought entries was a repair, not news in flight:
+    /// the node's root goes to a peer within a few hundred ms (not at its
+    /// next lone digest, a second on), and a differing lone digest right
+    /// after starts the next repair at once.
+    #[test]
+    fn a_node_repaired_by_push_pull_asks_again_soon_and_takes_the_next_repair_at_once() {
+        let cfg = crate::Config::default();
+        let mut n = crate::Node::new(
+            cfg.clone(),
+            "solo",
+            1,
+            "127.0.0.1:7946".parse().unwrap(),
+            1,
+            Duration::ZERO,
+        )
+        .unwrap();
+        join_with_peer(&mut n, Duration::ZERO);
+        let peer = PEER.parse().unwrap();
+        let net = Scope::Network("net");
+        let ms = Duration::from_millis;
+        let last = digests_until(&mut n, ms(5000));
+        let t = *last.last().expect("digests at rest") + ms(10);
+        let started = n.stats().syncs_started;
+        n.start_sync(t, net, peer);
+        let id = std::iter::from_fn(|| n.poll_transmit())
+            .find_map(|tx| match tx {
+                Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
+                _ => None,
+            })
+            .expect("an opening frame");
+        let entry = peer_entry("t", "repaired", Bytes::from_static(b"v"), 7, false);
+        n.handle_sync(t, peer, &answer(net, id, vec![entry]));
+        assert!(n.get("net", "t", "repaired").is_some());
+        assert_eq!(n.stats().syncs_started, started + 1);
+        assert_eq!(n.stats().syncs_completed, n.stats().syncs_started, "every exchange done");
+
+        let soon = t + cfg.mismatch_sync_after + cfg.gossip_interval / 2;
+        let sent = digests_until(&mut n, soon);
+        assert!(!sent.is_empty(), "no digest within {:?} of the repair", soon - t);
+
+        let started = n.stats().syncs_started;
+        let root = n.root(net).unwrap();
+        let digest = crate::codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
+            network: "net".into(),
+            root: root ^ 1,
+            entries: Vec::new(),
+        }));
+        n.handle_datagram(soon + ms(1), peer, &digest);
+        assert_eq!(n.stats().syncs_started, started + 1, "the repair left the root settled");
     }
 
     fn news(key: &str, ltime: u64) -> Vec<u8> {

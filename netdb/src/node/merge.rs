@@ -93,7 +93,9 @@ impl Node {
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
+        let was = st.data.digest().root();
         let before = st.data.insert(table, key, &entry);
+        st.root_moved(now, was, relay.is_some());
         // The table holds a copy; this one goes to the event whole, not
         // cloned (a clone would allocate the value a shared header).
         let cluster = (scope == Scope::Cluster).then(|| entry.clone());
@@ -160,7 +162,7 @@ impl Node {
         // admitted in that incarnation and none newer is known.
         let version = (w.ltime, w.owner, w.incarnation);
         // Gossip recognises a copy by its version's fingerprint, which a
-        // new version shares with odds of 2^-64; push/pull compares the
+        // new version shares with odds of 2^-56; push/pull compares the
         // versions themselves, so it repairs what such a match turned away.
         let copy = match via {
             Via::Sync => self.scope(scope).is_some_and(|st: &ScopeState| {

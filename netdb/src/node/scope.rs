@@ -50,6 +50,8 @@ pub(super) struct ScopeState {
     pub(super) queue: BroadcastQueue<Queued>,
     /// The push tree's links and pending control (`Config::push_tree`).
     pub(super) tree: PushTree,
+    /// The root as last seen, and since when: a root that has not moved
+    /// for `mismatch_sync_after` has no news in flight (`compare_root`).
     pub(super) last_root: u64,
     pub(super) root_changed_at: Duration,
     pub(super) mismatch_since: Option<Duration>,
@@ -119,6 +121,23 @@ impl ScopeState {
 }
 
 impl ScopeState {
+    /// An entry was stored, moving the root from `was`. News (queued for
+    /// gossip) is in flight: the root counts as changed now. A push/pull's
+    /// entries are a repair, not news in flight: they leave the time alone,
+    /// or a node just repaired would wait a settle time before the next
+    /// repair, and a second one after a burst's push/pull came a second
+    /// late. Other changes (a member's entries hidden, tombstones reaped)
+    /// are seen at the next comparison, as changed then.
+    pub(super) fn root_moved(&mut self, now: Duration, was: u64, news: bool) {
+        let root = self.data.digest().root();
+        if news {
+            self.last_root = root;
+            self.root_changed_at = now;
+        } else if self.last_root == was {
+            self.last_root = root;
+        }
+    }
+
     /// A scope joined at `now`: it syncs with the first peer it finds, and
     /// its periodic syncs are jittered so scopes and nodes do not align.
     pub(super) fn new(cfg: &Config, now: Duration, rng: &mut StdRng) -> ScopeState {

@@ -266,6 +266,9 @@ impl Node {
                 let Moved { sent, got } = s.moved;
                 let got = got + r.entries.len();
                 tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, "push/pull served");
+                if sent + got > 0 {
+                    self.digest_soon(now, scope);
+                }
             }
             return;
         }
@@ -329,6 +332,9 @@ impl Node {
         let Moved { sent, got } = out.moved;
         let cut = out.cut;
         tracing::debug!(peer = %from, network = %scope, sync_id = id, rounds, sent, got, cut, "push/pull completed");
+        if sent + got > 0 && !cut {
+            self.digest_soon(now, scope);
+        }
         // An exchange that moved nothing would move nothing again. Two
         // bursts of a scope at once, one each way, carry the same entries:
         // the end that gave more leaves it to the one behind (on a tie, the
@@ -734,7 +740,7 @@ mod tests {
         let value = |n: &Node| n.get("net", "t", "k").map(|e| e.value.clone());
         let old = peer_entry("t", "k", Bytes::from_static(b"old"), 5, false);
         n.handle_datagram(t, from, &gossip("net", vec![old]));
-        // The match a 64-bit fingerprint allows once in 2^64: the slot
+        // The match a 56-bit fingerprint allows once in 2^56: the slot
         // claims the next version.
         n.scope_mut(net).unwrap().data.forge_print("t", "k", (6, "peer", 1));
         let new = peer_entry("t", "k", Bytes::from_static(b"new"), 6, false);
