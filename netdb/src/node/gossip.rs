@@ -352,12 +352,12 @@ impl Node {
 
     /// A push/pull moved entries: there were holes, the burst's misses
     /// spread over the nodes, and both ends may still share some (what
-    /// neither held). The root goes to another random peer once the
-    /// repairs around it are done, instead of at the next lone digest; a
-    /// peer that holds what both lacked then opens the push/pull (a lone
-    /// digest against a settled root). Before, such a node waited for
-    /// digests, which come once a second (30 agents: in about one burst of
-    /// six, one node a second after the rest).
+    /// neither held). The root goes to a random peer (most likely not that
+    /// one) once the repairs around it are done, instead of at the next
+    /// lone digest; a peer that holds what both lacked then opens the
+    /// push/pull (a lone digest against a settled root). Before, such a
+    /// node waited for digests, which come once a second (30 agents: in
+    /// about one burst of seven, one node a second after the rest).
     pub(super) fn digest_soon(&mut self, now: Duration, scope: Scope<'_>) {
         // A tick sends a digest due within half an interval: not before
         // the peers' own repairs of the same moment are that far behind
