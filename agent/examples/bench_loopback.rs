@@ -190,7 +190,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let own_write = cpu_secs(std::process::id()) - own0;
     let own_waited = run_queue_secs() - waited0;
     let traffic1 = sum_counters(&mut clients, &all, &TRAFFIC).await?;
-    let slowest = (0..n).max_by_key(|&i| full[i]).unwrap_or(0);
+    let slowest = (0..n).max_by_key(|&i| full[i].unwrap_or(Duration::MAX)).unwrap_or(0);
     let mut slowest_traffic = sum_counters(&mut clients, &[slowest], &TRAFFIC).await?;
     for (c, c0) in slowest_traffic.iter_mut().zip(traffic0_each[slowest]) {
         *c -= c0;
