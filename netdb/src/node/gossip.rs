@@ -443,7 +443,7 @@ mod tests {
     use netdb_wire as wire;
     use prost::Message;
 
-    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use super::super::test_support::{PEER, gossip, next_opened, node, peer_entry, sync_bytes};
     use crate::event::Transmit;
     use crate::names::{NETWORKS_TABLE, NODES_TABLE, Scope};
 
@@ -550,13 +550,7 @@ mod tests {
     /// when the node asks nothing more.
     fn answer(scope: Scope<'_>, sync_id: u64, entries: Vec<wire::Entry>) -> Vec<u8> {
         let round = wire::SyncRound { entries, ..Default::default() };
-        wire::SyncMessage {
-            version: crate::codec::SYNC_VERSION,
-            sync_id,
-            network: scope.wire_name().into(),
-            body: Some(wire::sync_message::Body::Answer(round)),
-        }
-        .encode_to_vec()
+        sync_bytes(scope.wire_name(), sync_id, wire::sync_message::Body::Answer(round))
     }
 
     /// Runs the node's timers up to `until`, each exchange it opens
@@ -619,12 +613,7 @@ mod tests {
         let t = *last.last().expect("digests at rest") + ms(10);
         let started = n.stats().syncs_started;
         n.start_sync(t, net, peer);
-        let id = std::iter::from_fn(|| n.poll_transmit())
-            .find_map(|tx| match tx {
-                Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
-                _ => None,
-            })
-            .expect("an opening frame");
+        let id = next_opened(&mut n).expect("an opening frame");
         let entry = peer_entry("t", "repaired", Bytes::from_static(b"v"), 7, false);
         n.handle_sync(t, peer, &answer(net, id, vec![entry]));
         assert!(n.get("net", "t", "repaired").is_some());

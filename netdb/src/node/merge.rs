@@ -93,9 +93,10 @@ impl Node {
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
-        let was = st.data.digest().root();
+        // Only a change that is not news reads the root it moved from.
+        let was = relay.is_none().then(|| st.data.digest().root());
         let before = st.data.insert(table, key, &entry);
-        st.root_moved(now, was, relay.is_some());
+        st.root_moved(now, was);
         // The table holds a copy; this one goes to the event whole, not
         // cloned (a clone would allocate the value a shared header).
         let cluster = (scope == Scope::Cluster).then(|| entry.clone());

@@ -121,20 +121,22 @@ impl ScopeState {
 }
 
 impl ScopeState {
-    /// An entry was stored, moving the root from `was`. News (queued for
-    /// gossip) is in flight: the root counts as changed now. A push/pull's
-    /// entries are a repair, not news in flight: they leave the time alone,
-    /// or a node just repaired would wait a settle time before the next
-    /// repair, and a second one after a burst's push/pull came a second
+    /// An entry was stored. News (queued for gossip; `was` is `None`) is in
+    /// flight: the root counts as changed now. A push/pull's entry (the root
+    /// moved from `was`) is a repair, not news in flight: it leaves the time
+    /// alone, or a node just repaired would wait a settle time before the
+    /// next repair, and a second one after a burst's push/pull came a second
     /// late. Other changes (a member's entries hidden, tombstones reaped)
     /// are seen at the next comparison, as changed then.
-    pub(super) fn root_moved(&mut self, now: Duration, was: u64, news: bool) {
+    pub(super) fn root_moved(&mut self, now: Duration, was: Option<u64>) {
         let root = self.data.digest().root();
-        if news {
-            self.last_root = root;
-            self.root_changed_at = now;
-        } else if self.last_root == was {
-            self.last_root = root;
+        match was {
+            None => {
+                self.last_root = root;
+                self.root_changed_at = now;
+            }
+            Some(was) if self.last_root == was => self.last_root = root,
+            Some(_) => {}
         }
     }
 

@@ -481,7 +481,7 @@ mod tests {
     use netdb_wire::sync_message::Body as B;
     use prost::Message;
 
-    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use super::super::test_support::{PEER, gossip, next_opened, node, peer_entry, sync_bytes};
     use super::MAX_ROUNDS;
     use crate::codec;
     use crate::config::Config;
@@ -490,16 +490,6 @@ mod tests {
     use crate::names::Scope;
     use crate::node::{Node, SyncCounts};
     use crate::stats::DropReason;
-
-    fn bytes(network: &str, sync_id: u64, body: B) -> Vec<u8> {
-        wire::SyncMessage {
-            version: codec::SYNC_VERSION,
-            sync_id,
-            network: network.into(),
-            body: Some(body),
-        }
-        .encode_to_vec()
-    }
 
     /// An opening frame that holds nothing: every node the server holds
     /// differs.
@@ -532,7 +522,7 @@ mod tests {
         for k in 0..20 {
             n.put(t, "net", "t", &format!("k{k}"), Bytes::from_static(b"v")).unwrap();
         }
-        n.handle_sync(t, from, &bytes("net", 7, empty_open()));
+        n.handle_sync(t, from, &sync_bytes("net", 7, empty_open()));
         let out = replies(&mut n);
         assert_eq!(out.len(), 1);
         let Some(B::Answer(r)) = &out[0].body else { panic!("not an answer: {:?}", out[0]) };
@@ -545,7 +535,8 @@ mod tests {
         assert_eq!(st.syncs, SyncCounts::default(), "serving is not opening");
         assert_eq!(Some(st.root), n.root(Scope::Network("net")));
         // The same peer's last frame then closes the exchange, once.
-        let done = bytes("net", 7, B::Ask(wire::SyncRound { done: true, ..Default::default() }));
+        let done =
+            sync_bytes("net", 7, B::Ask(wire::SyncRound { done: true, ..Default::default() }));
         n.handle_sync(t, from, &done);
         assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 0);
         assert!(replies(&mut n).is_empty(), "nothing answers the last frame");
@@ -558,12 +549,12 @@ mod tests {
         let mut n = node(Duration::from_secs(60));
         let t = Duration::from_secs(1);
         let from: SocketAddr = PEER.parse().unwrap();
-        n.handle_sync(t, from, &bytes("other", 3, empty_open()));
+        n.handle_sync(t, from, &sync_bytes("other", 3, empty_open()));
         let out = replies(&mut n);
         assert!(matches!(&out[0].body, Some(B::Refused(why)) if why == "network not joined"));
-        n.handle_sync(t, from, &bytes("", 99, B::Answer(wire::SyncRound::default())));
+        n.handle_sync(t, from, &sync_bytes("", 99, B::Answer(wire::SyncRound::default())));
         assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 1, "no such exchange");
-        n.handle_sync(t, from, &bytes("", 99, B::Ask(wire::SyncRound::default())));
+        n.handle_sync(t, from, &sync_bytes("", 99, B::Ask(wire::SyncRound::default())));
         assert_eq!(n.stats().dropped(DropReason::UnexpectedSync), 2, "none served either");
         assert_eq!(n.stats().syncs_completed, 0);
     }
@@ -579,13 +570,13 @@ mod tests {
         let mut bad = codec::branch_to_wire(NodeId::ROOT, &[Sum::default(); FANOUT]);
         bad.counts.push(1);
         let open = B::Open(wire::SyncRound { branches: vec![bad], ..Default::default() });
-        n.handle_sync(t, from, &bytes("net", 1, open));
+        n.handle_sync(t, from, &sync_bytes("net", 1, open));
         assert_eq!(n.stats().dropped(DropReason::Malformed), 1);
         let many = wire::SyncRound {
             whole: vec![wire::Subtree { level: 1, prefix: 15 }; 1000],
             ..Default::default()
         };
-        n.handle_sync(t, from, &bytes("net", 2, B::Open(many)));
+        n.handle_sync(t, from, &sync_bytes("net", 2, B::Open(many)));
         assert_eq!(n.stats().dropped(DropReason::TooLarge), 1);
         assert!(replies(&mut n).is_empty());
         assert_eq!(n.stats().syncs_served, 0);
@@ -595,10 +586,13 @@ mod tests {
     fn a_peer_that_goes_on_past_the_round_limit_is_cut_off() {
         let (mut n, t, from) = joined();
         n.put(t, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
-        n.handle_sync(t, from, &bytes("net", 5, empty_open()));
+        n.handle_sync(t, from, &sync_bytes("net", 5, empty_open()));
         let top = codec::branch_to_wire(NodeId::ROOT, &[Sum::default(); FANOUT]);
-        let again =
-            bytes("net", 5, B::Ask(wire::SyncRound { branches: vec![top], ..Default::default() }));
+        let again = sync_bytes(
+            "net",
+            5,
+            B::Ask(wire::SyncRound { branches: vec![top], ..Default::default() }),
+        );
         for _ in 1..MAX_ROUNDS {
             n.handle_sync(t, from, &again);
         }
@@ -614,21 +608,13 @@ mod tests {
         next_opened(n).expect("a request")
     }
 
-    /// The id of the next exchange the node opened, if it opened one.
-    fn next_opened(n: &mut Node) -> Option<u64> {
-        std::iter::from_fn(|| n.poll_transmit()).find_map(|t| match t {
-            Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
-            _ => None,
-        })
-    }
-
     #[test]
     fn opened_exchanges_are_timed_when_they_complete_and_counted_when_they_fail() {
         let (mut n, t, from) = joined();
         n.start_sync(t, Scope::Network("net"), from);
         let id = opened(&mut n);
         let answer = B::Answer(wire::SyncRound::default());
-        n.handle_sync(t + Duration::from_millis(30), from, &bytes("net", id, answer));
+        n.handle_sync(t + Duration::from_millis(30), from, &sync_bytes("net", id, answer));
         let h = &n.stats().sync_seconds;
         assert_eq!((n.stats().syncs_completed, h.count()), (1, 1));
         assert_eq!(h.sum, Duration::from_millis(30));
@@ -637,7 +623,7 @@ mod tests {
 
         n.start_sync(t, Scope::Network("net"), from);
         let id = opened(&mut n);
-        n.handle_sync(t, from, &bytes("net", id, B::Refused("busy".into())));
+        n.handle_sync(t, from, &sync_bytes("net", id, B::Refused("busy".into())));
         n.start_sync(t, Scope::Network("net"), from);
         let id = opened(&mut n);
         n.abort_sync(id, "stream failed: connection refused");
@@ -750,7 +736,7 @@ mod tests {
         n.start_sync(t, net, from);
         let id = opened(&mut n);
         let answer = wire::SyncRound { entries: vec![new], ..Default::default() };
-        n.handle_sync(t, from, &bytes("net", id, B::Answer(answer)));
+        n.handle_sync(t, from, &sync_bytes("net", id, B::Answer(answer)));
         assert_eq!(value(&n), Some(Bytes::from_static(b"new")), "push/pull compared the versions");
     }
 
@@ -762,7 +748,7 @@ mod tests {
         a.start_sync(t, Scope::Network("net"), b.addr());
         let id = opened(&mut a);
         let cut = B::Answer(wire::SyncRound { cut: true, ..Default::default() });
-        a.handle_sync(t, b.addr(), &bytes("net", id, cut));
+        a.handle_sync(t, b.addr(), &sync_bytes("net", id, cut));
         // The answer asked nothing, so the exchange ends, and with nothing
         // moved another would be the same.
         assert_eq!(a.stats().syncs_completed, 1);
@@ -779,7 +765,7 @@ mod tests {
             assert!(opened_in_a_row <= 100, "no end to the burst");
             let e = peer_entry("t", &format!("k{id}"), Bytes::from_static(b"v"), id + 1, false);
             let answer = wire::SyncRound { entries: vec![e], cut: true, ..Default::default() };
-            n.handle_sync(t, from, &bytes("net", id, B::Answer(answer)));
+            n.handle_sync(t, from, &sync_bytes("net", id, B::Answer(answer)));
         }
         assert_eq!(opened_in_a_row, super::MAX_CONTINUED + 1, "the first and its followers");
     }
@@ -830,7 +816,7 @@ mod tests {
         let (mut n, t, from) = joined();
         n.put(t, "net", "t", "k", Bytes::from_static(b"v")).unwrap();
         while n.poll_transmit().is_some() {}
-        n.handle_sync(t, from, &bytes("net", 7, empty_open()));
+        n.handle_sync(t, from, &sync_bytes("net", 7, empty_open()));
         // The peer's root (that of an empty table) differs, long enough.
         for ms in [0, 300, 600, 2000] {
             n.handle_datagram(t + Duration::from_millis(ms), from, &gossip("net", vec![]));
@@ -838,7 +824,7 @@ mod tests {
         assert_eq!(next_opened(&mut n), None, "the exchange served repairs the difference");
         let done = wire::SyncRound { done: true, ..Default::default() };
         let end = t + Duration::from_secs(2);
-        n.handle_sync(end, from, &bytes("net", 7, B::Ask(done)));
+        n.handle_sync(end, from, &sync_bytes("net", 7, B::Ask(done)));
         // The next exchange of a burst would be on its way.
         n.handle_datagram(end + Duration::from_millis(100), from, &gossip("net", vec![]));
         assert_eq!(next_opened(&mut n), None, "the gap between a burst's exchanges");

@@ -5,10 +5,13 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use netdb_wire as wire;
+use netdb_wire::sync_message::Body;
+use prost::Message;
 
 use super::Node;
 use crate::codec;
 use crate::config::Config;
+use crate::event::Transmit;
 
 /// A peer's address, for datagrams the tests inject.
 pub(super) const PEER: &str = "127.0.0.2:7946";
@@ -55,4 +58,23 @@ pub(super) fn peer_entry(
         deleted,
         reap_in_ms: if deleted { 60_000 } else { 0 },
     }
+}
+
+/// A push/pull frame of the exchange `sync_id` in `network`.
+pub(super) fn sync_bytes(network: &str, sync_id: u64, body: Body) -> Vec<u8> {
+    wire::SyncMessage {
+        version: codec::SYNC_VERSION,
+        sync_id,
+        network: network.into(),
+        body: Some(body),
+    }
+    .encode_to_vec()
+}
+
+/// The id of the next exchange the node opened, if it opened one.
+pub(super) fn next_opened(n: &mut Node) -> Option<u64> {
+    std::iter::from_fn(|| n.poll_transmit()).find_map(|t| match t {
+        Transmit::Sync { sync_id, opens: true, .. } => Some(sync_id),
+        _ => None,
+    })
 }
