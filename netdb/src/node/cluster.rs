@@ -182,8 +182,11 @@ impl Node {
                 if let Some(o) = self.owners.get_mut(&*e.owner)
                     && o.incarnation == e.incarnation
                     && addr.is_some()
+                    && o.addr != addr
                 {
                     o.addr = addr;
+                    // Network peers are listed by address.
+                    self.net_peers = None;
                 }
                 if rec.left {
                     self.owner_left(&e.owner.clone(), e.incarnation);
@@ -247,12 +250,32 @@ mod tests {
     use std::time::Duration;
 
     use bytes::Bytes;
+    use netdb_wire as wire;
+    use prost::Message;
 
     use super::super::test_support::{PEER, gossip, node, peer_entry};
     use crate::error::Error;
     use crate::event::{EntryEventKind, Event};
-    use crate::names::{NETWORKS_TABLE, SharedTable};
+    use crate::names::{NETWORKS_TABLE, NODES_TABLE, SharedTable};
     use crate::stats::DropReason;
+
+    /// An attachment heard before its owner's address (here from the
+    /// owner's node record) makes it a peer once the address comes.
+    #[test]
+    fn a_peer_attached_before_its_address_was_known_is_gossiped_to_once_it_is() {
+        let mut n = node(Duration::from_secs(60));
+        let t = Duration::from_secs(1);
+        let from = PEER.parse().unwrap();
+        n.join_network(t, "net").unwrap();
+        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
+        n.handle_datagram(t, from, &gossip("", vec![attach]));
+        let net = crate::names::Scope::Network("net");
+        assert!(n.peers_of(net).is_empty(), "no address yet");
+        let record = wire::NodeRecord { addr: PEER.into(), ..Default::default() };
+        let rec = peer_entry(NODES_TABLE, "peer", record.encode_to_vec().into(), 2, false);
+        n.handle_datagram(t, from, &gossip("", vec![rec]));
+        assert_eq!(n.peers_of(net), [from]);
+    }
 
     #[test]
     fn a_detach_tombstones_the_owners_older_entries_and_refuses_their_copies() {

@@ -328,7 +328,7 @@ impl Node {
                         Merged::Nothing => {}
                     }
                 }
-                self.tree_received(scope, from, news, copies);
+                self.tree_received(now, scope, from, news, copies);
                 self.compare_root(now, scope, g.root, from, g.entries.is_empty());
                 self.entry_room = wireref::emptied(g.entries);
             }

@@ -155,6 +155,7 @@ impl Node {
     /// is a redundant link, pruned at both ends.
     pub(super) fn tree_received(
         &mut self,
+        now: Duration,
         scope: Scope<'_>,
         from: SocketAddr,
         news: bool,
@@ -171,6 +172,8 @@ impl Node {
         } else if copies && st.tree.eager.len() > MIN_EAGER {
             st.tree.remove_eager(from);
             st.tree.prune.insert(from);
+            // The next tick sends it, not the next idle one.
+            self.arm_tick(now);
         }
     }
 
