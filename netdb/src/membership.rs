@@ -186,6 +186,10 @@ impl PeerSet {
         }
     }
 
+    pub(crate) fn contains(&self, a: &SocketAddr) -> bool {
+        self.find(a).is_some()
+    }
+
     pub(crate) fn as_slice(&self) -> &[SocketAddr] {
         &self.list
     }

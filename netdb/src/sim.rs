@@ -98,6 +98,9 @@ struct Host {
     generation: u32,
     /// The wake-up currently in the timer heap for this host.
     scheduled: Option<Duration>,
+    /// Times its timers woke it (a real agent's thread wake-ups, less
+    /// those for datagrams).
+    timer_wakeups: u64,
 }
 
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord)]
@@ -223,6 +226,7 @@ impl Sim {
             incarnation: 0,
             generation: 0,
             scheduled: None,
+            timer_wakeups: 0,
         });
         self.by_addr.insert(addr, i);
         self.boot(i);
@@ -272,6 +276,11 @@ impl Sim {
     /// Host `i`'s node name.
     pub fn name(&self, i: usize) -> &str {
         &self.hosts[i].name
+    }
+
+    /// How many times node `i`'s timers woke it, over all its lives.
+    pub fn timer_wakeups(&self, i: usize) -> u64 {
+        self.hosts[i].timer_wakeups
     }
 
     /// The running node of host `i` (None if crashed).
@@ -479,6 +488,7 @@ impl Sim {
                 return true; // resumed later with `resume` or `unstall`
             }
             if let Some(node) = host.node.as_mut() {
+                host.timer_wakeups += 1;
                 node.handle_timeout(at);
                 self.after_input(i);
             }

@@ -15,7 +15,7 @@ use super::Node;
 use super::timers::Wake;
 use crate::codec::EntryRef;
 use crate::error::Error;
-use crate::membership::{Owner, Status};
+use crate::membership::{Owner, PeerSet, Status};
 use crate::names::{
     ClusterTable, NETWORKS_TABLE, Scope, SharedTable, attachment_key, parse_attachment_key,
     shared_key, valid_key,
@@ -122,11 +122,11 @@ impl Node {
 
     /// Where to gossip each joined network: the addresses of its live
     /// attached peers.
-    pub(super) fn compute_net_peers(&self) -> BTreeMap<String, Vec<SocketAddr>> {
-        let mut map: BTreeMap<String, Vec<SocketAddr>> = BTreeMap::new();
+    pub(super) fn compute_net_peers(&self) -> BTreeMap<String, PeerSet> {
+        let mut map: BTreeMap<String, PeerSet> = BTreeMap::new();
         for (net, _, o) in self.live_attachments() {
             if let (Some(a), true) = (o.addr, self.networks.contains_key(net)) {
-                map.entry(net.to_string()).or_default().push(a);
+                map.entry(net.to_string()).or_default().insert(a);
             }
         }
         map

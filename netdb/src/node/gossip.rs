@@ -16,6 +16,7 @@ use super::send::datagram_room;
 use super::timers::Wake;
 use crate::codec::{self, EncodedEntry};
 use crate::event::Transmit;
+use crate::membership::PeerSet;
 use crate::names::{Scope, ScopeId};
 
 /// Which queued events a packet carries.
@@ -32,13 +33,17 @@ impl Node {
     /// Where a scope's gossip goes: every live member for the cluster
     /// scope, the live attached peers for a network.
     pub(super) fn peers_of(&mut self, scope: Scope<'_>) -> &[SocketAddr] {
+        self.peer_set(scope).map_or(&[], PeerSet::as_slice)
+    }
+
+    fn peer_set(&mut self, scope: Scope<'_>) -> Option<&PeerSet> {
         let Scope::Network(network) = scope else {
-            return self.cluster_peers.as_slice();
+            return Some(&self.cluster_peers);
         };
         if self.net_peers.is_none() {
             self.net_peers = Some(self.compute_net_peers());
         }
-        self.net_peers.as_ref().and_then(|m| m.get(network)).map(Vec::as_slice).unwrap_or(&[])
+        self.net_peers.as_ref().and_then(|m| m.get(network))
     }
 
     /// `k` distinct peers of a scope, uniformly at random. Positions are
@@ -76,7 +81,7 @@ impl Node {
     /// second instead of five times.
     pub(super) fn arm_tick(&mut self, now: Duration) {
         let soonest = now.max(self.last_tick.map_or(now, |t| t + self.cfg.gossip_interval));
-        if self.tick_at.is_some_and(|t| t <= soonest) {
+        if self.timers.tick().is_some_and(|t| t <= soonest) {
             return; // nothing could make it earlier
         }
         let pending: Vec<ScopeId> = self
@@ -90,18 +95,20 @@ impl Node {
         let at = if busy {
             soonest
         } else {
+            // A digest may ride a probe round up to `ride` after it is due
+            // (`digests_along`); the tick is for the one no round took.
+            let ride = self.ride();
             let idle = self
                 .scopes()
                 .map(|(_, st)| {
                     let graft = st.tree.next_graft().unwrap_or(Duration::MAX);
-                    st.next_digest.min(st.next_periodic_sync).min(graft)
+                    (st.next_digest + ride).min(st.next_periodic_sync).min(graft)
                 })
                 .min();
             idle.unwrap_or(now + self.cfg.digest_interval).max(soonest)
         };
-        if self.tick_at.is_none_or(|t| at < t) {
-            self.tick_at = Some(at);
-            self.schedule(at, Wake::Gossip);
+        if self.timers.tick().is_none_or(|t| at < t) {
+            self.timers.set_tick(Some(at));
         }
     }
 
@@ -158,7 +165,7 @@ impl Node {
     /// Whether the next tick is far enough off for news to go before it
     /// (`Config::early_news`).
     fn tick_far(&self, now: Duration) -> bool {
-        self.tick_at.is_some_and(|t| t > now + self.cfg.gossip_interval / 4)
+        self.timers.tick().is_some_and(|t| t > now + self.cfg.gossip_interval / 4)
     }
 
     /// `scope` queued an event while none waited unsent (the caller knows;
@@ -352,17 +359,19 @@ impl Node {
 
     /// A push/pull moved entries: there were holes, the burst's misses
     /// spread over the nodes, and both ends may still share some (what
-    /// neither held). The root goes to a random peer (most likely not that
-    /// one) once the repairs around it are done, instead of at the next
-    /// lone digest; a peer that holds what both lacked then opens the
-    /// push/pull (a lone digest against a settled root). Before, such a
-    /// node waited for digests, which come once a second (30 agents: in
+    /// neither held). The root goes to another peer (the member a probe
+    /// round goes to, or a random one; most likely not the one just
+    /// exchanged with) once the repairs around it are done, instead of at
+    /// the next lone digest; a peer that holds what both lacked then opens
+    /// the push/pull (a lone digest against a settled root). Before, such
+    /// a node waited for digests, which come once a second (30 agents: in
     /// about one burst of seven, one node a second after the rest).
     pub(super) fn digest_soon(&mut self, now: Duration, scope: Scope<'_>) {
-        // A tick sends a digest due within half an interval: not before
-        // the peers' own repairs of the same moment are that far behind
-        // (a push/pull just ended puts off the next, `compare_root`).
-        let at = now + self.cfg.mismatch_sync_after + self.cfg.gossip_interval / 2;
+        // A probe round takes a digest up to `ride` before it is due (a
+        // busy tick half an interval): not before the peers' own repairs
+        // of the same moment are that far behind (a push/pull just ended
+        // puts off the next, `compare_root`).
+        let at = now + self.cfg.mismatch_sync_after + self.ride();
         if let Some(st) = self.scope_mut(scope) {
             st.next_digest = st.next_digest.min(at);
         }
@@ -379,11 +388,50 @@ impl Node {
         if now + self.cfg.gossip_interval / 2 < st.next_digest {
             return;
         }
-        let root = st.data.digest().root();
         self.digest_went(now, scope);
-        let Some(to) = self.choose_peers(scope, 1).pop() else {
+        if let Some(to) = self.choose_peers(scope, 1).pop() {
+            self.digest_to(scope, to);
+        }
+    }
+
+    /// A probe round's ping just went to `target`: each scope's digest due
+    /// within half a probe period either way goes with it, to the same
+    /// member if it is a peer of the scope. The member reads both in one
+    /// wake-up and this node wakes for neither; alone, a digest cost a
+    /// wake-up at each end (at rest, a second's 3.3 probe rounds cost
+    /// about as many).
+    pub(super) fn digests_along(&mut self, now: Duration, target: SocketAddr) {
+        let ride = self.ride();
+        let mut went = false;
+        for id in self.scope_ids() {
+            let scope = id.as_scope();
+            let due = self.scope(scope).is_some_and(|st| {
+                st.queue.is_empty() && !st.tree.has_work() && st.next_digest <= now + ride
+            });
+            if due && self.peer_set(scope).is_some_and(|p| p.contains(&target)) {
+                self.digest_went(now, scope);
+                self.digest_to(scope, target);
+                went = true;
+            }
+        }
+        if went {
+            // The tick held for those digests is off.
+            self.timers.set_tick(None);
+            self.arm_tick(now);
+        }
+    }
+
+    /// How far from its time a digest may go with a probe round: probe
+    /// rounds come a probe period apart, so one falls in the window.
+    fn ride(&self) -> Duration {
+        self.cfg.probe_period / 2
+    }
+
+    fn digest_to(&mut self, scope: Scope<'_>, to: SocketAddr) {
+        let Some(st) = self.scope(scope) else {
             return;
         };
+        let root = st.data.digest().root();
         let payload =
             self.seal(codec::encode_datagram(wire::datagram::Body::Gossip(wire::Gossip {
                 network: scope.wire_name().into(),
@@ -620,7 +668,7 @@ mod tests {
         assert_eq!(n.stats().syncs_started, started + 1);
         assert_eq!(n.stats().syncs_completed, n.stats().syncs_started, "every exchange done");
 
-        let soon = t + cfg.mismatch_sync_after + cfg.gossip_interval / 2;
+        let soon = t + cfg.mismatch_sync_after + cfg.probe_period;
         let sent = digests_until(&mut n, soon);
         assert!(!sent.is_empty(), "no digest within {:?} of the repair", soon - t);
 

@@ -47,7 +47,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use foca::AccumulatingRuntime;
+use foca::{AccumulatingRuntime, Timer};
 use netdb_wire as wire;
 use prost::Message;
 use rand::rngs::StdRng;
@@ -94,12 +94,14 @@ pub struct Node {
     /// Keyed by the name foca's identity of the member holds, shared.
     owners: BTreeMap<Arc<str>, Owner>,
     cluster_peers: PeerSet,
-    net_peers: Option<BTreeMap<String, Vec<SocketAddr>>>,
+    net_peers: Option<BTreeMap<String, PeerSet>>,
     /// foca's cluster-size dependent settings in force.
     swim_params: (u8, Duration),
     /// This node renewed its identity: the suspicions foca still holds lost
     /// their timeouts and wait to be given new ones (see `swim::rearm`).
     rearm_suspects: bool,
+    /// foca's announce to down members, held while no member is down.
+    announce_down_parked: Option<Timer<Identity>>,
     suspicions: suspicion::Suspicions,
     syncs: BTreeMap<u64, Outgoing>,
     next_sync_id: u64,
@@ -108,9 +110,8 @@ pub struct Node {
     join_delay: Duration,
     /// Invalidates older announce retries when the loop restarts.
     join_token: u64,
-    /// The gossip tick in the scheduler (older ones are ignored), and when
-    /// the last one ran (ticks are at least a gossip interval apart).
-    tick_at: Option<Duration>,
+    /// When the last gossip tick ran (ticks are at least a gossip interval
+    /// apart; the next one is `timers.tick()`).
     last_tick: Option<Duration>,
     /// A `Wake::News` is in the scheduler.
     news_due: bool,
@@ -194,6 +195,7 @@ impl Node {
             net_peers: None,
             swim_params: swim::swim_params(&cfg, 1),
             rearm_suspects: false,
+            announce_down_parked: None,
             suspicions: suspicion::Suspicions::default(),
             syncs: BTreeMap::new(),
             next_sync_id: 1,
@@ -201,7 +203,6 @@ impl Node {
             seeds: Vec::new(),
             join_delay: cfg.join_retry,
             join_token: 0,
-            tick_at: None,
             last_tick: None,
             news_due: false,
             active: false,
@@ -377,12 +378,7 @@ impl Node {
                 Wake::Swim(t) => self.swim_timer(now, at, t, true),
                 Wake::SwimLate(t) => self.swim_timer(now, at, t, false),
                 Wake::DownHold(id) => self.down_hold_ended(now, &id),
-                Wake::Gossip => {
-                    if self.tick_at == Some(at) {
-                        self.tick_at = None;
-                        self.gossip_tick(now);
-                    }
-                }
+                Wake::Gossip => self.gossip_tick(now),
                 Wake::News => {
                     self.news_due = false;
                     self.send_news(now);

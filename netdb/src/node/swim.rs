@@ -92,6 +92,12 @@ impl Node {
                     self.suspicion_started(member_id);
                 }
                 let after = self.suspicions.stretch(&timer, after);
+                if matches!(timer, Timer::PeriodicAnnounceDown(_)) && !self.has_down_members() {
+                    // It would wake this node every second to knock on no
+                    // one; it is handed back when a member is down.
+                    self.announce_down_parked = Some(timer);
+                    continue;
+                }
                 if matches!(timer, Timer::SendIndirectProbe { .. }) {
                     self.timers.schedule_lazy(now + after, Wake::Swim(timer));
                 } else {
@@ -107,12 +113,25 @@ impl Node {
                 break;
             }
         }
+        if self.announce_down_parked.is_some() && self.has_down_members() {
+            // foca's loop restarts where it would have been: a period on.
+            let at = now + self.cfg.reconnect_interval;
+            if let Some(timer) = self.announce_down_parked.take() {
+                self.schedule(at, Wake::Swim(timer));
+            }
+        }
         if drained > IDLE_RUNTIME && self.rt.backlog() == 0 {
             // A feed of a large cluster leaves room for a notification per
             // member in foca's queues, which would keep it for good.
             self.rt = AccumulatingRuntime::new();
         }
         self.arm_tick(now);
+    }
+
+    /// Whether foca holds a member declared down (one it knocks on
+    /// periodically: a healed partition rejoins that way).
+    fn has_down_members(&self) -> bool {
+        self.swim.iter_membership_state().len() > self.swim.num_members()
     }
 
     fn swim_notification(&mut self, now: Duration, n: OwnedNotification<Identity>) {
@@ -197,6 +216,9 @@ impl Node {
         self.count_swim_error(r);
         self.drain_swim(now);
         if probe_round {
+            if let Some(target) = self.swim.probe_target().map(|id| id.addr) {
+                self.digests_along(now, target);
+            }
             self.look_at_suspects();
             if on_time && self.stats.suspicions_started == started {
                 self.suspicions.better();

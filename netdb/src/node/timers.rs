@@ -73,6 +73,9 @@ pub(super) struct Timers {
     /// caller says it has nothing to do, and comes out at the next
     /// wake-up instead, still before anything due after it.
     lazy: Option<Scheduled>,
+    /// The gossip tick, one at a time: moving it (a digest that went
+    /// early puts it off) leaves no stale wake-up behind.
+    tick: Option<Scheduled>,
     seq: u64,
 }
 
@@ -91,22 +94,39 @@ impl Timers {
         }
     }
 
+    /// Sets (or with `None` cancels) the gossip tick.
+    pub(super) fn set_tick(&mut self, at: Option<Duration>) {
+        self.seq += 1;
+        let seq = self.seq;
+        self.tick = at.map(|at| Scheduled { at, seq, wake: Wake::Gossip });
+    }
+
+    /// When the gossip tick is due, if one is set.
+    pub(super) fn tick(&self) -> Option<Duration> {
+        self.tick.as_ref().map(|s| s.at)
+    }
+
     /// When the earliest wake-up is due, the lazy one counted only if it
     /// `waits`.
     pub(super) fn next(&self, waits: bool) -> Option<Duration> {
         let lazy = self.lazy.as_ref().filter(|_| waits).map(|s| s.at);
         let heap = self.heap.peek().map(|Reverse(s)| s.at);
-        lazy.into_iter().chain(heap).min()
+        lazy.into_iter().chain(heap).chain(self.tick()).min()
     }
 
     /// The earliest wake-up due at `now`, with the time it was due.
     pub(super) fn pop_due(&mut self, now: Duration) -> Option<(Duration, Wake)> {
-        let heap = self.heap.peek().map(|Reverse(s)| (s.at, s.seq)).filter(|&(at, _)| at <= now);
-        let lazy = self.lazy.as_ref().map(|s| (s.at, s.seq)).filter(|&(at, _)| at <= now);
-        let s = match (lazy, heap) {
-            (Some(l), h) if h.is_none_or(|h| l < h) => self.lazy.take(),
-            (_, Some(_)) => self.heap.pop().map(|Reverse(s)| s),
-            _ => None,
+        let key = |s: &Scheduled| (s.at <= now).then_some((s.at, s.seq));
+        let heap = self.heap.peek().and_then(|Reverse(s)| key(s));
+        let lazy = self.lazy.as_ref().and_then(key);
+        let tick = self.tick.as_ref().and_then(key);
+        let first = [heap, lazy, tick].into_iter().flatten().min()?;
+        let s = if lazy == Some(first) {
+            self.lazy.take()
+        } else if tick == Some(first) {
+            self.tick.take()
+        } else {
+            self.heap.pop().map(|Reverse(s)| s)
         }?;
         Some((s.at, s.wake))
     }
@@ -137,6 +157,22 @@ mod tests {
         assert_eq!(t.next(true), Some(ms(30)));
         assert!(matches!(t.pop_due(ms(31)), Some((_, Wake::JoinRetry(1)))));
         assert_eq!(t.next(true), None);
+    }
+
+    #[test]
+    fn the_tick_moves_either_way_and_leaves_no_stale_wakeup() {
+        let mut t = Timers::default();
+        t.schedule(ms(50), Wake::JoinRetry(1));
+        t.set_tick(Some(ms(10)));
+        assert_eq!(t.next(true), Some(ms(10)));
+        t.set_tick(Some(ms(30)));
+        assert_eq!(t.next(true), Some(ms(30)), "put off, not due at 10 any more");
+        assert!(t.pop_due(ms(20)).is_none());
+        assert!(matches!(t.pop_due(ms(60)), Some((at, Wake::Gossip)) if at == ms(30)));
+        assert!(matches!(t.pop_due(ms(60)), Some((_, Wake::JoinRetry(1)))));
+        t.set_tick(Some(ms(70)));
+        t.set_tick(None);
+        assert_eq!(t.next(true), None, "cancelled");
     }
 
     #[test]

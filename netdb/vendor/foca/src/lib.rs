@@ -841,6 +841,13 @@ where
         self.probe.succeeded()
     }
 
+    /// netdb's patch: the member the probe in flight went to, so a
+    /// runtime may send it what it would send a random member anyway in
+    /// the same breath (one wake-up on each side instead of two).
+    pub fn probe_target(&self) -> Option<&T> {
+        self.probe.target()
+    }
+
     /// Reports the current length of the cluster updates queue.
     ///
     /// Updates are transmitted [`Config::max_transmissions`] times

@@ -71,7 +71,6 @@ impl<T: Clone + PartialEq> Probe<T> {
         }
     }
 
-    #[cfg(any(feature = "tracing", test))]
     pub(crate) fn target(&self) -> Option<&T> {
         self.direct.as_ref().map(|probed| probed.id())
     }
