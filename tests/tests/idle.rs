@@ -33,7 +33,7 @@ fn a_node_at_rest_wakes_for_its_probe_rounds_and_its_digests_ride_them() {
     for i in 0..N {
         let woke = per_s(sim.timer_wakeups(i) - wakes[i]);
         assert!(
-            woke <= rounds + 0.3,
+            (rounds * 0.9..=rounds + 0.3).contains(&woke),
             "node {i} woke {woke:.2} times a second, for {rounds:.2} probe rounds"
         );
         // Two scopes (the cluster's and NET), nothing queued: only digests.

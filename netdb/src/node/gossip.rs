@@ -76,9 +76,9 @@ impl Node {
 
     /// Makes sure a gossip tick comes when there is something to do: within
     /// a gossip interval of the last tick while events, SWIM updates or
-    /// pending exchanges wait (at once if the node was idle), else at the
-    /// next digest or periodic sync. An idle node thus wakes about once a
-    /// second instead of five times.
+    /// pending exchanges wait (at once if the node was idle), else for the
+    /// next periodic sync or a digest no probe round took (`ride` after it
+    /// was due). An idle node thus wakes for its probe rounds alone.
     pub(super) fn arm_tick(&mut self, now: Duration) {
         let soonest = now.max(self.last_tick.map_or(now, |t| t + self.cfg.gossip_interval));
         if self.timers.tick().is_some_and(|t| t <= soonest) {
@@ -395,20 +395,26 @@ impl Node {
     }
 
     /// A probe round's ping just went to `target`: each scope's digest due
-    /// within half a probe period either way goes with it, to the same
-    /// member if it is a peer of the scope. The member reads both in one
-    /// wake-up and this node wakes for neither; alone, a digest cost a
-    /// wake-up at each end (at rest, a second's 3.3 probe rounds cost
-    /// about as many).
+    /// by `ride` from now (or overdue) goes with it, to the same member if
+    /// it is a peer of the scope. The member most likely reads both in one
+    /// wake-up (the agent drains its socket), and this node wakes for
+    /// neither; alone, a digest cost a wake-up at each end (at rest, a
+    /// second's 3.3 probe rounds cost about as many). With ring probes
+    /// every other round goes to the ring successor, so about half the
+    /// digests do too: anti-entropy over a ring and random pairs.
     pub(super) fn digests_along(&mut self, now: Duration, target: SocketAddr) {
-        let ride = self.ride();
+        let horizon = now + self.ride();
+        let due: Vec<ScopeId> = self
+            .scopes()
+            .filter(|(_, st)| {
+                st.queue.is_empty() && !st.tree.has_work() && st.next_digest <= horizon
+            })
+            .map(|(s, _)| s.to_id())
+            .collect();
         let mut went = false;
-        for id in self.scope_ids() {
+        for id in due {
             let scope = id.as_scope();
-            let due = self.scope(scope).is_some_and(|st| {
-                st.queue.is_empty() && !st.tree.has_work() && st.next_digest <= now + ride
-            });
-            if due && self.peer_set(scope).is_some_and(|p| p.contains(&target)) {
+            if self.peer_set(scope).is_some_and(|p| p.contains(&target)) {
                 self.digest_went(now, scope);
                 self.digest_to(scope, target);
                 went = true;
@@ -422,9 +428,11 @@ impl Node {
     }
 
     /// How far from its time a digest may go with a probe round: probe
-    /// rounds come a probe period apart, so one falls in the window.
+    /// rounds come a probe period apart, so one falls in the window. Capped
+    /// at a gossip interval: with slow probes (NetworkDB's are 1 s) a digest
+    /// no round took is not held back long.
     fn ride(&self) -> Duration {
-        self.cfg.probe_period / 2
+        (self.cfg.probe_period / 2).min(self.cfg.gossip_interval)
     }
 
     fn digest_to(&mut self, scope: Scope<'_>, to: SocketAddr) {

@@ -100,8 +100,9 @@ pub struct Node {
     /// This node renewed its identity: the suspicions foca still holds lost
     /// their timeouts and wait to be given new ones (see `swim::rearm`).
     rearm_suspects: bool,
-    /// foca's announce to down members, held while no member is down.
-    announce_down_parked: Option<Timer<Identity>>,
+    /// foca's announce to down members and its period, held while no
+    /// member is down.
+    announce_down_parked: Option<(Duration, Timer<Identity>)>,
     suspicions: suspicion::Suspicions,
     syncs: BTreeMap<u64, Outgoing>,
     next_sync_id: u64,

@@ -95,7 +95,7 @@ impl Node {
                 if matches!(timer, Timer::PeriodicAnnounceDown(_)) && !self.has_down_members() {
                     // It would wake this node every second to knock on no
                     // one; it is handed back when a member is down.
-                    self.announce_down_parked = Some(timer);
+                    self.announce_down_parked = Some((after, timer));
                     continue;
                 }
                 if matches!(timer, Timer::SendIndirectProbe { .. }) {
@@ -114,10 +114,9 @@ impl Node {
             }
         }
         if self.announce_down_parked.is_some() && self.has_down_members() {
-            // foca's loop restarts where it would have been: a period on.
-            let at = now + self.cfg.reconnect_interval;
-            if let Some(timer) = self.announce_down_parked.take() {
-                self.schedule(at, Wake::Swim(timer));
+            // foca's loop restarts a period from now, as if never parked.
+            if let Some((after, timer)) = self.announce_down_parked.take() {
+                self.schedule(now + after, Wake::Swim(timer));
             }
         }
         if drained > IDLE_RUNTIME && self.rt.backlog() == 0 {
@@ -212,11 +211,15 @@ impl Node {
         }
         let probe_round = matches!(timer, Timer::ProbeRandomMember(_));
         let started = self.stats.suspicions_started;
+        let pings = self.stats.swim_out.messages;
         let r = self.swim.handle_timer(timer, &mut self.rt);
         self.count_swim_error(r);
         self.drain_swim(now);
         if probe_round {
-            if let Some(target) = self.swim.probe_target().map(|id| id.addr) {
+            // Only a round that sent its ping (a stale token starts none).
+            if self.stats.swim_out.messages > pings
+                && let Some(target) = self.swim.probe_target().map(|id| id.addr)
+            {
                 self.digests_along(now, target);
             }
             self.look_at_suspects();

@@ -1,6 +1,7 @@
 //! The node's wake-ups: one heap of everything that must happen at a time
-//! (foca's timers, gossip ticks, tombstone reaps, the end of a grace
-//! period, exchange and command timeouts, announce retries).
+//! (foca's timers, tombstone reaps, the end of a grace period, exchange and
+//! command timeouts, announce retries), beside two slots that move: the
+//! gossip tick and one lazy wake-up.
 
 use std::cmp::{Ordering, Reverse};
 use std::collections::BinaryHeap;
