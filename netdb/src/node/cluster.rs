@@ -253,22 +253,26 @@ mod tests {
     use netdb_wire as wire;
     use prost::Message;
 
-    use super::super::test_support::{PEER, gossip, node, peer_entry};
+    use super::super::test_support::{PEER, gossip, node, node_in_net, peer_entry};
     use crate::error::Error;
     use crate::event::{EntryEventKind, Event};
     use crate::names::{NETWORKS_TABLE, NODES_TABLE, SharedTable};
     use crate::stats::DropReason;
 
+    /// A node in "net" (joined at 1 s, the time) that heard "peer" attach
+    /// to it, and the peer's address.
+    fn peer_attached() -> (super::Node, Duration, std::net::SocketAddr) {
+        let (mut n, t, from) = node_in_net();
+        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
+        n.handle_datagram(t, from, &gossip("", vec![attach]));
+        (n, t, from)
+    }
+
     /// An attachment heard before its owner's address (here from the
     /// owner's node record) makes it a peer once the address comes.
     #[test]
     fn a_peer_attached_before_its_address_was_known_is_gossiped_to_once_it_is() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
-        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
-        n.handle_datagram(t, from, &gossip("", vec![attach]));
+        let (mut n, t, from) = peer_attached();
         let net = crate::names::Scope::Network("net");
         assert!(n.peers_of(net).is_empty(), "no address yet");
         let record = wire::NodeRecord { addr: PEER.into(), ..Default::default() };
@@ -279,12 +283,7 @@ mod tests {
 
     #[test]
     fn a_detach_tombstones_the_owners_older_entries_and_refuses_their_copies() {
-        let mut n = node(Duration::from_secs(60));
-        let t = Duration::from_secs(1);
-        let from = PEER.parse().unwrap();
-        n.join_network(t, "net").unwrap();
-        let attach = peer_entry(NETWORKS_TABLE, "net/peer", Bytes::new(), 1, false);
-        n.handle_datagram(t, from, &gossip("", vec![attach]));
+        let (mut n, t, from) = peer_attached();
         let old = peer_entry("t", "a", Bytes::from_static(b"1"), 2, false);
         n.handle_datagram(t, from, &gossip("net", vec![old.clone()]));
         assert!(n.get("net", "t", "a").is_some());
