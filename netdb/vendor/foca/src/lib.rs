@@ -843,9 +843,13 @@ where
 
     /// netdb's patch: the member the probe in flight went to, so a
     /// runtime may send it what it would send a random member anyway in
-    /// the same breath (one wake-up on each side instead of two).
+    /// the same breath (one wake-up on each side instead of two). None
+    /// while that member is suspect: it may be dead, and what rode along
+    /// would be lost with the ping.
     pub fn probe_target(&self) -> Option<&T> {
-        self.probe.target()
+        self.probe
+            .target()
+            .filter(|id| self.members.suspect(id).is_none())
     }
 
     /// Reports the current length of the cluster updates queue.
@@ -2990,6 +2994,7 @@ mod tests {
         };
         // The ring's turn: the next address after ours.
         assert_eq!(probe(&mut foca), ID::new(2));
+        assert_eq!(foca.probe_target(), Some(&ID::new(2)));
         let random = (0..6).map(|_| probe(&mut foca)).collect::<Vec<_>>();
         assert_eq!(
             random.iter().step_by(2).copied().collect::<Vec<_>>(),
@@ -3021,6 +3026,7 @@ mod tests {
         assert_eq!(probe(&mut foca), ID::new(2), "not before it is overdue");
         assert_eq!(Ok(()), foca.handle_timer(heard(7), &mut news));
         assert_eq!(probe(&mut foca), ID::new(7), "the overdue suspect first");
+        assert_eq!(foca.probe_target(), None, "nothing rides to a suspect");
         let _ = probe(&mut foca);
         // A suspect refuted before its time is not probed for it: the
         // ring's turn comes as due.
