@@ -57,6 +57,8 @@ impl Node {
         let key = attachment_key(network, &self.name);
         self.write(now, Scope::Cluster, NETWORKS_TABLE, &key, Bytes::new(), false);
         self.net_peers = None;
+        // Peers known before the join get this network's digests.
+        self.arm_tick(now);
         Ok(())
     }
 

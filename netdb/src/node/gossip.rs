@@ -37,13 +37,24 @@ impl Node {
     }
 
     fn peer_set(&mut self, scope: Scope<'_>) -> Option<&PeerSet> {
-        let Scope::Network(network) = scope else {
-            return Some(&self.cluster_peers);
-        };
+        self.refresh_net_peers();
+        self.cached_peer_set(scope)
+    }
+
+    /// Network peer lists are computed when first asked for after a
+    /// membership change.
+    fn refresh_net_peers(&mut self) {
         if self.net_peers.is_none() {
             self.net_peers = Some(self.compute_net_peers());
         }
-        self.net_peers.as_ref().and_then(|m| m.get(network))
+    }
+
+    /// A scope's peers as of the last `refresh_net_peers`.
+    fn cached_peer_set(&self, scope: Scope<'_>) -> Option<&PeerSet> {
+        match scope {
+            Scope::Cluster => Some(&self.cluster_peers),
+            Scope::Network(network) => self.net_peers.as_ref().and_then(|m| m.get(network)),
+        }
     }
 
     /// `k` distinct peers of a scope, uniformly at random. Positions are
@@ -96,13 +107,21 @@ impl Node {
             soonest
         } else {
             // A digest may ride a probe round up to `ride` after it is due
-            // (`digests_along`); the tick is for the one no round took.
+            // (`digests_along`); the tick is for the one no round took. A
+            // scope without a peer has no one to send a digest to: it
+            // wakes the node only for its periodic sync, a fallback, as a
+            // peer's arrival arms the tick again (`cluster_entry_changed`,
+            // `drain_swim`) with the scope's digest overdue by then.
             let ride = self.ride();
+            self.refresh_net_peers();
             let idle = self
                 .scopes()
-                .map(|(_, st)| {
+                .map(|(scope, st)| {
+                    let peered =
+                        self.cached_peer_set(scope).is_some_and(|p| !p.as_slice().is_empty());
+                    let digest = if peered { st.next_digest + ride } else { Duration::MAX };
                     let graft = st.tree.next_graft().unwrap_or(Duration::MAX);
-                    (st.next_digest + ride).min(st.next_periodic_sync).min(graft)
+                    digest.min(st.next_periodic_sync).min(graft)
                 })
                 .min();
             idle.unwrap_or(now + self.cfg.digest_interval).max(soonest)

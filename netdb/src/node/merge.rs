@@ -103,6 +103,8 @@ impl Node {
         self.emit_change(scope, table, key, before.as_ref(), Some(entry));
         if let Some(after) = cluster {
             self.cluster_entry_changed(now, table, key, &after);
+            // It may have given a scope its first peer (`arm_tick`).
+            self.arm_tick(now);
         }
     }
 
