@@ -19,7 +19,7 @@ use crate::names::Scope;
 use crate::node::Node;
 
 /// The default `Config` with the protocol switches an example's command
-/// line gives (`--relay-mult K`, `--quench K`, `--mismatch-ms MS`,
+/// line gives (`--relay-mult K`, `--quench K`, `--fanout K`, `--mismatch-ms MS`,
 /// `--tree`, `--graft-after-ms MS`, `--lazy-fanout K`, `--random-probes`,
 /// `--no-heard-probes`), and the
 /// other arguments in their order, so every example compares the same
@@ -43,6 +43,10 @@ pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<
             "--quench" => {
                 cfg.quench_after =
                     args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.quench_after)
+            }
+            "--fanout" => {
+                cfg.gossip_fanout =
+                    args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.gossip_fanout)
             }
             "--random-probes" => cfg.ring_probes = false,
             "--no-heard-probes" => cfg.probe_heard_suspects = false,
