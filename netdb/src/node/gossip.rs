@@ -110,8 +110,9 @@ impl Node {
             // (`digests_along`); the tick is for the one no round took. A
             // scope without a peer has no one to send a digest to: it
             // wakes the node only for its periodic sync, a fallback, as a
-            // peer's arrival arms the tick again (`cluster_entry_changed`,
-            // `drain_swim`) with the scope's digest overdue by then.
+            // peer's arrival arms the tick again (`store` after a cluster
+            // entry's side effects, `drain_swim`, `join_network`) with the
+            // scope's digest overdue by then.
             let ride = self.ride();
             self.refresh_net_peers();
             let idle = self
