@@ -268,10 +268,14 @@ async fn mirror<K: Kernel>(
     engine: &Engine,
     refused: &mut BTreeSet<String>,
 ) -> Result<(), engine::EngineError> {
-    let Ok(netdb) = plugin.netdb_subnets().await else { return Ok(()) };
     let docker = engine.networks(super::DRIVER).await?;
-    let (mapped, declined) = {
+    let (netdb, mapped, declined) = {
         let mut known = plugin.known.lock().await;
+        // Read under the lock, after Docker's list: DeleteNetwork forgets
+        // the Docker network and removes the netdb network under it, so a
+        // network Docker no longer lists is either still known here
+        // (`leaving` below) or gone from netdb too.
+        let Ok(netdb) = plugin.netdb_subnets().await else { return Ok(()) };
         // A declined network that is gone may come back as a new one.
         let before = known.saved.declined.len();
         known.saved.declined.retain(|n| netdb.iter().any(|(name, _, _)| name == n));
@@ -280,7 +284,7 @@ async fn mirror<K: Kernel>(
         }
         let mapped: BTreeMap<String, String> =
             known.saved.networks.iter().map(|(id, n)| (id.clone(), n.name.clone())).collect();
-        (mapped, known.saved.declined.clone())
+        (netdb, mapped, known.saved.declined.clone())
     };
     let present: BTreeSet<&str> = docker
         .iter()
@@ -288,8 +292,21 @@ async fn mirror<K: Kernel>(
         .map(String::as_str)
         .filter(|n| !n.is_empty())
         .collect();
+    // Docker drops a network from its list before it calls DeleteNetwork,
+    // which removes the netdb network: a network known here by a Docker ID
+    // that Docker no longer lists is on its way out (or went while the
+    // agent was down, which the sweep forgets), and is not made again.
+    let listed: BTreeSet<&str> = docker.iter().map(|d| d.id.as_str()).collect();
+    let leaving: BTreeSet<&str> = mapped
+        .iter()
+        .filter(|(id, _)| !listed.contains(id.as_str()))
+        .map(|(_, name)| name.as_str())
+        .collect();
     for (name, subnet, internal) in &netdb {
-        if present.contains(name.as_str()) || declined.contains(name) {
+        if present.contains(name.as_str())
+            || declined.contains(name)
+            || leaving.contains(name.as_str())
+        {
             continue;
         }
         let create = engine::CreateNetworkRequest {
