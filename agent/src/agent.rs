@@ -394,13 +394,12 @@ fn start_dataplane(s: &Settings) -> anyhow::Result<Option<Arc<Mutex<Linux>>>> {
         return Ok(None);
     }
     if !netdb_dataplane::has_sys_admin() {
-        // Reconciling FDB and neighbor entries works without it, so the
-        // data plane stays on; only new endpoints cannot be wired.
         tracing::warn!(
-            "no CAP_SYS_ADMIN: endpoint attach cannot enter container namespaces (setns) and fails; run as root or grant CAP_SYS_ADMIN beside CAP_NET_ADMIN"
+            "no CAP_SYS_ADMIN: the data plane is off and endpoint attach is refused: its overlay namespace and the containers' need unshare, setns and a mount; run as root or grant CAP_SYS_ADMIN beside CAP_NET_ADMIN"
         );
+        return Ok(None);
     }
-    Ok(Some(Arc::new(Mutex::new(Linux::new()?))))
+    Ok(Some(Arc::new(Mutex::new(Linux::new(&s.overlay_netns)?))))
 }
 
 /// Says, now and then, that the seeds have not answered yet, and once that

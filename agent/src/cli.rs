@@ -503,6 +503,14 @@ pub(crate) struct AgentArgs {
     /// bridge takes its first address [default: 198.18.0.0/16]
     #[arg(long, env = "NETDB_GATEWAY_SUBNET", help_heading = "Data plane")]
     pub gateway_subnet: Option<String>,
+    /// Network namespace of the networks' bridges and VXLAN devices and
+    /// the endpoints' host-side veths, as a NAME under /run/netns or a
+    /// path: made and pinned there if missing, and kept when the agent
+    /// stops (the containers stay wired). Run the agent in the host's
+    /// mount namespace (nsenter --net=..., not `ip netns exec`), or the pin
+    /// goes with the agent [default: netdb]
+    #[arg(long, env = "NETDB_OVERLAY_NETNS", help_heading = "Data plane")]
+    pub overlay_netns: Option<String>,
     /// UDP port of the VXLAN devices: the same on every host [default:
     /// 4789]
     #[arg(long, env = "NETDB_VXLAN_PORT", value_parser = clap::value_parser!(u16).range(1..), help_heading = "Data plane")]

@@ -49,6 +49,8 @@ pub(crate) struct Settings {
     /// The gateway bridge's subnet.
     pub gateway_subnet: Subnet,
     pub vxlan_port: u16,
+    /// Where the overlay namespace is pinned (--overlay-netns).
+    pub overlay_netns: PathBuf,
     pub vni_range: netdb::netdefs::VniRange,
     /// Where `network create` without a subnet takes one, and its size.
     pub default_pool: (Subnet, u8),
@@ -71,6 +73,9 @@ pub(crate) const DOCKER_SOCKET: &str = "/var/run/docker.sock";
 const DNS_RATE: u32 = 2000;
 
 pub(crate) const DEFAULT_DATA_DIR: &str = "/var/lib/netdb";
+/// The overlay namespace's name under /run/netns: `ip netns exec netdb
+/// bridge fdb` shows the tunnels' entries.
+pub(crate) const DEFAULT_OVERLAY_NETNS: &str = "netdb";
 
 pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::Result<Settings> {
     let file = match &cli.config {
@@ -224,10 +229,23 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
             Some(port) => port,
             None => netdb_dataplane::VXLAN_PORT,
         },
+        overlay_netns: overlay_netns(cli.overlay_netns.or(file.overlay_netns))?,
         vni_range: cli.vni_range.or(file.vni_range).unwrap_or_default(),
         default_pool: (default_pool, pool_size),
         docker,
     })
+}
+
+/// The overlay namespace's pin: a name under /run/netns, or a path.
+fn overlay_netns(given: Option<String>) -> anyhow::Result<PathBuf> {
+    let given = given.unwrap_or_else(|| DEFAULT_OVERLAY_NETNS.into());
+    if given.contains('/') {
+        return Ok(PathBuf::from(given));
+    }
+    if given.is_empty() || given == "." || given == ".." {
+        bail!("bad --overlay-netns {given:?}: give a name (e.g. netdb) or a path");
+    }
+    Ok(Path::new("/run/netns").join(given))
 }
 
 /// A TCP API must use TLS with client certificates, unless it is on a

@@ -54,8 +54,11 @@ fn local_endpoints(hosts: &DockerHosts, i: usize, network: &str) -> Vec<Value> {
 
 /// Interfaces of host `i` whose names start with `prefix`.
 fn links(hosts: &DockerHosts, i: usize, prefix: &str) -> Vec<String> {
-    let o = hosts.in_host(i, "ip", &["-o", "link", "show"]);
-    text(&o)
+    // The host's namespace and the agent's overlay namespace (its default
+    // name, pinned in the host's own /run).
+    let host = hosts.in_host(i, "ip", &["-o", "link", "show"]);
+    let overlay = hosts.in_host(i, "ip", &["-n", "netdb", "-o", "link", "show"]);
+    (text(&host) + &text(&overlay))
         .lines()
         .filter_map(|l| l.split(": ").nth(1))
         .map(|n| n.split('@').next().unwrap_or(n).to_string())
@@ -268,7 +271,7 @@ fn docker_network_create_d_netdb_gives_two_hosts_one_overlay() {
                 ],
             )
             .unwrap();
-        let fdb = hosts.cluster().fdb(2, vni);
+        let fdb = hosts.fdb(2, vni);
         assert!(
             fdb.contains(&(web_mac.clone(), hosts.underlay_ip(1))),
             "h2's FDB does not send web's {web_mac} to h1: {fdb:?}"

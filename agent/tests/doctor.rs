@@ -351,3 +351,44 @@ fn scheduled_keys_report_each_members_clock_skew_and_doctor_checks_it() {
     ]);
     assert_eq!(check(&all, "clock skew")["status"], "warn");
 }
+
+#[test]
+fn the_overlay_namespace_check_tells_a_stale_pin_and_bridge_netfilter_apart() {
+    if !allowed("the_overlay_namespace_check_tells_a_stale_pin_and_bridge_netfilter_apart") {
+        return;
+    }
+    let s = Scratch::new("ovns");
+    let overlay = |pin: &str| {
+        let (_, all) =
+            checks(&["--api", &s.api("none"), "--bind", "127.0.80.3:7946", "--overlay-netns", pin]);
+        check(&all, "overlay netns").clone()
+    };
+    // Not made yet: the agent will.
+    let absent = overlay(&s.path("absent"));
+    assert_eq!(absent["status"], "pass", "{absent}");
+    assert!(absent["detail"].as_str().unwrap().contains("not made yet"), "{absent}");
+    // A file left where the pin was (its mount gone with a private mount
+    // namespace).
+    std::fs::write(s.path("stale"), b"").unwrap();
+    let stale = overlay(&s.path("stale"));
+    assert_eq!(stale["status"], "warn", "{stale}");
+    assert!(stale["fix"].as_str().unwrap().contains("nsenter"), "{stale}");
+    // A real namespace, `ip netns add`'s: bridge netfilter on there (where
+    // br_netfilter is loaded) is warned about, off passes.
+    let name = format!("ndt-ovns-{}", std::process::id());
+    let ok = |args: &[&str]| assert!(Command::new("ip").args(args).status().unwrap().success());
+    ok(&["netns", "add", &name]);
+    let pin = format!("/run/netns/{name}");
+    let hooks = "net.bridge.bridge-nf-call-iptables";
+    let loaded =
+        Command::new("ip").args(["netns", "exec", &name, "sysctl", hooks]).output().unwrap();
+    if loaded.status.success() {
+        ok(&["netns", "exec", &name, "sysctl", "-qw", &format!("{hooks}=1")]);
+        let on = overlay(&pin);
+        assert_eq!(on["status"], "warn", "{on}");
+        ok(&["netns", "exec", &name, "sysctl", "-qw", &format!("{hooks}=0")]);
+    }
+    let off = overlay(&pin);
+    ok(&["netns", "del", &name]);
+    assert_eq!(off["status"], "pass", "{off}");
+}

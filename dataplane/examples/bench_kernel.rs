@@ -23,8 +23,11 @@ fn main() {
     }
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare a network namespace");
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    // Its overlay namespace, pinned as the agent's is, removed at the end.
+    let overlay = format!("ndbench-kernel-{}", std::process::id());
+    let pin = std::path::PathBuf::from(format!("/run/netns/{overlay}"));
     rt.block_on(async move {
-        let linux = Linux::new().expect("netlink");
+        let linux = Linux::new(&pin).expect("the overlay namespace and netlink");
         let remotes = (0..n)
             .map(|i| {
                 let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 0)) + i);
@@ -103,4 +106,5 @@ fn main() {
         step("reconcile, nothing to do (table listed)", linux.reconcile(&desired).await.unwrap());
         step("remove everything", linux.reconcile(&Desired::new()).await.unwrap());
     });
+    let _ = std::process::Command::new("ip").args(["netns", "del", &overlay]).status();
 }

@@ -2,14 +2,22 @@
 //! a host takes part in, and the code that makes it hold exactly that.
 //!
 //! Per network (one VNI) a bridge `ndbr<VNI>` and a VXLAN device
-//! `ndvx<VNI>` (UDP 4789, learning off, ARP proxy on) enslaved to it, in the
-//! agent's network namespace. Every remote endpoint is one FDB entry on the
-//! VXLAN device (MAC → remote host) and one permanent neighbor entry (IP →
-//! MAC) from which the device answers ARP. Every local endpoint is a veth
-//! pair: one end on the bridge, the other in the container's namespace (or,
-//! for a Docker endpoint, left for Docker to move there: [`Endpoint::docker`]).
-//! The bridge holds the network's gateway address, if it has one
-//! ([`Network::gateway`]).
+//! `ndvx<VNI>` (UDP 4789, learning off, ARP proxy on) enslaved to it, both
+//! in the overlay namespace, a network namespace of netdb's own (as
+//! Docker's overlay driver keeps its bridges in one of its own): the
+//! host's firewall and its bridge-netfilter setting never see the
+//! overlay's frames, and netdb turns bridge netfilter off there without
+//! touching the host's. The VXLAN device is made from the agent's
+//! namespace, so its UDP socket is on the underlay. Every remote endpoint
+//! is one FDB entry on the VXLAN device (MAC → remote host) and one
+//! permanent neighbor entry (IP → MAC) from which the device answers ARP.
+//! Every local endpoint is a veth pair: one end on the bridge, the other in
+//! the container's namespace (or, for a Docker endpoint, left in the
+//! agent's namespace for Docker to move there: [`Endpoint::docker`]). The
+//! network's gateway address, if it has one ([`Network::gateway`]), is on
+//! `ndhost<VNI>` in the agent's namespace, a veth whose peer
+//! `ndhport<VNI>` is a port of the bridge: Docker's containers reach the
+//! host (netdb's DNS) there.
 //!
 //! The kernel is never trusted to still hold what was written: [`plan`]
 //! compares the desired state with a dump of the kernel and lists only the
@@ -21,6 +29,7 @@
 //! the real one, [`memory::Memory`] a model for tests without privilege.
 
 mod kernel;
+mod links;
 mod linux;
 pub mod memory;
 mod netns;
@@ -36,7 +45,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 pub use kernel::{Kernel, ReconcileReport};
+pub use links::{link_mtu, vxlan_devices};
 pub use linux::Linux;
+pub use netns::{OverlayPin, inspect_overlay};
 pub use nft::{NFT_TABLE, ruleset};
 pub use plan::{
     Nftables, Observed, ObservedGateway, ObservedNetwork, Plan, Ruleset, VxlanAttrs, plan,
@@ -258,9 +269,10 @@ pub struct Network {
     /// rightly holds (an agent restarted under running containers, before
     /// it synced the network): removing them would cut live traffic.
     pub prune: bool,
-    /// The network's gateway address and prefix length, held by the host's
-    /// bridge `ndbr<VNI>`: Docker containers reach the host (netdb's DNS
-    /// listens there) through it. `None`: the bridge has no address.
+    /// The network's gateway address and prefix length, held by
+    /// [`host_name`] in the agent's namespace: Docker containers reach the
+    /// host (netdb's DNS listens there) through it. `None`: the host has
+    /// no address on the network.
     pub gateway: Option<(Ipv4Addr, u8)>,
 }
 
@@ -284,10 +296,25 @@ pub fn vxlan_name(vni: u32) -> String {
     format!("ndvx{vni}")
 }
 
+/// The host's end of network `vni`, in the agent's namespace: a veth
+/// holding the network's gateway address, its MAC Docker's for that
+/// address (the same after every re-creation, so containers' ARP entries
+/// for it stay right).
+pub fn host_name(vni: u32) -> String {
+    format!("ndhost{vni}")
+}
+
+/// The peer of [`host_name`]: a port of the network's bridge.
+pub fn host_port_name(vni: u32) -> String {
+    format!("ndhport{vni}")
+}
+
 /// The VNI of a device this crate made, from its name.
 pub fn device_vni(name: &str) -> Option<(DeviceKind, u32)> {
     let (kind, rest) = if let Some(r) = name.strip_prefix("ndbr") {
         (DeviceKind::Bridge, r)
+    } else if let Some(r) = name.strip_prefix("ndhost") {
+        (DeviceKind::Host, r)
     } else {
         (DeviceKind::Vxlan, name.strip_prefix("ndvx")?)
     };
@@ -339,13 +366,15 @@ fn has_capability(bit: u32) -> bool {
         .is_some_and(|caps| caps & (1 << bit) != 0)
 }
 
-/// The two devices of a network.
+/// The devices of a network, by the names that say their VNI.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DeviceKind {
     /// `ndbr<VNI>`: the local endpoints' veths and the VXLAN device.
     Bridge,
     /// `ndvx<VNI>`: the tunnel to the other hosts.
     Vxlan,
+    /// `ndhost<VNI>`: the host's address on the network ([`host_name`]).
+    Host,
 }
 
 /// Why the kernel could not be read or changed.
@@ -354,7 +383,8 @@ pub enum Error {
     /// No netlink socket: not Linux, or no privilege.
     #[error("cannot open a netlink socket: {0}; netdb needs Linux and CAP_NET_ADMIN (run as root)")]
     Socket(#[source] std::io::Error),
-    /// A container's namespace could not be opened or entered.
+    /// A namespace (a container's, or the overlay's) could not be opened,
+    /// made or entered.
     #[error("network namespace {path}: {source}")]
     Netns {
         /// The namespace file.
@@ -426,6 +456,8 @@ mod tests {
     fn only_our_device_names_parse() {
         assert_eq!(device_vni("ndbr4096"), Some((DeviceKind::Bridge, 4096)));
         assert_eq!(device_vni(&vxlan_name(16777215)), Some((DeviceKind::Vxlan, 16777215)));
+        assert_eq!(device_vni(&host_name(16777215)), Some((DeviceKind::Host, 16777215)));
+        assert!(host_port_name(16777215).len() <= 15);
         for other in ["ndbr", "ndbr04096", "ndvx12a", "eth0", "ndve1234", "ndbr99999999999"] {
             assert_eq!(device_vni(other), None, "{other}");
         }

@@ -1,9 +1,11 @@
 //! The plan carried out over rtnetlink.
 
-use std::collections::{BTreeMap, HashSet};
+use std::collections::BTreeMap;
+use std::fs::File;
 use std::future::Future;
 use std::net::{IpAddr, Ipv4Addr};
 use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::time::Instant;
@@ -29,7 +31,8 @@ use crate::plan::{
 };
 use crate::{
     Desired, DeviceKind, Egress, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network,
-    ReconcileReport, VxlanAttrs, bridge_name, device_vni, gateway_veth, peer_name, vxlan_name,
+    ReconcileReport, VxlanAttrs, bridge_name, device_vni, gateway_veth, host_name, host_port_name,
+    peer_name, vxlan_name,
 };
 
 /// Requests in flight at once on the socket: the kernel answers them in
@@ -43,15 +46,22 @@ const EADDRNOTAVAIL: i32 = 99;
 
 const FORWARDING: &str = "/proc/sys/net/ipv4/ip_forward";
 
-/// The Linux kernel of this host (the agent's network namespace).
+/// The Linux kernel of this host: the agent's network namespace and the
+/// overlay namespace.
 pub struct Linux {
+    /// In the agent's namespace: the gateway bridge and the ways out, the
+    /// networks' host ends, a Docker endpoint's peer until Docker takes
+    /// it.
     conn: Connection,
+    /// In the overlay namespace: the networks' bridges, VXLAN devices and
+    /// FDB and neighbor entries, the endpoints' host-side veths.
+    overlay: Connection,
+    overlay_path: PathBuf,
+    overlay_file: File,
     /// The ruleset last loaded and how `nft` lists it back: a listing equal
     /// to it means the table still holds that ruleset (nft prints rules in
     /// its own layout, so the generated text is never compared directly).
     loaded: Mutex<Option<(String, String)>>,
-    /// Bridges whose MAC this process has pinned (see `ensure_bridge`).
-    pinned: Mutex<HashSet<u32>>,
 }
 
 type Op = Pin<Box<dyn Future<Output = (Kind, Result<(), Error>)> + Send + 'static>>;
@@ -61,12 +71,22 @@ fn op(kind: Kind, f: impl Future<Output = Result<(), Error>> + Send + 'static) -
 }
 
 impl Linux {
-    /// Must be called inside a tokio runtime.
-    pub fn new() -> Result<Linux, Error> {
+    /// The kernel, with the overlay namespace pinned at `overlay` (made if
+    /// missing, e.g. /run/netns/netdb). Must be called inside a tokio
+    /// runtime.
+    pub fn new(overlay: &Path) -> Result<Linux, Error> {
+        Linux::with_overlay(overlay, netns::overlay(overlay)?)
+    }
+
+    /// The kernel, with the overlay namespace `overlay_file` refers to
+    /// (`overlay`: its name in messages).
+    pub(crate) fn with_overlay(overlay: &Path, overlay_file: File) -> Result<Linux, Error> {
         Ok(Linux {
             conn: netns::here()?,
+            overlay: netns::enter(overlay, &overlay_file)?,
+            overlay_path: overlay.to_path_buf(),
+            overlay_file,
             loaded: Mutex::new(None),
-            pinned: Mutex::new(HashSet::new()),
         })
     }
 
@@ -74,31 +94,44 @@ impl Linux {
         &self.conn.handle
     }
 
-    /// One link change, its error naming `what` was done.
+    fn ov(&self) -> &Handle {
+        &self.overlay.handle
+    }
+
+    /// One link change in the agent's namespace, its error naming `what`
+    /// was done.
     async fn set_link(&self, msg: LinkMessage, what: impl Into<String>) -> Result<(), Error> {
         self.handle().link().set(msg).execute().await.map_err(|e| Error::netlink(what, e))
+    }
+
+    /// The same in the overlay namespace.
+    async fn set_ov_link(&self, msg: LinkMessage, what: impl Into<String>) -> Result<(), Error> {
+        self.ov().link().set(msg).execute().await.map_err(|e| Error::netlink(what, e))
+    }
+
+    /// Moves a link of the agent's namespace into the overlay namespace.
+    async fn to_overlay(&self, name: &str) -> Result<(), Error> {
+        let fd = self.overlay_file.as_raw_fd();
+        let moved = LinkUnspec::new_with_name(name).setns_by_fd(fd).build();
+        self.set_link(moved, format!("move {name} into the overlay namespace")).await
     }
 
     /// Reads our devices and their entries back from the kernel.
     pub async fn observe(&self) -> Result<Observed, Error> {
         let mut out = Observed::default();
         let mut vxlans: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut bridges: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut links = self.handle().link().get().execute();
+        let mut hosts: BTreeMap<u32, u32> = BTreeMap::new();
+        let mut links = self.ov().link().get().execute();
         while let Some(msg) = links.try_next().await.map_err(|e| Error::netlink("list links", e))? {
             let index = msg.header.index;
             let (name, master) = name_and_master(&msg);
             let Some(name) = name else { continue };
-            if name == GATEWAY_BRIDGE {
-                out.gateway = Some(ObservedGateway { index, ..Default::default() });
-            }
             // A device of our name but of another kind is someone else's:
             // not ours to repair or remove (creating ours then fails with a
             // clear error).
             match (device_vni(&name), LinkKind::of(&msg)) {
                 (Some((DeviceKind::Bridge, vni)), LinkKind::Bridge) => {
                     out.networks.entry(vni).or_default().bridge = Some(index);
-                    bridges.insert(index, vni);
                 }
                 (Some((DeviceKind::Vxlan, vni)), LinkKind::Vxlan(attrs)) => {
                     let n = out.networks.entry(vni).or_default();
@@ -110,8 +143,29 @@ impl Linux {
             }
             out.links.insert(name, master);
         }
+        let mut links = self.handle().link().get().execute();
+        while let Some(msg) = links.try_next().await.map_err(|e| Error::netlink("list links", e))? {
+            let index = msg.header.index;
+            let (name, master) = name_and_master(&msg);
+            let Some(name) = name else { continue };
+            if name == GATEWAY_BRIDGE {
+                out.gateway = Some(ObservedGateway { index, ..Default::default() });
+            }
+            match (device_vni(&name), LinkKind::of(&msg)) {
+                (Some((DeviceKind::Host, vni)), LinkKind::Other(kind)) if kind == "veth" => {
+                    out.networks.entry(vni).or_default().host = Some(index);
+                    hosts.insert(index, vni);
+                }
+                (Some((DeviceKind::Bridge, _)), LinkKind::Bridge)
+                | (Some((DeviceKind::Vxlan, _)), LinkKind::Vxlan(_)) => {
+                    out.legacy.insert(name.clone());
+                }
+                _ => {}
+            }
+            out.agent_links.insert(name, master);
+        }
         let mut fdb =
-            self.handle().neighbours().get().set_address_family(AddressFamily::Bridge).execute();
+            self.ov().neighbours().get().set_address_family(AddressFamily::Bridge).execute();
         while let Some(msg) = fdb.try_next().await.map_err(|e| Error::netlink("dump FDB", e))? {
             let Some(vni) = vxlans.get(&msg.header.ifindex) else { continue };
             if !msg.header.flags.contains(NeighbourFlags::Own) {
@@ -122,7 +176,7 @@ impl Linux {
             }
         }
         let mut neigh =
-            self.handle().neighbours().get().set_address_family(AddressFamily::Inet).execute();
+            self.ov().neighbours().get().set_address_family(AddressFamily::Inet).execute();
         while let Some(msg) =
             neigh.try_next().await.map_err(|e| Error::netlink("dump neighbors", e))?
         {
@@ -134,7 +188,7 @@ impl Linux {
                 network(&mut out, *vni).neigh.insert(ip, mac);
             }
         }
-        self.observe_addresses(&mut out, &bridges).await?;
+        self.observe_addresses(&mut out, &hosts).await?;
         out.forwarding = std::fs::read_to_string(FORWARDING).is_ok_and(|v| v.trim() == "1");
         let listed = blocking(nft::list).await?;
         out.nftables = match listed {
@@ -148,11 +202,11 @@ impl Linux {
     }
 
     /// Reads the IPv4 addresses of the gateway bridge and of our networks'
-    /// bridges (`bridges`: index → VNI) into `out`.
+    /// host ends (`hosts`: index → VNI) into `out`.
     async fn observe_addresses(
         &self,
         out: &mut Observed,
-        bridges: &BTreeMap<u32, u32>,
+        hosts: &BTreeMap<u32, u32>,
     ) -> Result<(), Error> {
         let gateway = out.gateway.as_ref().map(|g| g.index);
         let mut req = self.handle().address().get();
@@ -162,7 +216,7 @@ impl Linux {
             addrs.try_next().await.map_err(|e| Error::netlink("list addresses", e))?
         {
             let ix = msg.header.index;
-            let held = match bridges.get(&ix) {
+            let held = match hosts.get(&ix) {
                 Some(vni) => &mut network(out, *vni).addresses,
                 None if gateway == Some(ix) => match &mut out.gateway {
                     Some(g) => &mut g.addresses,
@@ -187,26 +241,37 @@ impl Linux {
         observed.netns_gone = gone_namespaces(desired);
         let p = plan(desired, &observed);
         let mut report = ReconcileReport::default();
-        let kept = observed.networks.iter().filter(|(vni, _)| desired.contains_key(vni));
-        for (vni, br) in kept.filter_map(|(vni, n)| Some((*vni, n.bridge?))) {
-            if let Err(e) = self.pin_mac(br, &bridge_name(vni)).await {
-                fail(&mut report, &e);
-            }
+        // br_netfilter, loaded after the namespace was made (Docker loads
+        // it), turns the switches on there too.
+        let (path, file) = (self.overlay_path.clone(), self.overlay_file.try_clone());
+        let hooks = match file {
+            Ok(file) => blocking(move || netns::bridge_hooks_off(&path, &file)).await,
+            Err(source) => Err(Error::Netns { path: path.display().to_string(), source }),
+        };
+        match hooks {
+            Ok(true) => tracing::info!(
+                netns = %self.overlay_path.display(),
+                "bridge netfilter turned off in the overlay namespace: its bridges' frames skip iptables"
+            ),
+            Ok(false) => {}
+            Err(e) => fail(&mut report, &e),
         }
         if p.is_empty() {
             report.elapsed = started.elapsed();
             return Ok(report);
         }
         let Plan {
+            adopt,
+            legacy_remove,
             create,
             remove,
+            host_remove,
             fdb_add,
             fdb_del,
             neigh_add,
             neigh_del,
             reattach,
             enslave,
-            address_add,
             address_del,
             gateway,
             gateway_remove,
@@ -232,9 +297,27 @@ impl Linux {
                 Err(e) => fail(&mut report, &e),
             }
         }
+        for name in &adopt {
+            match self.to_overlay(name).await {
+                Ok(()) => report.endpoints_repaired += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        for name in &legacy_remove {
+            match self.remove_link(name).await {
+                Ok(()) => report.removed += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
         for vni in &remove {
             match self.remove_network(*vni).await {
                 Ok(()) => report.removed += 1,
+                Err(e) => fail(&mut report, &e),
+            }
+        }
+        for vni in &host_remove {
+            match self.remove_link(&host_name(*vni)).await {
+                Ok(()) => report.addresses_changed += 1,
                 Err(e) => fail(&mut report, &e),
             }
         }
@@ -290,21 +373,15 @@ impl Linux {
         for (vni, name) in enslave {
             let Some((br, _)) = indices.get(&vni) else { continue };
             let msg = LinkUnspec::new_with_name(&name).controller(*br).up().build();
-            match self.handle().link().set(msg).execute().await {
+            match self.set_ov_link(msg, format!("enslave {name}")).await {
                 Ok(()) => report.endpoints_repaired += 1,
-                Err(e) => fail(&mut report, &Error::netlink(format!("enslave {name}"), e)),
-            }
-        }
-        for (vni, addr) in address_del {
-            let Some((br, _)) = indices.get(&vni) else { continue };
-            match self.bridge_address_del(*br, vni, addr).await {
-                Ok(()) => report.addresses_changed += 1,
                 Err(e) => fail(&mut report, &e),
             }
         }
-        for (vni, addr) in address_add {
-            let Some((br, _)) = indices.get(&vni) else { continue };
-            match self.bridge_address_add(*br, vni, addr).await {
+        let host = |vni: u32| observed.networks.get(&vni).and_then(|n| n.host);
+        for (vni, addr) in address_del {
+            let Some(ix) = host(vni) else { continue };
+            match self.host_address_del(ix, vni, addr).await {
                 Ok(()) => report.addresses_changed += 1,
                 Err(e) => fail(&mut report, &e),
             }
@@ -344,87 +421,78 @@ impl Linux {
         Ok(report)
     }
 
-    /// Creates a network's bridge and VXLAN device if missing; returns their
-    /// indices.
+    /// Creates a network's bridge, VXLAN device and host end (if it has a
+    /// gateway address) where missing; returns the bridge's and the VXLAN
+    /// device's indices.
     pub async fn ensure_network(&self, net: &Network) -> Result<(u32, u32), Error> {
         let br_ix = self.ensure_bridge(net).await?;
         let vx_ix = self.ensure_vxlan(net, br_ix).await?;
+        if let Some(addr) = net.gateway {
+            self.ensure_host(net.vni, net.mtu, addr, br_ix).await?;
+        }
         Ok((br_ix, vx_ix))
     }
 
-    /// The network's bridge, created if missing (with the network's
-    /// gateway address, so a container attached right away reaches it);
-    /// its index. A device of its name that is no bridge is refused. An
-    /// existing bridge's addresses are left to reconcile.
+    /// The network's bridge in the overlay namespace, created if missing;
+    /// its index. A device of its name that is no bridge is refused.
     pub(crate) async fn ensure_bridge(&self, net: &Network) -> Result<u32, Error> {
         let br = bridge_name(net.vni);
-        // A bridge whose address was never set takes the lowest of its
-        // ports' addresses, so the gateway's MAC changed whenever a
-        // container with a lower one came or went, and the containers'
-        // ARP entries for the gateway (their DNS, their way out) pointed
-        // nowhere until they aged out, about 30 s. Set at creation, the
-        // address stays (Docker's bridge driver does the same).
-        let bridge = LinkBridge::new(&br).mtu(net.mtu).address(random_mac()).build();
-        let created = match self.handle().link().add(bridge).execute().await {
-            Ok(()) => true,
-            other => {
-                ignore(other, EEXIST)
-                    .map_err(|e| Error::netlink(format!("create bridge {br}"), e))?;
-                false
-            }
-        };
-        let (ix, kind) = self.link(&br).await?.ok_or_else(|| gone(&br))?;
+        let bridge = LinkBridge::new(&br).mtu(net.mtu).build();
+        ignore(self.ov().link().add(bridge).execute().await, EEXIST)
+            .map_err(|e| Error::netlink(format!("create bridge {br}"), e))?;
+        let (ix, kind) = link_in(self.ov(), &br).await?.ok_or_else(|| gone(&br))?;
         let LinkKind::Bridge = kind else { return Err(kind.not_ours(br, "bridge")) };
-        if let (true, Some(addr)) = (created, net.gateway) {
-            self.bridge_address_add(ix, net.vni, addr).await?;
-        }
-        if created {
-            self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(ix);
-        } else {
-            self.pin_mac(ix, &br).await?;
-        }
+        self.set_ov_link(LinkUnspec::new_with_index(ix).up().build(), format!("set {br} up"))
+            .await?;
         Ok(ix)
     }
 
-    /// A bridge made by an older version has no MAC of its own and follows
-    /// its lowest port's. Setting its current address once marks it as
-    /// chosen, which the kernel then keeps: its gateway MAC stops moving
-    /// without changing now. Once per bridge and process, because each set
-    /// also flushes the bridge's neighbour entries.
-    async fn pin_mac(&self, ix: u32, br: &str) -> Result<(), Error> {
-        if self.pinned.lock().unwrap_or_else(|p| p.into_inner()).contains(&ix) {
-            return Ok(());
+    /// The network's host end: `ndhost<VNI>` here with the gateway address
+    /// and Docker's MAC for it, its peer a port of the bridge `br_ix`.
+    /// Made whole again if half of it is missing; an existing one keeps its
+    /// addresses (reconcile's to change).
+    async fn ensure_host(
+        &self,
+        vni: u32,
+        mtu: u32,
+        (addr, prefix): (Ipv4Addr, u8),
+        br_ix: u32,
+    ) -> Result<(), Error> {
+        let (host, port) = (host_name(vni), host_port_name(vni));
+        let what = |step: &str| format!("{step} {host}, the host's end of network {vni}");
+        let have_host = self.index(&host).await?;
+        if have_host.is_none() || index_in(self.ov(), &port).await?.is_none() {
+            self.remove_link(&host).await?;
+            self.add_veth(&host, &port, Some(mtu)).await?;
+            self.to_overlay(&port).await?;
+            let ix = self.index(&host).await?.ok_or_else(|| gone(&host))?;
+            // The container's ARP entry for the gateway stays right when
+            // the pair is made again.
+            let mac =
+                LinkUnspec::new_with_index(ix).address(Mac::from_ipv4(addr).0.to_vec()).build();
+            self.set_link(mac, what("set the MAC of")).await?;
+            self.host_address_add(ix, vni, (addr, prefix)).await?;
         }
-        let mut links = self.handle().link().get().match_index(ix).execute();
-        let msg = links.try_next().await.map_err(|e| Error::netlink(format!("read {br}"), e))?;
-        let mac = msg.into_iter().flat_map(|m| m.attributes).find_map(|a| match a {
-            LinkAttribute::Address(mac) => Some(mac),
-            _ => None,
-        });
-        if let Some(mac) = mac {
-            let set = LinkUnspec::new_with_index(ix).address(mac).build();
-            self.set_link(set, format!("pin the MAC of {br}")).await?;
-        }
-        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(ix);
-        Ok(())
+        let enslave = LinkUnspec::new_with_name(&port).controller(br_ix).up().build();
+        self.set_ov_link(enslave, what("put on the bridge the port of")).await
     }
 
-    /// Gives network `vni`'s bridge (index `ix`) an address, and keeps it
-    /// up: the containers reach the host through it.
-    async fn bridge_address_add(
+    /// Gives network `vni`'s host end (index `ix`) an address, and keeps
+    /// it up: the containers reach the host through it.
+    async fn host_address_add(
         &self,
         ix: u32,
         vni: u32,
         (addr, prefix): (Ipv4Addr, u8),
     ) -> Result<(), Error> {
-        let br = bridge_name(vni);
+        let host = host_name(vni);
         ignore(self.handle().address().add(ix, IpAddr::V4(addr), prefix).execute().await, EEXIST)
-            .map_err(|e| Error::netlink(format!("add address {addr}/{prefix} to {br}"), e))?;
-        self.set_link(LinkUnspec::new_with_index(ix).up().build(), format!("set {br} up")).await
+            .map_err(|e| Error::netlink(format!("add address {addr}/{prefix} to {host}"), e))?;
+        self.set_link(LinkUnspec::new_with_index(ix).up().build(), format!("set {host} up")).await
     }
 
-    /// Removes an address from network `vni`'s bridge (index `ix`).
-    async fn bridge_address_del(
+    /// Removes an address from network `vni`'s host end (index `ix`).
+    async fn host_address_del(
         &self,
         ix: u32,
         vni: u32,
@@ -436,14 +504,16 @@ impl Linux {
         msg.header.index = ix;
         msg.attributes.push(AddressAttribute::Local(IpAddr::V4(addr)));
         msg.attributes.push(AddressAttribute::Address(IpAddr::V4(addr)));
-        let what = || format!("remove address {addr}/{prefix} from {}", bridge_name(vni));
+        let what = || format!("remove address {addr}/{prefix} from {}", host_name(vni));
         // EADDRNOTAVAIL: removed meanwhile, which is what was wanted.
         ignore(self.handle().address().del(msg).execute().await, EADDRNOTAVAIL)
             .map_err(|e| Error::netlink(what(), e))
     }
 
     /// The network's VXLAN device, created if missing, enslaved to the
-    /// bridge `br_ix` and up (which opens its UDP socket); its index.
+    /// bridge `br_ix` and up (which opens its UDP socket); its index. It is
+    /// made from the agent's namespace straight into the overlay one: its
+    /// socket stays with the namespace it was made from, the underlay's.
     pub(crate) async fn ensure_vxlan(&self, net: &Network, br_ix: u32) -> Result<u32, Error> {
         let vx = vxlan_name(net.vni);
         let vxlan = LinkVxlan::new(&vx, net.vni)
@@ -452,22 +522,27 @@ impl Linux {
             .learning(false)
             .proxy(true)
             .mtu(net.mtu)
-            .controller(br_ix)
-            .up()
+            .setns_by_fd(self.overlay_file.as_raw_fd())
             .build();
         let want = net.vxlan_attrs();
         // Ours by name, but made with other settings (an earlier run's
         // port or address, a hand edit): made again.
-        if let Some((ix, LinkKind::Vxlan(have))) = self.link(&vx).await?
+        if let Some((ix, LinkKind::Vxlan(have))) = link_in(self.ov(), &vx).await?
             && have != want
         {
             tracing::warn!(device = %vx, ?have, ?want, "replacing a VXLAN device made with other settings");
-            ignore(self.handle().link().del(ix).execute().await, ENODEV)
+            ignore(self.ov().link().del(ix).execute().await, ENODEV)
                 .map_err(|e| Error::netlink(format!("delete {vx}"), e))?;
         }
-        ignore(self.handle().link().add(vxlan).execute().await, EEXIST)
-            .map_err(|e| Error::netlink(format!("create VXLAN {vx} (VNI {})", net.vni), e))?;
-        let vx_ix = match self.link(&vx).await?.ok_or_else(|| gone(&vx))? {
+        if link_in(self.ov(), &vx).await?.is_none() {
+            self.handle()
+                .link()
+                .add(vxlan)
+                .execute()
+                .await
+                .map_err(|e| Error::netlink(format!("create VXLAN {vx} (VNI {})", net.vni), e))?;
+        }
+        let vx_ix = match link_in(self.ov(), &vx).await?.ok_or_else(|| gone(&vx))? {
             (ix, LinkKind::Vxlan(have)) if have == want => ix,
             (_, LinkKind::Vxlan(have)) => {
                 return Err(Error::Netlink {
@@ -480,13 +555,15 @@ impl Linux {
             (_, other) => return Err(other.not_ours(vx, "VXLAN device")),
         };
         let up = LinkUnspec::new_with_index(vx_ix).controller(br_ix).up().build();
-        self.set_link(up, format!("set {vx} up")).await?;
+        self.set_ov_link(up, format!("set {vx} up")).await?;
         Ok(vx_ix)
     }
 
+    /// A network's devices: the VXLAN device and the bridge in the overlay
+    /// namespace, the host end here.
     async fn remove_network(&self, vni: u32) -> Result<(), Error> {
         for name in [vxlan_name(vni), bridge_name(vni)] {
-            let Some((ix, kind)) = self.link(&name).await? else { continue };
+            let Some((ix, kind)) = link_in(self.ov(), &name).await? else { continue };
             // Only devices of the kind we make: someone else's of our name
             // stays.
             let ours = matches!(
@@ -495,11 +572,11 @@ impl Linux {
                     | (Some((DeviceKind::Vxlan, _)), LinkKind::Vxlan(_))
             );
             if ours {
-                ignore(self.handle().link().del(ix).execute().await, ENODEV)
+                ignore(self.ov().link().del(ix).execute().await, ENODEV)
                     .map_err(|e| Error::netlink(format!("delete {name}"), e))?;
             }
         }
-        Ok(())
+        self.remove_link(&host_name(vni)).await
     }
 
     async fn remove_link(&self, name: &str) -> Result<(), Error> {
@@ -625,8 +702,9 @@ impl Linux {
         // The veth's MTU option sets the host side only.
         let setup = LinkUnspec::new_with_name(peer).address(ep.mac.0.to_vec()).mtu(net.mtu).build();
         self.set_link(setup, what("configure the peer")).await?;
+        self.to_overlay(&ep.host_ifname).await?;
         let host_side = LinkUnspec::new_with_name(&ep.host_ifname).controller(bridge).up().build();
-        self.set_link(host_side, what("enslave veth")).await
+        self.set_ov_link(host_side, what("enslave veth")).await
     }
 
     /// The endpoint's way out: a veth on the gateway bridge, addressed in
@@ -635,7 +713,7 @@ impl Linux {
         &self,
         ep: &Endpoint,
         egress: &Egress,
-        netns_file: &std::fs::File,
+        netns_file: &File,
         inside: &Connection,
     ) -> Result<(), Error> {
         let what = |step: &str| format!("{step} for endpoint {}'s way out", ep.host_ifname);
@@ -682,14 +760,15 @@ impl Linux {
         ep: &Endpoint,
         bridge: u32,
         peer: &str,
-        netns_file: &std::fs::File,
+        netns_file: &File,
         inside: &Connection,
     ) -> Result<(), Error> {
         let what = |step: &str| format!("{step} for endpoint {}", ep.host_ifname);
         let move_peer = LinkUnspec::new_with_name(peer).setns_by_fd(netns_file.as_raw_fd()).build();
         self.set_link(move_peer, what("move veth")).await?;
+        self.to_overlay(&ep.host_ifname).await?;
         let host_side = LinkUnspec::new_with_name(&ep.host_ifname).controller(bridge).up().build();
-        self.set_link(host_side, what("enslave veth")).await?;
+        self.set_ov_link(host_side, what("enslave veth")).await?;
         let h = &inside.handle;
         let ix = index_in(h, peer).await?.ok_or_else(|| gone(peer))?;
         let setup = LinkUnspec::new_with_index(ix)
@@ -722,7 +801,8 @@ impl Linux {
         Ok(())
     }
 
-    /// A veth pair `host` - `peer`, both here; `None`: the kernel's MTU.
+    /// A veth pair `host` - `peer`, both in the agent's namespace; `None`:
+    /// the kernel's MTU.
     pub(crate) async fn add_veth(
         &self,
         host: &str,
@@ -745,11 +825,17 @@ impl Linux {
     /// of its name still here (a Docker endpoint Docker never took: it
     /// normally goes with its host side, but a device of that name would
     /// make the next attach fail); `Ok(false)` if all were already gone.
+    /// The overlay veth's host side is looked for in both namespaces: an
+    /// attach that failed before moving it, or an older version, left it
+    /// here.
     pub async fn detach(&self, host_ifname: &str) -> Result<bool, Error> {
         let mut found = false;
-        for name in [host_ifname.to_string(), gateway_veth(host_ifname), peer_name(host_ifname)] {
-            let Some(ix) = self.index(&name).await? else { continue };
-            ignore(self.handle().link().del(ix).execute().await, ENODEV)
+        let names = [host_ifname.to_string(), gateway_veth(host_ifname), peer_name(host_ifname)];
+        let places = std::iter::once((self.ov(), host_ifname.to_string()))
+            .chain(names.into_iter().map(|n| (self.handle(), n)));
+        for (h, name) in places {
+            let Some(ix) = index_in(h, &name).await? else { continue };
+            ignore(h.link().del(ix).execute().await, ENODEV)
                 .map_err(|e| Error::netlink(format!("delete veth {name}"), e))?;
             found = true;
         }
@@ -760,18 +846,6 @@ impl Linux {
         index_in(self.handle(), name).await
     }
 
-    /// A link's index and kind, if it exists.
-    async fn link(&self, name: &str) -> Result<Option<(u32, LinkKind)>, Error> {
-        let mut links = self.handle().link().get().match_name(name.to_string()).execute();
-        match links.try_next().await {
-            Ok(msg) => Ok(msg.map(|m| (m.header.index, LinkKind::of(&m)))),
-            Err(rtnetlink::Error::NetlinkError(m)) if matches!(-m.raw_code(), ENODEV | ENOENT) => {
-                Ok(None)
-            }
-            Err(e) => Err(Error::netlink(format!("look up {name}"), e)),
-        }
-    }
-
     fn fdb_add(
         &self,
         vx: u32,
@@ -779,7 +853,7 @@ impl Linux {
         host: Ipv4Addr,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let req = self
-            .handle()
+            .ov()
             .neighbours()
             .add_bridge(vx, &mac.0)
             .destination(IpAddr::V4(host))
@@ -802,7 +876,7 @@ impl Linux {
         msg.header.flags = NeighbourFlags::Own;
         msg.attributes.push(NeighbourAttribute::LinkLayerAddress(mac.0.to_vec()));
         msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(host)));
-        let req = self.handle().neighbours().del(msg);
+        let req = self.ov().neighbours().del(msg);
         async move {
             ignore(req.execute().await, ENOENT)
                 .map_err(|e| Error::netlink(format!("delete FDB {mac}"), e))
@@ -816,7 +890,7 @@ impl Linux {
         mac: Mac,
     ) -> impl Future<Output = Result<(), Error>> + Send + 'static {
         let req =
-            self.handle().neighbours().add(vx, IpAddr::V4(ip)).link_layer_address(&mac.0).replace();
+            self.ov().neighbours().add(vx, IpAddr::V4(ip)).link_layer_address(&mac.0).replace();
         async move {
             req.execute().await.map_err(|e| Error::netlink(format!("add neighbor {ip} → {mac}"), e))
         }
@@ -832,7 +906,7 @@ impl Linux {
         msg.header.family = AddressFamily::Inet;
         msg.header.ifindex = vx;
         msg.attributes.push(NeighbourAttribute::Destination(NeighbourAddress::Inet(ip)));
-        let req = self.handle().neighbours().del(msg);
+        let req = self.ov().neighbours().del(msg);
         async move {
             ignore(req.execute().await, ENOENT)
                 .map_err(|e| Error::netlink(format!("delete neighbor {ip}"), e))
@@ -841,7 +915,7 @@ impl Linux {
 }
 
 /// A link's kind, as far as our devices go.
-enum LinkKind {
+pub(crate) enum LinkKind {
     Bridge,
     Vxlan(VxlanAttrs),
     /// Any other kind, by the kernel's name for it.
@@ -849,7 +923,7 @@ enum LinkKind {
 }
 
 impl LinkKind {
-    fn of(msg: &LinkMessage) -> LinkKind {
+    pub(crate) fn of(msg: &LinkMessage) -> LinkKind {
         let infos = msg.attributes.iter().find_map(|a| match a {
             LinkAttribute::LinkInfo(i) => Some(i),
             _ => None,
@@ -941,9 +1015,14 @@ fn gone(name: &str) -> Error {
 }
 
 async fn index_in(h: &Handle, name: &str) -> Result<Option<u32>, Error> {
+    Ok(link_in(h, name).await?.map(|(ix, _)| ix))
+}
+
+/// A link's index and kind, if it exists in `h`'s namespace.
+async fn link_in(h: &Handle, name: &str) -> Result<Option<(u32, LinkKind)>, Error> {
     let mut links = h.link().get().match_name(name.to_string()).execute();
     match links.try_next().await {
-        Ok(msg) => Ok(msg.map(|m| m.header.index)),
+        Ok(msg) => Ok(msg.map(|m| (m.header.index, LinkKind::of(&m)))),
         Err(rtnetlink::Error::NetlinkError(m)) if matches!(-m.raw_code(), ENODEV | ENOENT) => {
             Ok(None)
         }
@@ -1010,15 +1089,4 @@ impl Kernel for Linux {
     ) -> impl Future<Output = Result<ReconcileReport, Error>> + Send {
         Linux::reconcile(self, desired)
     }
-}
-
-/// A random locally administered unicast MAC. `RandomState` is the
-/// standard library's per-process random key source; its hash of nothing
-/// is 64 random bits.
-fn random_mac() -> Vec<u8> {
-    use std::hash::{BuildHasher, Hasher};
-    let bits = std::collections::hash_map::RandomState::new().build_hasher().finish();
-    let mut mac = bits.to_le_bytes()[..6].to_vec();
-    mac[0] = (mac[0] & 0xfe) | 0x02;
-    mac
 }

@@ -19,7 +19,7 @@ use crate::plan::{
 };
 use crate::{
     Desired, Endpoint, Error, GATEWAY_BRIDGE, Kernel, Mac, Network, ReconcileReport, bridge_name,
-    gateway_veth, peer_name, vxlan_name,
+    gateway_veth, host_name, host_port_name, peer_name, vxlan_name,
 };
 
 /// Longest interface name Linux takes (IFNAMSIZ - 1).
@@ -35,9 +35,11 @@ pub struct Memory {
 #[derive(Debug, Default)]
 struct State {
     next_index: u32,
-    /// Links of the agent's namespace by name: index and bridge (master).
+    /// Links of the agent's and the overlay namespaces by name (ours never
+    /// share one): index, bridge (master) and namespace.
     links: BTreeMap<String, Link>,
-    /// Our bridge and VXLAN device of each network, and the VXLAN's entries.
+    /// Our bridge, VXLAN device and host end of each network, and the
+    /// VXLAN's entries.
     networks: BTreeMap<u32, Devices>,
     /// Interface names inside each container namespace.
     inside: BTreeMap<PathBuf, BTreeSet<String>>,
@@ -58,19 +60,33 @@ struct State {
 struct Link {
     index: u32,
     master: Option<u32>,
+    /// In the overlay namespace, not the agent's.
+    overlay: bool,
+}
+
+impl Link {
+    fn agent(index: u32, master: Option<u32>) -> Link {
+        Link { index, master, overlay: false }
+    }
+
+    fn overlay(index: u32, master: Option<u32>) -> Link {
+        Link { index, master, overlay: true }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Devices {
     bridge: Option<u32>,
     vxlan: Option<u32>,
+    /// The host end (`ndhost<VNI>`, whose peer is a port of the bridge).
+    host: Option<u32>,
     /// The VXLAN device's MTU, source address and port, as created.
     mtu: u32,
     local: Option<Ipv4Addr>,
     port: u16,
     fdb: BTreeMap<Mac, Ipv4Addr>,
     neigh: BTreeMap<Ipv4Addr, Mac>,
-    /// The bridge's IPv4 addresses.
+    /// The host end's IPv4 addresses.
     addresses: BTreeSet<(Ipv4Addr, u8)>,
 }
 
@@ -124,8 +140,8 @@ impl Memory {
         self.lock().inside.entry(netns.to_path_buf()).or_default().insert(ifname.into());
     }
 
-    /// Deletes a link of the agent's namespace by hand, as an operator
-    /// could; `false` if there was none.
+    /// Deletes a link (of either namespace) by hand, as an operator could;
+    /// `false` if there was none.
     pub fn delete_link(&self, name: &str) -> bool {
         self.lock().delete_link(name)
     }
@@ -151,6 +167,7 @@ impl State {
                 ObservedNetwork {
                     bridge: d.bridge,
                     vxlan: d.vxlan,
+                    host: d.host,
                     fdb: d.fdb.clone(),
                     neigh: d.neigh.clone(),
                     vxlan_attrs: d.vxlan.map(|_| VxlanAttrs {
@@ -162,7 +179,10 @@ impl State {
                 },
             );
         }
-        out.links = self.links.iter().map(|(name, l)| (name.clone(), l.master)).collect();
+        for (name, l) in &self.links {
+            let links = if l.overlay { &mut out.links } else { &mut out.agent_links };
+            links.insert(name.clone(), l.master);
+        }
         out.gateway = self.gateway.clone();
         out.nftables = self.nftables.clone().map_or(Ruleset::Absent, Ruleset::Holds);
         out.forwarding = self.forwarding;
@@ -175,7 +195,7 @@ impl State {
             Some(g) => g.index,
             None => {
                 let index = self.index();
-                self.links.insert(GATEWAY_BRIDGE.into(), Link { index, master: None });
+                self.links.insert(GATEWAY_BRIDGE.into(), Link::agent(index, None));
                 index
             }
         };
@@ -186,19 +206,35 @@ impl State {
         index
     }
 
-    /// The network's devices, made if missing (a new bridge with the
+    /// The network's devices, made if missing (a new host end with the
     /// network's gateway address); the bridge's index.
     fn ensure_network(&mut self, net: &Network) -> u32 {
         let bridge = match self.networks.get(&net.vni).and_then(|d| d.bridge) {
             Some(ix) => ix,
             None => {
                 let ix = self.index();
-                self.links.insert(bridge_name(net.vni), Link { index: ix, master: None });
-                self.networks.entry(net.vni).or_default().addresses =
-                    net.gateway.into_iter().collect();
+                self.links.insert(bridge_name(net.vni), Link::overlay(ix, None));
                 ix
             }
         };
+        self.networks.entry(net.vni).or_default().bridge = Some(bridge);
+        if net.gateway.is_some() {
+            let port = host_port_name(net.vni);
+            let whole = self.networks[&net.vni].host.is_some() && self.links.contains_key(&port);
+            if !whole {
+                self.delete_link(&host_name(net.vni));
+                let ix = self.index();
+                self.links.insert(host_name(net.vni), Link::agent(ix, None));
+                let port_ix = self.index();
+                self.links.insert(port.clone(), Link::overlay(port_ix, None));
+                let d = self.networks.entry(net.vni).or_default();
+                d.host = Some(ix);
+                d.addresses = net.gateway.into_iter().collect();
+            }
+            if let Some(l) = self.links.get_mut(&port) {
+                l.master = Some(bridge);
+            }
+        }
         // A VXLAN device made with other settings is made again, as Linux
         // does it.
         let stale = self
@@ -210,7 +246,7 @@ impl State {
         }
         if self.networks.get(&net.vni).and_then(|d| d.vxlan).is_none() {
             let ix = self.index();
-            self.links.insert(vxlan_name(net.vni), Link { index: ix, master: Some(bridge) });
+            self.links.insert(vxlan_name(net.vni), Link::overlay(ix, Some(bridge)));
             let d = self.networks.entry(net.vni).or_default();
             d.vxlan = Some(ix);
             d.mtu = net.mtu;
@@ -242,14 +278,14 @@ impl State {
         let bridge = self.ensure_network(net);
         self.detach(&ep.host_ifname);
         let index = self.index();
-        self.links.insert(ep.host_ifname.clone(), Link { index, master: Some(bridge) });
+        self.links.insert(ep.host_ifname.clone(), Link::overlay(index, Some(bridge)));
         self.inside.entry(ep.netns.clone()).or_default().insert(ep.ifname.clone());
         self.wired.insert(ep.host_ifname.clone(), ep.clone());
         if let Some(e) = &ep.egress {
             let master = self.ensure_gateway((e.gateway, e.prefix));
             let port = gateway_veth(&ep.host_ifname);
             let index = self.index();
-            self.links.insert(port.clone(), Link { index, master: Some(master) });
+            self.links.insert(port.clone(), Link::agent(index, Some(master)));
             self.inside.entry(ep.netns.clone()).or_default().insert(e.ifname.clone());
             self.gateway_ports.insert(port, (ep.netns.clone(), e.ifname.clone()));
         }
@@ -262,9 +298,9 @@ impl State {
         let bridge = self.ensure_network(net);
         self.detach(&ep.host_ifname);
         let index = self.index();
-        self.links.insert(ep.host_ifname.clone(), Link { index, master: Some(bridge) });
+        self.links.insert(ep.host_ifname.clone(), Link::overlay(index, Some(bridge)));
         let index = self.index();
-        self.links.insert(peer_name(&ep.host_ifname), Link { index, master: None });
+        self.links.insert(peer_name(&ep.host_ifname), Link::agent(index, None));
         self.wired.insert(ep.host_ifname.clone(), ep.clone());
         Ok(())
     }
@@ -312,18 +348,28 @@ impl State {
                 l.master = None;
             }
         }
-        for d in self.networks.values_mut() {
-            if d.bridge == Some(link.index) {
+        let mut pair = None;
+        for (vni, d) in &mut self.networks {
+            if d.bridge == Some(link.index) && link.overlay {
                 d.bridge = None;
-                d.addresses.clear();
             }
-            if d.vxlan == Some(link.index) {
+            if d.vxlan == Some(link.index) && link.overlay {
                 d.vxlan = None;
                 d.fdb.clear();
                 d.neigh.clear();
             }
+            // The host end and its port are a veth pair: one goes, both go.
+            if (d.host == Some(link.index) && !link.overlay) || name == host_port_name(*vni) {
+                d.host = None;
+                d.addresses.clear();
+                pair = Some(*vni);
+            }
         }
-        self.networks.retain(|_, d| d.bridge.is_some() || d.vxlan.is_some());
+        if let Some(vni) = pair {
+            self.links.remove(&host_name(vni));
+            self.links.remove(&host_port_name(vni));
+        }
+        self.networks.retain(|_, d| d.bridge.is_some() || d.vxlan.is_some() || d.host.is_some());
         true
     }
 
@@ -331,15 +377,17 @@ impl State {
         let mut observed = self.observe();
         observed.netns_gone = gone_namespaces(desired);
         let Plan {
+            adopt,
+            legacy_remove,
             create,
             remove,
+            host_remove,
             fdb_add,
             fdb_del,
             neigh_add,
             neigh_del,
             reattach,
             enslave,
-            address_add,
             address_del,
             gateway,
             gateway_remove,
@@ -357,10 +405,25 @@ impl State {
             self.forwarding = true;
             report.gateway_changed += 1;
         }
+        for name in adopt {
+            if let Some(l) = self.links.get_mut(&name) {
+                l.overlay = true;
+                report.endpoints_repaired += 1;
+            }
+        }
+        for name in legacy_remove {
+            self.delete_link(&name);
+            report.removed += 1;
+        }
         for vni in remove {
             self.delete_link(&vxlan_name(vni));
             self.delete_link(&bridge_name(vni));
+            self.delete_link(&host_name(vni));
             report.removed += 1;
+        }
+        for vni in host_remove {
+            self.delete_link(&host_name(vni));
+            report.addresses_changed += 1;
         }
         for vni in create {
             self.ensure_network(&desired[&vni]);
@@ -397,12 +460,6 @@ impl State {
         }
         for (vni, addr) in address_del {
             if self.networks.get_mut(&vni).is_some_and(|d| d.addresses.remove(&addr)) {
-                report.addresses_changed += 1;
-            }
-        }
-        for (vni, addr) in address_add {
-            if let Some(d) = self.networks.get_mut(&vni).filter(|d| d.bridge.is_some()) {
-                d.addresses.insert(addr);
                 report.addresses_changed += 1;
             }
         }
@@ -558,7 +615,7 @@ mod tests {
     }
 
     #[test]
-    fn a_docker_endpoint_leaves_its_peer_and_the_bridge_holds_the_gateway() {
+    fn a_docker_endpoint_leaves_its_peer_and_the_host_end_holds_the_gateway() {
         let k = Memory::new();
         let gw = (Ipv4Addr::new(10, 0, 0, 1), 24);
         let ep = docker_endpoint("ndve1", 2);
@@ -571,14 +628,29 @@ mod tests {
         run(k.attach(&desired[&4096], &ep)).unwrap();
         let seen = k.observe();
         assert_eq!(seen.links["ndve1"], seen.networks[&4096].bridge);
-        assert_eq!(seen.links[&peer_name("ndve1")], None, "left here for Docker");
+        assert_eq!(seen.agent_links[&peer_name("ndve1")], None, "left here for Docker");
         assert_eq!(seen.networks[&4096].addresses, BTreeSet::from([gw]));
+        assert!(seen.agent_links.contains_key(&host_name(4096)));
+        assert_eq!(seen.links[&host_port_name(4096)], seen.networks[&4096].bridge);
         assert_eq!(run(k.reconcile(&desired)).unwrap().changes(), 0);
 
         let moved = (Ipv4Addr::new(10, 0, 0, 254), 24);
         desired.get_mut(&4096).unwrap().gateway = Some(moved);
-        assert_eq!(run(k.reconcile(&desired)).unwrap().addresses_changed, 2);
+        let r = run(k.reconcile(&desired)).unwrap();
+        assert_eq!((r.created, r.addresses_changed), (1, 1), "made again: {r:?}");
         assert_eq!(k.observe().networks[&4096].addresses, BTreeSet::from([moved]));
+
+        // The host end deleted by hand: made again whole, with the address.
+        assert!(k.delete_link(&host_port_name(4096)));
+        assert!(!k.observe().agent_links.contains_key(&host_name(4096)), "a pair dies whole");
+        assert_eq!(run(k.reconcile(&desired)).unwrap().created, 1);
+        assert_eq!(k.observe().networks[&4096].addresses, BTreeSet::from([moved]));
+        // No gateway any more: the host end goes.
+        let mut bare = desired.clone();
+        bare.get_mut(&4096).unwrap().gateway = None;
+        assert_eq!(run(k.reconcile(&bare)).unwrap().addresses_changed, 1);
+        assert!(!k.observe().agent_links.contains_key(&host_name(4096)));
+        assert_eq!(run(k.reconcile(&desired)).unwrap().created, 1);
 
         // The container's namespace destroyed: the pair goes, and the
         // endpoint is left to the agent.
@@ -619,6 +691,7 @@ mod tests {
         let r = run(k.reconcile(&Desired::new())).unwrap();
         assert_eq!((r.nft_changed, r.gateway_changed, r.removed), (1, 1, 1), "{r:?}");
         assert_eq!(k.nftables(), None);
-        assert!(k.observe().links.is_empty(), "{:?}", k.observe().links);
+        let left = k.observe();
+        assert!(left.links.is_empty() && left.agent_links.is_empty(), "{left:?}");
     }
 }

@@ -4,22 +4,26 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::{Desired, Endpoint, Mac, Network, gateway_veth, netns_gone, ruleset};
+use crate::{Desired, Endpoint, Mac, gateway_veth, host_port_name, netns_gone, ruleset};
 
 /// One network's devices and entries as read from the kernel.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct ObservedNetwork {
-    /// The bridge's interface index, if it exists.
+    /// The bridge's interface index (overlay namespace), if it exists.
     pub bridge: Option<u32>,
-    /// The VXLAN device's interface index, if it exists.
+    /// The VXLAN device's interface index (overlay namespace), if it
+    /// exists.
     pub vxlan: Option<u32>,
+    /// The index of the host's end [`crate::host_name`] (agent's
+    /// namespace), if it exists.
+    pub host: Option<u32>,
     /// FDB entries of the VXLAN device itself (NTF_SELF): MAC → remote host.
     pub fdb: BTreeMap<Mac, Ipv4Addr>,
     /// Permanent neighbor entries of the VXLAN device: IP → MAC.
     pub neigh: BTreeMap<Ipv4Addr, Mac>,
     /// The VXLAN device's attributes, as the kernel reports them.
     pub vxlan_attrs: Option<VxlanAttrs>,
-    /// The bridge's IPv4 addresses and prefix lengths.
+    /// The host end's IPv4 addresses and prefix lengths.
     pub addresses: BTreeSet<(Ipv4Addr, u8)>,
 }
 
@@ -37,13 +41,21 @@ pub struct VxlanAttrs {
 }
 
 /// The kernel as read: our devices by VNI, and every link's bridge (by
-/// name, `None` when it has none).
+/// name, `None` when it has none) in the overlay and the agent's
+/// namespaces.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Observed {
     /// Our devices and their entries, by VNI.
     pub networks: BTreeMap<u32, ObservedNetwork>,
-    /// Every link by name, with its bridge's index.
+    /// Every link of the overlay namespace by name, with its bridge's
+    /// index.
     pub links: BTreeMap<String, Option<u32>>,
+    /// Every link of the agent's namespace by name, with its bridge's
+    /// index.
+    pub agent_links: BTreeMap<String, Option<u32>>,
+    /// Bridges and VXLAN devices of our names and kinds in the agent's
+    /// namespace: an older version's, which kept them there.
+    pub legacy: BTreeSet<String>,
     /// The gateway bridge, if it exists.
     pub gateway: Option<ObservedGateway>,
     /// What netdb's nftables table holds.
@@ -88,10 +100,19 @@ pub enum Nftables {
 /// Work to do, in the order [`crate::Linux`] does it.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Plan {
-    /// Networks whose bridge or VXLAN device is missing.
+    /// Endpoints' veths an older version left in the agent's namespace:
+    /// moved into the overlay namespace (and enslaved, `enslave`).
+    pub adopt: Vec<String>,
+    /// An older version's bridges and VXLAN devices in the agent's
+    /// namespace, removed once their veths are adopted.
+    pub legacy_remove: Vec<String>,
+    /// Networks whose bridge, VXLAN device or host end is missing.
     pub create: Vec<u32>,
     /// Our devices of networks no longer wanted.
     pub remove: Vec<u32>,
+    /// Host ends of networks that no longer have a gateway address, or
+    /// have another one (made again by `create`).
+    pub host_remove: Vec<u32>,
     /// FDB entries to add or replace: (VNI, MAC, remote host).
     pub fdb_add: Vec<(u32, Mac, Ipv4Addr)>,
     /// FDB entries to remove: (VNI, MAC, remote host).
@@ -102,12 +123,11 @@ pub struct Plan {
     pub neigh_del: Vec<(u32, Ipv4Addr, Mac)>,
     /// Local endpoints whose host-side veth is gone: wire them again.
     pub reattach: Vec<(u32, Endpoint)>,
-    /// Local endpoints whose veth left the bridge: enslave it again.
+    /// Local endpoints' veths (and host ends' ports) that left the
+    /// bridge: enslave them again.
     pub enslave: Vec<(u32, String)>,
-    /// Addresses a network's bridge lacks: (VNI, (address, prefix length)).
-    pub address_add: Vec<(u32, (Ipv4Addr, u8))>,
-    /// Addresses a network's bridge must lose: (VNI, (address, prefix
-    /// length)).
+    /// Addresses besides the gateway's a network's host end must lose:
+    /// (VNI, (address, prefix length)).
     pub address_del: Vec<(u32, (Ipv4Addr, u8))>,
     /// The gateway bridge is missing or lacks its address (address,
     /// prefix length): make it so.
@@ -154,10 +174,20 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         }
         None => p.gateway_remove = gateway.is_some(),
     }
+    p.legacy_remove = observed.legacy.iter().cloned().collect();
     for (&vni, net) in desired {
         let seen = observed.networks.get(&vni).unwrap_or(&empty);
         let replacing = seen.vxlan.is_some() && seen.vxlan_attrs != Some(net.vxlan_attrs());
-        let creating = seen.bridge.is_none() || seen.vxlan.is_none() || replacing;
+        let port = host_port_name(vni);
+        // A host end whose address is not the gateway's is made again: its
+        // MAC is Docker's for the address.
+        let host_ok = seen.host.is_some()
+            && observed.links.contains_key(&port)
+            && net.gateway.is_some_and(|g| seen.addresses.contains(&g));
+        let creating = seen.bridge.is_none()
+            || seen.vxlan.is_none()
+            || replacing
+            || (net.gateway.is_some() && !host_ok);
         if creating {
             p.create.push(vni);
         }
@@ -176,9 +206,18 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         };
         diff(vni, &fdb, &seen_entries.fdb, &mut p.fdb_add, fdb_del);
         diff(vni, &neigh, &seen_entries.neigh, &mut p.neigh_add, neigh_del);
-        // A bridge made now gets its address as it is made.
-        if seen.bridge.is_some() {
-            addresses(vni, net, seen, &mut p);
+        // A host end made now gets its address as it is made, and its
+        // port on the bridge.
+        match (net.gateway, seen.host) {
+            (Some(gateway), Some(_)) if host_ok => {
+                let extra = seen.addresses.iter().filter(|a| **a != gateway);
+                p.address_del.extend(extra.map(|a| (vni, *a)));
+                if !creating && observed.links.get(&port) != Some(&seen.bridge) {
+                    p.enslave.push((vni, port));
+                }
+            }
+            (_, Some(_)) => p.host_remove.push(vni),
+            _ => {}
         }
         for (name, ep) in &net.endpoints {
             endpoint(vni, name, ep, seen, creating, observed, &mut p);
@@ -192,14 +231,6 @@ pub fn plan(desired: &Desired, observed: &Observed) -> Plan {
         (None, _) => Some(Nftables::Delete),
     };
     p
-}
-
-/// What an existing bridge must gain and lose so that it holds exactly the
-/// network's gateway address.
-fn addresses(vni: u32, net: &Network, seen: &ObservedNetwork, p: &mut Plan) {
-    let want: BTreeSet<(Ipv4Addr, u8)> = net.gateway.into_iter().collect();
-    p.address_add.extend(want.difference(&seen.addresses).map(|a| (vni, *a)));
-    p.address_del.extend(seen.addresses.difference(&want).map(|a| (vni, *a)));
 }
 
 /// What one local endpoint `name` of network `vni` needs; `creating`: the
@@ -219,8 +250,14 @@ fn endpoint(
     }
     let gateway = observed.gateway.as_ref();
     let gateway_port = ep.way_out().map(|_| gateway_veth(name));
-    let gateway_master = gateway_port.as_ref().map(|g| observed.links.get(g));
+    let gateway_master = gateway_port.as_ref().map(|g| observed.agent_links.get(g));
     match observed.links.get(name) {
+        // Where an older version kept it: moved into the overlay
+        // namespace, whole (a Docker endpoint's too).
+        None if observed.agent_links.contains_key(name) => {
+            p.adopt.push(name.to_string());
+            p.enslave.push((vni, name.to_string()));
+        }
         // Its pair went with the container's namespace: Docker made the
         // container side, so there is nothing here to wire again.
         None if ep.docker => p.orphaned.push(ep.clone()),
@@ -395,7 +432,7 @@ mod tests {
         for net in desired.values() {
             for name in net.endpoints.keys() {
                 o.links.insert(name.clone(), Some(10));
-                o.links.insert(gateway_veth(name), Some(30));
+                o.agent_links.insert(gateway_veth(name), Some(30));
             }
         }
         o.forwarding = true;
@@ -424,7 +461,7 @@ mod tests {
         let mut drift = o.clone();
         drift.nftables = Ruleset::Unknown;
         drift.gateway.as_mut().unwrap().addresses.clear();
-        drift.links.insert(gateway_veth("ndve1"), None);
+        drift.agent_links.insert(gateway_veth("ndve1"), None);
         let p = plan(&desired, &drift);
         assert!(matches!(p.nftables, Some(Nftables::Load(_))));
         assert_eq!(p.gateway, Some((Ipv4Addr::new(198, 18, 0, 1), 16)));
@@ -433,7 +470,7 @@ mod tests {
 
         // The gateway veth gone: the endpoint is wired again whole.
         let mut lost = o.clone();
-        lost.links.remove(&gateway_veth("ndve1"));
+        lost.agent_links.remove(&gateway_veth("ndve1"));
         assert_eq!(plan(&desired, &lost).reattach.len(), 1);
 
         // Nothing needs a way out any more: bridge and table go.
@@ -526,30 +563,68 @@ mod tests {
     }
 
     #[test]
-    fn the_bridge_holds_exactly_the_gateway_address() {
+    fn the_host_end_holds_exactly_the_gateway_address() {
         let gw = (Ipv4Addr::new(10, 0, 0, 1), 24);
         let mut net = network(&[]);
         net.gateway = Some(gw);
         let desired: Desired = [(4096, net)].into();
         let mut o = observed_from(&desired);
+        // No host end yet: the network's devices are made (again), with it.
+        assert_eq!(plan(&desired, &o).create, vec![4096]);
+        o.networks.get_mut(&4096).unwrap().host = Some(12);
+        assert_eq!(plan(&desired, &o).create, vec![4096], "its port is missing");
+        o.links.insert(host_port_name(4096), Some(10));
+        // Another address: made again, with the gateway's.
         let stale = (Ipv4Addr::new(10, 0, 0, 254), 24);
         o.networks.get_mut(&4096).unwrap().addresses = [stale].into();
         let p = plan(&desired, &o);
-        assert_eq!((p.address_add, p.address_del), (vec![(4096, gw)], vec![(4096, stale)]));
+        assert_eq!((p.host_remove, p.create), (vec![4096], vec![4096]));
 
+        // One besides it: removed.
+        o.networks.get_mut(&4096).unwrap().addresses = [gw, stale].into();
+        assert_eq!(plan(&desired, &o).address_del, vec![(4096, stale)]);
         o.networks.get_mut(&4096).unwrap().addresses = [gw].into();
         assert!(plan(&desired, &o).is_empty());
 
-        // No gateway: the bridge loses its address.
+        // Its port off the bridge: put back.
+        o.links.insert(host_port_name(4096), None);
+        assert_eq!(plan(&desired, &o).enslave, vec![(4096, host_port_name(4096))]);
+        o.links.insert(host_port_name(4096), Some(10));
+
+        // No gateway: the host end goes.
         let mut bare = desired.clone();
         bare.get_mut(&4096).unwrap().gateway = None;
-        assert_eq!(plan(&bare, &o).address_del, vec![(4096, gw)]);
+        let p = plan(&bare, &o);
+        assert_eq!(p.host_remove, vec![4096]);
+        assert!(p.address_del.is_empty() && p.create.is_empty(), "{p:?}");
 
-        // A bridge made by this plan is made with its address.
+        // A bridge made by this plan: the host end stays as it is.
         o.networks.get_mut(&4096).unwrap().bridge = None;
         let p = plan(&desired, &o);
         assert_eq!(p.create, vec![4096]);
-        assert!(p.address_add.is_empty() && p.address_del.is_empty(), "{p:?}");
+        assert!(p.host_remove.is_empty() && p.address_del.is_empty(), "{p:?}");
+    }
+
+    #[test]
+    fn an_older_versions_devices_are_replaced_and_its_veths_adopted() {
+        let mut net = network(&[]);
+        net.endpoints.insert("ndve1".into(), endpoint_at("ndve1", "/run/netns/x", 2));
+        net.endpoints.insert("ndve2".into(), docker_endpoint("ndve2", 3));
+        let desired: Desired = [(4096, net)].into();
+        // Everything in the agent's namespace, as an older version made it.
+        let mut o = Observed::default();
+        for name in ["ndbr4096", "ndvx4096"] {
+            o.legacy.insert(name.into());
+            o.agent_links.insert(name.into(), None);
+        }
+        o.agent_links.insert("ndve1".into(), Some(7));
+        o.agent_links.insert("ndve2".into(), Some(7));
+        let p = plan(&desired, &o);
+        assert_eq!(p.adopt, vec!["ndve1".to_string(), "ndve2".to_string()]);
+        assert_eq!(p.legacy_remove, vec!["ndbr4096".to_string(), "ndvx4096".to_string()]);
+        assert_eq!(p.create, vec![4096]);
+        assert_eq!(p.enslave.len(), 2);
+        assert!(p.reattach.is_empty() && p.orphaned.is_empty(), "{p:?}");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! namespace.
 
 use std::net::Ipv4Addr;
+use std::path::Path;
 
 use nix::sched::CloneFlags;
 
@@ -13,13 +14,15 @@ use crate::{Error, Linux, Network};
 /// tried, because an earlier step it depends on failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KernelSupport {
-    /// A network namespace of our own (the probe's sandbox; the agent
-    /// enters containers' namespaces the same way).
+    /// Network namespaces of our own (the probe's sandbox and an overlay
+    /// namespace in it; the agent enters containers' namespaces the same
+    /// way).
     pub netns: Result<(), String>,
     /// A bridge (`ndbr<VNI>`).
     pub bridge: Option<Result<(), String>>,
     /// A VXLAN device with the agent's settings (UDP 4789, learning off,
-    /// ARP proxy on), enslaved to the bridge and up.
+    /// ARP proxy on), made into the overlay namespace, enslaved to the
+    /// bridge and up.
     pub vxlan: Option<Result<(), String>>,
     /// A veth pair (an endpoint's link to its container).
     pub veth: Option<Result<(), String>>,
@@ -55,7 +58,9 @@ fn probe_in_new_namespace(local: Ipv4Addr, mtu: u32) -> KernelSupport {
         }
     };
     runtime.block_on(async {
-        let linux = match Linux::new() {
+        let overlay =
+            crate::netns::fresh().and_then(|f| Linux::with_overlay(Path::new("probe"), f));
+        let linux = match overlay {
             Ok(l) => l,
             Err(e) => {
                 out.netns = Err(e.to_string());

@@ -33,7 +33,16 @@ fn bridge(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// Named namespaces, deleted on drop.
+/// Whether `bridge fdb show` lists a permanent tunnel entry MAC → dst (the
+/// kernel adds `link-netnsid N` between them: the VXLAN device's socket is
+/// in another namespace).
+fn tunnel_entry(fdb: &str, mac: &str, dst: &str) -> bool {
+    fdb.lines()
+        .any(|l| l.starts_with(&format!("{mac} dst {dst} ")) && l.ends_with("self permanent"))
+}
+
+/// Named namespaces, deleted on drop, with the overlay namespace the first
+/// one's `Linux` makes.
 struct Namespaces(Vec<String>);
 
 impl Namespaces {
@@ -48,11 +57,18 @@ impl Namespaces {
     fn path(&self, i: usize) -> PathBuf {
         PathBuf::from(format!("/run/netns/{}", self.0[i]))
     }
+    /// The overlay namespace's name.
+    fn ov(&self) -> String {
+        format!("{}-ov", self.0[0])
+    }
+    fn ov_path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.ov()))
+    }
 }
 
 impl Drop for Namespaces {
     fn drop(&mut self) {
-        for n in &self.0 {
+        for n in self.0.iter().chain([&self.ov()]) {
             let _ = Command::new("ip").args(["netns", "del", n]).status();
         }
     }
@@ -114,31 +130,44 @@ fn reconcile_programs_repairs_and_cleans_the_kernel() {
         return;
     }
     let ns = Namespaces::new("rec", &["host"]);
-    let host = ns.0[0].clone();
+    let (host, ov, ovp) = (ns.0[0].clone(), ns.ov(), ns.ov_path());
     // Keep the host namespace up for the whole test: its devices need it.
     ip(&["-n", &host, "link", "set", "lo", "up"]);
     let desired: Desired = [(4242, network(&[remote(5, 2), remote(6, 3)], &[]))].into();
-    let d = desired.clone();
-    let first = inside(ns.path(0), move || {
-        Box::pin(async move { Linux::new().unwrap().reconcile(&d).await.unwrap() })
-    });
+    let reconcile = |d: Desired| {
+        let ovp = ovp.clone();
+        inside(ns.path(0), move || {
+            Box::pin(async move { Linux::new(&ovp).unwrap().reconcile(&d).await.unwrap() })
+        })
+    };
+    let first = reconcile(desired.clone());
     assert_eq!((first.created, first.fdb_added, first.neigh_added, first.failed), (1, 2, 2, 0));
+    // The overlay's devices live in a namespace of their own, pinned like
+    // `ip netns add`'s, with bridge netfilter off where it exists; the
+    // VXLAN device's socket stays in the host's.
+    assert!(!ip(&["-n", &host, "link", "show"]).contains("ndvx4242"));
+    assert!(ip(&["netns", "list"]).contains(&ov));
+    let hooks = "/proc/sys/net/bridge/bridge-nf-call-iptables";
+    let out = Command::new("ip").args(["netns", "exec", &ov, "cat", hooks]).output().unwrap();
+    if out.status.success() {
+        assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "0", "bridge netfilter");
+    }
+    let host = ov.clone();
+    let links = ip(&["-n", &host, "-d", "link", "show", "ndvx4242"]);
+    assert!(links.contains(&format!("link-netns {}", ns.0[0])), "{links}");
 
     let links = ip(&["-n", &host, "-d", "link", "show", "ndvx4242"]);
     assert!(links.contains("vxlan id 4242") && links.contains("dstport 4789"), "{links}");
     assert!(links.contains("nolearning") && links.contains("proxy"), "{links}");
     assert!(links.contains("master ndbr4242"), "{links}");
     let fdb = bridge(&["-n", &host, "fdb", "show", "dev", "ndvx4242"]);
-    assert!(fdb.contains("02:42:0a:4d:00:05 dst 192.0.2.2 self permanent"), "{fdb}");
-    assert!(fdb.contains("02:42:0a:4d:00:06 dst 192.0.2.3 self permanent"), "{fdb}");
+    assert!(tunnel_entry(&fdb, "02:42:0a:4d:00:05", "192.0.2.2"), "{fdb}");
+    assert!(tunnel_entry(&fdb, "02:42:0a:4d:00:06", "192.0.2.3"), "{fdb}");
     let neigh = ip(&["-n", &host, "neigh", "show", "dev", "ndvx4242"]);
     assert!(neigh.contains("10.77.0.5 lladdr 02:42:0a:4d:00:05 PERMANENT"), "{neigh}");
 
     // In step: nothing to do.
-    let d = desired.clone();
-    let again = inside(ns.path(0), move || {
-        Box::pin(async move { Linux::new().unwrap().reconcile(&d).await.unwrap() })
-    });
+    let again = reconcile(desired.clone());
     assert_eq!(again.changes(), 0, "{again:?}");
 
     // Hand edits: one entry deleted, one stray entry added, one neighbor
@@ -169,10 +198,7 @@ fn reconcile_programs_repairs_and_cleans_the_kernel() {
         "permanent",
     ]);
     ip(&["-n", &host, "neigh", "del", "10.77.0.6", "dev", "ndvx4242"]);
-    let d = desired.clone();
-    let repair = inside(ns.path(0), move || {
-        Box::pin(async move { Linux::new().unwrap().reconcile(&d).await.unwrap() })
-    });
+    let repair = reconcile(desired.clone());
     assert_eq!(
         (repair.fdb_added, repair.fdb_removed, repair.neigh_added, repair.failed),
         (1, 1, 1, 0),
@@ -186,15 +212,11 @@ fn reconcile_programs_repairs_and_cleans_the_kernel() {
 
     // A remote goes away; then the whole network does.
     let smaller: Desired = [(4242, network(&[remote(6, 3)], &[]))].into();
-    let gone = inside(ns.path(0), move || {
-        Box::pin(async move { Linux::new().unwrap().reconcile(&smaller).await.unwrap() })
-    });
+    let gone = reconcile(smaller);
     assert_eq!((gone.fdb_removed, gone.neigh_removed), (1, 1));
     let neigh = ip(&["-n", &host, "neigh", "show", "dev", "ndvx4242"]);
     assert!(!neigh.contains("10.77.0.5"), "{neigh}");
-    let none = inside(ns.path(0), move || {
-        Box::pin(async move { Linux::new().unwrap().reconcile(&Desired::new()).await.unwrap() })
-    });
+    let none = reconcile(Desired::new());
     assert_eq!(none.removed, 1);
     let links = ip(&["-n", &host, "link", "show"]);
     assert!(!links.contains("ndvx4242") && !links.contains("ndbr4242"), "{links}");
@@ -206,14 +228,14 @@ fn endpoints_are_wired_repaired_and_refused_cleanly() {
         return;
     }
     let ns = Namespaces::new("ep", &["host", "c1", "c2"]);
-    let (host, c1, c2) = (ns.0[0].clone(), ns.0[1].clone(), ns.0[2].clone());
+    let (host, c1, c2) = (ns.ov(), ns.0[1].clone(), ns.0[2].clone());
     let e1 = endpoint(ns.path(1), "ndve00000001", 2);
     let e2 = endpoint(ns.path(2), "ndve00000002", 3);
     let net = network(&[], &[e1.clone(), e2.clone()]);
-    let (n, a, b) = (net.clone(), e1.clone(), e2.clone());
+    let (n, a, b, ovp) = (net.clone(), e1.clone(), e2.clone(), ns.ov_path());
     inside(ns.path(0), move || {
         Box::pin(async move {
-            let linux = Linux::new().unwrap();
+            let linux = Linux::new(&ovp).unwrap();
             linux.attach(&n, &a).await.unwrap();
             linux.attach(&n, &b).await.unwrap();
         })
@@ -236,9 +258,9 @@ fn endpoints_are_wired_repaired_and_refused_cleanly() {
     // wires it again. Another one unplugged from the bridge: enslaved again.
     ip(&["-n", &host, "link", "del", "ndve00000001"]);
     ip(&["-n", &host, "link", "set", "ndve00000002", "nomaster"]);
-    let desired: Desired = [(4242, net.clone())].into();
+    let (desired, ovp) = ([(4242, net.clone())].into(), ns.ov_path());
     let r = inside(ns.path(0), move || {
-        Box::pin(async move { Linux::new().unwrap().reconcile(&desired).await.unwrap() })
+        Box::pin(async move { Linux::new(&ovp).unwrap().reconcile(&desired).await.unwrap() })
     });
     assert_eq!((r.endpoints_repaired, r.failed), (2, 0), "{r:?}");
     assert!(ip(&["-n", &c1, "addr", "show", "eth0"]).contains("inet 10.77.0.2/24"));
@@ -251,9 +273,10 @@ fn endpoints_are_wired_repaired_and_refused_cleanly() {
         endpoint(PathBuf::from("/run/netns/ndt-no-such-namespace"), "ndve00000004", 5),
     );
     let not_a_netns = endpoint(PathBuf::from("/proc/self/ns/uts"), "ndve00000005", 6);
+    let ovp = ns.ov_path();
     let errors = inside(ns.path(0), move || {
         Box::pin(async move {
-            let linux = Linux::new().unwrap();
+            let linux = Linux::new(&ovp).unwrap();
             let mut out = Vec::new();
             for ep in [taken, missing, not_a_netns] {
                 out.push(linux.attach(&n, &ep).await.unwrap_err().to_string());
@@ -266,7 +289,7 @@ fn endpoints_are_wired_repaired_and_refused_cleanly() {
     assert!(errors[0].contains("eth0 already exists"), "{errors:?}");
     assert!(errors[1].contains("No such file"), "{errors:?}");
     assert!(errors[2].contains("not a network namespace"), "{errors:?}");
-    let links = ip(&["-n", &host, "link", "show"]);
+    let links = ip(&["-n", &host, "link", "show"]) + &ip(&["-n", &ns.0[0], "link", "show"]);
     for leftover in ["ndve00000003", "ndvp00000003", "ndve00000004", "ndve00000005", "ndve00000001"]
     {
         assert!(!links.contains(leftover), "{leftover} left behind: {links}");
@@ -293,13 +316,14 @@ type Request = (Desired, std::sync::mpsc::Sender<ReconcileReport>);
 struct Reconciler(std::sync::mpsc::Sender<Request>);
 
 impl Reconciler {
-    fn new(path: PathBuf) -> Reconciler {
+    fn new(ns: &Namespaces) -> Reconciler {
         let (tx, rx) = std::sync::mpsc::channel::<Request>();
+        let (path, ovp) = (ns.path(0), ns.ov_path());
         std::thread::spawn(move || {
             let file = std::fs::File::open(&path).expect("open namespace");
             nix::sched::setns(&file, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-            let linux = rt.block_on(async { Linux::new().unwrap() });
+            let linux = rt.block_on(async { Linux::new(&ovp).unwrap() });
             while let Ok((desired, reply)) = rx.recv() {
                 let r = rt.block_on(linux.reconcile(&desired)).unwrap();
                 let _ = reply.send(r);
@@ -340,7 +364,7 @@ fn the_way_out_is_wired_reconciled_and_removed() {
         publish: vec!["8080:80".parse().unwrap()],
     });
     let desired: Desired = [(4242, network(&[], &[e1]))].into();
-    let k = Reconciler::new(ns.path(0));
+    let k = Reconciler::new(&ns);
 
     let r = k.reconcile(&desired);
     assert_eq!((r.endpoints_repaired, r.nft_changed, r.failed), (1, 1, 0), "{r:?}");
@@ -385,7 +409,7 @@ fn the_way_out_is_wired_reconciled_and_removed() {
     let r = k.reconcile(&Desired::new());
     assert_eq!((r.nft_changed, r.gateway_changed, r.failed), (1, 1, 0), "{r:?}");
     assert_eq!(nft_in(&host), None);
-    let links = ip(&["-n", &host, "-br", "link"]);
+    let links = ip(&["-n", &host, "-br", "link"]) + &ip(&["-n", &ns.ov(), "-br", "link"]);
     assert!(!links.contains("ndgw0") && !links.contains("ndbr4242"), "{links}");
 }
 
@@ -397,16 +421,19 @@ fn a_vxlan_device_of_our_name_with_other_attributes_is_replaced_and_a_foreign_on
         return;
     }
     let ns = Namespaces::new("attrs", &["host"]);
-    let host = ns.0[0].clone();
-    ip(&["-n", &host, "link", "set", "lo", "up"]);
+    ip(&["-n", &ns.0[0], "link", "set", "lo", "up"]);
+    ip(&["netns", "add", &ns.ov()]);
+    let host = ns.ov();
     let reconcile = |desired: Desired| {
+        let ovp = ns.ov_path();
         inside(ns.path(0), move || {
-            Box::pin(async move { Linux::new().unwrap().reconcile(&desired).await.unwrap() })
+            Box::pin(async move { Linux::new(&ovp).unwrap().reconcile(&desired).await.unwrap() })
         })
     };
     let show = || ip(&["-n", &host, "-d", "link", "show", "ndvx4242"]);
-    // Left by someone (an older run, a hand edit): our name, another VNI
-    // and port.
+    // Left by someone (an earlier run, a hand edit) in the overlay
+    // namespace (made by `ip netns add` here, and taken as it is): our
+    // name, another VNI and port.
     ip(&["-n", &host, "link", "add", "ndvx4242", "type", "vxlan", "id", "77", "dstport", "4790"]);
     let net = Network { port: 4799, ..network(&[remote(5, 2)], &[]) };
     let r = reconcile([(4242, net.clone())].into());
@@ -427,10 +454,10 @@ fn a_vxlan_device_of_our_name_with_other_attributes_is_replaced_and_a_foreign_on
     // someone else's: refused with the reason, left alone, not removed.
     ip(&["-n", &host, "link", "del", "ndvx4242"]);
     ip(&["-n", &host, "link", "add", "ndvx4242", "type", "bridge"]);
-    let d: Desired = [(4242, moved)].into();
+    let (d, ovp): (Desired, _) = ([(4242, moved)].into(), ns.ov_path());
     let refused = inside(ns.path(0), move || {
         Box::pin(async move {
-            let linux = Linux::new().unwrap();
+            let linux = Linux::new(&ovp).unwrap();
             let r = linux.reconcile(&d).await.unwrap();
             let net = &d[&4242];
             let e = linux.ensure_network(net).await.unwrap_err().to_string();
@@ -484,14 +511,14 @@ fn a_docker_endpoint_is_left_for_docker_and_orphaned_with_its_namespace() {
         return;
     }
     let ns = Namespaces::new("dock", &["host", "c1"]);
-    let (host, c1) = (ns.0[0].clone(), ns.0[1].clone());
+    let (host, c1, ov) = (ns.0[0].clone(), ns.0[1].clone(), ns.ov());
     ip(&["-n", &host, "link", "set", "lo", "up"]);
     let (e1, e2) = (docker_endpoint("ndve00000001", 2), docker_endpoint("ndve00000002", 3));
     let net = network(&[], std::slice::from_ref(&e1));
-    let (n, a, b) = (net.clone(), e1.clone(), e2.clone());
+    let (n, a, b, ovp) = (net.clone(), e1.clone(), e2.clone(), ns.ov_path());
     inside(ns.path(0), move || {
         Box::pin(async move {
-            let linux = Linux::new().unwrap();
+            let linux = Linux::new(&ovp).unwrap();
             linux.attach(&n, &a).await.unwrap();
             // A retry makes the pair again.
             linux.attach(&n, &a).await.unwrap();
@@ -501,19 +528,20 @@ fn a_docker_endpoint_is_left_for_docker_and_orphaned_with_its_namespace() {
         })
     });
     let peer = peer_name("ndve00000001");
-    let host_side = ip(&["-n", &host, "link", "show", "ndve00000001"]);
+    let host_side = ip(&["-n", &ov, "link", "show", "ndve00000001"]);
     assert!(host_side.contains("master ndbr4242") && is_up(&host_side), "{host_side}");
+    // The peer stays in the agent's namespace, where Docker looks for it.
     let left = ip(&["-n", &host, "link", "show", &peer]);
     assert!(left.contains("link/ether 02:42:0a:4d:00:02") && left.contains("mtu 1450"), "{left}");
     assert!(!is_up(&left), "Docker sets it up: {left}");
     assert!(ipv4_of(&host, &peer).is_empty(), "Docker addresses it");
-    let links = ip(&["-n", &host, "link", "show"]);
+    let links = ip(&["-n", &host, "link", "show"]) + &ip(&["-n", &ov, "link", "show"]);
     assert!(!links.contains("ndve00000002") && !links.contains(&peer_name("ndve00000002")));
 
     // Docker's part: the peer moved into the container and renamed.
     ip(&["-n", &host, "link", "set", &peer, "netns", &c1]);
     ip(&["-n", &c1, "link", "set", &peer, "name", "eth0"]);
-    let k = Reconciler::new(ns.path(0));
+    let k = Reconciler::new(&ns);
     let desired: Desired = [(4242, net)].into();
     let r = k.reconcile(&desired);
     assert_eq!((r.changes(), r.failed, r.netns_gone.len()), (0, 0, 0), "{r:?}");
@@ -537,14 +565,14 @@ fn a_docker_endpoint_is_left_for_docker_and_orphaned_with_its_namespace() {
 }
 
 #[test]
-fn the_bridge_holds_exactly_the_gateway_address() {
-    if !allowed("the_bridge_holds_exactly_the_gateway_address") {
+fn the_host_end_holds_exactly_the_gateway_address() {
+    if !allowed("the_host_end_holds_exactly_the_gateway_address") {
         return;
     }
-    let ns = Namespaces::new("gwaddr", &["host"]);
-    let host = ns.0[0].clone();
+    let ns = Namespaces::new("gwaddr", &["host", "c1"]);
+    let (host, ov) = (ns.0[0].clone(), ns.ov());
     ip(&["-n", &host, "link", "set", "lo", "up"]);
-    let k = Reconciler::new(ns.path(0));
+    let k = Reconciler::new(&ns);
     let with = |gateway: Option<(Ipv4Addr, u8)>| -> Desired {
         [(4242, Network { gateway, ..network(&[], &[]) })].into()
     };
@@ -552,75 +580,96 @@ fn the_bridge_holds_exactly_the_gateway_address() {
     let first = with(Some((addr(1), 24)));
     let r = k.reconcile(&first);
     assert_eq!((r.created, r.failed), (1, 0), "{r:?}");
-    assert_eq!(ipv4_of(&host, "ndbr4242"), ["10.77.0.1/24"]);
-    assert!(is_up(&ip(&["-n", &host, "link", "show", "ndbr4242"])));
+    assert_eq!(ipv4_of(&host, "ndhost4242"), ["10.77.0.1/24"]);
+    assert!(is_up(&ip(&["-n", &host, "link", "show", "ndhost4242"])));
+    // Docker's MAC for the address: the same whenever it is made again.
+    assert_eq!(mac_of(&host, "ndhost4242"), "02:42:0a:4d:00:01");
+    let port = ip(&["-n", &ov, "link", "show", "ndhport4242"]);
+    assert!(port.contains("master ndbr4242") && is_up(&port), "{port}");
+    assert!(ipv4_of(&ov, "ndbr4242").is_empty(), "nothing routes in the overlay namespace");
     assert_eq!(k.reconcile(&first).changes(), 0, "in step");
 
-    // The gateway's MAC stays when a port with a lower one joins (a bridge
-    // takes its lowest port's address unless its own was set): containers
-    // keep reaching the gateway without waiting for their ARP to age.
-    let mac = || mac_of(&host, "ndbr4242");
-    let before = mac();
-    let low = ["link", "add", "ndlow", "address", "02:00:00:00:00:01", "type", "veth"];
-    ip(&[&["-n", host.as_str()], &low[..], &["peer", "name", "ndlowp"]].concat());
-    ip(&["-n", &host, "link", "set", "ndlow", "master", "ndbr4242", "up"]);
-    assert_eq!(mac(), before, "the bridge kept its address");
-    ip(&["-n", &host, "link", "del", "ndlow"]);
-
-    // Moved, with an address added by hand besides: exactly the new one.
-    ip(&["-n", &host, "addr", "add", "10.77.9.9/16", "dev", "ndbr4242"]);
+    // An address added by hand besides: removed. Moved: made again.
+    ip(&["-n", &host, "addr", "add", "10.77.9.9/16", "dev", "ndhost4242"]);
+    let r = k.reconcile(&first);
+    assert_eq!((r.addresses_changed, r.failed), (1, 0), "{r:?}");
     let r = k.reconcile(&with(Some((addr(254), 24))));
-    assert_eq!((r.addresses_changed, r.failed), (3, 0), "{r:?}");
-    assert_eq!(ipv4_of(&host, "ndbr4242"), ["10.77.0.254/24"]);
+    assert_eq!((r.created, r.addresses_changed, r.failed), (1, 1, 0), "{r:?}");
+    assert_eq!(ipv4_of(&host, "ndhost4242"), ["10.77.0.254/24"]);
+    assert_eq!(mac_of(&host, "ndhost4242"), "02:42:0a:4d:00:fe");
 
     let r = k.reconcile(&with(None));
     assert_eq!((r.addresses_changed, r.failed), (1, 0), "{r:?}");
-    assert!(ipv4_of(&host, "ndbr4242").is_empty());
+    assert!(!ip(&["-n", &host, "link", "show"]).contains("ndhost4242"));
+    assert!(!ip(&["-n", &ov, "link", "show"]).contains("ndhport4242"), "a pair goes whole");
 
-    // A bridge made by an attach has its address at once.
+    // A network made by an attach has its host end at once, and a
+    // container on the network reaches the host there.
     assert_eq!(k.reconcile(&Desired::new()).removed, 1);
     let net = Network { gateway: Some((addr(1), 24)), ..network(&[], &[]) };
-    let ep = docker_endpoint("ndve00000001", 2);
+    let ep = endpoint(ns.path(1), "ndve00000001", 2);
+    let ovp = ns.ov_path();
     inside(ns.path(0), move || {
-        Box::pin(async move { Linux::new().unwrap().attach(&net, &ep).await.unwrap() })
+        Box::pin(async move { Linux::new(&ovp).unwrap().attach(&net, &ep).await.unwrap() })
     });
-    assert_eq!(ipv4_of(&host, "ndbr4242"), ["10.77.0.1/24"]);
+    assert_eq!(ipv4_of(&host, "ndhost4242"), ["10.77.0.1/24"]);
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &ns.0[1], "ping", "-c", "1", "-W", "2", "10.77.0.1"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
 }
 
 #[test]
-fn a_bridge_made_before_macs_were_set_stops_following_its_ports() {
-    if !allowed("a_bridge_made_before_macs_were_set_stops_following_its_ports") {
+fn an_older_versions_devices_move_into_the_overlay_namespace_with_the_containers_kept() {
+    if !allowed(
+        "an_older_versions_devices_move_into_the_overlay_namespace_with_the_containers_kept",
+    ) {
         return;
     }
-    let ns = Namespaces::new("gwpin", &["host"]);
-    let host = ns.0[0].clone();
-    let mac = |dev: &str| mac_of(&host, dev);
-    let port = |name: &str, addr: &str| {
-        let add = ["link", "add", name, "address", addr, "type", "veth", "peer", "name"];
-        ip(&[&["-n", host.as_str()], &add[..], &[&format!("{name}p")]].concat());
-        ip(&["-n", &host, "link", "set", name, "master", "ndbr4242", "up"]);
+    let ns = Namespaces::new("legacy", &["host", "c1"]);
+    let (host, c1, ov) = (ns.0[0].clone(), ns.0[1].clone(), ns.ov());
+    ip(&["-n", &host, "link", "set", "lo", "up"]);
+    // As versions before the overlay namespace made them: all in the
+    // agent's namespace, the gateway address on the bridge.
+    let run = |args: &str| {
+        ip(&[&["-n", host.as_str()], &args.split(' ').collect::<Vec<_>>()[..]].concat())
     };
-    // As older versions made it: no address of its own, so it follows its
-    // lowest port. Found either by a reconcile that completes the network
-    // (its VXLAN device missing) or by one that finds it complete.
-    let old_bridge = |ports: &[&str]| {
-        ip(&["-n", &host, "link", "add", "ndbr4242", "mtu", "1450", "type", "bridge"]);
-        port(ports[0], "02:00:00:00:00:10");
-        port(ports[1], "02:00:00:00:00:08");
-        assert_eq!(mac("ndbr4242"), "02:00:00:00:00:08", "an unpinned bridge follows");
-    };
-    let desired: Desired = [(4242, network(&[], &[]))].into();
-    for (round, created) in [(0, 1), (1, 0)] {
-        let (hi, mid, low) = [("ndhi", "ndmid", "ndlow"), ("ndhi2", "ndmid2", "ndlow2")][round];
-        old_bridge(&[hi, mid]);
-        if created == 0 {
-            ip(&["-n", &host, "link", "set", "ndvx4242", "master", "ndbr4242", "up"]);
-        }
-        // A new reconciler each round: a restarted agent.
-        let r = Reconciler::new(ns.path(0)).reconcile(&desired);
-        assert_eq!((r.created, r.failed), (created, 0), "{r:?}");
-        port(low, "02:00:00:00:00:01");
-        assert_eq!(mac("ndbr4242"), "02:00:00:00:00:08", "round {round}: pinned where it was");
-        ip(&["-n", &host, "link", "del", "ndbr4242"]);
-    }
+    run("link add ndbr4242 mtu 1450 type bridge");
+    run("addr add 10.77.0.1/24 dev ndbr4242");
+    run("link set ndbr4242 up");
+    run(
+        "link add ndvx4242 mtu 1450 type vxlan id 4242 local 192.0.2.1 dstport 4789 nolearning proxy",
+    );
+    run("link set ndvx4242 master ndbr4242 up");
+    run(&format!("link add ndve00000001 mtu 1450 type veth peer name eth0 netns {c1}"));
+    run("link set ndve00000001 master ndbr4242 up");
+    ip(&["-n", &c1, "link", "set", "eth0", "address", "02:42:0a:4d:00:02"]);
+    ip(&["-n", &c1, "addr", "add", "10.77.0.2/24", "dev", "eth0"]);
+    ip(&["-n", &c1, "link", "set", "eth0", "up"]);
+    let eth0_index =
+        || ip(&["-n", &c1, "-o", "link", "show", "eth0"]).split(':').next().unwrap().to_string();
+    let before = eth0_index();
+
+    let ep = endpoint(ns.path(1), "ndve00000001", 2);
+    let net = Network { gateway: Some((addr(1), 24)), ..network(&[remote(5, 2)], &[ep]) };
+    let desired: Desired = [(4242, net)].into();
+    let k = Reconciler::new(&ns);
+    let r = k.reconcile(&desired);
+    assert_eq!((r.removed, r.created, r.endpoints_repaired, r.failed), (2, 1, 2, 0), "{r:?}");
+    let here = ip(&["-n", &host, "-br", "link"]);
+    assert!(!here.contains("ndbr4242") && !here.contains("ndvx4242"), "{here}");
+    assert!(!here.contains("ndve00000001"), "{here}");
+    let moved = ip(&["-n", &ov, "link", "show", "ndve00000001"]);
+    assert!(moved.contains("master ndbr4242") && is_up(&moved), "{moved}");
+    assert_eq!(eth0_index(), before, "the container's interface is the same one");
+    assert_eq!(ipv4_of(&host, "ndhost4242"), ["10.77.0.1/24"]);
+    let fdb = bridge(&["-n", &ov, "fdb", "show", "dev", "ndvx4242"]);
+    assert!(tunnel_entry(&fdb, "02:42:0a:4d:00:05", "192.0.2.2"), "{fdb}");
+    let ping = Command::new("ip")
+        .args(["netns", "exec", &c1, "ping", "-c", "1", "-W", "2", "10.77.0.1"])
+        .output()
+        .unwrap();
+    assert!(ping.status.success(), "{}", String::from_utf8_lossy(&ping.stdout));
+    assert_eq!(k.reconcile(&desired).changes(), 0, "in step");
 }

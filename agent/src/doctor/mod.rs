@@ -93,14 +93,15 @@ pub(crate) async fn run(
     let tunnel = settings.as_ref().map(|s| s.advertise.ip());
     checks.extend(system::kernel(dataplane, tunnel).await);
     checks.push(system::nftables(dataplane));
-    checks.push(system::bridge_netfilter(dataplane));
     match &settings {
         Some(s) => {
+            checks.push(system::overlay_namespace(dataplane, &s.overlay_netns));
             let mut agent = ask_agent(&s.api, client).await;
             checks.extend(on_settings(s, dataplane, &mut agent).await);
         }
         None => {
             let names = [
+                "overlay netns",
                 "gossip udp",
                 "gossip tcp",
                 "vxlan port",
@@ -135,12 +136,13 @@ async fn on_settings(
     agent: &mut Option<NetdbClient<Channel>>,
 ) -> Vec<Check> {
     let mut out = vec![
-        ports::check("gossip udp", ports::Proto::Udp, s.bind, "gossip port", false),
-        ports::check("gossip tcp", ports::Proto::Tcp, s.bind, "gossip port (push/pull)", false),
+        ports::check("gossip udp", ports::Proto::Udp, s.bind, "gossip port", None),
+        ports::check("gossip tcp", ports::Proto::Tcp, s.bind, "gossip port (push/pull)", None),
     ];
     if dataplane {
         let any = std::net::SocketAddr::from(([0, 0, 0, 0], s.vxlan_port));
-        out.push(ports::check("vxlan port", ports::Proto::Udp, any, "VXLAN", true));
+        let overlay = Some(s.overlay_netns.as_path());
+        out.push(ports::check("vxlan port", ports::Proto::Udp, any, "VXLAN", overlay));
     } else {
         out.push(Check::new("vxlan port", Finding::Skip, "--no-dataplane: no VXLAN devices"));
     }

@@ -5,6 +5,7 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::path::Path;
 
 use super::{Check, Finding};
 
@@ -166,13 +167,14 @@ pub(crate) fn describe(pid: u32) -> Holder {
 
 /// What tried to bind `proto` on `addr` says, for the port check of `what`
 /// (the gossip port, the VXLAN port). The socket is closed at once. With
-/// `vxlan`, a socket of the kernel's is VXLAN devices sharing the port.
+/// `vxlan` (the overlay namespace), a socket of the kernel's is VXLAN
+/// devices sharing the port.
 pub(crate) fn check(
     name: &'static str,
     proto: Proto,
     addr: SocketAddr,
     what: &str,
-    vxlan: bool,
+    vxlan: Option<&Path>,
 ) -> Check {
     let tried = match proto {
         Proto::Udp => std::net::UdpSocket::bind(addr).map(drop),
@@ -202,7 +204,13 @@ pub(crate) fn check(
     }
 }
 
-fn held(name: &'static str, proto: Proto, addr: SocketAddr, subject: &str, vxlan: bool) -> Check {
+fn held(
+    name: &'static str,
+    proto: Proto,
+    addr: SocketAddr,
+    subject: &str,
+    vxlan: Option<&Path>,
+) -> Check {
     let h = holders(proto, addr);
     if let Some(agent) = h.processes.iter().find(|p| p.agent) {
         return Check::new(name, Finding::Pass, format!("{subject}: held by {agent}"));
@@ -224,8 +232,8 @@ fn held(name: &'static str, proto: Proto, addr: SocketAddr, subject: &str, vxlan
         )
         .fix("run `sudo netdb doctor` to name it; then stop it or use another port with --bind");
     }
-    if vxlan {
-        return vxlan_devices(name, subject);
+    if let Some(overlay) = vxlan {
+        return vxlan_devices(name, subject, overlay);
     }
     Check::new(
         name,
@@ -236,16 +244,12 @@ fn held(name: &'static str, proto: Proto, addr: SocketAddr, subject: &str, vxlan
 }
 
 /// The kernel holds the VXLAN port for VXLAN devices; they share it when
-/// their settings match, and netdb's own devices are expected there.
-fn vxlan_devices(name: &'static str, subject: &str) -> Check {
+/// their settings match, and netdb's own devices are expected there (in
+/// the overlay namespace, their sockets here).
+fn vxlan_devices(name: &'static str, subject: &str, overlay: &Path) -> Check {
     let mut ours = Vec::new();
     let mut others = Vec::new();
-    for dev in std::fs::read_dir("/sys/class/net").into_iter().flatten().flatten() {
-        let uevent = std::fs::read_to_string(dev.path().join("uevent")).unwrap_or_default();
-        if !uevent.lines().any(|l| l == "DEVTYPE=vxlan") {
-            continue;
-        }
-        let dev = dev.file_name().to_string_lossy().into_owned();
+    for dev in netdb_dataplane::vxlan_devices(overlay) {
         if netdb_dataplane::device_vni(&dev).is_some() { ours.push(dev) } else { others.push(dev) }
     }
     if others.is_empty() && !ours.is_empty() {

@@ -2,9 +2,10 @@
 //! namespace), nftables, bridge netfilter.
 
 use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
 use std::process::Command;
 
-use netdb_dataplane::{has_net_admin, probe_kernel};
+use netdb_dataplane::{OverlayPin, has_net_admin, probe_kernel};
 
 use super::{Check, Finding};
 
@@ -127,22 +128,43 @@ pub(super) fn nftables(dataplane: bool) -> Check {
     }
 }
 
-/// With br_netfilter, bridged frames pass iptables' FORWARD chain, whose
-/// policy Docker sets to DROP: containers on our bridges would then not
-/// reach each other, with nothing in netdb to show why.
-pub(super) fn bridge_netfilter(dataplane: bool) -> Check {
-    const NAME: &str = "bridge netfilter";
+/// The overlay namespace holds the networks' bridges, so that the host's
+/// iptables (Docker's FORWARD policy DROP) never sees the overlay's
+/// frames. It must be pinned where the agent's next start finds it, and
+/// keep bridge netfilter off (the agent turns it off at each reconcile:
+/// br_netfilter loaded later turns it on in every namespace).
+pub(super) fn overlay_namespace(dataplane: bool, path: &Path) -> Check {
+    const NAME: &str = "overlay netns";
     if !dataplane {
         return Check::new(NAME, Finding::Skip, "--no-dataplane: not needed");
     }
-    match std::fs::read_to_string("/proc/sys/net/bridge/bridge-nf-call-iptables") {
-        Err(_) => Check::new(NAME, Finding::Pass, "br_netfilter is not loaded: bridged traffic bypasses iptables"),
-        Ok(v) if v.trim() == "0" => Check::new(NAME, Finding::Pass, "net.bridge.bridge-nf-call-iptables = 0"),
-        Ok(_) => Check::new(
+    let shown = path.display();
+    match netdb_dataplane::inspect_overlay(path) {
+        Ok(OverlayPin::Absent) => Check::new(
+            NAME,
+            Finding::Pass,
+            format!("{shown} not made yet: the agent makes and pins it at its start"),
+        ),
+        Ok(OverlayPin::Stale) => Check::new(
             NAME,
             Finding::Warn,
-            "net.bridge.bridge-nf-call-iptables = 1: overlay traffic passes iptables' FORWARD chain; with policy DROP (Docker sets it) containers cannot reach each other",
+            format!(
+                "{shown} is no namespace: its pin went with the mount namespace the agent ran in                  (`ip netns exec` makes one), and containers lose their links whenever the agent stops"
+            ),
         )
-        .fix("iptables -I FORWARD -i ndbr+ -j ACCEPT; iptables -I FORWARD -o ndbr+ -j ACCEPT (or sysctl -w net.bridge.bridge-nf-call-iptables=0)"),
+        .fix("run the agent in the host's mount namespace (a service, or nsenter --net=... instead of ip netns exec)"),
+        Ok(OverlayPin::Pinned { bridge_hooks: Some(true) }) => Check::new(
+            NAME,
+            Finding::Warn,
+            format!("bridge netfilter is on in {shown}: overlay frames pass its (empty) iptables hooks"),
+        )
+        .fix("is the agent running? it turns it off at its next reconcile"),
+        Ok(OverlayPin::Pinned { .. }) => Check::new(
+            NAME,
+            Finding::Pass,
+            format!("{shown}: bridged overlay frames skip the host's iptables"),
+        ),
+        Err(e) => Check::new(NAME, Finding::Warn, format!("cannot look at it: {e}"))
+            .fix("run netdb doctor as root"),
     }
 }

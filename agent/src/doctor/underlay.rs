@@ -115,9 +115,9 @@ fn unspecified(like: IpAddr) -> IpAddr {
     }
 }
 
-/// An interface's MTU.
+/// An interface's MTU, in this process's network namespace.
 pub(crate) fn mtu_of(ifname: &str) -> Option<u32> {
-    std::fs::read_to_string(format!("/sys/class/net/{ifname}/mtu")).ok()?.trim().parse().ok()
+    netdb_dataplane::link_mtu(ifname)
 }
 
 /// The interface holding `ip`, or else the one whose subnet holds it

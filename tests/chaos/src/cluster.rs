@@ -235,37 +235,23 @@ impl Cluster {
         format!("{}.{}", self.underlay, number.as_str())
     }
 
+    /// The overlay namespace of host `h`'s agent (`--overlay-netns`, as
+    /// `scripts/cluster` names it): its bridges, VXLAN devices and
+    /// endpoints' host-side veths.
+    pub fn ov(&self, h: usize) -> String {
+        self.ns(&format!("h{h}ov"))
+    }
+
     /// FDB entries of our VXLAN device in host `h`: (MAC, destination).
     pub fn fdb(&self, h: usize, vni: u64) -> Pairs {
-        let out = run(
-            "bridge",
-            &["-n", &self.ns(&format!("h{h}")), "fdb", "show", "dev", &format!("ndvx{vni}")],
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains(" self "))
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                let dst = w.iter().position(|x| *x == "dst")?;
-                Some((w[0].to_string(), w.get(dst + 1)?.to_string()))
-            })
-            .collect()
+        let out = run("bridge", &["-n", &self.ov(h), "fdb", "show", "dev", &format!("ndvx{vni}")]);
+        fdb_pairs(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// Permanent neighbor entries of our VXLAN device in host `h`: (IP, MAC).
     pub fn neigh(&self, h: usize, vni: u64) -> Pairs {
-        let out = run(
-            "ip",
-            &["-n", &self.ns(&format!("h{h}")), "neigh", "show", "dev", &format!("ndvx{vni}")],
-        );
-        String::from_utf8_lossy(&out.stdout)
-            .lines()
-            .filter(|l| l.contains("PERMANENT"))
-            .filter_map(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                Some((w.first()?.to_string(), w.get(2)?.to_string()))
-            })
-            .collect()
+        let out = run("ip", &["-n", &self.ov(h), "neigh", "show", "dev", &format!("ndvx{vni}")]);
+        neigh_pairs(&String::from_utf8_lossy(&out.stdout))
     }
 
     /// What host `h`'s kernel must hold given `endpoints` (every endpoint
@@ -549,6 +535,29 @@ fn sweep_stale_runs(prefix: &str) {
         }
         let _ = std::fs::remove_dir_all(&dir);
     }
+}
+
+/// The tunnel entries (MAC, destination) in `bridge fdb show`'s output.
+pub fn fdb_pairs(text: &str) -> Pairs {
+    text.lines()
+        .filter(|l| l.contains(" self "))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let dst = w.iter().position(|x| *x == "dst")?;
+            Some((w[0].to_string(), w.get(dst + 1)?.to_string()))
+        })
+        .collect()
+}
+
+/// The permanent entries (IP, MAC) in `ip neigh show`'s output.
+pub fn neigh_pairs(text: &str) -> Pairs {
+    text.lines()
+        .filter(|l| l.contains("PERMANENT"))
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            Some((w.first()?.to_string(), w.get(2)?.to_string()))
+        })
+        .collect()
 }
 
 /// Removes `/etc/netns/PREFIX-*`, the containers' resolver configuration

@@ -213,6 +213,15 @@ impl DockerHosts {
             .expect("run nsenter")
     }
 
+    /// FDB entries of our VXLAN device in host `i`'s overlay namespace
+    /// (the agent's default, `netdb`, pinned in the host's own `/run`):
+    /// (MAC, destination).
+    pub fn fdb(&self, i: usize, vni: u64) -> crate::cluster::Pairs {
+        let dev = format!("ndvx{vni}");
+        let o = self.in_host(i, "bridge", &["-n", "netdb", "fdb", "show", "dev", &dev]);
+        crate::cluster::fdb_pairs(&String::from_utf8_lossy(&o.stdout))
+    }
+
     /// Starts host `i`'s agent (again, after [`DockerHosts::stop_agent`]),
     /// with its data dir: `--name hI --bind UNDERLAY.I:7946 --join
     /// UNDERLAY.1:7946 --api unix:RUN/hI.sock --data-dir RUN/hI-data`, the
