@@ -8,6 +8,7 @@ use std::path::Path;
 
 use nix::sched::CloneFlags;
 
+use crate::linux::Place;
 use crate::{Error, Linux, Network};
 
 /// The outcome of each kernel feature the data plane needs; `None`: not
@@ -82,7 +83,9 @@ fn probe_in_new_namespace(local: Ipv4Addr, mtu: u32) -> KernelSupport {
         if let Ok(br_ix) = bridge {
             out.vxlan = Some(shown(&linux.ensure_vxlan(&net, br_ix).await));
         }
-        out.veth = Some(shown(&linux.add_veth("ndveprobe", "ndveprobep", Some(mtu)).await));
+        let veth =
+            linux.add_veth("ndveprobe", Place::Overlay, "ndveprobep", Place::Here, Some(mtu));
+        out.veth = Some(shown(&veth.await));
     });
     out
 }
