@@ -392,3 +392,40 @@ fn the_overlay_namespace_check_tells_a_stale_pin_and_bridge_netfilter_apart() {
     ok(&["netns", "del", &name]);
     assert_eq!(off["status"], "pass", "{off}");
 }
+
+#[test]
+fn a_forward_hook_that_drops_by_policy_is_warned_about() {
+    if !allowed("a_forward_hook_that_drops_by_policy_is_warned_about") {
+        return;
+    }
+    let s = Scratch::new("fwd");
+    // A namespace of the test's own: the machine's firewall is not touched.
+    let name = format!("ndt-fwd-{}", std::process::id());
+    let ip = |args: &[&str]| Command::new("ip").args(args).output().unwrap();
+    assert!(ip(&["netns", "add", &name]).status.success());
+    let api = s.api("none");
+    let doctor = || {
+        let args =
+            ["netns", "exec", &name, BIN, "--api", &api, "doctor", "--bind", "127.0.0.1:7946"];
+        let out = ip(&[&args[..], &["-o", "json"]].concat());
+        let all: Vec<Value> = serde_json::from_slice::<Value>(&out.stdout)
+            .unwrap_or_else(|e| panic!("doctor -o json ({e}): {}", text(&out)))
+            .as_array()
+            .unwrap()
+            .clone();
+        check(&all, "forward policy").clone()
+    };
+    let open = doctor();
+    // As dockerd leaves it (iptables-nft's table and chain).
+    let nft = |rule: &str| ip(&["netns", "exec", &name, "nft", rule]).status.success();
+    assert!(nft("add table ip filter"));
+    assert!(nft(
+        "add chain ip filter FORWARD { type filter hook forward priority 0; policy drop; }"
+    ));
+    let dropping = doctor();
+    ip(&["netns", "del", &name]);
+    assert_eq!(open["status"], "pass", "{open}");
+    assert_eq!(dropping["status"], "warn", "{dropping}");
+    assert!(dropping["detail"].as_str().unwrap().contains("ip filter FORWARD"), "{dropping}");
+    assert!(dropping["fix"].as_str().unwrap().contains("DOCKER-USER -i ndgw0"), "{dropping}");
+}

@@ -93,6 +93,7 @@ pub(crate) async fn run(
     let tunnel = settings.as_ref().map(|s| s.advertise.ip());
     checks.extend(system::kernel(dataplane, tunnel).await);
     checks.push(system::nftables(dataplane));
+    checks.push(system::forward_policy(dataplane));
     match &settings {
         Some(s) => {
             checks.push(system::overlay_namespace(dataplane, &s.overlay_netns));

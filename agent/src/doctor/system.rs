@@ -128,6 +128,59 @@ pub(super) fn nftables(dataplane: bool) -> Check {
     }
 }
 
+/// A forward hook that drops by policy (dockerd's iptables FORWARD DROP, a
+/// firewall) drops the containers' way out: it is routed from `ndgw0` in
+/// this namespace, and each base chain's verdict stands on its own, so
+/// netdb's own table cannot let it through. (Overlay traffic is bridged in
+/// the overlay namespace and never meets it.) Rules of iptables-legacy are
+/// not seen.
+pub(super) fn forward_policy(dataplane: bool) -> Check {
+    const NAME: &str = "forward policy";
+    if !dataplane {
+        return Check::new(NAME, Finding::Skip, "--no-dataplane: not needed");
+    }
+    let listed = match Command::new("nft").args(["-j", "list", "chains"]).output() {
+        Ok(out) if out.status.success() => out.stdout,
+        _ => {
+            return Check::new(
+                NAME,
+                Finding::Skip,
+                "`nft -j list chains` does not answer (see nftables)",
+            );
+        }
+    };
+    let chains: serde_json::Value = serde_json::from_slice(&listed).unwrap_or_default();
+    let dropping: Vec<String> = chains["nftables"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|item| {
+            let c = &item["chain"];
+            (c["hook"] == "forward" && c["policy"] == "drop").then(|| {
+                format!(
+                    "{} {} {}",
+                    c["family"].as_str().unwrap_or("?"),
+                    c["table"].as_str().unwrap_or("?"),
+                    c["name"].as_str().unwrap_or("?")
+                )
+            })
+        })
+        .collect();
+    if dropping.is_empty() {
+        return Check::new(NAME, Finding::Pass, "no forward hook drops by policy");
+    }
+    Check::new(
+        NAME,
+        Finding::Warn,
+        format!(
+            "forwarded packets are dropped by policy in {}: endpoints' traffic to the outside (through {}) and to published ports is dropped unless accepted there; overlay traffic is not affected",
+            dropping.join(", "),
+            netdb_dataplane::GATEWAY_BRIDGE
+        ),
+    )
+    .fix("with Docker: iptables -I DOCKER-USER -i ndgw0 -j ACCEPT; iptables -I DOCKER-USER -o ndgw0 -j ACCEPT (without Docker: the same in FORWARD)")
+}
+
 /// The overlay namespace holds the networks' bridges, so that the host's
 /// iptables (Docker's FORWARD policy DROP) never sees the overlay's
 /// frames. It must be pinned where the agent's next start finds it, and
