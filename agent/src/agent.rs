@@ -151,7 +151,7 @@ impl Agent {
         }
         let underlay = tunnel.and_then(|ip| {
             let ifname = crate::doctor::underlay::interface_of(IpAddr::V4(ip))?;
-            let mtu = crate::doctor::underlay::mtu_of(&ifname)?;
+            let mtu = netdb_dataplane::link_mtu(&ifname)?;
             Some((ifname, mtu))
         });
         match &underlay {

@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use rtnetlink::Handle;
 use rtnetlink::packet_route::link::LinkAttribute;
 
-use crate::linux::LinkKind;
+use crate::linux::{LinkKind, links_in};
 use crate::netns;
 
 /// The MTU of link `name` in the caller's namespace.
@@ -45,15 +45,9 @@ pub fn vxlan_devices(overlay: &Path) -> Vec<String> {
 }
 
 async fn vxlans_in(h: &Handle, names: &mut Vec<String>) {
-    let mut links = h.link().get().execute();
-    while let Ok(Some(msg)) = links.try_next().await {
-        if let LinkKind::Vxlan(_) = LinkKind::of(&msg) {
-            names.extend(msg.attributes.iter().find_map(|a| match a {
-                LinkAttribute::IfName(n) => Some(n.clone()),
-                _ => None,
-            }));
-        }
-    }
+    let links = links_in(h).await.unwrap_or_default();
+    let vxlans = links.into_iter().filter(|l| matches!(l.kind, LinkKind::Vxlan(_)));
+    names.extend(vxlans.map(|l| l.name));
 }
 
 /// Runs `f` to completion on a runtime of its own, on a thread of its own

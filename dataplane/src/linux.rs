@@ -125,15 +125,11 @@ impl Linux {
         let mut out = Observed::default();
         let mut vxlans: BTreeMap<u32, u32> = BTreeMap::new();
         let mut hosts: BTreeMap<u32, u32> = BTreeMap::new();
-        let mut links = self.ov().link().get().execute();
-        while let Some(msg) = links.try_next().await.map_err(|e| Error::netlink("list links", e))? {
-            let index = msg.header.index;
-            let (name, master) = name_and_master(&msg);
-            let Some(name) = name else { continue };
+        for Link { index, name, master, kind } in links_in(self.ov()).await? {
             // A device of our name but of another kind is someone else's:
             // not ours to repair or remove (creating ours then fails with a
             // clear error).
-            match (device_vni(&name), LinkKind::of(&msg)) {
+            match (device_vni(&name), kind) {
                 (Some((DeviceKind::Bridge, vni)), LinkKind::Bridge) => {
                     out.networks.entry(vni).or_default().bridge = Some(index);
                 }
@@ -147,15 +143,11 @@ impl Linux {
             }
             out.links.insert(name, master);
         }
-        let mut links = self.handle().link().get().execute();
-        while let Some(msg) = links.try_next().await.map_err(|e| Error::netlink("list links", e))? {
-            let index = msg.header.index;
-            let (name, master) = name_and_master(&msg);
-            let Some(name) = name else { continue };
+        for Link { index, name, master, kind } in links_in(self.handle()).await? {
             if name == GATEWAY_BRIDGE {
                 out.gateway = Some(ObservedGateway { index, ..Default::default() });
             }
-            match (device_vni(&name), LinkKind::of(&msg)) {
+            match (device_vni(&name), kind) {
                 (Some((DeviceKind::Host, vni)), LinkKind::Other(kind)) if kind == "veth" => {
                     out.networks.entry(vni).or_default().host = Some(index);
                     hosts.insert(index, vni);
@@ -1060,17 +1052,32 @@ fn ignore(r: Result<(), rtnetlink::Error>, errno: i32) -> Result<(), rtnetlink::
     }
 }
 
-fn name_and_master(msg: &LinkMessage) -> (Option<String>, Option<u32>) {
-    let mut name = None;
-    let mut master = None;
-    for a in &msg.attributes {
-        match a {
-            LinkAttribute::IfName(n) => name = Some(n.clone()),
-            LinkAttribute::Controller(c) => master = Some(*c),
-            _ => {}
+/// A link as a dump lists it.
+pub(crate) struct Link {
+    pub index: u32,
+    pub name: String,
+    /// Its bridge's index.
+    pub master: Option<u32>,
+    pub kind: LinkKind,
+}
+
+/// Every named link of `h`'s namespace.
+pub(crate) async fn links_in(h: &Handle) -> Result<Vec<Link>, Error> {
+    let mut out = Vec::new();
+    let mut links = h.link().get().execute();
+    while let Some(msg) = links.try_next().await.map_err(|e| Error::netlink("list links", e))? {
+        let (mut name, mut master) = (None, None);
+        for a in &msg.attributes {
+            match a {
+                LinkAttribute::IfName(n) => name = Some(n.clone()),
+                LinkAttribute::Controller(c) => master = Some(*c),
+                _ => {}
+            }
         }
+        let Some(name) = name else { continue };
+        out.push(Link { index: msg.header.index, name, master, kind: LinkKind::of(&msg) });
     }
-    (name, master)
+    Ok(out)
 }
 
 fn lladdr(msg: &NeighbourMessage) -> Option<Mac> {

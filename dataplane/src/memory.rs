@@ -253,7 +253,6 @@ impl State {
             d.local = Some(net.local);
             d.port = net.port;
         }
-        self.networks.entry(net.vni).or_default().bridge = Some(bridge);
         bridge
     }
 

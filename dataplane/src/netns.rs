@@ -7,6 +7,7 @@
 //! other. The agent's own threads never change namespace.
 
 use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
 use std::path::Path;
 
 use nix::mount::MsFlags;
@@ -103,18 +104,13 @@ pub(crate) fn overlay(path: &Path) -> Result<File, Error> {
         _ => {}
     }
     OpenOptions::new().write(true).create_new(true).open(path).map_err(err)?;
-    let target = path.to_path_buf();
-    let pinned = std::thread::spawn(move || -> std::io::Result<()> {
-        nix::sched::unshare(CloneFlags::CLONE_NEWNET)?;
-        let this = "/proc/thread-self/ns/net";
-        nix::mount::mount(Some(this), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>)?;
-        Ok(())
-    })
-    .join()
-    .unwrap_or_else(|_| Err(std::io::Error::other("namespace thread panicked")));
+    let made = fresh()?;
+    let this = format!("/proc/self/fd/{}", made.as_raw_fd());
+    let pinned =
+        nix::mount::mount(Some(this.as_str()), path, None::<&str>, MsFlags::MS_BIND, None::<&str>);
     if let Err(e) = pinned {
         let _ = std::fs::remove_file(path);
-        return Err(err(e));
+        return Err(err(e.into()));
     }
     tracing::info!(netns = %path.display(), "made the overlay network namespace");
     open(path)

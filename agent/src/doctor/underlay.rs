@@ -32,7 +32,7 @@ pub(super) async fn mtu(
         )
         .fix("give --advertise an address of this host, or --join a reachable seed");
     };
-    let Some(have) = mtu_of(&ifname) else {
+    let Some(have) = netdb_dataplane::link_mtu(&ifname) else {
         return Check::new(NAME, Finding::Warn, format!("cannot read the MTU of {ifname}"));
     };
     let gossip = s.core.packet_budget as u32 + UDP_OVERHEAD;
@@ -113,11 +113,6 @@ fn unspecified(like: IpAddr) -> IpAddr {
         IpAddr::V4(_) => IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED),
         IpAddr::V6(_) => IpAddr::V6(std::net::Ipv6Addr::UNSPECIFIED),
     }
-}
-
-/// An interface's MTU, in this process's network namespace.
-pub(crate) fn mtu_of(ifname: &str) -> Option<u32> {
-    netdb_dataplane::link_mtu(ifname)
 }
 
 /// The interface holding `ip`, or else the one whose subnet holds it
