@@ -241,9 +241,11 @@ fn a_data_dir_locked_by_another_agent_fails_and_the_agent_running_here_passes() 
     let data = s.path("data");
     let api = s.api("n1");
     // The agent runs with its data plane in a namespace of its own, so it
-    // touches nothing of this host's.
+    // touches nothing of this host's; its overlay namespace is pinned under
+    // a name of the test's, removed at the end.
+    let overlay = format!("ndt-lock-{}", std::process::id());
     let script = format!(
-        "ip link set lo up && exec {BIN} --api {api} agent --name n1 --bind 127.0.83.1:7946 --data-dir {data}"
+        "ip link set lo up && exec {BIN} --api {api} agent --name n1 --bind 127.0.83.1:7946 --data-dir {data} --overlay-netns {overlay}"
     );
     let pid = s.start("n1", "unshare", &["--net", "sh", "-c", &script]);
     let lock = s.path("data/lock");
@@ -279,6 +281,7 @@ fn a_data_dir_locked_by_another_agent_fails_and_the_agent_running_here_passes() 
         .unwrap();
     let all: Vec<Value> =
         serde_json::from_slice::<Value>(&out.stdout).unwrap().as_array().unwrap().clone();
+    let _ = Command::new("ip").args(["netns", "del", &overlay]).status();
     for name in ["data dir", "gossip udp"] {
         assert_eq!(check(&all, name)["status"], "pass", "{}", check(&all, name));
     }
