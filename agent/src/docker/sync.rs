@@ -96,7 +96,8 @@ struct Sweep {
 /// Forgets what Docker no longer has, which a call lost while the agent
 /// was down would have removed: networks removed from Docker, endpoints
 /// whose DeleteEndpoint never came, addresses whose ReleaseAddress never
-/// came (each after `UNUSED_GRACE`).
+/// came (each after `UNUSED_GRACE`; until then a network Docker no longer
+/// lists is not made again there, see `mirror`).
 async fn sweep<K: Kernel>(
     plugin: &Plugin<K>,
     engine: &Engine,
@@ -106,11 +107,24 @@ async fn sweep<K: Kernel>(
         let known = plugin.known.lock().await;
         known.saved.networks.iter().map(|(id, n)| (id.clone(), n.name.clone())).collect()
     };
+    let now = Instant::now();
+    let mut still: BTreeSet<String> = BTreeSet::new();
+    // True once `key` has been unused for the grace; it counts as still
+    // unused either way.
+    let mut overdue = |key: String| {
+        let since = *unused.entry(key.clone()).or_insert(now);
+        still.insert(key);
+        now.duration_since(since) >= UNUSED_GRACE
+    };
     let mut seen_endpoints: BTreeSet<String> = BTreeSet::new();
     let mut seen_ips: BTreeSet<(String, String)> = BTreeSet::new();
     let mut looked: BTreeSet<String> = BTreeSet::new();
     for (id, name) in networks.into_iter().filter(|(_, n)| !n.is_empty()) {
         match engine.network_inspect(&id).await? {
+            // Docker drops a network before it calls DeleteNetwork, which
+            // needs to find it here to remove the netdb network: forgotten
+            // only once the call is surely lost.
+            None if !overdue(format!("network/{id}")) => {}
             None => {
                 tracing::info!(network = %name, docker_id = %id, "Docker no longer has this network; forgotten");
                 let mut known = plugin.known.lock().await;
@@ -126,7 +140,6 @@ async fn sweep<K: Kernel>(
             }
         }
     }
-    let now = Instant::now();
     let stale_endpoints: Vec<(String, String, String)> = {
         let known = plugin.known.lock().await;
         known
@@ -136,14 +149,6 @@ async fn sweep<K: Kernel>(
             .filter(|(id, ep)| looked.contains(&ep.network) && !seen_endpoints.contains(*id))
             .map(|(id, ep)| (id.clone(), ep.network.clone(), ep.name.clone()))
             .collect()
-    };
-    let mut still: BTreeSet<String> = BTreeSet::new();
-    // True once `key` has been unused for the grace; it counts as still
-    // unused either way.
-    let mut overdue = |key: String| {
-        let since = *unused.entry(key.clone()).or_insert(now);
-        still.insert(key);
-        now.duration_since(since) >= UNUSED_GRACE
     };
     for (id, network, name) in stale_endpoints {
         if !overdue(id.clone()) {
@@ -295,7 +300,8 @@ async fn mirror<K: Kernel>(
     // Docker drops a network from its list before it calls DeleteNetwork,
     // which removes the netdb network: a network known here by a Docker ID
     // that Docker no longer lists is on its way out (or went while the
-    // agent was down, which the sweep forgets), and is not made again.
+    // agent was down, which the sweep forgets after its grace), and is not
+    // made again meanwhile.
     let listed: BTreeSet<&str> = docker.iter().map(|d| d.id.as_str()).collect();
     let leaving: BTreeSet<&str> = mapped
         .iter()
