@@ -5,7 +5,9 @@
 //! are gone, CPU during the write phase, peak RSS, idle CPU over 10 s
 //! (`NETDB_BENCH_IDLE_SECS` makes the idle phase longer, e.g. 600 with the
 //! CPUs kept busy to count false suspicions), and the suspicions started,
-//! members marked failed and late probe timers of the idle phase, summed.
+//! members marked failed and late probe timers of the idle phase, summed,
+//! and the machine's state before and after (`Reference`: the same binary
+//! costs more on some days than on others).
 //! `NETDB_BENCH_NET=127.0.6` puts the agents on another /24 of loopback, so
 //! two runs on one machine do not collide.
 //!
@@ -29,7 +31,7 @@ use tokio::sync::mpsc;
 use tonic::transport::Channel;
 
 mod bench_support;
-use bench_support::{Procs, check_time, connect, cpu_secs, spawn_agent, status_mib};
+use bench_support::{Procs, Reference, check_time, connect, cpu_secs, spawn_agent, status_mib};
 
 const NET: &str = "bench";
 const TABLE: &str = "t";
@@ -71,6 +73,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n: usize = args.next().ok_or("missing N")?.parse()?;
     let extra: Vec<String> = args.collect();
     assert!((2..=250).contains(&n), "N must be 2..=250");
+    let reference0 = Reference::measure()?;
     let dir = std::env::temp_dir().join(format!("netdb-bench-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut procs = Procs { children: Vec::new(), dir: dir.clone() };
@@ -244,10 +247,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .map(|(&p, c0)| (cpu_secs(p) - c0) * 1000.0 / idle_secs as f64)
         .collect();
     let calm1 = sum_counters(&mut clients, &live_clients, &CALM).await?;
+    // Off this thread: the watches are still read.
+    let reference1 = tokio::task::spawn_blocking(Reference::measure).await??;
 
     println!(
         "netdb loopback benchmark: {n} agents, {PER_NODE} entries each ({} in all)",
         n * PER_NODE
+    );
+    println!(
+        "machine reference before the agents: {reference0}; after their idle phase: {reference1}"
     );
     println!("{:<44} {:>10} {:>10} {:>10}", "", "min", "median", "max");
     row_secs("99 % of the N×100 entries on a node (s)", &most);

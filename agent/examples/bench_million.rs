@@ -6,7 +6,7 @@
 //! a and c only, and each write is timed until a's watch shows it: before
 //! the fill (the reference), during the fill and during the pull. Prints
 //! the fill and pull times, the write latencies of each phase, and the CPU
-//! and peak RSS of a and b.
+//! and peak RSS of a and b, and the machine's state before (`Reference`).
 //!
 //! Run through `scripts/bench-million [N]` (it builds the release binary).
 
@@ -19,7 +19,9 @@ use netdb_api::{self as api, netdb_client::NetdbClient};
 use tonic::transport::Channel;
 
 mod bench_support;
-use bench_support::{Procs, check_time, connect, cpu_secs, sock, spawn_agent, status_mib};
+use bench_support::{
+    Procs, Reference, check_time, connect, cpu_secs, sock, spawn_agent, status_mib,
+};
 
 /// The network a holds the million in, and b pulls.
 const BULK: &str = "bulk";
@@ -66,6 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let bin = PathBuf::from(args.next().ok_or("usage: bench_million NETDB_BINARY [N]")?);
     let n: u32 = args.next().map_or(Ok(1_000_000), |a| a.parse())?;
+    let reference = Reference::measure()?;
     let dir = std::env::temp_dir().join(format!("netdb-million-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let mut procs = Procs { children: Vec::new(), dir: dir.clone() };
@@ -172,6 +175,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let end = Instant::now();
 
     println!("{n} entries of a {VALUE_SIZE}-byte value and a 14-byte key");
+    println!("machine reference before the agents: {reference}");
     println!(
         "fill of a through the streaming import: {:.2} s ({:.0} entries/s), a's CPU {:.2} s, a's RSS after {:.1} MiB",
         fill.as_secs_f64(),
