@@ -3,11 +3,12 @@
 //! / max), so protocol effects can be told apart from process effects.
 //! Then what `bench_loopback` times next, each node's arrival (median /
 //! max): one delete as the last node completes the burst (the benchmark
-//! deletes then, while the burst's relays and exchanges go on), and one
-//! write and one delete at rest, 5 s later.
+//! deletes then, while the burst's relays and exchanges go on), and 20
+//! writes and 20 deletes at rest, 3 s apart. `--seed S` picks the
+//! simulator's seed (5): the delete as the burst ends is one event a run.
 //!
 //! `cargo run --release -p netdb --example sim_burst -- [--relay-mult K] [--tree]
-//! [--latency-us US] [--jitter-us US] 30 100`
+//! [--latency-us US] [--jitter-us US] [--seed S] 30 100`
 
 use std::time::Duration;
 
@@ -19,18 +20,20 @@ fn main() {
     let (cfg, rest) = config_from_args(std::env::args().skip(1));
     let mut net = NetConfig::default();
     let mut sizes = Vec::new();
+    let mut seed = 5;
     let mut rest = rest.into_iter();
     while let Some(a) = rest.next() {
         let us = |v: Option<String>| v.and_then(|s| s.parse().ok()).map(Duration::from_micros);
         match a.as_str() {
             "--latency-us" => net.latency = us(rest.next()).unwrap_or(net.latency),
             "--jitter-us" => net.jitter = us(rest.next()).unwrap_or(net.jitter),
+            "--seed" => seed = rest.next().and_then(|s| s.parse().ok()).unwrap_or(seed),
             _ => sizes.extend(a.parse::<usize>().ok()),
         }
     }
     let n = sizes.first().copied().unwrap_or(30);
     let per = sizes.get(1).copied().unwrap_or(100).max(2);
-    let mut sim = Sim::new(5, cfg, net);
+    let mut sim = Sim::new(seed, cfg, net);
     for _ in 0..n {
         sim.add_node();
     }
