@@ -404,6 +404,10 @@ pub(crate) struct AgentArgs {
     /// Peers each gossip packet goes to [default: 3]
     #[arg(long, env = "NETDB_GOSSIP_FANOUT", help_heading = "Gossip tuning")]
     pub gossip_fanout: Option<usize>,
+    /// Peers a new event's first, early packet goes to, when the next
+    /// gossip tick is far [default: 6]
+    #[arg(long, env = "NETDB_EARLY_NEWS_FANOUT", help_heading = "Gossip tuning")]
+    pub early_news_fanout: Option<usize>,
     /// Largest UDP datagram in bytes, framing included [default: 1400]
     #[arg(long, env = "NETDB_PACKET_BUDGET", help_heading = "Gossip tuning")]
     pub packet_budget: Option<usize>,

@@ -114,6 +114,7 @@ pub(crate) fn resolve(cli: AgentArgs, global_api: Option<Endpoint>) -> anyhow::R
     set!(
         gossip_interval,
         gossip_fanout,
+        early_news_fanout,
         packet_budget,
         retransmit_mult,
         sync_interval,
@@ -340,8 +341,8 @@ fn check(c: &netdb::Config) -> anyhow::Result<()> {
     if c.packet_budget < 512 || c.packet_budget > 65_000 {
         bail!("--packet-budget {} is out of range 512..=65000", c.packet_budget);
     }
-    if c.gossip_fanout == 0 {
-        bail!("--gossip-fanout must be at least 1");
+    if c.gossip_fanout == 0 || c.early_news_fanout == 0 {
+        bail!("--gossip-fanout and --early-news-fanout must be at least 1");
     }
     if c.gossip_interval.is_zero() || c.probe_period.is_zero() || c.probe_rtt.is_zero() {
         bail!("--gossip-interval, --probe-period and --probe-rtt must be above zero");

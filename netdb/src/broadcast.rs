@@ -22,6 +22,8 @@ struct Slot<V> {
     limit: u32,
     /// Heard often enough: leaves at its next send.
     quenched: bool,
+    /// Went in an early packet (`news`): the next one leaves it out.
+    early: bool,
     prev: u32,
     next: u32,
     /// In a level list.
@@ -96,9 +98,38 @@ impl<V> BroadcastQueue<V> {
         self.len == 0
     }
 
-    /// Whether some queued event was never sent.
-    pub(crate) fn has_unsent(&self) -> bool {
-        self.levels.first().is_some_and(|l| l.head != NIL)
+    /// Events never sent nor sent early, newest first. Past the early
+    /// ones only: at most the few packets' worth early sends mark between
+    /// two ticks.
+    fn news_iter(&self) -> impl Iterator<Item = (u32, &V)> {
+        let mut cur = self.levels.first().map_or(NIL, |l| l.head);
+        std::iter::from_fn(move || {
+            while cur != NIL {
+                let id = cur;
+                let s = &self.slots[id as usize];
+                cur = s.next;
+                if let (false, Some(item)) = (s.early, s.item.as_ref()) {
+                    return Some((id, item));
+                }
+            }
+            None
+        })
+    }
+
+    /// Whether the news is some and fits in `budget` by `size` (more is a
+    /// burst). Stops at the first event past the budget.
+    pub(crate) fn news_fits(&self, budget: usize, size: impl Fn(&V) -> usize) -> bool {
+        let mut left = budget;
+        let mut any = false;
+        for (_, item) in self.news_iter() {
+            let n = size(item);
+            if n > left {
+                return false;
+            }
+            left -= n;
+            any = true;
+        }
+        any
     }
 
     /// Queues `item` to be sent `limit` times, replacing any queued event of
@@ -118,6 +149,7 @@ impl<V> BroadcastQueue<V> {
                 s.transmits = 0;
                 s.limit = limit.max(1);
                 s.quenched = false;
+                s.early = false;
                 id
             }
             None => {
@@ -127,6 +159,7 @@ impl<V> BroadcastQueue<V> {
                     transmits: 0,
                     limit: limit.max(1),
                     quenched: false,
+                    early: false,
                     prev: NIL,
                     next: NIL,
                     linked: false,
@@ -236,25 +269,25 @@ impl<V> BroadcastQueue<V> {
         (taken, stats)
     }
 
-    /// Events never sent that fit in `budget`, in `take`'s order, left
-    /// queued and uncounted: a look at the news, not a transmission.
-    pub(crate) fn unsent(&self, budget: usize, size: impl Fn(&V) -> usize) -> Vec<u32> {
-        let mut seen = Vec::new();
+    /// The news that fits in `budget`, newest first, marked early: left
+    /// queued and uncounted, an extra copy rather than a transmission, and
+    /// left out of the next early packet.
+    pub(crate) fn take_news(&mut self, budget: usize, size: impl Fn(&V) -> usize) -> Vec<u32> {
         let mut left = budget;
-        let mut cur = self.levels.first().map_or(NIL, |l| l.head);
-        while cur != NIL {
-            let s = &self.slots[cur as usize];
-            if let Some(item) = s.item.as_ref() {
+        let ids: Vec<u32> = self
+            .news_iter()
+            .map_while(|(id, item)| {
                 let n = size(item);
-                if n > left {
-                    break;
-                }
-                left -= n;
-                seen.push(cur);
-            }
-            cur = s.next;
+                (n <= left).then(|| {
+                    left -= n;
+                    id
+                })
+            })
+            .collect();
+        for &id in &ids {
+            self.slots[id as usize].early = true;
         }
-        seen
+        ids
     }
 
     pub(crate) fn get(&self, id: u32) -> Option<&V> {
@@ -376,6 +409,30 @@ mod tests {
             sends += drain_once(&mut q, 1000).len();
         }
         assert_eq!(sends, 4);
+    }
+
+    #[test]
+    fn news_is_what_went_neither_out_nor_early_and_fits_or_is_a_burst() {
+        let mut q = BroadcastQueue::new(100);
+        assert!(!q.news_fits(100, |v| *v), "no news");
+        q.push(k("a"), 40, 2, true);
+        q.push(k("b"), 40, 2, true);
+        assert!(q.news_fits(100, |v| *v));
+        let ids = q.take_news(100, |v| *v);
+        let early: Vec<usize> = ids.iter().map(|&i| *q.get(i).unwrap()).collect();
+        assert_eq!(early, [40, 40]);
+        assert!(!q.news_fits(100, |v| *v), "sent early: no longer news");
+        q.push(k("c"), 30, 2, true);
+        assert_eq!(q.take_news(100, |v| *v).len(), 1, "only the event not sent early");
+        // Early sends are not transmissions: the tick sends all three.
+        assert_eq!(drain_once(&mut q, 1000).len(), 3);
+        // News past the budget is a burst; a replaced event is news again.
+        q.push(k("d"), 60, 2, true);
+        q.push(k("e"), 60, 2, true);
+        assert!(!q.news_fits(100, |v| *v));
+        assert_eq!(q.take_news(100, |v| *v).len(), 1, "what fits, newest first");
+        q.push(k("e"), 20, 2, true);
+        assert!(q.news_fits(100, |v| *v), "d went early, e is new again");
     }
 
     #[test]

@@ -38,16 +38,27 @@ pub struct Config {
     /// the copies a node receives in the 100-agent burst
     /// (docs/performance.md, "CPU per received entry").
     pub quench_after: u32,
-    /// News (an event not yet sent) goes out in one packet at once when
-    /// the next gossip tick is more than a quarter interval away, once per
-    /// interval and scope; the rest waits for the tick. That packet is an
+    /// News (events never sent, nor sent early) goes out in one packet at
+    /// once when the next gossip tick is more than a quarter interval
+    /// away and all of it fits in that packet, at most twice per interval
+    /// and scope; the rest waits for the tick. News that does not fit in
+    /// a packet is a burst, whose ticks are busy already. That packet is an
     /// extra copy: the tick still sends the event as if it had not gone,
     /// so the copies that quench it come as late as before. Without it each
     /// hop of an event waits for the relaying node's tick (100 ms on
     /// average at 200 ms), and an event that lands while a burst's relays
     /// keep the ticks going crawls: the 30-agent benchmark's delete took
-    /// 0.2 s at the median node in some runs.
+    /// 0.2 s at the median node in some runs. Twice, because the burst's
+    /// last events take the first packet of an interval at most nodes,
+    /// and a delete issued as the burst ends then waited for the ticks
+    /// (docs/performance.md, "The early wave").
     pub early_news: bool,
+    /// Peers the early packet goes to (`early_news`). Wider than the
+    /// tick's fan-out: the wave of early packets is the one chance to reach
+    /// every node at once, and with k peers a packet about e^-k of the
+    /// nodes are left to the ticks (up to `gossip_interval` later, more if
+    /// their first round misses them too): at 3, one node in twenty.
+    pub early_news_fanout: usize,
     /// Eager/lazy push tree (Plumtree) instead of repeated random fan-out:
     /// a new event goes once to a few eager peers, its id to a few lazy
     /// ones, a copy prunes the link it came on and a missed event is
@@ -186,6 +197,7 @@ impl Default for Config {
             relay_mult: 2,
             quench_after: 3,
             early_news: true,
+            early_news_fanout: 6,
             push_tree: false,
             tree_graft_after: Duration::from_millis(400),
             tree_lazy_fanout: 6,

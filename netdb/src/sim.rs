@@ -19,11 +19,10 @@ use crate::names::Scope;
 use crate::node::Node;
 
 /// The default `Config` with the protocol switches an example's command
-/// line gives (`--relay-mult K`, `--quench K`, `--fanout K`, `--mismatch-ms MS`,
-/// `--tree`, `--graft-after-ms MS`, `--lazy-fanout K`, `--random-probes`,
-/// `--no-heard-probes`), and the
-/// other arguments in their order, so every example compares the same
-/// variants the same way.
+/// line gives (`--relay-mult K`, `--quench K`, `--fanout K`, `--news-fanout K`,
+/// `--mismatch-ms MS`, `--tree`, `--graft-after-ms MS`, `--lazy-fanout K`,
+/// `--random-probes`, `--no-heard-probes`), and the other arguments in
+/// their order, so every example compares the same variants the same way.
 pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<String>) {
     let mut cfg = Config::default();
     let mut rest = Vec::new();
@@ -47,6 +46,10 @@ pub fn config_from_args(args: impl IntoIterator<Item = String>) -> (Config, Vec<
             "--fanout" => {
                 cfg.gossip_fanout =
                     args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.gossip_fanout)
+            }
+            "--news-fanout" => {
+                cfg.early_news_fanout =
+                    args.next().and_then(|s| s.parse().ok()).unwrap_or(cfg.early_news_fanout)
             }
             "--random-probes" => cfg.ring_probes = false,
             "--no-heard-probes" => cfg.probe_heard_suspects = false,

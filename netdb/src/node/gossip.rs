@@ -19,13 +19,17 @@ use crate::event::Transmit;
 use crate::membership::PeerSet;
 use crate::names::{Scope, ScopeId};
 
+/// Early packets a scope may send between two ticks (`Config::early_news`).
+const EARLY_PACKETS: u8 = 2;
+
 /// Which queued events a packet carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pick {
     /// The tick's: fewest sent first, each send counted.
     Due,
-    /// Events never sent, ahead of a far tick, not counted: the tick still
-    /// sends them, so what copies quench is unchanged (`Config::early_news`).
+    /// Events never sent nor sent early, ahead of a far tick, to
+    /// `early_news_fanout` peers, not counted: the tick still sends them,
+    /// so what copies quench is unchanged (`Config::early_news`).
     News,
 }
 
@@ -144,7 +148,7 @@ impl Node {
         let ids = self.scope_ids();
         for id in &ids {
             if let Some(st) = self.scope_mut(id.as_scope()) {
-                st.news_sent = false;
+                st.early_packets = 0;
             }
             self.scope_maintenance(now, id.as_scope());
         }
@@ -188,24 +192,24 @@ impl Node {
         self.timers.tick().is_some_and(|t| t > now + self.cfg.gossip_interval / 4)
     }
 
-    /// `scope` queued an event while none waited unsent (the caller knows;
-    /// not while others wait: that is a burst, whose ticks are busy
-    /// already): if the next tick is far, it goes once this input is
-    /// handled, with whatever news the rest of it brings (`Wake::News` at
-    /// `now`).
+    /// `scope` queued an event and its news fits in one packet (the caller
+    /// knows; more is a burst, whose ticks are busy already): if the next
+    /// tick is far, it goes once this input is handled, with whatever news
+    /// the rest of it brings (`Wake::News` at `now`).
     pub(super) fn arm_news(&mut self, now: Duration, scope: Scope<'_>) {
         if !self.cfg.early_news || self.cfg.push_tree || self.news_due || !self.tick_far(now) {
             return;
         }
-        if self.scope(scope).is_some_and(|st| !st.news_sent) {
+        if self.scope(scope).is_some_and(|st| st.early_packets < EARLY_PACKETS) {
             self.news_due = true;
             self.schedule(now, Wake::News);
         }
     }
 
-    /// One packet of news per scope that has some and sent none early
-    /// since the last tick. Paced by the tick: a burst's news mostly waits
-    /// for it, and adds one packet per interval at most.
+    /// One packet of news per scope that has some and sent fewer than
+    /// `EARLY_PACKETS` early since the last tick. Paced by the tick: a
+    /// burst's news mostly waits for it, and adds two packets per interval
+    /// at most.
     pub(super) fn send_news(&mut self, now: Duration) {
         if !self.tick_far(now) {
             return; // the tick comes soon and takes it
@@ -214,13 +218,17 @@ impl Node {
         let mut unmetered = usize::MAX;
         for id in self.scope_ids() {
             let scope = id.as_scope();
-            if !self.scope(scope).is_some_and(|st| !st.news_sent && st.queue.has_unsent()) {
+            let room = self.gossip_room(scope.wire_name());
+            let news = |st: &super::scope::ScopeState| {
+                st.early_packets < EARLY_PACKETS && st.queue.news_fits(room, |q| q.framed_len)
+            };
+            if !self.scope(scope).is_some_and(news) {
                 continue;
             }
             if self.send_queued(now, scope, &mut unmetered, Pick::News) {
                 self.digest_went(now, scope);
                 if let Some(st) = self.scope_mut(scope) {
-                    st.news_sent = true;
+                    st.early_packets += 1;
                 }
             }
         }
@@ -274,9 +282,13 @@ impl Node {
             return false;
         }
         let tree = self.cfg.push_tree;
+        let fanout = match pick {
+            Pick::Due => self.cfg.gossip_fanout,
+            Pick::News => self.cfg.early_news_fanout,
+        };
         let peers = match self.scope(scope) {
             Some(st) if tree => st.tree.eager().to_vec(),
-            _ => self.choose_peers(scope, self.cfg.gossip_fanout),
+            _ => self.choose_peers(scope, fanout),
         };
         // The tree's eager set is empty only when the scope has no peer
         // (a tick tops it up first): either way the events wait for one.
@@ -295,7 +307,7 @@ impl Node {
                 self.stats.queue_oversized += took.oversized as u64;
                 ids
             }
-            Pick::News => st.queue.unsent(avail, |q| q.framed_len),
+            Pick::News => st.queue.take_news(avail, |q| q.framed_len),
         };
         let Some(st) = self.scope_mut(scope) else {
             return false;
@@ -513,6 +525,7 @@ impl Node {
 
 #[cfg(test)]
 mod tests {
+    use std::net::SocketAddr;
     use std::time::Duration;
 
     use bytes::Bytes;
@@ -611,15 +624,37 @@ mod tests {
             crate::Node::new(cfg, "solo", 1, "127.0.0.1:7946".parse().unwrap(), 1, Duration::ZERO)
                 .unwrap();
         join_with_peer(&mut n, Duration::ZERO);
-        let mut t = Duration::ZERO;
+        let t = settle(&mut n, Duration::ZERO);
+        (n, t)
+    }
+
+    /// Ticks from `t` until the queue of "net" is spent; the last tick.
+    fn settle(n: &mut crate::Node, mut t: Duration) -> Duration {
         for _ in 0..100 {
             t += n.config().gossip_interval;
-            sent_at(&mut n, t);
-            if queued(&n) == 0 {
-                return (n, t);
+            sent_at(n, t);
+            if queued(n) == 0 {
+                return t;
             }
         }
         panic!("the queue of \"net\" never emptied");
+    }
+
+    /// Where the "net" gossip carrying entries went at `t`.
+    fn destinations(n: &mut crate::Node, t: Duration) -> Vec<SocketAddr> {
+        n.handle_timeout(t);
+        let mut to = Vec::new();
+        while let Some(tx) = n.poll_transmit() {
+            let Transmit::Datagram { to: addr, payload } = tx else { continue };
+            if let Ok(wire::Datagram { body: Some(wire::datagram::Body::Gossip(g)), .. }) =
+                wire::Datagram::decode(&payload[..])
+                && g.network == "net"
+                && !g.entries.is_empty()
+            {
+                to.push(addr);
+            }
+        }
+        to
     }
 
     /// A peer's answer to an exchange, holding `entries`: the last frame
@@ -724,18 +759,68 @@ mod tests {
         n.handle_datagram(last + ms(10), peer, &news("a", 10));
         assert_eq!(sent_at(&mut n, last + ms(10)), vec![vec!["a".to_string()]]);
         assert_eq!(queued(&n), 1, "the early copy is not one of its transmissions");
+        // The second packet carries only what the first did not.
         n.handle_datagram(last + ms(20), peer, &news("b", 11));
-        assert!(sent_at(&mut n, last + ms(20)).is_empty(), "one early packet an interval");
+        assert_eq!(sent_at(&mut n, last + ms(20)), vec![vec!["b".to_string()]]);
+        n.handle_datagram(last + ms(30), peer, &news("c", 12));
+        assert!(sent_at(&mut n, last + ms(30)).is_empty(), "two early packets an interval");
         let tick = sent_at(&mut n, last + interval);
+        let all = ["a", "b", "c"].map(String::from);
         assert!(
-            tick.iter().all(|keys| keys.contains(&"a".to_string()) && keys.contains(&"b".into())),
-            "the tick sends both: {tick:?}"
+            tick.iter().all(|keys| all.iter().all(|k| keys.contains(k))),
+            "the tick sends all three: {tick:?}"
         );
         // A tick that comes soon takes the news itself.
         let next = last + interval * 2;
-        n.handle_datagram(next - ms(30), peer, &news("c", 12));
+        n.handle_datagram(next - ms(30), peer, &news("d", 13));
         assert!(sent_at(&mut n, next - ms(30)).is_empty());
         assert!(!sent_at(&mut n, next).is_empty());
+    }
+
+    #[test]
+    fn the_early_packet_goes_to_more_peers_than_the_ticks() {
+        let (mut n, last) = at_rest(crate::Config::default());
+        let peers: Vec<SocketAddr> =
+            (0..10).map(|i| format!("127.0.1.{i}:7946").parse().unwrap()).collect();
+        let mut entries = Vec::new();
+        for (i, addr) in peers.iter().enumerate() {
+            let name = format!("p{i}");
+            let record = wire::NodeRecord { addr: addr.to_string(), ..Default::default() };
+            let attach = format!("net/{name}");
+            // Each peer announces itself, as a joining node does.
+            for mut e in [
+                peer_entry(NETWORKS_TABLE, &attach, Bytes::new(), 1, false),
+                peer_entry(NODES_TABLE, &name, record.encode_to_vec().into(), 2, false),
+            ] {
+                e.owner = name.clone();
+                entries.push(e);
+            }
+        }
+        let peer = PEER.parse().unwrap();
+        n.handle_datagram(last, peer, &gossip("", entries));
+        let last = settle(&mut n, last);
+        assert_eq!(n.network_peers("net").len(), 11);
+        // News waits for a tick that comes soon, and an idle node ticks at
+        // once: it goes early just after a tick, with the next one far.
+        let interval = n.config().gossip_interval;
+        let mut at = last;
+        for _ in 0..500 {
+            at += Duration::from_millis(10);
+            sent_at(&mut n, at);
+            let after_tick = n.last_tick.is_some_and(|l| at < l + interval / 4);
+            if after_tick && n.timers.tick().is_none_or(|t| t > at + interval / 2) {
+                break;
+            }
+        }
+        n.handle_datagram(at, peer, &news("a", 10));
+        let mut early = destinations(&mut n, at);
+        early.sort();
+        early.dedup();
+        assert_eq!(early.len(), n.config().early_news_fanout, "distinct peers: {early:?}");
+        let fanout = n.config().gossip_fanout;
+        let tick = n.timers.tick().expect("the news arms a tick");
+        let sent = destinations(&mut n, tick);
+        assert_eq!(sent.len() % fanout, 0, "packets of {fanout}: {sent:?}");
     }
 
     #[test]
@@ -746,7 +831,8 @@ mod tests {
         let (mut n, last) = at_rest(off);
         n.handle_datagram(last + ms(10), peer, &news("a", 10));
         assert!(sent_at(&mut n, last + ms(10)).is_empty(), "off: the tick sends it");
-        // A burst: one packet a tick leaves events unsent between ticks.
+        // A burst: one packet a tick leaves events unsent between ticks, and
+        // news more than a packet holds goes with the ticks.
         let one_packet = crate::Config { tick_byte_budget: 1, ..crate::Config::default() };
         let (mut n, last) = at_rest(one_packet);
         let burst: Vec<_> = (0..200)
@@ -755,7 +841,7 @@ mod tests {
             })
             .collect();
         n.handle_datagram(last + ms(10), peer, &gossip("net", burst));
-        assert_eq!(sent_at(&mut n, last + ms(10)).len(), 1, "the first of the burst, early");
+        assert!(sent_at(&mut n, last + ms(10)).is_empty(), "more than a packet: a burst");
         let tick = last + n.config().gossip_interval;
         assert_eq!(sent_at(&mut n, tick).len(), 1, "a tick's packet");
         let later = tick + ms(10);

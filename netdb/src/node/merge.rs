@@ -128,18 +128,19 @@ impl Node {
         };
         let entry = EncodedEntry::new(table, key, e);
         let framed_len = entry.framed_len(now);
+        let room = self.gossip_room(scope.wire_name());
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
         // Copies heard quench relays only: a node's own writes keep all
         // their transmissions (`Config::quench_after`).
         let relay = from.is_some();
-        let news_alone = !st.queue.has_unsent();
         let dropped =
             st.queue.push(queue_key(table, key), Queued { entry, framed_len, from }, limit, relay);
+        let news = st.queue.news_fits(room, |q| q.framed_len);
         self.stats.queue_overflow += dropped as u64;
         self.arm_tick(now);
-        if news_alone {
+        if news {
             self.arm_news(now, scope);
         }
     }

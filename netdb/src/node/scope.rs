@@ -58,8 +58,8 @@ pub(super) struct ScopeState {
     pub(super) last_sync_at: Option<Duration>,
     pub(super) next_periodic_sync: Duration,
     pub(super) next_digest: Duration,
-    /// News went out early since the last tick (`Config::early_news`).
-    pub(super) news_sent: bool,
+    /// Early packets since the last tick (`Config::early_news`).
+    pub(super) early_packets: u8,
     /// Sync with the next peer that appears (joined, rejoined, or a sync
     /// failed).
     pub(super) needs_sync: bool,
@@ -154,7 +154,7 @@ impl ScopeState {
             synced: false,
             next_periodic_sync: now + cfg.sync_interval + jitter(rng, cfg.sync_interval / 4),
             next_digest: now,
-            news_sent: false,
+            early_packets: 0,
             needs_sync: true,
             syncs: SyncCounts::default(),
         }
