@@ -192,18 +192,28 @@ impl Node {
         self.timers.tick().is_some_and(|t| t > now + self.cfg.gossip_interval / 4)
     }
 
-    /// `scope` queued an event and its news fits in one packet (the caller
-    /// knows; more is a burst, whose ticks are busy already): if the next
-    /// tick is far, it goes once this input is handled, with whatever news
-    /// the rest of it brings (`Wake::News` at `now`).
+    /// `scope` queued an event: if its news fits in one packet (more is a
+    /// burst, whose ticks are busy already) and the next tick is far, the
+    /// news goes once this input is handled, with whatever news the rest of
+    /// it brings (`Wake::News` at `now`). The cheap checks come first: in a
+    /// burst every push lands here.
     pub(super) fn arm_news(&mut self, now: Duration, scope: Scope<'_>) {
         if !self.cfg.early_news || self.cfg.push_tree || self.news_due || !self.tick_far(now) {
             return;
         }
-        if self.scope(scope).is_some_and(|st| st.early_packets < EARLY_PACKETS) {
+        if self.news_ready(scope) {
             self.news_due = true;
             self.schedule(now, Wake::News);
         }
+    }
+
+    /// Whether `scope` may send a packet early now: it sent fewer than
+    /// `EARLY_PACKETS` since the last tick and all its news fits in one.
+    fn news_ready(&self, scope: Scope<'_>) -> bool {
+        let room = self.gossip_room(scope.wire_name());
+        self.scope(scope).is_some_and(|st| {
+            st.early_packets < EARLY_PACKETS && st.queue.news_fits(room, |q| q.framed_len)
+        })
     }
 
     /// One packet of news per scope that has some and sent fewer than
@@ -218,11 +228,7 @@ impl Node {
         let mut unmetered = usize::MAX;
         for id in self.scope_ids() {
             let scope = id.as_scope();
-            let room = self.gossip_room(scope.wire_name());
-            let news = |st: &super::scope::ScopeState| {
-                st.early_packets < EARLY_PACKETS && st.queue.news_fits(room, |q| q.framed_len)
-            };
-            if !self.scope(scope).is_some_and(news) {
+            if !self.news_ready(scope) {
                 continue;
             }
             if self.send_queued(now, scope, &mut unmetered, Pick::News) {

@@ -128,7 +128,6 @@ impl Node {
         };
         let entry = EncodedEntry::new(table, key, e);
         let framed_len = entry.framed_len(now);
-        let room = self.gossip_room(scope.wire_name());
         let Some(st) = self.scope_mut(scope) else {
             return;
         };
@@ -137,12 +136,9 @@ impl Node {
         let relay = from.is_some();
         let dropped =
             st.queue.push(queue_key(table, key), Queued { entry, framed_len, from }, limit, relay);
-        let news = st.queue.news_fits(room, |q| q.framed_len);
         self.stats.queue_overflow += dropped as u64;
         self.arm_tick(now);
-        if news {
-            self.arm_news(now, scope);
-        }
+        self.arm_news(now, scope);
     }
 
     /// Merges an entry that came from a peer.
