@@ -50,14 +50,20 @@ impl Core {
         self.overlay.take_retired()
     }
 
+    /// Joins `network`, saved before the answer: a restart joins it again
+    /// even if its attachment never left this host.
     pub(crate) fn join_network(&mut self, network: &str) -> Result<(), Error> {
         let now = self.now();
-        Ok(self.node.join_network(now, network)?)
+        self.node.join_network(now, network)?;
+        self.overlay.save_changed(&self.node);
+        Ok(())
     }
 
     pub(crate) fn leave_network(&mut self, network: &str) -> Result<(), Error> {
         let now = self.now();
-        Ok(self.node.leave_network(now, network)?)
+        self.node.leave_network(now, network)?;
+        self.overlay.save_changed(&self.node);
+        Ok(())
     }
 
     /// Writes entries in order; stops at the first refused, saying how

@@ -191,8 +191,8 @@ impl Core {
         }
         tracing::info!("signal received: leaving the cluster");
         // Peers drop what this life wrote: the next start is a new one.
-        self.overlay.end_life(&self.node);
         self.node.leave(now);
+        self.overlay.end_life(&self.node);
         self.node.config().gossip_interval * 2 + Duration::from_millis(100)
     }
 

@@ -326,6 +326,11 @@ impl Overlay {
     /// soon as peers see it).
     pub(crate) fn republish(&mut self, node: &mut Node, now: Duration) {
         node.witness_clock(self.state.ltime);
+        for net in &self.state.joined {
+            if let Err(e) = node.join_network(now, net) {
+                tracing::warn!(network = %net, error = %e, "cannot join again a network joined before the restart");
+            }
+        }
         let saved: Vec<(String, SavedNetwork)> = self.state.networks.clone().into_iter().collect();
         for (name, n) in saved {
             let Some(def) = saved_def(&name, &n) else {
@@ -520,16 +525,19 @@ impl Overlay {
         peers
     }
 
-    /// Saves the members to knock on after a restart when they changed
-    /// (a SIGKILL leaves no time to).
-    pub(super) fn save_peers(&mut self, node: &Node) {
-        if self.store.is_some() && self.known_peers(node) != self.state.peers {
+    /// Saves the members to knock on and the networks to join after a
+    /// restart when they changed (a SIGKILL leaves no time to).
+    pub(crate) fn save_changed(&mut self, node: &Node) {
+        let changed =
+            self.known_peers(node) != self.state.peers || joined(node) != self.state.joined;
+        if self.store.is_some() && changed {
             self.save(node);
         }
     }
 
     /// Saves that this host left the cluster: its next start begins a new
-    /// incarnation rather than resuming one whose entries peers removed.
+    /// incarnation rather than resuming one whose entries peers removed,
+    /// and joins no network (the node left them all).
     pub(crate) fn end_life(&mut self, node: &Node) {
         (self.state.incarnation, self.state.generation) = (0, 0);
         self.save(node);
@@ -539,12 +547,21 @@ impl Overlay {
     pub(crate) fn save(&mut self, node: &Node) {
         self.state.ltime = node.ltime();
         self.state.peers = self.known_peers(node);
+        self.state.joined = joined(node);
         if let Some(store) = &self.store
             && let Err(e) = store.save(&self.state)
         {
             tracing::error!(error = %format!("{e:#}"), "cannot write the state file; a restart would lose endpoints");
         }
     }
+}
+
+/// The networks a restart joins again: none once the node left.
+fn joined(node: &Node) -> BTreeSet<String> {
+    if node.has_left() {
+        return BTreeSet::new();
+    }
+    node.networks().into_iter().map(String::from).collect()
 }
 
 /// Members' addresses kept in the state file: enough to find the cluster
@@ -588,7 +605,7 @@ fn saved_def(name: &str, n: &SavedNetwork) -> Option<NetworkDef> {
 
 #[cfg(test)]
 mod tests {
-    use super::testing::{Temp, TestHost, attach_req, blue};
+    use super::testing::{Parts, Temp, TestHost, attach_req, blue};
     use super::*;
 
     #[test]
@@ -620,5 +637,38 @@ mod tests {
         let wired = h.kernel.try_lock().unwrap().endpoints();
         assert_eq!(wired.values().map(|e| e.ip.to_string()).collect::<Vec<_>>(), [before.ip]);
         assert_eq!(h.reconcile().changes(), 0);
+    }
+
+    /// A network joined through the API alone (no endpoint, no definition)
+    /// is joined again by the next start, whether or not its attachment
+    /// ever left; one left, or a life ended by a leave, is not.
+    #[test]
+    fn a_restart_joins_again_the_networks_joined_before_and_not_after_a_leave() {
+        let dir = Temp::dir("rejoin");
+        let h = TestHost::new("h1", 1, 2, &dir.0);
+        {
+            let mut p = h.parts();
+            let Parts { overlay, node, .. } = &mut *p;
+            for net in ["tables", "gone"] {
+                node.join_network(Duration::ZERO, net).unwrap();
+                overlay.save_changed(node);
+            }
+            node.leave_network(Duration::ZERO, "gone").unwrap();
+            overlay.save_changed(node);
+        }
+        drop(h.into_parts());
+
+        let h = TestHost::new("h1", 1, 2, &dir.0);
+        {
+            let mut p = h.parts();
+            assert_eq!(p.node.networks(), ["tables"]);
+            let Parts { overlay, node, .. } = &mut *p;
+            node.leave(Duration::ZERO);
+            overlay.end_life(node);
+        }
+        drop(h.into_parts());
+
+        let h = TestHost::new("h1", 1, 3, &dir.0);
+        assert!(h.parts().node.networks().is_empty(), "a leave ends the joins with the life");
     }
 }

@@ -65,7 +65,7 @@ impl Overlay {
         self.readdress_duplicates(node, now, &resolved);
         let names = self.publish_names(node);
         self.find_conflicts(node, &resolved, &names);
-        self.save_peers(node);
+        self.save_changed(node);
         self.kernel_changed();
     }
 
