@@ -58,6 +58,9 @@ pub(super) struct ScopeState {
     pub(super) last_sync_at: Option<Duration>,
     pub(super) next_periodic_sync: Duration,
     pub(super) next_digest: Duration,
+    /// A push/pull moved entries and the root is to go alone soon
+    /// (`digest_soon`): gossip packets do not put it off.
+    pub(super) repair_digest: bool,
     /// Early packets since the last tick (`Config::early_news`).
     pub(super) early_packets: u8,
     /// Sync with the next peer that appears (joined, rejoined, or a sync
@@ -154,6 +157,7 @@ impl ScopeState {
             synced: false,
             next_periodic_sync: now + cfg.sync_interval + jitter(rng, cfg.sync_interval / 4),
             next_digest: now,
+            repair_digest: false,
             early_packets: 0,
             needs_sync: true,
             syncs: SyncCounts::default(),
