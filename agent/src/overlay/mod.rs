@@ -528,9 +528,10 @@ impl Overlay {
     /// Saves the members to knock on and the networks to join after a
     /// restart when they changed (a SIGKILL leaves no time to).
     pub(crate) fn save_changed(&mut self, node: &Node) {
-        let changed =
-            self.known_peers(node) != self.state.peers || joined(node) != self.state.joined;
-        if self.store.is_some() && changed {
+        if self.store.is_none() {
+            return;
+        }
+        if self.known_peers(node) != self.state.peers || joined(node) != self.state.joined {
             self.save(node);
         }
     }
