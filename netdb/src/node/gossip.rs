@@ -405,9 +405,8 @@ impl Node {
     /// (the simulator's 30-node burst, seed 9: all entries at 2.22 s
     /// instead of 1.02).
     fn packet_went(&mut self, now: Duration, scope: Scope<'_>) {
-        let next = now + self.cfg.digest_interval;
-        if let Some(st) = self.scope_mut(scope).filter(|st| !st.repair_digest) {
-            st.next_digest = next;
+        if self.scope(scope).is_some_and(|st| !st.repair_digest) {
+            self.digest_went(now, scope);
         }
     }
 
