@@ -46,10 +46,12 @@ pub(crate) struct State {
     /// endpoint, and a restart in between must not hand it out twice.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub reserved: Vec<Reserved>,
-    /// The networks this host had joined, tables-only ones included: a
+    /// The networks joined through the API (`netdb network join`): a
     /// restart joins them again at once, not only once it hears its own
     /// attachments from peers (an attachment that died with its writer
-    /// before it went out is heard nowhere). Empty once the host left.
+    /// before it went out is heard nowhere), and the overlay stays in them
+    /// when their last endpoint here goes. Left the same way; empty once
+    /// the host left the cluster.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub joined: BTreeSet<String>,
 }

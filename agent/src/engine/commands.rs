@@ -55,14 +55,14 @@ impl Core {
     pub(crate) fn join_network(&mut self, network: &str) -> Result<(), Error> {
         let now = self.now();
         self.node.join_network(now, network)?;
-        self.overlay.save_changed(&self.node);
+        self.overlay.user_joined(&self.node, network, true);
         Ok(())
     }
 
     pub(crate) fn leave_network(&mut self, network: &str) -> Result<(), Error> {
         let now = self.now();
         self.node.leave_network(now, network)?;
-        self.overlay.save_changed(&self.node);
+        self.overlay.user_joined(&self.node, network, false);
         Ok(())
     }
 

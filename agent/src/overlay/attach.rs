@@ -574,10 +574,14 @@ impl Overlay {
         self.kernel_changed();
     }
 
+    /// Leaves `network` (and gives its address blocks back) once nothing
+    /// here holds it: no endpoint, none being attached, no address handed
+    /// to Docker, and no join through the API.
     pub(super) fn leave_if_unused(&mut self, node: &mut Node, now: Duration, network: &str) {
         if self.local_count(network) > 0
             || self.pending.keys().any(|(n, _)| n == network)
             || self.state.reserved.iter().any(|r| r.network == network)
+            || self.state.joined.contains(network)
         {
             return;
         }
@@ -701,7 +705,7 @@ mod tests {
     use std::time::Duration;
 
     use super::super::testing::{
-        SETTLE, Temp, attach_req, block_on, blue, exchange, isolate, pair,
+        Parts, SETTLE, Temp, attach_req, block_on, blue, exchange, isolate, pair,
     };
     use super::super::{ENDPOINTS_TABLE, Error, Kind, ROUTES_TABLE};
 
@@ -864,6 +868,34 @@ mod tests {
         assert!(e.to_string().contains("see `netdb endpoint ls`"), "{e}");
     }
 
+    /// `netdb network join` is the user's: the overlay leaves the network
+    /// with its last endpoint only when it alone had joined it.
+    #[test]
+    fn a_network_joined_through_the_api_stays_joined_after_its_last_endpoint() {
+        let ((_dir, h), ns) = (blue("user-join"), Temp::netns("user-join-ns"));
+        // What the API's `network join` (true) and `leave` (false) do.
+        let user = |join: bool| {
+            let mut p = h.parts();
+            let Parts { overlay, node, now, .. } = &mut *p;
+            let r = if join {
+                node.join_network(*now, "blue")
+            } else {
+                node.leave_network(*now, "blue")
+            };
+            r.unwrap();
+            overlay.user_joined(node, "blue", join);
+        };
+        let attached_and_detached = || {
+            h.attach(attach_req("blue", "web", &ns.0)).unwrap();
+            h.detach("blue", "web").unwrap();
+            h.parts().node.networks().contains(&"blue")
+        };
+        user(true);
+        assert!(attached_and_detached(), "joined by the user: still joined");
+        user(false);
+        assert!(!attached_and_detached(), "left with the last endpoint");
+    }
+
     #[test]
     fn an_endpoint_gets_a_way_out_and_its_published_ports_until_detached() {
         let (_dir, h) = blue("egress");
@@ -1006,7 +1038,7 @@ mod tests {
     }
 
     /// The live block claims of `owner`, as `p`'s node holds them.
-    fn live_claims(p: &super::super::testing::Parts, owner: &str) -> Vec<String> {
+    fn live_claims(p: &Parts, owner: &str) -> Vec<String> {
         p.node
             .shared_entries(SharedTable::Ipam)
             .into_iter()

@@ -525,13 +525,24 @@ impl Overlay {
         peers
     }
 
-    /// Saves the members to knock on and the networks to join after a
-    /// restart when they changed (a SIGKILL leaves no time to).
+    /// Saves the members to knock on after a restart when they changed (a
+    /// SIGKILL leaves no time to).
     pub(crate) fn save_changed(&mut self, node: &Node) {
-        if self.store.is_none() {
-            return;
+        if self.store.is_some() && self.known_peers(node) != self.state.peers {
+            self.save(node);
         }
-        if self.known_peers(node) != self.state.peers || joined(node) != self.state.joined {
+    }
+
+    /// `network` was joined (or left) through the API: joined again by a
+    /// restart and kept while no endpoint uses it, until left the same
+    /// way. Saved before the answer.
+    pub(crate) fn user_joined(&mut self, node: &Node, network: &str, joined: bool) {
+        let changed = if joined {
+            self.state.joined.insert(network.to_string())
+        } else {
+            self.state.joined.remove(network)
+        };
+        if changed {
             self.save(node);
         }
     }
@@ -541,6 +552,7 @@ impl Overlay {
     /// and joins no network (the node left them all).
     pub(crate) fn end_life(&mut self, node: &Node) {
         (self.state.incarnation, self.state.generation) = (0, 0);
+        self.state.joined.clear();
         self.save(node);
     }
 
@@ -548,21 +560,12 @@ impl Overlay {
     pub(crate) fn save(&mut self, node: &Node) {
         self.state.ltime = node.ltime();
         self.state.peers = self.known_peers(node);
-        self.state.joined = joined(node);
         if let Some(store) = &self.store
             && let Err(e) = store.save(&self.state)
         {
             tracing::error!(error = %format!("{e:#}"), "cannot write the state file; a restart would lose endpoints");
         }
     }
-}
-
-/// The networks a restart joins again: none once the node left.
-fn joined(node: &Node) -> BTreeSet<String> {
-    if node.has_left() {
-        return BTreeSet::new();
-    }
-    node.networks().into_iter().map(String::from).collect()
 }
 
 /// Members' addresses kept in the state file: enough to find the cluster
@@ -652,10 +655,10 @@ mod tests {
             let Parts { overlay, node, .. } = &mut *p;
             for net in ["tables", "gone"] {
                 node.join_network(Duration::ZERO, net).unwrap();
-                overlay.save_changed(node);
+                overlay.user_joined(node, net, true);
             }
             node.leave_network(Duration::ZERO, "gone").unwrap();
-            overlay.save_changed(node);
+            overlay.user_joined(node, "gone", false);
         }
         drop(h.into_parts());
 
