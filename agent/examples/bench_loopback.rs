@@ -217,7 +217,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let victim = n - 1;
     let rss: Vec<f64> = pids.iter().map(|&p| status_mib(p, "VmHWM:")).collect();
     let anon: Vec<f64> = pids.iter().map(|&p| status_mib(p, "RssAnon:")).collect();
-    let before_kill = sum_counters(&mut clients, &all, &CALM).await?;
+    let mut kill_calm = Vec::with_capacity(n);
+    for i in 0..n {
+        kill_calm.push(sum_counters(&mut clients, &[i], &KILL).await?);
+    }
     let t2 = Instant::now();
     procs.kill(victim);
     let prefix = format!("n{victim}-");
@@ -230,6 +233,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         killed_gone.iter().all(Option::is_some)
     })
     .await;
+    let last_to_know = (0..n).max_by_key(|&i| killed_gone[i].unwrap_or_default()).unwrap_or(0);
+    let mut last_calm = sum_counters(&mut clients, &[last_to_know], &KILL).await?;
+    for (c, c0) in last_calm.iter_mut().zip(kill_calm[last_to_know]) {
+        *c -= c0;
+    }
     killed_gone.remove(victim);
 
     // Idle: 10 s (or as long as asked) with nothing to do.
@@ -283,10 +291,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "this benchmark during the write phase (draining the watches): CPU {own_write:.2} s, \
          waiting for a CPU {own_waited:.2} s"
     );
+    let before_kill = kill_calm.iter().fold([0; KILL.len()], |mut sum, c| {
+        sum.iter_mut().zip(c).for_each(|(s, c)| *s += c);
+        sum
+    });
     println!(
         "before the kill, summed over the nodes: suspicions started {}, late probe timers {}",
         before_kill[0], before_kill[2]
     );
+    report_last_to_know(last_to_know, &kill_calm[last_to_know], &last_calm);
     println!(
         "over the {idle_secs} s idle phase, summed over the nodes: suspicions started {}, \
          members marked failed {}, late probe timers {}",
@@ -320,6 +333,17 @@ fn report_tail(node: usize, tail: &[(String, Duration)], traffic: &[u64; TRAFFIC
         traffic[2],
         traffic[3],
         traffic[5],
+    );
+}
+
+/// How the last node to hide the killed node's entries came to know of
+/// its failure: its own probe (a suspicion it started) or others' word
+/// (a down it held while asking the member), and how slow it was before.
+fn report_last_to_know(node: usize, before: &[u64; KILL.len()], during: &[u64; KILL.len()]) {
+    println!(
+        "last to hide the killed node's entries, n{node}: before the kill, late probe timers {}; \
+         since, suspicions started {}, downs heard from others and held {}, late probe timers {}",
+        before[2], during[0], during[3], during[2]
     );
 }
 
@@ -363,6 +387,10 @@ fn sock(dir: &Path, i: usize) -> PathBuf {
 
 /// Suspicions started, members marked failed and late probe timers.
 const CALM: [&str; 3] = ["suspicions_started", "member_changes:failed", "late_probe_wakes"];
+
+/// `CALM`, and the members declared down by others that a node held.
+const KILL: [&str; 4] =
+    ["suspicions_started", "member_changes:failed", "late_probe_wakes", "unexpected_downs"];
 
 /// What the write phase cost in gossip: datagrams in and out, entries
 /// learned each way, copies of versions already held, push/pulls.

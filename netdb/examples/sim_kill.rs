@@ -6,10 +6,11 @@
 //! and the stragglers (the last member more than a second after the
 //! first). Issue 15's target at 30 agents: ≤ 2.5 s in every run.
 //!
-//! `cargo run --release -p netdb --features sim --example sim_kill -- [N [SEEDS]] [--random-probes] [--no-heard-probes]`
-//! (30 nodes and 400 seeds unless given; the flags turn off the probes
-//! along the address ring and the probes of heard suspects, for
-//! comparison).
+//! `cargo run --release -p netdb --features sim --example sim_kill -- [N [SEEDS]] [--loss P] [--random-probes] [--no-heard-probes]`
+//! (30 nodes, 400 seeds and no loss unless given; `--loss` loses that
+//! share of datagrams, which makes members miss the Down news; the flags
+//! turn off the probes along the address ring and the probes of heard
+//! suspects, for comparison).
 
 use std::time::{Duration, Instant};
 
@@ -20,7 +21,12 @@ const TARGET: Duration = Duration::from_millis(2500);
 const STEP: Duration = Duration::from_millis(10);
 
 fn main() {
-    let (cfg, args) = config_from_args(std::env::args().skip(1));
+    let (cfg, mut args) = config_from_args(std::env::args().skip(1));
+    let mut net = NetConfig::default();
+    if let Some(i) = args.iter().position(|a| a == "--loss") {
+        net.loss = args.get(i + 1).and_then(|p| p.parse().ok()).unwrap_or(0.1);
+        args.drain(i..(i + 2).min(args.len()));
+    }
     let nums: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let n = nums.first().copied().unwrap_or(30) as usize;
     let seeds = nums.get(1).copied().unwrap_or(400);
@@ -29,7 +35,7 @@ fn main() {
     let (mut first, mut last) = (Vec::new(), Vec::new());
     let mut stragglers = Vec::new();
     for seed in 0..seeds {
-        let (f, l) = kill(seed, n, cfg.clone());
+        let (f, l) = kill(seed, n, cfg.clone(), net.clone());
         if l.saturating_sub(f) > Duration::from_secs(1) {
             stragglers.push((seed, f, l));
         }
@@ -39,7 +45,8 @@ fn main() {
     let late = last.iter().filter(|&&t| t > TARGET).count();
     let on = |b: bool| if b { "on" } else { "off" };
     println!(
-        "{n} nodes, {seeds} seeds, ring probes {}, heard suspects probed {}",
+        "{n} nodes, {seeds} seeds, loss {:.0} %, ring probes {}, heard suspects probed {}",
+        net.loss * 100.0,
         on(ring),
         on(heard)
     );
@@ -69,8 +76,8 @@ fn main() {
 
 /// One crash: the times from it until the first and the last other
 /// member hold the victim failed.
-fn kill(seed: u64, n: usize, cfg: Config) -> (Duration, Duration) {
-    let mut sim = Sim::new(seed, cfg, NetConfig::default());
+fn kill(seed: u64, n: usize, cfg: Config, net: NetConfig) -> (Duration, Duration) {
+    let mut sim = Sim::new(seed, cfg, net);
     for _ in 0..n {
         sim.add_node();
     }

@@ -206,6 +206,8 @@ pub struct Foca<T: Identity, C, RNG, B: BroadcastHandler<T>> {
     // probe next (`Config::probe_heard_suspects`), at most
     // `MAX_HEARD_SUSPECTS`.
     heard_suspects: Vec<T>,
+    // netdb's patch: the probe in flight went to an overdue heard suspect.
+    probing_heard: bool,
 }
 
 // A burst of suspicions probes a few suspects, not the whole backlog:
@@ -280,6 +282,7 @@ where
             custom_broadcasts: Broadcasts::new(),
             ring_turn: false,
             heard_suspects: Vec::new(),
+            probing_heard: false,
             broadcast_handler,
         }
     }
@@ -1179,6 +1182,7 @@ where
             self.probe.clear();
         }
 
+        let probed_heard = mem::take(&mut self.probing_heard);
         if let Some(failed) = self.probe.take_failed() {
             #[cfg(feature = "unstable-notifications")]
             runtime.notify(Notification::ProbeFailed(
@@ -1204,7 +1208,6 @@ where
                 .apply_existing_if(as_suspect.clone(), |_member| true)
             {
                 let is_active_now = summary.is_active_now;
-                #[cfg_attr(not(feature = "tracing"), expect(unused_variables))]
                 let apply_successful = summary.apply_successful;
                 self.handle_apply_summary(summary, as_suspect, true, &mut runtime)?;
 
@@ -1224,13 +1227,25 @@ where
                             "Member failed probe, will declare it down if it doesn't react"
                         );
                     }
+                    // netdb's patch: an overdue heard suspect that fails
+                    // this node's probe too is down at once. Its suspicion
+                    // ran its whole course unrefuted (a refutation this
+                    // node missed would have been the probe's answer),
+                    // and a second suspicion would keep it here another
+                    // `suspect_to_down_after` after the rest of the
+                    // cluster dropped it.
+                    let after = if probed_heard && !apply_successful {
+                        core::time::Duration::ZERO
+                    } else {
+                        self.config.suspect_to_down_after
+                    };
                     runtime.submit_after(
                         Timer::ChangeSuspectToDown {
                             member_id: failed.id().clone(),
                             incarnation: failed.incarnation(),
                             token: self.timer_token,
                         },
-                        self.config.suspect_to_down_after,
+                        after,
                     );
                 }
             }
@@ -1243,6 +1258,7 @@ where
                 break;
             }
         }
+        self.probing_heard = heard.is_some();
         if heard.is_none() {
             self.ring_turn = self.config.ring_probes && !self.ring_turn;
         }
@@ -3036,6 +3052,64 @@ mod tests {
             .expect("infallible");
         assert_eq!(Ok(()), foca.handle_timer(heard(8), &mut news));
         assert_eq!(probe(&mut foca), ID::new(2));
+    }
+
+    #[test]
+    fn an_overdue_suspect_that_fails_our_probe_too_is_down_at_once() {
+        let config = Config {
+            ring_probes: false,
+            probe_heard_suspects: true,
+            ..config()
+        };
+        let mut foca = Foca::new(ID::new(1), config.clone(), rng(), codec());
+        let mut runtime = AccumulatingRuntime::new();
+        for id in 2..=4 {
+            foca.apply(Member::alive(ID::new(id)), &mut runtime)
+                .expect("infallible");
+        }
+        let token = foca.timer_token();
+        let down_timer = |member_id: ID| Timer::ChangeSuspectToDown {
+            member_id,
+            incarnation: 0,
+            token,
+        };
+        // One probe round to `target`, unanswered, judged at the next.
+        let unanswered = |foca: &mut Foca<ID, BadCodec, SmallRng, NoCustomBroadcast>,
+                              runtime: &mut AccumulatingRuntime<ID>| {
+            let _ = foca.handle_timer(Timer::ProbeRandomMember(token), &mut *runtime);
+            let probed_id = *foca.probe().target().expect("a probe started");
+            let indirect = Timer::SendIndirectProbe { probed_id, token };
+            assert_eq!(Ok(()), foca.handle_timer(indirect, &mut *runtime));
+            runtime.clear();
+            assert_eq!(
+                Ok(()),
+                foca.handle_timer(Timer::ProbeRandomMember(token), &mut *runtime)
+            );
+            probed_id
+        };
+
+        // A member that only this node's probe finds silent is suspected
+        // for the whole timeout.
+        let first = unanswered(&mut foca, &mut runtime);
+        expect_scheduling!(runtime, down_timer(first), config.suspect_to_down_after);
+
+        // A suspicion heard from others, overdue and still unrefuted:
+        // probed next, and silent, down at once.
+        let other = (2..=4)
+            .map(ID::new)
+            .find(|id| *id != first)
+            .expect("three members");
+        foca.apply(Member::new(other, 0, State::Suspect), &mut runtime)
+            .expect("infallible");
+        let heard = Timer::ProbeHeardSuspect {
+            member_id: other,
+            incarnation: 0,
+            token,
+        };
+        assert_eq!(Ok(()), foca.handle_timer(heard, &mut runtime));
+        runtime.clear();
+        assert_eq!(unanswered(&mut foca, &mut runtime), other);
+        expect_scheduling!(runtime, down_timer(other), Duration::ZERO);
     }
 
     #[test]
