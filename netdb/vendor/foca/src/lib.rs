@@ -3073,7 +3073,7 @@ mod tests {
             incarnation: 0,
             token,
         };
-        // One probe round to `target`, unanswered, judged at the next.
+        // One probe round, unanswered, judged at the next; the member probed.
         let unanswered = |foca: &mut Foca<ID, BadCodec, SmallRng, NoCustomBroadcast>,
                               runtime: &mut AccumulatingRuntime<ID>| {
             let _ = foca.handle_timer(Timer::ProbeRandomMember(token), &mut *runtime);
